@@ -1,0 +1,637 @@
+//! The configuration file: schema, parsing and validation.
+//!
+//! A TOML file names the listener, the worker cores, HTTP/2 and pool limits,
+//! the upstream clusters and the routes of the declarative director. It is
+//! parsed and validated once, off the workers; what comes out ([`Config`])
+//! is plain data that is `Send + Clone`, from which every worker builds its
+//! own route table and pools. Every mistake is one [`ConfigError`] line that
+//! names the field and the problem; unknown keys are mistakes too.
+//!
+//! See `grpc-proxy.example.toml` at the top of the repository for a
+//! documented example.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use crate::cores::CoreSelection;
+use crate::runtime::Driver;
+use crate::status::{Code, Status};
+
+/// A configuration problem, as one line naming what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema.
+    #[error("config {origin}: {message}")]
+    Syntax {
+        /// The file name, or `<string>`.
+        origin: String,
+        /// The parser's message, with the line number.
+        message: String,
+    },
+    /// A value is out of range or refers to something that does not exist.
+    #[error("config {origin}: {message}")]
+    Invalid {
+        /// The file name, or `<string>`.
+        origin: String,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+}
+
+/// HTTP/2, pool and timing limits; every one has a safe default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Flow-control window of each stream, both legs.
+    pub stream_window: u32,
+    /// Flow-control window of each connection, both legs; larger than the
+    /// stream window so one slow stream cannot stall its neighbours.
+    pub connection_window: u32,
+    /// Largest HTTP/2 frame payload we accept.
+    pub max_frame_size: u32,
+    /// Concurrent streams one downstream connection may open.
+    pub max_concurrent_streams: u32,
+    /// Largest request header list we accept (h2 answers 431 / resets above).
+    pub max_header_list_size: u32,
+    /// Downstream streams reset by the client before we accepted them that
+    /// we tolerate per connection (rapid reset, CVE-2023-44487).
+    pub max_pending_accept_reset_streams: usize,
+    /// Bytes buffered per stream for sending before writes wait.
+    pub max_send_buffer_size: usize,
+    /// Downstream connections one worker serves at once; more are closed at
+    /// accept.
+    pub max_connections_per_worker: usize,
+    /// Upstream HTTP/2 connections one worker opens to one endpoint.
+    pub max_connections_per_endpoint: usize,
+    /// Time for a downstream client to send the HTTP/2 preface.
+    pub handshake_timeout: Duration,
+    /// Time for an upstream TCP connect.
+    pub connect_timeout: Duration,
+    /// First wait before reconnecting to an endpoint that failed.
+    pub reconnect_backoff_min: Duration,
+    /// Longest wait before reconnecting to an endpoint that failed.
+    pub reconnect_backoff_max: Duration,
+    /// On shutdown, how long in-flight calls may run before they are cut.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            stream_window: 1 << 20,
+            connection_window: 16 << 20,
+            max_frame_size: 16 << 10,
+            max_concurrent_streams: 1024,
+            max_header_list_size: 64 << 10,
+            max_pending_accept_reset_streams: 100,
+            max_send_buffer_size: 1 << 20,
+            max_connections_per_worker: 100_000,
+            max_connections_per_endpoint: 8,
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_backoff_min: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Where to listen, if the file says.
+    pub listen: Option<SocketAddr>,
+    /// Which cores run workers.
+    pub cores: CoreSelection,
+    /// Which monoio driver the workers use.
+    pub driver: Driver,
+    /// Limits and timeouts.
+    pub settings: Settings,
+    /// Upstream clusters, in file order.
+    pub clusters: Vec<ClusterConfig>,
+    /// Routes, tried in order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// A named group of upstream endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Unique name, used by routes.
+    pub name: String,
+    /// Endpoint addresses (names are resolved when the config is loaded).
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// One route: conditions that must all hold, and an action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Exact full method path, `/package.Service/Method`.
+    pub method: Option<String>,
+    /// Exact service name, `package.Service`.
+    pub service: Option<String>,
+    /// Prefix of the path.
+    pub path_prefix: Option<String>,
+    /// Exact `:authority`.
+    pub authority: Option<String>,
+    /// Metadata conditions.
+    pub headers: Vec<HeaderMatch>,
+    /// What to do with a call that matches.
+    pub action: RouteAction,
+    /// A deadline the proxy enforces on calls of this route, on top of any
+    /// `grpc-timeout` the client sends (the shorter wins).
+    pub timeout: Option<Duration>,
+}
+
+/// What a route does with a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Forward it to the named cluster.
+    Cluster(String),
+    /// Answer with this status.
+    Reject(Status),
+}
+
+/// One metadata condition of a route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// Lower-case metadata key.
+    pub name: HeaderName,
+    /// What the value must be.
+    pub rule: HeaderRule,
+}
+
+/// How a metadata value is checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderRule {
+    /// The key is present (`true`) or absent (`false`).
+    Present(bool),
+    /// Some value equals one of these (an allow-list).
+    OneOf(Vec<HeaderValue>),
+}
+
+// ---- the file's schema ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<String>,
+    cores: Option<usize>,
+    cpu_set: Option<Vec<usize>>,
+    driver: Option<String>,
+    #[serde(default)]
+    http2: Http2File,
+    #[serde(default)]
+    upstream: UpstreamFile,
+    #[serde(default)]
+    timeouts: TimeoutsFile,
+    #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
+    clusters: Vec<ClusterFile>,
+    #[serde(default)]
+    routes: Vec<RouteFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Http2File {
+    stream_window: Option<SizeValue>,
+    connection_window: Option<SizeValue>,
+    max_frame_size: Option<SizeValue>,
+    max_concurrent_streams: Option<u32>,
+    max_header_list_size: Option<SizeValue>,
+    max_send_buffer_size: Option<SizeValue>,
+    max_pending_accept_reset_streams: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UpstreamFile {
+    max_connections_per_endpoint: Option<usize>,
+    reconnect_backoff_min: Option<String>,
+    reconnect_backoff_max: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TimeoutsFile {
+    handshake: Option<String>,
+    connect: Option<String>,
+    drain: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_connections_per_worker: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    name: String,
+    endpoints: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    method: Option<String>,
+    service: Option<String>,
+    path_prefix: Option<String>,
+    authority: Option<String>,
+    #[serde(default)]
+    headers: Vec<HeaderFile>,
+    cluster: Option<String>,
+    reject: Option<RejectFile>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderFile {
+    name: String,
+    value: Option<String>,
+    values: Option<Vec<String>>,
+    present: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectFile {
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// A size: a number of bytes, or a string such as `64KiB` or `1MiB`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Parses a size such as `4096`, `64KiB`, `16MiB`, `1GiB` (also `KB`, `MB`,
+/// `GB` as powers of ten, and `B`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (expected e.g. 4096, 64KiB, 1MiB)"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("invalid size unit {other:?} in {text:?} (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Parses a duration such as `250ms`, `5s`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?} ({e}; expected e.g. 250ms, 5s, 2m)"))
+}
+
+/// Resolves `host:port` to one or more socket addresses.
+pub fn resolve(endpoint: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = SocketAddr::from_str(endpoint) {
+        return Ok(vec![addr]);
+    }
+    let addrs: Vec<SocketAddr> = endpoint
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve endpoint {endpoint:?}: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("endpoint {endpoint:?} resolves to no address"));
+    }
+    Ok(addrs)
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            message: describe_toml_error(text, &e),
+        })?;
+        file.validate().map_err(|message| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        })
+    }
+}
+
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message,
+    }
+}
+
+impl File {
+    fn validate(self) -> Result<Config, String> {
+        let mut s = Settings::default();
+        let size32 = |field: &str, v: &SizeValue, min: u64, max: u64| -> Result<u32, String> {
+            let n = match v {
+                SizeValue::Bytes(n) => *n,
+                SizeValue::Text(t) => parse_size(t).map_err(|e| format!("{field}: {e}"))?,
+            };
+            if n < min || n > max {
+                return Err(format!("{field}: {n} is out of range ({min} to {max})"));
+            }
+            Ok(n as u32)
+        };
+        const WINDOW_MAX: u64 = (1 << 31) - 1;
+        if let Some(v) = &self.http2.stream_window {
+            s.stream_window = size32("http2.stream_window", v, 65_535, WINDOW_MAX)?;
+        }
+        if let Some(v) = &self.http2.connection_window {
+            s.connection_window = size32("http2.connection_window", v, 65_535, WINDOW_MAX)?;
+        }
+        if let Some(v) = &self.http2.max_frame_size {
+            s.max_frame_size = size32("http2.max_frame_size", v, 16_384, 16_777_215)?;
+        }
+        if let Some(n) = self.http2.max_concurrent_streams {
+            if n == 0 {
+                return Err("http2.max_concurrent_streams: must be at least 1".into());
+            }
+            s.max_concurrent_streams = n;
+        }
+        if let Some(v) = &self.http2.max_header_list_size {
+            s.max_header_list_size = size32("http2.max_header_list_size", v, 1024, u32::MAX as u64)?;
+        }
+        if let Some(v) = &self.http2.max_send_buffer_size {
+            s.max_send_buffer_size =
+                size32("http2.max_send_buffer_size", v, 16_384, u32::MAX as u64)? as usize;
+        }
+        if let Some(n) = self.http2.max_pending_accept_reset_streams {
+            s.max_pending_accept_reset_streams = n;
+        }
+        if let Some(n) = self.upstream.max_connections_per_endpoint {
+            if n == 0 {
+                return Err("upstream.max_connections_per_endpoint: must be at least 1".into());
+            }
+            s.max_connections_per_endpoint = n;
+        }
+        if let Some(n) = self.limits.max_connections_per_worker {
+            if n == 0 {
+                return Err("limits.max_connections_per_worker: must be at least 1".into());
+            }
+            s.max_connections_per_worker = n;
+        }
+        let dur = |field: &str, v: &Option<String>, into: &mut Duration| -> Result<(), String> {
+            if let Some(t) = v {
+                *into = parse_duration(t).map_err(|e| format!("{field}: {e}"))?;
+            }
+            Ok(())
+        };
+        dur("upstream.reconnect_backoff_min", &self.upstream.reconnect_backoff_min, &mut s.reconnect_backoff_min)?;
+        dur("upstream.reconnect_backoff_max", &self.upstream.reconnect_backoff_max, &mut s.reconnect_backoff_max)?;
+        dur("timeouts.handshake", &self.timeouts.handshake, &mut s.handshake_timeout)?;
+        dur("timeouts.connect", &self.timeouts.connect, &mut s.connect_timeout)?;
+        dur("timeouts.drain", &self.timeouts.drain, &mut s.drain_timeout)?;
+        if s.reconnect_backoff_min > s.reconnect_backoff_max {
+            return Err("upstream.reconnect_backoff_min is larger than reconnect_backoff_max".into());
+        }
+
+        let listen = self
+            .listen
+            .as_deref()
+            .map(|l| {
+                SocketAddr::from_str(l)
+                    .map_err(|_| format!("listen: {l:?} is not an address such as 0.0.0.0:50051"))
+            })
+            .transpose()?;
+        let cores = CoreSelection::from_parts(self.cores, self.cpu_set)?;
+        let driver = match self.driver.as_deref() {
+            None => Driver::default(),
+            Some(d) => d.parse().map_err(|e| format!("driver: {e}"))?,
+        };
+
+        let mut clusters = Vec::with_capacity(self.clusters.len());
+        for (i, c) in self.clusters.into_iter().enumerate() {
+            if c.name.is_empty() {
+                return Err(format!("clusters[{i}]: name is empty"));
+            }
+            if clusters.iter().any(|k: &ClusterConfig| k.name == c.name) {
+                return Err(format!("clusters[{i}]: duplicate cluster name {:?}", c.name));
+            }
+            if c.endpoints.is_empty() {
+                return Err(format!("cluster {:?}: no endpoints", c.name));
+            }
+            let mut endpoints = Vec::new();
+            for e in &c.endpoints {
+                endpoints.extend(resolve(e).map_err(|m| format!("cluster {:?}: {m}", c.name))?);
+            }
+            clusters.push(ClusterConfig {
+                name: c.name,
+                endpoints,
+            });
+        }
+
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (i, r) in self.routes.into_iter().enumerate() {
+            routes.push(r.validate(i, &clusters)?);
+        }
+        Ok(Config {
+            listen,
+            cores,
+            driver,
+            settings: s,
+            clusters,
+            routes,
+        })
+    }
+}
+
+impl RouteFile {
+    fn validate(self, i: usize, clusters: &[ClusterConfig]) -> Result<RouteConfig, String> {
+        let at = format!("routes[{i}]");
+        if let Some(m) = &self.method {
+            let ok = m
+                .strip_prefix('/')
+                .and_then(|rest| rest.split_once('/'))
+                .is_some_and(|(svc, method)| !svc.is_empty() && !method.is_empty() && !method.contains('/'));
+            if !ok {
+                return Err(format!("{at}.method: {m:?} is not a full method path such as /package.Service/Method"));
+            }
+        }
+        if let Some(s) = &self.service {
+            if s.is_empty() || s.contains('/') {
+                return Err(format!("{at}.service: {s:?} is not a service name such as package.Service"));
+            }
+        }
+        let action = match (self.cluster, self.reject) {
+            (Some(c), None) => {
+                if !clusters.iter().any(|k| k.name == c) {
+                    return Err(format!("{at}.cluster: no cluster named {c:?}"));
+                }
+                RouteAction::Cluster(c)
+            }
+            (None, Some(r)) => {
+                let code: Code = r.code.parse().map_err(|e| format!("{at}.reject.code: {e}"))?;
+                if code == Code::Ok {
+                    return Err(format!("{at}.reject.code: OK is not a rejection"));
+                }
+                RouteAction::Reject(Status::new(code, r.message))
+            }
+            (Some(_), Some(_)) => return Err(format!("{at}: has both cluster and reject; choose one")),
+            (None, None) => return Err(format!("{at}: needs a cluster or a reject")),
+        };
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (j, h) in self.headers.into_iter().enumerate() {
+            let hat = format!("{at}.headers[{j}]");
+            if h.name.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err(format!("{hat}.name: {:?} must be lower case", h.name));
+            }
+            let name = HeaderName::from_str(&h.name)
+                .map_err(|_| format!("{hat}.name: {:?} is not a valid metadata key", h.name))?;
+            let value = |v: &str| {
+                HeaderValue::from_str(v).map_err(|_| format!("{hat}: {v:?} is not a valid metadata value"))
+            };
+            let rule = match (h.value, h.values, h.present) {
+                (Some(v), None, None) => HeaderRule::OneOf(vec![value(&v)?]),
+                (None, Some(vs), None) => {
+                    if vs.is_empty() {
+                        return Err(format!("{hat}.values: the list is empty"));
+                    }
+                    HeaderRule::OneOf(vs.iter().map(|v| value(v)).collect::<Result<_, _>>()?)
+                }
+                (None, None, Some(p)) => HeaderRule::Present(p),
+                (None, None, None) => HeaderRule::Present(true),
+                _ => return Err(format!("{hat}: use only one of value, values, present")),
+            };
+            headers.push(HeaderMatch { name, rule });
+        }
+        let timeout = self
+            .timeout
+            .as_deref()
+            .map(|t| parse_duration(t).map_err(|e| format!("{at}.timeout: {e}")))
+            .transpose()?;
+        Ok(RouteConfig {
+            method: self.method,
+            service: self.service,
+            path_prefix: self.path_prefix,
+            authority: self.authority,
+            headers,
+            action,
+            timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, "test.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1MB"), Ok(1_000_000));
+        assert!(parse_size("1XB").is_err());
+        assert!(parse_size("KiB").is_err());
+    }
+
+    #[test]
+    fn a_full_config_validates() {
+        let cfg = parse(
+            r#"
+            listen = "127.0.0.1:50051"
+            cores = 2
+            [http2]
+            stream_window = "2MiB"
+            max_concurrent_streams = 500
+            [timeouts]
+            drain = "5s"
+            [[clusters]]
+            name = "users"
+            endpoints = ["127.0.0.1:1", "127.0.0.1:2"]
+            [[routes]]
+            service = "pkg.Users"
+            headers = [{ name = "authorization", values = ["Bearer a", "Bearer b"] }]
+            cluster = "users"
+            timeout = "3s"
+            [[routes]]
+            reject = { code = "permission_denied", message = "no" }
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(cfg.settings.stream_window, 2 << 20);
+        assert_eq!(cfg.settings.max_concurrent_streams, 500);
+        assert_eq!(cfg.settings.drain_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.clusters[0].endpoints.len(), 2);
+        assert_eq!(cfg.routes[0].timeout, Some(Duration::from_secs(3)));
+        assert_eq!(
+            cfg.routes[1].action,
+            RouteAction::Reject(Status::new(Code::PermissionDenied, "no"))
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            ("bogus = 1", "unknown field"),
+            ("[[routes]]\ncluster = \"nope\"", "no cluster named \"nope\""),
+            ("[[routes]]\nreject = { code = \"WAT\" }", "unknown gRPC status code"),
+            ("[[routes]]\nmethod = \"Svc.Method\"\nreject = { code = 5 }", "invalid type"),
+            ("[[routes]]\nmethod = \"Svc.Method\"\nreject = { code = \"5\" }", "full method path"),
+            ("[[clusters]]\nname = \"a\"\nendpoints = []", "no endpoints"),
+            ("[[clusters]]\nname = \"a\"\nendpoints = [\"nohost\"]", "cannot resolve"),
+            ("[http2]\nstream_window = \"1KiB\"", "out of range"),
+            ("[timeouts]\ndrain = \"soon\"", "invalid duration"),
+            ("listen = \"here\"", "listen"),
+            ("cores = 0", "cores"),
+            (
+                "[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\ncluster = \"a\"\nheaders = [{ name = \"X-A\" }]",
+                "must be lower case",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).expect_err(text);
+            assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
+            assert!(!err.contains('\n'), "{err:?} spans lines");
+        }
+    }
+}

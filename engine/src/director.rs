@@ -1,0 +1,185 @@
+//! The director: where a call goes.
+//!
+//! For every call the proxy asks its director for a [`Route`]: a cluster to
+//! forward to, or a status to answer with. It sees a [`Call`]: the full
+//! method path, the authority, all request metadata and the peer address,
+//! as `StreamDirector` does in the original Go proxy.
+//!
+//! Thread-per-core: a director is built once per worker core from a
+//! [`DirectorRecipe`], which is `Send + Clone`; the director itself never
+//! leaves its core, so it may hold `Rc`, `Cell` and `RefCell` state and needs
+//! no locks. Any `Fn(&Call) -> Route` closure is a director, and any
+//! `Fn(CoreId) -> D + Send + Clone` closure is a recipe.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderMap;
+
+use crate::status::Status;
+
+/// Names a cluster of upstream endpoints; handed out by
+/// [`ProxyBuilder::cluster`](crate::ProxyBuilder::cluster).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClusterId(pub(crate) u32);
+
+impl ClusterId {
+    pub(crate) fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// The worker a director is built for: its index among the workers and the
+/// CPU it is pinned to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoreId {
+    /// Index of the worker, 0-based.
+    pub worker: usize,
+    /// The CPU the worker is pinned to, when pinning succeeded.
+    pub cpu: Option<usize>,
+}
+
+/// What the director sees of a call.
+#[derive(Debug)]
+pub struct Call<'a> {
+    pub(crate) path: &'a str,
+    pub(crate) authority: Option<&'a str>,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) peer: SocketAddr,
+}
+
+impl<'a> Call<'a> {
+    /// Makes a call context; the proxy does this for every request, and
+    /// tests and benches of directors can too.
+    pub fn new(
+        path: &'a str,
+        authority: Option<&'a str>,
+        headers: &'a HeaderMap,
+        peer: SocketAddr,
+    ) -> Call<'a> {
+        Call {
+            path,
+            authority,
+            headers,
+            peer,
+        }
+    }
+
+    /// The full method path, e.g. `/helloworld.Greeter/SayHello`.
+    pub fn path(&self) -> &'a str {
+        self.path
+    }
+
+    /// The service part of the path, e.g. `helloworld.Greeter`; empty when
+    /// the path is not of the form `/service/method`.
+    pub fn service(&self) -> &'a str {
+        self.split().0
+    }
+
+    /// The method part of the path, e.g. `SayHello`.
+    pub fn method(&self) -> &'a str {
+        self.split().1
+    }
+
+    fn split(&self) -> (&'a str, &'a str) {
+        self.path
+            .strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .unwrap_or(("", ""))
+    }
+
+    /// The `:authority` the client sent, if any.
+    pub fn authority(&self) -> Option<&'a str> {
+        self.authority
+    }
+
+    /// All request metadata (hop-by-hop headers already removed).
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// The first value of one metadata key, if it is valid text.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The downstream peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
+/// Where a call goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Forward the call to an endpoint of this cluster.
+    Forward {
+        /// The cluster.
+        cluster: ClusterId,
+        /// A deadline the proxy enforces, on top of the client's
+        /// `grpc-timeout` (the shorter wins).
+        timeout: Option<Duration>,
+    },
+    /// Answer the call with this status, without contacting any upstream.
+    Reject(Status),
+}
+
+impl Route {
+    /// Forward to this cluster with no proxy deadline of its own.
+    pub fn to(cluster: ClusterId) -> Route {
+        Route::Forward {
+            cluster,
+            timeout: None,
+        }
+    }
+}
+
+/// Decides where each call goes. One instance lives on each worker core.
+pub trait Director: 'static {
+    /// Routes one call. Runs on the per-call path: keep it cheap.
+    fn route(&self, call: &Call<'_>) -> Route;
+}
+
+impl<F> Director for F
+where
+    F: Fn(&Call<'_>) -> Route + 'static,
+{
+    fn route(&self, call: &Call<'_>) -> Route {
+        self(call)
+    }
+}
+
+/// Builds one [`Director`] per worker core. The recipe crosses threads; the
+/// directors it builds do not.
+pub trait DirectorRecipe: Send + Clone + 'static {
+    /// The director this recipe builds.
+    type Director: Director;
+    /// Builds the director for one worker.
+    fn build(&self, core: CoreId) -> Self::Director;
+}
+
+impl<F, D> DirectorRecipe for F
+where
+    F: Fn(CoreId) -> D + Send + Clone + 'static,
+    D: Director,
+{
+    type Director = D;
+    fn build(&self, core: CoreId) -> D {
+        self(core)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_service_and_method() {
+        let headers = HeaderMap::new();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let call = Call::new("/pkg.Svc/Do", None, &headers, peer);
+        assert_eq!((call.service(), call.method()), ("pkg.Svc", "Do"));
+        let odd = Call::new("nopath", None, &headers, peer);
+        assert_eq!((odd.service(), odd.method()), ("", ""));
+    }
+}

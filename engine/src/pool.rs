@@ -1,0 +1,350 @@
+//! The upstream pool of one worker: HTTP/2 client connections per endpoint.
+//!
+//! Key types: [`Pool`] (all clusters of this worker), `Endpoint` (one
+//! address, its connections and its reconnect back-off), [`UpConn`] (one
+//! HTTP/2 connection and its stream count) and [`Upstream`] (a stream opened
+//! for one call).
+//!
+//! Invariants:
+//! - Connections are opened lazily, by the first call that needs one, and
+//!   shared by every call on this core. At most one connect per endpoint is
+//!   in progress; other calls wait for it instead of opening their own.
+//! - A call takes the least-loaded usable connection with a free stream slot
+//!   (below the upstream's SETTINGS_MAX_CONCURRENT_STREAMS); when every
+//!   connection is full, another is opened, up to
+//!   `max_connections_per_endpoint`; past that, h2 queues the stream.
+//! - A connection that received GOAWAY (h2 then refuses new streams) takes no
+//!   new calls; its in-flight streams finish; the next call opens a fresh one.
+//! - A failed connect puts the endpoint in exponential back-off; while in
+//!   back-off and with no usable connection, calls fail at once with
+//!   UNAVAILABLE rather than hang. Round robin skips endpoints in back-off.
+//!
+//! Cost per call: one `RefCell` borrow per step, no allocation, no atomics
+//! beyond h2's own.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::SendStream;
+use http::Request;
+use monoio::io::IntoPollIo;
+use monoio::net::TcpStream;
+
+use crate::config::Settings;
+use crate::director::ClusterId;
+use crate::signal::Notify;
+
+/// Why no upstream stream could be opened. Every variant is UNAVAILABLE to
+/// the client and is safe to retry: nothing reached an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect failed.
+    #[error("upstream {addr}: connect failed: {source}")]
+    Connect {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TCP connect took longer than `connect_timeout`.
+    #[error("upstream {addr}: connect timed out after {timeout:?}")]
+    ConnectTimeout {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The configured limit.
+        timeout: Duration,
+    },
+    /// The HTTP/2 handshake or stream open failed.
+    #[error("upstream {addr}: HTTP/2 error: {source}")]
+    Http2 {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// h2's error.
+        source: h2::Error,
+    },
+    /// The endpoint failed recently and is waiting before a new connect.
+    #[error("upstream {addr}: unavailable ({last}); next connect attempt in {retry_in:?}")]
+    BackingOff {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// What failed last.
+        last: Rc<str>,
+        /// Time left in the back-off.
+        retry_in: Duration,
+    },
+}
+
+/// One HTTP/2 connection to an upstream endpoint.
+pub struct UpConn {
+    send: RefCell<SendRequest<Bytes>>,
+    active: Cell<usize>,
+    usable: Cell<bool>,
+}
+
+impl UpConn {
+    fn has_room(&self) -> bool {
+        self.active.get() < self.send.borrow().current_max_send_streams()
+    }
+}
+
+/// Holds one stream slot of a connection; frees it on drop.
+pub struct StreamSlot(Rc<UpConn>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
+    }
+}
+
+/// A stream opened upstream for one call.
+pub struct Upstream {
+    /// The upstream's response headers, when they come.
+    pub response: ResponseFuture,
+    /// The request direction of the stream.
+    pub send: SendStream<Bytes>,
+    /// Whether request DATA may follow (the headers did not end the stream).
+    pub request_open: bool,
+    /// Keeps the connection's stream count right.
+    pub slot: StreamSlot,
+}
+
+struct Endpoint {
+    addr: SocketAddr,
+    conns: RefCell<Vec<Rc<UpConn>>>,
+    connecting: Cell<bool>,
+    changed: Notify,
+    failures: Cell<u32>,
+    retry_at: Cell<Option<Instant>>,
+    last_error: RefCell<Rc<str>>,
+}
+
+struct Cluster {
+    endpoints: Vec<Rc<Endpoint>>,
+    next: Cell<usize>,
+}
+
+/// All upstream connections of one worker.
+pub struct Pool {
+    clusters: Vec<Cluster>,
+    settings: Rc<Settings>,
+    h2: h2::client::Builder,
+}
+
+impl Pool {
+    /// A pool for these clusters (indexed by [`ClusterId`]); opens nothing.
+    pub fn new(clusters: &[Vec<SocketAddr>], settings: Rc<Settings>) -> Pool {
+        let mut h2 = h2::client::Builder::new();
+        h2.initial_window_size(settings.stream_window)
+            .initial_connection_window_size(settings.connection_window)
+            .max_frame_size(settings.max_frame_size)
+            .max_send_buffer_size(settings.max_send_buffer_size)
+            .max_header_list_size(settings.max_header_list_size)
+            .enable_push(false);
+        let clusters = clusters
+            .iter()
+            .map(|endpoints| Cluster {
+                endpoints: endpoints
+                    .iter()
+                    .map(|&addr| {
+                        Rc::new(Endpoint {
+                            addr,
+                            conns: RefCell::new(Vec::new()),
+                            connecting: Cell::new(false),
+                            changed: Notify::default(),
+                            failures: Cell::new(0),
+                            retry_at: Cell::new(None),
+                            last_error: RefCell::new(Rc::from("")),
+                        })
+                    })
+                    .collect(),
+                next: Cell::new(0),
+            })
+            .collect();
+        Pool {
+            clusters,
+            settings,
+            h2,
+        }
+    }
+
+    /// Opens a stream for `request` on an endpoint of `cluster`, round
+    /// robin, skipping endpoints that are backing off.
+    pub async fn open(
+        &self,
+        cluster: ClusterId,
+        request: Request<()>,
+        end_of_stream: bool,
+    ) -> Result<Upstream, UpstreamError> {
+        let cluster = &self.clusters[cluster.index()];
+        let n = cluster.endpoints.len();
+        let start = cluster.next.get();
+        cluster.next.set(start.wrapping_add(1));
+        let mut last_error = None;
+        for i in 0..n {
+            let endpoint = &cluster.endpoints[(start + i) % n];
+            match self.ready_connection(endpoint).await {
+                Ok(conn) => {
+                    let opened = conn.send.borrow_mut().send_request(request, end_of_stream);
+                    return match opened {
+                        Ok((response, send)) => {
+                            conn.active.set(conn.active.get() + 1);
+                            Ok(Upstream {
+                                response,
+                                send,
+                                request_open: !end_of_stream,
+                                slot: StreamSlot(conn),
+                            })
+                        }
+                        Err(source) => {
+                            retire(endpoint, &conn);
+                            Err(UpstreamError::Http2 {
+                                addr: endpoint.addr,
+                                source,
+                            })
+                        }
+                    };
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("a cluster has at least one endpoint"))
+    }
+
+    /// A connection of `endpoint` that h2 says can take a new stream now.
+    async fn ready_connection(&self, endpoint: &Rc<Endpoint>) -> Result<Rc<UpConn>, UpstreamError> {
+        loop {
+            let conn = self.connection(endpoint).await?;
+            let ready = poll_fn(|cx| conn.send.borrow_mut().poll_ready(cx)).await;
+            match ready {
+                Ok(()) => return Ok(conn),
+                // GOAWAY received or the connection failed: never again.
+                Err(e) => {
+                    tracing::debug!(upstream = %endpoint.addr, error = %e, "upstream connection retired");
+                    retire(endpoint, &conn);
+                }
+            }
+        }
+    }
+
+    async fn connection(&self, endpoint: &Rc<Endpoint>) -> Result<Rc<UpConn>, UpstreamError> {
+        loop {
+            let best = endpoint
+                .conns
+                .borrow()
+                .iter()
+                .filter(|c| c.usable.get())
+                .min_by_key(|c| c.active.get())
+                .cloned();
+            if let Some(conn) = &best {
+                if conn.has_room() {
+                    return Ok(best.expect("checked"));
+                }
+            }
+            let room_for_more = endpoint.conns.borrow().len() < self.settings.max_connections_per_endpoint;
+            if endpoint.connecting.get() {
+                // Another call is connecting: wait for it rather than open a
+                // second connection for the same burst.
+                endpoint.changed.notified().await;
+                continue;
+            }
+            if room_for_more {
+                if best.is_none() {
+                    if let Some(at) = endpoint.retry_at.get() {
+                        let now = Instant::now();
+                        if now < at {
+                            return Err(UpstreamError::BackingOff {
+                                addr: endpoint.addr,
+                                last: endpoint.last_error.borrow().clone(),
+                                retry_in: at - now,
+                            });
+                        }
+                    }
+                }
+                endpoint.connecting.set(true);
+                let result = self.connect(endpoint).await;
+                endpoint.connecting.set(false);
+                endpoint.changed.notify_all();
+                match result {
+                    Ok(conn) => {
+                        endpoint.failures.set(0);
+                        endpoint.retry_at.set(None);
+                        endpoint.conns.borrow_mut().push(conn.clone());
+                        return Ok(conn);
+                    }
+                    Err(e) => {
+                        self.back_off(endpoint, &e);
+                        // With a live (full) connection, queue on it rather
+                        // than fail the call.
+                        return best.ok_or(e);
+                    }
+                }
+            }
+            if let Some(conn) = best {
+                return Ok(conn);
+            }
+            // Every slot is taken by connections that have stopped taking
+            // calls; wait for one to close.
+            endpoint.changed.notified().await;
+        }
+    }
+
+    fn back_off(&self, endpoint: &Endpoint, error: &UpstreamError) {
+        let failures = endpoint.failures.get().saturating_add(1);
+        endpoint.failures.set(failures);
+        let min = self.settings.reconnect_backoff_min;
+        let wait = min
+            .saturating_mul(1u32 << (failures - 1).min(16))
+            .min(self.settings.reconnect_backoff_max);
+        endpoint.retry_at.set(Some(Instant::now() + wait));
+        *endpoint.last_error.borrow_mut() = Rc::from(error.to_string());
+        tracing::warn!(upstream = %endpoint.addr, error = %error, retry_in = ?wait, "upstream connect failed");
+    }
+
+    async fn connect(&self, endpoint: &Rc<Endpoint>) -> Result<Rc<UpConn>, UpstreamError> {
+        let addr = endpoint.addr;
+        let timeout = self.settings.connect_timeout;
+        let tcp = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+            Err(_) => return Err(UpstreamError::ConnectTimeout { addr, timeout }),
+            Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
+            Ok(Ok(tcp)) => tcp,
+        };
+        let _ = tcp.set_nodelay(true);
+        let io = tcp
+            .into_poll_io()
+            .map_err(|source| UpstreamError::Connect { addr, source })?;
+        let (send, connection) = self
+            .h2
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(|source| UpstreamError::Http2 { addr, source })?;
+        let conn = Rc::new(UpConn {
+            send: RefCell::new(send),
+            active: Cell::new(0),
+            usable: Cell::new(true),
+        });
+        let (weak_conn, weak_endpoint) = (Rc::downgrade(&conn), Rc::downgrade(endpoint));
+        monoio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
+            }
+            if let (Some(conn), Some(endpoint)) = (weak_conn.upgrade(), weak_endpoint.upgrade()) {
+                retire(&endpoint, &conn);
+            }
+        });
+        tracing::debug!(upstream = %addr, "upstream connection open");
+        Ok(conn)
+    }
+}
+
+/// Takes a connection out of rotation; its open streams run on.
+fn retire(endpoint: &Endpoint, conn: &Rc<UpConn>) {
+    if conn.usable.replace(false) {
+        endpoint.conns.borrow_mut().retain(|c| !Rc::ptr_eq(c, conn));
+        endpoint.changed.notify_all();
+    }
+}

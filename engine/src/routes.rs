@@ -1,0 +1,229 @@
+//! The declarative director: the config file's routes, tried in order.
+//!
+//! A route matches when all its conditions hold: exact method path, exact
+//! service, path prefix, exact authority, and metadata rules (present,
+//! absent, or one of an allow-list of values). The first match decides:
+//! forward to a cluster, or reject with a status. A call no route matches
+//! gets UNIMPLEMENTED; a route without conditions is the default route.
+//!
+//! Each worker gets its own copy of the table (the recipe is `Clone`).
+//! Matching is a linear scan that compares borrowed strings and allocates
+//! nothing, except to build a rejection's status.
+
+use std::collections::HashMap;
+
+use crate::config::{HeaderMatch, HeaderRule, RouteAction, RouteConfig};
+use crate::director::{Call, ClusterId, CoreId, Director, DirectorRecipe, Route};
+use crate::status::{Code, Status};
+
+/// The routes of a config file, compiled against the proxy's clusters.
+#[derive(Clone, Debug)]
+pub struct RouteTable {
+    routes: Vec<Compiled>,
+}
+
+#[derive(Clone, Debug)]
+struct Compiled {
+    method: Option<Box<str>>,
+    service: Option<Box<str>>,
+    path_prefix: Option<Box<str>>,
+    authority: Option<Box<str>>,
+    headers: Vec<HeaderMatch>,
+    route: Route,
+}
+
+impl RouteTable {
+    /// Compiles routes; `clusters` maps cluster names to ids. A route naming
+    /// an unknown cluster is an error.
+    pub fn new(routes: &[RouteConfig], clusters: &HashMap<String, ClusterId>) -> Result<RouteTable, String> {
+        let routes = routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let route = match &r.action {
+                    RouteAction::Cluster(name) => Route::Forward {
+                        cluster: *clusters
+                            .get(name)
+                            .ok_or_else(|| format!("routes[{i}]: no cluster named {name:?}"))?,
+                        timeout: r.timeout,
+                    },
+                    RouteAction::Reject(status) => Route::Reject(status.clone()),
+                };
+                Ok(Compiled {
+                    method: r.method.as_deref().map(Into::into),
+                    service: r.service.as_deref().map(Into::into),
+                    path_prefix: r.path_prefix.as_deref().map(Into::into),
+                    authority: r.authority.as_deref().map(Into::into),
+                    headers: r.headers.clone(),
+                    route,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(RouteTable { routes })
+    }
+
+    /// How many routes the table holds.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether the table is empty (every call is UNIMPLEMENTED).
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+impl Compiled {
+    fn matches(&self, call: &Call<'_>) -> bool {
+        if let Some(m) = &self.method {
+            if **m != *call.path() {
+                return false;
+            }
+        }
+        if let Some(s) = &self.service {
+            if **s != *call.service() {
+                return false;
+            }
+        }
+        if let Some(p) = &self.path_prefix {
+            if !call.path().starts_with(&**p) {
+                return false;
+            }
+        }
+        if let Some(a) = &self.authority {
+            if call.authority() != Some(&**a) {
+                return false;
+            }
+        }
+        self.headers.iter().all(|h| {
+            let mut values = call.headers().get_all(&h.name).iter().peekable();
+            match &h.rule {
+                HeaderRule::Present(want) => values.peek().is_some() == *want,
+                HeaderRule::OneOf(allowed) => values.any(|v| allowed.contains(v)),
+            }
+        })
+    }
+}
+
+impl Director for RouteTable {
+    fn route(&self, call: &Call<'_>) -> Route {
+        match self.routes.iter().find(|r| r.matches(call)) {
+            Some(r) => r.route.clone(),
+            None => Route::Reject(Status::new(
+                Code::Unimplemented,
+                format!("no route for {}", call.path()),
+            )),
+        }
+    }
+}
+
+impl DirectorRecipe for RouteTable {
+    type Director = RouteTable;
+    fn build(&self, _core: CoreId) -> RouteTable {
+        self.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use http::{HeaderMap, HeaderValue};
+    use std::net::SocketAddr;
+
+    fn table(text: &str) -> RouteTable {
+        let cfg = Config::parse(text, "t").expect("valid config");
+        let ids = cfg
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), ClusterId(i as u32)))
+            .collect();
+        RouteTable::new(&cfg.routes, &ids).expect("compiles")
+    }
+
+    fn route(t: &RouteTable, path: &str, authority: Option<&str>, headers: &[(&'static str, &'static str)]) -> Route {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(*k, HeaderValue::from_static(v));
+        }
+        let peer = SocketAddr::from(([127, 0, 0, 1], 9));
+        t.route(&Call::new(path, authority, &map, peer))
+    }
+
+    const CLUSTERS: &str = r#"
+        [[clusters]]
+        name = "a"
+        endpoints = ["127.0.0.1:1"]
+        [[clusters]]
+        name = "b"
+        endpoints = ["127.0.0.1:2"]
+    "#;
+
+    #[test]
+    fn first_match_wins_and_unmatched_is_unimplemented() {
+        let t = table(&format!(
+            r#"{CLUSTERS}
+            [[routes]]
+            method = "/pkg.Svc/Special"
+            cluster = "b"
+            [[routes]]
+            service = "pkg.Svc"
+            cluster = "a"
+            [[routes]]
+            path_prefix = "/other."
+            authority = "api.example.com"
+            cluster = "b"
+            "#
+        ));
+        let (a, b) = (Route::to(ClusterId(0)), Route::to(ClusterId(1)));
+        assert_eq!(route(&t, "/pkg.Svc/Special", None, &[]), b);
+        assert_eq!(route(&t, "/pkg.Svc/Plain", None, &[]), a);
+        assert_eq!(route(&t, "/other.X/Y", Some("api.example.com"), &[]), b);
+        match route(&t, "/other.X/Y", Some("elsewhere"), &[]) {
+            Route::Reject(s) => {
+                assert_eq!(s.code(), Code::Unimplemented);
+                assert!(s.message().contains("/other.X/Y"));
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn metadata_rules() {
+        let t = table(&format!(
+            r#"{CLUSTERS}
+            [[routes]]
+            headers = [{{ name = "authorization", values = ["Bearer good", "Bearer also"] }}]
+            cluster = "a"
+            [[routes]]
+            headers = [{{ name = "x-tenant", value = "blue" }}, {{ name = "x-debug", present = false }}]
+            cluster = "b"
+            [[routes]]
+            reject = {{ code = "PERMISSION_DENIED", message = "bad token" }}
+            "#
+        ));
+        assert_eq!(route(&t, "/p.S/M", None, &[("authorization", "Bearer also")]), Route::to(ClusterId(0)));
+        assert_eq!(route(&t, "/p.S/M", None, &[("x-tenant", "blue")]), Route::to(ClusterId(1)));
+        assert_eq!(
+            route(&t, "/p.S/M", None, &[("x-tenant", "blue"), ("x-debug", "1")]),
+            Route::Reject(Status::new(Code::PermissionDenied, "bad token"))
+        );
+        assert_eq!(
+            route(&t, "/p.S/M", None, &[("authorization", "Bearer bad")]),
+            Route::Reject(Status::new(Code::PermissionDenied, "bad token"))
+        );
+    }
+
+    #[test]
+    fn route_timeouts_are_kept() {
+        let t = table(&format!("{CLUSTERS}\n[[routes]]\ncluster = \"a\"\ntimeout = \"2s\""));
+        assert_eq!(
+            route(&t, "/p.S/M", None, &[]),
+            Route::Forward {
+                cluster: ClusterId(0),
+                timeout: Some(std::time::Duration::from_secs(2))
+            }
+        );
+    }
+}

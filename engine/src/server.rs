@@ -1,0 +1,91 @@
+//! One downstream HTTP/2 connection: handshake, accept streams, drain.
+//!
+//! Cleartext HTTP/2 with prior knowledge only. Anything else (HTTP/1.1,
+//! garbage, a port probe that connects and closes, a client too slow to send
+//! the preface within `handshake_timeout`) fails the handshake and closes
+//! this connection alone; it is logged at debug level.
+//!
+//! Each accepted stream runs as its own task on this core. When the worker
+//! drains, the connection sends GOAWAY (h2's graceful shutdown: a first
+//! GOAWAY, a PING round trip, then the final one), lets its streams finish,
+//! and closes.
+
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use monoio::io::IntoPollIo;
+use monoio::net::TcpStream;
+
+use crate::config::Settings;
+use crate::worker::Worker;
+
+/// The h2 server settings for downstream connections.
+pub fn builder(settings: &Settings) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(settings.stream_window)
+        .initial_connection_window_size(settings.connection_window)
+        .max_frame_size(settings.max_frame_size)
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(settings.max_header_list_size)
+        .max_send_buffer_size(settings.max_send_buffer_size)
+        .max_pending_accept_reset_streams(settings.max_pending_accept_reset_streams);
+    b
+}
+
+enum Event<T> {
+    Drain,
+    Accept(Option<Result<T, h2::Error>>),
+}
+
+/// Serves one accepted TCP connection until it closes.
+pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let io = match tcp.into_poll_io() {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "downstream socket unusable");
+            return;
+        }
+    };
+    let handshake = worker.h2.handshake::<_, Bytes>(io);
+    let mut conn = match monoio::time::timeout(worker.settings.handshake_timeout, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "downstream handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "downstream handshake timed out");
+            return;
+        }
+    };
+    let mut drain = std::pin::pin!(worker.drain.wait());
+    let mut draining = false;
+    loop {
+        let event = poll_fn(|cx| {
+            if !draining && drain.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Drain);
+            }
+            Pin::new(&mut conn).poll_accept(cx).map(Event::Accept)
+        })
+        .await;
+        match event {
+            Event::Drain => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            Event::Accept(Some(Ok((request, respond)))) => {
+                monoio::spawn(crate::call::handle(worker.clone(), request, respond, peer));
+            }
+            Event::Accept(Some(Err(e))) => {
+                tracing::debug!(%peer, error = %e, "downstream connection error");
+                break;
+            }
+            Event::Accept(None) => break,
+        }
+    }
+}

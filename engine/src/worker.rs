@@ -1,0 +1,136 @@
+//! A worker: one pinned thread, one monoio runtime, one listener, and this
+//! core's director and upstream pool.
+//!
+//! Everything a call touches lives in [`Worker`], shared by the core's
+//! tasks through `Rc`; nothing on the per-call path crosses threads. The
+//! worker accepts until it is told to drain or stop (see
+//! [`control`](crate::control)); when draining it closes its listener, lets
+//! every connection GOAWAY and finish, and exits when the last one closes
+//! or the drain timeout passes.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use crate::config::Settings;
+use crate::control::{Command, Mailbox};
+use crate::director::{CoreId, Director, DirectorRecipe};
+use crate::pool::Pool;
+use crate::runtime::{self, Driver};
+use crate::signal::{Latch, Notify};
+
+/// The per-core state every task of this worker shares.
+pub struct Worker {
+    pub(crate) director: Box<dyn Director>,
+    pub(crate) pool: Pool,
+    pub(crate) settings: Rc<Settings>,
+    pub(crate) h2: h2::server::Builder,
+    pub(crate) drain: Latch,
+    stop: Latch,
+    connections: Cell<usize>,
+    idle: Notify,
+}
+
+/// What a worker thread is started with; `Send`.
+pub struct Spec<R> {
+    pub core: CoreId,
+    pub driver: Driver,
+    pub listener: std::net::TcpListener,
+    pub recipe: R,
+    pub clusters: Vec<Vec<SocketAddr>>,
+    pub settings: Settings,
+    pub mailbox: Mailbox,
+    /// Told once the runtime is up and the listener registered, or why not.
+    pub ready: crossbeam_channel::Sender<Result<Driver, String>>,
+}
+
+/// Runs a worker on the current thread until it stops.
+pub fn run<R: DirectorRecipe>(spec: Spec<R>) {
+    if let Some(cpu) = spec.core.cpu {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+            tracing::warn!(worker = spec.core.worker, cpu, "could not pin worker to its CPU");
+        }
+    }
+    let driver = spec.driver.resolve();
+    let ready = spec.ready.clone();
+    if let Err(e) = runtime::block_on(driver, move || serve(spec, driver)) {
+        let _ = ready.send(Err(format!("cannot start the {driver} runtime: {e}")));
+    }
+}
+
+async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
+    let listener = match monoio::net::TcpListener::from_std(spec.listener) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = spec.ready.send(Err(format!("cannot register listener: {e}")));
+            return;
+        }
+    };
+    let settings = Rc::new(spec.settings);
+    let worker = Rc::new(Worker {
+        director: Box::new(spec.recipe.build(spec.core)),
+        pool: Pool::new(&spec.clusters, settings.clone()),
+        h2: crate::server::builder(&settings),
+        settings,
+        drain: Latch::default(),
+        stop: Latch::default(),
+        connections: Cell::new(0),
+        idle: Notify::default(),
+    });
+    let w = worker.clone();
+    monoio::spawn(spec.mailbox.run(move |command| match command {
+        Command::Drain => w.drain.set(),
+        Command::Stop => w.stop.set(),
+    }));
+    let _ = spec.ready.send(Ok(driver));
+    tracing::debug!(worker = spec.core.worker, cpu = ?spec.core.cpu, %driver, "worker started");
+
+    monoio::select! {
+        _ = accept_loop(&worker, &listener) => {}
+        _ = worker.drain.wait() => {}
+        _ = worker.stop.wait() => return,
+    }
+    drop(listener);
+    let timeout = worker.settings.drain_timeout;
+    monoio::select! {
+        _ = wait_idle(&worker) => {}
+        _ = worker.stop.wait() => {}
+        _ = monoio::time::sleep(timeout) => {
+            tracing::warn!(worker = spec.core.worker, connections = worker.connections.get(),
+                "drain timeout: cutting remaining connections");
+        }
+    }
+}
+
+async fn wait_idle(worker: &Worker) {
+    while worker.connections.get() > 0 {
+        worker.idle.notified().await;
+    }
+}
+
+async fn accept_loop(worker: &Rc<Worker>, listener: &monoio::net::TcpListener) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: log, pause briefly, go on serving.
+                tracing::warn!(error = %e, "accept failed");
+                monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if worker.connections.get() >= worker.settings.max_connections_per_worker {
+            tracing::debug!(%peer, "connection limit reached; closing new connection");
+            continue;
+        }
+        worker.connections.set(worker.connections.get() + 1);
+        let w = worker.clone();
+        monoio::spawn(async move {
+            crate::server::serve(w.clone(), tcp, peer).await;
+            w.connections.set(w.connections.get() - 1);
+            if w.connections.get() == 0 {
+                w.idle.notify_all();
+            }
+        });
+    }
+}
