@@ -79,7 +79,10 @@ pub async fn handle(
         Some(at) => match monoio::time::timeout_at(at, open).await {
             Ok(opened) => opened,
             Err(_) => {
-                let status = Status::new(Code::DeadlineExceeded, "deadline exceeded before an upstream was reached");
+                let status = Status::new(
+                    Code::DeadlineExceeded,
+                    "deadline exceeded before an upstream was reached",
+                );
                 let _ = respond.send_response(status.to_trailers_only(), true);
                 return;
             }

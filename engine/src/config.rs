@@ -303,7 +303,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("invalid size unit {other:?} in {text:?} (use B, KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {text:?} (use B, KiB, MiB or GiB)"
+            ))
+        }
     };
     n.checked_mul(scale)
         .ok_or_else(|| format!("size {text:?} is too large"))
@@ -394,7 +398,8 @@ impl File {
             s.max_concurrent_streams = n;
         }
         if let Some(v) = &self.http2.max_header_list_size {
-            s.max_header_list_size = size32("http2.max_header_list_size", v, 1024, u32::MAX as u64)?;
+            s.max_header_list_size =
+                size32("http2.max_header_list_size", v, 1024, u32::MAX as u64)?;
         }
         if let Some(v) = &self.http2.max_send_buffer_size {
             s.max_send_buffer_size =
@@ -421,13 +426,31 @@ impl File {
             }
             Ok(())
         };
-        dur("upstream.reconnect_backoff_min", &self.upstream.reconnect_backoff_min, &mut s.reconnect_backoff_min)?;
-        dur("upstream.reconnect_backoff_max", &self.upstream.reconnect_backoff_max, &mut s.reconnect_backoff_max)?;
-        dur("timeouts.handshake", &self.timeouts.handshake, &mut s.handshake_timeout)?;
-        dur("timeouts.connect", &self.timeouts.connect, &mut s.connect_timeout)?;
+        dur(
+            "upstream.reconnect_backoff_min",
+            &self.upstream.reconnect_backoff_min,
+            &mut s.reconnect_backoff_min,
+        )?;
+        dur(
+            "upstream.reconnect_backoff_max",
+            &self.upstream.reconnect_backoff_max,
+            &mut s.reconnect_backoff_max,
+        )?;
+        dur(
+            "timeouts.handshake",
+            &self.timeouts.handshake,
+            &mut s.handshake_timeout,
+        )?;
+        dur(
+            "timeouts.connect",
+            &self.timeouts.connect,
+            &mut s.connect_timeout,
+        )?;
         dur("timeouts.drain", &self.timeouts.drain, &mut s.drain_timeout)?;
         if s.reconnect_backoff_min > s.reconnect_backoff_max {
-            return Err("upstream.reconnect_backoff_min is larger than reconnect_backoff_max".into());
+            return Err(
+                "upstream.reconnect_backoff_min is larger than reconnect_backoff_max".into(),
+            );
         }
 
         let listen = self
@@ -450,7 +473,10 @@ impl File {
                 return Err(format!("clusters[{i}]: name is empty"));
             }
             if clusters.iter().any(|k: &ClusterConfig| k.name == c.name) {
-                return Err(format!("clusters[{i}]: duplicate cluster name {:?}", c.name));
+                return Err(format!(
+                    "clusters[{i}]: duplicate cluster name {:?}",
+                    c.name
+                ));
             }
             if c.endpoints.is_empty() {
                 return Err(format!("cluster {:?}: no endpoints", c.name));
@@ -487,14 +513,20 @@ impl RouteFile {
             let ok = m
                 .strip_prefix('/')
                 .and_then(|rest| rest.split_once('/'))
-                .is_some_and(|(svc, method)| !svc.is_empty() && !method.is_empty() && !method.contains('/'));
+                .is_some_and(|(svc, method)| {
+                    !svc.is_empty() && !method.is_empty() && !method.contains('/')
+                });
             if !ok {
-                return Err(format!("{at}.method: {m:?} is not a full method path such as /package.Service/Method"));
+                return Err(format!(
+                    "{at}.method: {m:?} is not a full method path such as /package.Service/Method"
+                ));
             }
         }
         if let Some(s) = &self.service {
             if s.is_empty() || s.contains('/') {
-                return Err(format!("{at}.service: {s:?} is not a service name such as package.Service"));
+                return Err(format!(
+                    "{at}.service: {s:?} is not a service name such as package.Service"
+                ));
             }
         }
         let action = match (self.cluster, self.reject) {
@@ -505,13 +537,18 @@ impl RouteFile {
                 RouteAction::Cluster(c)
             }
             (None, Some(r)) => {
-                let code: Code = r.code.parse().map_err(|e| format!("{at}.reject.code: {e}"))?;
+                let code: Code = r
+                    .code
+                    .parse()
+                    .map_err(|e| format!("{at}.reject.code: {e}"))?;
                 if code == Code::Ok {
                     return Err(format!("{at}.reject.code: OK is not a rejection"));
                 }
                 RouteAction::Reject(Status::new(code, r.message))
             }
-            (Some(_), Some(_)) => return Err(format!("{at}: has both cluster and reject; choose one")),
+            (Some(_), Some(_)) => {
+                return Err(format!("{at}: has both cluster and reject; choose one"))
+            }
             (None, None) => return Err(format!("{at}: needs a cluster or a reject")),
         };
         let mut headers = Vec::with_capacity(self.headers.len());
@@ -523,7 +560,8 @@ impl RouteFile {
             let name = HeaderName::from_str(&h.name)
                 .map_err(|_| format!("{hat}.name: {:?} is not a valid metadata key", h.name))?;
             let value = |v: &str| {
-                HeaderValue::from_str(v).map_err(|_| format!("{hat}: {v:?} is not a valid metadata value"))
+                HeaderValue::from_str(v)
+                    .map_err(|_| format!("{hat}: {v:?} is not a valid metadata value"))
             };
             let rule = match (h.value, h.values, h.present) {
                 (Some(v), None, None) => HeaderRule::OneOf(vec![value(&v)?]),
@@ -607,6 +645,14 @@ mod tests {
             cfg.routes[1].action,
             RouteAction::Reject(Status::new(Code::PermissionDenied, "no"))
         );
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../grpc-proxy.example.toml");
+        let cfg = parse(text).expect("the documented example parses");
+        assert_eq!(cfg.clusters.len(), 2);
+        assert_eq!(cfg.routes.len(), 4);
     }
 
     #[test]

@@ -21,7 +21,10 @@ pub enum CoreSelection {
 impl CoreSelection {
     /// Builds a selection from the `cores` and `cpu_set` settings, which
     /// may not both be given.
-    pub fn from_parts(cores: Option<usize>, cpu_set: Option<Vec<usize>>) -> Result<CoreSelection, String> {
+    pub fn from_parts(
+        cores: Option<usize>,
+        cpu_set: Option<Vec<usize>>,
+    ) -> Result<CoreSelection, String> {
         match (cores, cpu_set) {
             (Some(_), Some(_)) => Err("cores and cpu_set: give one or the other, not both".into()),
             (Some(0), None) => Err("cores: must be at least 1".into()),
@@ -76,7 +79,8 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
         let bad = || format!("invalid CPU list {text:?} (expected e.g. 0,2,4 or 0-3)");
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
                 if a > b {
                     return Err(bad());
                 }
@@ -100,7 +104,10 @@ pub fn available() -> Vec<usize> {
 }
 
 fn list(cpus: &[usize]) -> String {
-    cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+    cpus.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -131,6 +138,9 @@ mod tests {
     fn parts_conflict() {
         assert!(CoreSelection::from_parts(Some(1), Some(vec![0])).is_err());
         assert!(CoreSelection::from_parts(Some(0), None).is_err());
-        assert_eq!(CoreSelection::from_parts(None, None), Ok(CoreSelection::All));
+        assert_eq!(
+            CoreSelection::from_parts(None, None),
+            Ok(CoreSelection::All)
+        );
     }
 }

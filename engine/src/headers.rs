@@ -55,7 +55,13 @@ mod tests {
         names.sort_unstable();
         assert_eq!(
             names,
-            ["content-type", "grpc-timeout", "te", "x-custom", "x-trace-bin"]
+            [
+                "content-type",
+                "grpc-timeout",
+                "te",
+                "x-custom",
+                "x-trace-bin"
+            ]
         );
     }
 

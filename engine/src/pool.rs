@@ -245,7 +245,8 @@ impl Pool {
                     return Ok(best.expect("checked"));
                 }
             }
-            let room_for_more = endpoint.conns.borrow().len() < self.settings.max_connections_per_endpoint;
+            let room_for_more =
+                endpoint.conns.borrow().len() < self.settings.max_connections_per_endpoint;
             if endpoint.connecting.get() {
                 // Another call is connecting: wait for it rather than open a
                 // second connection for the same burst.

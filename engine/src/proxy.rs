@@ -80,7 +80,12 @@ impl ProxyBuilder {
         let ids: HashMap<String, ClusterId> = config
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), builder.cluster(&c.name, c.endpoints.iter().copied())))
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    builder.cluster(&c.name, c.endpoints.iter().copied()),
+                )
+            })
             .collect();
         let table = RouteTable::new(&config.routes, &ids).map_err(StartError::Routes)?;
         Ok((builder, table))
@@ -106,8 +111,13 @@ impl ProxyBuilder {
 
     /// Adds a cluster of endpoints, balanced round robin, and returns its id
     /// for the director to route to.
-    pub fn cluster(&mut self, name: &str, endpoints: impl IntoIterator<Item = SocketAddr>) -> ClusterId {
-        self.clusters.push((name.to_owned(), endpoints.into_iter().collect()));
+    pub fn cluster(
+        &mut self,
+        name: &str,
+        endpoints: impl IntoIterator<Item = SocketAddr>,
+    ) -> ClusterId {
+        self.clusters
+            .push((name.to_owned(), endpoints.into_iter().collect()));
         ClusterId((self.clusters.len() - 1) as u32)
     }
 
@@ -115,15 +125,23 @@ impl ProxyBuilder {
     /// returns once all of them are serving.
     pub fn start<R: DirectorRecipe>(self, recipe: R) -> Result<ProxyHandle, StartError> {
         if let Some((name, _)) = self.clusters.iter().find(|(_, e)| e.is_empty()) {
-            return Err(StartError::Routes(format!("cluster {name:?} has no endpoints")));
+            return Err(StartError::Routes(format!(
+                "cluster {name:?} has no endpoints"
+            )));
         }
-        let cpus = self.cores.plan(&cores::available()).map_err(StartError::Cores)?;
+        let cpus = self
+            .cores
+            .plan(&cores::available())
+            .map_err(StartError::Cores)?;
         let (listeners, local_addr) =
-            crate::listener::bind_all(self.listen, cpus.len()).map_err(|source| StartError::Bind {
-                addr: self.listen,
-                source,
+            crate::listener::bind_all(self.listen, cpus.len()).map_err(|source| {
+                StartError::Bind {
+                    addr: self.listen,
+                    source,
+                }
             })?;
-        let endpoints: Vec<Vec<SocketAddr>> = self.clusters.iter().map(|(_, e)| e.clone()).collect();
+        let endpoints: Vec<Vec<SocketAddr>> =
+            self.clusters.iter().map(|(_, e)| e.clone()).collect();
         let mut handle = ProxyHandle {
             local_addr,
             driver: self.driver,

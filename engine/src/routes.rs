@@ -35,7 +35,10 @@ struct Compiled {
 impl RouteTable {
     /// Compiles routes; `clusters` maps cluster names to ids. A route naming
     /// an unknown cluster is an error.
-    pub fn new(routes: &[RouteConfig], clusters: &HashMap<String, ClusterId>) -> Result<RouteTable, String> {
+    pub fn new(
+        routes: &[RouteConfig],
+        clusters: &HashMap<String, ClusterId>,
+    ) -> Result<RouteTable, String> {
         let routes = routes
             .iter()
             .enumerate()
@@ -142,7 +145,12 @@ mod tests {
         RouteTable::new(&cfg.routes, &ids).expect("compiles")
     }
 
-    fn route(t: &RouteTable, path: &str, authority: Option<&str>, headers: &[(&'static str, &'static str)]) -> Route {
+    fn route(
+        t: &RouteTable,
+        path: &str,
+        authority: Option<&str>,
+        headers: &[(&'static str, &'static str)],
+    ) -> Route {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(*k, HeaderValue::from_static(v));
@@ -203,10 +211,21 @@ mod tests {
             reject = {{ code = "PERMISSION_DENIED", message = "bad token" }}
             "#
         ));
-        assert_eq!(route(&t, "/p.S/M", None, &[("authorization", "Bearer also")]), Route::to(ClusterId(0)));
-        assert_eq!(route(&t, "/p.S/M", None, &[("x-tenant", "blue")]), Route::to(ClusterId(1)));
         assert_eq!(
-            route(&t, "/p.S/M", None, &[("x-tenant", "blue"), ("x-debug", "1")]),
+            route(&t, "/p.S/M", None, &[("authorization", "Bearer also")]),
+            Route::to(ClusterId(0))
+        );
+        assert_eq!(
+            route(&t, "/p.S/M", None, &[("x-tenant", "blue")]),
+            Route::to(ClusterId(1))
+        );
+        assert_eq!(
+            route(
+                &t,
+                "/p.S/M",
+                None,
+                &[("x-tenant", "blue"), ("x-debug", "1")]
+            ),
             Route::Reject(Status::new(Code::PermissionDenied, "bad token"))
         );
         assert_eq!(
@@ -217,7 +236,9 @@ mod tests {
 
     #[test]
     fn route_timeouts_are_kept() {
-        let t = table(&format!("{CLUSTERS}\n[[routes]]\ncluster = \"a\"\ntimeout = \"2s\""));
+        let t = table(&format!(
+            "{CLUSTERS}\n[[routes]]\ncluster = \"a\"\ntimeout = \"2s\""
+        ));
         assert_eq!(
             route(&t, "/p.S/M", None, &[]),
             Route::Forward {

@@ -29,7 +29,9 @@ impl FromStr for Driver {
             "auto" => Ok(Driver::Auto),
             "io_uring" | "io-uring" | "iouring" | "uring" => Ok(Driver::IoUring),
             "legacy" | "epoll" => Ok(Driver::Legacy),
-            _ => Err(format!("unknown driver {s:?} (expected auto, io_uring or legacy)")),
+            _ => Err(format!(
+                "unknown driver {s:?} (expected auto, io_uring or legacy)"
+            )),
         }
     }
 }

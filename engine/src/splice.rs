@@ -80,7 +80,10 @@ pub enum Outcome {
 }
 
 enum Request {
-    Streaming { body: RecvStream, chunk: Option<Bytes> },
+    Streaming {
+        body: RecvStream,
+        chunk: Option<Bytes>,
+    },
     Done,
 }
 
@@ -270,7 +273,12 @@ enum Pump {
 
 /// Sends `data` on `send` as the peer's window allows, releasing the same
 /// amount of window on `from`. Splits without copying.
-fn pump(data: &mut Bytes, from: &mut RecvStream, send: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> Pump {
+fn pump(
+    data: &mut Bytes,
+    from: &mut RecvStream,
+    send: &mut SendStream<Bytes>,
+    cx: &mut Context<'_>,
+) -> Pump {
     loop {
         let room = send.capacity();
         if room == 0 {
@@ -315,7 +323,10 @@ impl Future for Splice {
         if let Some(deadline) = &mut this.deadline {
             if deadline.as_mut().poll(cx).is_ready() {
                 this.reset_upstream();
-                this.down.fail(&Status::new(Code::DeadlineExceeded, "deadline exceeded at the proxy"));
+                this.down.fail(&Status::new(
+                    Code::DeadlineExceeded,
+                    "deadline exceeded at the proxy",
+                ));
                 return Poll::Ready(Outcome::DeadlineExceeded);
             }
         }
@@ -354,10 +365,10 @@ pub fn upstream_status(e: &h2::Error) -> Status {
         return Status::new(Code::Unavailable, format!("upstream connection lost: {e}"));
     }
     match e.reason() {
-        Some(reason) if e.is_reset() => {
-            Status::new(Code::from_reason(reason), format!("upstream reset the stream: {reason}"))
-        }
+        Some(reason) if e.is_reset() => Status::new(
+            Code::from_reason(reason),
+            format!("upstream reset the stream: {reason}"),
+        ),
         _ => Status::new(Code::Internal, format!("upstream error: {e}")),
     }
 }
-

@@ -127,7 +127,9 @@ impl fmt::Display for Code {
 
 /// The error for a status code name that is not one of the 17.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown gRPC status code {0:?} (expected a name such as PERMISSION_DENIED or a number 0-16)")]
+#[error(
+    "unknown gRPC status code {0:?} (expected a name such as PERMISSION_DENIED or a number 0-16)"
+)]
 pub struct UnknownCode(String);
 
 impl FromStr for Code {
@@ -238,7 +240,12 @@ mod tests {
 
     #[test]
     fn codes_parse_in_every_spelling() {
-        for s in ["PERMISSION_DENIED", "permission_denied", "PermissionDenied", "7"] {
+        for s in [
+            "PERMISSION_DENIED",
+            "permission_denied",
+            "PermissionDenied",
+            "7",
+        ] {
             assert_eq!(s.parse::<Code>().ok(), Some(Code::PermissionDenied), "{s}");
         }
         assert!("17".parse::<Code>().is_err());
@@ -270,7 +277,10 @@ mod tests {
     fn resets_map_as_the_spec_says() {
         assert_eq!(Code::from_reason(Reason::REFUSED_STREAM), Code::Unavailable);
         assert_eq!(Code::from_reason(Reason::CANCEL), Code::Cancelled);
-        assert_eq!(Code::from_reason(Reason::ENHANCE_YOUR_CALM), Code::ResourceExhausted);
+        assert_eq!(
+            Code::from_reason(Reason::ENHANCE_YOUR_CALM),
+            Code::ResourceExhausted
+        );
         assert_eq!(Code::from_reason(Reason::PROTOCOL_ERROR), Code::Internal);
     }
 }

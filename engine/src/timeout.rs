@@ -64,7 +64,16 @@ mod tests {
 
     #[test]
     fn rejects_malformed_values() {
-        for bad in [&b""[..], b"S", b"100", b"123456789S", b"1s", b"-1S", b"1.5S", b" 1S"] {
+        for bad in [
+            &b""[..],
+            b"S",
+            b"100",
+            b"123456789S",
+            b"1s",
+            b"-1S",
+            b"1.5S",
+            b" 1S",
+        ] {
             assert_eq!(parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }

@@ -48,7 +48,11 @@ pub struct Spec<R> {
 pub fn run<R: DirectorRecipe>(spec: Spec<R>) {
     if let Some(cpu) = spec.core.cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-            tracing::warn!(worker = spec.core.worker, cpu, "could not pin worker to its CPU");
+            tracing::warn!(
+                worker = spec.core.worker,
+                cpu,
+                "could not pin worker to its CPU"
+            );
         }
     }
     let driver = spec.driver.resolve();
@@ -62,7 +66,9 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
     let listener = match monoio::net::TcpListener::from_std(spec.listener) {
         Ok(l) => l,
         Err(e) => {
-            let _ = spec.ready.send(Err(format!("cannot register listener: {e}")));
+            let _ = spec
+                .ready
+                .send(Err(format!("cannot register listener: {e}")));
             return;
         }
     };

@@ -1,1 +1,185 @@
-fn main(){}
+//! `grpc-proxy`: the command-line proxy.
+//!
+//! Either flags (`--listen`, `--upstream`) or a config file (`--config`);
+//! flags given with a file override its listener, cores and driver. Every
+//! start-up problem is one line on stderr and exit code 2; SIGTERM or SIGINT
+//! drains (GOAWAY, in-flight calls finish up to the drain timeout) and exits
+//! 0; a second signal during the drain stops at once with exit code 1.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use grpc_proxy::config::{
+    parse_duration, resolve, ClusterConfig, Config, RouteAction, RouteConfig,
+};
+use grpc_proxy::cores::{parse_cpu_list, CoreSelection};
+use grpc_proxy::{Driver, ProxyBuilder};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// A thread-per-core gRPC pass-through proxy.
+///
+/// Proxies every gRPC call (unary and streaming) to upstream servers without
+/// decoding messages. With --upstream, every call goes to those endpoints;
+/// with --config, routes in the file decide per call (method, service,
+/// authority, metadata) and may reject calls with a gRPC status.
+#[derive(Parser, Debug)]
+#[command(name = "grpc-proxy", version, about, long_about = None)]
+struct Cli {
+    /// Address to listen on, e.g. 0.0.0.0:50051 (overrides the config file).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+
+    /// Upstream endpoint (host:port) for every call; repeat for round robin
+    /// over several. Not with --config.
+    #[arg(long, value_name = "ADDR", conflicts_with = "config")]
+    upstream: Vec<String>,
+
+    /// TOML config file with clusters, routes and limits (see
+    /// grpc-proxy.example.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Number of worker cores (default: every available core).
+    #[arg(long, value_name = "N", conflicts_with = "cpu_set")]
+    cores: Option<usize>,
+
+    /// Exact CPUs for the workers, e.g. 0,2,4 or 0-3.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
+    cpu_set: Option<Vec<usize>>,
+
+    /// monoio driver: auto (io_uring when available), io_uring, or legacy.
+    #[arg(long, value_name = "DRIVER")]
+    driver: Option<Driver>,
+
+    /// How long in-flight calls may run after SIGTERM, e.g. 30s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    drain_timeout: Option<Duration>,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. info or grpc_proxy=debug;
+    /// RUST_LOG is used when this is not given.
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    let config = match load(&cli) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("grpc-proxy: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let started =
+        ProxyBuilder::from_config(&config).and_then(|(builder, routes)| builder.start(routes));
+    let proxy = match started {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            eprintln!("grpc-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("grpc-proxy: cannot install signal handlers: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Wait for the first signal, then drain; a second one stops at once.
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, drain_timeout = ?config.settings.drain_timeout, "draining");
+    }
+    proxy.drain();
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let handle = signals.handle();
+    let waiter = std::thread::spawn(move || {
+        proxy.wait();
+        let _ = done_tx.send(());
+        handle.close();
+    });
+    let second = signals.forever().next();
+    if second.is_some() && done_rx.try_recv().is_err() {
+        tracing::warn!("second signal: exiting without waiting for in-flight calls");
+        return ExitCode::from(1);
+    }
+    let _ = waiter.join();
+    tracing::info!("drained; bye");
+    ExitCode::SUCCESS
+}
+
+fn init_logging(filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::try_new(f).unwrap_or_else(|e| {
+            eprintln!("grpc-proxy: invalid --log filter {f:?}: {e}; using info");
+            EnvFilter::new("info")
+        }),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The config to run: the file's, or one built from flags, with flag
+/// overrides applied.
+fn load(cli: &Cli) -> Result<Config, String> {
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        None => {
+            if cli.upstream.is_empty() {
+                return Err(
+                    "no upstream: pass --upstream ADDR (or --config FILE); see --help".into(),
+                );
+            }
+            let mut endpoints = Vec::new();
+            for u in &cli.upstream {
+                endpoints.extend(resolve(u).map_err(|e| format!("--upstream: {e}"))?);
+            }
+            Config {
+                clusters: vec![ClusterConfig {
+                    name: "default".into(),
+                    endpoints,
+                }],
+                routes: vec![RouteConfig {
+                    method: None,
+                    service: None,
+                    path_prefix: None,
+                    authority: None,
+                    headers: Vec::new(),
+                    action: RouteAction::Cluster("default".into()),
+                    timeout: None,
+                }],
+                ..Config::default()
+            }
+        }
+    };
+    if let Some(listen) = cli.listen {
+        config.listen = Some(listen);
+    }
+    if config.listen.is_none() {
+        return Err(
+            "no listen address: pass --listen ADDR or set `listen` in the config file".into(),
+        );
+    }
+    if let Some(n) = cli.cores {
+        config.cores = CoreSelection::from_parts(Some(n), None).map_err(|e| format!("--{e}"))?;
+    }
+    if let Some(set) = &cli.cpu_set {
+        config.cores = CoreSelection::Set(set.clone());
+    }
+    if let Some(driver) = cli.driver {
+        config.driver = driver;
+    }
+    if let Some(d) = cli.drain_timeout {
+        config.settings.drain_timeout = d;
+    }
+    Ok(config)
+}
