@@ -27,7 +27,7 @@ use signal_hook::iterator::Signals;
 /// with --config, routes in the file decide per call (method, service,
 /// authority, metadata) and may reject calls with a gRPC status.
 #[derive(Parser, Debug)]
-#[command(name = "grpc-proxy", version, about, long_about = None)]
+#[command(name = "grpc-proxy", version)]
 struct Cli {
     /// Address to listen on, e.g. 0.0.0.0:50051 (overrides the config file).
     #[arg(long, value_name = "ADDR")]
