@@ -68,11 +68,11 @@ pub enum UpstreamError {
         source: h2::Error,
     },
     /// The endpoint failed recently and is waiting before a new connect.
-    #[error("upstream {addr}: unavailable ({last}); next connect attempt in {retry_in:?}")]
+    #[error("{last} (next connect attempt in {}ms)", retry_in.as_millis())]
     BackingOff {
         /// The endpoint.
         addr: SocketAddr,
-        /// What failed last.
+        /// What failed last, naming the endpoint.
         last: Rc<str>,
         /// Time left in the back-off.
         retry_in: Duration,

@@ -1,0 +1,10 @@
+//! grpc-loadtest: a gRPC load generator that measures streaming latency,
+//! and the thread-per-core echo upstream it measures against.
+#![deny(missing_docs)]
+
+pub mod demo;
+pub mod grpc;
+pub mod h2io;
+pub mod report;
+pub mod run;
+pub mod serve;

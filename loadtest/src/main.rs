@@ -1,0 +1,224 @@
+//! `grpc-loadtest`: load generator (`run`), echo upstream (`serve`) and the
+//! end-to-end demo (`demo`).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use grpc_loadtest::run::{Rpc, RunOptions};
+use grpc_loadtest::serve::ServeOptions;
+use grpc_proxy::config::{parse_duration, parse_size};
+use grpc_proxy::cores::{parse_cpu_list, CoreSelection};
+use grpc_proxy::Driver;
+use http::{HeaderName, HeaderValue};
+
+/// gRPC load generator and echo upstream.
+#[derive(Parser, Debug)]
+#[command(name = "grpc-loadtest", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a fast gRPC echo upstream (service loadtest.Echo).
+    Serve(ServeArgs),
+    /// Load a gRPC server or proxy and report throughput and latency.
+    Run(RunArgs),
+    /// Start an echo upstream and grpc-proxy on loopback, load both, and
+    /// print direct and proxied results side by side.
+    Demo {
+        /// Seconds per measured load.
+        #[arg(long, default_value_t = 2)]
+        seconds: u64,
+    },
+}
+
+#[derive(Args, Debug)]
+struct CoreArgs {
+    /// Number of worker cores.
+    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "cpu_set")]
+    cores: usize,
+    /// Exact CPUs for the workers, e.g. 0,2 or 1-3.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
+    cpu_set: Option<Vec<usize>>,
+    /// monoio driver: auto, io_uring or legacy.
+    #[arg(long, value_name = "DRIVER", default_value = "auto")]
+    driver: Driver,
+}
+
+impl CoreArgs {
+    fn selection(&self) -> Result<CoreSelection, String> {
+        match &self.cpu_set {
+            Some(set) => Ok(CoreSelection::Set(set.clone())),
+            None => CoreSelection::from_parts(Some(self.cores), None).map_err(|e| format!("--{e}")),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    cores: CoreArgs,
+    /// Response payload size (default: echo the request), e.g. 1KiB.
+    #[arg(long, value_parser = size)]
+    response_size: Option<usize>,
+    /// Responses per server-streaming call (requests may say x-messages).
+    #[arg(long, default_value_t = 10)]
+    messages: usize,
+    /// Delay before each response, e.g. 2ms (requests may say x-delay).
+    #[arg(long, value_parser = parse_duration)]
+    delay: Option<Duration>,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The gRPC server or proxy to load.
+    #[arg(long)]
+    target: SocketAddr,
+    /// RPC kind: unary, server-stream, client-stream or bidi.
+    #[arg(long, default_value = "unary")]
+    rpc: Rpc,
+    /// Request payload size, e.g. 10B, 1KiB, 1MiB.
+    #[arg(long, default_value = "10B", value_parser = size)]
+    payload: usize,
+    /// Ask the echo server for responses of this size.
+    #[arg(long, value_parser = size)]
+    response_size: Option<usize>,
+    /// Messages per streaming call: requests (client-stream), responses
+    /// (server-stream) or round trips (bidi).
+    #[arg(long, default_value_t = 10)]
+    messages: usize,
+    /// Connections in total.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Concurrent streams per connection.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    #[command(flatten)]
+    cores: CoreArgs,
+    /// Measured time after warm-up, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, conflicts_with = "calls")]
+    duration: Duration,
+    /// Stop after this many measured calls instead of a duration.
+    #[arg(long)]
+    calls: Option<u64>,
+    /// Warm-up before measuring, e.g. 1s.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Open loop at this many calls per second (latency from the intended
+    /// start); default: closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Ask the echo server to wait this long before each response.
+    #[arg(long, value_parser = parse_duration)]
+    delay: Option<Duration>,
+    /// Extra request metadata, key=value; repeatable.
+    #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = metadata)]
+    metadata: Vec<(HeaderName, HeaderValue)>,
+    /// :authority to send (default: the target address).
+    #[arg(long)]
+    authority: Option<String>,
+    /// Write the full result as JSON to this file ("-" for stdout, which
+    /// then carries only the JSON).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// No progress line every second.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn size(text: &str) -> Result<usize, String> {
+    parse_size(text).and_then(|n| usize::try_from(n).map_err(|_| format!("size {text:?} is too large")))
+}
+
+fn metadata(text: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("metadata {text:?} is not KEY=VALUE"))?;
+    let k = HeaderName::try_from(k.to_ascii_lowercase()).map_err(|_| format!("invalid metadata key {k:?}"))?;
+    let v = HeaderValue::try_from(v).map_err(|_| format!("invalid metadata value {v:?}"))?;
+    Ok((k, v))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Run(args) => run(args),
+        Command::Demo { seconds } => grpc_loadtest::demo::demo(seconds.max(1)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("grpc-loadtest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let handle = grpc_loadtest::serve::start(ServeOptions {
+        listen: args.listen,
+        cores: args.cores.selection().map_err(anyhow::Error::msg)?,
+        driver: args.cores.driver,
+        response_size: args.response_size,
+        messages: args.messages,
+        delay: args.delay,
+    })?;
+    eprintln!("grpc-loadtest: echo upstream on {}", handle.local_addr());
+    handle.wait();
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let json_only = args.json.as_deref() == Some(std::path::Path::new("-"));
+    let options = RunOptions {
+        target: args.target,
+        authority: args.authority,
+        rpc: args.rpc,
+        payload: args.payload,
+        response_size: args.response_size,
+        messages: args.messages,
+        connections: args.connections,
+        streams: args.streams,
+        cores: args.cores.selection().map_err(anyhow::Error::msg)?,
+        driver: args.cores.driver,
+        duration: args.duration,
+        calls: args.calls,
+        warmup: args.warmup,
+        rate: args.rate,
+        delay: args.delay,
+        metadata: args.metadata,
+        progress: !args.quiet && !json_only,
+    };
+    let report = grpc_loadtest::run::run(&options)?;
+    if !json_only {
+        print!("{}", report.to_text());
+    }
+    if let Some(path) = args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        if json_only {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{json}")?;
+        } else {
+            std::fs::write(&path, json + "\n")
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
