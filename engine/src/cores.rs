@@ -72,6 +72,17 @@ fn parse_set_list(set: Vec<usize>) -> Result<Vec<usize>, String> {
     Ok(set)
 }
 
+/// A CPU list given on the command line, e.g. `0,2,4` or `0-3,8`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+impl std::str::FromStr for CpuList {
+    type Err = String;
+    fn from_str(text: &str) -> Result<CpuList, String> {
+        parse_cpu_list(text).map(CpuList)
+    }
+}
+
 /// Parses a CPU list such as `0,2,4` or `0-3,8`.
 pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
     let mut cpus = Vec::new();

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use grpc_loadtest::run::{Rpc, RunOptions};
 use grpc_loadtest::serve::ServeOptions;
 use grpc_proxy::config::{parse_duration, parse_size};
-use grpc_proxy::cores::{parse_cpu_list, CoreSelection};
+use grpc_proxy::cores::{CoreSelection, CpuList};
 use grpc_proxy::Driver;
 use http::{HeaderName, HeaderValue};
 
@@ -44,8 +44,8 @@ struct CoreArgs {
     #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "cpu_set")]
     cores: usize,
     /// Exact CPUs for the workers, e.g. 0,2 or 1-3.
-    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
-    cpu_set: Option<Vec<usize>>,
+    #[arg(long, value_name = "LIST")]
+    cpu_set: Option<CpuList>,
     /// monoio driver: auto, io_uring or legacy.
     #[arg(long, value_name = "DRIVER", default_value = "auto")]
     driver: Driver,
@@ -54,7 +54,7 @@ struct CoreArgs {
 impl CoreArgs {
     fn selection(&self) -> Result<CoreSelection, String> {
         match &self.cpu_set {
-            Some(set) => Ok(CoreSelection::Set(set.clone())),
+            Some(set) => Ok(CoreSelection::Set(set.0.clone())),
             None => CoreSelection::from_parts(Some(self.cores), None).map_err(|e| format!("--{e}")),
         }
     }
@@ -221,4 +221,38 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        Cli::try_parse_from(std::iter::once("grpc-loadtest").chain(args.iter().copied())).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = parse(&[
+            "run", "--target", "127.0.0.1:1", "--rpc", "bidi", "--payload", "1KiB", "--connections", "4",
+            "--streams", "8", "--cpu-set", "0", "--driver", "legacy", "--duration", "2s", "--warmup", "0s",
+            "--rate", "100", "--metadata", "X-Key=v", "--json", "-",
+        ])
+        .expect("valid flags");
+        let Command::Run(args) = cli.command else { panic!("run expected") };
+        assert_eq!(args.rpc, Rpc::Bidi);
+        assert_eq!(args.payload, 1024);
+        assert_eq!(args.cores.selection(), Ok(CoreSelection::Set(vec![0])));
+        assert_eq!(args.metadata[0].0, "x-key");
+        assert!(parse(&["run", "--target", "127.0.0.1:1", "--rpc", "nope"]).is_err());
+        assert!(parse(&["run", "--target", "127.0.0.1:1", "--payload", "1XB"]).is_err());
+        assert!(parse(&["run", "--target", "127.0.0.1:1", "--calls", "5", "--duration", "1s"]).is_err());
+        assert!(parse(&["serve", "--cores", "1", "--cpu-set", "0"]).is_err());
+    }
 }

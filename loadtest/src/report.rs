@@ -12,9 +12,10 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// A latency histogram in nanoseconds, 1 µs to 10 minutes.
+/// A latency histogram in nanoseconds (3 significant digits), up to 10
+/// minutes.
 pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1_000, 600_000_000_000, 3).expect("static histogram bounds are valid")
+    Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("static histogram bounds are valid")
 }
 
 /// What one worker measured (or all of them, merged).

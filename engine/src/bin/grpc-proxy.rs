@@ -15,7 +15,7 @@ use clap::Parser;
 use grpc_proxy::config::{
     parse_duration, resolve, ClusterConfig, Config, RouteAction, RouteConfig,
 };
-use grpc_proxy::cores::{parse_cpu_list, CoreSelection};
+use grpc_proxy::cores::{CoreSelection, CpuList};
 use grpc_proxy::{Driver, ProxyBuilder};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -48,8 +48,8 @@ struct Cli {
     cores: Option<usize>,
 
     /// Exact CPUs for the workers, e.g. 0,2,4 or 0-3.
-    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
-    cpu_set: Option<Vec<usize>>,
+    #[arg(long, value_name = "LIST")]
+    cpu_set: Option<CpuList>,
 
     /// monoio driver: auto (io_uring when available), io_uring, or legacy.
     #[arg(long, value_name = "DRIVER")]
@@ -173,7 +173,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
         config.cores = CoreSelection::from_parts(Some(n), None).map_err(|e| format!("--{e}"))?;
     }
     if let Some(set) = &cli.cpu_set {
-        config.cores = CoreSelection::Set(set.clone());
+        config.cores = CoreSelection::Set(set.0.clone());
     }
     if let Some(driver) = cli.driver {
         config.driver = driver;
@@ -182,4 +182,48 @@ fn load(cli: &Cli) -> Result<Config, String> {
         config.settings.drain_timeout = d;
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        Cli::try_parse_from(std::iter::once("grpc-proxy").chain(args.iter().copied())).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_parses() {
+        let cli = parse(&[
+            "--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--upstream", "127.0.0.1:3",
+            "--cpu-set", "0-1", "--driver", "legacy", "--drain-timeout", "5s", "--log", "debug",
+        ])
+        .expect("valid flags");
+        assert_eq!(cli.cpu_set, Some(CpuList(vec![0, 1])));
+        assert_eq!(cli.upstream.len(), 2);
+        let config = load(&cli).expect("valid config");
+        assert_eq!(config.cores, CoreSelection::Set(vec![0, 1]));
+        assert_eq!(config.driver, Driver::Legacy);
+        assert_eq!(config.settings.drain_timeout, Duration::from_secs(5));
+        assert_eq!(config.clusters[0].endpoints.len(), 2);
+    }
+
+    #[test]
+    fn conflicts_and_bad_values_are_refused() {
+        assert!(parse(&["--cores", "1", "--cpu-set", "0"]).is_err());
+        assert!(parse(&["--config", "x.toml", "--upstream", "127.0.0.1:1"]).is_err());
+        assert!(parse(&["--driver", "fast"]).is_err());
+        assert!(parse(&["--drain-timeout", "soon"]).is_err());
+        assert!(parse(&["--cpu-set", "1,1"]).is_err());
+        let no_upstream = parse(&["--listen", "127.0.0.1:1"]).expect("parses");
+        assert!(load(&no_upstream).unwrap_err().contains("no upstream"));
+        let no_listen = parse(&["--upstream", "127.0.0.1:1"]).expect("parses");
+        assert!(load(&no_listen).unwrap_err().contains("no listen address"));
+    }
 }
