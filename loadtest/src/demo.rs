@@ -9,19 +9,45 @@ use std::time::Duration;
 use grpc_proxy::{CoreSelection, ProxyBuilder, Route};
 
 use crate::report::Report;
+
+/// The figures a demo row shows: calls/s and call latency, or for streams
+/// messages/s and per-message latency.
+struct Headline {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
+impl Headline {
+    fn of(r: &Report, streaming: bool) -> Headline {
+        let (rate, latency) = if streaming {
+            (r.messages_per_sec, r.message_latency.as_ref())
+        } else {
+            (r.calls_per_sec, r.call_latency.as_ref())
+        };
+        Headline {
+            rate,
+            p50: latency.map_or(f64::NAN, |l| l.p50_us),
+            p99: latency.map_or(f64::NAN, |l| l.p99_us),
+        }
+    }
+}
 use crate::run::{self, Rpc, RunOptions};
 use crate::serve::{self, ServeOptions};
 
 /// Runs the demo; `seconds` per measured load.
 pub fn demo(seconds: u64) -> anyhow::Result<()> {
     let cpus = grpc_proxy::cores::available();
-    let last = *cpus.last().ok_or_else(|| anyhow::anyhow!("no CPU available"))?;
+    let last = *cpus
+        .last()
+        .ok_or_else(|| anyhow::anyhow!("no CPU available"))?;
     let upstream = serve::start(ServeOptions {
         listen: "127.0.0.1:0".parse()?,
         cores: CoreSelection::Set(vec![last]),
         ..ServeOptions::default()
     })?;
-    let mut builder = ProxyBuilder::new("127.0.0.1:0".parse()?).cores(CoreSelection::Set(vec![cpus[0]]));
+    let mut builder =
+        ProxyBuilder::new("127.0.0.1:0".parse()?).cores(CoreSelection::Set(vec![cpus[0]]));
     let echo = builder.cluster("echo", [upstream.local_addr()]);
     let proxy = builder.start(move |_| move |_: &grpc_proxy::Call<'_>| Route::to(echo))?;
     println!(
@@ -34,8 +60,20 @@ pub fn demo(seconds: u64) -> anyhow::Result<()> {
     let scenarios = [
         ("unary 10B, 4 conns x 16 streams", Rpc::Unary, 4, 16, 10),
         ("unary 1KiB, 4 conns x 16 streams", Rpc::Unary, 4, 16, 1024),
-        ("bidi ping-pong 10B, 1 conn x 16 streams", Rpc::Bidi, 1, 16, 10),
-        ("server-stream 1KiB x 10, 1 conn x 8 streams", Rpc::ServerStream, 1, 8, 1024),
+        (
+            "bidi ping-pong 10B, 1 conn x 16 streams",
+            Rpc::Bidi,
+            1,
+            16,
+            10,
+        ),
+        (
+            "server-stream 1KiB x 10, 1 conn x 8 streams",
+            Rpc::ServerStream,
+            1,
+            8,
+            1024,
+        ),
     ];
     println!(
         "{:<46}{:>16}{:>16}{:>12}{:>12}{:>12}{:>12}",
@@ -57,20 +95,14 @@ pub fn demo(seconds: u64) -> anyhow::Result<()> {
         };
         let direct = run::run(&options(upstream.local_addr()))?;
         let proxied = run::run(&options(proxy.local_addr()))?;
-        let (rate, lat): (fn(&Report) -> f64, fn(&Report) -> Option<&crate::report::Latency>) = match rpc {
-            Rpc::Bidi | Rpc::ServerStream => (|r| r.messages_per_sec, |r| r.message_latency.as_ref()),
-            _ => (|r| r.calls_per_sec, |r| r.call_latency.as_ref()),
-        };
-        let p = |r: &Report, q: fn(&crate::report::Latency) -> f64| lat(r).map(q).unwrap_or(f64::NAN);
+        let streaming = matches!(rpc, Rpc::Bidi | Rpc::ServerStream);
+        let (d, p) = (
+            Headline::of(&direct, streaming),
+            Headline::of(&proxied, streaming),
+        );
         println!(
             "{:<46}{:>16.0}{:>16.0}{:>10.0}us{:>10.0}us{:>10.0}us{:>10.0}us",
-            name,
-            rate(&direct),
-            rate(&proxied),
-            p(&direct, |l| l.p50_us),
-            p(&proxied, |l| l.p50_us),
-            p(&direct, |l| l.p99_us),
-            p(&proxied, |l| l.p99_us),
+            name, d.rate, p.rate, d.p50, p.p50, d.p99, p.p99
         );
         for (which, r) in [("direct", &direct), ("proxied", &proxied)] {
             if r.calls_failed > 0 {

@@ -105,7 +105,14 @@ mod tests {
                 got.push(m.slice(5..));
             }
         }
-        assert_eq!(got, vec![Bytes::from_static(b"hello"), Bytes::new(), Bytes::from_static(&[0, 0, 0])]);
+        assert_eq!(
+            got,
+            vec![
+                Bytes::from_static(b"hello"),
+                Bytes::new(),
+                Bytes::from_static(&[0, 0, 0])
+            ]
+        );
         assert!(!d.has_partial());
     }
 

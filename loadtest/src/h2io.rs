@@ -9,7 +9,11 @@ use h2::{RecvStream, SendStream};
 
 /// Sends `data` as the peer's window allows; `end` sets END_STREAM on the
 /// last piece.
-pub async fn send_data(stream: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> Result<(), h2::Error> {
+pub async fn send_data(
+    stream: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+) -> Result<(), h2::Error> {
     if data.is_empty() {
         return stream.send_data(data, end);
     }

@@ -41,7 +41,12 @@ enum Command {
 #[derive(Args, Debug)]
 struct CoreArgs {
     /// Number of worker cores.
-    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "cpu_set")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        conflicts_with = "cpu_set"
+    )]
     cores: usize,
     /// Exact CPUs for the workers, e.g. 0,2 or 1-3.
     #[arg(long, value_name = "LIST")]
@@ -136,14 +141,16 @@ struct RunArgs {
 }
 
 fn size(text: &str) -> Result<usize, String> {
-    parse_size(text).and_then(|n| usize::try_from(n).map_err(|_| format!("size {text:?} is too large")))
+    parse_size(text)
+        .and_then(|n| usize::try_from(n).map_err(|_| format!("size {text:?} is too large")))
 }
 
 fn metadata(text: &str) -> Result<(HeaderName, HeaderValue), String> {
     let (k, v) = text
         .split_once('=')
         .ok_or_else(|| format!("metadata {text:?} is not KEY=VALUE"))?;
-    let k = HeaderName::try_from(k.to_ascii_lowercase()).map_err(|_| format!("invalid metadata key {k:?}"))?;
+    let k = HeaderName::try_from(k.to_ascii_lowercase())
+        .map_err(|_| format!("invalid metadata key {k:?}"))?;
     let v = HeaderValue::try_from(v).map_err(|_| format!("invalid metadata value {v:?}"))?;
     Ok((k, v))
 }
@@ -229,7 +236,8 @@ mod tests {
     use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, String> {
-        Cli::try_parse_from(std::iter::once("grpc-loadtest").chain(args.iter().copied())).map_err(|e| e.to_string())
+        Cli::try_parse_from(std::iter::once("grpc-loadtest").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -240,19 +248,52 @@ mod tests {
     #[test]
     fn run_flags_parse() {
         let cli = parse(&[
-            "run", "--target", "127.0.0.1:1", "--rpc", "bidi", "--payload", "1KiB", "--connections", "4",
-            "--streams", "8", "--cpu-set", "0", "--driver", "legacy", "--duration", "2s", "--warmup", "0s",
-            "--rate", "100", "--metadata", "X-Key=v", "--json", "-",
+            "run",
+            "--target",
+            "127.0.0.1:1",
+            "--rpc",
+            "bidi",
+            "--payload",
+            "1KiB",
+            "--connections",
+            "4",
+            "--streams",
+            "8",
+            "--cpu-set",
+            "0",
+            "--driver",
+            "legacy",
+            "--duration",
+            "2s",
+            "--warmup",
+            "0s",
+            "--rate",
+            "100",
+            "--metadata",
+            "X-Key=v",
+            "--json",
+            "-",
         ])
         .expect("valid flags");
-        let Command::Run(args) = cli.command else { panic!("run expected") };
+        let Command::Run(args) = cli.command else {
+            panic!("run expected")
+        };
         assert_eq!(args.rpc, Rpc::Bidi);
         assert_eq!(args.payload, 1024);
         assert_eq!(args.cores.selection(), Ok(CoreSelection::Set(vec![0])));
         assert_eq!(args.metadata[0].0, "x-key");
         assert!(parse(&["run", "--target", "127.0.0.1:1", "--rpc", "nope"]).is_err());
         assert!(parse(&["run", "--target", "127.0.0.1:1", "--payload", "1XB"]).is_err());
-        assert!(parse(&["run", "--target", "127.0.0.1:1", "--calls", "5", "--duration", "1s"]).is_err());
+        assert!(parse(&[
+            "run",
+            "--target",
+            "127.0.0.1:1",
+            "--calls",
+            "5",
+            "--duration",
+            "1s"
+        ])
+        .is_err());
         assert!(parse(&["serve", "--cores", "1", "--cpu-set", "0"]).is_err());
     }
 }

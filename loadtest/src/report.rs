@@ -194,7 +194,12 @@ impl Report {
         Report {
             target: setup.target,
             rpc: setup.rpc,
-            mode: if setup.rate.is_some() { "open" } else { "closed" }.into(),
+            mode: if setup.rate.is_some() {
+                "open"
+            } else {
+                "closed"
+            }
+            .into(),
             rate: setup.rate,
             payload_bytes: setup.payload_bytes,
             cores: setup.cores,
@@ -262,7 +267,11 @@ impl Report {
             }
         }
         if !self.errors.is_empty() {
-            let list: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let list: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
             let _ = writeln!(out, "errors   {}", list.join(", "));
         }
         out

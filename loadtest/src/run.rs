@@ -76,7 +76,9 @@ impl FromStr for Rpc {
             "server-stream" | "server_stream" => Ok(Rpc::ServerStream),
             "client-stream" | "client_stream" => Ok(Rpc::ClientStream),
             "bidi" => Ok(Rpc::Bidi),
-            _ => Err(format!("unknown rpc {s:?} (expected unary, server-stream, client-stream or bidi)")),
+            _ => Err(format!(
+                "unknown rpc {s:?} (expected unary, server-stream, client-stream or bidi)"
+            )),
         }
     }
 }
@@ -174,12 +176,19 @@ enum FromWorker {
 /// Runs the load and returns the merged report.
 pub fn run(options: &RunOptions) -> Result<Report, RunError> {
     if options.connections == 0 || options.streams == 0 {
-        return Err(RunError::Options("connections and streams must be at least 1".into()));
+        return Err(RunError::Options(
+            "connections and streams must be at least 1".into(),
+        ));
     }
     if matches!(options.rate, Some(r) if !(r > 0.0 && r.is_finite())) {
-        return Err(RunError::Options("rate must be a positive number of calls per second".into()));
+        return Err(RunError::Options(
+            "rate must be a positive number of calls per second".into(),
+        ));
     }
-    let cpus = options.cores.plan(&cores::available()).map_err(RunError::Options)?;
+    let cpus = options
+        .cores
+        .plan(&cores::available())
+        .map_err(RunError::Options)?;
     let workers = cpus.len().min(options.connections);
     let (tx, rx) = crossbeam_channel::unbounded();
     let (go_tx, go_rx) = crossbeam_channel::bounded::<Instant>(workers);
@@ -188,7 +197,9 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
         let share = options.connections / workers + usize::from(i < options.connections % workers);
         let mut opts = options.clone();
         opts.connections = share;
-        opts.calls = options.calls.map(|c| c / workers as u64 + u64::from((i as u64) < c % workers as u64));
+        opts.calls = options
+            .calls
+            .map(|c| c / workers as u64 + u64::from((i as u64) < c % workers as u64));
         opts.rate = options.rate.map(|r| r / workers as f64);
         let tx = tx.clone();
         let go = go_rx.clone();
@@ -199,7 +210,9 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
                     core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                     let driver = opts.driver.resolve();
                     let failed = tx.clone();
-                    if let Err(e) = grpc_proxy::runtime::block_on(driver, move || worker(opts, tx, go)) {
+                    if let Err(e) =
+                        grpc_proxy::runtime::block_on(driver, move || worker(opts, tx, go))
+                    {
                         let _ = failed.send(FromWorker::Failed(RunError::Worker(e.to_string())));
                     }
                 })
@@ -207,7 +220,8 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
         );
     }
     drop(tx);
-    let abort = |threads: Vec<std::thread::JoinHandle<()>>, go_tx: crossbeam_channel::Sender<Instant>| {
+    let abort = |threads: Vec<std::thread::JoinHandle<()>>,
+                 go_tx: crossbeam_channel::Sender<Instant>| {
         drop(go_tx);
         for t in threads {
             let _ = t.join();
@@ -278,7 +292,11 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
 }
 
 fn progress_line(second: u64, warmup: Duration, s: &Stats) -> String {
-    let phase = if Duration::from_secs(second) <= warmup { " (warm-up)" } else { "" };
+    let phase = if Duration::from_secs(second) <= warmup {
+        " (warm-up)"
+    } else {
+        ""
+    };
     let us = |q: f64| s.call.value_at_quantile(q) as f64 / 1000.0;
     format!(
         "[{second:>4}s] {:>9} calls/s  p50 {:>9.1}us  p99 {:>9.1}us  errors {}{phase}",
@@ -300,26 +318,32 @@ struct Conn {
 
 impl Conn {
     async fn connect(&self) -> Result<SendRequest<Bytes>, String> {
-        let tcp = monoio::time::timeout(Duration::from_secs(5), monoio::net::TcpStream::connect_addr(self.target))
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+        let tcp = monoio::time::timeout(
+            Duration::from_secs(5),
+            monoio::net::TcpStream::connect_addr(self.target),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
         let io = tcp.into_poll_io().map_err(|e| e.to_string())?;
-        let (send, conn) = self
+        let (send, mut conn) = self
             .h2
             .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+        let ping = conn.ping_pong();
         monoio::spawn(async move {
             let _ = conn.await;
         });
-        // Wait for the server's SETTINGS so that a server that is not
-        // HTTP/2 fails here, not on every call.
-        let send = monoio::time::timeout(Duration::from_secs(5), send.ready())
-            .await
-            .map_err(|_| "no HTTP/2 response from the target (is it a gRPC server?)".to_string())?
-            .map_err(|e| format!("not an HTTP/2 server: {e}"))?;
+        // A PING round trip proves the target speaks HTTP/2, so that one
+        // that does not fails here, once, not on every call.
+        if let Some(mut ping) = ping {
+            monoio::time::timeout(Duration::from_secs(5), ping.ping(h2::Ping::opaque()))
+                .await
+                .map_err(|_| "no HTTP/2 answer from the target (is it a gRPC server?)".to_string())?
+                .map_err(|e| format!("not an HTTP/2 server: {e}"))?;
+        }
         Ok(send)
     }
 
@@ -415,7 +439,16 @@ async fn worker(
     let end = measure_from + load.options.duration;
 
     if let Some(rate) = load.options.rate {
-        monoio::spawn(schedule(load.clone(), start, rate, if load.options.calls.is_some() { None } else { Some(end) }));
+        monoio::spawn(schedule(
+            load.clone(),
+            start,
+            rate,
+            if load.options.calls.is_some() {
+                None
+            } else {
+                Some(end)
+            },
+        ));
     }
     let mut loops = Vec::new();
     for conn in &conns {
@@ -427,7 +460,11 @@ async fn worker(
     let mut tick = start;
     loop {
         tick += Duration::from_secs(1);
-        let deadline = if load.options.calls.is_none() { tick.min(end) } else { tick };
+        let deadline = if load.options.calls.is_none() {
+            tick.min(end)
+        } else {
+            tick
+        };
         monoio::select! {
             _ = monoio::time::sleep_until(monoio::time::Instant::from_std(deadline)) => {}
             _ = load.stop.wait() => {}
@@ -458,7 +495,10 @@ async fn worker(
 
 fn new_load(options: RunOptions, start: Instant) -> Load {
     let mut headers = HeaderMap::new();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     if let Some(size) = options.response_size {
         headers.insert(grpc::RESPONSE_SIZE, HeaderValue::from(size));
@@ -474,7 +514,10 @@ fn new_load(options: RunOptions, start: Instant) -> Load {
     for (k, v) in &options.metadata {
         headers.append(k.clone(), v.clone());
     }
-    let authority = options.authority.clone().unwrap_or_else(|| options.target.to_string());
+    let authority = options
+        .authority
+        .clone()
+        .unwrap_or_else(|| options.target.to_string());
     let uri = Uri::builder()
         .scheme("http")
         .authority(authority.as_str())
@@ -599,7 +642,10 @@ async fn call_loop(load: Rc<Load>, conn: Rc<Conn>) {
                 load.calls_left.set(Some(left - 1));
             }
         }
-        let rec = Recorder { load: &load, measuring };
+        let rec = Recorder {
+            load: &load,
+            measuring,
+        };
         let result = one_call(&load, &conn, intended, &rec).await;
         let now = Instant::now();
         match &result {
@@ -650,7 +696,12 @@ fn status_of(headers: &HeaderMap) -> Option<Code> {
         .map(|n| Code::from_u8(n).unwrap_or(Code::Unknown))
 }
 
-async fn one_call(load: &Load, conn: &Conn, intended: Instant, rec: &Recorder<'_>) -> Result<(), Failure> {
+async fn one_call(
+    load: &Load,
+    conn: &Conn,
+    intended: Instant,
+    rec: &Recorder<'_>,
+) -> Result<(), Failure> {
     let opts = &load.options;
     let h2err = |e: h2::Error| Failure::from_h2(&e);
     let mut send_request = conn.ready().await.map_err(|_| Failure::Connect)?;
@@ -666,7 +717,9 @@ async fn one_call(load: &Load, conn: &Conn, intended: Instant, rec: &Recorder<'_
     };
     for i in 0..sends {
         let last = i + 1 == sends && opts.rpc != Rpc::Bidi;
-        send_data(&mut stream, frame.clone(), last).await.map_err(h2err)?;
+        send_data(&mut stream, frame.clone(), last)
+            .await
+            .map_err(h2err)?;
         rec.sent(frame.len());
     }
     let response = response.await.map_err(h2err)?;
@@ -675,7 +728,11 @@ async fn one_call(load: &Load, conn: &Conn, intended: Instant, rec: &Recorder<'_
     }
     if let Some(code) = status_of(response.headers()) {
         // Trailers-only.
-        return if code == Code::Ok { Ok(()) } else { Err(Failure::Status(code)) };
+        return if code == Code::Ok {
+            Ok(())
+        } else {
+            Err(Failure::Status(code))
+        };
     }
     let mut body = response.into_body();
     let mut deframer = Deframer::default();
@@ -686,7 +743,11 @@ async fn one_call(load: &Load, conn: &Conn, intended: Instant, rec: &Recorder<'_
         let chunk = chunk.map_err(h2err)?;
         rec.received_bytes(chunk.len());
         deframer.push(chunk);
-        while deframer.next_frame().map_err(|_| Failure::Protocol)?.is_some() {
+        while deframer
+            .next_frame()
+            .map_err(|_| Failure::Protocol)?
+            .is_some()
+        {
             let now = Instant::now();
             rec.received_message();
             match (opts.rpc, last_message) {
@@ -697,7 +758,9 @@ async fn one_call(load: &Load, conn: &Conn, intended: Instant, rec: &Recorder<'_
                     if round_trips < opts.messages.max(1) {
                         round_trips += 1;
                         sent_at = Instant::now();
-                        send_data(&mut stream, frame.clone(), false).await.map_err(h2err)?;
+                        send_data(&mut stream, frame.clone(), false)
+                            .await
+                            .map_err(h2err)?;
                         rec.sent(frame.len());
                     } else {
                         stream.send_data(Bytes::new(), true).map_err(h2err)?;

@@ -95,7 +95,10 @@ impl Drop for ServerHandle {
 
 /// Starts the echo server; returns once every worker is accepting.
 pub fn start(options: ServeOptions) -> anyhow::Result<ServerHandle> {
-    let cpus = options.cores.plan(&cores::available()).map_err(anyhow::Error::msg)?;
+    let cpus = options
+        .cores
+        .plan(&cores::available())
+        .map_err(anyhow::Error::msg)?;
     let (listeners, addr) = grpc_proxy::listener::bind_all(options.listen, cpus.len())
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<Result<(), String>>();
@@ -228,8 +231,10 @@ impl Params {
 
 fn ok_headers() -> Response<()> {
     let mut r = Response::new(());
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     r
 }
 
@@ -239,7 +244,11 @@ fn ok_trailers() -> HeaderMap {
     t
 }
 
-async fn handle(worker: Rc<Worker>, request: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+async fn handle(
+    worker: Rc<Worker>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
     let (parts, mut body) = request.into_parts();
     let params = Params::of(&parts.headers, &worker.options);
     if let Some(code) = params.fail {
@@ -274,7 +283,10 @@ async fn handle(worker: Rc<Worker>, request: Request<RecvStream>, mut respond: S
         let mut last = Bytes::new();
         while let Some(chunk) = recv_data(&mut body).await {
             deframer.push(chunk?);
-            while let Some(frame) = deframer.next_frame().map_err(|_| h2::Error::from(h2::Reason::PROTOCOL_ERROR))? {
+            while let Some(frame) = deframer
+                .next_frame()
+                .map_err(|_| h2::Error::from(h2::Reason::PROTOCOL_ERROR))?
+            {
                 received += 1;
                 if kind == grpc::BIDI {
                     delay().await;

@@ -190,7 +190,8 @@ mod tests {
     use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, String> {
-        Cli::try_parse_from(std::iter::once("grpc-proxy").chain(args.iter().copied())).map_err(|e| e.to_string())
+        Cli::try_parse_from(std::iter::once("grpc-proxy").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -201,8 +202,20 @@ mod tests {
     #[test]
     fn every_flag_parses() {
         let cli = parse(&[
-            "--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--upstream", "127.0.0.1:3",
-            "--cpu-set", "0-1", "--driver", "legacy", "--drain-timeout", "5s", "--log", "debug",
+            "--listen",
+            "127.0.0.1:1",
+            "--upstream",
+            "127.0.0.1:2",
+            "--upstream",
+            "127.0.0.1:3",
+            "--cpu-set",
+            "0-1",
+            "--driver",
+            "legacy",
+            "--drain-timeout",
+            "5s",
+            "--log",
+            "debug",
         ])
         .expect("valid flags");
         assert_eq!(cli.cpu_set, Some(CpuList(vec![0, 1])));

@@ -1,0 +1,252 @@
+//! grpc-loadtest against its own echo upstream, on loopback, on both
+//! monoio drivers. Counts and orders of magnitude are checked, never speed:
+//! the only latency bounds come from delays the server is told to inject.
+
+use std::time::Duration;
+
+use grpc_loadtest::report::Report;
+use grpc_loadtest::run::{self, Rpc, RunOptions};
+use grpc_loadtest::serve::{self, ServeOptions, ServerHandle};
+use grpc_proxy::{CoreSelection, Driver};
+use http::{HeaderName, HeaderValue};
+
+fn server(driver: Driver) -> ServerHandle {
+    serve::start(ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        cores: CoreSelection::Count(1),
+        driver,
+        ..ServeOptions::default()
+    })
+    .expect("echo server starts")
+}
+
+fn options(server: &ServerHandle, driver: Driver, rpc: Rpc) -> RunOptions {
+    RunOptions {
+        target: server.local_addr(),
+        rpc,
+        driver,
+        connections: 2,
+        streams: 4,
+        messages: 5,
+        calls: Some(200),
+        warmup: Duration::ZERO,
+        ..RunOptions::default()
+    }
+}
+
+macro_rules! both_drivers {
+    ($($name:ident($driver:ident) $body:block)*) => {
+        $(
+            mod $name {
+                use super::*;
+                fn run_test($driver: Driver) $body
+                #[test]
+                fn io_uring() {
+                    if Driver::Auto.resolve() != Driver::IoUring {
+                        eprintln!("io_uring is unavailable here; skipped");
+                        return;
+                    }
+                    run_test(Driver::IoUring)
+                }
+                #[test]
+                fn legacy() {
+                    run_test(Driver::Legacy)
+                }
+            }
+        )*
+    };
+}
+
+fn assert_clean(r: &Report, calls: u64) {
+    assert_eq!(r.calls_failed, 0, "errors: {:?}", r.errors);
+    assert_eq!(r.calls_ok, calls, "{r:?}");
+    let l = r.call_latency.as_ref().expect("call latency recorded");
+    assert_eq!(l.count, calls);
+}
+
+both_drivers! {
+    unary_calls_complete(driver) {
+        let s = server(driver);
+        let r = run::run(&options(&s, driver, Rpc::Unary)).expect("run");
+        assert_clean(&r, 200);
+        assert_eq!(r.connections, 2);
+    }
+
+    server_streams_count_messages(driver) {
+        let s = server(driver);
+        let r = run::run(&options(&s, driver, Rpc::ServerStream)).expect("run");
+        assert_clean(&r, 200);
+        let first = r.first_message_latency.as_ref().expect("time to first message");
+        assert_eq!(first.count, 200);
+        let gaps = r.message_latency.as_ref().expect("gaps");
+        assert_eq!(gaps.count, 200 * 4, "5 messages give 4 gaps per call");
+    }
+
+    client_streams_send_every_message(driver) {
+        let s = server(driver);
+        let mut o = options(&s, driver, Rpc::ClientStream);
+        o.payload = 100;
+        let r = run::run(&o).expect("run");
+        assert_clean(&r, 200);
+        // 5 requests and 1 response per call.
+        let per_second = (200.0 * 6.0) / r.seconds;
+        assert!((r.messages_per_sec - per_second).abs() < 1.0, "{r:?}");
+    }
+
+    bidi_measures_every_round_trip(driver) {
+        let s = server(driver);
+        let mut o = options(&s, driver, Rpc::Bidi);
+        o.payload = 1024;
+        let r = run::run(&o).expect("run");
+        assert_clean(&r, 200);
+        assert_eq!(r.message_latency.as_ref().expect("round trips").count, 200 * 5);
+    }
+
+    large_payloads_and_responses(driver) {
+        let s = server(driver);
+        let mut o = options(&s, driver, Rpc::Unary);
+        o.payload = 1 << 20;
+        o.response_size = Some(2 << 20);
+        o.calls = Some(20);
+        let r = run::run(&o).expect("run");
+        assert_clean(&r, 20);
+        let received = r.mb_per_sec_received * r.seconds * 1e6;
+        assert!((received - 20.0 * (2 << 20) as f64).abs() < 20.0 * 5.0 + 1.0, "{received}");
+    }
+
+    duration_mode_runs_for_its_duration(driver) {
+        let s = server(driver);
+        let mut o = options(&s, driver, Rpc::Unary);
+        o.calls = None;
+        o.duration = Duration::from_millis(500);
+        let r = run::run(&o).expect("run");
+        assert!(r.calls_ok > 0 && r.calls_failed == 0, "{r:?}");
+        assert!((r.seconds - 0.5).abs() < 1e-6, "the window is the duration: {}", r.seconds);
+    }
+
+    injected_delay_shows_in_the_median(driver) {
+        let s = server(driver);
+        let mut o = options(&s, driver, Rpc::Unary);
+        o.connections = 1;
+        o.streams = 1;
+        o.calls = Some(50);
+        o.delay = Some(Duration::from_millis(2));
+        let r = run::run(&o).expect("run");
+        assert_clean(&r, 50);
+        let p50 = r.call_latency.as_ref().expect("latency").p50_us;
+        assert!((2000.0..4000.0).contains(&p50), "p50 {p50}us with a 2ms server delay");
+    }
+
+    open_loop_backlog_shows_in_the_tail(driver) {
+        // One stream and a 10 ms delay serve at most 100 calls/s; asking
+        // for 400/s for half a second queues calls, and since latency counts
+        // from the intended start, the tail shows the queue.
+        let s = server(driver);
+        let mut o = options(&s, driver, Rpc::Unary);
+        o.connections = 1;
+        o.streams = 1;
+        o.calls = None;
+        o.duration = Duration::from_millis(500);
+        o.rate = Some(400.0);
+        o.delay = Some(Duration::from_millis(10));
+        let r = run::run(&o).expect("run");
+        let l = r.call_latency.as_ref().expect("latency");
+        assert!(l.max_us > 100_000.0, "max {}us should reflect a backlog", l.max_us);
+        assert!(l.p99_us > 10.0 * l.p50_us.min(10_000.0) || l.p50_us > 50_000.0, "{l:?}");
+    }
+
+    errors_are_counted_by_status(driver) {
+        let s = server(driver);
+        let mut o = options(&s, driver, Rpc::Unary);
+        o.calls = Some(30);
+        o.metadata = vec![(HeaderName::from_static("x-fail-code"), HeaderValue::from_static("7"))];
+        let r = run::run(&o).expect("run");
+        assert_eq!(r.calls_ok, 0);
+        assert_eq!(r.errors.get("PERMISSION_DENIED"), Some(&30), "{:?}", r.errors);
+    }
+}
+
+#[test]
+fn an_unreachable_target_is_an_error_not_a_panic() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = free.local_addr().expect("addr");
+    drop(free);
+    let o = RunOptions {
+        target: addr,
+        calls: Some(1),
+        ..RunOptions::default()
+    };
+    let e = run::run(&o).expect_err("nothing listens there");
+    assert!(e.to_string().contains("cannot connect"), "{e}");
+}
+
+#[test]
+fn a_target_that_is_not_grpc_is_an_error() {
+    // An HTTP/1 server: answers the preface with text and closes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let t = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n");
+        }
+    });
+    let o = RunOptions {
+        target: addr,
+        calls: Some(1),
+        ..RunOptions::default()
+    };
+    let e = run::run(&o).expect_err("not an HTTP/2 server");
+    assert!(e.to_string().contains("cannot connect"), "{e}");
+    let _ = t.join();
+}
+
+#[test]
+fn json_output_parses() {
+    let s = server(Driver::Auto);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grpc-loadtest"))
+        .args([
+            "run",
+            "--target",
+            &s.local_addr().to_string(),
+            "--calls",
+            "20",
+            "--warmup",
+            "0s",
+            "--json",
+            "-",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(v["calls_ok"], 20);
+    assert_eq!(v["rpc"], "unary");
+    assert!(v["call_latency"]["p99_us"].as_f64().is_some());
+}
+
+#[test]
+fn bad_flags_exit_non_zero_with_one_line() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grpc-loadtest"))
+        .args([
+            "run",
+            "--target",
+            "127.0.0.1:1",
+            "--calls",
+            "1",
+            "--warmup",
+            "0s",
+        ])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to 127.0.0.1:1"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
