@@ -28,6 +28,9 @@ pub struct Stats {
     pub message: Histogram<u64>,
     /// Time to the first response message of a server stream.
     pub first_message: Histogram<u64>,
+    /// Open loop: how late each call was released after its intended time
+    /// (pacing granularity and load-generator lag, not server latency).
+    pub schedule_lag: Histogram<u64>,
     /// Calls that ended with grpc-status 0.
     pub calls_ok: u64,
     /// Calls that failed, by gRPC status name (or another short label).
@@ -48,6 +51,7 @@ impl Default for Stats {
             call: histogram(),
             message: histogram(),
             first_message: histogram(),
+            schedule_lag: histogram(),
             calls_ok: 0,
             errors: BTreeMap::new(),
             messages_sent: 0,
@@ -64,6 +68,7 @@ impl Stats {
         let _ = self.call.add(&other.call);
         let _ = self.message.add(&other.message);
         let _ = self.first_message.add(&other.first_message);
+        let _ = self.schedule_lag.add(&other.schedule_lag);
         self.calls_ok += other.calls_ok;
         for (k, v) in &other.errors {
             *self.errors.entry(k.clone()).or_default() += v;
@@ -167,6 +172,9 @@ pub struct Report {
     pub message_latency: Option<Latency>,
     /// Time to first message (server streaming).
     pub first_message_latency: Option<Latency>,
+    /// Open loop: release time after the intended start (part of every
+    /// call latency; pacing, not the server).
+    pub schedule_lag: Option<Latency>,
 }
 
 /// What a report is about, apart from the figures.
@@ -216,6 +224,7 @@ impl Report {
             call_latency: Latency::of(&stats.call),
             message_latency: Latency::of(&stats.message),
             first_message_latency: Latency::of(&stats.first_message),
+            schedule_lag: Latency::of(&stats.schedule_lag),
         }
     }
 
@@ -257,6 +266,7 @@ impl Report {
             ("call", &self.call_latency),
             ("message", &self.message_latency),
             ("first message", &self.first_message_latency),
+            ("schedule lag", &self.schedule_lag),
         ] {
             if let Some(l) = l {
                 let _ = writeln!(

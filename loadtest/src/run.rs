@@ -20,6 +20,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::str::FromStr;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -259,7 +260,7 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
                 if interval_reports == workers {
                     second += 1;
                     if options.progress {
-                        eprintln!("{}", progress_line(second, options.warmup, &interval));
+                        eprintln!("{}", progress_line(second, options, &interval));
                     }
                     interval.reset();
                     interval_reports = 0;
@@ -291,18 +292,28 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
     Ok(Report::new(setup, &total, window))
 }
 
-fn progress_line(second: u64, warmup: Duration, s: &Stats) -> String {
-    let phase = if Duration::from_secs(second) <= warmup {
+fn progress_line(second: u64, options: &RunOptions, s: &Stats) -> String {
+    let phase = if Duration::from_secs(second) <= options.warmup {
         " (warm-up)"
     } else {
         ""
     };
-    let us = |q: f64| s.call.value_at_quantile(q) as f64 / 1000.0;
+    let us = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let streaming = if matches!(options.rpc, Rpc::Bidi | Rpc::ServerStream) {
+        format!(
+            "  {:>9} msgs/s  message p50 {:>8.1}us  p99 {:>8.1}us",
+            s.messages_sent + s.messages_received,
+            us(&s.message, 0.5),
+            us(&s.message, 0.99)
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "[{second:>4}s] {:>9} calls/s  p50 {:>9.1}us  p99 {:>9.1}us  errors {}{phase}",
+        "[{second:>4}s] {:>8} calls/s  p50 {:>9.1}us  p99 {:>9.1}us{streaming}  errors {}{phase}",
         s.calls_ok,
-        us(0.5),
-        us(0.99),
+        us(&s.call, 0.5),
+        us(&s.call, 0.99),
         s.calls_failed()
     )
 }
@@ -391,8 +402,49 @@ struct Load {
     measure_from: Cell<Instant>,
     last_done: Cell<Instant>,
     calls_left: Cell<Option<u64>>,
-    queue: RefCell<VecDeque<Instant>>,
-    queued: Notify,
+    /// Open loop: scheduled calls not yet taken by a call loop.
+    queue: Schedule,
+}
+
+/// The open loop's queue of intended start times. Each scheduled call wakes
+/// exactly one idle call loop (waking them all would cost a wake-up per loop
+/// per call and distort the very latency being measured).
+#[derive(Default)]
+struct Schedule {
+    due: RefCell<VecDeque<Instant>>,
+    idle: RefCell<VecDeque<std::task::Waker>>,
+    closed: Cell<bool>,
+}
+
+impl Schedule {
+    fn push(&self, at: Instant) {
+        self.due.borrow_mut().push_back(at);
+        let next = self.idle.borrow_mut().pop_front();
+        if let Some(w) = next {
+            w.wake();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        let idle = std::mem::take(&mut *self.idle.borrow_mut());
+        idle.into_iter().for_each(std::task::Waker::wake);
+    }
+
+    /// The next intended start, or `None` once closed.
+    async fn next(&self) -> Option<Instant> {
+        poll_fn(|cx| {
+            if self.closed.get() {
+                return Poll::Ready(None);
+            }
+            if let Some(at) = self.due.borrow_mut().pop_front() {
+                return Poll::Ready(Some(at));
+            }
+            self.idle.borrow_mut().push_back(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
 }
 
 async fn worker(
@@ -476,7 +528,7 @@ async fn worker(
         let _ = tx.send(FromWorker::Interval(snapshot));
     }
     load.stop.set();
-    load.queued.notify_all();
+    load.queue.close();
     // Let calls in flight finish (bounded), so the tail is not cut off.
     let drain = async {
         for l in loops {
@@ -535,24 +587,40 @@ fn new_load(options: RunOptions, start: Instant) -> Load {
         interval: RefCell::new(Stats::default()),
         measure_from: Cell::new(start),
         last_done: Cell::new(start),
-        queue: RefCell::new(VecDeque::new()),
-        queued: Notify::default(),
+        queue: Schedule::default(),
     }
 }
 
 /// Open loop: puts intended start times on the queue at a fixed rate.
+///
+/// monoio's timers tick in milliseconds (and a task that keeps itself
+/// awake starves monoio's I/O), so calls are released at the first tick
+/// after their intended time, every due call at once. Latency still counts
+/// from the intended time; how late the release was is recorded as the
+/// schedule lag, so the report shows how much of the latency is pacing.
 async fn schedule(load: Rc<Load>, start: Instant, rate: f64, end: Option<Instant>) {
     let period = Duration::from_secs_f64(1.0 / rate);
     let mut i: u32 = 0;
+    let mut next = start;
     loop {
-        let at = start + period.mul_f64(f64::from(i));
-        if end.is_some_and(|e| at >= e) || load.stop.is_set() {
+        if load.stop.is_set() {
             return;
         }
-        monoio::time::sleep_until(monoio::time::Instant::from_std(at)).await;
-        load.queue.borrow_mut().push_back(at);
-        load.queued.notify_all();
-        i = i.wrapping_add(1);
+        let now = Instant::now();
+        while next <= now {
+            if end.is_some_and(|e| next >= e) {
+                return;
+            }
+            let lag = now.duration_since(next).as_nanos() as u64;
+            let measuring = next >= load.measure_from.get();
+            if measuring {
+                load.stats.borrow_mut().schedule_lag.saturating_record(lag);
+            }
+            load.queue.push(next);
+            i = i.wrapping_add(1);
+            next = start + period.mul_f64(f64::from(i));
+        }
+        monoio::time::sleep_until(monoio::time::Instant::from_std(next)).await;
     }
 }
 
@@ -620,13 +688,9 @@ async fn call_loop(load: Rc<Load>, conn: Rc<Conn>) {
             return;
         }
         let intended = if load.options.rate.is_some() {
-            let next = load.queue.borrow_mut().pop_front();
-            match next {
+            match load.queue.next().await {
                 Some(at) => at,
-                None => {
-                    load.queued.notified().await;
-                    continue;
-                }
+                None => return,
             }
         } else {
             Instant::now()
@@ -636,7 +700,7 @@ async fn call_loop(load: Rc<Load>, conn: Rc<Conn>) {
             if let Some(left) = load.calls_left.get() {
                 if left == 0 {
                     load.stop.set();
-                    load.queued.notify_all();
+                    load.queue.close();
                     return;
                 }
                 load.calls_left.set(Some(left - 1));
