@@ -37,7 +37,7 @@ use monoio::net::TcpStream;
 
 use crate::config::Settings;
 use crate::director::ClusterId;
-use crate::signal::Notify;
+use crate::signal::{Latch, Notify};
 
 /// Why no upstream stream could be opened. Every variant is UNAVAILABLE to
 /// the client and is safe to retry: nothing reached an upstream.
@@ -133,11 +133,15 @@ pub struct Pool {
     clusters: Vec<Cluster>,
     settings: Rc<Settings>,
     h2: h2::client::Builder,
+    /// The worker's stop signal: connection tasks end when it is set.
+    stop: Rc<Latch>,
+    /// Connection tasks still running.
+    live: Rc<Cell<usize>>,
 }
 
 impl Pool {
     /// A pool for these clusters (indexed by [`ClusterId`]); opens nothing.
-    pub fn new(clusters: &[Vec<SocketAddr>], settings: Rc<Settings>) -> Pool {
+    pub fn new(clusters: &[Vec<SocketAddr>], settings: Rc<Settings>, stop: Rc<Latch>) -> Pool {
         let mut h2 = h2::client::Builder::new();
         h2.initial_window_size(settings.stream_window)
             .initial_connection_window_size(settings.connection_window)
@@ -169,7 +173,14 @@ impl Pool {
             clusters,
             settings,
             h2,
+            stop,
+            live: Rc::new(Cell::new(0)),
         }
+    }
+
+    /// Upstream connections whose tasks are still running.
+    pub fn live_connections(&self) -> usize {
+        self.live.get()
     }
 
     /// Opens a stream for `request` on an endpoint of `cluster`, round
@@ -329,13 +340,21 @@ impl Pool {
             usable: Cell::new(true),
         });
         let (weak_conn, weak_endpoint) = (Rc::downgrade(&conn), Rc::downgrade(endpoint));
+        let (stop, live) = (self.stop.clone(), self.live.clone());
+        live.set(live.get() + 1);
         monoio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
+            monoio::select! {
+                ended = connection => {
+                    if let Err(e) = ended {
+                        tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
+                    }
+                }
+                _ = stop.wait() => {}
             }
             if let (Some(conn), Some(endpoint)) = (weak_conn.upgrade(), weak_endpoint.upgrade()) {
                 retire(&endpoint, &conn);
             }
+            live.set(live.get() - 1);
         });
         tracing::debug!(upstream = %addr, "upstream connection open");
         Ok(conn)

@@ -37,9 +37,17 @@ pub fn builder(settings: &Settings) -> h2::server::Builder {
 }
 
 enum Event<T> {
+    Stop,
     Drain,
+    Check,
     Accept(Option<Result<T, h2::Error>>),
 }
+
+/// While draining, how often a connection checks whether its streams are
+/// done. h2's graceful shutdown waits for the client to acknowledge a PING
+/// before the final GOAWAY; a client that never reads would hold the drain
+/// until its timeout, so a connection with no streams left is closed here.
+const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Serves one accepted TCP connection until it closes.
 pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
@@ -63,20 +71,42 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
+    let mut stop = std::pin::pin!(worker.stop.wait());
     let mut drain = std::pin::pin!(worker.drain.wait());
     let mut draining = false;
+    let mut check: Option<Pin<Box<monoio::time::Sleep>>> = None;
     loop {
         let event = poll_fn(|cx| {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Stop);
+            }
             if !draining && drain.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Drain);
+            }
+            if let Some(tick) = &mut check {
+                if tick.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Check);
+                }
             }
             Pin::new(&mut conn).poll_accept(cx).map(Event::Accept)
         })
         .await;
         match event {
+            // Dropping the connection closes the socket and fails its
+            // streams, which ends their call tasks.
+            Event::Stop => break,
             Event::Drain => {
                 draining = true;
                 conn.graceful_shutdown();
+                check = Some(Box::pin(monoio::time::sleep(DRAIN_CHECK)));
+            }
+            Event::Check => {
+                if conn.has_streams() {
+                    check = Some(Box::pin(monoio::time::sleep(DRAIN_CHECK)));
+                } else {
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    check = None;
+                }
             }
             Event::Accept(Some(Ok((request, respond)))) => {
                 monoio::spawn(crate::call::handle(worker.clone(), request, respond, peer));

@@ -26,7 +26,8 @@ pub struct Worker {
     pub(crate) settings: Rc<Settings>,
     pub(crate) h2: h2::server::Builder,
     pub(crate) drain: Latch,
-    stop: Latch,
+    /// Set when the worker exits: every task that owns a socket watches it.
+    pub(crate) stop: Rc<Latch>,
     connections: Cell<usize>,
     idle: Notify,
 }
@@ -73,38 +74,63 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
         }
     };
     let settings = Rc::new(spec.settings);
+    let stop = Rc::new(Latch::default());
     let worker = Rc::new(Worker {
         director: Box::new(spec.recipe.build(spec.core)),
-        pool: Pool::new(&spec.clusters, settings.clone()),
+        pool: Pool::new(&spec.clusters, settings.clone(), stop.clone()),
         h2: crate::server::builder(&settings),
         settings,
         drain: Latch::default(),
-        stop: Latch::default(),
+        stop,
         connections: Cell::new(0),
         idle: Notify::default(),
     });
     let w = worker.clone();
-    monoio::spawn(spec.mailbox.run(move |command| match command {
+    // The mailbox is polled here rather than spawned, so that it ends with
+    // the worker (see `close`).
+    let mailbox = spec.mailbox.run(move |command| match command {
         Command::Drain => w.drain.set(),
         Command::Stop => w.stop.set(),
-    }));
+    });
+    let mut mailbox = std::pin::pin!(mailbox);
     let _ = spec.ready.send(Ok(driver));
     tracing::debug!(worker = spec.core.worker, cpu = ?spec.core.cpu, %driver, "worker started");
 
     monoio::select! {
         _ = accept_loop(&worker, &listener) => {}
         _ = worker.drain.wait() => {}
-        _ = worker.stop.wait() => return,
+        _ = worker.stop.wait() => {}
+        _ = &mut mailbox => {}
     }
     drop(listener);
-    let timeout = worker.settings.drain_timeout;
-    monoio::select! {
-        _ = wait_idle(&worker) => {}
-        _ = worker.stop.wait() => {}
-        _ = monoio::time::sleep(timeout) => {
-            tracing::warn!(worker = spec.core.worker, connections = worker.connections.get(),
-                "drain timeout: cutting remaining connections");
+    if !worker.stop.is_set() {
+        let timeout = worker.settings.drain_timeout;
+        monoio::select! {
+            _ = wait_idle(&worker) => {}
+            _ = worker.stop.wait() => {}
+            _ = &mut mailbox => {}
+            _ = monoio::time::sleep(timeout) => {
+                tracing::warn!(worker = spec.core.worker, connections = worker.connections.get(),
+                    "drain timeout: cutting remaining connections");
+            }
         }
+    }
+    close(&worker).await;
+}
+
+/// Closes every connection this worker owns before its runtime ends.
+///
+/// monoio drops only the tasks that are ready to run when a runtime ends; a
+/// task waiting on I/O would outlive it with its socket open. So every task
+/// that owns a socket watches `stop`, and the worker waits (briefly) until
+/// they have all let go.
+async fn close(worker: &Worker) {
+    worker.stop.set();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while (worker.connections.get() > 0 || worker.pool.live_connections() > 0)
+        && std::time::Instant::now() < deadline
+    {
+        monoio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
 

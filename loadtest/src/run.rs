@@ -323,6 +323,8 @@ struct Conn {
     target: SocketAddr,
     h2: h2::client::Builder,
     send: RefCell<Option<SendRequest<Bytes>>>,
+    /// The tasks driving this connection's sockets (one per reconnect).
+    drivers: RefCell<Vec<monoio::task::JoinHandle<()>>>,
     connecting: Cell<bool>,
     changed: Notify,
 }
@@ -344,9 +346,9 @@ impl Conn {
             .await
             .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
         let ping = conn.ping_pong();
-        monoio::spawn(async move {
+        self.drivers.borrow_mut().push(monoio::spawn(async move {
             let _ = conn.await;
-        });
+        }));
         // A PING round trip proves the target speaks HTTP/2, so that one
         // that does not fails here, once, not on every call.
         if let Some(mut ping) = ping {
@@ -463,6 +465,7 @@ async fn worker(
                 target: options.target,
                 h2: h2.clone(),
                 send: RefCell::new(None),
+                drivers: RefCell::new(Vec::new()),
                 connecting: Cell::new(false),
                 changed: Notify::default(),
             })
@@ -490,8 +493,9 @@ async fn worker(
     load.measure_from.set(measure_from);
     let end = measure_from + load.options.duration;
 
+    let mut scheduler = None;
     if let Some(rate) = load.options.rate {
-        monoio::spawn(schedule(
+        scheduler = Some(monoio::spawn(schedule(
             load.clone(),
             start,
             rate,
@@ -500,7 +504,7 @@ async fn worker(
             } else {
                 Some(end)
             },
-        ));
+        )));
     }
     let mut loops = Vec::new();
     for conn in &conns {
@@ -531,6 +535,9 @@ async fn worker(
     load.queue.close();
     // Let calls in flight finish (bounded), so the tail is not cut off.
     let drain = async {
+        if let Some(s) = scheduler {
+            s.await;
+        }
         for l in loops {
             l.await;
         }
@@ -543,6 +550,25 @@ async fn worker(
     };
     let stats = load.stats.borrow().clone();
     let _ = tx.send(FromWorker::Final(stats, window));
+    // Close the connections before the runtime ends: monoio drops only the
+    // tasks that are ready to run, so a driver waiting on its socket would
+    // outlive the run with the socket open. Dropping the last handle makes
+    // h2 send GOAWAY and the driver finish.
+    let drivers: Vec<_> = conns
+        .iter()
+        .flat_map(|c| {
+            c.send.borrow_mut().take();
+            std::mem::take(&mut *c.drivers.borrow_mut())
+        })
+        .collect();
+    drop(load);
+    drop(conns);
+    let _ = monoio::time::timeout(Duration::from_secs(1), async {
+        for d in drivers {
+            d.await;
+        }
+    })
+    .await;
 }
 
 fn new_load(options: RunOptions, start: Instant) -> Load {
@@ -620,7 +646,10 @@ async fn schedule(load: Rc<Load>, start: Instant, rate: f64, end: Option<Instant
             i = i.wrapping_add(1);
             next = start + period.mul_f64(f64::from(i));
         }
-        monoio::time::sleep_until(monoio::time::Instant::from_std(next)).await;
+        monoio::select! {
+            _ = monoio::time::sleep_until(monoio::time::Instant::from_std(next)) => {}
+            _ = load.stop.wait() => return,
+        }
     }
 }
 

@@ -127,12 +127,22 @@ pub fn start(options: ServeOptions) -> anyhow::Result<ServerHandle> {
                     };
                     let stop = Rc::new(grpc_proxy::signal::Latch::default());
                     let s = stop.clone();
-                    monoio::spawn(mailbox.run(move |_| s.set()));
+                    // Polled here, not spawned: a spawned task still waiting
+                    // on its socket would outlive the runtime.
+                    let mailbox = mailbox.run(move |_| s.set());
                     let _ = ready.send(Ok(()));
-                    let worker = Rc::new(Worker::new(options));
+                    let worker = Rc::new(Worker::new(options, stop.clone()));
                     monoio::select! {
-                        _ = accept_loop(worker, listener) => {}
+                        _ = accept_loop(worker.clone(), listener) => {}
                         _ = stop.wait() => {}
+                        _ = mailbox => {}
+                    }
+                    stop.set();
+                    // Let connection tasks see `stop` and close their
+                    // sockets before the runtime (which would leak the
+                    // tasks still waiting on I/O) ends.
+                    while worker.connections.get() > 0 {
+                        monoio::time::sleep(Duration::from_millis(1)).await;
                     }
                 });
                 if let Err(e) = run {
@@ -155,13 +165,15 @@ pub fn start(options: ServeOptions) -> anyhow::Result<ServerHandle> {
 
 struct Worker {
     options: ServeOptions,
+    stop: Rc<grpc_proxy::signal::Latch>,
+    connections: std::cell::Cell<usize>,
     h2: h2::server::Builder,
     /// Framed zero-filled responses by size, built once per core.
     responses: RefCell<HashMap<usize, Bytes>>,
 }
 
 impl Worker {
-    fn new(options: ServeOptions) -> Worker {
+    fn new(options: ServeOptions, stop: Rc<grpc_proxy::signal::Latch>) -> Worker {
         let mut h2 = h2::server::Builder::new();
         h2.initial_window_size(1 << 20)
             .initial_connection_window_size(16 << 20)
@@ -169,6 +181,8 @@ impl Worker {
             .max_send_buffer_size(1 << 20);
         Worker {
             options,
+            stop,
+            connections: std::cell::Cell::new(0),
             h2,
             responses: RefCell::new(HashMap::new()),
         }
@@ -190,15 +204,23 @@ async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener) {
             continue;
         };
         let worker = worker.clone();
+        worker.connections.set(worker.connections.get() + 1);
         monoio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let Ok(io) = tcp.into_poll_io() else { return };
-            let Ok(mut conn) = worker.h2.handshake::<_, Bytes>(io).await else {
-                return;
+            let serve = async {
+                let _ = tcp.set_nodelay(true);
+                let Ok(io) = tcp.into_poll_io() else { return };
+                let Ok(mut conn) = worker.h2.handshake::<_, Bytes>(io).await else {
+                    return;
+                };
+                while let Some(Ok((request, respond))) = conn.accept().await {
+                    monoio::spawn(handle(worker.clone(), request, respond));
+                }
             };
-            while let Some(Ok((request, respond))) = conn.accept().await {
-                monoio::spawn(handle(worker.clone(), request, respond));
+            monoio::select! {
+                _ = serve => {}
+                _ = worker.stop.wait() => {}
             }
+            worker.connections.set(worker.connections.get() - 1);
         });
     }
 }
