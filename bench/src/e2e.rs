@@ -1,0 +1,319 @@
+//! The end-to-end comparison: the same loads directly against the echo
+//! upstream and through grpc-proxy, HAProxy and nginx, each proxy alone on
+//! its own CPU with one worker; the upstream and the load on the others.
+
+use std::path::Path;
+use std::time::Duration;
+
+use grpc_loadtest::report::{Latency, Report};
+use grpc_loadtest::run::{self, Rpc, RunOptions};
+use grpc_proxy::CoreSelection;
+use serde::Serialize;
+
+use crate::procs::{self, Target};
+
+/// What a scenario's headline figure counts.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub enum Unit {
+    /// Calls per second; CPU per call.
+    Calls,
+    /// Messages per second; CPU per message.
+    Messages,
+    /// Response megabytes per second; CPU per message.
+    Megabytes,
+}
+
+/// One load shape.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Short name.
+    pub name: &'static str,
+    rpc: Rpc,
+    payload: usize,
+    response_size: Option<usize>,
+    messages: usize,
+    connections: usize,
+    streams: usize,
+    /// Open loop at half this target's unary peak.
+    half_peak: bool,
+    unit: Unit,
+}
+
+/// The scenarios of issue 4, in order (the first is the unary peak that the
+/// fixed-rate scenario halves).
+pub fn scenarios() -> Vec<Scenario> {
+    let s = |name, rpc, payload, connections, streams, unit| Scenario {
+        name,
+        rpc,
+        payload,
+        response_size: None,
+        messages: 1,
+        connections,
+        streams,
+        half_peak: false,
+        unit,
+    };
+    vec![
+        s("unary 10B, 8x16", Rpc::Unary, 10, 8, 16, Unit::Calls),
+        s("unary 1KiB, 8x16", Rpc::Unary, 1024, 8, 16, Unit::Calls),
+        s("fan-in 256 conns x 2", Rpc::Unary, 10, 256, 2, Unit::Calls),
+        Scenario {
+            messages: 100,
+            ..s(
+                "bidi ping-pong 64B, 1x16",
+                Rpc::Bidi,
+                64,
+                1,
+                16,
+                Unit::Messages,
+            )
+        },
+        Scenario {
+            response_size: Some(1 << 20),
+            messages: 16,
+            ..s(
+                "server-stream 1MiB, 1x4",
+                Rpc::ServerStream,
+                10,
+                1,
+                4,
+                Unit::Megabytes,
+            )
+        },
+        s("latency 1x1", Rpc::Unary, 10, 1, 1, Unit::Calls),
+        Scenario {
+            half_peak: true,
+            ..s(
+                "fixed rate, half peak, 8x16",
+                Rpc::Unary,
+                10,
+                8,
+                16,
+                Unit::Calls,
+            )
+        },
+    ]
+}
+
+/// One measured cell.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// Scenario name.
+    pub scenario: String,
+    /// direct, grpc-proxy, haproxy, nginx, grpc-proxy x2.
+    pub target: String,
+    /// The headline unit.
+    pub unit: Unit,
+    /// Calls/s, messages/s or MB/s.
+    pub rate: f64,
+    /// The headline latency (call, or per message for streams).
+    pub latency: Option<Latency>,
+    /// The proxy's CPU microseconds per call (or message); none for direct.
+    pub cpu_us_per_unit: Option<f64>,
+    /// The proxy's peak RSS in MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// Failed calls.
+    pub errors: u64,
+    /// The full load report.
+    pub report: Report,
+}
+
+/// CPUs for each role.
+pub struct Plan {
+    /// The proxy's CPUs (one, or two for the scale run).
+    pub proxy: Vec<usize>,
+    /// The echo upstream's.
+    pub upstream: Vec<usize>,
+    /// The load generator's.
+    pub load: Vec<usize>,
+}
+
+impl Plan {
+    /// Proxy on the first CPU; upstream and load split the rest (sharing
+    /// one when only one is left).
+    pub fn new(cpus: &[usize]) -> anyhow::Result<Plan> {
+        if cpus.len() < 2 {
+            anyhow::bail!("the e2e bench needs at least 2 CPUs (proxy on one, upstream and load on the others)");
+        }
+        let rest = &cpus[1..];
+        let half = rest.len().div_ceil(2);
+        let (upstream, load) = if rest.len() == 1 {
+            (rest.to_vec(), rest.to_vec())
+        } else {
+            (rest[..half].to_vec(), rest[half..].to_vec())
+        };
+        Ok(Plan {
+            proxy: vec![cpus[0]],
+            upstream,
+            load,
+        })
+    }
+}
+
+/// Runs every scenario against one target; `peak` is filled from the first
+/// scenario and used by the fixed-rate one.
+pub fn run_target(
+    target: Target,
+    bin_dir: &Path,
+    plan: &Plan,
+    upstream: std::net::SocketAddr,
+    seconds: u64,
+    warmup: Duration,
+    only: &[Scenario],
+) -> anyhow::Result<Vec<Row>> {
+    let proxy_cpus: Vec<usize> = match target {
+        Target::GrpcProxy(n) => {
+            let mut c = plan.proxy.clone();
+            c.extend(
+                plan.load
+                    .iter()
+                    .chain(&plan.upstream)
+                    .copied()
+                    .filter(|x| !plan.proxy.contains(x))
+                    .take(n - 1),
+            );
+            c
+        }
+        _ => plan.proxy.clone(),
+    };
+    let proxy = procs::proxy(target, bin_dir, &proxy_cpus, upstream)?;
+    let addr = proxy.as_ref().map_or(upstream, |p| p.addr);
+    let mut rows = Vec::new();
+    let mut peak = None;
+    for scenario in only {
+        let rate = if scenario.half_peak {
+            match peak {
+                Some(p) => Some(p / 2.0),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        let options = RunOptions {
+            target: addr,
+            rpc: scenario.rpc,
+            payload: scenario.payload,
+            response_size: scenario.response_size,
+            messages: scenario.messages,
+            connections: scenario.connections,
+            streams: scenario.streams,
+            cores: CoreSelection::Set(plan.load.clone()),
+            duration: Duration::from_secs(seconds),
+            warmup,
+            rate,
+            ..RunOptions::default()
+        };
+        let cpu0 = proxy.as_ref().map(|p| p.cpu_seconds()).transpose()?;
+        let report = run::run(&options)?;
+        let cpu1 = proxy.as_ref().map(|p| p.cpu_seconds()).transpose()?;
+        // CPU over warm-up and measurement, divided by the units of both
+        // (the warm-up's units are estimated at the measured rate).
+        let (rate, latency, units) = match scenario.unit {
+            Unit::Calls => (
+                report.calls_per_sec,
+                report.call_latency.clone(),
+                report.calls_per_sec,
+            ),
+            Unit::Messages => (
+                report.messages_per_sec,
+                report.message_latency.clone(),
+                report.messages_per_sec,
+            ),
+            Unit::Megabytes => (
+                report.mb_per_sec_received,
+                report.first_message_latency.clone(),
+                report.messages_per_sec,
+            ),
+        };
+        let total_units = units * (report.seconds + warmup.as_secs_f64());
+        let cpu_us_per_unit = match (cpu0, cpu1) {
+            (Some(a), Some(b)) if total_units > 0.0 => Some((b - a) * 1e6 / total_units),
+            _ => None,
+        };
+        if scenario.name.starts_with("unary 10B") {
+            peak = Some(report.calls_per_sec);
+        }
+        let peak_rss_mib = proxy
+            .as_ref()
+            .map(|p| p.peak_rss_kib())
+            .transpose()?
+            .map(|k| k as f64 / 1024.0);
+        eprintln!(
+            "  {:<28} {:<14} {:>12.0} {:<9} p99 {:>9.1}us  cpu {:>6}  errors {}",
+            scenario.name,
+            target.name(),
+            rate,
+            match scenario.unit {
+                Unit::Calls => "calls/s",
+                Unit::Messages => "msgs/s",
+                Unit::Megabytes => "MB/s",
+            },
+            latency.as_ref().map_or(f64::NAN, |l| l.p99_us),
+            cpu_us_per_unit.map_or("-".into(), |c| format!("{c:.2}us")),
+            report.calls_failed
+        );
+        rows.push(Row {
+            scenario: scenario.name.into(),
+            target: target.name(),
+            unit: scenario.unit,
+            rate,
+            latency,
+            cpu_us_per_unit,
+            peak_rss_mib,
+            errors: report.calls_failed,
+            report,
+        });
+    }
+    Ok(rows)
+}
+
+/// The markdown tables: one per scenario, with ratios to HAProxy.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let mut names: Vec<&str> = Vec::new();
+    for r in rows {
+        if !names.contains(&r.scenario.as_str()) {
+            names.push(&r.scenario);
+        }
+    }
+    for name in names {
+        let these: Vec<&Row> = rows.iter().filter(|r| r.scenario == name).collect();
+        let unit = match these[0].unit {
+            Unit::Calls => "calls/s",
+            Unit::Messages => "msgs/s",
+            Unit::Megabytes => "MB/s",
+        };
+        let per = if these[0].unit == Unit::Calls {
+            "call"
+        } else {
+            "msg"
+        };
+        let haproxy = these.iter().copied().find(|r| r.target == "haproxy");
+        out.push_str(&format!(
+            "\n**{name}**\n\n| target | {unit} | vs HAProxy | p50 us | p99 us | p99.9 us | CPU us/{per} | CPU vs HAProxy | peak RSS MiB | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        ));
+        for r in &these {
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+                _ => "-".into(),
+            };
+            let l = r.latency.as_ref();
+            let f =
+                |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+            out.push_str(&format!(
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r.target,
+                r.rate,
+                ratio(Some(r.rate), haproxy.map(|h| h.rate)),
+                f(l.map(|l| l.p50_us), 0),
+                f(l.map(|l| l.p99_us), 0),
+                f(l.map(|l| l.p999_us), 0),
+                f(r.cpu_us_per_unit, 2),
+                ratio(r.cpu_us_per_unit, haproxy.and_then(|h| h.cpu_us_per_unit)),
+                f(r.peak_rss_mib, 1),
+                r.errors
+            ));
+        }
+    }
+    out
+}

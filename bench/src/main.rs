@@ -1,0 +1,172 @@
+//! `bench`: grpc-proxy next to what users would run instead.
+//!
+//! `cargo run --release -p bench -- e2e` compares direct, grpc-proxy,
+//! HAProxy and nginx end to end; `-- allocs` counts allocations per proxied
+//! call. Micro-benches of hot paths: `cargo bench -p bench`.
+
+mod allocs;
+mod e2e;
+mod procs;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use grpc_proxy::config::parse_duration;
+
+use crate::procs::Target;
+
+#[global_allocator]
+static ALLOCATOR: allocs::Counting = allocs::Counting;
+
+/// Benchmarks for grpc-proxy.
+#[derive(Parser, Debug)]
+#[command(name = "bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Direct vs grpc-proxy vs HAProxy vs nginx, end to end.
+    E2e {
+        /// Measured seconds per load.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Warm-up before each measurement.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        warmup: Duration,
+        /// Only scenarios whose name contains this text.
+        #[arg(long)]
+        only: Option<String>,
+        /// Targets to run (direct, grpc-proxy, haproxy, nginx, scale).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "direct,grpc-proxy,haproxy,nginx,scale"
+        )]
+        targets: Vec<String>,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "target/bench-e2e.json")]
+        json: PathBuf,
+        /// Do not build grpc-proxy and grpc-loadtest first.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Allocations per proxied call on the proxy's worker thread.
+    Allocs {
+        /// Calls per measurement.
+        #[arg(long, default_value_t = 100_000)]
+        calls: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Allocs { calls } => allocs::report(calls),
+        Cmd::E2e {
+            seconds,
+            warmup,
+            only,
+            targets,
+            json,
+            no_build,
+        } => {
+            let exe = std::env::current_exe()?;
+            let bin_dir = exe
+                .parent()
+                .ok_or_else(|| anyhow::anyhow!("no directory for {}", exe.display()))?;
+            if !no_build {
+                build(bin_dir)?;
+            }
+            let plan = e2e::Plan::new(&grpc_proxy::cores::available())?;
+            let upstream = procs::upstream(bin_dir, &plan.upstream)?;
+            let scenarios: Vec<_> = e2e::scenarios()
+                .into_iter()
+                .filter(|s| only.as_deref().is_none_or(|o| s.name.contains(o)))
+                .collect();
+            eprintln!(
+                "proxy on CPU {:?}, echo upstream on {:?}, load on {:?}; {seconds}s per load after {warmup:?} warm-up",
+                plan.proxy, plan.upstream, plan.load
+            );
+            let mut rows = Vec::new();
+            for name in &targets {
+                let target = match name.as_str() {
+                    "direct" => Target::Direct,
+                    "grpc-proxy" => Target::GrpcProxy(1),
+                    "haproxy" => Target::Haproxy,
+                    "nginx" => Target::Nginx,
+                    "scale" => Target::GrpcProxy(2),
+                    other => anyhow::bail!("unknown target {other:?}"),
+                };
+                let program = match target {
+                    Target::Haproxy => Some("haproxy"),
+                    Target::Nginx => Some("nginx"),
+                    _ => None,
+                };
+                if let Some(p) = program {
+                    if !procs::installed(p) {
+                        eprintln!("{p} is not installed (apt-get install {p}); skipping it");
+                        continue;
+                    }
+                }
+                let these: Vec<_> = if target == Target::GrpcProxy(2) {
+                    scenarios
+                        .iter()
+                        .filter(|s| s.name.starts_with("unary 10B") || s.name.starts_with("fan-in"))
+                        .cloned()
+                        .collect()
+                } else {
+                    scenarios.clone()
+                };
+                eprintln!("{}:", target.name());
+                rows.extend(e2e::run_target(
+                    target,
+                    bin_dir,
+                    &plan,
+                    upstream.addr,
+                    seconds,
+                    warmup,
+                    &these,
+                )?);
+            }
+            let table = e2e::markdown(&rows);
+            println!("{table}");
+            if let Some(dir) = json.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&json, serde_json::to_string_pretty(&rows)? + "\n")?;
+            eprintln!("JSON written to {}", json.display());
+            Ok(())
+        }
+    }
+}
+
+/// Builds the binaries the bench starts, in the same profile and target
+/// directory as the bench itself.
+fn build(bin_dir: &std::path::Path) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let release = bin_dir.ends_with("release");
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "grpc-proxy", "-p", "grpc-loadtest"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status()?;
+    if !status.success() {
+        anyhow::bail!("building grpc-proxy and grpc-loadtest failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! The processes under test: the echo upstream and each proxy, started as
+//! their own processes pinned to their own CPUs, so that a proxy's CPU time
+//! and memory are its alone. CPU time and peak RSS come from `/proc`.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// A proxy (or none) between the load and the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The load talks to the upstream.
+    Direct,
+    /// grpc-proxy with this many worker cores.
+    GrpcProxy(usize),
+    /// HAProxy, `mode http`, `proto h2` both sides, one thread.
+    Haproxy,
+    /// nginx `grpc_pass`, one worker.
+    Nginx,
+}
+
+impl Target {
+    /// The name in tables and JSON.
+    pub fn name(self) -> String {
+        match self {
+            Target::Direct => "direct".into(),
+            Target::GrpcProxy(1) => "grpc-proxy".into(),
+            Target::GrpcProxy(n) => format!("grpc-proxy x{n}"),
+            Target::Haproxy => "haproxy".into(),
+            Target::Nginx => "nginx".into(),
+        }
+    }
+}
+
+/// A running process we measure.
+pub struct Running {
+    child: Child,
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    _dir: Option<TempDir>,
+}
+
+impl Running {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU seconds (user + system) used so far.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        cpu_seconds(self.pid())
+    }
+
+    /// Peak resident memory so far, in KiB.
+    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM in /proc status")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start at ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 here.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks as f64 / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // sysconf(_SC_CLK_TCK) is 100 on every Linux we run on; read it from
+    // getconf to be sure without unsafe code.
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> anyhow::Result<TempDir> {
+        let dir =
+            std::env::temp_dir().join(format!("grpc-proxy-bench-{name}-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free loopback port (bound and released; the process we start takes it).
+pub fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited at start-up ({status})");
+        }
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{what} did not listen on {addr} within 10 s")
+}
+
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Starts `grpc-loadtest serve` on these CPUs.
+pub fn upstream(bin_dir: &Path, cpus: &[usize]) -> anyhow::Result<Running> {
+    let addr = free_port()?;
+    let mut child = Command::new(bin_dir.join("grpc-loadtest"))
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--cpu-set",
+            &cpu_list(cpus),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start grpc-loadtest serve")?;
+    wait_listening(addr, &mut child, "the echo upstream")?;
+    Ok(Running {
+        child,
+        addr,
+        _dir: None,
+    })
+}
+
+/// Whether a program is on the PATH.
+pub fn installed(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Starts a proxy in front of `upstream`; `None` for direct.
+pub fn proxy(
+    target: Target,
+    bin_dir: &Path,
+    cpus: &[usize],
+    upstream: SocketAddr,
+) -> anyhow::Result<Option<Running>> {
+    let addr = free_port()?;
+    let (mut child, dir) = match target {
+        Target::Direct => return Ok(None),
+        Target::GrpcProxy(_) => (
+            Command::new(bin_dir.join("grpc-proxy"))
+                .args([
+                    "--listen",
+                    &addr.to_string(),
+                    "--upstream",
+                    &upstream.to_string(),
+                ])
+                .args(["--cpu-set", &cpu_list(cpus), "--log", "warn"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start grpc-proxy")?,
+            None,
+        ),
+        Target::Haproxy => {
+            let dir = TempDir::new("haproxy")?;
+            let cfg = dir.0.join("haproxy.cfg");
+            fs::write(&cfg, haproxy_config(addr, upstream, cpus[0]))?;
+            let child = Command::new("taskset")
+                .args(["-c", &cpu_list(cpus), "haproxy", "-db", "-f"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start haproxy")?;
+            (child, Some(dir))
+        }
+        Target::Nginx => {
+            let dir = TempDir::new("nginx")?;
+            let cfg = dir.0.join("nginx.conf");
+            fs::write(&cfg, nginx_config(addr, upstream, cpus[0], &dir.0))?;
+            let child = Command::new("taskset")
+                .args(["-c", &cpu_list(cpus), "nginx", "-c"])
+                .arg(&cfg)
+                .args(["-p"])
+                .arg(&dir.0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start nginx")?;
+            (child, Some(dir))
+        }
+    };
+    wait_listening(addr, &mut child, &target.name())?;
+    Ok(Some(Running {
+        child,
+        addr,
+        _dir: dir,
+    }))
+}
+
+fn haproxy_config(listen: SocketAddr, upstream: SocketAddr, cpu: usize) -> String {
+    format!(
+        "global
+    nbthread 1
+    cpu-map auto:1/1 {cpu}
+    maxconn 9000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+frontend fe
+    bind {listen} proto h2
+    default_backend be
+backend be
+    server s1 {upstream} proto h2
+"
+    )
+}
+
+fn nginx_config(listen: SocketAddr, upstream: SocketAddr, cpu: usize, dir: &Path) -> String {
+    let mask: String = (0..=cpu)
+        .rev()
+        .map(|c| if c == cpu { '1' } else { '0' })
+        .collect();
+    let d = dir.display();
+    format!(
+        "daemon off;
+master_process off;
+user root;
+worker_processes 1;
+worker_cpu_affinity {mask};
+worker_rlimit_nofile 20000;
+pid {d}/nginx.pid;
+error_log {d}/error.log error;
+events {{ worker_connections 9000; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 100000000;
+    http2_max_concurrent_streams 1024;
+    client_max_body_size 0;
+    upstream echo {{
+        server {upstream};
+        keepalive 256;
+        keepalive_requests 100000000;
+    }}
+    server {{
+        listen {listen} http2;
+        location / {{
+            grpc_pass grpc://echo;
+        }}
+    }}
+}}
+"
+    )
+}
