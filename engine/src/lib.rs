@@ -51,6 +51,7 @@ pub mod splice;
 pub mod status;
 pub mod timeout;
 mod worker;
+pub mod write_batch;
 
 pub use config::{Config, ConfigError, Settings};
 pub use cores::CoreSelection;

@@ -329,11 +329,13 @@ impl Pool {
         let io = tcp
             .into_poll_io()
             .map_err(|source| UpstreamError::Connect { addr, source })?;
-        let (send, connection) = self
-            .h2
-            .handshake::<_, Bytes>(io)
-            .await
-            .map_err(|source| UpstreamError::Http2 { addr, source })?;
+        let (io, flusher) = crate::write_batch::batched(io);
+        let (send, connection) =
+            crate::write_batch::flushing(self.h2.handshake::<_, Bytes>(io), flusher.clone())
+                .await
+                .map_err(|source| UpstreamError::Connect { addr, source })?
+                .map_err(|source| UpstreamError::Http2 { addr, source })?;
+        let connection = crate::write_batch::flushing(connection, flusher);
         let conn = Rc::new(UpConn {
             send: RefCell::new(send),
             active: Cell::new(0),
@@ -345,8 +347,10 @@ impl Pool {
         monoio::spawn(async move {
             monoio::select! {
                 ended = connection => {
-                    if let Err(e) = ended {
-                        tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
+                    match ended {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(upstream = %addr, error = %e, "upstream connection ended"),
+                        Err(e) => tracing::debug!(upstream = %addr, error = %e, "upstream write failed"),
                     }
                 }
                 _ = stop.wait() => {}

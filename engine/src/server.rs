@@ -40,6 +40,7 @@ enum Event<T> {
     Stop,
     Drain,
     Check,
+    WriteFailed(std::io::Error),
     Accept(Option<Result<T, h2::Error>>),
 }
 
@@ -59,11 +60,17 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let handshake = worker.h2.handshake::<_, Bytes>(io);
+    let (io, flusher) = crate::write_batch::batched(io);
+    let handshake =
+        crate::write_batch::flushing(worker.h2.handshake::<_, Bytes>(io), flusher.clone());
     let mut conn = match monoio::time::timeout(worker.settings.handshake_timeout, handshake).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
+        Ok(Ok(Ok(conn))) => conn,
+        Ok(Ok(Err(e))) => {
             tracing::debug!(%peer, error = %e, "downstream handshake failed");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "downstream handshake write failed");
             return;
         }
         Err(_) => {
@@ -88,7 +95,12 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
                     return Poll::Ready(Event::Check);
                 }
             }
-            Pin::new(&mut conn).poll_accept(cx).map(Event::Accept)
+            let accepted = Pin::new(&mut conn).poll_accept(cx);
+            // Whatever h2 wrote during this poll goes out in one write.
+            if let Poll::Ready(Err(e)) = flusher.poll_flush(cx) {
+                return Poll::Ready(Event::WriteFailed(e));
+            }
+            accepted.map(Event::Accept)
         })
         .await;
         match event {
@@ -110,6 +122,10 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             }
             Event::Accept(Some(Ok((request, respond)))) => {
                 monoio::spawn(crate::call::handle(worker.clone(), request, respond, peer));
+            }
+            Event::WriteFailed(e) => {
+                tracing::debug!(%peer, error = %e, "downstream write failed");
+                break;
             }
             Event::Accept(Some(Err(e))) => {
                 tracing::debug!(%peer, error = %e, "downstream connection error");
