@@ -278,7 +278,9 @@ impl Pool {
                     }
                 }
                 endpoint.connecting.set(true);
-                let result = self.connect(endpoint).await;
+                // Boxed: connecting is rare, and inlining its futures made
+                // every call's task ~3 KiB larger (copied at each spawn).
+                let result = Box::pin(self.connect(endpoint)).await;
                 endpoint.connecting.set(false);
                 endpoint.changed.notify_all();
                 match result {

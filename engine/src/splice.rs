@@ -315,7 +315,10 @@ impl Future for Splice {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.get_mut();
-        if this.down.poll_reset(cx).is_ready() {
+        // While the request body is open, its `poll_data` reports a client
+        // reset or disconnect; only after it ends does the response side
+        // need its own watch (one lock and waker fewer per wake-up).
+        if matches!(this.request, Request::Done) && this.down.poll_reset(cx).is_ready() {
             this.reset_upstream();
             this.down = Downstream::Done;
             return Poll::Ready(Outcome::DownstreamGone);
