@@ -1,0 +1,82 @@
+//! A tonic client of `test.Echo` (raw bytes), for one proxy or upstream.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http::uri::PathAndQuery;
+use tonic::client::Grpc;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::codec::BytesCodec;
+
+/// One HTTP/2 connection's worth of client; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    grpc: Grpc<Channel>,
+}
+
+impl Client {
+    /// Connects (one HTTP/2 connection) to `addr`.
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("valid uri")
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(16 << 20)
+            .connect()
+            .await
+            .expect("client connects");
+        Client {
+            grpc: Grpc::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        }
+    }
+
+    async fn ready(&mut self) -> Result<(), Status> {
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("client not ready: {e}")))
+    }
+
+    /// A unary call to `/test.Echo/<method>`.
+    pub async fn unary(&mut self, method: &str, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
+        self.ready().await?;
+        self.grpc.unary(request, path(method), BytesCodec).await
+    }
+
+    /// `Unary` with a payload and no metadata.
+    pub async fn echo(&mut self, payload: impl Into<Bytes>) -> Result<Bytes, Status> {
+        self.unary("Unary", Request::new(payload.into())).await.map(Response::into_inner)
+    }
+
+    /// A server-streaming call.
+    pub async fn server_stream(&mut self, request: Request<Bytes>) -> Result<Response<Streaming<Bytes>>, Status> {
+        self.ready().await?;
+        self.grpc.server_streaming(request, path("ServerStream"), BytesCodec).await
+    }
+
+    /// A client-streaming call.
+    pub async fn client_stream<S>(&mut self, request: Request<S>) -> Result<Response<Bytes>, Status>
+    where
+        S: Stream<Item = Bytes> + Send + 'static,
+    {
+        self.ready().await?;
+        self.grpc.client_streaming(request, path("ClientStream"), BytesCodec).await
+    }
+
+    /// A bidirectional call.
+    pub async fn bidi<S>(&mut self, request: Request<S>) -> Result<Response<Streaming<Bytes>>, Status>
+    where
+        S: Stream<Item = Bytes> + Send + 'static,
+    {
+        self.ready().await?;
+        self.grpc.streaming(request, path("Bidi"), BytesCodec).await
+    }
+}
+
+fn path(method: &str) -> PathAndQuery {
+    PathAndQuery::try_from(format!("/test.Echo/{method}")).expect("valid path")
+}
