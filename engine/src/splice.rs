@@ -315,14 +315,6 @@ impl Future for Splice {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.get_mut();
-        // While the request body is open, its `poll_data` reports a client
-        // reset or disconnect; only after it ends does the response side
-        // need its own watch (one lock and waker fewer per wake-up).
-        if matches!(this.request, Request::Done) && this.down.poll_reset(cx).is_ready() {
-            this.reset_upstream();
-            this.down = Downstream::Done;
-            return Poll::Ready(Outcome::DownstreamGone);
-        }
         if let Some(deadline) = &mut this.deadline {
             if deadline.as_mut().poll(cx).is_ready() {
                 this.reset_upstream();
@@ -343,6 +335,16 @@ impl Future for Splice {
                 return Poll::Ready(Outcome::DownstreamGone);
             }
             Step::Pending | Step::Done | Step::Up(_) => {}
+        }
+        // While the request body is open, its `poll_data` reports a client
+        // reset or disconnect; once it has ended (possibly just now, in
+        // `poll_request` above), the response side needs its own watch.
+        // Checked after `poll_request` so that the poll which ends the
+        // request also registers for the reset.
+        if matches!(this.request, Request::Done) && this.down.poll_reset(cx).is_ready() {
+            this.reset_upstream();
+            this.down = Downstream::Done;
+            return Poll::Ready(Outcome::DownstreamGone);
         }
         let step = this.poll_response(cx);
         Poll::Ready(match step {

@@ -16,6 +16,7 @@
 pub mod client;
 pub mod codec;
 pub mod echo;
+pub mod silent;
 
 use std::future::Future;
 use std::net::SocketAddr;
