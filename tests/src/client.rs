@@ -42,20 +42,31 @@ impl Client {
     }
 
     /// A unary call to `/test.Echo/<method>`.
-    pub async fn unary(&mut self, method: &str, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
+    pub async fn unary(
+        &mut self,
+        method: &str,
+        request: Request<Bytes>,
+    ) -> Result<Response<Bytes>, Status> {
         self.ready().await?;
         self.grpc.unary(request, path(method), BytesCodec).await
     }
 
     /// `Unary` with a payload and no metadata.
     pub async fn echo(&mut self, payload: impl Into<Bytes>) -> Result<Bytes, Status> {
-        self.unary("Unary", Request::new(payload.into())).await.map(Response::into_inner)
+        self.unary("Unary", Request::new(payload.into()))
+            .await
+            .map(Response::into_inner)
     }
 
     /// A server-streaming call.
-    pub async fn server_stream(&mut self, request: Request<Bytes>) -> Result<Response<Streaming<Bytes>>, Status> {
+    pub async fn server_stream(
+        &mut self,
+        request: Request<Bytes>,
+    ) -> Result<Response<Streaming<Bytes>>, Status> {
         self.ready().await?;
-        self.grpc.server_streaming(request, path("ServerStream"), BytesCodec).await
+        self.grpc
+            .server_streaming(request, path("ServerStream"), BytesCodec)
+            .await
     }
 
     /// A client-streaming call.
@@ -64,11 +75,16 @@ impl Client {
         S: Stream<Item = Bytes> + Send + 'static,
     {
         self.ready().await?;
-        self.grpc.client_streaming(request, path("ClientStream"), BytesCodec).await
+        self.grpc
+            .client_streaming(request, path("ClientStream"), BytesCodec)
+            .await
     }
 
     /// A bidirectional call.
-    pub async fn bidi<S>(&mut self, request: Request<S>) -> Result<Response<Streaming<Bytes>>, Status>
+    pub async fn bidi<S>(
+        &mut self,
+        request: Request<S>,
+    ) -> Result<Response<Streaming<Bytes>>, Status>
     where
         S: Stream<Item = Bytes> + Send + 'static,
     {

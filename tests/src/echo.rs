@@ -37,6 +37,7 @@ use crate::codec::BytesCodec;
 #[derive(Default)]
 pub struct Events {
     calls: AtomicUsize,
+    hanging: AtomicUsize,
     cancelled: AtomicUsize,
     changed: Notify,
 }
@@ -45,6 +46,23 @@ impl Events {
     /// Calls received.
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// `Hang` handlers running (request decoded, handler started): only
+    /// these can observe a cancellation.
+    pub fn hanging(&self) -> usize {
+        self.hanging.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` `Hang` handlers are running.
+    pub async fn wait_hanging(&self, n: usize) {
+        loop {
+            let changed = self.changed.notified();
+            if self.hanging() >= n {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// `Hang` calls that were cancelled.
@@ -63,7 +81,8 @@ impl Events {
         }
     }
 
-    /// Waits until `n` calls have arrived.
+    /// Waits until `n` calls have arrived (dispatched to a handler, which
+    /// may still be reading the request).
     pub async fn wait_calls(&self, n: usize) {
         loop {
             let changed = self.changed.notified();
@@ -147,14 +166,21 @@ impl Echo {
         if let Some(status) = failure(request.metadata()) {
             return Err(status);
         }
-        let count: usize = text(request.metadata(), "x-count").and_then(|c| c.parse().ok()).unwrap_or(3);
-        let fail_after: Option<usize> = text(request.metadata(), "x-fail-after").and_then(|c| c.parse().ok());
+        let count: usize = text(request.metadata(), "x-count")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(3);
+        let fail_after: Option<usize> =
+            text(request.metadata(), "x-fail-after").and_then(|c| c.parse().ok());
         let message = request.into_inner();
         let items = (0..count).map(move |i| match fail_after {
             Some(n) if i >= n => {
                 let mut meta = MetadataMap::new();
                 meta.insert("x-error-meta", MetadataValue::from_static("trailer"));
-                Err(Status::with_metadata(Code::Aborted, "failed mid-stream", meta))
+                Err(Status::with_metadata(
+                    Code::Aborted,
+                    "failed mid-stream",
+                    meta,
+                ))
             }
             _ => Ok(message.clone()),
         });
@@ -163,7 +189,10 @@ impl Echo {
         Ok(Response::new(stream))
     }
 
-    async fn client_stream(self, request: Request<Streaming<Bytes>>) -> Result<Response<Bytes>, Status> {
+    async fn client_stream(
+        self,
+        request: Request<Streaming<Bytes>>,
+    ) -> Result<Response<Bytes>, Status> {
         let mut stream = request.into_inner();
         let (mut bytes, mut count) = (0u64, 0u64);
         while let Some(message) = stream.message().await? {
@@ -183,6 +212,8 @@ impl Echo {
 
     async fn hang(self, _request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
         let _guard = CancelGuard(self.events.clone());
+        self.events.hanging.fetch_add(1, Ordering::SeqCst);
+        self.events.changed.notify_waiters();
         std::future::pending::<()>().await;
         unreachable!("pending never completes")
     }
@@ -229,11 +260,17 @@ impl Service<http::Request<Body>> for Echo {
                 .max_encoding_message_size(usize::MAX);
             let response = match request.uri().path() {
                 "/test.Echo/Unary" => grpc.unary(UnarySvc(echo), request).await,
-                "/test.Echo/ServerStream" => grpc.server_streaming(ServerStreamSvc(echo), request).await,
-                "/test.Echo/ClientStream" => grpc.client_streaming(ClientStreamSvc(echo), request).await,
+                "/test.Echo/ServerStream" => {
+                    grpc.server_streaming(ServerStreamSvc(echo), request).await
+                }
+                "/test.Echo/ClientStream" => {
+                    grpc.client_streaming(ClientStreamSvc(echo), request).await
+                }
                 "/test.Echo/Bidi" => grpc.streaming(BidiSvc(echo), request).await,
                 "/test.Echo/Hang" => grpc.unary(HangSvc(echo), request).await,
-                other => Status::unimplemented(format!("test.Echo has no method {other}")).into_http(),
+                other => {
+                    Status::unimplemented(format!("test.Echo has no method {other}")).into_http()
+                }
             };
             Ok(response)
         })

@@ -87,7 +87,10 @@ pub fn proxy(driver: Driver, toml: &str) -> ProxyHandle {
 
 /// A proxy that forwards every call to one upstream.
 pub fn proxy_to(driver: Driver, upstream: SocketAddr) -> ProxyHandle {
-    proxy(driver, &format!("{}\n[[routes]]\ncluster = \"a\"\n", cluster("a", upstream)))
+    proxy(
+        driver,
+        &format!("{}\n[[routes]]\ncluster = \"a\"\n", cluster("a", upstream)),
+    )
 }
 
 /// A `[[clusters]]` entry.
@@ -97,5 +100,7 @@ pub fn cluster(name: &str, addr: SocketAddr) -> String {
 
 /// File descriptors this process has open.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }

@@ -27,14 +27,18 @@ pub struct Silent {
 impl Silent {
     /// Starts on a free loopback port, on the current tokio runtime.
     pub async fn start() -> Silent {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, seen) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let Ok(mut conn) = h2::server::handshake(tcp).await else { return };
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
                     while let Some(Ok((request, mut respond))) = conn.accept().await {
                         let tx = tx.clone();
                         let grpc_timeout = request
@@ -49,7 +53,10 @@ impl Silent {
                                 Poll::Pending => Poll::Pending,
                             })
                             .await;
-                            let _ = tx.send(Seen { grpc_timeout, reset });
+                            let _ = tx.send(Seen {
+                                grpc_timeout,
+                                reset,
+                            });
                         });
                     }
                 });

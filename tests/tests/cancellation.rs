@@ -14,7 +14,7 @@ proxy_test! {
         let proxy = proxy_to(driver, up.addr());
         let mut client = Client::connect(proxy.local_addr()).await;
         let call = tokio::spawn(async move { client.unary("Hang", Request::new(Bytes::from("x"))).await });
-        up.events().wait_calls(1).await;
+        up.events().wait_hanging(1).await;
         call.abort(); // drops the tonic call: RST_STREAM(CANCEL) to the proxy
         up.events().wait_cancelled(1).await;
     }
@@ -28,7 +28,7 @@ proxy_test! {
             let mut c = client.clone();
             calls.push(tokio::spawn(async move { c.unary("Hang", Request::new(Bytes::new())).await }));
         }
-        up.events().wait_calls(5).await;
+        up.events().wait_hanging(5).await;
         for c in &calls {
             c.abort();
         }
@@ -44,7 +44,10 @@ proxy_test! {
         up.events().wait_calls(1).await;
         up.stop();
         let status = call.await.expect("task").expect_err("the upstream went away");
-        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        // A vanished connection is UNAVAILABLE; an upstream that manages to
+        // reset the stream (CANCEL) as it shuts down is CANCELLED, as the
+        // gRPC spec maps it. Either way the call ends with a status.
+        assert!(matches!(status.code(), Code::Unavailable | Code::Cancelled), "{status:?}");
     }
 
     async fn grpc_timeout_is_forwarded_and_enforced_by_the_proxy(driver) {
@@ -106,7 +109,7 @@ proxy_test! {
     async fn a_deadline_mid_stream_ends_with_trailers(driver) {
         let up = Upstream::start("a");
         let proxy = proxy(driver, &format!(
-            "{}\n[[routes]]\ncluster = \"a\"\ntimeout = \"300ms\"\n",
+            "{}\n[[routes]]\ncluster = \"a\"\ntimeout = \"2s\"\n",
             cluster("a", up.addr())
         ));
         let mut client = Client::connect(proxy.local_addr()).await;

@@ -4,7 +4,10 @@ use bytes::Bytes;
 use grpc_proxy_tests::{proxy_test, proxy_to, Client, Upstream};
 
 fn pattern(len: usize) -> Bytes {
-    (0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into()
+    (0..len)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
 }
 
 proxy_test! {

@@ -7,13 +7,24 @@ use grpc_proxy_tests::{cluster, proxy, proxy_test, Client, Upstream};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request};
 
-async fn upstream_of(client: &mut Client, method: &str, metadata: &[(&'static str, &'static str)]) -> Result<String, tonic::Status> {
+async fn upstream_of(
+    client: &mut Client,
+    method: &str,
+    metadata: &[(&'static str, &'static str)],
+) -> Result<String, tonic::Status> {
     let mut request = Request::new(Bytes::from("m"));
     for (k, v) in metadata {
-        request.metadata_mut().insert(*k, MetadataValue::from_static(v));
+        request
+            .metadata_mut()
+            .insert(*k, MetadataValue::from_static(v));
     }
     let response = client.unary(method, request).await?;
-    Ok(response.metadata().get("x-upstream").and_then(|v| v.to_str().ok()).unwrap_or("?").to_owned())
+    Ok(response
+        .metadata()
+        .get("x-upstream")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_owned())
 }
 
 proxy_test! {

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use grpc_proxy_tests::echo::collect;
 use grpc_proxy_tests::{proxy_test, proxy_to, Client, Upstream};
-use tonic::metadata::{MetadataValue, BinaryMetadataValue};
+use tonic::metadata::{BinaryMetadataValue, MetadataValue};
 use tonic::{Code, Request};
 
 proxy_test! {

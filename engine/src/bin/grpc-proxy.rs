@@ -75,19 +75,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Handlers first: a SIGTERM that arrives as soon as the proxy serves
+    // must drain it, not kill it.
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("grpc-proxy: cannot install signal handlers: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let started =
         ProxyBuilder::from_config(&config).and_then(|(builder, routes)| builder.start(routes));
     let proxy = match started {
         Ok(proxy) => proxy,
         Err(e) => {
             eprintln!("grpc-proxy: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("grpc-proxy: cannot install signal handlers: {e}");
             return ExitCode::from(2);
         }
     };

@@ -1,0 +1,157 @@
+//! Upstreams that fail and come back, drain, hostile connections, and a
+//! busy port.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use grpc_proxy::{ProxyBuilder, Route, StartError};
+use grpc_proxy_tests::{proxy_test, proxy_to, Client, Upstream};
+use tonic::{Code, Request};
+
+/// A bidi stream that answers each message; the sender end is returned.
+async fn open_bidi(
+    client: &mut Client,
+) -> (tokio::sync::mpsc::Sender<Bytes>, tonic::Streaming<Bytes>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let replies = client
+        .bidi(Request::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+        .await
+        .expect("bidi call")
+        .into_inner();
+    (tx, replies)
+}
+
+async fn ping(
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+    replies: &mut tonic::Streaming<Bytes>,
+    m: &'static str,
+) {
+    tx.send(Bytes::from(m)).await.expect("send");
+    assert_eq!(replies.next().await.expect("reply").expect("ok"), m);
+}
+
+proxy_test! {
+    async fn an_unreachable_upstream_is_unavailable_at_once(driver) {
+        let mut up = Upstream::start("gone");
+        let addr = up.addr();
+        up.stop();
+        let proxy = proxy_to(driver, addr);
+        let mut client = Client::connect(proxy.local_addr()).await;
+        for _ in 0..3 {
+            let status = client.echo("x").await.expect_err("nothing listens there");
+            assert_eq!(status.code(), Code::Unavailable);
+            assert!(status.message().contains(&addr.to_string()), "{}", status.message());
+        }
+    }
+
+    async fn calls_recover_when_the_upstream_comes_back(driver) {
+        let mut up = Upstream::start("a");
+        let proxy = proxy_to(driver, up.addr());
+        let mut client = Client::connect(proxy.local_addr()).await;
+        client.echo("before").await.expect("first call");
+        up.restart();
+        // The proxy's old connection is dead; within its reconnect back-off
+        // (20-100 ms in tests) calls must succeed again.
+        let mut recovered = false;
+        for _ in 0..200 {
+            match client.echo("after").await {
+                Ok(m) => {
+                    assert_eq!(m, "after");
+                    recovered = true;
+                    break;
+                }
+                Err(s) => {
+                    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        assert!(recovered, "calls did not recover after the upstream restarted");
+    }
+
+    async fn drain_lets_a_stream_in_flight_finish(driver) {
+        let up = Upstream::start("a");
+        let proxy = proxy_to(driver, up.addr());
+        let addr = proxy.local_addr();
+        let mut client = Client::connect(addr).await;
+        let (tx, mut replies) = open_bidi(&mut client).await;
+        ping(&tx, &mut replies, "before drain").await;
+        proxy.drain();
+        // The stream in flight goes on working after GOAWAY...
+        ping(&tx, &mut replies, "during drain").await;
+        // ...while the listener is closed to new connections.
+        let mut refused = false;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused, "new connections are still accepted while draining");
+        ping(&tx, &mut replies, "still draining").await;
+        drop(tx);
+        assert!(replies.next().await.is_none(), "the stream ends with OK");
+        drop(client);
+        // With its last stream done, the proxy exits well before the 30 s
+        // drain timeout.
+        tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || proxy.wait()))
+            .await
+            .expect("the proxy exits once drained")
+            .expect("join");
+    }
+
+    async fn hostile_connections_do_not_disturb_a_call(driver) {
+        let up = Upstream::start("a");
+        let proxy = proxy_to(driver, up.addr());
+        let addr = proxy.local_addr();
+        let mut client = Client::connect(addr).await;
+        let (tx, mut replies) = open_bidi(&mut client).await;
+        ping(&tx, &mut replies, "one").await;
+        tokio::task::spawn_blocking(move || {
+            // Port probes: connect and close.
+            for _ in 0..20 {
+                drop(std::net::TcpStream::connect(addr).expect("connect"));
+            }
+            // HTTP/1.1 and garbage: the proxy closes them.
+            for junk in [&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], &[0xffu8; 64][..], b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"] {
+                let mut s = std::net::TcpStream::connect(addr).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+                let _ = s.write_all(junk);
+                let mut buf = [0u8; 1024];
+                // Read until the proxy closes the connection (0) or resets it.
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("hostile clients");
+        // A silent client that never sends the preface stays open meanwhile.
+        let _silent = std::net::TcpStream::connect(addr).expect("connect");
+        ping(&tx, &mut replies, "two").await;
+        assert_eq!(client.clone().echo("fresh").await.expect("a new call"), "fresh");
+        drop(tx);
+        assert!(replies.next().await.is_none());
+    }
+
+    async fn a_second_proxy_on_the_same_port_is_refused(driver) {
+        let up = Upstream::start("a");
+        let first = proxy_to(driver, up.addr());
+        let mut builder = ProxyBuilder::new(first.local_addr()).driver(driver);
+        let a = builder.cluster("a", [up.addr()]);
+        match builder.start(move |_| move |_: &grpc_proxy::Call<'_>| Route::to(a)) {
+            Err(StartError::Bind { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse),
+            Err(other) => panic!("expected a bind error, got {other}"),
+            Ok(_) => panic!("a second proxy bound a port in use"),
+        }
+        // The first one still serves.
+        assert_eq!(Client::connect(first.local_addr()).await.echo("x").await.expect("call"), "x");
+    }
+}
