@@ -337,6 +337,8 @@ impl Pool {
                 .await
                 .map_err(|source| UpstreamError::Connect { addr, source })?
                 .map_err(|source| UpstreamError::Http2 { addr, source })?;
+        let mut connection = connection;
+        let ping = connection.ping_pong();
         let connection = crate::write_batch::flushing(connection, flusher);
         let conn = Rc::new(UpConn {
             send: RefCell::new(send),
@@ -362,7 +364,18 @@ impl Pool {
             }
             live.set(live.get() - 1);
         });
-        tracing::debug!(upstream = %addr, "upstream connection open");
+        // Until the upstream's SETTINGS arrive, h2 assumes it allows 100
+        // streams; a burst of calls right after connecting would pile onto
+        // this connection and queue there. A PING round trip proves the
+        // SETTINGS (sent before the PONG) have been applied.
+        if let Some(mut ping) = ping {
+            match monoio::time::timeout(timeout, ping.ping(h2::Ping::opaque())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(source)) => return Err(UpstreamError::Http2 { addr, source }),
+                Err(_) => return Err(UpstreamError::ConnectTimeout { addr, timeout }),
+            }
+        }
+        tracing::debug!(upstream = %addr, max_streams = conn.send.borrow().current_max_send_streams(), "upstream connection open");
         Ok(conn)
     }
 }

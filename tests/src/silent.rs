@@ -1,14 +1,20 @@
-//! A bare HTTP/2 upstream (the `h2` crate on tokio) that never answers and
-//! never enforces deadlines: it records each request's `grpc-timeout` and
-//! how the stream was reset. Only the proxy can end such a call, so it
-//! proves the proxy's own deadline handling.
+//! A bare HTTP/2 upstream (the `h2` crate on tokio) for what tonic would
+//! hide: it never enforces deadlines, can cap concurrent streams, can send
+//! GOAWAY, and reports what it saw.
+//!
+//! Requests to `/test.Echo/Hang` are never answered; the upstream records
+//! their `grpc-timeout` and how they were reset. Any other request gets a
+//! trailers-only OK carrying `x-connection: N`, the 1-based index of the
+//! connection it arrived on.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
-/// What the silent upstream saw of one call.
+/// What the upstream saw of one `Hang` call.
 #[derive(Debug)]
 pub struct Seen {
     /// The `grpc-timeout` header, if any.
@@ -17,52 +23,60 @@ pub struct Seen {
     pub reset: Option<h2::Reason>,
 }
 
-/// A running silent upstream; stops when dropped.
+/// How the bare upstream behaves.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS to advertise.
+    pub max_concurrent_streams: Option<u32>,
+    /// Start a graceful shutdown (GOAWAY) on a connection once it has
+    /// received this many requests; the requests in flight still finish.
+    pub goaway_after: Option<usize>,
+}
+
+#[derive(Default)]
+struct Counts {
+    connections: AtomicUsize,
+    requests: AtomicUsize,
+    changed: Notify,
+}
+
+/// A running bare upstream; stops when dropped.
 pub struct Silent {
     addr: SocketAddr,
     seen: mpsc::UnboundedReceiver<Seen>,
+    counts: Arc<Counts>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Silent {
-    /// Starts on a free loopback port, on the current tokio runtime.
+    /// Starts with default options on a free loopback port, on the current
+    /// tokio runtime.
     pub async fn start() -> Silent {
+        Silent::with(Options::default()).await
+    }
+
+    /// Starts with these options.
+    pub async fn with(options: Options) -> Silent {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, seen) = mpsc::unbounded_channel();
+        let counts = Arc::new(Counts::default());
+        let c = counts.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
-                        return;
-                    };
-                    while let Some(Ok((request, mut respond))) = conn.accept().await {
-                        let tx = tx.clone();
-                        let grpc_timeout = request
-                            .headers()
-                            .get("grpc-timeout")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
-                        tokio::spawn(async move {
-                            let _body = request.into_body();
-                            let reset = std::future::poll_fn(|cx| match respond.poll_reset(cx) {
-                                Poll::Ready(r) => Poll::Ready(r.ok()),
-                                Poll::Pending => Poll::Pending,
-                            })
-                            .await;
-                            let _ = tx.send(Seen {
-                                grpc_timeout,
-                                reset,
-                            });
-                        });
-                    }
-                });
+                let index = c.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                c.changed.notify_waiters();
+                tokio::spawn(serve(tcp, index, options, tx.clone(), c.clone()));
             }
         });
-        Silent { addr, seen, task }
+        Silent {
+            addr,
+            seen,
+            counts,
+            task,
+        }
     }
 
     /// Where it listens.
@@ -70,9 +84,78 @@ impl Silent {
         self.addr
     }
 
-    /// The next call that ended.
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.counts.connections.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` requests have arrived.
+    pub async fn wait_requests(&self, n: usize) {
+        loop {
+            let changed = self.counts.changed.notified();
+            if self.counts.requests.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// The next `Hang` call that ended.
     pub async fn next_ended(&mut self) -> Seen {
-        self.seen.recv().await.expect("silent upstream is running")
+        self.seen.recv().await.expect("the upstream is running")
+    }
+}
+
+async fn serve(
+    tcp: tokio::net::TcpStream,
+    index: usize,
+    options: Options,
+    tx: mpsc::UnboundedSender<Seen>,
+    counts: Arc<Counts>,
+) {
+    let mut builder = h2::server::Builder::new();
+    if let Some(n) = options.max_concurrent_streams {
+        builder.max_concurrent_streams(n);
+    }
+    let Ok(mut conn) = builder.handshake::<_, bytes::Bytes>(tcp).await else {
+        return;
+    };
+    let mut on_this = 0;
+    while let Some(Ok((request, mut respond))) = conn.accept().await {
+        on_this += 1;
+        counts.requests.fetch_add(1, Ordering::SeqCst);
+        counts.changed.notify_waiters();
+        if options.goaway_after == Some(on_this) {
+            conn.graceful_shutdown();
+        }
+        if request.uri().path() != "/test.Echo/Hang" {
+            let response = http::Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "0")
+                .header("x-connection", index.to_string())
+                .body(())
+                .expect("response");
+            let _ = respond.send_response(response, true);
+            continue;
+        }
+        let grpc_timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _body = request.into_body();
+            let reset = std::future::poll_fn(|cx| match respond.poll_reset(cx) {
+                Poll::Ready(r) => Poll::Ready(r.ok()),
+                Poll::Pending => Poll::Pending,
+            })
+            .await;
+            let _ = tx.send(Seen {
+                grpc_timeout,
+                reset,
+            });
+        });
     }
 }
 

@@ -1,0 +1,77 @@
+//! The upstream pool: more connections when an upstream's stream limit is
+//! reached, and GOAWAY honoured. Upstreams are bare h2 servers, whose
+//! connections and stream limits the tests control.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use grpc_proxy_tests::silent::{Options, Silent};
+use grpc_proxy_tests::{proxy_test, proxy_to};
+
+/// A bare h2 client connection to the proxy.
+async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    tokio::spawn(connection);
+    send
+}
+
+fn request(addr: SocketAddr, method: &str) -> http::Request<()> {
+    http::Request::post(format!("http://{addr}/test.Echo/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request")
+}
+
+/// Sends a call and returns the response headers (trailers-only answers).
+async fn call(
+    send: &mut h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    method: &str,
+) -> Option<http::HeaderMap> {
+    let mut ready = send.clone().ready().await.expect("ready");
+    let (response, mut body) = ready
+        .send_request(request(addr, method), false)
+        .expect("send");
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("data");
+    if method == "Hang" {
+        // Leave it open; the caller keeps nothing but the upstream's count.
+        std::mem::forget(body);
+        std::mem::forget(response);
+        return None;
+    }
+    Some(response.await.expect("response").headers().clone())
+}
+
+proxy_test! {
+    async fn more_connections_open_when_an_upstream_limits_streams(driver) {
+        // The upstream allows 2 streams per connection; 6 calls that never
+        // end need 3 connections, and the proxy must open them rather than
+        // queue calls behind the limit.
+        let upstream = Silent::with(Options { max_concurrent_streams: Some(2), ..Options::default() }).await;
+        let proxy = proxy_to(driver, upstream.addr());
+        let addr = proxy.local_addr();
+        let mut client = h2_client(addr).await;
+        for _ in 0..6 {
+            call(&mut client, addr, "Hang").await;
+        }
+        upstream.wait_requests(6).await;
+        assert_eq!(upstream.connections(), 3);
+    }
+
+    async fn goaway_moves_new_calls_to_a_fresh_connection(driver) {
+        // The upstream sends GOAWAY on each connection once it has its first
+        // request, then still answers that request.
+        let upstream = Silent::with(Options { goaway_after: Some(1), ..Options::default() }).await;
+        let proxy = proxy_to(driver, upstream.addr());
+        let addr = proxy.local_addr();
+        let mut client = h2_client(addr).await;
+        for expected in 1..=3 {
+            let headers = call(&mut client, addr, "Unary").await.expect("answered");
+            assert_eq!(headers["grpc-status"], "0", "the call in flight during GOAWAY finishes");
+            assert_eq!(headers["x-connection"], expected.to_string().as_str(), "call {expected} on a fresh connection");
+        }
+    }
+}
