@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use futures_util::Stream;
 use http::uri::PathAndQuery;
+use tokio::sync::mpsc;
 use tonic::client::Grpc;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -90,6 +91,23 @@ impl Client {
     {
         self.ready().await?;
         self.grpc.streaming(request, path("Bidi"), BytesCodec).await
+    }
+}
+
+impl Client {
+    /// Opens a `Bidi` stream fed from a channel of `buffer` messages:
+    /// send on the sender, read replies from the stream, drop the sender to
+    /// end the request side.
+    pub async fn open_bidi(&mut self, buffer: usize) -> (mpsc::Sender<Bytes>, Streaming<Bytes>) {
+        let (tx, rx) = mpsc::channel::<Bytes>(buffer);
+        let replies = self
+            .bidi(Request::new(tokio_stream::wrappers::ReceiverStream::new(
+                rx,
+            )))
+            .await
+            .expect("bidi call starts")
+            .into_inner();
+        (tx, replies)
     }
 }
 

@@ -54,39 +54,32 @@ impl Events {
         self.hanging.load(Ordering::SeqCst)
     }
 
-    /// Waits until `n` `Hang` handlers are running.
-    pub async fn wait_hanging(&self, n: usize) {
-        loop {
-            let changed = self.changed.notified();
-            if self.hanging() >= n {
-                return;
-            }
-            changed.await;
-        }
-    }
-
     /// `Hang` calls that were cancelled.
     pub fn cancelled(&self) -> usize {
         self.cancelled.load(Ordering::SeqCst)
     }
 
+    /// Waits until `n` `Hang` handlers are running.
+    pub async fn wait_hanging(&self, n: usize) {
+        self.wait_for(|e| e.hanging() >= n).await
+    }
+
     /// Waits until `n` `Hang` calls have been cancelled.
     pub async fn wait_cancelled(&self, n: usize) {
-        loop {
-            let changed = self.changed.notified();
-            if self.cancelled() >= n {
-                return;
-            }
-            changed.await;
-        }
+        self.wait_for(|e| e.cancelled() >= n).await
     }
 
     /// Waits until `n` calls have arrived (dispatched to a handler, which
     /// may still be reading the request).
     pub async fn wait_calls(&self, n: usize) {
+        self.wait_for(|e| e.calls() >= n).await
+    }
+
+    async fn wait_for(&self, done: impl Fn(&Events) -> bool) {
         loop {
+            // Register before checking, so a change in between is not lost.
             let changed = self.changed.notified();
-            if self.calls() >= n {
+            if done(self) {
                 return;
             }
             changed.await;

@@ -113,12 +113,7 @@ proxy_test! {
             cluster("a", up.addr())
         ));
         let mut client = Client::connect(proxy.local_addr()).await;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-        let mut replies = client
-            .bidi(Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
-            .await
-            .expect("headers")
-            .into_inner();
+        let (tx, mut replies) = client.open_bidi(1).await;
         tx.send(Bytes::from("one")).await.expect("send");
         assert_eq!(replies.next().await.expect("reply").expect("ok"), "one");
         // Keep the stream open; the route deadline ends it.

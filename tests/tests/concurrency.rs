@@ -3,7 +3,6 @@
 use bytes::Bytes;
 use futures_util::StreamExt;
 use grpc_proxy_tests::{proxy_test, proxy_to, Client, Upstream};
-use tonic::Request;
 
 proxy_test! {
     async fn a_thousand_concurrent_calls_on_one_connection(driver) {
@@ -31,12 +30,7 @@ proxy_test! {
         let up = Upstream::start("a");
         let proxy = proxy_to(driver, up.addr());
         let mut client = Client::connect(proxy.local_addr()).await;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
-        let mut replies = client
-            .bidi(Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
-            .await
-            .expect("call")
-            .into_inner();
+        let (tx, mut replies) = client.open_bidi(256).await;
         // Send and receive at the same time: the sender does not wait for
         // replies, so both directions are busy together.
         let sender = tokio::spawn(async move {

@@ -8,22 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use grpc_proxy::{ProxyBuilder, Route, StartError};
 use grpc_proxy_tests::{proxy_test, proxy_to, Client, Upstream};
-use tonic::{Code, Request};
-
-/// A bidi stream that answers each message; the sender end is returned.
-async fn open_bidi(
-    client: &mut Client,
-) -> (tokio::sync::mpsc::Sender<Bytes>, tonic::Streaming<Bytes>) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-    let replies = client
-        .bidi(Request::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
-        )))
-        .await
-        .expect("bidi call")
-        .into_inner();
-    (tx, replies)
-}
+use tonic::Code;
 
 async fn ping(
     tx: &tokio::sync::mpsc::Sender<Bytes>,
@@ -78,7 +63,7 @@ proxy_test! {
         let proxy = proxy_to(driver, up.addr());
         let addr = proxy.local_addr();
         let mut client = Client::connect(addr).await;
-        let (tx, mut replies) = open_bidi(&mut client).await;
+        let (tx, mut replies) = client.open_bidi(1).await;
         ping(&tx, &mut replies, "before drain").await;
         proxy.drain();
         // The stream in flight goes on working after GOAWAY...
@@ -110,7 +95,7 @@ proxy_test! {
         let proxy = proxy_to(driver, up.addr());
         let addr = proxy.local_addr();
         let mut client = Client::connect(addr).await;
-        let (tx, mut replies) = open_bidi(&mut client).await;
+        let (tx, mut replies) = client.open_bidi(1).await;
         ping(&tx, &mut replies, "one").await;
         tokio::task::spawn_blocking(move || {
             // Port probes: connect and close.

@@ -48,12 +48,7 @@ proxy_test! {
         let up = Upstream::start("a");
         let proxy = proxy_to(driver, up.addr());
         let mut client = Client::connect(proxy.local_addr()).await;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-        let mut replies = client
-            .bidi(Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
-            .await
-            .expect("call")
-            .into_inner();
+        let (tx, mut replies) = client.open_bidi(1).await;
         // Ping-pong: each reply arrives before the next request is sent, so
         // the proxy must forward each message as it comes, not at the end.
         for i in 0..100u32 {
