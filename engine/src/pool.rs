@@ -228,15 +228,26 @@ impl Pool {
 
     /// A connection of `endpoint` that h2 says can take a new stream now.
     async fn ready_connection(&self, endpoint: &Rc<Endpoint>) -> Result<Rc<UpConn>, UpstreamError> {
+        // A connection that refuses new streams (GOAWAY, or failed) is
+        // retired and another tried; an upstream that refuses every new
+        // connection at once must not make a call reconnect forever.
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 0;
         loop {
             let conn = self.connection(endpoint).await?;
             let ready = poll_fn(|cx| conn.send.borrow_mut().poll_ready(cx)).await;
             match ready {
                 Ok(()) => return Ok(conn),
-                // GOAWAY received or the connection failed: never again.
-                Err(e) => {
-                    tracing::debug!(upstream = %endpoint.addr, error = %e, "upstream connection retired");
+                Err(source) => {
+                    tracing::debug!(upstream = %endpoint.addr, error = %source, "upstream connection retired");
                     retire(endpoint, &conn);
+                    attempt += 1;
+                    if attempt == ATTEMPTS {
+                        return Err(UpstreamError::Http2 {
+                            addr: endpoint.addr,
+                            source,
+                        });
+                    }
                 }
             }
         }
