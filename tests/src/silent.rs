@@ -37,6 +37,7 @@ pub struct Options {
 struct Counts {
     connections: AtomicUsize,
     requests: AtomicUsize,
+    flood_sent: AtomicUsize,
     changed: Notify,
 }
 
@@ -84,6 +85,12 @@ impl Silent {
         self.addr
     }
 
+    /// Bytes a `/test.Echo/Flood` response has handed to h2 so far (h2
+    /// takes them only within the flow-control window it was granted).
+    pub fn flood_sent(&self) -> usize {
+        self.counts.flood_sent.load(Ordering::SeqCst)
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.counts.connections.load(Ordering::SeqCst)
@@ -128,6 +135,10 @@ async fn serve(
         if options.goaway_after == Some(on_this) {
             conn.graceful_shutdown();
         }
+        if request.uri().path() == "/test.Echo/Flood" {
+            tokio::spawn(flood(respond, counts.clone()));
+            continue;
+        }
         if request.uri().path() != "/test.Echo/Hang" {
             let response = http::Response::builder()
                 .header("content-type", "application/grpc")
@@ -156,6 +167,41 @@ async fn serve(
                 reset,
             });
         });
+    }
+}
+
+/// Answers with 16 MiB of DATA, sending only what flow control grants
+/// and counting it.
+async fn flood(mut respond: h2::server::SendResponse<bytes::Bytes>, counts: Arc<Counts>) {
+    let response = http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .expect("response");
+    let Ok(mut stream) = respond.send_response(response, false) else {
+        return;
+    };
+    let mut left: usize = 16 << 20;
+    let zeros = bytes::Bytes::from(vec![0u8; 64 * 1024]);
+    while left > 0 {
+        stream.reserve_capacity(left.min(zeros.len()));
+        let granted = std::future::poll_fn(|cx| loop {
+            if stream.capacity() > 0 {
+                return Poll::Ready(Some(stream.capacity()));
+            }
+            match stream.poll_capacity(cx) {
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(_) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await;
+        let Some(n) = granted else { return };
+        let n = n.min(left).min(zeros.len());
+        if stream.send_data(zeros.slice(..n), false).is_err() {
+            return;
+        }
+        left -= n;
+        counts.flood_sent.fetch_add(n, Ordering::SeqCst);
     }
 }
 

@@ -74,4 +74,36 @@ proxy_test! {
             assert_eq!(headers["x-connection"], expected.to_string().as_str(), "call {expected} on a fresh connection");
         }
     }
+
+    async fn flow_control_bounds_what_a_fast_upstream_can_push(driver) {
+        // The upstream wants to send 16 MiB; the client reads nothing. With
+        // end-to-end flow control the proxy takes from the upstream only
+        // what its own window (1 MiB) holds plus what the client's window
+        // (64 KiB, h2's default) lets it pass on, however long we wait.
+        // Buffering proxies would swallow all 16 MiB in milliseconds.
+        let upstream = Silent::with(Options::default()).await;
+        let proxy = proxy_to(driver, upstream.addr());
+        let addr = proxy.local_addr();
+        let mut client = h2_client(addr).await;
+        let mut ready = client.clone().ready().await.expect("ready");
+        let (response, mut body) = ready.send_request(request(addr, "Flood"), false).expect("send");
+        body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("data");
+        let response = response.await.expect("headers come through");
+        assert_eq!(response.status(), 200);
+        // Give a buffering proxy ample time to take far more than the bound.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let sent = upstream.flood_sent();
+        let bound = (1 << 20) + (64 << 10) + (64 << 10);
+        assert!(sent <= bound, "the upstream pushed {sent} bytes past a client that reads nothing (bound {bound})");
+        assert!(sent >= 64 << 10, "the upstream could send at least a window: {sent}");
+        // Reading drains it: the client's window reopens and more flows.
+        let mut body = response.into_body();
+        let mut read = 0;
+        while read < 4 << 20 {
+            let chunk = body.data().await.expect("more data").expect("ok");
+            read += chunk.len();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        assert!(upstream.flood_sent() >= 4 << 20);
+    }
 }
