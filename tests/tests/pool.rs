@@ -84,7 +84,7 @@ proxy_test! {
         let upstream = Silent::with(Options::default()).await;
         let proxy = proxy_to(driver, upstream.addr());
         let addr = proxy.local_addr();
-        let mut client = h2_client(addr).await;
+        let client = h2_client(addr).await;
         let mut ready = client.clone().ready().await.expect("ready");
         let (response, mut body) = ready.send_request(request(addr, "Flood"), false).expect("send");
         body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("data");
