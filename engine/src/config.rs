@@ -77,6 +77,13 @@ pub struct Settings {
     pub max_connections_per_endpoint: usize,
     /// Time for a downstream client to send the HTTP/2 preface.
     pub handshake_timeout: Duration,
+    /// A downstream connection without calls for this long (one to two
+    /// times it) gets a graceful GOAWAY; `None` keeps idle connections.
+    pub idle_timeout: Option<Duration>,
+    /// A downstream connection this old gets a graceful GOAWAY, so that
+    /// long-lived clients reconnect and spread over the cores; `None`: no
+    /// limit.
+    pub max_connection_age: Option<Duration>,
     /// Time for an upstream TCP connect.
     pub connect_timeout: Duration,
     /// First wait before reconnecting to an endpoint that failed.
@@ -100,6 +107,8 @@ impl Default for Settings {
             max_connections_per_worker: 100_000,
             max_connections_per_endpoint: 8,
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(3600)),
+            max_connection_age: None,
             connect_timeout: Duration::from_secs(5),
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(2),
@@ -228,6 +237,8 @@ struct UpstreamFile {
 #[serde(deny_unknown_fields)]
 struct TimeoutsFile {
     handshake: Option<String>,
+    idle: Option<String>,
+    max_connection_age: Option<String>,
     connect: Option<String>,
     drain: Option<String>,
 }
@@ -447,6 +458,21 @@ impl File {
             &mut s.connect_timeout,
         )?;
         dur("timeouts.drain", &self.timeouts.drain, &mut s.drain_timeout)?;
+        // "0s" turns these two off.
+        let optional =
+            |field: &str, v: &Option<String>, into: &mut Option<Duration>| -> Result<(), String> {
+                if let Some(t) = v {
+                    let d = parse_duration(t).map_err(|e| format!("{field}: {e}"))?;
+                    *into = (!d.is_zero()).then_some(d);
+                }
+                Ok(())
+            };
+        optional("timeouts.idle", &self.timeouts.idle, &mut s.idle_timeout)?;
+        optional(
+            "timeouts.max_connection_age",
+            &self.timeouts.max_connection_age,
+            &mut s.max_connection_age,
+        )?;
         if s.reconnect_backoff_min > s.reconnect_backoff_max {
             return Err(
                 "upstream.reconnect_backoff_min is larger than reconnect_backoff_max".into(),
@@ -623,6 +649,8 @@ mod tests {
             max_concurrent_streams = 500
             [timeouts]
             drain = "5s"
+            idle = "0s"
+            max_connection_age = "30m"
             [[clusters]]
             name = "users"
             endpoints = ["127.0.0.1:1", "127.0.0.1:2"]
@@ -639,6 +667,11 @@ mod tests {
         assert_eq!(cfg.settings.stream_window, 2 << 20);
         assert_eq!(cfg.settings.max_concurrent_streams, 500);
         assert_eq!(cfg.settings.drain_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.settings.idle_timeout, None);
+        assert_eq!(
+            cfg.settings.max_connection_age,
+            Some(Duration::from_secs(1800))
+        );
         assert_eq!(cfg.clusters[0].endpoints.len(), 2);
         assert_eq!(cfg.routes[0].timeout, Some(Duration::from_secs(3)));
         assert_eq!(

@@ -5,7 +5,9 @@
 //! the preface within `handshake_timeout`) fails the handshake and closes
 //! this connection alone; it is logged at debug level.
 //!
-//! Each accepted stream runs as its own task on this core. When the worker
+//! Each accepted stream runs as its own task on this core. A connection
+//! retires with a graceful GOAWAY after `idle_timeout` without calls and at
+//! `max_connection_age` (off by default). When the worker
 //! drains, the connection sends GOAWAY (h2's graceful shutdown: a first
 //! GOAWAY, a PING round trip, then the final one), lets its streams finish,
 //! and closes.
@@ -15,6 +17,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use monoio::io::IntoPollIo;
@@ -48,7 +51,7 @@ enum Event<T> {
 /// done. h2's graceful shutdown waits for the client to acknowledge a PING
 /// before the final GOAWAY; a client that never reads would hold the drain
 /// until its timeout, so a connection with no streams left is closed here.
-const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+const DRAIN_CHECK: Duration = Duration::from_secs(1);
 
 /// Serves one accepted TCP connection until it closes.
 pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
@@ -81,7 +84,13 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let mut stop = std::pin::pin!(worker.stop.wait());
     let mut drain = std::pin::pin!(worker.drain.wait());
     let mut draining = false;
-    let mut check: Option<Pin<Box<monoio::time::Sleep>>> = None;
+    let life = Lifetime::new(&worker.settings);
+    // One timer: the next lifetime check (idle, age) or, while draining,
+    // the next look at whether the streams are done.
+    let mut tick = life.next_tick();
+    // Streams accepted since the last idle check: counting costs the call
+    // path an increment, where re-arming a timer per call would not be free.
+    let mut accepted: u64 = 0;
     loop {
         let event = poll_fn(|cx| {
             if stop.as_mut().poll(cx).is_ready() {
@@ -90,8 +99,8 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             if !draining && drain.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Drain);
             }
-            if let Some(tick) = &mut check {
-                if tick.as_mut().poll(cx).is_ready() {
+            if let Some(t) = &mut tick {
+                if t.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Check);
                 }
             }
@@ -110,28 +119,83 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             Event::Drain => {
                 draining = true;
                 conn.graceful_shutdown();
-                check = Some(Box::pin(monoio::time::sleep(DRAIN_CHECK)));
+                tick = Some(sleep(DRAIN_CHECK));
             }
-            Event::Check => {
+            Event::Check if draining => {
                 if conn.has_streams() {
-                    check = Some(Box::pin(monoio::time::sleep(DRAIN_CHECK)));
+                    tick = Some(sleep(DRAIN_CHECK));
                 } else {
                     conn.abrupt_shutdown(h2::Reason::NO_ERROR);
-                    check = None;
+                    tick = None;
                 }
             }
-            Event::Accept(Some(Ok((request, respond)))) => {
-                monoio::spawn(crate::call::handle(worker.clone(), request, respond, peer));
+            Event::Check => {
+                let idle = accepted == 0 && !conn.has_streams();
+                accepted = 0;
+                if let Some(why) = life.expired(idle) {
+                    tracing::debug!(%peer, why, "downstream connection retiring (GOAWAY)");
+                    draining = true;
+                    conn.graceful_shutdown();
+                    tick = Some(sleep(DRAIN_CHECK));
+                } else {
+                    tick = life.next_tick();
+                }
             }
             Event::WriteFailed(e) => {
                 tracing::debug!(%peer, error = %e, "downstream write failed");
                 break;
+            }
+            Event::Accept(Some(Ok((request, respond)))) => {
+                accepted += 1;
+                monoio::spawn(crate::call::handle(worker.clone(), request, respond, peer));
             }
             Event::Accept(Some(Err(e))) => {
                 tracing::debug!(%peer, error = %e, "downstream connection error");
                 break;
             }
             Event::Accept(None) => break,
+        }
+    }
+}
+
+fn sleep(d: Duration) -> Pin<Box<monoio::time::Sleep>> {
+    Box::pin(monoio::time::sleep(d))
+}
+
+/// When a downstream connection should retire: after `idle_timeout`
+/// without calls (checked every `idle_timeout`, so it closes after one to
+/// two of them) or at `max_connection_age`, so that long-lived clients
+/// reconnect and spread over the cores. Retiring is a graceful GOAWAY.
+struct Lifetime {
+    idle: Option<Duration>,
+    retire_at: Option<Instant>,
+}
+
+impl Lifetime {
+    fn new(settings: &Settings) -> Lifetime {
+        Lifetime {
+            idle: settings.idle_timeout,
+            retire_at: settings.max_connection_age.map(|age| Instant::now() + age),
+        }
+    }
+
+    fn next_tick(&self) -> Option<Pin<Box<monoio::time::Sleep>>> {
+        let now = Instant::now();
+        let age = self.retire_at.map(|at| at.saturating_duration_since(now));
+        match (self.idle, age) {
+            (Some(a), Some(b)) => Some(sleep(a.min(b))),
+            (a, b) => a.or(b).map(sleep),
+        }
+    }
+
+    /// Why the connection should retire now, if it should.
+    fn expired(&self, idle_since_last_check: bool) -> Option<&'static str> {
+        if self.retire_at.is_some_and(|at| Instant::now() >= at) {
+            Some("max connection age")
+        } else if self.idle.is_some() && idle_since_last_check {
+            Some("idle timeout")
+        } else {
+            None
         }
     }
 }

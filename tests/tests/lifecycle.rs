@@ -140,3 +140,91 @@ proxy_test! {
         assert_eq!(Client::connect(first.local_addr()).await.echo("x").await.expect("call"), "x");
     }
 }
+
+/// A bare h2 connection to the proxy and a handle to await its end.
+async fn bare_client(
+    addr: std::net::SocketAddr,
+) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    (
+        send,
+        tokio::spawn(async move {
+            let _ = connection.await;
+        }),
+    )
+}
+
+fn grpc_request(addr: std::net::SocketAddr, method: &str) -> http::Request<()> {
+    http::Request::post(format!("http://{addr}/test.Echo/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request")
+}
+
+fn frame(payload: &[u8]) -> Bytes {
+    let mut f = vec![0u8];
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f.into()
+}
+
+proxy_test! {
+    async fn an_idle_connection_gets_goaway_and_closes(driver) {
+        let up = Upstream::start("a");
+        let proxy = grpc_proxy_tests::proxy(driver, &format!(
+            "[timeouts]\nidle = \"200ms\"\n{}\n[[routes]]\ncluster = \"a\"\n",
+            grpc_proxy_tests::cluster("a", up.addr())
+        ));
+        let addr = proxy.local_addr();
+        let (send, connection) = bare_client(addr).await;
+        // One call, then silence: the proxy retires the connection.
+        let mut ready = send.ready().await.expect("ready");
+        let (response, mut body) = ready.send_request(grpc_request(addr, "Unary"), false).expect("send");
+        body.send_data(frame(b"hi"), true).expect("data");
+        assert_eq!(response.await.expect("response").status(), 200);
+        drop(ready);
+        tokio::time::timeout(Duration::from_secs(20), connection)
+            .await
+            .expect("the proxy closes an idle connection")
+            .expect("join");
+    }
+
+    async fn max_connection_age_sends_goaway_and_lets_streams_finish(driver) {
+        let up = Upstream::start("a");
+        let proxy = grpc_proxy_tests::proxy(driver, &format!(
+            "[timeouts]\nidle = \"0s\"\nmax_connection_age = \"300ms\"\n{}\n[[routes]]\ncluster = \"a\"\n",
+            grpc_proxy_tests::cluster("a", up.addr())
+        ));
+        let addr = proxy.local_addr();
+        let (send, connection) = bare_client(addr).await;
+        let mut ready = send.clone().ready().await.expect("ready");
+        let (response, mut body) = ready.send_request(grpc_request(addr, "Bidi"), false).expect("send");
+        body.send_data(frame(b"one"), false).expect("data");
+        let mut replies = response.await.expect("response").into_body();
+        let first = replies.data().await.expect("a reply").expect("ok");
+        assert_eq!(&first[5..], b"one");
+        // The connection ages out: GOAWAY makes new streams impossible...
+        let mut goaway = false;
+        for _ in 0..1000 {
+            if send.clone().ready().await.is_err() {
+                goaway = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(goaway, "no GOAWAY after the maximum connection age");
+        // ...while the stream in flight goes on and ends normally.
+        body.send_data(frame(b"two"), true).expect("data after GOAWAY");
+        let second = replies.data().await.expect("a reply").expect("ok");
+        assert_eq!(&second[5..], b"two");
+        let trailers = replies.trailers().await.expect("trailers").expect("some");
+        assert_eq!(trailers["grpc-status"], "0");
+        drop((send, ready));
+        tokio::time::timeout(Duration::from_secs(20), connection)
+            .await
+            .expect("the connection closes once its stream is done")
+            .expect("join");
+    }
+}
