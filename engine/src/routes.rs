@@ -7,8 +7,11 @@
 //! gets UNIMPLEMENTED; a route without conditions is the default route.
 //!
 //! Each worker gets its own copy of the table (the recipe is `Clone`).
-//! Matching is a linear scan that compares borrowed strings and allocates
-//! nothing, except to build a rejection's status.
+//! Routes with an exact `method` are indexed by it: a call is checked only
+//! against the routes of its own method and the routes without one, merged
+//! in file order, so the first match is still the first in the file.
+//! Matching compares borrowed strings and allocates nothing, except to
+//! build a rejection's status.
 
 use std::collections::HashMap;
 
@@ -20,6 +23,10 @@ use crate::status::{Code, Status};
 #[derive(Clone, Debug)]
 pub struct RouteTable {
     routes: Vec<Compiled>,
+    /// Positions of the routes with an exact method, by method.
+    by_method: HashMap<Box<str>, Vec<usize>>,
+    /// Positions of the routes without one, in order.
+    others: Vec<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -61,8 +68,39 @@ impl RouteTable {
                     route,
                 })
             })
-            .collect::<Result<_, String>>()?;
-        Ok(RouteTable { routes })
+            .collect::<Result<Vec<Compiled>, String>>()?;
+        let mut by_method: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+        let mut others = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            match &r.method {
+                Some(m) => by_method.entry(m.clone()).or_default().push(i),
+                None => others.push(i),
+            }
+        }
+        Ok(RouteTable {
+            routes,
+            by_method,
+            others,
+        })
+    }
+
+    /// The first route, in file order, that matches the call.
+    fn first_match(&self, call: &Call<'_>) -> Option<&Compiled> {
+        let indexed: &[usize] = self.by_method.get(call.path()).map_or(&[], Vec::as_slice);
+        let (mut a, mut b) = (indexed.iter().peekable(), self.others.iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(&&x), Some(&&y)) if x < y => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => return None,
+            };
+            let route = &self.routes[*next?];
+            if route.matches(call) {
+                return Some(route);
+            }
+        }
     }
 
     /// How many routes the table holds.
@@ -110,7 +148,7 @@ impl Compiled {
 
 impl Director for RouteTable {
     fn route(&self, call: &Call<'_>) -> Route {
-        match self.routes.iter().find(|r| r.matches(call)) {
+        match self.first_match(call) {
             Some(r) => r.route.clone(),
             None => Route::Reject(Status::new(
                 Code::Unimplemented,
@@ -231,6 +269,39 @@ mod tests {
         assert_eq!(
             route(&t, "/p.S/M", None, &[("authorization", "Bearer bad")]),
             Route::Reject(Status::new(Code::PermissionDenied, "bad token"))
+        );
+    }
+
+    #[test]
+    fn the_method_index_keeps_file_order() {
+        let t = table(&format!(
+            r#"{CLUSTERS}
+            [[routes]]
+            path_prefix = "/p.S/"
+            headers = [{{ name = "x-first", present = true }}]
+            cluster = "b"
+            [[routes]]
+            method = "/p.S/M"
+            cluster = "a"
+            [[routes]]
+            path_prefix = "/p."
+            cluster = "b"
+            [[routes]]
+            method = "/p.S/Other"
+            cluster = "a"
+            "#
+        ));
+        // An unindexed route before the method route still wins.
+        assert_eq!(
+            route(&t, "/p.S/M", None, &[("x-first", "1")]),
+            Route::to(ClusterId(1))
+        );
+        assert_eq!(route(&t, "/p.S/M", None, &[]), Route::to(ClusterId(0)));
+        // An unindexed route before a later method route wins over it.
+        assert_eq!(route(&t, "/p.S/Other", None, &[]), Route::to(ClusterId(1)));
+        assert_eq!(
+            route(&t, "/q.S/M", None, &[]),
+            Route::Reject(Status::new(Code::Unimplemented, "no route for /q.S/M"))
         );
     }
 
