@@ -21,6 +21,7 @@ use crate::director::{Call, Route};
 use crate::headers::strip_hop_by_hop;
 use crate::splice::{Outcome, Splice};
 use crate::status::{Code, Status};
+use crate::tls::PeerIdentity;
 use crate::worker::Worker;
 
 /// Serves one request to its end.
@@ -29,6 +30,7 @@ pub async fn handle(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     peer: SocketAddr,
+    identity: Option<Rc<PeerIdentity>>,
 ) {
     let (mut parts, body) = request.into_parts();
     let is_grpc = parts
@@ -43,10 +45,14 @@ pub async fn handle(
     }
     strip_hop_by_hop(&mut parts.headers);
 
+    // The routes and clusters of the config running now, kept for the
+    // whole call even if a reload swaps in others meanwhile.
+    let snapshot = worker.snapshot();
     let route = {
         let authority = parts.uri.authority().map(|a| a.as_str());
-        let call = Call::new(parts.uri.path(), authority, &parts.headers, peer);
-        worker.director.route(&call)
+        let call = Call::new(parts.uri.path(), authority, &parts.headers, peer)
+            .with_identity(identity.as_deref());
+        snapshot.director.route(&call)
     };
     let (cluster, route_timeout) = match route {
         Route::Forward { cluster, timeout } => (cluster, timeout),
@@ -72,6 +78,14 @@ pub async fn handle(
         parts.version = Version::HTTP_11;
     }
     let end_of_stream = body.is_end_stream();
+    let Some(cluster) = snapshot.clusters.get(cluster.index()) else {
+        let status = Status::new(
+            Code::Internal,
+            "the director chose a cluster that does not exist",
+        );
+        let _ = respond.send_response(status.to_trailers_only(), true);
+        return;
+    };
     let open = worker
         .pool
         .open(cluster, Request::from_parts(parts, ()), end_of_stream);

@@ -11,7 +11,7 @@
 //! documented example.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -132,6 +132,66 @@ pub struct Config {
     pub clusters: Vec<ClusterConfig>,
     /// Routes, tried in order.
     pub routes: Vec<RouteConfig>,
+    /// Downstream TLS; `None` serves cleartext HTTP/2.
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS on the listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
+    /// Whether clients must present a certificate.
+    pub client_auth: ClientAuth,
+    /// PEM bundle of the CAs that client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Whether downstream clients present certificates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Not asked for.
+    #[default]
+    Off,
+    /// Asked for and verified when presented; clients without one are
+    /// served too, with no identity.
+    Optional,
+    /// Required: a client without a valid certificate fails the handshake.
+    Required,
+}
+
+/// TLS to the endpoints of one cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// PEM bundle of the CAs the upstream's certificate must chain to;
+    /// `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The name sent as SNI and checked in the upstream's certificate; by
+    /// default the host of the cluster's first endpoint, as written.
+    pub server_name: String,
+    /// Client certificate chain for upstream mTLS.
+    pub cert: Option<PathBuf>,
+    /// Its private key.
+    pub key: Option<PathBuf>,
+}
+
+/// Conditions on the downstream client's verified certificate. Each list
+/// given is an allow-list that must match; a route with `present = false`
+/// matches only calls without a verified certificate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientMatch {
+    /// A verified certificate is there (`true`) or not (`false`).
+    pub present: Option<bool>,
+    /// Subject common names.
+    pub common_name: Vec<String>,
+    /// DNS subject alternative names (any of the certificate's).
+    pub dns: Vec<String>,
+    /// URI subject alternative names, e.g. SPIFFE ids.
+    pub uri: Vec<String>,
+    /// SHA-256 fingerprints, lower-case hex without colons.
+    pub sha256: Vec<String>,
 }
 
 /// A named group of upstream endpoints.
@@ -141,6 +201,8 @@ pub struct ClusterConfig {
     pub name: String,
     /// Endpoint addresses (names are resolved when the config is loaded).
     pub endpoints: Vec<SocketAddr>,
+    /// TLS to the endpoints; `None`: cleartext HTTP/2.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// One route: conditions that must all hold, and an action.
@@ -156,6 +218,8 @@ pub struct RouteConfig {
     pub authority: Option<String>,
     /// Metadata conditions.
     pub headers: Vec<HeaderMatch>,
+    /// Conditions on the client's certificate.
+    pub client: Option<ClientMatch>,
     /// What to do with a call that matches.
     pub action: RouteAction,
     /// A deadline the proxy enforces on calls of this route, on top of any
@@ -211,6 +275,39 @@ struct File {
     clusters: Vec<ClusterFile>,
     #[serde(default)]
     routes: Vec<RouteFile>,
+    tls: Option<ListenerTlsFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerTlsFile {
+    cert: PathBuf,
+    key: PathBuf,
+    client_auth: Option<String>,
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamTlsFile {
+    ca: Option<String>,
+    server_name: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ClientMatchFile {
+    present: Option<bool>,
+    #[serde(default)]
+    common_name: Vec<String>,
+    #[serde(default)]
+    dns: Vec<String>,
+    #[serde(default)]
+    uri: Vec<String>,
+    #[serde(default)]
+    sha256: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -254,6 +351,7 @@ struct LimitsFile {
 struct ClusterFile {
     name: String,
     endpoints: Vec<String>,
+    tls: Option<UpstreamTlsFile>,
 }
 
 #[derive(Deserialize)]
@@ -265,6 +363,7 @@ struct RouteFile {
     authority: Option<String>,
     #[serde(default)]
     headers: Vec<HeaderFile>,
+    client: Option<ClientMatchFile>,
     cluster: Option<String>,
     reject: Option<RejectFile>,
     timeout: Option<String>,
@@ -511,9 +610,14 @@ impl File {
             for e in &c.endpoints {
                 endpoints.extend(resolve(e).map_err(|m| format!("cluster {:?}: {m}", c.name))?);
             }
+            let tls = c
+                .tls
+                .map(|t| t.validate(&c.name, &c.endpoints[0]))
+                .transpose()?;
             clusters.push(ClusterConfig {
                 name: c.name,
                 endpoints,
+                tls,
             });
         }
 
@@ -521,6 +625,7 @@ impl File {
         for (i, r) in self.routes.into_iter().enumerate() {
             routes.push(r.validate(i, &clusters)?);
         }
+        let tls = self.tls.map(ListenerTlsFile::validate).transpose()?;
         Ok(Config {
             listen,
             cores,
@@ -528,6 +633,102 @@ impl File {
             settings: s,
             clusters,
             routes,
+            tls,
+        })
+    }
+}
+
+impl ListenerTlsFile {
+    fn validate(self) -> Result<ListenerTls, String> {
+        let client_auth = match self.client_auth.as_deref() {
+            None if self.client_ca.is_some() => ClientAuth::Required,
+            None | Some("off") => ClientAuth::Off,
+            Some("optional") => ClientAuth::Optional,
+            Some("required") => ClientAuth::Required,
+            Some(other) => {
+                return Err(format!(
+                    "tls.client_auth: {other:?} is not one of off, optional, required"
+                ))
+            }
+        };
+        if client_auth != ClientAuth::Off && self.client_ca.is_none() {
+            return Err(
+                "tls.client_auth: needs tls.client_ca, the CA bundle to verify clients".into(),
+            );
+        }
+        Ok(ListenerTls {
+            cert: self.cert,
+            key: self.key,
+            client_auth,
+            client_ca: self.client_ca,
+        })
+    }
+}
+
+impl UpstreamTlsFile {
+    fn validate(self, cluster: &str, first_endpoint: &str) -> Result<UpstreamTls, String> {
+        let at = format!("cluster {cluster:?}: tls");
+        let ca = match self.ca.as_deref() {
+            None | Some("system") => None,
+            Some(path) => Some(PathBuf::from(path)),
+        };
+        let server_name = match self.server_name {
+            Some(name) => name,
+            None => host_of(first_endpoint).to_owned(),
+        };
+        if rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+            return Err(format!(
+                "{at}.server_name: {server_name:?} is neither a DNS name nor an IP address"
+            ));
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(format!(
+                "{at}: cert and key go together; give both or neither"
+            ));
+        }
+        Ok(UpstreamTls {
+            ca,
+            server_name,
+            cert: self.cert,
+            key: self.key,
+        })
+    }
+}
+
+/// The host part of `host:port` (an IPv6 address without its brackets).
+fn host_of(endpoint: &str) -> &str {
+    let host = endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+impl ClientMatchFile {
+    fn validate(self, at: &str) -> Result<ClientMatch, String> {
+        let mut sha256 = Vec::with_capacity(self.sha256.len());
+        for f in &self.sha256 {
+            sha256.push(crate::tls::normalise_fingerprint(f).ok_or_else(|| {
+                format!("{at}.client.sha256: {f:?} is not a SHA-256 fingerprint (64 hex digits)")
+            })?);
+        }
+        let lists = !(self.common_name.is_empty()
+            && self.dns.is_empty()
+            && self.uri.is_empty()
+            && sha256.is_empty());
+        if self.present == Some(false) && lists {
+            return Err(format!(
+                "{at}.client: present = false cannot go with identity lists"
+            ));
+        }
+        if self.present.is_none() && !lists {
+            return Err(format!(
+                "{at}.client: give present, or one of common_name, dns, uri, sha256"
+            ));
+        }
+        Ok(ClientMatch {
+            present: self.present,
+            common_name: self.common_name,
+            dns: self.dns,
+            uri: self.uri,
+            sha256,
         })
     }
 }
@@ -603,6 +804,7 @@ impl RouteFile {
             };
             headers.push(HeaderMatch { name, rule });
         }
+        let client = self.client.map(|c| c.validate(&at)).transpose()?;
         let timeout = self
             .timeout
             .as_deref()
@@ -614,6 +816,7 @@ impl RouteFile {
             path_prefix: self.path_prefix,
             authority: self.authority,
             headers,
+            client,
             action,
             timeout,
         })

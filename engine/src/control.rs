@@ -6,18 +6,29 @@
 
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use monoio::io::AsyncReadRent;
 
+use crate::snapshot::Plan;
+
 /// What the control thread can ask of a worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Command {
     /// Stop accepting, GOAWAY every connection, finish in-flight calls up to
     /// the drain timeout, then exit.
     Drain,
     /// Exit now, cutting every connection.
     Stop,
+    /// Swap in this configuration for calls that start from now on, then
+    /// say so on `done`.
+    Reload {
+        /// The configuration.
+        plan: Arc<Plan>,
+        /// Told the plan's version once this worker uses it.
+        done: Sender<u64>,
+    },
 }
 
 /// The sending side, held by the control thread.

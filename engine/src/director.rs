@@ -3,7 +3,8 @@
 //! For every call the proxy asks its director for a [`Route`]: a cluster to
 //! forward to, or a status to answer with. It sees a [`Call`]: the full
 //! method path, the authority, all request metadata and the peer address,
-//! as `StreamDirector` does in the original Go proxy.
+//! and the verified TLS client identity, as `StreamDirector` does in the
+//! original Go proxy.
 //!
 //! Thread-per-core: a director is built once per worker core from a
 //! [`DirectorRecipe`], which is `Send + Clone`; the director itself never
@@ -17,6 +18,7 @@ use std::time::Duration;
 use http::HeaderMap;
 
 use crate::status::Status;
+use crate::tls::PeerIdentity;
 
 /// Names a cluster of upstream endpoints; handed out by
 /// [`ProxyBuilder::cluster`](crate::ProxyBuilder::cluster).
@@ -46,6 +48,7 @@ pub struct Call<'a> {
     pub(crate) authority: Option<&'a str>,
     pub(crate) headers: &'a HeaderMap,
     pub(crate) peer: SocketAddr,
+    pub(crate) identity: Option<&'a PeerIdentity>,
 }
 
 impl<'a> Call<'a> {
@@ -62,7 +65,15 @@ impl<'a> Call<'a> {
             authority,
             headers,
             peer,
+            identity: None,
         }
+    }
+
+    /// The same call from a client that presented this verified
+    /// certificate.
+    pub fn with_identity(mut self, identity: Option<&'a PeerIdentity>) -> Call<'a> {
+        self.identity = identity;
+        self
     }
 
     /// The full method path, e.g. `/helloworld.Greeter/SayHello`.
@@ -106,6 +117,13 @@ impl<'a> Call<'a> {
     /// The downstream peer's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The identity in the client's TLS certificate, when the listener
+    /// asks for client certificates and this client presented one that
+    /// verified against the client CA; `None` otherwise.
+    pub fn identity(&self) -> Option<&'a PeerIdentity> {
+        self.identity
     }
 }
 
@@ -156,6 +174,13 @@ pub trait DirectorRecipe: Send + Clone + 'static {
     type Director: Director;
     /// Builds the director for one worker.
     fn build(&self, core: CoreId) -> Self::Director;
+
+    /// Whether this is the config file's route table, which a reload
+    /// replaces; any other director stays as it is across reloads.
+    #[doc(hidden)]
+    fn is_route_table(&self) -> bool {
+        false
+    }
 }
 
 impl<F, D> DirectorRecipe for F

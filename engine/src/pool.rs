@@ -1,9 +1,11 @@
 //! The upstream pool of one worker: HTTP/2 client connections per endpoint.
 //!
-//! Key types: [`Pool`] (all clusters of this worker), `Endpoint` (one
-//! address, its connections and its reconnect back-off), [`UpConn`] (one
-//! HTTP/2 connection and its stream count) and [`Upstream`] (a stream opened
-//! for one call).
+//! Key types: [`Pool`] (this worker's connection machinery and limits),
+//! [`Cluster`] (endpoints and their TLS; shared by config snapshots, so a
+//! reload that leaves a cluster alone keeps its connections), `Endpoint`
+//! (one address, its connections and its reconnect back-off), [`UpConn`]
+//! (one HTTP/2 connection and its stream count) and [`Upstream`] (a stream
+//! opened for one call).
 //!
 //! Invariants:
 //! - Connections are opened lazily, by the first call that needs one, and
@@ -15,6 +17,9 @@
 //!   `max_connections_per_endpoint`; past that, h2 queues the stream.
 //! - A connection that received GOAWAY (h2 then refuses new streams) takes no
 //!   new calls; its in-flight streams finish; the next call opens a fresh one.
+//! - With upstream TLS, the handshake is part of the connect (same timeout);
+//!   ALPN offers `h2`, and a certificate that does not verify is a connect
+//!   failure like a refused port.
 //! - A failed connect puts the endpoint in exponential back-off; while in
 //!   back-off and with no usable connection, calls fail at once with
 //!   UNAVAILABLE rather than hang. Round robin skips endpoints in back-off.
@@ -35,9 +40,9 @@ use http::Request;
 use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 
-use crate::config::Settings;
-use crate::director::ClusterId;
+use crate::config::{Settings, UpstreamTls};
 use crate::signal::{Latch, Notify};
+use crate::tls::{ClientTls, Connector};
 
 /// Why no upstream stream could be opened. Every variant is UNAVAILABLE to
 /// the client and is safe to retry: nothing reached an upstream.
@@ -58,6 +63,14 @@ pub enum UpstreamError {
         addr: SocketAddr,
         /// The configured limit.
         timeout: Duration,
+    },
+    /// The TLS handshake failed (certificate not trusted, wrong name...).
+    #[error("upstream {addr}: TLS handshake failed: {source}")]
+    Tls {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
     },
     /// The HTTP/2 handshake or stream open failed.
     #[error("upstream {addr}: HTTP/2 error: {source}")]
@@ -123,14 +136,82 @@ struct Endpoint {
     last_error: RefCell<Rc<str>>,
 }
 
-struct Cluster {
-    endpoints: Vec<Rc<Endpoint>>,
-    next: Cell<usize>,
+/// What a worker builds one cluster from; `Send`.
+#[derive(Clone, Debug)]
+pub struct ClusterPlan {
+    /// The cluster's name.
+    pub name: String,
+    /// Its endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// Upstream TLS, loaded.
+    pub tls: Option<ClientTls>,
+    /// Upstream TLS as configured: a reload that changes it starts the
+    /// cluster afresh.
+    pub tls_config: Option<UpstreamTls>,
 }
 
-/// All upstream connections of one worker.
+/// The endpoints of one cluster on this worker, with their connections.
+pub struct Cluster {
+    name: Box<str>,
+    endpoints: Vec<Rc<Endpoint>>,
+    next: Cell<usize>,
+    tls_config: Option<UpstreamTls>,
+    /// Used by new connections; a reload swaps in freshly read files.
+    tls: RefCell<Option<Rc<Connector>>>,
+}
+
+impl Cluster {
+    /// A cluster with no connections yet.
+    pub fn new(plan: &ClusterPlan) -> Rc<Cluster> {
+        Rc::new(Cluster {
+            name: plan.name.as_str().into(),
+            endpoints: plan
+                .endpoints
+                .iter()
+                .map(|&addr| {
+                    Rc::new(Endpoint {
+                        addr,
+                        conns: RefCell::new(Vec::new()),
+                        connecting: Cell::new(false),
+                        changed: Notify::default(),
+                        failures: Cell::new(0),
+                        retry_at: Cell::new(None),
+                        last_error: RefCell::new(Rc::from("")),
+                    })
+                })
+                .collect(),
+            next: Cell::new(0),
+            tls_config: plan.tls_config.clone(),
+            tls: RefCell::new(plan.tls.as_ref().map(|t| Rc::new(t.for_worker()))),
+        })
+    }
+
+    /// This cluster, kept with its connections, if `plan` names it with the
+    /// same endpoints and TLS settings; its TLS files are taken anew.
+    pub fn reuse(self: &Rc<Cluster>, plan: &ClusterPlan) -> Option<Rc<Cluster>> {
+        let same = *self.name == *plan.name
+            && self.tls_config == plan.tls_config
+            && self.endpoints.len() == plan.endpoints.len()
+            && self
+                .endpoints
+                .iter()
+                .zip(&plan.endpoints)
+                .all(|(e, a)| e.addr == *a);
+        if !same {
+            return None;
+        }
+        *self.tls.borrow_mut() = plan.tls.as_ref().map(|t| Rc::new(t.for_worker()));
+        Some(self.clone())
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The upstream connection machinery of one worker.
 pub struct Pool {
-    clusters: Vec<Cluster>,
     settings: Rc<Settings>,
     h2: h2::client::Builder,
     /// The worker's stop signal: connection tasks end when it is set.
@@ -140,8 +221,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool for these clusters (indexed by [`ClusterId`]); opens nothing.
-    pub fn new(clusters: &[Vec<SocketAddr>], settings: Rc<Settings>, stop: Rc<Latch>) -> Pool {
+    /// A pool with these limits; opens nothing.
+    pub fn new(settings: Rc<Settings>, stop: Rc<Latch>) -> Pool {
         let mut h2 = h2::client::Builder::new();
         h2.initial_window_size(settings.stream_window)
             .initial_connection_window_size(settings.connection_window)
@@ -149,28 +230,7 @@ impl Pool {
             .max_send_buffer_size(settings.max_send_buffer_size)
             .max_header_list_size(settings.max_header_list_size)
             .enable_push(false);
-        let clusters = clusters
-            .iter()
-            .map(|endpoints| Cluster {
-                endpoints: endpoints
-                    .iter()
-                    .map(|&addr| {
-                        Rc::new(Endpoint {
-                            addr,
-                            conns: RefCell::new(Vec::new()),
-                            connecting: Cell::new(false),
-                            changed: Notify::default(),
-                            failures: Cell::new(0),
-                            retry_at: Cell::new(None),
-                            last_error: RefCell::new(Rc::from("")),
-                        })
-                    })
-                    .collect(),
-                next: Cell::new(0),
-            })
-            .collect();
         Pool {
-            clusters,
             settings,
             h2,
             stop,
@@ -187,18 +247,17 @@ impl Pool {
     /// robin, skipping endpoints that are backing off.
     pub async fn open(
         &self,
-        cluster: ClusterId,
+        cluster: &Cluster,
         request: Request<()>,
         end_of_stream: bool,
     ) -> Result<Upstream, UpstreamError> {
-        let cluster = &self.clusters[cluster.index()];
         let n = cluster.endpoints.len();
         let start = cluster.next.get();
         cluster.next.set(start.wrapping_add(1));
         let mut last_error = None;
         for i in 0..n {
             let endpoint = &cluster.endpoints[(start + i) % n];
-            match self.ready_connection(endpoint).await {
+            match self.ready_connection(cluster, endpoint).await {
                 Ok(conn) => {
                     let opened = conn.send.borrow_mut().send_request(request, end_of_stream);
                     return match opened {
@@ -227,14 +286,18 @@ impl Pool {
     }
 
     /// A connection of `endpoint` that h2 says can take a new stream now.
-    async fn ready_connection(&self, endpoint: &Rc<Endpoint>) -> Result<Rc<UpConn>, UpstreamError> {
+    async fn ready_connection(
+        &self,
+        cluster: &Cluster,
+        endpoint: &Rc<Endpoint>,
+    ) -> Result<Rc<UpConn>, UpstreamError> {
         // A connection that refuses new streams (GOAWAY, or failed) is
         // retired and another tried; an upstream that refuses every new
         // connection at once must not make a call reconnect forever.
         const ATTEMPTS: usize = 3;
         let mut attempt = 0;
         loop {
-            let conn = self.connection(endpoint).await?;
+            let conn = self.connection(cluster, endpoint).await?;
             let ready = poll_fn(|cx| conn.send.borrow_mut().poll_ready(cx)).await;
             match ready {
                 Ok(()) => return Ok(conn),
@@ -253,7 +316,11 @@ impl Pool {
         }
     }
 
-    async fn connection(&self, endpoint: &Rc<Endpoint>) -> Result<Rc<UpConn>, UpstreamError> {
+    async fn connection(
+        &self,
+        cluster: &Cluster,
+        endpoint: &Rc<Endpoint>,
+    ) -> Result<Rc<UpConn>, UpstreamError> {
         loop {
             let best = endpoint
                 .conns
@@ -291,7 +358,8 @@ impl Pool {
                 endpoint.connecting.set(true);
                 // Boxed: connecting is rare, and inlining its futures made
                 // every call's task ~3 KiB larger (copied at each spawn).
-                let result = Box::pin(self.connect(endpoint)).await;
+                let tls = cluster.tls.borrow().clone();
+                let result = Box::pin(self.connect(endpoint, tls)).await;
                 endpoint.connecting.set(false);
                 endpoint.changed.notify_all();
                 match result {
@@ -330,10 +398,15 @@ impl Pool {
         tracing::warn!(upstream = %endpoint.addr, error = %error, retry_in = ?wait, "upstream connect failed");
     }
 
-    async fn connect(&self, endpoint: &Rc<Endpoint>) -> Result<Rc<UpConn>, UpstreamError> {
+    async fn connect(
+        &self,
+        endpoint: &Rc<Endpoint>,
+        tls: Option<Rc<Connector>>,
+    ) -> Result<Rc<UpConn>, UpstreamError> {
         let addr = endpoint.addr;
         let timeout = self.settings.connect_timeout;
-        let tcp = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        let deadline = monoio::time::Instant::now() + timeout;
+        let tcp = match monoio::time::timeout_at(deadline, TcpStream::connect_addr(addr)).await {
             Err(_) => return Err(UpstreamError::ConnectTimeout { addr, timeout }),
             Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
             Ok(Ok(tcp)) => tcp,
@@ -342,6 +415,34 @@ impl Pool {
         let io = tcp
             .into_poll_io()
             .map_err(|source| UpstreamError::Connect { addr, source })?;
+        let Some(tls) = tls else {
+            return self.handshake(endpoint, io).await;
+        };
+        let handshake = tls.connector.connect(tls.server_name.clone(), io);
+        match monoio::time::timeout_at(deadline, handshake).await {
+            Err(_) => Err(UpstreamError::ConnectTimeout { addr, timeout }),
+            Ok(Err(source)) => Err(UpstreamError::Tls { addr, source }),
+            Ok(Ok(stream)) => {
+                if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    tracing::debug!(upstream = %addr, "upstream TLS did not negotiate ALPN h2; speaking HTTP/2 anyway");
+                }
+                self.handshake(endpoint, stream).await
+            }
+        }
+    }
+
+    /// The HTTP/2 handshake over a connected stream, and the task that
+    /// drives the connection.
+    async fn handshake<T>(
+        &self,
+        endpoint: &Rc<Endpoint>,
+        io: T,
+    ) -> Result<Rc<UpConn>, UpstreamError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    {
+        let addr = endpoint.addr;
+        let timeout = self.settings.connect_timeout;
         let (io, flusher) = crate::write_batch::batched(io);
         let (send, connection) =
             crate::write_batch::flushing(self.h2.handshake::<_, Bytes>(io), flusher.clone())

@@ -4,17 +4,27 @@
 //! plans the cores, binds every worker's listener, starts each worker thread
 //! and waits until each runtime is up. It returns the first problem as a
 //! [`StartError`] and leaves nothing running behind it.
+//!
+//! [`ProxyHandle::reload`] applies a new config to a running proxy: routes,
+//! clusters and TLS files, checked on the calling thread and swapped in by
+//! every worker between calls (see [`snapshot`](crate::snapshot)).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::config::{Config, Settings};
 use crate::control::{self, Command, Postbox};
 use crate::cores::{self, CoreSelection};
 use crate::director::{ClusterId, CoreId, DirectorRecipe};
+use crate::pool::ClusterPlan;
 use crate::routes::RouteTable;
 use crate::runtime::Driver;
+use crate::snapshot::Plan;
+use crate::tls::{ClientTls, ServerTls};
 use crate::worker;
 
 /// Why the proxy could not start.
@@ -45,7 +55,15 @@ pub enum StartError {
     /// A route names something that does not exist.
     #[error("config: {0}")]
     Routes(String),
+    /// A TLS certificate, key or CA file cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
+
+/// Why a reload was refused; the running config stays.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReloadError(String);
 
 /// Configures and starts a proxy.
 #[derive(Clone, Debug)]
@@ -54,7 +72,8 @@ pub struct ProxyBuilder {
     cores: CoreSelection,
     driver: Driver,
     settings: Settings,
-    clusters: Vec<(String, Vec<SocketAddr>)>,
+    clusters: Vec<ClusterPlan>,
+    tls: Option<ServerTls>,
 }
 
 impl ProxyBuilder {
@@ -66,6 +85,7 @@ impl ProxyBuilder {
             driver: Driver::Auto,
             settings: Settings::default(),
             clusters: Vec::new(),
+            tls: None,
         }
     }
 
@@ -77,18 +97,16 @@ impl ProxyBuilder {
             .cores(config.cores.clone())
             .driver(config.driver)
             .settings(config.settings.clone());
-        let ids: HashMap<String, ClusterId> = config
-            .clusters
-            .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    builder.cluster(&c.name, c.endpoints.iter().copied()),
-                )
-            })
-            .collect();
-        let table = RouteTable::new(&config.routes, &ids).map_err(StartError::Routes)?;
+        builder.clusters = cluster_plans(config).map_err(StartError::Tls)?;
+        builder.tls = listener_tls(config).map_err(StartError::Tls)?;
+        let table = route_table(config, &builder.clusters).map_err(StartError::Routes)?;
         Ok((builder, table))
+    }
+
+    /// Serves TLS on the listener (default: cleartext HTTP/2).
+    pub fn tls(mut self, tls: ServerTls) -> ProxyBuilder {
+        self.tls = Some(tls);
+        self
     }
 
     /// Which cores run workers (default: all).
@@ -116,17 +134,33 @@ impl ProxyBuilder {
         name: &str,
         endpoints: impl IntoIterator<Item = SocketAddr>,
     ) -> ClusterId {
-        self.clusters
-            .push((name.to_owned(), endpoints.into_iter().collect()));
+        self.cluster_with_tls(name, endpoints, None)
+    }
+
+    /// Adds a cluster whose endpoints are reached over TLS (when `tls` is
+    /// given).
+    pub fn cluster_with_tls(
+        &mut self,
+        name: &str,
+        endpoints: impl IntoIterator<Item = SocketAddr>,
+        tls: Option<ClientTls>,
+    ) -> ClusterId {
+        self.clusters.push(ClusterPlan {
+            name: name.to_owned(),
+            endpoints: endpoints.into_iter().collect(),
+            tls,
+            tls_config: None,
+        });
         ClusterId((self.clusters.len() - 1) as u32)
     }
 
     /// Binds, starts every worker with a director from `recipe`, and
     /// returns once all of them are serving.
     pub fn start<R: DirectorRecipe>(self, recipe: R) -> Result<ProxyHandle, StartError> {
-        if let Some((name, _)) = self.clusters.iter().find(|(_, e)| e.is_empty()) {
+        if let Some(c) = self.clusters.iter().find(|c| c.endpoints.is_empty()) {
             return Err(StartError::Routes(format!(
-                "cluster {name:?} has no endpoints"
+                "cluster {:?} has no endpoints",
+                c.name
             )));
         }
         let cpus = self
@@ -140,13 +174,21 @@ impl ProxyBuilder {
                     source,
                 }
             })?;
-        let endpoints: Vec<Vec<SocketAddr>> =
-            self.clusters.iter().map(|(_, e)| e.clone()).collect();
+        let plan = Plan {
+            routes: None,
+            clusters: self.clusters,
+            tls: self.tls,
+            version: 1,
+        };
         let mut handle = ProxyHandle {
             local_addr,
             driver: self.driver,
             postboxes: Vec::with_capacity(cpus.len()),
             threads: Vec::with_capacity(cpus.len()),
+            routes_reload: recipe.is_route_table(),
+            cluster_names: plan.clusters.iter().map(|c| c.name.clone()).collect(),
+            settings: self.settings.clone(),
+            version: AtomicU64::new(1),
         };
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         for (i, (cpu, listener)) in cpus.iter().zip(listeners).enumerate() {
@@ -162,7 +204,7 @@ impl ProxyBuilder {
                 driver: self.driver,
                 listener,
                 recipe: recipe.clone(),
-                clusters: endpoints.clone(),
+                plan: plan.clone(),
                 settings: self.settings.clone(),
                 mailbox,
                 ready: ready_tx.clone(),
@@ -203,6 +245,14 @@ pub struct ProxyHandle {
     driver: Driver,
     postboxes: Vec<Postbox>,
     threads: Vec<JoinHandle<()>>,
+    /// Whether the director is the config's route table (replaced by a
+    /// reload) rather than one written in Rust (kept).
+    routes_reload: bool,
+    /// The clusters at start, by `ClusterId`: a Rust director's ids must
+    /// keep meaning the same clusters.
+    cluster_names: Vec<String>,
+    settings: Settings,
+    version: AtomicU64,
 }
 
 impl ProxyHandle {
@@ -239,11 +289,113 @@ impl ProxyHandle {
         }
     }
 
+    /// Applies `config` to calls that start from now on: routes, clusters
+    /// and TLS files (re-read). Connections and calls in flight are not
+    /// touched; clusters whose endpoints and TLS settings did not change
+    /// keep their upstream connections. Returns once every worker uses the
+    /// new config, with its version (1 is the config at start).
+    ///
+    /// Everything is checked first; on error nothing changes. The listener,
+    /// cores, driver and limits need a restart: changes to them are logged
+    /// and ignored. A proxy started with a director written in Rust keeps
+    /// it, and its clusters must keep their names and order.
+    pub fn reload(&self, config: &Config) -> Result<u64, ReloadError> {
+        let clusters = cluster_plans(config).map_err(ReloadError)?;
+        let tls = listener_tls(config).map_err(ReloadError)?;
+        let routes = if self.routes_reload {
+            Some(route_table(config, &clusters).map_err(ReloadError)?)
+        } else {
+            let names: Vec<&String> = clusters.iter().map(|c| &c.name).collect();
+            if names.len() != self.cluster_names.len()
+                || names.iter().zip(&self.cluster_names).any(|(a, b)| *a != b)
+            {
+                return Err(ReloadError(format!(
+                    "this proxy's director routes to clusters {:?} by position; a reload must keep them",
+                    self.cluster_names
+                )));
+            }
+            None
+        };
+        if config.settings != self.settings {
+            tracing::warn!("changed limits or timeouts take effect only after a restart");
+        }
+        let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+        let plan = Arc::new(Plan {
+            routes,
+            clusters,
+            tls,
+            version,
+        });
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        for p in &self.postboxes {
+            p.send(Command::Reload {
+                plan: plan.clone(),
+                done: done_tx.clone(),
+            });
+        }
+        drop(done_tx);
+        for _ in &self.postboxes {
+            if done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+                return Err(ReloadError(format!(
+                    "not every worker took config version {version} (exited or stuck)"
+                )));
+            }
+        }
+        tracing::info!(version, routes = self.routes_reload, "config reloaded");
+        Ok(version)
+    }
+
+    /// The version of the config the workers run: 1 at start, one more per
+    /// reload.
+    pub fn config_version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
     /// Drains, then waits.
     pub fn shutdown(self) {
         self.drain();
         self.wait();
     }
+}
+
+/// The config's clusters, with their TLS files read.
+fn cluster_plans(config: &Config) -> Result<Vec<ClusterPlan>, String> {
+    config
+        .clusters
+        .iter()
+        .map(|c| {
+            let tls = c
+                .tls
+                .as_ref()
+                .map(|t| ClientTls::load(t, &t.server_name))
+                .transpose()
+                .map_err(|e| format!("cluster {:?}: {e}", c.name))?;
+            Ok(ClusterPlan {
+                name: c.name.clone(),
+                endpoints: c.endpoints.clone(),
+                tls,
+                tls_config: c.tls.clone(),
+            })
+        })
+        .collect()
+}
+
+fn listener_tls(config: &Config) -> Result<Option<ServerTls>, String> {
+    config
+        .tls
+        .as_ref()
+        .map(ServerTls::load)
+        .transpose()
+        .map_err(|e| format!("listener: {e}"))
+}
+
+fn route_table(config: &Config, clusters: &[ClusterPlan]) -> Result<RouteTable, String> {
+    let ids: HashMap<String, ClusterId> = clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.clone(), ClusterId(i as u32)))
+        .collect();
+    RouteTable::new(&config.routes, &ids)
 }
 
 impl Drop for ProxyHandle {

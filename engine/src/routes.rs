@@ -1,8 +1,10 @@
 //! The declarative director: the config file's routes, tried in order.
 //!
 //! A route matches when all its conditions hold: exact method path, exact
-//! service, path prefix, exact authority, and metadata rules (present,
-//! absent, or one of an allow-list of values). The first match decides:
+//! service, path prefix, exact authority, metadata rules (present,
+//! absent, or one of an allow-list of values) and the client's verified
+//! TLS identity (common name, DNS or URI SAN, or certificate fingerprint,
+//! each an allow-list; or no certificate at all). The first match decides:
 //! forward to a cluster, or reject with a status. A call no route matches
 //! gets UNIMPLEMENTED; a route without conditions is the default route.
 //!
@@ -15,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::{HeaderMatch, HeaderRule, RouteAction, RouteConfig};
+use crate::config::{ClientMatch, HeaderMatch, HeaderRule, RouteAction, RouteConfig};
 use crate::director::{Call, ClusterId, CoreId, Director, DirectorRecipe, Route};
 use crate::status::{Code, Status};
 
@@ -36,6 +38,7 @@ struct Compiled {
     path_prefix: Option<Box<str>>,
     authority: Option<Box<str>>,
     headers: Vec<HeaderMatch>,
+    client: Option<ClientMatch>,
     route: Route,
 }
 
@@ -65,6 +68,7 @@ impl RouteTable {
                     path_prefix: r.path_prefix.as_deref().map(Into::into),
                     authority: r.authority.as_deref().map(Into::into),
                     headers: r.headers.clone(),
+                    client: r.client.clone(),
                     route,
                 })
             })
@@ -136,6 +140,11 @@ impl Compiled {
                 return false;
             }
         }
+        if let Some(c) = &self.client {
+            if !client_matches(c, call) {
+                return false;
+            }
+        }
         self.headers.iter().all(|h| {
             let mut values = call.headers().get_all(&h.name).iter().peekable();
             match &h.rule {
@@ -144,6 +153,26 @@ impl Compiled {
             }
         })
     }
+}
+
+fn client_matches(rule: &ClientMatch, call: &Call<'_>) -> bool {
+    let Some(id) = call.identity() else {
+        return rule.present == Some(false);
+    };
+    if rule.present == Some(false) {
+        return false;
+    }
+    let any = |allowed: &[String], have: &[String]| {
+        allowed.is_empty() || have.iter().any(|h| allowed.contains(h))
+    };
+    (rule.common_name.is_empty()
+        || id
+            .common_name
+            .as_ref()
+            .is_some_and(|cn| rule.common_name.contains(cn)))
+        && any(&rule.dns, &id.dns_names)
+        && any(&rule.uri, &id.uris)
+        && (rule.sha256.is_empty() || rule.sha256.contains(&id.sha256))
 }
 
 impl Director for RouteTable {
@@ -162,6 +191,10 @@ impl DirectorRecipe for RouteTable {
     type Director = RouteTable;
     fn build(&self, _core: CoreId) -> RouteTable {
         self.clone()
+    }
+
+    fn is_route_table(&self) -> bool {
+        true
     }
 }
 

@@ -1,9 +1,13 @@
 //! One downstream HTTP/2 connection: handshake, accept streams, drain.
 //!
-//! Cleartext HTTP/2 with prior knowledge only. Anything else (HTTP/1.1,
-//! garbage, a port probe that connects and closes, a client too slow to send
-//! the preface within `handshake_timeout`) fails the handshake and closes
-//! this connection alone; it is logged at debug level.
+//! Cleartext HTTP/2 with prior knowledge, or TLS (ALPN `h2`) when the
+//! running config has a certificate: the TLS handshake runs on this core,
+//! and a verified client certificate becomes the connection's
+//! [`PeerIdentity`], which every call on it hands to the director. Anything
+//! else (HTTP/1.1, garbage, a failed TLS handshake, a port probe that
+//! connects and closes, a client too slow to finish TLS and the HTTP/2
+//! preface within `handshake_timeout`) closes this connection alone; it is
+//! logged at debug level with the reason.
 //!
 //! Each accepted stream runs as its own task on this core. A connection
 //! retires with a graceful GOAWAY after `idle_timeout` without calls and at
@@ -22,8 +26,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Settings;
+use crate::tls::PeerIdentity;
 use crate::worker::Worker;
 
 /// The h2 server settings for downstream connections.
@@ -63,10 +69,53 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
+    let deadline = monoio::time::Instant::now() + worker.settings.handshake_timeout;
+    // The acceptor of the config running now; a reload affects only
+    // connections accepted after it.
+    let tls = worker.snapshot().tls.clone();
+    let Some(acceptor) = tls else {
+        return run(worker, io, peer, None, deadline).await;
+    };
+    let handshake = monoio::time::timeout_at(deadline, acceptor.accept(io));
+    let stop = worker.stop.clone();
+    let accepted = monoio::select! {
+        accepted = handshake => accepted,
+        _ = stop.wait() => return,
+    };
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "downstream TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "downstream TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| Rc::new(PeerIdentity::from_der(leaf)));
+    run(worker, stream, peer, identity, deadline).await
+}
+
+/// Serves HTTP/2 on an established stream (TCP or TLS) until it closes.
+async fn run<T>(
+    worker: Rc<Worker>,
+    io: T,
+    peer: SocketAddr,
+    identity: Option<Rc<PeerIdentity>>,
+    deadline: monoio::time::Instant,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     let (io, flusher) = crate::write_batch::batched(io);
     let handshake =
         crate::write_batch::flushing(worker.h2.handshake::<_, Bytes>(io), flusher.clone());
-    let mut conn = match monoio::time::timeout(worker.settings.handshake_timeout, handshake).await {
+    let mut conn = match monoio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(Ok(conn))) => conn,
         Ok(Ok(Err(e))) => {
             tracing::debug!(%peer, error = %e, "downstream handshake failed");
@@ -147,7 +196,13 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             }
             Event::Accept(Some(Ok((request, respond)))) => {
                 accepted += 1;
-                monoio::spawn(crate::call::handle(worker.clone(), request, respond, peer));
+                monoio::spawn(crate::call::handle(
+                    worker.clone(),
+                    request,
+                    respond,
+                    peer,
+                    identity.clone(),
+                ));
             }
             Event::Accept(Some(Err(e))) => {
                 tracing::debug!(%peer, error = %e, "downstream connection error");

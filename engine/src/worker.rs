@@ -8,20 +8,22 @@
 //! every connection GOAWAY and finish, and exits when the last one closes
 //! or the drain timeout passes.
 
-use std::cell::Cell;
-use std::net::SocketAddr;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::config::Settings;
 use crate::control::{Command, Mailbox};
-use crate::director::{CoreId, Director, DirectorRecipe};
+use crate::director::{CoreId, DirectorRecipe};
 use crate::pool::Pool;
 use crate::runtime::{self, Driver};
 use crate::signal::{Latch, Notify};
+use crate::snapshot::{Plan, Snapshot};
 
 /// The per-core state every task of this worker shares.
 pub struct Worker {
-    pub(crate) director: Box<dyn Director>,
+    /// Routes, clusters and TLS for calls starting now; see
+    /// [`snapshot`](crate::snapshot).
+    current: RefCell<Rc<Snapshot>>,
     pub(crate) pool: Pool,
     pub(crate) settings: Rc<Settings>,
     pub(crate) h2: h2::server::Builder,
@@ -38,7 +40,7 @@ pub struct Spec<R> {
     pub driver: Driver,
     pub listener: std::net::TcpListener,
     pub recipe: R,
-    pub clusters: Vec<Vec<SocketAddr>>,
+    pub plan: Plan,
     pub settings: Settings,
     pub mailbox: Mailbox,
     /// Told once the runtime is up and the listener registered, or why not.
@@ -75,9 +77,11 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
     };
     let settings = Rc::new(spec.settings);
     let stop = Rc::new(Latch::default());
+    let first = Snapshot::first(&spec.plan, &spec.recipe, spec.core);
+    drop(spec.recipe);
     let worker = Rc::new(Worker {
-        director: Box::new(spec.recipe.build(spec.core)),
-        pool: Pool::new(&spec.clusters, settings.clone(), stop.clone()),
+        current: RefCell::new(Rc::new(first)),
+        pool: Pool::new(settings.clone(), stop.clone()),
         h2: crate::server::builder(&settings),
         settings,
         drain: Latch::default(),
@@ -86,11 +90,22 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
         idle: Notify::default(),
     });
     let w = worker.clone();
+    let core = spec.core;
     // The mailbox is polled here rather than spawned, so that it ends with
     // the worker (see `close`).
     let mailbox = spec.mailbox.run(move |command| match command {
         Command::Drain => w.drain.set(),
         Command::Stop => w.stop.set(),
+        Command::Reload { plan, done } => {
+            let next = w.snapshot().next(&plan, core);
+            *w.current.borrow_mut() = Rc::new(next);
+            tracing::debug!(
+                worker = core.worker,
+                version = plan.version,
+                "config reloaded"
+            );
+            let _ = done.send(plan.version);
+        }
     });
     let mut mailbox = std::pin::pin!(mailbox);
     let _ = spec.ready.send(Ok(driver));
@@ -124,6 +139,13 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
 /// task waiting on I/O would outlive it with its socket open. So every task
 /// that owns a socket watches `stop`, and the worker waits (briefly) until
 /// they have all let go.
+impl Worker {
+    /// The configuration for a call that starts now.
+    pub(crate) fn snapshot(&self) -> Rc<Snapshot> {
+        self.current.borrow().clone()
+    }
+}
+
 async fn close(worker: &Worker) {
     worker.stop.set();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);

@@ -5,6 +5,9 @@
 //! start-up problem is one line on stderr and exit code 2; SIGTERM or SIGINT
 //! drains (GOAWAY, in-flight calls finish up to the drain timeout) and exits
 //! 0; a second signal during the drain stops at once with exit code 1.
+//! SIGHUP reloads: the config file (or the flags' TLS files) is read again
+//! and, if valid, applied to new calls without dropping any connection; if
+//! not, the error is logged and the running config stays.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,11 +16,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use grpc_proxy::config::{
-    parse_duration, resolve, ClusterConfig, Config, RouteAction, RouteConfig,
+    parse_duration, resolve, ClientAuth, ClusterConfig, Config, ListenerTls, RouteAction,
+    RouteConfig,
 };
 use grpc_proxy::cores::{CoreSelection, CpuList};
 use grpc_proxy::{Driver, ProxyBuilder};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 /// A thread-per-core gRPC pass-through proxy.
@@ -55,6 +59,19 @@ struct Cli {
     #[arg(long, value_name = "DRIVER")]
     driver: Option<Driver>,
 
+    /// Serve TLS with this PEM certificate chain (with --tls-key);
+    /// overrides the config file's [tls].
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Require client certificates that chain to a CA in this PEM bundle.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
     /// How long in-flight calls may run after SIGTERM, e.g. 30s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     drain_timeout: Option<Duration>,
@@ -77,7 +94,7 @@ fn main() -> ExitCode {
     };
     // Handlers first: a SIGTERM that arrives as soon as the proxy serves
     // must drain it, not kill it.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("grpc-proxy: cannot install signal handlers: {e}");
@@ -93,9 +110,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Wait for the first signal, then drain; a second one stops at once.
-    if let Some(signal) = signals.forever().next() {
+    // Reload on SIGHUP; drain on the first SIGTERM or SIGINT, and a second
+    // one stops at once.
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            match load(&cli) {
+                Ok(next) => {
+                    if let Err(e) = proxy.reload(&next) {
+                        tracing::error!(error = %e, "reload refused; the running config stays");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused; the running config stays")
+                }
+            }
+            continue;
+        }
         tracing::info!(signal, drain_timeout = ?config.settings.drain_timeout, "draining");
+        break;
     }
     proxy.drain();
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
@@ -105,7 +137,7 @@ fn main() -> ExitCode {
         let _ = done_tx.send(());
         handle.close();
     });
-    let second = signals.forever().next();
+    let second = signals.forever().find(|s| *s != SIGHUP);
     if second.is_some() && done_rx.try_recv().is_err() {
         tracing::warn!("second signal: exiting without waiting for in-flight calls");
         return ExitCode::from(1);
@@ -127,6 +159,8 @@ fn init_logging(filter: Option<&str>) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: log files and collectors get text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -149,6 +183,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
                 clusters: vec![ClusterConfig {
                     name: "default".into(),
                     endpoints,
+                    tls: None,
                 }],
                 routes: vec![RouteConfig {
                     method: None,
@@ -156,6 +191,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
                     path_prefix: None,
                     authority: None,
                     headers: Vec::new(),
+                    client: None,
                     action: RouteAction::Cluster("default".into()),
                     timeout: None,
                 }],
@@ -179,6 +215,17 @@ fn load(cli: &Cli) -> Result<Config, String> {
     }
     if let Some(driver) = cli.driver {
         config.driver = driver;
+    }
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        config.tls = Some(ListenerTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_auth: match cli.tls_client_ca {
+                Some(_) => ClientAuth::Required,
+                None => ClientAuth::Off,
+            },
+            client_ca: cli.tls_client_ca.clone(),
+        });
     }
     if let Some(d) = cli.drain_timeout {
         config.settings.drain_timeout = d;
@@ -236,6 +283,8 @@ mod tests {
         assert!(parse(&["--driver", "fast"]).is_err());
         assert!(parse(&["--drain-timeout", "soon"]).is_err());
         assert!(parse(&["--cpu-set", "1,1"]).is_err());
+        assert!(parse(&["--tls-cert", "c.pem"]).is_err());
+        assert!(parse(&["--tls-client-ca", "ca.pem"]).is_err());
         let no_upstream = parse(&["--listen", "127.0.0.1:1"]).expect("parses");
         assert!(load(&no_upstream).unwrap_err().contains("no upstream"));
         let no_listen = parse(&["--upstream", "127.0.0.1:1"]).expect("parses");

@@ -1,0 +1,73 @@
+//! What calls see of the configuration, swapped whole by a reload.
+//!
+//! A [`Plan`] is made on the control thread from a validated config (routes
+//! compiled, TLS files read); it is `Send` and goes to every worker. Each
+//! worker builds its own [`Snapshot`] from it: a director, the clusters, the
+//! TLS acceptor. A call takes the current snapshot (an `Rc` clone) when it
+//! starts and keeps it to its end, so a reload never changes a call in
+//! flight, and calls started after it see the new routes. A cluster whose
+//! endpoints and TLS settings did not change is carried over with its
+//! connections.
+
+use std::rc::Rc;
+
+use crate::director::{CoreId, Director, DirectorRecipe};
+use crate::pool::{Cluster, ClusterPlan};
+use crate::routes::RouteTable;
+use crate::tls::ServerTls;
+
+/// A configuration for the workers to swap in; `Send`.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// New routes; `None` keeps the running director (a director written
+    /// in Rust is not reloaded).
+    pub routes: Option<RouteTable>,
+    /// The clusters, indexed by `ClusterId`.
+    pub clusters: Vec<ClusterPlan>,
+    /// Downstream TLS; `None`: cleartext.
+    pub tls: Option<ServerTls>,
+    /// Counts reloads, from 1 at start.
+    pub version: u64,
+}
+
+/// One worker's view of a [`Plan`].
+pub struct Snapshot {
+    pub(crate) director: Rc<dyn Director>,
+    pub(crate) clusters: Vec<Rc<Cluster>>,
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Snapshot {
+    /// The first snapshot of a worker, with the director of `recipe`.
+    pub fn first<R: DirectorRecipe>(plan: &Plan, recipe: &R, core: CoreId) -> Snapshot {
+        Snapshot {
+            director: Rc::new(recipe.build(core)),
+            clusters: plan.clusters.iter().map(Cluster::new).collect(),
+            tls: plan.tls.as_ref().map(ServerTls::for_worker),
+        }
+    }
+
+    /// The snapshot after `self` once `plan` is applied: unchanged
+    /// clusters are kept with their connections.
+    pub fn next(&self, plan: &Plan, core: CoreId) -> Snapshot {
+        let director: Rc<dyn Director> = match &plan.routes {
+            Some(routes) => Rc::new(routes.build(core)),
+            None => self.director.clone(),
+        };
+        let clusters = plan
+            .clusters
+            .iter()
+            .map(|p| {
+                self.clusters
+                    .iter()
+                    .find_map(|c| c.reuse(p))
+                    .unwrap_or_else(|| Cluster::new(p))
+            })
+            .collect();
+        Snapshot {
+            director,
+            clusters,
+            tls: plan.tls.as_ref().map(ServerTls::for_worker),
+        }
+    }
+}
