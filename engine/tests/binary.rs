@@ -88,3 +88,84 @@ fn sigterm_drains_and_exits_zero() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("drained")), "{rest:?}");
 }
+
+/// Starts the binary with `args`, returns it and its stderr lines once it
+/// logs that it serves.
+fn start(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let serving = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("grpc-proxy serving"));
+    assert!(serving, "the proxy did not start");
+    (child, lines)
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+fn sighup_reloads_a_valid_config_and_refuses_an_invalid_one() {
+    let dir = std::env::temp_dir().join(format!("grpc-proxy-hup-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("proxy.toml");
+    let config = |route: &str| {
+        format!("listen = \"127.0.0.1:0\"\ncores = 1\n[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n{route}")
+    };
+    std::fs::write(&file, config("[[routes]]\ncluster = \"a\"\n")).expect("write");
+    let path = file.to_str().expect("utf-8 path");
+    let (mut child, mut lines) = start(&["--config", path, "--log", "info"]);
+    let mut next_line_with = |want: &str| {
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.contains(want))
+            .unwrap_or_else(|| panic!("no log line with {want:?}"))
+    };
+
+    std::fs::write(
+        &file,
+        config("[[routes]]\nreject = { code = \"unavailable\" }\n"),
+    )
+    .expect("write");
+    signal(&child, "HUP");
+    let reloaded = next_line_with("config reloaded");
+    assert!(reloaded.contains("version=2"), "{reloaded}");
+
+    std::fs::write(&file, config("[[routes]]\ncluster = \"nope\"\n")).expect("write");
+    signal(&child, "HUP");
+    let refused = next_line_with("reload refused");
+    assert!(refused.contains("no cluster named \"nope\""), "{refused}");
+
+    // Still serving: a valid file is taken again, as version 3.
+    std::fs::write(&file, config("[[routes]]\ncluster = \"a\"\n")).expect("write");
+    signal(&child, "HUP");
+    assert!(next_line_with("config reloaded").contains("version=3"));
+
+    signal(&child, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

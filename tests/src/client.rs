@@ -7,7 +7,7 @@ use futures_util::Stream;
 use http::uri::PathAndQuery;
 use tokio::sync::mpsc;
 use tonic::client::Grpc;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec::BytesCodec;
@@ -33,6 +33,36 @@ impl Client {
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
         }
+    }
+
+    /// Connects over TLS to `addr` (as `localhost`), trusting `ca_pem`,
+    /// presenting `identity` (certificate and key PEM) if given. Fails when
+    /// the TLS handshake or the connection fails.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        ca_pem: &str,
+        identity: Option<(&str, &str)>,
+    ) -> Result<Client, String> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        let channel = Channel::from_shared(format!("https://{addr}"))
+            .expect("valid uri")
+            .tls_config(tls)
+            .map_err(|e| format!("TLS config: {e:?}"))?
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(16 << 20)
+            .connect()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(Client {
+            grpc: Grpc::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        })
     }
 
     async fn ready(&mut self) -> Result<(), Status> {

@@ -276,6 +276,8 @@ pub struct Upstream {
     name: String,
     addr: SocketAddr,
     events: Arc<Events>,
+    /// Certificate, key and client CA PEM when it serves TLS.
+    tls: Option<(String, String, Option<String>)>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -283,16 +285,59 @@ pub struct Upstream {
 impl Upstream {
     /// Starts a server named `name` on a free loopback port.
     pub fn start(name: &str) -> Upstream {
-        Upstream::start_on(name, SocketAddr::from(([127, 0, 0, 1], 0)), Arc::default())
+        Upstream::start_on(
+            name,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Arc::default(),
+            None,
+        )
     }
 
-    fn start_on(name: &str, addr: SocketAddr, events: Arc<Events>) -> Upstream {
+    /// Starts a server that serves TLS (ALPN h2) with this certificate.
+    pub fn start_tls(name: &str, cert: &crate::Issued) -> Upstream {
+        Upstream::start_on(
+            name,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Arc::default(),
+            Some((cert.cert_pem.clone(), cert.key_pem.clone(), None)),
+        )
+    }
+
+    /// Starts a server that serves TLS and requires client certificates
+    /// from `client_ca_pem`.
+    pub fn start_mtls(name: &str, cert: &crate::Issued, client_ca_pem: &str) -> Upstream {
+        Upstream::start_on(
+            name,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Arc::default(),
+            Some((
+                cert.cert_pem.clone(),
+                cert.key_pem.clone(),
+                Some(client_ca_pem.to_owned()),
+            )),
+        )
+    }
+
+    fn start_on(
+        name: &str,
+        addr: SocketAddr,
+        events: Arc<Events>,
+        tls: Option<(String, String, Option<String>)>,
+    ) -> Upstream {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let echo = Echo {
             name: name.into(),
             events: events.clone(),
         };
+        let tls_config = tls.as_ref().map(|(cert, key, client_ca)| {
+            let config = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key));
+            match client_ca {
+                Some(ca) => config.client_ca_root(tonic::transport::Certificate::from_pem(ca)),
+                None => config,
+            }
+        });
         let thread = std::thread::Builder::new()
             .name(format!("upstream-{name}"))
             .spawn(move || {
@@ -310,7 +355,11 @@ impl Upstream {
                     };
                     let _ = ready_tx.send(listener.local_addr());
                     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                    let server = tonic::transport::Server::builder()
+                    let mut builder = tonic::transport::Server::builder();
+                    if let Some(tls) = tls_config {
+                        builder = builder.tls_config(tls).expect("upstream TLS config");
+                    }
+                    let server = builder
                         .initial_stream_window_size(1 << 20)
                         .initial_connection_window_size(16 << 20)
                         .add_service(echo)
@@ -333,6 +382,7 @@ impl Upstream {
             name: name.to_owned(),
             addr,
             events,
+            tls,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -361,7 +411,8 @@ impl Upstream {
     /// Stops it and starts it again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        let again = Upstream::start_on(&self.name, self.addr, self.events.clone());
+        let again =
+            Upstream::start_on(&self.name, self.addr, self.events.clone(), self.tls.clone());
         *self = again;
     }
 }

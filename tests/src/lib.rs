@@ -4,6 +4,7 @@
 //!   `127.0.0.1:0`, on its own thread and tokio runtime; readiness comes over
 //!   a channel, never a sleep.
 //! - [`Client`]: a tonic client for the same service.
+//! - [`Pki`]: a CA, server and client certificates made with rcgen.
 //! - [`proxy`]: a grpc-proxy started in this process from a TOML snippet.
 //! - [`proxy_test!`]: turns one async test body into two tests, one per
 //!   monoio driver (io_uring, legacy).
@@ -16,6 +17,7 @@
 pub mod client;
 pub mod codec;
 pub mod echo;
+pub mod pki;
 pub mod silent;
 
 use std::future::Future;
@@ -26,6 +28,7 @@ pub use client::Client;
 pub use codec::BytesCodec;
 pub use echo::{Events, Upstream};
 pub use grpc_proxy::{Driver, ProxyHandle};
+pub use pki::{Issued, Pki};
 
 /// Runs one test body on a fresh tokio runtime with the proxy on `driver`;
 /// a hang fails after 60 s instead of blocking the suite.

@@ -1,0 +1,354 @@
+//! TLS: downstream TLS and mTLS, routing on the client's certificate,
+//! upstream TLS with a private CA, start-up errors naming the file, and a
+//! reload that picks up a new server certificate. Certificates come from
+//! rcgen ([`Pki`]); tonic is the client and the upstream.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use grpc_proxy::{Config, ProxyBuilder};
+use grpc_proxy_tests::echo::collect;
+use grpc_proxy_tests::{cluster, proxy, proxy_test, Client, Issued, Pki, Upstream};
+use rustls_pki_types::ServerName;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request};
+
+/// A `[tls]` section for the proxy's listener.
+fn listener_tls(pki: &Pki, client_auth: &str) -> String {
+    format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\nclient_auth = \"{client_auth}\"\nclient_ca = {:?}\n",
+        pki.server.cert, pki.server.key, pki.ca.cert
+    )
+}
+
+fn identity(issued: &Issued) -> Option<(&str, &str)> {
+    Some((&issued.cert_pem, &issued.key_pem))
+}
+
+/// The upstream that answered, from its `x-upstream` response metadata.
+async fn answered_by(client: &mut Client) -> Result<String, tonic::Status> {
+    let response = client
+        .unary("Unary", Request::new(Bytes::from("m")))
+        .await?;
+    Ok(response
+        .metadata()
+        .get("x-upstream")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_owned())
+}
+
+/// Connects with `identity` and makes one call; the error if either fails.
+async fn call_as(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    who: Option<&Issued>,
+) -> Result<String, String> {
+    let mut client = Client::connect_tls(addr, &pki.ca.cert_pem, who.and_then(identity)).await?;
+    answered_by(&mut client).await.map_err(|s| format!("{s:?}"))
+}
+
+/// The leaf certificate a TLS server at `addr` presents.
+async fn served_certificate(addr: std::net::SocketAddr, pki: &Pki) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls_pki_types::CertificateDer::from(
+        der_of_pem(&pki.ca.cert_pem).expect("CA PEM decodes"),
+    );
+    roots.add(ca).expect("CA");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS handshake");
+    let (_, session) = tls.get_ref();
+    assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]), "ALPN h2");
+    session.peer_certificates().expect("a certificate")[0].to_vec()
+}
+
+fn der_of_pem(pem: &str) -> Option<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .map(|c| c.to_vec())
+}
+
+proxy_test! {
+    async fn tls_carries_all_four_rpc_kinds(driver) {
+        let pki = Pki::new();
+        let up = Upstream::start("a");
+        let proxy = proxy(driver, &format!(
+            "{}{}[[routes]]\ncluster = \"a\"\n",
+            listener_tls(&pki, "off"),
+            cluster("a", up.addr())
+        ));
+        let mut client = Client::connect_tls(proxy.local_addr(), &pki.ca.cert_pem, None)
+            .await
+            .expect("TLS client connects");
+        assert_eq!(client.echo("hello").await.expect("unary"), Bytes::from("hello"));
+
+        let mut request = Request::new(Bytes::from("tick"));
+        request.metadata_mut().insert("x-count", MetadataValue::from_static("20"));
+        let stream = client.server_stream(request).await.expect("server streaming").into_inner();
+        assert_eq!(collect(stream).await.expect("stream ends OK").len(), 20);
+
+        let messages = (0..30).map(|i| Bytes::from(vec![b'x'; i * 100]));
+        let answer = client
+            .client_stream(Request::new(tokio_stream::iter(messages)))
+            .await
+            .expect("client streaming")
+            .into_inner();
+        let total: u64 = (0..30).map(|i| i * 100).sum();
+        assert_eq!(&answer[..8], &total.to_be_bytes(), "bytes the upstream got");
+        assert_eq!(&answer[8..], &30u64.to_be_bytes(), "messages the upstream got");
+
+        let (tx, mut replies) = client.open_bidi(4).await;
+        for i in 0..50u32 {
+            let m = Bytes::from(vec![b'b'; 1 + i as usize * 1000]);
+            tx.send(m.clone()).await.expect("send");
+            assert_eq!(replies.next().await.expect("a reply").expect("ok"), m);
+        }
+        drop(tx);
+        assert!(replies.next().await.is_none(), "bidi ends cleanly");
+
+        // 4 MiB each way exercises TLS records, windows and write batching.
+        let big = Bytes::from(vec![7u8; 4 << 20]);
+        assert_eq!(client.echo(big.clone()).await.expect("4 MiB"), big);
+        assert_eq!(up.events().calls(), 5);
+    }
+
+    async fn mtls_required_refuses_no_certificate_and_an_untrusted_one(driver) {
+        let pki = Pki::new();
+        let up = Upstream::start("a");
+        let proxy = proxy(driver, &format!(
+            "{}{}[[routes]]\ncluster = \"a\"\n",
+            listener_tls(&pki, "required"),
+            cluster("a", up.addr())
+        ));
+        let addr = proxy.local_addr();
+        assert_eq!(call_as(addr, &pki, Some(&pki.alice)).await.expect("alice is served"), "a");
+        // Refused in the handshake: with TLS 1.3 the client may learn it
+        // only when it first reads, so the connect or the call fails.
+        let anonymous = call_as(addr, &pki, None).await.expect_err("no certificate");
+        let rogue = call_as(addr, &pki, Some(&pki.mallory)).await.expect_err("untrusted CA");
+        assert!(!anonymous.is_empty() && !rogue.is_empty());
+        // Neither reached the upstream, and the proxy still serves.
+        assert_eq!(call_as(addr, &pki, Some(&pki.bob)).await.expect("bob is served"), "a");
+        assert_eq!(up.events().calls(), 2);
+    }
+
+    async fn routes_by_san_send_two_identities_to_two_upstreams(driver) {
+        let pki = Pki::new();
+        let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+        let proxy = proxy(driver, &format!(
+            "{}{}{}
+            [[routes]]
+            client = {{ uri = [\"spiffe://test/alice\"] }}
+            cluster = \"a\"
+            [[routes]]
+            client = {{ dns = [\"bob.test\"] }}
+            cluster = \"b\"
+            [[routes]]
+            client = {{ present = false }}
+            reject = {{ code = \"unauthenticated\", message = \"who are you?\" }}
+            ",
+            listener_tls(&pki, "optional"),
+            cluster("a", a.addr()),
+            cluster("b", b.addr())
+        ));
+        let addr = proxy.local_addr();
+        assert_eq!(call_as(addr, &pki, Some(&pki.alice)).await.expect("alice"), "a");
+        assert_eq!(call_as(addr, &pki, Some(&pki.bob)).await.expect("bob"), "b");
+        let anonymous = call_as(addr, &pki, None).await.expect_err("no certificate");
+        assert!(anonymous.contains("Unauthenticated") && anonymous.contains("who are you?"), "{anonymous}");
+        assert_eq!((a.events().calls(), b.events().calls()), (1, 1));
+    }
+
+    async fn a_route_rejecting_an_identity_is_permission_denied(driver) {
+        let pki = Pki::new();
+        let up = Upstream::start("a");
+        let fingerprint: String = ring_sha256(&pki.bob.der);
+        let proxy = proxy(driver, &format!(
+            "{}{}
+            [[routes]]
+            client = {{ sha256 = [\"{fingerprint}\"] }}
+            reject = {{ code = \"permission_denied\", message = \"bob is suspended\" }}
+            [[routes]]
+            cluster = \"a\"
+            ",
+            listener_tls(&pki, "required"),
+            cluster("a", up.addr())
+        ));
+        let addr = proxy.local_addr();
+        let mut bob = Client::connect_tls(addr, &pki.ca.cert_pem, identity(&pki.bob))
+            .await
+            .expect("bob connects");
+        let status = answered_by(&mut bob).await.expect_err("bob is refused");
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(status.message(), "bob is suspended");
+        assert_eq!(call_as(addr, &pki, Some(&pki.alice)).await.expect("alice"), "a");
+        assert_eq!(up.events().calls(), 1);
+    }
+
+    async fn upstream_tls_with_a_private_ca_works_and_a_wrong_ca_is_unavailable(driver) {
+        let pki = Pki::new();
+        let up = Upstream::start_tls("secure", &pki.server);
+        let upstream_tls = |ca: &std::path::Path| format!(
+            "[clusters.tls]\nca = {ca:?}\nserver_name = \"localhost\"\n"
+        );
+        let proxy = proxy(driver, &format!(
+            "{}{}{}{}
+            [[routes]]
+            headers = [{{ name = \"x-ca\", value = \"wrong\" }}]
+            cluster = \"wrong\"
+            [[routes]]
+            cluster = \"good\"
+            ",
+            cluster("good", up.addr()),
+            upstream_tls(&pki.ca.cert),
+            cluster("wrong", up.addr()),
+            upstream_tls(&pki.rogue_ca.cert),
+        ));
+        let mut client = Client::connect(proxy.local_addr()).await;
+        assert_eq!(answered_by(&mut client).await.expect("over upstream TLS"), "secure");
+        let stream = client
+            .server_stream(Request::new(Bytes::from("s")))
+            .await
+            .expect("streaming over upstream TLS")
+            .into_inner();
+        assert_eq!(collect(stream).await.expect("stream").len(), 3);
+
+        let mut request = Request::new(Bytes::from("m"));
+        request.metadata_mut().insert("x-ca", MetadataValue::from_static("wrong"));
+        let status = client.unary("Unary", request).await.expect_err("untrusted upstream");
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("TLS"), "{}", status.message());
+        assert_eq!(up.events().calls(), 2);
+    }
+
+    async fn upstream_mtls_presents_the_configured_client_certificate(driver) {
+        let pki = Pki::new();
+        let up = Upstream::start_mtls("strict", &pki.server, &pki.ca.cert_pem);
+        let proxy = proxy(driver, &format!(
+            "{}[clusters.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n{}[clusters.tls]\nca = {:?}\n
+            [[routes]]
+            headers = [{{ name = \"x-cert\", value = \"none\" }}]
+            cluster = \"anonymous\"
+            [[routes]]
+            cluster = \"with-cert\"
+            ",
+            cluster("with-cert", up.addr()),
+            pki.ca.cert, pki.alice.cert, pki.alice.key,
+            cluster("anonymous", up.addr()),
+            pki.ca.cert,
+        ));
+        let mut client = Client::connect(proxy.local_addr()).await;
+        assert_eq!(answered_by(&mut client).await.expect("upstream mTLS"), "strict");
+        let mut request = Request::new(Bytes::from("m"));
+        request.metadata_mut().insert("x-cert", MetadataValue::from_static("none"));
+        let status = client.unary("Unary", request).await.expect_err("no client certificate");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_eq!(up.events().calls(), 1);
+    }
+
+    async fn reload_serves_a_new_certificate_and_keeps_open_connections(driver) {
+        let pki = Pki::new();
+        let up = Upstream::start("a");
+        let first = pki.ca.issue_server(pki.dir(), "first");
+        let cert = pki.write("live.pem", &first.cert_pem);
+        let key = pki.write("live.key", &first.key_pem);
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ncores = 1\n[tls]\ncert = {cert:?}\nkey = {key:?}\n{}[[routes]]\ncluster = \"a\"\n",
+            cluster("a", up.addr())
+        );
+        let config = Config::parse(&text, "test").expect("config");
+        let (builder, routes) = ProxyBuilder::from_config(&config).expect("builder");
+        let proxy = builder.driver(driver).start(routes).expect("starts");
+        let addr = proxy.local_addr();
+        assert_eq!(served_certificate(addr, &pki).await, first.der);
+
+        let mut open = Client::connect_tls(addr, &pki.ca.cert_pem, None).await.expect("connects");
+        let (tx, mut replies) = open.open_bidi(1).await;
+        tx.send(Bytes::from("before")).await.expect("send");
+        assert_eq!(replies.next().await.expect("reply").expect("ok"), "before");
+
+        let second = pki.ca.issue_server(pki.dir(), "second");
+        std::fs::write(&cert, &second.cert_pem).expect("replace cert");
+        std::fs::write(&key, &second.key_pem).expect("replace key");
+        assert_eq!(proxy.reload(&config).expect("reload"), 2);
+        assert_eq!(served_certificate(addr, &pki).await, second.der);
+
+        // The stream opened before the reload goes on, and so does its
+        // connection.
+        tx.send(Bytes::from("after")).await.expect("send");
+        assert_eq!(replies.next().await.expect("reply").expect("ok"), "after");
+        drop(tx);
+        assert!(replies.next().await.is_none());
+        assert_eq!(open.echo("again").await.expect("same connection"), "again");
+
+        // A broken key is refused and the running certificate stays.
+        std::fs::write(&key, "not a key").expect("break key");
+        let refused = proxy.reload(&config).expect_err("bad key refused");
+        assert!(refused.to_string().contains("live.key"), "{refused}");
+        assert_eq!(served_certificate(addr, &pki).await, second.der);
+        assert_eq!(proxy.config_version(), 2);
+    }
+}
+
+fn ring_sha256(der: &[u8]) -> String {
+    grpc_proxy::PeerIdentity::from_der(der).sha256
+}
+
+#[test]
+fn the_identity_of_a_client_certificate() {
+    let pki = Pki::new();
+    let id = grpc_proxy::PeerIdentity::from_der(&pki.alice.der);
+    assert_eq!(id.common_name.as_deref(), Some("alice"));
+    assert_eq!(id.dns_names, ["alice.test"]);
+    assert_eq!(id.uris, ["spiffe://test/alice"]);
+    assert_eq!(id.sha256.len(), 64);
+    assert_ne!(
+        id.sha256,
+        grpc_proxy::PeerIdentity::from_der(&pki.mallory.der).sha256
+    );
+}
+
+#[test]
+fn bad_tls_files_fail_start_up_naming_the_file() {
+    let pki = Pki::new();
+    let garbage = pki.write("garbage.pem", "hello");
+    let missing = pki.dir().join("missing.pem");
+    let start = |tls: String| -> String {
+        let text = format!("listen = \"127.0.0.1:0\"\ncores = 1\n{tls}");
+        let config = Config::parse(&text, "test").expect("config parses");
+        match ProxyBuilder::from_config(&config) {
+            Ok(_) => "started".into(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let server = &pki.server;
+    let cases = [
+        (format!("[tls]\ncert = {missing:?}\nkey = {:?}\n", server.key), "missing.pem"),
+        (format!("[tls]\ncert = {garbage:?}\nkey = {:?}\n", server.key), "garbage.pem: no PEM certificate"),
+        (format!("[tls]\ncert = {:?}\nkey = {garbage:?}\n", server.cert), "garbage.pem: no PEM private key"),
+        (format!("[tls]\ncert = {:?}\nkey = {:?}\n", server.cert, pki.alice.key), "does not match"),
+        (format!("[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {garbage:?}\n", server.cert, server.key), "garbage.pem"),
+        (
+            format!("[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n[clusters.tls]\nca = {missing:?}\n"),
+            "cluster \"a\": ",
+        ),
+    ];
+    for (tls, want) in cases {
+        let error = start(tls.clone());
+        assert!(error.contains(want), "{tls}: {error:?} lacks {want:?}");
+        assert!(!error.contains('\n'), "{error:?} spans lines");
+    }
+}
