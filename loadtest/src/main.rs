@@ -138,6 +138,42 @@ struct RunArgs {
     /// No progress line every second.
     #[arg(long)]
     quiet: bool,
+    /// Speak TLS to the target, verifying it against the system roots
+    /// (or --tls-ca).
+    #[arg(long)]
+    tls: bool,
+    /// Speak TLS, verifying the target against this PEM CA bundle.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// The name the target's certificate must have (default: localhost).
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    tls_server_name: String,
+    /// Client certificate (PEM) for mTLS, with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A new connection for every call (with --streams 1): measures TCP,
+    /// TLS and HTTP/2 set-up per call.
+    #[arg(long)]
+    connection_per_call: bool,
+}
+
+/// The TLS client the flags ask for, with its files read.
+fn client_tls(args: &RunArgs) -> anyhow::Result<Option<grpc_proxy::ClientTls>> {
+    if !args.tls && args.tls_ca.is_none() && args.tls_cert.is_none() {
+        return Ok(None);
+    }
+    let settings = grpc_proxy::config::UpstreamTls {
+        ca: args.tls_ca.clone(),
+        server_name: args.tls_server_name.clone(),
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+    };
+    let tls = grpc_proxy::ClientTls::load(&settings, &args.tls_server_name)
+        .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    Ok(Some(tls))
 }
 
 fn size(text: &str) -> Result<usize, String> {
@@ -194,6 +230,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let json_only = args.json.as_deref() == Some(std::path::Path::new("-"));
+    let tls = client_tls(&args)?;
     let options = RunOptions {
         target: args.target,
         authority: args.authority,
@@ -212,6 +249,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         delay: args.delay,
         metadata: args.metadata,
         progress: !args.quiet && !json_only,
+        tls,
+        connection_per_call: args.connection_per_call,
     };
     let report = grpc_loadtest::run::run(&options)?;
     if !json_only {

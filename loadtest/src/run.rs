@@ -122,6 +122,12 @@ pub struct RunOptions {
     pub metadata: Vec<(HeaderName, HeaderValue)>,
     /// Print a progress line every second (to stderr).
     pub progress: bool,
+    /// Speak TLS (ALPN h2) to the target with this client config.
+    pub tls: Option<grpc_proxy::ClientTls>,
+    /// Open a new connection for every call and close it after: measures
+    /// connection set-up (TCP, TLS handshake, HTTP/2 preface) per call.
+    /// Needs one stream per connection.
+    pub connection_per_call: bool,
 }
 
 impl Default for RunOptions {
@@ -144,6 +150,8 @@ impl Default for RunOptions {
             delay: None,
             metadata: Vec::new(),
             progress: false,
+            tls: None,
+            connection_per_call: false,
         }
     }
 }
@@ -179,6 +187,11 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
     if options.connections == 0 || options.streams == 0 {
         return Err(RunError::Options(
             "connections and streams must be at least 1".into(),
+        ));
+    }
+    if options.connection_per_call && options.streams != 1 {
+        return Err(RunError::Options(
+            "a connection per call needs one stream per connection (--streams 1)".into(),
         ));
     }
     if matches!(options.rate, Some(r) if !(r > 0.0 && r.is_finite())) {
@@ -321,6 +334,7 @@ fn progress_line(second: u64, options: &RunOptions, s: &Stats) -> String {
 /// One connection of a load worker; reconnects when it breaks.
 struct Conn {
     target: SocketAddr,
+    tls: Option<Rc<grpc_proxy::tls::Connector>>,
     h2: h2::client::Builder,
     send: RefCell<Option<SendRequest<Bytes>>>,
     /// The tasks driving this connection's sockets (one per reconnect).
@@ -340,6 +354,25 @@ impl Conn {
         .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
         let io = tcp.into_poll_io().map_err(|e| e.to_string())?;
+        match &self.tls {
+            None => self.handshake(io).await,
+            Some(tls) => {
+                let stream = monoio::time::timeout(
+                    Duration::from_secs(5),
+                    tls.connector.connect(tls.server_name.clone(), io),
+                )
+                .await
+                .map_err(|_| "TLS handshake timed out".to_string())?
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                self.handshake(stream).await
+            }
+        }
+    }
+
+    async fn handshake<T>(&self, io: T) -> Result<SendRequest<Bytes>, String>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    {
         let (send, mut conn) = self
             .h2
             .handshake::<_, Bytes>(io)
@@ -358,6 +391,15 @@ impl Conn {
                 .map_err(|e| format!("not an HTTP/2 server: {e}"))?;
         }
         Ok(send)
+    }
+
+    /// Closes the connection and waits until its socket is closed.
+    async fn close(&self) {
+        self.send.borrow_mut().take();
+        let drivers = std::mem::take(&mut *self.drivers.borrow_mut());
+        for d in drivers {
+            let _ = monoio::time::timeout(Duration::from_secs(5), d).await;
+        }
     }
 
     /// A handle ready for a new stream, reconnecting if needed.
@@ -459,10 +501,13 @@ async fn worker(
         .initial_connection_window_size(16 << 20)
         .max_send_buffer_size(1 << 20)
         .enable_push(false);
+    // One TLS client (and session cache) per worker thread.
+    let tls = options.tls.as_ref().map(|t| Rc::new(t.for_worker()));
     let conns: Vec<Rc<Conn>> = (0..options.connections)
         .map(|_| {
             Rc::new(Conn {
                 target: options.target,
+                tls: tls.clone(),
                 h2: h2.clone(),
                 send: RefCell::new(None),
                 drivers: RefCell::new(Vec::new()),
@@ -597,7 +642,11 @@ fn new_load(options: RunOptions, start: Instant) -> Load {
         .clone()
         .unwrap_or_else(|| options.target.to_string());
     let uri = Uri::builder()
-        .scheme("http")
+        .scheme(if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        })
         .authority(authority.as_str())
         .path_and_query(options.rpc.path())
         .build()
@@ -747,6 +796,9 @@ async fn call_loop(load: Rc<Load>, conn: Rc<Conn>) {
         }
         if measuring {
             load.last_done.set(now);
+        }
+        if load.options.connection_per_call {
+            conn.close().await;
         }
         if matches!(result, Err(Failure::Connect)) {
             // Do not spin on a target that is down.

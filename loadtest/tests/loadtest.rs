@@ -291,3 +291,65 @@ fn runs_and_servers_leave_no_file_descriptors_behind() {
     // not still open: allow a little slack, not 50+.
     assert!(after <= before + 12, "fds before {before}, after {after}");
 }
+
+/// A CA and a `localhost` server certificate, as PEM files in `dir`.
+fn certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("certificate");
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    (
+        write("ca.pem", ca.pem()),
+        write("server.pem", cert.pem()),
+        write("server.key", key.serialize_pem()),
+    )
+}
+
+both_drivers! {
+    tls_and_a_connection_per_call_through_a_tls_proxy(driver) {
+        let upstream = server(driver);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (ca, cert, key) = certificates(dir.path());
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ncores = 1\n[tls]\ncert = {cert:?}\nkey = {key:?}\n[[clusters]]\nname = \"a\"\nendpoints = [\"{}\"]\n[[routes]]\ncluster = \"a\"\n",
+            upstream.local_addr()
+        );
+        let config = grpc_proxy::Config::parse(&text, "test").expect("config");
+        let (builder, routes) = grpc_proxy::ProxyBuilder::from_config(&config).expect("builder");
+        let proxy = builder.driver(driver).start(routes).expect("proxy starts");
+        let settings = grpc_proxy::config::UpstreamTls {
+            ca: Some(ca),
+            server_name: "localhost".into(),
+            cert: None,
+            key: None,
+        };
+        let tls = grpc_proxy::ClientTls::load(&settings, "localhost").expect("client TLS");
+        let base = RunOptions {
+            target: proxy.local_addr(),
+            driver,
+            tls: Some(tls),
+            warmup: Duration::ZERO,
+            ..RunOptions::default()
+        };
+        let kept = run::run(&RunOptions { connections: 2, streams: 4, calls: Some(200), ..base.clone() })
+            .expect("runs over TLS");
+        assert_clean(&kept, 200);
+        let fresh = run::run(&RunOptions { connections: 2, calls: Some(40), connection_per_call: true, ..base.clone() })
+            .expect("runs with a connection per call");
+        assert_clean(&fresh, 40);
+        let refused = run::run(&RunOptions { streams: 2, connection_per_call: true, ..base });
+        assert!(refused.is_err(), "a connection per call needs one stream");
+    }
+}
