@@ -36,12 +36,15 @@ pub struct Scenario {
     streams: usize,
     /// Open loop at half this target's unary peak.
     half_peak: bool,
+    /// A new connection (and TLS handshake) per call.
+    connection_per_call: bool,
     unit: Unit,
 }
 
 /// The scenarios of issue 4, in order (the first is the unary peak that the
-/// fixed-rate scenario halves).
-pub fn scenarios() -> Vec<Scenario> {
+/// fixed-rate scenario halves); with `tls`, also a connection (and a full
+/// TLS handshake) per call, whose rate is handshakes per second.
+pub fn scenarios(tls: bool) -> Vec<Scenario> {
     let s = |name, rpc, payload, connections, streams, unit| Scenario {
         name,
         rpc,
@@ -51,9 +54,10 @@ pub fn scenarios() -> Vec<Scenario> {
         connections,
         streams,
         half_peak: false,
+        connection_per_call: false,
         unit,
     };
-    vec![
+    let mut all = vec![
         s("unary 10B, 8x16", Rpc::Unary, 10, 8, 16, Unit::Calls),
         s("unary 1KiB, 8x16", Rpc::Unary, 1024, 8, 16, Unit::Calls),
         s("fan-in 256 conns x 2", Rpc::Unary, 10, 256, 2, Unit::Calls),
@@ -92,7 +96,21 @@ pub fn scenarios() -> Vec<Scenario> {
                 Unit::Calls,
             )
         },
-    ]
+    ];
+    if tls {
+        all.push(Scenario {
+            connection_per_call: true,
+            ..s(
+                "new TLS conn per call, 32x1",
+                Rpc::Unary,
+                10,
+                32,
+                1,
+                Unit::Calls,
+            )
+        });
+    }
+    all
 }
 
 /// One measured cell.
@@ -160,6 +178,7 @@ pub fn run_target(
     seconds: u64,
     warmup: Duration,
     only: &[Scenario],
+    tls: Option<&procs::TlsFiles>,
 ) -> anyhow::Result<Vec<Row>> {
     let proxy_cpus: Vec<usize> = match target {
         Target::GrpcProxy(n) => {
@@ -176,7 +195,18 @@ pub fn run_target(
         }
         _ => plan.proxy.clone(),
     };
-    let proxy = procs::proxy(target, bin_dir, &proxy_cpus, upstream)?;
+    let proxy = procs::proxy(target, bin_dir, &proxy_cpus, upstream, tls)?;
+    let client_tls = tls
+        .map(|t| {
+            let settings = grpc_proxy::config::UpstreamTls {
+                ca: Some(t.ca.clone()),
+                server_name: "localhost".into(),
+                cert: None,
+                key: None,
+            };
+            grpc_proxy::ClientTls::load(&settings, "localhost")
+        })
+        .transpose()?;
     let addr = proxy.as_ref().map_or(upstream, |p| p.addr);
     let mut rows = Vec::new();
     let mut peak = None;
@@ -201,6 +231,8 @@ pub fn run_target(
             duration: Duration::from_secs(seconds),
             warmup,
             rate,
+            tls: client_tls.clone(),
+            connection_per_call: scenario.connection_per_call,
             ..RunOptions::default()
         };
         let cpu0 = proxy.as_ref().map(|p| p.cpu_seconds()).transpose()?;

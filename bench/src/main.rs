@@ -54,6 +54,12 @@ enum Cmd {
         /// Do not build grpc-proxy and grpc-loadtest first.
         #[arg(long)]
         no_build: bool,
+        /// Clients speak TLS to the proxies (certificates made for the run;
+        /// the proxies speak cleartext HTTP/2 to the upstream); adds a
+        /// connection-per-call scenario that measures handshakes. Skips
+        /// direct, whose upstream has no TLS.
+        #[arg(long)]
+        tls: bool,
     },
     /// Allocations per proxied call on the proxy's worker thread.
     Allocs {
@@ -83,6 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             targets,
             json,
             no_build,
+            tls,
         } => {
             let exe = std::env::current_exe()?;
             let bin_dir = exe
@@ -93,7 +100,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let plan = e2e::Plan::new(&grpc_proxy::cores::available())?;
             let upstream = procs::upstream(bin_dir, &plan.upstream)?;
-            let scenarios: Vec<_> = e2e::scenarios()
+            let tls_files = tls.then(procs::TlsFiles::generate).transpose()?;
+            let scenarios: Vec<_> = e2e::scenarios(tls)
                 .into_iter()
                 .filter(|s| only.as_deref().is_none_or(|o| s.name.contains(o)))
                 .collect();
@@ -122,10 +130,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         continue;
                     }
                 }
+                if tls && target == Target::Direct {
+                    eprintln!("direct: the echo upstream has no TLS; skipping it");
+                    continue;
+                }
                 let these: Vec<_> = if target == Target::GrpcProxy(2) {
                     scenarios
                         .iter()
-                        .filter(|s| s.name.starts_with("unary 10B") || s.name.starts_with("fan-in"))
+                        .filter(|s| {
+                            s.name.starts_with("unary 10B")
+                                || s.name.starts_with("fan-in")
+                                || s.name.starts_with("new TLS")
+                        })
                         .cloned()
                         .collect()
                 } else {
@@ -140,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     seconds,
                     warmup,
                     &these,
+                    tls_files.as_ref(),
                 )?);
             }
             let table = e2e::markdown(&rows);

@@ -116,6 +116,47 @@ impl Drop for TempDir {
     }
 }
 
+/// A CA and a `localhost` certificate for the proxies' TLS listeners.
+pub struct TlsFiles {
+    _dir: TempDir,
+    /// The CA the load generator trusts.
+    pub ca: PathBuf,
+    /// The server certificate (ECDSA P-256).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// Certificate and key in one file, for HAProxy.
+    pub bundle: PathBuf,
+}
+
+impl TlsFiles {
+    /// Issues the certificates into a temporary directory.
+    pub fn generate() -> anyhow::Result<TlsFiles> {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let dir = TempDir::new("tls")?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&key, &ca)?;
+        let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
+            let path = dir.0.join(name);
+            fs::write(&path, text)?;
+            Ok(path)
+        };
+        Ok(TlsFiles {
+            ca: write("ca.pem", &ca.pem())?,
+            cert: write("server.pem", &cert.pem())?,
+            key: write("server.key", &key.serialize_pem())?,
+            bundle: write(
+                "server.bundle.pem",
+                &format!("{}{}", cert.pem(), key.serialize_pem()),
+            )?,
+            _dir: dir,
+        })
+    }
+}
+
 /// A free loopback port (bound and released; the process we start takes it).
 pub fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
@@ -180,6 +221,7 @@ pub fn proxy(
     bin_dir: &Path,
     cpus: &[usize],
     upstream: SocketAddr,
+    tls: Option<&TlsFiles>,
 ) -> anyhow::Result<Option<Running>> {
     let addr = free_port()?;
     let (mut child, dir) = match target {
@@ -193,6 +235,14 @@ pub fn proxy(
                     &upstream.to_string(),
                 ])
                 .args(["--cpu-set", &cpu_list(cpus), "--log", "warn"])
+                .args(tls.map_or_else(Vec::new, |t| {
+                    vec![
+                        "--tls-cert".into(),
+                        t.cert.clone().into_os_string(),
+                        "--tls-key".into(),
+                        t.key.clone().into_os_string(),
+                    ]
+                }))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -202,7 +252,7 @@ pub fn proxy(
         Target::Haproxy => {
             let dir = TempDir::new("haproxy")?;
             let cfg = dir.0.join("haproxy.cfg");
-            fs::write(&cfg, haproxy_config(addr, upstream, cpus[0]))?;
+            fs::write(&cfg, haproxy_config(addr, upstream, cpus[0], tls))?;
             let child = Command::new("taskset")
                 .args(["-c", &cpu_list(cpus), "haproxy", "-db", "-f"])
                 .arg(&cfg)
@@ -215,7 +265,7 @@ pub fn proxy(
         Target::Nginx => {
             let dir = TempDir::new("nginx")?;
             let cfg = dir.0.join("nginx.conf");
-            fs::write(&cfg, nginx_config(addr, upstream, cpus[0], &dir.0))?;
+            fs::write(&cfg, nginx_config(addr, upstream, cpus[0], &dir.0, tls))?;
             let child = Command::new("taskset")
                 .args(["-c", &cpu_list(cpus), "nginx", "-c"])
                 .arg(&cfg)
@@ -236,7 +286,16 @@ pub fn proxy(
     }))
 }
 
-fn haproxy_config(listen: SocketAddr, upstream: SocketAddr, cpu: usize) -> String {
+fn haproxy_config(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    cpu: usize,
+    tls: Option<&TlsFiles>,
+) -> String {
+    let bind = match tls {
+        Some(t) => format!("ssl crt {} alpn h2", t.bundle.display()),
+        None => "proto h2".into(),
+    };
     format!(
         "global
     nbthread 1
@@ -249,7 +308,7 @@ defaults
     timeout server 60s
     http-reuse always
 frontend fe
-    bind {listen} proto h2
+    bind {listen} {bind}
     default_backend be
 backend be
     server s1 {upstream} proto h2
@@ -257,7 +316,21 @@ backend be
     )
 }
 
-fn nginx_config(listen: SocketAddr, upstream: SocketAddr, cpu: usize, dir: &Path) -> String {
+fn nginx_config(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    cpu: usize,
+    dir: &Path,
+    tls: Option<&TlsFiles>,
+) -> String {
+    let listen_tls = match tls {
+        Some(t) => format!(
+            " ssl;\n        ssl_certificate {};\n        ssl_certificate_key {}",
+            t.cert.display(),
+            t.key.display()
+        ),
+        None => String::new(),
+    };
     let mask: String = (0..=cpu)
         .rev()
         .map(|c| if c == cpu { '1' } else { '0' })
@@ -289,7 +362,7 @@ http {{
         keepalive_requests 100000000;
     }}
     server {{
-        listen {listen} http2;
+        listen {listen} http2{listen_tls};
         location / {{
             grpc_pass grpc://echo;
         }}
