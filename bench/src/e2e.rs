@@ -168,6 +168,16 @@ impl Plan {
     }
 }
 
+/// How long each load runs, and whether clients speak TLS.
+pub struct Timing<'a> {
+    /// Measured seconds per load.
+    pub seconds: u64,
+    /// Warm-up before each.
+    pub warmup: Duration,
+    /// TLS files for the proxies' listeners; `None`: cleartext.
+    pub tls: Option<&'a procs::TlsFiles>,
+}
+
 /// Runs every scenario against one target; `peak` is filled from the first
 /// scenario and used by the fixed-rate one.
 pub fn run_target(
@@ -175,11 +185,14 @@ pub fn run_target(
     bin_dir: &Path,
     plan: &Plan,
     upstream: std::net::SocketAddr,
-    seconds: u64,
-    warmup: Duration,
+    timing: &Timing<'_>,
     only: &[Scenario],
-    tls: Option<&procs::TlsFiles>,
 ) -> anyhow::Result<Vec<Row>> {
+    let Timing {
+        seconds,
+        warmup,
+        tls,
+    } = *timing;
     let proxy_cpus: Vec<usize> = match target {
         Target::GrpcProxy(n) => {
             let mut c = plan.proxy.clone();

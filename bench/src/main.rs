@@ -153,10 +153,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     bin_dir,
                     &plan,
                     upstream.addr,
-                    seconds,
-                    warmup,
+                    &e2e::Timing {
+                        seconds,
+                        warmup,
+                        tls: tls_files.as_ref(),
+                    },
                     &these,
-                    tls_files.as_ref(),
                 )?);
             }
             let table = e2e::markdown(&rows);

@@ -28,7 +28,7 @@ enum Command {
     /// Run a fast gRPC echo upstream (service loadtest.Echo).
     Serve(ServeArgs),
     /// Load a gRPC server or proxy and report throughput and latency.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start an echo upstream and grpc-proxy on loopback, load both, and
     /// print direct and proxied results side by side.
     Demo {
@@ -202,7 +202,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Demo { seconds } => grpc_loadtest::demo::demo(seconds.max(1)),
     };
     match result {
