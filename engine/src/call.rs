@@ -6,7 +6,12 @@
 //! route's timeout), open an upstream stream from the pool, then splice.
 //! Each failure is a trailers-only gRPC response: a director rejection with
 //! its status, no reachable upstream with UNAVAILABLE, a deadline with
-//! DEADLINE_EXCEEDED.
+//! DEADLINE_EXCEEDED. A call the upstream refused without processing it is
+//! sent once more, on another connection or endpoint (see
+//! [`splice`](crate::splice)).
+//!
+//! Every call is counted (route, cluster, core; see
+//! [`metrics`](crate::metrics)) and, when the access log is on, logged.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -17,9 +22,13 @@ use h2::RecvStream;
 use http::{header::CONTENT_TYPE, Request, Response, StatusCode, Version};
 use monoio::time::Instant;
 
+use crate::access_log::Entry;
 use crate::director::{Call, Route};
 use crate::headers::strip_hop_by_hop;
-use crate::splice::{Outcome, Splice};
+use crate::metrics::CoreCounters;
+use crate::pool::{Cluster, Endpoint};
+use crate::snapshot::{RouteSlot, Snapshot};
+use crate::splice::{copy_head, Finished, Held, Outcome, Splice};
 use crate::status::{Code, Status};
 use crate::tls::PeerIdentity;
 use crate::worker::Worker;
@@ -28,9 +37,97 @@ use crate::worker::Worker;
 pub async fn handle(
     worker: Rc<Worker>,
     request: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    respond: SendResponse<Bytes>,
     peer: SocketAddr,
     identity: Option<Rc<PeerIdentity>>,
+) {
+    let started = std::time::Instant::now();
+    let counters = &worker.counters;
+    CoreCounters::add(&counters.streams_active, 1);
+    // The routes and clusters of the config running now, kept for the
+    // whole call even if a reload swaps in others meanwhile.
+    let snapshot = worker.snapshot();
+    let path = worker.access_log.is_some().then(|| request.uri().clone());
+    let mut record = Record::default();
+    serve(
+        &worker,
+        &snapshot,
+        request,
+        respond,
+        peer,
+        identity.as_deref(),
+        &mut record,
+    )
+    .await;
+    let counters = &worker.counters;
+    counters
+        .streams_active
+        .set(counters.streams_active.get().saturating_sub(1));
+    let Some(route) = record.route else {
+        return; // not a gRPC request
+    };
+    let elapsed = started.elapsed();
+    route.stats.finish(record.code, elapsed);
+    if let Some(cluster) = &record.cluster {
+        cluster.stats.finish(record.code, elapsed);
+    }
+    CoreCounters::add(&counters.bytes_in, record.bytes_in);
+    CoreCounters::add(&counters.bytes_out, record.bytes_out);
+    if let (Some(log), Some(path)) = (&worker.access_log, &path) {
+        log.write(
+            &Entry {
+                peer,
+                method: path.path(),
+                route: &route.name,
+                cluster: record.cluster.as_ref().map(|c| c.name()),
+                upstream: record.upstream,
+                code: record.code,
+                duration: elapsed,
+                bytes_in: record.bytes_in,
+                bytes_out: record.bytes_out,
+                client: identity.as_deref(),
+            },
+            counters,
+        );
+    }
+}
+
+/// What the metrics and the access log learn of a call.
+struct Record {
+    route: Option<RouteSlot>,
+    cluster: Option<Rc<Cluster>>,
+    upstream: Option<SocketAddr>,
+    code: Code,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl Default for Record {
+    fn default() -> Record {
+        Record {
+            route: None,
+            cluster: None,
+            upstream: None,
+            code: Code::Unknown,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+}
+
+fn answer(mut respond: SendResponse<Bytes>, status: &Status, record: &mut Record) {
+    let _ = respond.send_response(status.to_trailers_only(), true);
+    record.code = status.code();
+}
+
+async fn serve(
+    worker: &Worker,
+    snapshot: &Snapshot,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    peer: SocketAddr,
+    identity: Option<&PeerIdentity>,
+    record: &mut Record,
 ) {
     let (mut parts, body) = request.into_parts();
     let is_grpc = parts
@@ -45,21 +142,19 @@ pub async fn handle(
     }
     strip_hop_by_hop(&mut parts.headers);
 
-    // The routes and clusters of the config running now, kept for the
-    // whole call even if a reload swaps in others meanwhile.
-    let snapshot = worker.snapshot();
-    let route = {
+    let (route, index) = {
         let authority = parts.uri.authority().map(|a| a.as_str());
-        let call = Call::new(parts.uri.path(), authority, &parts.headers, peer)
-            .with_identity(identity.as_deref());
-        snapshot.director.route(&call)
+        let call =
+            Call::new(parts.uri.path(), authority, &parts.headers, peer).with_identity(identity);
+        snapshot.director.route_indexed(&call)
     };
+    let slot = snapshot.route(index);
+    slot.stats.start();
+    CoreCounters::add(&worker.counters.calls_started, 1);
+    record.route = Some(slot.clone());
     let (cluster, route_timeout) = match route {
         Route::Forward { cluster, timeout } => (cluster, timeout),
-        Route::Reject(status) => {
-            let _ = respond.send_response(status.to_trailers_only(), true);
-            return;
-        }
+        Route::Reject(status) => return answer(respond, &status, record),
     };
     let client_timeout = parts
         .headers
@@ -77,43 +172,105 @@ pub async fn handle(
         // http` and, faithfully, no `:authority`.
         parts.version = Version::HTTP_11;
     }
-    let end_of_stream = body.is_end_stream();
     let Some(cluster) = snapshot.clusters.get(cluster.index()) else {
         let status = Status::new(
             Code::Internal,
             "the director chose a cluster that does not exist",
         );
-        let _ = respond.send_response(status.to_trailers_only(), true);
-        return;
+        return answer(respond, &status, record);
     };
-    let open = worker
-        .pool
-        .open(cluster, Request::from_parts(parts, ()), end_of_stream);
+    cluster.stats.start();
+    record.cluster = Some(cluster.clone());
+    let end_of_stream = body.is_end_stream();
+    let limit = worker.settings.retry_buffer;
+    let held = (limit > 0).then(|| Held::new(copy_head(&parts), limit));
+    let request = Request::from_parts(parts, ());
+    let upstream = match open(worker, cluster, request, end_of_stream, None, deadline).await {
+        Ok(upstream) => upstream,
+        Err(status) => return answer(respond, &status, record),
+    };
+    let mut endpoint = upstream.slot.endpoint().clone();
+    record.upstream = Some(endpoint.addr());
+    let mut finished = Splice::new(respond, Some(body), upstream, deadline, Vec::new(), held).await;
+    if let Some(retry) = finished.retry.take() {
+        // Refused before the upstream processed anything: once more,
+        // elsewhere.
+        tracing::debug!(upstream = %endpoint.addr(), "upstream refused the stream; retrying");
+        CoreCounters::add(&worker.counters.retries, 1);
+        record.bytes_in += finished.bytes_in;
+        let end_of_stream = retry.replay.is_empty() && retry.body.is_none();
+        let avoid = retry.refused_on;
+        let opened = open(
+            worker,
+            cluster,
+            retry.head,
+            end_of_stream,
+            Some(&avoid),
+            deadline,
+        )
+        .await;
+        drop(avoid);
+        let upstream = match opened {
+            Ok(upstream) => upstream,
+            Err(status) => return answer(retry.down, &status, record),
+        };
+        endpoint = upstream.slot.endpoint().clone();
+        record.upstream = Some(endpoint.addr());
+        finished = Splice::new(
+            retry.down,
+            retry.body,
+            upstream,
+            deadline,
+            retry.replay,
+            None,
+        )
+        .await;
+    }
+    finish(cluster, &endpoint, &finished, record);
+}
+
+/// Opens an upstream stream, within the deadline; the status to answer
+/// with if that fails.
+async fn open(
+    worker: &Worker,
+    cluster: &Cluster,
+    request: Request<()>,
+    end_of_stream: bool,
+    avoid: Option<&crate::pool::Avoid>,
+    deadline: Option<Instant>,
+) -> Result<crate::pool::Upstream, Status> {
+    let open = worker.pool.open(cluster, request, end_of_stream, avoid);
     let opened = match deadline {
         Some(at) => match monoio::time::timeout_at(at, open).await {
             Ok(opened) => opened,
             Err(_) => {
-                let status = Status::new(
+                return Err(Status::new(
                     Code::DeadlineExceeded,
                     "deadline exceeded before an upstream was reached",
-                );
-                let _ = respond.send_response(status.to_trailers_only(), true);
-                return;
+                ))
             }
         },
         None => open.await,
     };
-    let upstream = match opened {
-        Ok(upstream) => upstream,
-        Err(e) => {
-            tracing::debug!(error = %e, "no upstream for call");
-            let status = Status::new(Code::Unavailable, e.to_string());
-            let _ = respond.send_response(status.to_trailers_only(), true);
-            return;
-        }
-    };
-    let outcome = Splice::new(respond, body, upstream, deadline).await;
-    if outcome != Outcome::Complete {
-        tracing::debug!(?outcome, "call ended early");
+    opened.map_err(|e| {
+        tracing::debug!(error = %e, "no upstream for call");
+        Status::new(Code::Unavailable, e.to_string())
+    })
+}
+
+/// Accounts for a spliced call: its record and the endpoint's passive
+/// health.
+fn finish(cluster: &Cluster, endpoint: &Endpoint, finished: &Finished, record: &mut Record) {
+    record.code = finished.code;
+    record.bytes_in += finished.bytes_in;
+    record.bytes_out += finished.bytes_out;
+    match finished.outcome {
+        Outcome::Complete => cluster.call_result(endpoint, false, false),
+        Outcome::UpstreamFailed { reset, .. } => cluster.call_result(endpoint, true, reset),
+        Outcome::Refused => cluster.call_result(endpoint, true, true),
+        Outcome::DownstreamGone | Outcome::DeadlineExceeded => {}
+    }
+    if finished.outcome != Outcome::Complete {
+        tracing::debug!(outcome = ?finished.outcome, "call ended early");
     }
 }

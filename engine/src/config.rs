@@ -92,6 +92,9 @@ pub struct Settings {
     pub reconnect_backoff_max: Duration,
     /// On shutdown, how long in-flight calls may run before they are cut.
     pub drain_timeout: Duration,
+    /// Request bytes held per call until the upstream answers, so that a
+    /// call it refuses unprocessed can be sent again; 0 turns retries off.
+    pub retry_buffer: usize,
 }
 
 impl Default for Settings {
@@ -113,6 +116,7 @@ impl Default for Settings {
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
+            retry_buffer: 64 << 10,
         }
     }
 }
@@ -134,6 +138,14 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Downstream TLS; `None` serves cleartext HTTP/2.
     pub tls: Option<ListenerTls>,
+    /// The admin listener (metrics, health, config, reload); `None`: off.
+    pub admin: Option<SocketAddr>,
+    /// Where the access log goes; `None`: off.
+    pub access_log: Option<crate::access_log::Target>,
+    /// Where this config came from (a file path, or what built it).
+    pub source: String,
+    /// SHA-256 of the config text, lower-case hex; empty when not from text.
+    pub digest: String,
 }
 
 /// TLS on the listener.
@@ -203,11 +215,69 @@ pub struct ClusterConfig {
     pub endpoints: Vec<SocketAddr>,
     /// TLS to the endpoints; `None`: cleartext HTTP/2.
     pub tls: Option<UpstreamTls>,
+    /// How calls are spread over the endpoints.
+    pub balance: Balance,
+    /// Active health checks; `None`: off.
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection of failing endpoints.
+    pub outlier: Outlier,
+}
+
+/// How a cluster spreads calls over its endpoints, per core.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// Of two endpoints picked at random, the one with fewer calls in
+    /// flight (power of two choices).
+    LeastRequest,
+}
+
+/// Active health checks with `grpc.health.v1.Health/Check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Time between checks of one endpoint.
+    pub interval: Duration,
+    /// Time a check may take.
+    pub timeout: Duration,
+    /// Passed checks in a row that bring an endpoint back.
+    pub healthy_threshold: u32,
+    /// Failed checks in a row that take an endpoint out.
+    pub unhealthy_threshold: u32,
+    /// The service name asked about; empty: the server as a whole.
+    pub service: String,
+}
+
+/// Passive ejection: an endpoint whose calls fail (connect errors, resets,
+/// lost connections) this many times in a row takes no calls for a while,
+/// longer each time it is ejected again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outlier {
+    /// Failures in a row that eject; 0 turns ejection off.
+    pub consecutive_failures: u32,
+    /// The first ejection's length.
+    pub base_ejection: Duration,
+    /// The longest ejection.
+    pub max_ejection: Duration,
+}
+
+impl Default for Outlier {
+    fn default() -> Outlier {
+        Outlier {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(5),
+            max_ejection: Duration::from_secs(300),
+        }
+    }
 }
 
 /// One route: conditions that must all hold, and an action.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteConfig {
+    /// The route's name in metrics and the access log; `routes[i]` when
+    /// not given.
+    pub name: Option<String>,
     /// Exact full method path, `/package.Service/Method`.
     pub method: Option<String>,
     /// Exact service name, `package.Service`.
@@ -276,6 +346,8 @@ struct File {
     #[serde(default)]
     routes: Vec<RouteFile>,
     tls: Option<ListenerTlsFile>,
+    admin: Option<String>,
+    access_log: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -326,6 +398,7 @@ struct Http2File {
 #[serde(deny_unknown_fields)]
 struct UpstreamFile {
     max_connections_per_endpoint: Option<usize>,
+    retry_buffer: Option<SizeValue>,
     reconnect_backoff_min: Option<String>,
     reconnect_backoff_max: Option<String>,
 }
@@ -352,11 +425,33 @@ struct ClusterFile {
     name: String,
     endpoints: Vec<String>,
     tls: Option<UpstreamTlsFile>,
+    balance: Option<String>,
+    health_check: Option<HealthCheckFile>,
+    outlier: Option<OutlierFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthCheckFile {
+    interval: Option<String>,
+    timeout: Option<String>,
+    healthy_threshold: Option<u32>,
+    unhealthy_threshold: Option<u32>,
+    service: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutlierFile {
+    consecutive_failures: Option<u32>,
+    base_ejection: Option<String>,
+    max_ejection: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RouteFile {
+    name: Option<String>,
     method: Option<String>,
     service: Option<String>,
     path_prefix: Option<String>,
@@ -460,10 +555,14 @@ impl Config {
             origin: origin.to_owned(),
             message: describe_toml_error(text, &e),
         })?;
-        file.validate().map_err(|message| ConfigError::Invalid {
+        let mut config = file.validate().map_err(|message| ConfigError::Invalid {
             origin: origin.to_owned(),
             message,
-        })
+        })?;
+        config.source = origin.to_owned();
+        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        config.digest = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(config)
     }
 }
 
@@ -523,6 +622,9 @@ impl File {
                 return Err("upstream.max_connections_per_endpoint: must be at least 1".into());
             }
             s.max_connections_per_endpoint = n;
+        }
+        if let Some(v) = &self.upstream.retry_buffer {
+            s.retry_buffer = size32("upstream.retry_buffer", v, 0, 64 << 20)? as usize;
         }
         if let Some(n) = self.limits.max_connections_per_worker {
             if n == 0 {
@@ -614,10 +716,28 @@ impl File {
                 .tls
                 .map(|t| t.validate(&c.name, &c.endpoints[0]))
                 .transpose()?;
+            let at = format!("cluster {:?}", c.name);
+            let balance = match c.balance.as_deref() {
+                None | Some("round_robin") => Balance::RoundRobin,
+                Some("least_request") => Balance::LeastRequest,
+                Some(other) => {
+                    return Err(format!(
+                        "{at}.balance: {other:?} is not round_robin or least_request"
+                    ))
+                }
+            };
+            let health_check = c.health_check.map(|h| h.validate(&at)).transpose()?;
+            let outlier = match c.outlier {
+                Some(o) => o.validate(&at)?,
+                None => Outlier::default(),
+            };
             clusters.push(ClusterConfig {
                 name: c.name,
                 endpoints,
                 tls,
+                balance,
+                health_check,
+                outlier,
             });
         }
 
@@ -626,6 +746,20 @@ impl File {
             routes.push(r.validate(i, &clusters)?);
         }
         let tls = self.tls.map(ListenerTlsFile::validate).transpose()?;
+        let admin = self
+            .admin
+            .as_deref()
+            .map(|a| {
+                SocketAddr::from_str(a)
+                    .map_err(|_| format!("admin: {a:?} is not an address such as 127.0.0.1:9901"))
+            })
+            .transpose()?;
+        let access_log = match self.access_log.as_deref() {
+            None => None,
+            Some("") => return Err("access_log: empty; use \"-\" for stdout or a file path".into()),
+            Some("-") => Some(crate::access_log::Target::Stdout),
+            Some(path) => Some(crate::access_log::Target::File(PathBuf::from(path))),
+        };
         Ok(Config {
             listen,
             cores,
@@ -634,7 +768,67 @@ impl File {
             clusters,
             routes,
             tls,
+            admin,
+            access_log,
+            source: String::new(),
+            digest: String::new(),
         })
+    }
+}
+
+impl HealthCheckFile {
+    fn validate(self, at: &str) -> Result<HealthCheck, String> {
+        let dur =
+            |field: &str, v: &Option<String>, default: Duration| -> Result<Duration, String> {
+                let d = match v {
+                    Some(t) => {
+                        parse_duration(t).map_err(|e| format!("{at}.health_check.{field}: {e}"))?
+                    }
+                    None => default,
+                };
+                if d.is_zero() {
+                    return Err(format!("{at}.health_check.{field}: must be more than 0"));
+                }
+                Ok(d)
+            };
+        let interval = dur("interval", &self.interval, Duration::from_secs(5))?;
+        let timeout = dur("timeout", &self.timeout, Duration::from_secs(1))?;
+        let threshold = |field: &str, v: Option<u32>, default: u32| -> Result<u32, String> {
+            match v.unwrap_or(default) {
+                0 => Err(format!("{at}.health_check.{field}: must be at least 1")),
+                n => Ok(n),
+            }
+        };
+        Ok(HealthCheck {
+            interval,
+            timeout,
+            healthy_threshold: threshold("healthy_threshold", self.healthy_threshold, 1)?,
+            unhealthy_threshold: threshold("unhealthy_threshold", self.unhealthy_threshold, 2)?,
+            service: self.service.unwrap_or_default(),
+        })
+    }
+}
+
+impl OutlierFile {
+    fn validate(self, at: &str) -> Result<Outlier, String> {
+        let mut o = Outlier::default();
+        if let Some(n) = self.consecutive_failures {
+            o.consecutive_failures = n;
+        }
+        if let Some(t) = &self.base_ejection {
+            o.base_ejection =
+                parse_duration(t).map_err(|e| format!("{at}.outlier.base_ejection: {e}"))?;
+        }
+        if let Some(t) = &self.max_ejection {
+            o.max_ejection =
+                parse_duration(t).map_err(|e| format!("{at}.outlier.max_ejection: {e}"))?;
+        }
+        if o.base_ejection > o.max_ejection {
+            return Err(format!(
+                "{at}.outlier: base_ejection is longer than max_ejection"
+            ));
+        }
+        Ok(o)
     }
 }
 
@@ -810,7 +1004,13 @@ impl RouteFile {
             .as_deref()
             .map(|t| parse_duration(t).map_err(|e| format!("{at}.timeout: {e}")))
             .transpose()?;
+        if let Some(name) = &self.name {
+            if name.is_empty() {
+                return Err(format!("{at}.name: is empty"));
+            }
+        }
         Ok(RouteConfig {
+            name: self.name,
             method: self.method,
             service: self.service,
             path_prefix: self.path_prefix,

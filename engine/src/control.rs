@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 use monoio::io::AsyncReadRent;
 
+use crate::metrics::CoreReport;
 use crate::snapshot::Plan;
 
 /// What the control thread can ask of a worker.
@@ -29,6 +30,8 @@ pub enum Command {
         /// Told the plan's version once this worker uses it.
         done: Sender<u64>,
     },
+    /// Report this worker's counters.
+    Scrape(Sender<CoreReport>),
 }
 
 /// The sending side, held by the control thread.

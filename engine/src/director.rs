@@ -156,6 +156,14 @@ impl Route {
 pub trait Director: 'static {
     /// Routes one call. Runs on the per-call path: keep it cheap.
     fn route(&self, call: &Call<'_>) -> Route;
+
+    /// Routes one call and says which of its named routes decided, for
+    /// metrics and the access log; `None` for a director without named
+    /// routes, or when no route matched.
+    #[doc(hidden)]
+    fn route_indexed(&self, call: &Call<'_>) -> (Route, Option<usize>) {
+        (self.route(call), None)
+    }
 }
 
 impl<F> Director for F
@@ -180,6 +188,13 @@ pub trait DirectorRecipe: Send + Clone + 'static {
     #[doc(hidden)]
     fn is_route_table(&self) -> bool {
         false
+    }
+
+    /// The names of the routes whose index
+    /// [`Director::route_indexed`] returns, for metrics.
+    #[doc(hidden)]
+    fn route_names(&self) -> Vec<String> {
+        Vec::new()
     }
 }
 

@@ -34,13 +34,17 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod access_log;
+pub mod admin;
 mod call;
 pub mod config;
 pub mod control;
 pub mod cores;
 pub mod director;
 pub mod headers;
+mod health;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 mod proxy;
 pub mod routes;
@@ -58,7 +62,7 @@ pub mod write_batch;
 pub use config::{Config, ConfigError, Settings};
 pub use cores::CoreSelection;
 pub use director::{Call, ClusterId, CoreId, Director, DirectorRecipe, Route};
-pub use proxy::{ProxyBuilder, ProxyHandle, ReloadError, StartError};
+pub use proxy::{ConfigInfo, Controller, ProxyBuilder, ProxyHandle, ReloadError, StartError};
 pub use routes::RouteTable;
 pub use runtime::Driver;
 pub use status::{Code, Status};

@@ -22,7 +22,12 @@
 //!   failure like a refused port.
 //! - A failed connect puts the endpoint in exponential back-off; while in
 //!   back-off and with no usable connection, calls fail at once with
-//!   UNAVAILABLE rather than hang. Round robin skips endpoints in back-off.
+//!   UNAVAILABLE rather than hang; the next endpoint is tried.
+//! - Balancing is per core, without shared state: round robin, or least
+//!   request (of two endpoints picked at random, the one with fewer calls in
+//!   flight). Endpoints that failed their health checks, or were ejected
+//!   after failing calls in a row, are skipped while any other is up; when
+//!   none is, all are tried (a down cluster should not also be an idle one).
 //!
 //! Cost per call: one `RefCell` borrow per step, no allocation, no atomics
 //! beyond h2's own.
@@ -40,7 +45,8 @@ use http::Request;
 use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 
-use crate::config::{Settings, UpstreamTls};
+use crate::config::{Balance, HealthCheck, Outlier, Settings, UpstreamTls};
+use crate::metrics::{CallStats, ClusterReport};
 use crate::signal::{Latch, Notify};
 use crate::tls::{ClientTls, Connector};
 
@@ -97,20 +103,75 @@ pub struct UpConn {
     send: RefCell<SendRequest<Bytes>>,
     active: Cell<usize>,
     usable: Cell<bool>,
+    /// Set when the connection has ended (its task finished).
+    closed: Cell<bool>,
 }
 
 impl UpConn {
+    /// Opens a stream outside any call (a health check).
+    pub(crate) fn send_request(
+        &self,
+        request: Request<()>,
+        end_of_stream: bool,
+    ) -> Result<(ResponseFuture, SendStream<Bytes>), h2::Error> {
+        self.send.borrow_mut().send_request(request, end_of_stream)
+    }
+
     fn has_room(&self) -> bool {
         self.active.get() < self.send.borrow().current_max_send_streams()
     }
 }
 
+/// A connection (and its endpoint) a retry should not use if another will
+/// do.
+pub struct Avoid {
+    endpoint: Rc<Endpoint>,
+    conn: Rc<UpConn>,
+}
+
 /// Holds one stream slot of a connection; frees it on drop.
-pub struct StreamSlot(Rc<UpConn>);
+pub struct StreamSlot {
+    conn: Rc<UpConn>,
+    endpoint: Rc<Endpoint>,
+}
+
+impl StreamSlot {
+    fn new(conn: Rc<UpConn>, endpoint: Rc<Endpoint>) -> StreamSlot {
+        conn.active.set(conn.active.get() + 1);
+        endpoint.active.set(endpoint.active.get() + 1);
+        StreamSlot { conn, endpoint }
+    }
+
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.endpoint.addr
+    }
+
+    /// Whether the connection was still open: a stream that failed with
+    /// GOAWAY while its connection is open is above the GOAWAY's last
+    /// stream id, so the upstream never processed it.
+    pub fn connection_open(&self) -> bool {
+        !self.conn.closed.get()
+    }
+
+    /// Where this stream is, for a retry to go elsewhere.
+    pub fn avoid(&self) -> Avoid {
+        Avoid {
+            endpoint: self.endpoint.clone(),
+            conn: self.conn.clone(),
+        }
+    }
+
+    /// The endpoint the stream is on.
+    pub fn endpoint(&self) -> &Rc<Endpoint> {
+        &self.endpoint
+    }
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.active.set(self.0.active.get() - 1);
+        self.conn.active.set(self.conn.active.get() - 1);
+        self.endpoint.active.set(self.endpoint.active.get() - 1);
     }
 }
 
@@ -126,14 +187,111 @@ pub struct Upstream {
     pub slot: StreamSlot,
 }
 
-struct Endpoint {
+/// One upstream address, its connections and its state.
+pub struct Endpoint {
     addr: SocketAddr,
     conns: RefCell<Vec<Rc<UpConn>>>,
     connecting: Cell<bool>,
     changed: Notify,
+    /// Connect failures in a row (reconnect back-off).
     failures: Cell<u32>,
     retry_at: Cell<Option<Instant>>,
     last_error: RefCell<Rc<str>>,
+    /// Streams open on this endpoint's connections.
+    active: Cell<usize>,
+    /// Active health: false after `unhealthy_threshold` failed checks.
+    healthy: Cell<bool>,
+    /// Checks passed (when unhealthy) or failed (when healthy) in a row.
+    health_streak: Cell<u32>,
+    /// Passive: call failures in a row, ejections so far, ejected until.
+    call_failures: Cell<u32>,
+    ejections: Cell<u32>,
+    ejected_until: Cell<Option<Instant>>,
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            addr,
+            conns: RefCell::new(Vec::new()),
+            connecting: Cell::new(false),
+            changed: Notify::default(),
+            failures: Cell::new(0),
+            retry_at: Cell::new(None),
+            last_error: RefCell::new(Rc::from("")),
+            active: Cell::new(0),
+            healthy: Cell::new(true),
+            health_streak: Cell::new(0),
+            call_failures: Cell::new(0),
+            ejections: Cell::new(0),
+            ejected_until: Cell::new(None),
+        }
+    }
+
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether it should take calls now: healthy and not ejected.
+    fn is_up(&self) -> bool {
+        if !self.healthy.get() {
+            return false;
+        }
+        match self.ejected_until.get() {
+            None => true,
+            Some(until) if Instant::now() >= until => {
+                self.ejected_until.set(None);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Records a health-check result; says when the state changed.
+    pub fn health_result(&self, passed: bool, check: &HealthCheck) -> Option<bool> {
+        let healthy = self.healthy.get();
+        if passed == healthy {
+            self.health_streak.set(0);
+            return None;
+        }
+        let streak = self.health_streak.get() + 1;
+        let threshold = if healthy {
+            check.unhealthy_threshold
+        } else {
+            check.healthy_threshold
+        };
+        if streak < threshold {
+            self.health_streak.set(streak);
+            return None;
+        }
+        self.health_streak.set(0);
+        self.healthy.set(passed);
+        Some(passed)
+    }
+
+    /// Records how a call on this endpoint went, for passive ejection.
+    fn call_result(&self, failed: bool, outlier: &Outlier) {
+        if !failed {
+            self.call_failures.set(0);
+            self.ejections.set(0);
+            return;
+        }
+        let n = self.call_failures.get() + 1;
+        self.call_failures.set(n);
+        if outlier.consecutive_failures == 0 || n < outlier.consecutive_failures {
+            return;
+        }
+        self.call_failures.set(0);
+        let k = self.ejections.get();
+        self.ejections.set(k.saturating_add(1));
+        let length = outlier
+            .base_ejection
+            .saturating_mul(1u32 << k.min(16))
+            .min(outlier.max_ejection);
+        self.ejected_until.set(Some(Instant::now() + length));
+        tracing::warn!(upstream = %self.addr, failures = n, ejected_for = ?length, "upstream endpoint ejected");
+    }
 }
 
 /// What a worker builds one cluster from; `Send`.
@@ -148,6 +306,27 @@ pub struct ClusterPlan {
     /// Upstream TLS as configured: a reload that changes it starts the
     /// cluster afresh.
     pub tls_config: Option<UpstreamTls>,
+    /// Balancing policy.
+    pub balance: Balance,
+    /// Active health checks.
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection.
+    pub outlier: Outlier,
+}
+
+impl ClusterPlan {
+    /// A plain cluster: round robin, no health checks, default ejection.
+    pub fn new(name: &str, endpoints: Vec<SocketAddr>, tls: Option<ClientTls>) -> ClusterPlan {
+        ClusterPlan {
+            name: name.to_owned(),
+            endpoints,
+            tls,
+            tls_config: None,
+            balance: Balance::default(),
+            health_check: None,
+            outlier: Outlier::default(),
+        }
+    }
 }
 
 /// The endpoints of one cluster on this worker, with their connections.
@@ -158,6 +337,16 @@ pub struct Cluster {
     tls_config: Option<UpstreamTls>,
     /// Used by new connections; a reload swaps in freshly read files.
     tls: RefCell<Option<Rc<Connector>>>,
+    balance: Balance,
+    health_check: Option<HealthCheck>,
+    outlier: Outlier,
+    /// State of the random choices of least-request (xorshift).
+    rng: Cell<u64>,
+    /// Calls through this cluster on this core.
+    pub(crate) stats: CallStats,
+    connect_failures: Cell<u64>,
+    resets: Cell<u64>,
+    goaways: Cell<u64>,
 }
 
 impl Cluster {
@@ -168,21 +357,19 @@ impl Cluster {
             endpoints: plan
                 .endpoints
                 .iter()
-                .map(|&addr| {
-                    Rc::new(Endpoint {
-                        addr,
-                        conns: RefCell::new(Vec::new()),
-                        connecting: Cell::new(false),
-                        changed: Notify::default(),
-                        failures: Cell::new(0),
-                        retry_at: Cell::new(None),
-                        last_error: RefCell::new(Rc::from("")),
-                    })
-                })
+                .map(|&addr| Rc::new(Endpoint::new(addr)))
                 .collect(),
             next: Cell::new(0),
             tls_config: plan.tls_config.clone(),
             tls: RefCell::new(plan.tls.as_ref().map(|t| Rc::new(t.for_worker()))),
+            balance: plan.balance,
+            health_check: plan.health_check.clone(),
+            outlier: plan.outlier.clone(),
+            rng: Cell::new(seed()),
+            stats: CallStats::default(),
+            connect_failures: Cell::new(0),
+            resets: Cell::new(0),
+            goaways: Cell::new(0),
         })
     }
 
@@ -191,6 +378,9 @@ impl Cluster {
     pub fn reuse(self: &Rc<Cluster>, plan: &ClusterPlan) -> Option<Rc<Cluster>> {
         let same = *self.name == *plan.name
             && self.tls_config == plan.tls_config
+            && self.balance == plan.balance
+            && self.health_check == plan.health_check
+            && self.outlier == plan.outlier
             && self.endpoints.len() == plan.endpoints.len()
             && self
                 .endpoints
@@ -208,6 +398,93 @@ impl Cluster {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The cluster's endpoints.
+    pub fn endpoints(&self) -> &[Rc<Endpoint>] {
+        &self.endpoints
+    }
+
+    /// Its active health checks, if on.
+    pub fn health_check(&self) -> Option<&HealthCheck> {
+        self.health_check.as_ref()
+    }
+
+    /// Records how a call on `endpoint` ended: `reset` when the upstream
+    /// reset it, `failed` when the endpoint is to blame (reset or lost
+    /// connection), for passive ejection.
+    pub fn call_result(&self, endpoint: &Endpoint, failed: bool, reset: bool) {
+        if reset {
+            CallStats::bump(&self.resets);
+        }
+        endpoint.call_result(failed, &self.outlier);
+    }
+
+    /// Counters and connection figures for a scrape.
+    pub fn report(&self) -> ClusterReport {
+        let mut r = crate::metrics::cluster_report(&self.stats);
+        r.connect_failures = self.connect_failures.get();
+        r.resets = self.resets.get();
+        r.goaways = self.goaways.get();
+        r.endpoints = self.endpoints.len() as u64;
+        for e in &self.endpoints {
+            r.connections += e.conns.borrow().len() as u64;
+            r.streams += e.active.get() as u64;
+            r.endpoints_up += u64::from(e.is_up());
+        }
+        r
+    }
+
+    /// The endpoint to try first for a call, by the balancing policy,
+    /// among those that are up (or all, when none is).
+    fn first_choice(&self, any_up: bool) -> usize {
+        let n = self.endpoints.len();
+        match self.balance {
+            Balance::RoundRobin => {
+                let start = self.next.get();
+                self.next.set(start.wrapping_add(1));
+                start % n
+            }
+            Balance::LeastRequest => {
+                let candidates = |i: usize| !any_up || self.endpoints[i].is_up();
+                let up = if any_up {
+                    self.endpoints.iter().filter(|e| e.is_up()).count()
+                } else {
+                    n
+                };
+                // The k-th endpoint that is a candidate.
+                let nth = |k: usize| (0..n).filter(|&i| candidates(i)).nth(k).unwrap_or(0);
+                if up <= 1 {
+                    return nth(0);
+                }
+                let a = self.random(up);
+                let b = (a + 1 + self.random(up - 1)) % up;
+                let (a, b) = (nth(a), nth(b));
+                if self.endpoints[b].active.get() < self.endpoints[a].active.get() {
+                    b
+                } else {
+                    a
+                }
+            }
+        }
+    }
+
+    /// A random number below `n` (xorshift64*; per core, no locks).
+    fn random(&self, n: usize) -> usize {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
+    }
+}
+
+/// A seed for a cluster's random choices.
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x9e37_79b9_7f4a_7c15);
+    h.finish() | 1
 }
 
 /// The upstream connection machinery of one worker.
@@ -243,35 +520,45 @@ impl Pool {
         self.live.get()
     }
 
-    /// Opens a stream for `request` on an endpoint of `cluster`, round
-    /// robin, skipping endpoints that are backing off.
+    /// Opens a stream for `request` on an endpoint of `cluster`, chosen by
+    /// the cluster's policy; an endpoint that cannot be reached now (back-off,
+    /// failed connect) passes the call to the next. `avoid` is a connection
+    /// not to use if another will do (a retry after it refused the stream):
+    /// another endpoint is preferred, then another connection.
     pub async fn open(
         &self,
         cluster: &Cluster,
         request: Request<()>,
         end_of_stream: bool,
+        avoid: Option<&Avoid>,
     ) -> Result<Upstream, UpstreamError> {
         let n = cluster.endpoints.len();
-        let start = cluster.next.get();
-        cluster.next.set(start.wrapping_add(1));
+        let any_up = cluster.endpoints.iter().any(|e| e.is_up());
+        let mut first = cluster.first_choice(any_up);
+        if let Some(avoid) = avoid {
+            if n > 1 && Rc::ptr_eq(&cluster.endpoints[first], &avoid.endpoint) {
+                first = (first + 1) % n;
+            }
+        }
         let mut last_error = None;
         for i in 0..n {
-            let endpoint = &cluster.endpoints[(start + i) % n];
-            match self.ready_connection(cluster, endpoint).await {
+            let endpoint = &cluster.endpoints[(first + i) % n];
+            if any_up && !endpoint.is_up() {
+                continue;
+            }
+            let avoid_conn = avoid.map(|a| &a.conn).filter(|_| n == 1);
+            match self.ready_connection(cluster, endpoint, avoid_conn).await {
                 Ok(conn) => {
                     let opened = conn.send.borrow_mut().send_request(request, end_of_stream);
                     return match opened {
-                        Ok((response, send)) => {
-                            conn.active.set(conn.active.get() + 1);
-                            Ok(Upstream {
-                                response,
-                                send,
-                                request_open: !end_of_stream,
-                                slot: StreamSlot(conn),
-                            })
-                        }
+                        Ok((response, send)) => Ok(Upstream {
+                            response,
+                            send,
+                            request_open: !end_of_stream,
+                            slot: StreamSlot::new(conn, endpoint.clone()),
+                        }),
                         Err(source) => {
-                            retire(endpoint, &conn);
+                            retire(cluster, endpoint, &conn, &source);
                             Err(UpstreamError::Http2 {
                                 addr: endpoint.addr,
                                 source,
@@ -286,10 +573,11 @@ impl Pool {
     }
 
     /// A connection of `endpoint` that h2 says can take a new stream now.
-    async fn ready_connection(
+    pub(crate) async fn ready_connection(
         &self,
         cluster: &Cluster,
         endpoint: &Rc<Endpoint>,
+        avoid: Option<&Rc<UpConn>>,
     ) -> Result<Rc<UpConn>, UpstreamError> {
         // A connection that refuses new streams (GOAWAY, or failed) is
         // retired and another tried; an upstream that refuses every new
@@ -297,13 +585,13 @@ impl Pool {
         const ATTEMPTS: usize = 3;
         let mut attempt = 0;
         loop {
-            let conn = self.connection(cluster, endpoint).await?;
+            let conn = self.connection(cluster, endpoint, avoid).await?;
             let ready = poll_fn(|cx| conn.send.borrow_mut().poll_ready(cx)).await;
             match ready {
                 Ok(()) => return Ok(conn),
                 Err(source) => {
                     tracing::debug!(upstream = %endpoint.addr, error = %source, "upstream connection retired");
-                    retire(endpoint, &conn);
+                    retire(cluster, endpoint, &conn, &source);
                     attempt += 1;
                     if attempt == ATTEMPTS {
                         return Err(UpstreamError::Http2 {
@@ -320,13 +608,14 @@ impl Pool {
         &self,
         cluster: &Cluster,
         endpoint: &Rc<Endpoint>,
+        avoid: Option<&Rc<UpConn>>,
     ) -> Result<Rc<UpConn>, UpstreamError> {
         loop {
             let best = endpoint
                 .conns
                 .borrow()
                 .iter()
-                .filter(|c| c.usable.get())
+                .filter(|c| c.usable.get() && avoid.is_none_or(|a| !Rc::ptr_eq(a, c)))
                 .min_by_key(|c| c.active.get())
                 .cloned();
             if let Some(conn) = &best {
@@ -370,6 +659,8 @@ impl Pool {
                         return Ok(conn);
                     }
                     Err(e) => {
+                        CallStats::bump(&cluster.connect_failures);
+                        endpoint.call_result(true, &cluster.outlier);
                         self.back_off(endpoint, &e);
                         // With a live (full) connection, queue on it rather
                         // than fail the call.
@@ -379,6 +670,10 @@ impl Pool {
             }
             if let Some(conn) = best {
                 return Ok(conn);
+            }
+            if let Some(conn) = avoid.filter(|c| c.usable.get()) {
+                // Nothing else to use: the avoided connection it is.
+                return Ok(conn.clone());
             }
             // Every slot is taken by connections that have stopped taking
             // calls; wait for one to close.
@@ -456,6 +751,7 @@ impl Pool {
             send: RefCell::new(send),
             active: Cell::new(0),
             usable: Cell::new(true),
+            closed: Cell::new(false),
         });
         let (weak_conn, weak_endpoint) = (Rc::downgrade(&conn), Rc::downgrade(endpoint));
         let (stop, live) = (self.stop.clone(), self.live.clone());
@@ -471,8 +767,11 @@ impl Pool {
                 }
                 _ = stop.wait() => {}
             }
-            if let (Some(conn), Some(endpoint)) = (weak_conn.upgrade(), weak_endpoint.upgrade()) {
-                retire(&endpoint, &conn);
+            if let Some(conn) = weak_conn.upgrade() {
+                conn.closed.set(true);
+                if let Some(endpoint) = weak_endpoint.upgrade() {
+                    take_out(&endpoint, &conn);
+                }
             }
             live.set(live.get() - 1);
         });
@@ -492,10 +791,21 @@ impl Pool {
     }
 }
 
-/// Takes a connection out of rotation; its open streams run on.
-fn retire(endpoint: &Endpoint, conn: &Rc<UpConn>) {
+/// Takes a connection out of rotation after h2 refused a new stream on it
+/// (`why`); its open streams run on. Counts a GOAWAY once per connection.
+fn retire(cluster: &Cluster, endpoint: &Endpoint, conn: &Rc<UpConn>, why: &h2::Error) {
+    if take_out(endpoint, conn) && why.is_go_away() {
+        CallStats::bump(&cluster.goaways);
+    }
+}
+
+/// Takes a connection out of rotation; says whether it was in.
+fn take_out(endpoint: &Endpoint, conn: &Rc<UpConn>) -> bool {
     if conn.usable.replace(false) {
         endpoint.conns.borrow_mut().retain(|c| !Rc::ptr_eq(c, conn));
         endpoint.changed.notify_all();
+        true
+    } else {
+        false
     }
 }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use crate::config::{Config, Settings};
 use crate::control::{self, Command, Postbox};
 use crate::cores::{self, CoreSelection};
 use crate::director::{ClusterId, CoreId, DirectorRecipe};
+use crate::metrics::Merged;
 use crate::pool::ClusterPlan;
 use crate::routes::RouteTable;
 use crate::runtime::Driver;
@@ -58,6 +59,9 @@ pub enum StartError {
     /// A TLS certificate, key or CA file cannot be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The access log cannot be opened.
+    #[error("{0}")]
+    AccessLog(String),
 }
 
 /// Why a reload was refused; the running config stays.
@@ -74,6 +78,9 @@ pub struct ProxyBuilder {
     settings: Settings,
     clusters: Vec<ClusterPlan>,
     tls: Option<ServerTls>,
+    access_log: Option<crate::access_log::Target>,
+    source: String,
+    digest: String,
 }
 
 impl ProxyBuilder {
@@ -86,6 +93,9 @@ impl ProxyBuilder {
             settings: Settings::default(),
             clusters: Vec::new(),
             tls: None,
+            access_log: None,
+            source: "ProxyBuilder".into(),
+            digest: String::new(),
         }
     }
 
@@ -99,8 +109,17 @@ impl ProxyBuilder {
             .settings(config.settings.clone());
         builder.clusters = cluster_plans(config).map_err(StartError::Tls)?;
         builder.tls = listener_tls(config).map_err(StartError::Tls)?;
+        builder.access_log = config.access_log.clone();
+        builder.source = config.source.clone();
+        builder.digest = config.digest.clone();
         let table = route_table(config, &builder.clusters).map_err(StartError::Routes)?;
         Ok((builder, table))
+    }
+
+    /// Writes an access log line per call to `target` (default: none).
+    pub fn access_log(mut self, target: crate::access_log::Target) -> ProxyBuilder {
+        self.access_log = Some(target);
+        self
     }
 
     /// Serves TLS on the listener (default: cleartext HTTP/2).
@@ -145,12 +164,8 @@ impl ProxyBuilder {
         endpoints: impl IntoIterator<Item = SocketAddr>,
         tls: Option<ClientTls>,
     ) -> ClusterId {
-        self.clusters.push(ClusterPlan {
-            name: name.to_owned(),
-            endpoints: endpoints.into_iter().collect(),
-            tls,
-            tls_config: None,
-        });
+        self.clusters
+            .push(ClusterPlan::new(name, endpoints.into_iter().collect(), tls));
         ClusterId((self.clusters.len() - 1) as u32)
     }
 
@@ -180,16 +195,14 @@ impl ProxyBuilder {
             tls: self.tls,
             version: 1,
         };
-        let mut handle = ProxyHandle {
-            local_addr,
-            driver: self.driver,
-            postboxes: Vec::with_capacity(cpus.len()),
-            threads: Vec::with_capacity(cpus.len()),
-            routes_reload: recipe.is_route_table(),
-            cluster_names: plan.clusters.iter().map(|c| c.name.clone()).collect(),
-            settings: self.settings.clone(),
-            version: AtomicU64::new(1),
-        };
+        let access_log = self
+            .access_log
+            .as_ref()
+            .map(crate::access_log::Writer::start)
+            .transpose()
+            .map_err(|e| StartError::AccessLog(e.to_string()))?;
+        let mut postboxes = Vec::with_capacity(cpus.len());
+        let mut threads = Vec::with_capacity(cpus.len());
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         for (i, (cpu, listener)) in cpus.iter().zip(listeners).enumerate() {
             let (postbox, mailbox) = control::channel().map_err(|e| StartError::Worker {
@@ -205,6 +218,7 @@ impl ProxyBuilder {
                 listener,
                 recipe: recipe.clone(),
                 plan: plan.clone(),
+                access_log: access_log.as_ref().map(crate::access_log::Writer::logger),
                 settings: self.settings.clone(),
                 mailbox,
                 ready: ready_tx.clone(),
@@ -216,10 +230,31 @@ impl ProxyBuilder {
                     worker: i,
                     message: format!("cannot spawn thread: {e}"),
                 })?;
-            handle.postboxes.push(postbox);
-            handle.threads.push(thread);
+            postboxes.push(postbox);
+            threads.push(thread);
         }
         drop(ready_tx);
+        let mut handle = ProxyHandle {
+            local_addr,
+            driver: self.driver,
+            threads,
+            control: Arc::new(Controller {
+                postboxes,
+                routes_reload: recipe.is_route_table(),
+                cluster_names: plan.clusters.iter().map(|c| c.name.clone()).collect(),
+                settings: self.settings.clone(),
+                version: AtomicU64::new(1),
+                draining: AtomicBool::new(false),
+                info: info_lock(ConfigInfo {
+                    version: 1,
+                    source: self.source,
+                    digest: self.digest,
+                    applied_at: std::time::SystemTime::now(),
+                }),
+            }),
+            admin: None,
+            access_log,
+        };
         for i in 0..cpus.len() {
             match ready_rx.recv() {
                 Ok(Ok(driver)) => handle.driver = driver,
@@ -243,8 +278,31 @@ impl ProxyBuilder {
 pub struct ProxyHandle {
     local_addr: SocketAddr,
     driver: Driver,
-    postboxes: Vec<Postbox>,
     threads: Vec<JoinHandle<()>>,
+    control: Arc<Controller>,
+    admin: Option<crate::admin::AdminServer>,
+    access_log: Option<crate::access_log::Writer>,
+}
+
+/// What the running config is and where it came from.
+#[derive(Clone, Debug)]
+pub struct ConfigInfo {
+    /// 1 at start, one more per reload.
+    pub version: u64,
+    /// A file path, or what built the config.
+    pub source: String,
+    /// SHA-256 of the config text, hex; empty when not from text.
+    pub digest: String,
+    /// When it was applied.
+    pub applied_at: std::time::SystemTime,
+}
+
+/// The control side of a running proxy, shareable with other threads (the
+/// admin endpoint, signal handlers): reload, scrape, drain. Never on a
+/// worker's per-call path.
+#[derive(Debug)]
+pub struct Controller {
+    postboxes: Vec<Postbox>,
     /// Whether the director is the config's route table (replaced by a
     /// reload) rather than one written in Rust (kept).
     routes_reload: bool,
@@ -253,6 +311,10 @@ pub struct ProxyHandle {
     cluster_names: Vec<String>,
     settings: Settings,
     version: AtomicU64,
+    draining: AtomicBool,
+    /// The control side only: reloads are rare and never on a worker.
+    #[allow(clippy::disallowed_types)]
+    info: std::sync::Mutex<ConfigInfo>,
 }
 
 impl ProxyHandle {
@@ -271,15 +333,20 @@ impl ProxyHandle {
         self.threads.len()
     }
 
+    /// The control side, to share with other threads.
+    pub fn controller(&self) -> Arc<Controller> {
+        self.control.clone()
+    }
+
     /// Starts a graceful drain: stop accepting, GOAWAY every connection,
     /// let in-flight calls finish up to the drain timeout. Returns at once.
     pub fn drain(&self) {
-        self.postboxes.iter().for_each(|p| p.send(Command::Drain));
+        self.control.drain();
     }
 
     /// Cuts every connection now. Returns at once.
     pub fn stop(&self) {
-        self.postboxes.iter().for_each(|p| p.send(Command::Stop));
+        self.control.stop();
     }
 
     /// Waits until every worker has exited.
@@ -287,6 +354,93 @@ impl ProxyHandle {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        self.admin.take();
+        if let Some(log) = self.access_log.take() {
+            log.finish();
+        }
+    }
+
+    /// See [`Controller::reload`].
+    pub fn reload(&self, config: &Config) -> Result<u64, ReloadError> {
+        self.control.reload(config)
+    }
+
+    /// The version of the config the workers run: 1 at start, one more per
+    /// reload.
+    pub fn config_version(&self) -> u64 {
+        self.control.version.load(Ordering::Relaxed)
+    }
+
+    /// Every worker's counters, merged.
+    pub fn metrics(&self) -> Merged {
+        self.control.metrics()
+    }
+
+    /// Serves the admin endpoint on `addr` (see [`admin`](crate::admin)),
+    /// on its own thread; `reload` is what `POST /reload` runs (re-read the
+    /// config and apply it), if anything. Returns the bound address.
+    pub fn serve_admin(
+        &mut self,
+        addr: SocketAddr,
+        reload: Option<crate::admin::ReloadFn>,
+    ) -> std::io::Result<SocketAddr> {
+        let server = crate::admin::AdminServer::start(addr, self.control.clone(), reload)?;
+        let bound = server.local_addr();
+        self.admin = Some(server);
+        Ok(bound)
+    }
+
+    /// Drains, then waits.
+    pub fn shutdown(self) {
+        self.drain();
+        self.wait();
+    }
+}
+
+impl Controller {
+    /// Starts a graceful drain (see [`ProxyHandle::drain`]); `/ready` says
+    /// 503 from now on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.postboxes.iter().for_each(|p| p.send(Command::Drain));
+    }
+
+    /// Cuts every connection now.
+    pub fn stop(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.postboxes.iter().for_each(|p| p.send(Command::Stop));
+    }
+
+    /// Whether the proxy is draining (or stopped).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The running config's version and source.
+    pub fn config_info(&self) -> ConfigInfo {
+        match self.info.lock() {
+            Ok(info) => info.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Every worker's counters, merged; a worker that does not answer
+    /// within a second (stuck or gone) is left out.
+    pub fn metrics(&self) -> Merged {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for p in &self.postboxes {
+            p.send(Command::Scrape(tx.clone()));
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let mut reports = Vec::with_capacity(self.postboxes.len());
+        while reports.len() < self.postboxes.len() {
+            match rx.recv_deadline(deadline) {
+                Ok(report) => reports.push(report),
+                Err(_) => break,
+            }
+        }
+        Merged::new(reports)
     }
 
     /// Applies `config` to calls that start from now on: routes, clusters
@@ -296,9 +450,10 @@ impl ProxyHandle {
     /// new config, with its version (1 is the config at start).
     ///
     /// Everything is checked first; on error nothing changes. The listener,
-    /// cores, driver and limits need a restart: changes to them are logged
-    /// and ignored. A proxy started with a director written in Rust keeps
-    /// it, and its clusters must keep their names and order.
+    /// cores, driver, limits, admin endpoint and access log need a restart:
+    /// changes to them are logged and ignored. A proxy started with a
+    /// director written in Rust keeps it, and its clusters must keep their
+    /// names and order.
     pub fn reload(&self, config: &Config) -> Result<u64, ReloadError> {
         let clusters = cluster_plans(config).map_err(ReloadError)?;
         let tls = listener_tls(config).map_err(ReloadError)?;
@@ -341,21 +496,26 @@ impl ProxyHandle {
                 )));
             }
         }
-        tracing::info!(version, routes = self.routes_reload, "config reloaded");
+        let info = ConfigInfo {
+            version,
+            source: config.source.clone(),
+            digest: config.digest.clone(),
+            applied_at: std::time::SystemTime::now(),
+        };
+        match self.info.lock() {
+            Ok(mut current) => *current = info,
+            Err(poisoned) => *poisoned.into_inner() = info,
+        }
+        tracing::info!(version, source = %config.source, routes = self.routes_reload, "config reloaded");
         Ok(version)
     }
+}
 
-    /// The version of the config the workers run: 1 at start, one more per
-    /// reload.
-    pub fn config_version(&self) -> u64 {
-        self.version.load(Ordering::Relaxed)
-    }
-
-    /// Drains, then waits.
-    pub fn shutdown(self) {
-        self.drain();
-        self.wait();
-    }
+/// The lock around the running config's description: the control side
+/// only (reloads, `/config`), never a worker.
+#[allow(clippy::disallowed_types)]
+fn info_lock(info: ConfigInfo) -> std::sync::Mutex<ConfigInfo> {
+    std::sync::Mutex::new(info)
 }
 
 /// The config's clusters, with their TLS files read.
@@ -375,6 +535,9 @@ fn cluster_plans(config: &Config) -> Result<Vec<ClusterPlan>, String> {
                 endpoints: c.endpoints.clone(),
                 tls,
                 tls_config: c.tls.clone(),
+                balance: c.balance,
+                health_check: c.health_check.clone(),
+                outlier: c.outlier.clone(),
             })
         })
         .collect()

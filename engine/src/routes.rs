@@ -40,6 +40,7 @@ struct Compiled {
     headers: Vec<HeaderMatch>,
     client: Option<ClientMatch>,
     route: Route,
+    name: Box<str>,
 }
 
 impl RouteTable {
@@ -70,6 +71,11 @@ impl RouteTable {
                     headers: r.headers.clone(),
                     client: r.client.clone(),
                     route,
+                    name: r
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("routes[{i}]"))
+                        .into(),
                 })
             })
             .collect::<Result<Vec<Compiled>, String>>()?;
@@ -88,8 +94,9 @@ impl RouteTable {
         })
     }
 
-    /// The first route, in file order, that matches the call.
-    fn first_match(&self, call: &Call<'_>) -> Option<&Compiled> {
+    /// The first route, in file order, that matches the call, and its
+    /// position.
+    fn first_match(&self, call: &Call<'_>) -> Option<(usize, &Compiled)> {
         let indexed: &[usize] = self.by_method.get(call.path()).map_or(&[], Vec::as_slice);
         let (mut a, mut b) = (indexed.iter().peekable(), self.others.iter().peekable());
         loop {
@@ -100,9 +107,10 @@ impl RouteTable {
                 (None, Some(_)) => b.next(),
                 (None, None) => return None,
             };
-            let route = &self.routes[*next?];
+            let i = *next?;
+            let route = &self.routes[i];
             if route.matches(call) {
-                return Some(route);
+                return Some((i, route));
             }
         }
     }
@@ -177,13 +185,27 @@ fn client_matches(rule: &ClientMatch, call: &Call<'_>) -> bool {
 
 impl Director for RouteTable {
     fn route(&self, call: &Call<'_>) -> Route {
+        self.route_indexed(call).0
+    }
+
+    fn route_indexed(&self, call: &Call<'_>) -> (Route, Option<usize>) {
         match self.first_match(call) {
-            Some(r) => r.route.clone(),
-            None => Route::Reject(Status::new(
-                Code::Unimplemented,
-                format!("no route for {}", call.path()),
-            )),
+            Some((i, r)) => (r.route.clone(), Some(i)),
+            None => (
+                Route::Reject(Status::new(
+                    Code::Unimplemented,
+                    format!("no route for {}", call.path()),
+                )),
+                None,
+            ),
         }
+    }
+}
+
+impl RouteTable {
+    /// Each route's name (`routes[i]` for one without), in file order.
+    pub fn names(&self) -> Vec<String> {
+        self.routes.iter().map(|r| r.name.to_string()).collect()
     }
 }
 
@@ -195,6 +217,10 @@ impl DirectorRecipe for RouteTable {
 
     fn is_route_table(&self) -> bool {
         true
+    }
+
+    fn route_names(&self) -> Vec<String> {
+        self.names()
     }
 }
 

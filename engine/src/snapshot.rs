@@ -12,6 +12,8 @@
 use std::rc::Rc;
 
 use crate::director::{CoreId, Director, DirectorRecipe};
+use crate::metrics::{CallStats, RouteRegistry};
+
 use crate::pool::{Cluster, ClusterPlan};
 use crate::routes::RouteTable;
 use crate::tls::ServerTls;
@@ -35,24 +37,74 @@ pub struct Snapshot {
     pub(crate) director: Rc<dyn Director>,
     pub(crate) clusters: Vec<Rc<Cluster>>,
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Each named route, by the index the director returns.
+    pub(crate) routes: Vec<RouteSlot>,
+    /// Calls no named route decided: unmatched, or routed by a Rust
+    /// director.
+    pub(crate) other: RouteSlot,
+}
+
+/// A route's name and this core's statistics of it.
+#[derive(Clone)]
+pub struct RouteSlot {
+    /// The name, for metrics and the access log.
+    pub name: Rc<str>,
+    /// The calls it decided.
+    pub stats: Rc<CallStats>,
+}
+
+impl RouteSlot {
+    fn new(name: &str, registry: &RouteRegistry) -> RouteSlot {
+        RouteSlot {
+            name: Rc::from(name),
+            stats: registry.get(name),
+        }
+    }
+}
+
+/// The label of calls that no named route decided.
+fn other_label(table: bool) -> &'static str {
+    if table {
+        "(unmatched)"
+    } else {
+        "(director)"
+    }
 }
 
 impl Snapshot {
     /// The first snapshot of a worker, with the director of `recipe`.
-    pub fn first<R: DirectorRecipe>(plan: &Plan, recipe: &R, core: CoreId) -> Snapshot {
+    pub fn first<R: DirectorRecipe>(
+        plan: &Plan,
+        recipe: &R,
+        core: CoreId,
+        registry: &RouteRegistry,
+    ) -> Snapshot {
         Snapshot {
             director: Rc::new(recipe.build(core)),
             clusters: plan.clusters.iter().map(Cluster::new).collect(),
             tls: plan.tls.as_ref().map(ServerTls::for_worker),
+            routes: recipe
+                .route_names()
+                .iter()
+                .map(|n| RouteSlot::new(n, registry))
+                .collect(),
+            other: RouteSlot::new(other_label(recipe.is_route_table()), registry),
         }
     }
 
     /// The snapshot after `self` once `plan` is applied: unchanged
     /// clusters are kept with their connections.
-    pub fn next(&self, plan: &Plan, core: CoreId) -> Snapshot {
-        let director: Rc<dyn Director> = match &plan.routes {
-            Some(routes) => Rc::new(routes.build(core)),
-            None => self.director.clone(),
+    pub fn next(&self, plan: &Plan, core: CoreId, registry: &RouteRegistry) -> Snapshot {
+        let (director, routes): (Rc<dyn Director>, _) = match &plan.routes {
+            Some(routes) => (
+                Rc::new(routes.build(core)),
+                routes
+                    .names()
+                    .iter()
+                    .map(|n| RouteSlot::new(n, registry))
+                    .collect(),
+            ),
+            None => (self.director.clone(), self.routes.clone()),
         };
         let clusters = plan
             .clusters
@@ -68,6 +120,15 @@ impl Snapshot {
             director,
             clusters,
             tls: plan.tls.as_ref().map(ServerTls::for_worker),
+            routes,
+            other: self.other.clone(),
         }
+    }
+
+    /// The route a call the director routed with this index counts under.
+    pub(crate) fn route(&self, index: Option<usize>) -> &RouteSlot {
+        index
+            .and_then(|i| self.routes.get(i))
+            .unwrap_or(&self.other)
     }
 }

@@ -9,7 +9,16 @@
 //!   upstream stream with CANCEL at once; an upstream reset or disconnect
 //!   ends the downstream stream with the status the gRPC spec maps it to;
 //! - the deadline: when it passes, the upstream stream is reset (CANCEL) and
-//!   the client gets DEADLINE_EXCEEDED.
+//!   the client gets DEADLINE_EXCEEDED;
+//! - retries: until the upstream's response headers arrive, the request's
+//!   head and the DATA forwarded so far (up to `retry_buffer`, as `Bytes`
+//!   clones, no copies) are held; if the upstream refuses the stream
+//!   (REFUSED_STREAM, or GOAWAY above its last stream id while the
+//!   connection is still open: never processed), the splice ends with a
+//!   [`Retry`] for the caller to replay on another connection, once.
+//!
+//! It also records what the metrics and the access log need: the gRPC
+//! status the client got and the payload bytes each way.
 //!
 //! Flow control is end to end: a chunk is taken from one side only after the
 //! other side granted window for it, and the window is released to the
@@ -26,9 +35,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
-use http::Response;
+use http::{HeaderMap, Request as HttpRequest, Response};
 
-use crate::pool::{StreamSlot, Upstream};
+use crate::pool::{Avoid, StreamSlot, Upstream};
 use crate::status::{Code, Status};
 
 /// The downstream response, in the state it has reached.
@@ -73,16 +82,86 @@ pub enum Outcome {
     Complete,
     /// The client reset the stream or went away; the upstream was reset.
     DownstreamGone,
-    /// The upstream failed; the client got this status.
-    UpstreamFailed(Code),
+    /// The upstream failed; the client got this status. `reset` when the
+    /// upstream reset the stream, rather than losing the connection.
+    UpstreamFailed {
+        /// The status the client got.
+        code: Code,
+        /// The upstream reset the stream.
+        reset: bool,
+    },
     /// The deadline passed; the client got DEADLINE_EXCEEDED.
     DeadlineExceeded,
+    /// The upstream refused the stream without processing it; see
+    /// [`Finished::retry`].
+    Refused,
+}
+
+/// What a finished splice reports.
+pub struct Finished {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The gRPC status the client got (CANCELLED when it went away).
+    pub code: Code,
+    /// Request payload bytes forwarded upstream.
+    pub bytes_in: u64,
+    /// Response payload bytes forwarded downstream.
+    pub bytes_out: u64,
+    /// Everything needed to send the call again, when it was refused.
+    pub retry: Option<Retry>,
+}
+
+/// A refused call, to replay on another upstream stream.
+pub struct Retry {
+    /// The downstream response, untouched.
+    pub down: SendResponse<Bytes>,
+    /// The rest of the request body, if the request had not ended.
+    pub body: Option<RecvStream>,
+    /// The request head as it was sent.
+    pub head: HttpRequest<()>,
+    /// The request DATA sent so far, to send again first.
+    pub replay: Vec<Bytes>,
+    /// Where the stream was refused, so the retry goes elsewhere.
+    pub refused_on: Avoid,
+}
+
+/// The request head and DATA held until the upstream answers.
+pub struct Held {
+    head: HttpRequest<()>,
+    chunks: Vec<Bytes>,
+    len: usize,
+    limit: usize,
+}
+
+impl Held {
+    /// Holds `head`; DATA up to `limit` bytes will be held too.
+    pub fn new(head: HttpRequest<()>, limit: usize) -> Held {
+        Held {
+            head,
+            chunks: Vec::new(),
+            len: 0,
+            limit,
+        }
+    }
+}
+
+/// A copy of a request's head, for a retry.
+pub fn copy_head(parts: &http::request::Parts) -> HttpRequest<()> {
+    let mut head = HttpRequest::new(());
+    *head.method_mut() = parts.method.clone();
+    *head.uri_mut() = parts.uri.clone();
+    *head.version_mut() = parts.version;
+    *head.headers_mut() = parts.headers.clone();
+    head
 }
 
 enum Request {
     Streaming {
-        body: RecvStream,
+        /// `None` once the client's request has ended (only replay left).
+        body: Option<RecvStream>,
         chunk: Option<Bytes>,
+        /// Held DATA to send first, in reverse order (a retry's replay).
+        replay: Vec<Bytes>,
     },
     Done,
 }
@@ -105,7 +184,11 @@ pub struct Splice {
     request: Request,
     response: ResponseHalf,
     deadline: Option<Pin<Box<monoio::time::Sleep>>>,
-    _slot: StreamSlot,
+    slot: StreamSlot,
+    held: Option<Held>,
+    code: Option<Code>,
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 enum Step {
@@ -113,20 +196,27 @@ enum Step {
     Done,
     Down,
     Up(h2::Error),
+    Refused,
 }
 
 impl Splice {
-    /// Starts splicing `down` (with its request body) to `up`.
+    /// Starts splicing `down` (with its request body, `None` if it has
+    /// ended) to `up`, sending `replay` first (DATA already taken from the
+    /// body). With `held`, the call can be retried if the upstream refuses it.
     pub fn new(
         down: SendResponse<Bytes>,
-        request_body: RecvStream,
+        request_body: Option<RecvStream>,
         up: Upstream,
         deadline: Option<monoio::time::Instant>,
+        mut replay: Vec<Bytes>,
+        held: Option<Held>,
     ) -> Splice {
         let request = if up.request_open {
+            replay.reverse();
             Request::Streaming {
                 body: request_body,
                 chunk: None,
+                replay,
             }
         } else {
             Request::Done
@@ -137,8 +227,66 @@ impl Splice {
             request,
             response: ResponseHalf::Head(up.response),
             deadline: deadline.map(|d| Box::pin(monoio::time::sleep_until(d))),
-            _slot: up.slot,
+            slot: up.slot,
+            held,
+            code: None,
+            bytes_in: 0,
+            bytes_out: 0,
         }
+    }
+
+    /// The upstream stream's slot (its endpoint and connection).
+    pub fn slot(&self) -> &StreamSlot {
+        &self.slot
+    }
+
+    fn finished(&mut self, outcome: Outcome) -> Finished {
+        let code = match &outcome {
+            Outcome::Complete => self.code.unwrap_or(Code::Unknown),
+            Outcome::DownstreamGone => Code::Cancelled,
+            Outcome::UpstreamFailed { code, .. } => *code,
+            Outcome::DeadlineExceeded => Code::DeadlineExceeded,
+            Outcome::Refused => Code::Unavailable,
+        };
+        Finished {
+            outcome,
+            code,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            retry: None,
+        }
+    }
+
+    /// Takes everything a retry needs; `None` if the call cannot be
+    /// retried (nothing held, or the client is gone).
+    fn take_retry(&mut self) -> Option<Retry> {
+        if self.held.is_none() || !matches!(self.down, Downstream::Head(_)) {
+            return None;
+        }
+        let held = self.held.take()?;
+        let Downstream::Head(down) = std::mem::replace(&mut self.down, Downstream::Done) else {
+            return None;
+        };
+        let body = match std::mem::replace(&mut self.request, Request::Done) {
+            Request::Streaming { body, chunk, .. } => {
+                let mut body = body;
+                // The part of a chunk in flight not yet passed on still
+                // holds client window: release it; the whole chunk is in
+                // the held DATA.
+                if let (Some(b), Some(c)) = (&mut body, chunk) {
+                    let _ = b.flow_control().release_capacity(c.len());
+                }
+                body
+            }
+            Request::Done => None,
+        };
+        Some(Retry {
+            down,
+            body,
+            head: held.head,
+            replay: held.chunks,
+            refused_on: self.slot.avoid(),
+        })
     }
 
     /// Resets the upstream stream with CANCEL (a no-op if it has closed).
@@ -149,12 +297,35 @@ impl Splice {
 
     fn poll_request(&mut self, cx: &mut Context<'_>) -> Step {
         let send = &mut self.up;
-        let Request::Streaming { body, chunk } = &mut self.request else {
+        let Request::Streaming {
+            body,
+            chunk,
+            replay,
+        } = &mut self.request
+        else {
+            return Step::Done;
+        };
+        while !replay.is_empty() {
+            let end = replay.len() == 1 && body.is_none();
+            let Some(data) = replay.last_mut() else { break };
+            match send_held(data, end, send, cx) {
+                Pump::Sent(_) => {
+                    replay.pop();
+                }
+                Pump::Pending => return Step::Pending,
+                Pump::Failed => {
+                    self.request = Request::Done;
+                    return Step::Done;
+                }
+            }
+        }
+        let Some(body) = body else {
+            self.request = Request::Done;
             return Step::Done;
         };
         loop {
             if let Some(data) = chunk {
-                match pump(data, body, send, cx) {
+                match pump(data, body, send, &mut self.bytes_in, cx) {
                     Pump::Sent(true) => {
                         self.request = Request::Done;
                         return Step::Done;
@@ -176,6 +347,14 @@ impl Splice {
                     if data.is_empty() && !body.is_end_stream() {
                         continue;
                     }
+                    if let Some(held) = &mut self.held {
+                        if held.len + data.len() <= held.limit {
+                            held.len += data.len();
+                            held.chunks.push(data.clone());
+                        } else {
+                            self.held = None;
+                        }
+                    }
                     send.reserve_capacity(data.len());
                     *chunk = Some(data);
                 }
@@ -184,8 +363,18 @@ impl Splice {
                     let sent = match body.poll_trailers(cx) {
                         Poll::Pending => return Step::Pending,
                         Poll::Ready(Err(_)) => return Step::Down,
-                        Poll::Ready(Ok(Some(trailers))) => send.send_trailers(trailers),
-                        Poll::Ready(Ok(None)) => send.send_data(Bytes::new(), true),
+                        Poll::Ready(Ok(Some(trailers))) => {
+                            // Request trailers are rare in gRPC; such a
+                            // call is not retried.
+                            self.held = None;
+                            send.send_trailers(trailers)
+                        }
+                        Poll::Ready(Ok(None)) => {
+                            if let Some(held) = &mut self.held {
+                                held.chunks.push(Bytes::new());
+                            }
+                            send.send_data(Bytes::new(), true)
+                        }
                     };
                     let _ = sent; // an upstream that stopped listening shows on the response half
                     self.request = Request::Done;
@@ -201,11 +390,21 @@ impl Splice {
                 ResponseHalf::Head(future) => {
                     let response = match Pin::new(future).poll(cx) {
                         Poll::Pending => return Step::Pending,
-                        Poll::Ready(Err(e)) => return Step::Up(e),
+                        Poll::Ready(Err(e)) => {
+                            if self.held.is_some() && never_processed(&e, &self.slot) {
+                                return Step::Refused;
+                            }
+                            return Step::Up(e);
+                        }
                         Poll::Ready(Ok(response)) => response,
                     };
+                    // The upstream has the call: no retry from here on.
+                    self.held = None;
                     let (parts, body) = response.into_parts();
                     let end = body.is_end_stream();
+                    if end {
+                        self.code = Some(response_code(&parts));
+                    }
                     let Downstream::Head(respond) = &mut self.down else {
                         return Step::Down;
                     };
@@ -224,7 +423,7 @@ impl Splice {
                         return Step::Down;
                     };
                     if let Some(data) = chunk {
-                        match pump(data, body, send, cx) {
+                        match pump(data, body, send, &mut self.bytes_out, cx) {
                             Pump::Sent(true) => {
                                 self.down = Downstream::Done;
                                 return Step::Done;
@@ -248,7 +447,10 @@ impl Splice {
                             let sent = match body.poll_trailers(cx) {
                                 Poll::Pending => return Step::Pending,
                                 Poll::Ready(Err(e)) => return Step::Up(e),
-                                Poll::Ready(Ok(Some(trailers))) => send.send_trailers(trailers),
+                                Poll::Ready(Ok(Some(trailers))) => {
+                                    self.code = Some(grpc_status(&trailers));
+                                    send.send_trailers(trailers)
+                                }
                                 Poll::Ready(Ok(None)) => send.send_data(Bytes::new(), true),
                             };
                             if sent.is_err() {
@@ -271,12 +473,86 @@ enum Pump {
     Failed,
 }
 
+/// Sends held `data` (a replay) as the peer's window allows; its window
+/// on the client side was released when it was first passed on.
+fn send_held(
+    data: &mut Bytes,
+    end: bool,
+    send: &mut SendStream<Bytes>,
+    cx: &mut Context<'_>,
+) -> Pump {
+    loop {
+        if data.is_empty() {
+            return match send.send_data(Bytes::new(), end) {
+                Ok(()) => Pump::Sent(end),
+                Err(_) => Pump::Failed,
+            };
+        }
+        send.reserve_capacity(data.len());
+        let room = send.capacity();
+        if room == 0 {
+            match send.poll_capacity(cx) {
+                Poll::Pending => return Pump::Pending,
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(_) => return Pump::Failed,
+            }
+        }
+        let piece = data.split_to(room.min(data.len()));
+        if send.send_data(piece, end && data.is_empty()).is_err() {
+            return Pump::Failed;
+        }
+        if data.is_empty() {
+            return Pump::Sent(end);
+        }
+    }
+}
+
+/// Whether a stream error means the upstream never processed the stream:
+/// it refused it, or sent GOAWAY with a last stream id below it (h2 fails
+/// those streams at once, while the connection is still open; streams the
+/// upstream kept fail only when the connection ends).
+fn never_processed(e: &h2::Error, slot: &StreamSlot) -> bool {
+    if e.is_reset() && e.is_remote() && e.reason() == Some(Reason::REFUSED_STREAM) {
+        return true;
+    }
+    e.is_go_away() && e.is_remote() && slot.connection_open()
+}
+
+/// The gRPC status in trailers (or a trailers-only response).
+fn grpc_status(headers: &HeaderMap) -> Code {
+    headers
+        .get("grpc-status")
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|v| v.parse::<u8>().ok())
+        .and_then(Code::from_u8)
+        .unwrap_or(Code::Unknown)
+}
+
+/// The gRPC status of a response that ends with its headers: its
+/// `grpc-status`, or for a non-gRPC answer the code the gRPC spec maps
+/// its HTTP status to.
+fn response_code(parts: &http::response::Parts) -> Code {
+    if parts.headers.contains_key("grpc-status") {
+        return grpc_status(&parts.headers);
+    }
+    match parts.status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
 /// Sends `data` on `send` as the peer's window allows, releasing the same
-/// amount of window on `from`. Splits without copying.
+/// amount of window on `from`. Splits without copying; counts the bytes
+/// into `count`.
 fn pump(
     data: &mut Bytes,
     from: &mut RecvStream,
     send: &mut SendStream<Bytes>,
+    count: &mut u64,
     cx: &mut Context<'_>,
 ) -> Pump {
     loop {
@@ -304,6 +580,7 @@ fn pump(
             return Pump::Failed;
         }
         let _ = from.flow_control().release_capacity(n);
+        *count += n as u64;
         if data.is_empty() {
             return Pump::Sent(end);
         }
@@ -311,9 +588,9 @@ fn pump(
 }
 
 impl Future for Splice {
-    type Output = Outcome;
+    type Output = Finished;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finished> {
         let this = self.get_mut();
         if let Some(deadline) = &mut this.deadline {
             if deadline.as_mut().poll(cx).is_ready() {
@@ -322,7 +599,7 @@ impl Future for Splice {
                     Code::DeadlineExceeded,
                     "deadline exceeded at the proxy",
                 ));
-                return Poll::Ready(Outcome::DeadlineExceeded);
+                return Poll::Ready(this.finished(Outcome::DeadlineExceeded));
             }
         }
         match this.poll_request(cx) {
@@ -332,9 +609,9 @@ impl Future for Splice {
                     s.send_reset(Reason::CANCEL);
                 }
                 this.down = Downstream::Done;
-                return Poll::Ready(Outcome::DownstreamGone);
+                return Poll::Ready(this.finished(Outcome::DownstreamGone));
             }
-            Step::Pending | Step::Done | Step::Up(_) => {}
+            Step::Pending | Step::Done | Step::Up(_) | Step::Refused => {}
         }
         // While the request body is open, its `poll_data` reports a client
         // reset or disconnect; once it has ended (possibly just now, in
@@ -344,10 +621,10 @@ impl Future for Splice {
         if matches!(this.request, Request::Done) && this.down.poll_reset(cx).is_ready() {
             this.reset_upstream();
             this.down = Downstream::Done;
-            return Poll::Ready(Outcome::DownstreamGone);
+            return Poll::Ready(this.finished(Outcome::DownstreamGone));
         }
         let step = this.poll_response(cx);
-        Poll::Ready(match step {
+        let outcome = match step {
             Step::Pending => return Poll::Pending,
             Step::Done => Outcome::Complete,
             Step::Down => {
@@ -355,12 +632,33 @@ impl Future for Splice {
                 this.down = Downstream::Done;
                 Outcome::DownstreamGone
             }
+            Step::Refused => match this.take_retry() {
+                Some(retry) => {
+                    let mut finished = this.finished(Outcome::Refused);
+                    finished.retry = Some(retry);
+                    return Poll::Ready(finished);
+                }
+                None => {
+                    this.down.fail(&Status::new(
+                        Code::Unavailable,
+                        "the upstream refused the stream",
+                    ));
+                    Outcome::UpstreamFailed {
+                        code: Code::Unavailable,
+                        reset: true,
+                    }
+                }
+            },
             Step::Up(e) => {
                 let status = upstream_status(&e);
                 this.down.fail(&status);
-                Outcome::UpstreamFailed(status.code())
+                Outcome::UpstreamFailed {
+                    code: status.code(),
+                    reset: e.is_reset() && e.is_remote(),
+                }
             }
-        })
+        };
+        Poll::Ready(this.finished(outcome))
     }
 }
 

@@ -11,9 +11,11 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use crate::access_log::Logger;
 use crate::config::Settings;
 use crate::control::{Command, Mailbox};
 use crate::director::{CoreId, DirectorRecipe};
+use crate::metrics::{CoreCounters, CoreReport, RouteRegistry};
 use crate::pool::Pool;
 use crate::runtime::{self, Driver};
 use crate::signal::{Latch, Notify};
@@ -25,6 +27,12 @@ pub struct Worker {
     /// [`snapshot`](crate::snapshot).
     current: RefCell<Rc<Snapshot>>,
     pub(crate) pool: Pool,
+    /// This core's counters.
+    pub(crate) counters: CoreCounters,
+    /// This core's route statistics, by name.
+    routes: RouteRegistry,
+    /// This core's access logger, when the log is on.
+    pub(crate) access_log: Option<Logger>,
     pub(crate) settings: Rc<Settings>,
     pub(crate) h2: h2::server::Builder,
     pub(crate) drain: Latch,
@@ -41,6 +49,7 @@ pub struct Spec<R> {
     pub listener: std::net::TcpListener,
     pub recipe: R,
     pub plan: Plan,
+    pub access_log: Option<Logger>,
     pub settings: Settings,
     pub mailbox: Mailbox,
     /// Told once the runtime is up and the listener registered, or why not.
@@ -77,11 +86,20 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
     };
     let settings = Rc::new(spec.settings);
     let stop = Rc::new(Latch::default());
-    let first = Snapshot::first(&spec.plan, &spec.recipe, spec.core);
+    let routes = RouteRegistry::default();
+    let first = Rc::new(Snapshot::first(
+        &spec.plan,
+        &spec.recipe,
+        spec.core,
+        &routes,
+    ));
     drop(spec.recipe);
     let worker = Rc::new(Worker {
-        current: RefCell::new(Rc::new(first)),
+        current: RefCell::new(first.clone()),
         pool: Pool::new(settings.clone(), stop.clone()),
+        counters: CoreCounters::default(),
+        routes,
+        access_log: spec.access_log,
         h2: crate::server::builder(&settings),
         settings,
         drain: Latch::default(),
@@ -89,6 +107,8 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
         connections: Cell::new(0),
         idle: Notify::default(),
     });
+    crate::health::watch_new(&worker, &first, None);
+    drop(first);
     let w = worker.clone();
     let core = spec.core;
     // The mailbox is polled here rather than spawned, so that it ends with
@@ -97,8 +117,10 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
         Command::Drain => w.drain.set(),
         Command::Stop => w.stop.set(),
         Command::Reload { plan, done } => {
-            let next = w.snapshot().next(&plan, core);
-            *w.current.borrow_mut() = Rc::new(next);
+            let previous = w.snapshot();
+            let next = Rc::new(previous.next(&plan, core, &w.routes));
+            *w.current.borrow_mut() = next.clone();
+            crate::health::watch_new(&w, &next, Some(&previous));
             tracing::debug!(
                 worker = core.worker,
                 version = plan.version,
@@ -106,7 +128,13 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
             );
             let _ = done.send(plan.version);
         }
+        Command::Scrape(reply) => {
+            let _ = reply.send(w.report(core.worker));
+        }
     });
+    if let Some(log) = &worker.access_log {
+        monoio::spawn(flush_access_log(worker.clone(), log.flush_every()));
+    }
     let mut mailbox = std::pin::pin!(mailbox);
     let _ = spec.ready.send(Ok(driver));
     tracing::debug!(worker = spec.core.worker, cpu = ?spec.core.cpu, %driver, "worker started");
@@ -144,6 +172,36 @@ impl Worker {
     pub(crate) fn snapshot(&self) -> Rc<Snapshot> {
         self.current.borrow().clone()
     }
+
+    /// This core's counters, for a scrape.
+    fn report(&self, core: usize) -> CoreReport {
+        let mut report = CoreReport::new(core, &self.counters, &self.routes);
+        report.connections_active = self.connections.get() as u64;
+        report.clusters = self
+            .snapshot()
+            .clusters
+            .iter()
+            .map(|c| (c.name().to_owned(), c.report()))
+            .collect();
+        report
+    }
+}
+
+/// Hands the access log's buffer to its writer now and then, so that a
+/// quiet core's lines do not wait for a full batch.
+async fn flush_access_log(worker: Rc<Worker>, every: std::time::Duration) {
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(every) => {}
+            _ = worker.stop.wait() => {}
+        }
+        if let Some(log) = &worker.access_log {
+            log.flush(&worker.counters);
+        }
+        if worker.stop.is_set() {
+            return;
+        }
+    }
 }
 
 async fn close(worker: &Worker) {
@@ -153,6 +211,9 @@ async fn close(worker: &Worker) {
         && std::time::Instant::now() < deadline
     {
         monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    if let Some(log) = &worker.access_log {
+        log.flush(&worker.counters);
     }
 }
 
@@ -178,6 +239,7 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &monoio::net::TcpListener) {
             continue;
         }
         worker.connections.set(worker.connections.get() + 1);
+        CoreCounters::add(&worker.counters.connections_accepted, 1);
         let w = worker.clone();
         monoio::spawn(async move {
             crate::server::serve(w.clone(), tcp, peer).await;

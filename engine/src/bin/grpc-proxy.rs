@@ -30,7 +30,7 @@ use signal_hook::iterator::Signals;
 /// decoding messages. With --upstream, every call goes to those endpoints;
 /// with --config, routes in the file decide per call (method, service,
 /// authority, metadata) and may reject calls with a gRPC status.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "grpc-proxy", version)]
 struct Cli {
     /// Address to listen on, e.g. 0.0.0.0:50051 (overrides the config file).
@@ -72,6 +72,16 @@ struct Cli {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
 
+    /// Serve the admin endpoint (/metrics, /ready, /live, /config, POST
+    /// /reload) on this address, e.g. 127.0.0.1:9901 (overrides the file).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+
+    /// Write an access log line (JSON) per call to this file, or "-" for
+    /// stdout (overrides the file).
+    #[arg(long, value_name = "FILE")]
+    access_log: Option<String>,
+
     /// How long in-flight calls may run after SIGTERM, e.g. 30s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     drain_timeout: Option<Duration>,
@@ -103,13 +113,25 @@ fn main() -> ExitCode {
     };
     let started =
         ProxyBuilder::from_config(&config).and_then(|(builder, routes)| builder.start(routes));
-    let proxy = match started {
+    let mut proxy = match started {
         Ok(proxy) => proxy,
         Err(e) => {
             eprintln!("grpc-proxy: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(addr) = config.admin {
+        let control = proxy.controller();
+        let cli_for_reload = cli.clone();
+        let reload: grpc_proxy::admin::ReloadFn = std::sync::Arc::new(move || {
+            let next = load(&cli_for_reload)?;
+            control.reload(&next).map_err(|e| e.to_string())
+        });
+        if let Err(e) = proxy.serve_admin(addr, Some(reload)) {
+            eprintln!("grpc-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    }
     // Reload on SIGHUP; drain on the first SIGTERM or SIGINT, and a second
     // one stops at once.
     for signal in signals.forever() {
@@ -184,8 +206,12 @@ fn load(cli: &Cli) -> Result<Config, String> {
                     name: "default".into(),
                     endpoints,
                     tls: None,
+                    balance: Default::default(),
+                    health_check: None,
+                    outlier: Default::default(),
                 }],
                 routes: vec![RouteConfig {
+                    name: Some("default".into()),
                     method: None,
                     service: None,
                     path_prefix: None,
@@ -195,6 +221,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
                     action: RouteAction::Cluster("default".into()),
                     timeout: None,
                 }],
+                source: "command-line flags".into(),
                 ..Config::default()
             }
         }
@@ -226,6 +253,15 @@ fn load(cli: &Cli) -> Result<Config, String> {
             },
             client_ca: cli.tls_client_ca.clone(),
         });
+    }
+    if let Some(addr) = cli.admin {
+        config.admin = Some(addr);
+    }
+    match cli.access_log.as_deref() {
+        None => {}
+        Some("-") => config.access_log = Some(grpc_proxy::access_log::Target::Stdout),
+        Some("") => return Err("--access-log: empty; use - for stdout or a file path".into()),
+        Some(path) => config.access_log = Some(grpc_proxy::access_log::Target::File(path.into())),
     }
     if let Some(d) = cli.drain_timeout {
         config.settings.drain_timeout = d;

@@ -1,0 +1,214 @@
+//! The access log: one JSON line per call, written off the workers.
+//!
+//! Each worker formats its lines into its own buffer and hands full buffers
+//! (or, every [`FLUSH_EVERY`], whatever it has) to one writer thread over a
+//! bounded channel; only that thread touches the file or stdout. A worker
+//! never waits: if the writer falls behind and the channel is full, the
+//! batch is dropped and counted (`grpc_proxy_access_log_dropped`).
+//!
+//! A line: `{"time":"2026-11-30T09:00:00.123Z","peer":"10.0.0.9:51234",
+//! "method":"/pkg.Svc/Do","route":"users","cluster":"users",
+//! "upstream":"10.0.0.5:50052","grpc_status":0,"grpc_code":"OK",
+//! "duration_ms":1.234,"bytes_in":120,"bytes_out":2048,
+//! "client":"spiffe://example.org/billing"}`; `cluster` and `upstream` are
+//! null for calls that never reached one, `client` is the verified client
+//! certificate's first URI SAN (else its CN), or null.
+
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::metrics::CoreCounters;
+use crate::status::Code;
+use crate::tls::PeerIdentity;
+
+/// A worker hands its buffer on at this size...
+const BATCH: usize = 32 * 1024;
+/// ...or after this long.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// Batches waiting for the writer before workers start dropping.
+const QUEUE: usize = 256;
+
+/// Where the access log goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Standard output.
+    Stdout,
+    /// This file, appended to.
+    File(PathBuf),
+}
+
+/// One call, as logged.
+pub struct Entry<'a> {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The method path.
+    pub method: &'a str,
+    /// The route's name.
+    pub route: &'a str,
+    /// The cluster, if the call was forwarded.
+    pub cluster: Option<&'a str>,
+    /// The endpoint, if one was reached.
+    pub upstream: Option<SocketAddr>,
+    /// The status the client got.
+    pub code: Code,
+    /// From request headers to the end of the response.
+    pub duration: Duration,
+    /// Request payload bytes.
+    pub bytes_in: u64,
+    /// Response payload bytes.
+    pub bytes_out: u64,
+    /// The verified client certificate.
+    pub client: Option<&'a PeerIdentity>,
+}
+
+/// The writer side: a thread that owns the output.
+#[derive(Debug)]
+pub struct Writer {
+    tx: Sender<Vec<u8>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Opens the output (a file is created or appended to) and starts the
+    /// writer thread.
+    pub fn start(target: &Target) -> std::io::Result<Writer> {
+        let out: Box<dyn Write + Send> = match target {
+            Target::Stdout => Box::new(std::io::stdout()),
+            Target::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| {
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("cannot open access log {}: {e}", path.display()),
+                        )
+                    })?,
+            ),
+        };
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("grpc-proxy-log".into())
+            .spawn(move || write_all(out, rx))?;
+        Ok(Writer { tx, thread })
+    }
+
+    /// A logger for one worker.
+    pub fn logger(&self) -> Logger {
+        Logger {
+            tx: self.tx.clone(),
+            buf: RefCell::new(Vec::with_capacity(BATCH)),
+            lines: Cell::new(0),
+        }
+    }
+
+    /// Waits until every logger is gone and everything is written.
+    pub fn finish(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
+}
+
+fn write_all(mut out: Box<dyn Write + Send>, rx: Receiver<Vec<u8>>) {
+    for batch in rx {
+        if let Err(e) = out.write_all(&batch).and_then(|()| out.flush()) {
+            tracing::error!(error = %e, "access log write failed");
+        }
+    }
+}
+
+/// A line as serialised: borrowed fields, no allocation but the buffer's.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    time: Shown<humantime::Rfc3339Timestamp>,
+    peer: Shown<SocketAddr>,
+    method: &'a str,
+    route: &'a str,
+    cluster: Option<&'a str>,
+    upstream: Option<Shown<SocketAddr>>,
+    grpc_status: u8,
+    grpc_code: &'static str,
+    duration_ms: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+    client: Option<&'a str>,
+}
+
+/// Serialises a value as the string its `Display` writes.
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> serde::Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// One worker's side of the access log.
+pub struct Logger {
+    tx: Sender<Vec<u8>>,
+    buf: RefCell<Vec<u8>>,
+    lines: Cell<u64>,
+}
+
+impl Logger {
+    /// Appends one line; hands the buffer on when it is full.
+    pub fn write(&self, e: &Entry<'_>, counters: &CoreCounters) {
+        let client = e.client.and_then(|id| {
+            id.uris
+                .first()
+                .map(String::as_str)
+                .or(id.common_name.as_deref())
+        });
+        let line = Line {
+            time: Shown(humantime::format_rfc3339_millis(SystemTime::now())),
+            peer: Shown(e.peer),
+            method: e.method,
+            route: e.route,
+            cluster: e.cluster,
+            upstream: e.upstream.map(Shown),
+            grpc_status: e.code.as_u8(),
+            grpc_code: e.code.name(),
+            duration_ms: e.duration.as_secs_f64() * 1e3,
+            bytes_in: e.bytes_in,
+            bytes_out: e.bytes_out,
+            client,
+        };
+        let full = {
+            let mut buf = self.buf.borrow_mut();
+            // Writing JSON to a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *buf, &line);
+            buf.push(b'\n');
+            buf.len() >= BATCH
+        };
+        self.lines.set(self.lines.get() + 1);
+        if full {
+            self.flush(counters);
+        }
+    }
+
+    /// How often a worker should call [`Logger::flush`].
+    pub fn flush_every(&self) -> Duration {
+        FLUSH_EVERY
+    }
+
+    /// Hands whatever is buffered to the writer, without waiting.
+    pub fn flush(&self, counters: &CoreCounters) {
+        let lines = self.lines.replace(0);
+        if lines == 0 {
+            return;
+        }
+        let batch = std::mem::replace(&mut *self.buf.borrow_mut(), Vec::with_capacity(BATCH));
+        match self.tx.try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                CoreCounters::add(&counters.access_log_dropped, lines);
+            }
+        }
+    }
+}

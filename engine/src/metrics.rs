@@ -1,0 +1,543 @@
+//! Counters: kept per core without atomics, merged when scraped.
+//!
+//! Each worker counts in `Cell`s ([`CallStats`] per route and per cluster,
+//! [`CoreCounters`] for the core). A scrape sends every worker a request
+//! through its mailbox; each answers with a [`CoreReport`] (plain data), and
+//! the control thread merges them and renders the Prometheus text format
+//! with the `prometheus-client` crate. The per-call cost is a few
+//! non-atomic increments.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+use crate::status::Code;
+
+/// gRPC status codes 0 to 16.
+pub const CODES: usize = 17;
+
+/// Upper bounds of the latency histogram's buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A latency histogram, one core's.
+#[derive(Default)]
+pub struct Histogram {
+    /// Per bucket, the last one for everything above the largest bound.
+    counts: [Cell<u64>; LATENCY_BUCKETS.len() + 1],
+    sum_ns: Cell<u64>,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        bump(&self.counts[i], 1);
+        bump(&self.sum_ns, elapsed.as_nanos() as u64);
+    }
+
+    fn report(&self) -> HistogramReport {
+        HistogramReport {
+            counts: self.counts.iter().map(Cell::get).collect(),
+            sum_ns: self.sum_ns.get(),
+        }
+    }
+}
+
+fn bump(cell: &Cell<u64>, n: u64) {
+    cell.set(cell.get().wrapping_add(n));
+}
+
+/// Calls of one route or one cluster on one core.
+#[derive(Default)]
+pub struct CallStats {
+    started: Cell<u64>,
+    finished: [Cell<u64>; CODES],
+    latency: Histogram,
+}
+
+impl CallStats {
+    /// Adds one to a counter.
+    pub fn bump(cell: &Cell<u64>) {
+        bump(cell, 1);
+    }
+
+    /// A call started.
+    pub fn start(&self) {
+        bump(&self.started, 1);
+    }
+
+    /// A call ended with `code` after `elapsed`.
+    pub fn finish(&self, code: Code, elapsed: Duration) {
+        bump(&self.finished[usize::from(code.as_u8())], 1);
+        self.latency.observe(elapsed);
+    }
+
+    fn report(&self) -> CallReport {
+        CallReport {
+            started: self.started.get(),
+            finished: self.finished.iter().map(Cell::get).collect(),
+            latency: self.latency.report(),
+        }
+    }
+}
+
+/// What one core counts beyond routes and clusters.
+#[derive(Default)]
+pub struct CoreCounters {
+    /// Downstream connections accepted.
+    pub connections_accepted: Cell<u64>,
+    /// Downstream TLS handshakes that failed.
+    pub tls_handshake_failures: Cell<u64>,
+    /// Downstream streams open now.
+    pub streams_active: Cell<u64>,
+    /// Calls started on this core.
+    pub calls_started: Cell<u64>,
+    /// Request payload bytes forwarded upstream.
+    pub bytes_in: Cell<u64>,
+    /// Response payload bytes forwarded downstream.
+    pub bytes_out: Cell<u64>,
+    /// Calls retried on another connection after the upstream refused them.
+    pub retries: Cell<u64>,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: Cell<u64>,
+}
+
+impl CoreCounters {
+    /// Adds `n` to a counter.
+    pub fn add(cell: &Cell<u64>, n: u64) {
+        bump(cell, n);
+    }
+}
+
+/// Route statistics of one core, by route name, kept across reloads so
+/// that a route that stays keeps counting.
+#[derive(Default)]
+pub struct RouteRegistry {
+    routes: RefCell<BTreeMap<Rc<str>, Rc<CallStats>>>,
+}
+
+impl RouteRegistry {
+    /// The statistics of the route named `name`.
+    pub fn get(&self, name: &str) -> Rc<CallStats> {
+        if let Some(s) = self.routes.borrow().get(name) {
+            return s.clone();
+        }
+        let stats = Rc::new(CallStats::default());
+        self.routes
+            .borrow_mut()
+            .insert(Rc::from(name), stats.clone());
+        stats
+    }
+
+    fn report(&self) -> Vec<(String, CallReport)> {
+        self.routes
+            .borrow()
+            .iter()
+            .map(|(name, s)| (name.to_string(), s.report()))
+            .collect()
+    }
+}
+
+// ---- reports: plain data, sent from the workers to the control thread ----
+
+/// A histogram's counts (per bucket, not cumulative) and sum.
+#[derive(Clone, Debug, Default)]
+pub struct HistogramReport {
+    counts: Vec<u64>,
+    sum_ns: u64,
+}
+
+/// One route's or cluster's calls.
+#[derive(Clone, Debug, Default)]
+pub struct CallReport {
+    /// Calls started.
+    pub started: u64,
+    /// Calls finished, by gRPC status code.
+    pub finished: Vec<u64>,
+    latency: HistogramReport,
+}
+
+impl CallReport {
+    fn merge(&mut self, other: &CallReport) {
+        self.started += other.started;
+        merge_vec(&mut self.finished, &other.finished);
+        merge_vec(&mut self.latency.counts, &other.latency.counts);
+        self.latency.sum_ns += other.latency.sum_ns;
+    }
+}
+
+fn merge_vec(into: &mut Vec<u64>, from: &[u64]) {
+    if into.len() < from.len() {
+        into.resize(from.len(), 0);
+    }
+    for (a, b) in into.iter_mut().zip(from) {
+        *a += b;
+    }
+}
+
+/// One cluster on one core.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterReport {
+    /// Its calls.
+    pub calls: CallReport,
+    /// Upstream connections open.
+    pub connections: u64,
+    /// Upstream streams open.
+    pub streams: u64,
+    /// Connect (TCP, TLS, HTTP/2) failures.
+    pub connect_failures: u64,
+    /// Streams the upstream reset.
+    pub resets: u64,
+    /// GOAWAYs received.
+    pub goaways: u64,
+    /// Endpoints currently taking calls (healthy, not ejected).
+    pub endpoints_up: u64,
+    /// Endpoints in all.
+    pub endpoints: u64,
+}
+
+impl ClusterReport {
+    fn merge(&mut self, o: &ClusterReport) {
+        self.calls.merge(&o.calls);
+        self.connections += o.connections;
+        self.streams += o.streams;
+        self.connect_failures += o.connect_failures;
+        self.resets += o.resets;
+        self.goaways += o.goaways;
+        // Health is per core too; a scrape shows the worst core.
+        self.endpoints_up = if self.endpoints == 0 {
+            o.endpoints_up
+        } else {
+            self.endpoints_up.min(o.endpoints_up)
+        };
+        self.endpoints = self.endpoints.max(o.endpoints);
+    }
+}
+
+/// Everything one worker counted, as of a scrape.
+#[derive(Clone, Debug, Default)]
+pub struct CoreReport {
+    /// The worker's index.
+    pub core: usize,
+    /// Routes by name.
+    pub routes: Vec<(String, CallReport)>,
+    /// Clusters by name.
+    pub clusters: Vec<(String, ClusterReport)>,
+    /// Downstream connections open.
+    pub connections_active: u64,
+    /// Downstream connections accepted.
+    pub connections_accepted: u64,
+    /// Failed downstream TLS handshakes.
+    pub tls_handshake_failures: u64,
+    /// Downstream streams open.
+    pub streams_active: u64,
+    /// Calls started.
+    pub calls_started: u64,
+    /// Request bytes forwarded.
+    pub bytes_in: u64,
+    /// Response bytes forwarded.
+    pub bytes_out: u64,
+    /// Transparent retries.
+    pub retries: u64,
+    /// Dropped access-log lines.
+    pub access_log_dropped: u64,
+}
+
+impl CoreReport {
+    /// The core's own counters and its routes; clusters are added by the
+    /// worker.
+    pub fn new(core: usize, c: &CoreCounters, routes: &RouteRegistry) -> CoreReport {
+        CoreReport {
+            core,
+            routes: routes.report(),
+            clusters: Vec::new(),
+            connections_active: 0,
+            connections_accepted: c.connections_accepted.get(),
+            tls_handshake_failures: c.tls_handshake_failures.get(),
+            streams_active: c.streams_active.get(),
+            calls_started: c.calls_started.get(),
+            bytes_in: c.bytes_in.get(),
+            bytes_out: c.bytes_out.get(),
+            retries: c.retries.get(),
+            access_log_dropped: c.access_log_dropped.get(),
+        }
+    }
+}
+
+/// A cluster's report from its counters; connection figures are filled by
+/// the pool.
+pub fn cluster_report(calls: &CallStats) -> ClusterReport {
+    ClusterReport {
+        calls: calls.report(),
+        ..ClusterReport::default()
+    }
+}
+
+/// Every core's report, merged and ready to render.
+#[derive(Debug, Default)]
+pub struct Merged {
+    cores: Vec<CoreReport>,
+    routes: BTreeMap<String, CallReport>,
+    clusters: BTreeMap<String, ClusterReport>,
+}
+
+impl Merged {
+    /// Merges the workers' reports.
+    pub fn new(mut cores: Vec<CoreReport>) -> Merged {
+        cores.sort_by_key(|c| c.core);
+        let mut routes: BTreeMap<String, CallReport> = BTreeMap::new();
+        let mut clusters: BTreeMap<String, ClusterReport> = BTreeMap::new();
+        for core in &cores {
+            for (name, r) in &core.routes {
+                routes.entry(name.clone()).or_default().merge(r);
+            }
+            for (name, c) in &core.clusters {
+                clusters.entry(name.clone()).or_default().merge(c);
+            }
+        }
+        Merged {
+            cores,
+            routes,
+            clusters,
+        }
+    }
+
+    /// Calls finished with `code` on the route named `route`.
+    pub fn route_finished(&self, route: &str, code: Code) -> u64 {
+        self.routes
+            .get(route)
+            .and_then(|r| r.finished.get(usize::from(code.as_u8())))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(self) -> String {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("grpc_proxy");
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        ConstGauge::new(value as i64).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn by_code<'a>(
+    key: &'static str,
+    items: impl IntoIterator<Item = (&'a String, &'a CallReport)>,
+) -> Vec<(Labels, u64)> {
+    let mut out = Vec::new();
+    for (name, r) in items {
+        for (code, n) in r.finished.iter().enumerate() {
+            if *n > 0 {
+                let code = Code::from_u8(code as u8).map_or("UNKNOWN", Code::name);
+                out.push((vec![(key, name.clone()), ("grpc_code", code.into())], *n));
+            }
+        }
+    }
+    out
+}
+
+impl prometheus_client::collector::Collector for Merged {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let route = |n: &String| vec![("route", n.clone())];
+        let cluster = |n: &String| vec![("cluster", n.clone())];
+        let core = |c: &CoreReport| vec![("core", c.core.to_string())];
+
+        counter(
+            &mut e,
+            "route_calls_started",
+            "Calls started, by route.",
+            self.routes.iter().map(|(n, r)| (route(n), r.started)),
+        )?;
+        counter(
+            &mut e,
+            "route_calls_finished",
+            "Calls finished, by route and gRPC status.",
+            by_code("route", &self.routes),
+        )?;
+        {
+            let mut metric = e.encode_descriptor(
+                "route_call_duration_seconds",
+                "Call duration from request headers to the end of the response, by route.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (name, r) in &self.routes {
+                let mut cumulative = 0;
+                let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
+                for (i, bound) in LATENCY_BUCKETS
+                    .iter()
+                    .copied()
+                    .chain([f64::INFINITY])
+                    .enumerate()
+                {
+                    cumulative += r.latency.counts.get(i).copied().unwrap_or(0);
+                    buckets.push((bound, cumulative));
+                }
+                let labels = route(name);
+                metric
+                    .encode_family(&labels)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        r.latency.sum_ns as f64 / 1e9,
+                        cumulative,
+                        &buckets,
+                        None,
+                    )?;
+            }
+        }
+        counter(
+            &mut e,
+            "cluster_calls_started",
+            "Calls started, by upstream cluster.",
+            self.clusters
+                .iter()
+                .map(|(n, c)| (cluster(n), c.calls.started)),
+        )?;
+        counter(
+            &mut e,
+            "cluster_calls_finished",
+            "Calls finished, by upstream cluster and gRPC status.",
+            by_code("cluster", self.clusters.iter().map(|(n, c)| (n, &c.calls))),
+        )?;
+        gauge(
+            &mut e,
+            "upstream_connections",
+            "Upstream HTTP/2 connections open, by cluster.",
+            self.clusters
+                .iter()
+                .map(|(n, c)| (cluster(n), c.connections)),
+        )?;
+        gauge(
+            &mut e,
+            "upstream_streams_active",
+            "Upstream streams open, by cluster.",
+            self.clusters.iter().map(|(n, c)| (cluster(n), c.streams)),
+        )?;
+        counter(
+            &mut e,
+            "upstream_connect_failures",
+            "Failed upstream connects (TCP, TLS or HTTP/2), by cluster.",
+            self.clusters
+                .iter()
+                .map(|(n, c)| (cluster(n), c.connect_failures)),
+        )?;
+        counter(
+            &mut e,
+            "upstream_resets",
+            "Streams the upstream reset, by cluster.",
+            self.clusters.iter().map(|(n, c)| (cluster(n), c.resets)),
+        )?;
+        counter(
+            &mut e,
+            "upstream_goaways",
+            "GOAWAY frames received from upstreams, by cluster.",
+            self.clusters.iter().map(|(n, c)| (cluster(n), c.goaways)),
+        )?;
+        gauge(
+            &mut e,
+            "upstream_endpoints_up",
+            "Endpoints taking calls (healthy and not ejected; the lowest over the cores), by cluster.",
+            self.clusters
+                .iter()
+                .map(|(n, c)| (cluster(n), c.endpoints_up)),
+        )?;
+        gauge(
+            &mut e,
+            "downstream_connections",
+            "Downstream connections open, by core.",
+            self.cores.iter().map(|c| (core(c), c.connections_active)),
+        )?;
+        counter(
+            &mut e,
+            "downstream_connections_accepted",
+            "Downstream connections accepted, by core.",
+            self.cores.iter().map(|c| (core(c), c.connections_accepted)),
+        )?;
+        counter(
+            &mut e,
+            "downstream_tls_handshake_failures",
+            "Downstream TLS handshakes that failed, by core.",
+            self.cores
+                .iter()
+                .map(|c| (core(c), c.tls_handshake_failures)),
+        )?;
+        gauge(
+            &mut e,
+            "downstream_streams_active",
+            "Downstream streams (calls) open, by core.",
+            self.cores.iter().map(|c| (core(c), c.streams_active)),
+        )?;
+        counter(
+            &mut e,
+            "core_calls_started",
+            "Calls started, by core (shows imbalance between cores).",
+            self.cores.iter().map(|c| (core(c), c.calls_started)),
+        )?;
+        counter(
+            &mut e,
+            "received_bytes",
+            "Request message bytes received from clients and forwarded, by core.",
+            self.cores.iter().map(|c| (core(c), c.bytes_in)),
+        )?;
+        counter(
+            &mut e,
+            "sent_bytes",
+            "Response message bytes received from upstreams and forwarded, by core.",
+            self.cores.iter().map(|c| (core(c), c.bytes_out)),
+        )?;
+        counter(
+            &mut e,
+            "retries",
+            "Calls retried transparently after an upstream refused them, by core.",
+            self.cores.iter().map(|c| (core(c), c.retries)),
+        )?;
+        counter(
+            &mut e,
+            "access_log_dropped",
+            "Access-log lines dropped because the writer fell behind, by core.",
+            self.cores.iter().map(|c| (core(c), c.access_log_dropped)),
+        )?;
+        Ok(())
+    }
+}
