@@ -107,6 +107,8 @@ impl Drop for CancelGuard {
 pub struct Echo {
     name: Arc<str>,
     events: Arc<Events>,
+    /// How long `Unary` waits before answering.
+    delay: Duration,
 }
 
 impl NamedService for Echo {
@@ -134,6 +136,9 @@ type Messages = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
 impl Echo {
     async fn unary(self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         if let Some(status) = failure(request.metadata()) {
             return Err(status);
         }
@@ -278,6 +283,9 @@ pub struct Upstream {
     events: Arc<Events>,
     /// Certificate, key and client CA PEM when it serves TLS.
     tls: Option<(String, String, Option<String>)>,
+    delay: Duration,
+    /// Sets what `grpc.health.v1.Health/Check` answers.
+    health: tonic_health::server::HealthReporter,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -290,7 +298,31 @@ impl Upstream {
             SocketAddr::from(([127, 0, 0, 1], 0)),
             Arc::default(),
             None,
+            Duration::ZERO,
         )
+    }
+
+    /// Starts a server whose `Unary` answers after `delay`.
+    pub fn start_slow(name: &str, delay: Duration) -> Upstream {
+        Upstream::start_on(
+            name,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Arc::default(),
+            None,
+            delay,
+        )
+    }
+
+    /// Makes `grpc.health.v1.Health/Check` (for the server as a whole)
+    /// answer SERVING or NOT_SERVING.
+    pub async fn set_serving(&self, serving: bool) {
+        use tonic_health::ServingStatus;
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.health.set_service_status("", status).await;
     }
 
     /// Starts a server that serves TLS (ALPN h2) with this certificate.
@@ -300,6 +332,7 @@ impl Upstream {
             SocketAddr::from(([127, 0, 0, 1], 0)),
             Arc::default(),
             Some((cert.cert_pem.clone(), cert.key_pem.clone(), None)),
+            Duration::ZERO,
         )
     }
 
@@ -315,6 +348,7 @@ impl Upstream {
                 cert.key_pem.clone(),
                 Some(client_ca_pem.to_owned()),
             )),
+            Duration::ZERO,
         )
     }
 
@@ -323,13 +357,16 @@ impl Upstream {
         addr: SocketAddr,
         events: Arc<Events>,
         tls: Option<(String, String, Option<String>)>,
+        delay: Duration,
     ) -> Upstream {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let echo = Echo {
             name: name.into(),
             events: events.clone(),
+            delay,
         };
+        let (health, health_service) = tonic_health::server::health_reporter();
         let tls_config = tls.as_ref().map(|(cert, key, client_ca)| {
             let config = tonic::transport::ServerTlsConfig::new()
                 .identity(tonic::transport::Identity::from_pem(cert, key));
@@ -363,6 +400,7 @@ impl Upstream {
                         .initial_stream_window_size(1 << 20)
                         .initial_connection_window_size(16 << 20)
                         .add_service(echo)
+                        .add_service(health_service)
                         .serve_with_incoming(incoming);
                     tokio::select! {
                         _ = server => {}
@@ -383,6 +421,8 @@ impl Upstream {
             addr,
             events,
             tls,
+            delay,
+            health,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -411,8 +451,13 @@ impl Upstream {
     /// Stops it and starts it again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        let again =
-            Upstream::start_on(&self.name, self.addr, self.events.clone(), self.tls.clone());
+        let again = Upstream::start_on(
+            &self.name,
+            self.addr,
+            self.events.clone(),
+            self.tls.clone(),
+            self.delay,
+        );
         *self = again;
     }
 }

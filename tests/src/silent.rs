@@ -2,7 +2,8 @@
 //! hide: it never enforces deadlines, can cap concurrent streams, can send
 //! GOAWAY, and reports what it saw.
 //!
-//! Requests to `/test.Echo/Hang` are never answered; the upstream records
+//! Requests to `/test.Echo/Echo` get their own body back (then grpc-status
+//! 0). Requests to `/test.Echo/Hang` are never answered; the upstream records
 //! their `grpc-timeout` and how they were reset. Any other request gets a
 //! trailers-only OK carrying `x-connection: N`, the 1-based index of the
 //! connection it arrived on.
@@ -31,12 +32,18 @@ pub struct Options {
     /// Start a graceful shutdown (GOAWAY) on a connection once it has
     /// received this many requests; the requests in flight still finish.
     pub goaway_after: Option<usize>,
+    /// Refuse this many requests in all (RST_STREAM REFUSED_STREAM, before
+    /// reading anything), then serve.
+    pub refuse_first: usize,
+    /// Reset every request with this reason instead of answering.
+    pub reset_all: Option<h2::Reason>,
 }
 
 #[derive(Default)]
 struct Counts {
     connections: AtomicUsize,
     requests: AtomicUsize,
+    refused: AtomicUsize,
     flood_sent: AtomicUsize,
     changed: Notify,
 }
@@ -135,6 +142,18 @@ async fn serve(
         if options.goaway_after == Some(on_this) {
             conn.graceful_shutdown();
         }
+        if let Some(reason) = options.reset_all {
+            respond.send_reset(reason);
+            continue;
+        }
+        if counts.refused.fetch_add(1, Ordering::SeqCst) < options.refuse_first {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            continue;
+        }
+        if request.uri().path() == "/test.Echo/Echo" {
+            tokio::spawn(echo(request, respond, index));
+            continue;
+        }
         if request.uri().path() == "/test.Echo/Flood" {
             tokio::spawn(flood(respond, counts.clone()));
             continue;
@@ -168,6 +187,33 @@ async fn serve(
             });
         });
     }
+}
+
+/// Answers with the request's body (its gRPC frames, so a valid gRPC
+/// response) and `x-connection`.
+async fn echo(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    index: usize,
+) {
+    let mut body = request.into_body();
+    let mut all = bytes::BytesMut::new();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        all.extend_from_slice(&chunk);
+    }
+    let response = http::Response::builder()
+        .header("content-type", "application/grpc")
+        .header("x-connection", index.to_string())
+        .body(())
+        .expect("response");
+    let Ok(mut stream) = respond.send_response(response, false) else {
+        return;
+    };
+    let _ = stream.send_data(all.freeze(), false);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let _ = stream.send_trailers(trailers);
 }
 
 /// Answers with 16 MiB of DATA, sending only what flow control grants

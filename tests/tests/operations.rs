@@ -1,0 +1,390 @@
+//! Operations: reload with streams open, refused reloads, metrics and the
+//! admin endpoint, health checks, passive ejection, least-request
+//! balancing, transparent retries of refused streams, the access log.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use grpc_proxy::{Code as ProxyCode, Config, ProxyBuilder, ProxyHandle};
+use grpc_proxy_tests::silent::{Options, Silent};
+use grpc_proxy_tests::{cluster, proxy_test, Client, Driver, Upstream};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request};
+
+/// A config of one worker: `top` keys, `[upstream]` keys, then the rest.
+fn config_of(top: &str, upstream: &str, rest: &str) -> Config {
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ncores = 1\n{top}\n[upstream]\nreconnect_backoff_min = \"20ms\"\nreconnect_backoff_max = \"100ms\"\n{upstream}\n{rest}"
+    );
+    Config::parse(&text, "test.toml").expect("valid test config")
+}
+
+fn config(rest: &str) -> Config {
+    config_of("", "", rest)
+}
+
+fn start(driver: Driver, config: &Config) -> ProxyHandle {
+    let (builder, routes) = ProxyBuilder::from_config(config).expect("builder");
+    builder.driver(driver).start(routes).expect("proxy starts")
+}
+
+/// The upstream that answered a unary call, from `x-upstream`.
+async fn answered_by(
+    client: &mut Client,
+    metadata: &[(&'static str, &'static str)],
+) -> Result<String, tonic::Status> {
+    let mut request = Request::new(Bytes::from("m"));
+    for (k, v) in metadata {
+        request
+            .metadata_mut()
+            .insert(*k, MetadataValue::from_static(v));
+    }
+    let response = client.unary("Unary", request).await?;
+    Ok(response
+        .metadata()
+        .get("x-upstream")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_owned())
+}
+
+/// One HTTP/1.1 request to the admin endpoint: status code and body.
+fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut tcp = std::net::TcpStream::connect(addr).expect("admin connects");
+    write!(
+        tcp,
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("request");
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).expect("response");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// The value of one sample line of a Prometheus text exposition.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Polls the proxy's merged counters until `done` holds for them.
+async fn wait_until(proxy: &ProxyHandle, what: &str, done: impl Fn(&str) -> bool) {
+    for _ in 0..2000 {
+        if done(&proxy.metrics().render()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never: {what}");
+}
+
+proxy_test! {
+    async fn reload_changes_a_route_while_a_bidi_stream_stays_open(driver) {
+        let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+        let clusters = format!("{}{}", cluster("a", a.addr()), cluster("b", b.addr()));
+        let first = config(&format!("{clusters}[[routes]]\ncluster = \"a\"\n"));
+        let proxy = start(driver, &first);
+        let mut client = Client::connect(proxy.local_addr()).await;
+        assert_eq!(answered_by(&mut client, &[]).await.expect("call"), "a");
+        let (tx, mut replies) = client.open_bidi(1).await;
+        tx.send(Bytes::from("one")).await.expect("send");
+        assert_eq!(replies.next().await.expect("reply").expect("ok"), "one");
+
+        let second = config(&format!("{clusters}[[routes]]\ncluster = \"b\"\n"));
+        assert_eq!(proxy.reload(&second).expect("reload"), 2);
+        // New calls, even on the same connection, take the new route...
+        assert_eq!(answered_by(&mut client, &[]).await.expect("call"), "b");
+        // ...while the stream opened before goes on, to the end.
+        for m in ["two", "three"] {
+            tx.send(Bytes::from(m)).await.expect("send");
+            assert_eq!(replies.next().await.expect("reply").expect("ok"), m);
+        }
+        drop(tx);
+        assert!(replies.next().await.is_none(), "the bidi stream ends cleanly");
+        assert_eq!((a.events().calls(), b.events().calls()), (2, 1));
+    }
+
+    async fn an_invalid_config_is_refused_and_the_old_one_serves(driver) {
+        let a = Upstream::start("a");
+        let good = config(&format!("{}[[routes]]\ncluster = \"a\"\n", cluster("a", a.addr())));
+        let proxy = start(driver, &good);
+        let mut client = Client::connect(proxy.local_addr()).await;
+        // Valid TOML, but a certificate file that is not there: refused
+        // when it is applied.
+        let bad = config(&format!(
+            "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n{}[[routes]]\nreject = {{ code = \"unavailable\" }}\n",
+            cluster("a", a.addr())
+        ));
+        let refused = proxy.reload(&bad).expect_err("refused");
+        assert!(refused.to_string().contains("/nonexistent/cert.pem"), "{refused}");
+        assert_eq!(proxy.config_version(), 1);
+        assert_eq!(answered_by(&mut client, &[]).await.expect("the old config serves"), "a");
+        // And a fresh client too: the listener is still cleartext.
+        let mut fresh = Client::connect(proxy.local_addr()).await;
+        assert_eq!(answered_by(&mut fresh, &[]).await.expect("call"), "a");
+    }
+
+    async fn metrics_count_the_calls_by_route_and_status(driver) {
+        let a = Upstream::start("a");
+        let cfg = config(&format!(
+            "{}
+            [[routes]]
+            name = \"blocked\"
+            headers = [{{ name = \"x-block\" }}]
+            reject = {{ code = \"permission_denied\" }}
+            [[routes]]
+            name = \"echo\"
+            cluster = \"a\"
+            ",
+            cluster("a", a.addr())
+        ));
+        let mut proxy = start(driver, &cfg);
+        let admin_addr = proxy
+            .serve_admin("127.0.0.1:0".parse().expect("addr"), None)
+            .expect("admin serves");
+        let mut client = Client::connect(proxy.local_addr()).await;
+        for _ in 0..3 {
+            answered_by(&mut client, &[]).await.expect("ok call");
+        }
+        for _ in 0..2 {
+            let status = answered_by(&mut client, &[("x-fail-code", "5")]).await.expect_err("NOT_FOUND");
+            assert_eq!(status.code(), Code::NotFound);
+        }
+        let status = answered_by(&mut client, &[("x-block", "1")]).await.expect_err("blocked");
+        assert_eq!(status.code(), Code::PermissionDenied);
+
+        let merged = proxy.metrics();
+        assert_eq!(merged.route_finished("echo", ProxyCode::Ok), 3);
+        assert_eq!(merged.route_finished("echo", ProxyCode::NotFound), 2);
+        assert_eq!(merged.route_finished("blocked", ProxyCode::PermissionDenied), 1);
+
+        let (status, text) = admin(admin_addr, "GET", "/metrics");
+        assert_eq!(status, 200);
+        let value = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        assert_eq!(value("grpc_proxy_route_calls_started_total{route=\"echo\"}"), 5.0);
+        assert_eq!(value("grpc_proxy_route_calls_finished_total{route=\"echo\",grpc_code=\"OK\"}"), 3.0);
+        assert_eq!(value("grpc_proxy_route_calls_finished_total{route=\"echo\",grpc_code=\"NOT_FOUND\"}"), 2.0);
+        assert_eq!(value("grpc_proxy_route_calls_finished_total{route=\"blocked\",grpc_code=\"PERMISSION_DENIED\"}"), 1.0);
+        assert_eq!(value("grpc_proxy_cluster_calls_finished_total{cluster=\"a\",grpc_code=\"OK\"}"), 3.0);
+        assert_eq!(value("grpc_proxy_route_call_duration_seconds_count{route=\"echo\"}"), 5.0);
+        assert_eq!(value("grpc_proxy_core_calls_started_total{core=\"0\"}"), 6.0);
+        assert_eq!(value("grpc_proxy_downstream_connections{core=\"0\"}"), 1.0);
+        assert_eq!(value("grpc_proxy_upstream_connections{cluster=\"a\"}"), 1.0);
+        assert!(value("grpc_proxy_received_bytes_total{core=\"0\"}") > 0.0);
+        assert!(value("grpc_proxy_sent_bytes_total{core=\"0\"}") > 0.0);
+
+        assert_eq!(admin(admin_addr, "GET", "/live").0, 200);
+        assert_eq!(admin(admin_addr, "GET", "/ready").0, 200);
+        let (status, body) = admin(admin_addr, "GET", "/config");
+        assert_eq!(status, 200);
+        let info: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(info["version"], 1);
+        assert_eq!(info["source"], "test.toml");
+        assert_eq!(info["sha256"].as_str().map(str::len), Some(64));
+        assert_eq!(admin(admin_addr, "POST", "/reload").0, 404, "no file to reload");
+        assert_eq!(admin(admin_addr, "GET", "/nope").0, 404);
+        proxy.drain();
+        assert_eq!(admin(admin_addr, "GET", "/ready").0, 503, "not ready while draining");
+    }
+
+    async fn an_endpoint_failing_health_checks_gets_no_calls_until_healthy(driver) {
+        let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+        b.set_serving(false).await;
+        let cfg = config(&format!(
+            "[[clusters]]
+            name = \"both\"
+            endpoints = [\"{}\", \"{}\"]
+            health_check = {{ interval = \"50ms\", timeout = \"1s\", unhealthy_threshold = 1, healthy_threshold = 1 }}
+            [[routes]]
+            cluster = \"both\"
+            ",
+            a.addr(), b.addr()
+        ));
+        let proxy = start(driver, &cfg);
+        let up = "grpc_proxy_upstream_endpoints_up{cluster=\"both\"}";
+        wait_until(&proxy, "b is out", |m| sample(m, up) == Some(1.0)).await;
+        let mut client = Client::connect(proxy.local_addr()).await;
+        for _ in 0..20 {
+            assert_eq!(answered_by(&mut client, &[]).await.expect("call"), "a");
+        }
+        assert_eq!(b.events().calls(), 0);
+
+        b.set_serving(true).await;
+        wait_until(&proxy, "b is back", |m| sample(m, up) == Some(2.0)).await;
+        let mut seen_b = 0;
+        for _ in 0..20 {
+            if answered_by(&mut client, &[]).await.expect("call") == "b" {
+                seen_b += 1;
+            }
+        }
+        assert_eq!(seen_b, 10, "round robin over both again");
+    }
+
+    async fn an_endpoint_that_resets_calls_is_ejected(driver) {
+        let good = Upstream::start("good");
+        let bad = Silent::with(Options { reset_all: Some(h2::Reason::INTERNAL_ERROR), ..Options::default() }).await;
+        let cfg = config(&format!(
+            "[[clusters]]
+            name = \"both\"
+            endpoints = [\"{}\", \"{}\"]
+            outlier = {{ consecutive_failures = 2, base_ejection = \"1m\" }}
+            [[routes]]
+            cluster = \"both\"
+            ",
+            good.addr(), bad.addr()
+        ));
+        let proxy = start(driver, &cfg);
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let mut failed = 0;
+        for _ in 0..4 {
+            if answered_by(&mut client, &[]).await.is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 2, "round robin sent two calls to the bad endpoint before it was ejected");
+        for _ in 0..20 {
+            assert_eq!(answered_by(&mut client, &[]).await.expect("only the good one now"), "good");
+        }
+        let text = proxy.metrics().render();
+        assert_eq!(sample(&text, "grpc_proxy_upstream_resets_total{cluster=\"both\"}"), Some(2.0), "{text}");
+    }
+
+    async fn least_request_sends_fewer_calls_to_a_slow_endpoint_than_round_robin(driver) {
+        let fast = Upstream::start("fast");
+        let slow = Upstream::start_slow("slow", Duration::from_millis(50));
+        let endpoints = format!("endpoints = [\"{}\", \"{}\"]", fast.addr(), slow.addr());
+        let cfg = config(&format!(
+            "[[clusters]]
+            name = \"rr\"
+            {endpoints}
+            [[clusters]]
+            name = \"lr\"
+            {endpoints}
+            balance = \"least_request\"
+            [[routes]]
+            headers = [{{ name = \"x-policy\", value = \"lr\" }}]
+            cluster = \"lr\"
+            [[routes]]
+            cluster = \"rr\"
+            "
+        ));
+        let proxy = start(driver, &cfg);
+        let client = Client::connect(proxy.local_addr()).await;
+        let mut slow_share = Vec::new();
+        for policy in ["rr", "lr"] {
+            let before = slow.events().calls();
+            // 16 callers, 10 calls each, in parallel.
+            let mut callers = Vec::new();
+            for _ in 0..16 {
+                let mut c = client.clone();
+                callers.push(tokio::spawn(async move {
+                    for _ in 0..10 {
+                        let headers: &[(&'static str, &'static str)] =
+                            if policy == "lr" { &[("x-policy", "lr")] } else { &[] };
+                        answered_by(&mut c, headers).await.expect("call");
+                    }
+                }));
+            }
+            for c in callers {
+                c.await.expect("caller");
+            }
+            slow_share.push(slow.events().calls() - before);
+        }
+        let (rr, lr) = (slow_share[0], slow_share[1]);
+        assert_eq!(rr, 80, "round robin: half of 160 calls to each endpoint");
+        assert!(lr < rr / 2, "least request sent {lr} of 160 calls to the slow endpoint (round robin {rr})");
+    }
+
+    async fn a_refused_stream_is_retried_and_the_client_sees_success(driver) {
+        let upstream = Silent::with(Options { refuse_first: 1, ..Options::default() }).await;
+        let cfg = config(&format!("{}[[routes]]\ncluster = \"a\"\n", cluster("a", upstream.addr())));
+        let proxy = start(driver, &cfg);
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let payload = Bytes::from(vec![7u8; 40_000]);
+        let response = client
+            .unary("Echo", Request::new(payload.clone()))
+            .await
+            .expect("the retry succeeds");
+        assert_eq!(response.get_ref(), &payload, "the whole request was replayed");
+        assert_eq!(
+            response.metadata().get("x-connection").and_then(|v| v.to_str().ok()),
+            Some("2"),
+            "the retry went out on another connection"
+        );
+        let text = proxy.metrics().render();
+        assert_eq!(sample(&text, "grpc_proxy_retries_total{core=\"0\"}"), Some(1.0), "{text}");
+    }
+
+    async fn a_request_larger_than_the_retry_buffer_is_not_retried(driver) {
+        let upstream = Silent::with(Options { refuse_first: 1, ..Options::default() }).await;
+        let cfg = config_of(
+            "",
+            "retry_buffer = \"1KiB\"",
+            &format!("{}[[routes]]\ncluster = \"a\"\n", cluster("a", upstream.addr())),
+        );
+        let proxy = start(driver, &cfg);
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let status = client
+            .unary("Echo", Request::new(Bytes::from(vec![7u8; 4000])))
+            .await
+            .expect_err("refused, and too big to hold for a retry");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        // The next call is served.
+        assert!(client.unary("Echo", Request::new(Bytes::from("small"))).await.is_ok());
+    }
+
+    async fn the_access_log_has_a_line_per_call(driver) {
+        let a = Upstream::start("a");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("access.log");
+        let cfg = config_of(&format!("access_log = {path:?}"), "", &format!(
+            "{}
+            [[routes]]
+            name = \"no\"
+            headers = [{{ name = \"x-block\" }}]
+            reject = {{ code = \"permission_denied\" }}
+            [[routes]]
+            name = \"yes\"
+            cluster = \"a\"
+            ",
+            cluster("a", a.addr())
+        ));
+        let proxy = start(driver, &cfg);
+        let mut client = Client::connect(proxy.local_addr()).await;
+        answered_by(&mut client, &[]).await.expect("call");
+        answered_by(&mut client, &[("x-block", "1")]).await.expect_err("blocked");
+        drop(client);
+        proxy.shutdown();
+        let text = std::fs::read_to_string(&path).expect("the log was written");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["method"], "/test.Echo/Unary");
+        assert_eq!(lines[0]["route"], "yes");
+        assert_eq!(lines[0]["cluster"], "a");
+        assert_eq!(lines[0]["upstream"], a.addr().to_string());
+        assert_eq!(lines[0]["grpc_code"], "OK");
+        assert!(lines[0]["bytes_in"].as_u64() > Some(0) && lines[0]["bytes_out"].as_u64() > Some(0));
+        assert!(lines[0]["duration_ms"].as_f64().is_some() && lines[0]["time"].is_string());
+        assert!(lines[0]["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")));
+        assert_eq!(lines[1]["route"], "no");
+        assert_eq!(lines[1]["grpc_status"], 7);
+        assert!(lines[1]["upstream"].is_null());
+    }
+}
