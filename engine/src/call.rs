@@ -194,39 +194,55 @@ async fn serve(
     let mut finished = Splice::new(respond, Some(body), upstream, deadline, Vec::new(), held).await;
     if let Some(retry) = finished.retry.take() {
         // Refused before the upstream processed anything: once more,
-        // elsewhere.
+        // elsewhere. Boxed: rare, and its futures would otherwise enlarge
+        // every call's task.
         tracing::debug!(upstream = %endpoint.addr(), "upstream refused the stream; retrying");
         CoreCounters::add(&worker.counters.retries, 1);
         record.bytes_in += finished.bytes_in;
-        let end_of_stream = retry.replay.is_empty() && retry.body.is_none();
-        let avoid = retry.refused_on;
-        let opened = open(
-            worker,
-            cluster,
-            retry.head,
-            end_of_stream,
-            Some(&avoid),
-            deadline,
-        )
-        .await;
-        drop(avoid);
-        let upstream = match opened {
-            Ok(upstream) => upstream,
-            Err(status) => return answer(retry.down, &status, record),
-        };
-        endpoint = upstream.slot.endpoint().clone();
+        match Box::pin(again(worker, cluster, retry, deadline)).await {
+            Ok((e, f)) => (endpoint, finished) = (e, f),
+            Err((down, status)) => return answer(down, &status, record),
+        }
         record.upstream = Some(endpoint.addr());
-        finished = Splice::new(
-            retry.down,
-            retry.body,
-            upstream,
-            deadline,
-            retry.replay,
-            None,
-        )
-        .await;
     }
     finish(cluster, &endpoint, &finished, record);
+}
+
+/// Sends a refused call again, on another connection or endpoint, without
+/// holding anything for a second retry.
+async fn again(
+    worker: &Worker,
+    cluster: &Cluster,
+    retry: crate::splice::Retry,
+    deadline: Option<Instant>,
+) -> Result<(Rc<Endpoint>, Finished), (SendResponse<Bytes>, Status)> {
+    let end_of_stream = retry.replay.is_empty() && retry.body.is_none();
+    let avoid = retry.refused_on;
+    let opened = open(
+        worker,
+        cluster,
+        retry.head,
+        end_of_stream,
+        Some(&avoid),
+        deadline,
+    )
+    .await;
+    drop(avoid);
+    let upstream = match opened {
+        Ok(upstream) => upstream,
+        Err(status) => return Err((retry.down, status)),
+    };
+    let endpoint = upstream.slot.endpoint().clone();
+    let finished = Splice::new(
+        retry.down,
+        retry.body,
+        upstream,
+        deadline,
+        retry.replay,
+        None,
+    )
+    .await;
+    Ok((endpoint, finished))
 }
 
 /// Opens an upstream stream, within the deadline; the status to answer

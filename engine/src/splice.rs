@@ -128,7 +128,9 @@ pub struct Retry {
 /// The request head and DATA held until the upstream answers.
 pub struct Held {
     head: HttpRequest<()>,
-    chunks: Vec<Bytes>,
+    /// The first DATA chunk, inline: most calls send one.
+    first: Option<Bytes>,
+    rest: Vec<Bytes>,
     len: usize,
     limit: usize,
 }
@@ -138,9 +140,19 @@ impl Held {
     pub fn new(head: HttpRequest<()>, limit: usize) -> Held {
         Held {
             head,
-            chunks: Vec::new(),
+            first: None,
+            rest: Vec::new(),
             len: 0,
             limit,
+        }
+    }
+}
+
+impl Held {
+    fn push(&mut self, data: Bytes) {
+        match self.first {
+            None => self.first = Some(data),
+            Some(_) => self.rest.push(data),
         }
     }
 }
@@ -151,7 +163,13 @@ pub fn copy_head(parts: &http::request::Parts) -> HttpRequest<()> {
     *head.method_mut() = parts.method.clone();
     *head.uri_mut() = parts.uri.clone();
     *head.version_mut() = parts.version;
-    *head.headers_mut() = parts.headers.clone();
+    // Sized to fit: a clone would copy the spare capacity of the map h2
+    // decoded into.
+    let headers = head.headers_mut();
+    headers.reserve(parts.headers.len());
+    for (name, value) in &parts.headers {
+        headers.append(name.clone(), value.clone());
+    }
     head
 }
 
@@ -284,7 +302,7 @@ impl Splice {
             down,
             body,
             head: held.head,
-            replay: held.chunks,
+            replay: held.first.into_iter().chain(held.rest).collect(),
             refused_on: self.slot.avoid(),
         })
     }
@@ -350,7 +368,7 @@ impl Splice {
                     if let Some(held) = &mut self.held {
                         if held.len + data.len() <= held.limit {
                             held.len += data.len();
-                            held.chunks.push(data.clone());
+                            held.push(data.clone());
                         } else {
                             self.held = None;
                         }
@@ -371,7 +389,7 @@ impl Splice {
                         }
                         Poll::Ready(Ok(None)) => {
                             if let Some(held) = &mut self.held {
-                                held.chunks.push(Bytes::new());
+                                held.push(Bytes::new());
                             }
                             send.send_data(Bytes::new(), true)
                         }
