@@ -169,3 +169,76 @@ fn sighup_reloads_a_valid_config_and_refuses_an_invalid_one() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One HTTP/1.1 request; the status code and body.
+fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connects");
+    write!(
+        tcp,
+        "{method} {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("request");
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).expect("response");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn the_admin_endpoint_reloads_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("grpc-proxy-admin-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("proxy.toml");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .to_string();
+    let config = |cluster: &str| {
+        format!("listen = \"127.0.0.1:0\"\ncores = 1\n[[clusters]]\nname = \"{cluster}\"\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\ncluster = \"{cluster}\"\n")
+    };
+    std::fs::write(&file, config("a")).expect("write");
+    let path = file.to_str().expect("utf-8 path");
+    let (mut child, _lines) = start(&["--config", path, "--admin", &admin, "--log", "info"]);
+    let (status, body) = http(&admin, "GET", "/config");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"version\":1") && body.contains("proxy.toml"),
+        "{body}"
+    );
+
+    std::fs::write(&file, config("b")).expect("write");
+    assert_eq!(
+        http(&admin, "POST", "/reload"),
+        (200, "reloaded: version 2\n".into())
+    );
+    std::fs::write(&file, "[[routes]]\ncluster = \"nope\"\n").expect("write");
+    let (status, body) = http(&admin, "POST", "/reload");
+    assert_eq!(status, 400);
+    assert!(body.contains("no cluster named \"nope\""), "{body}");
+    assert!(http(&admin, "GET", "/config").1.contains("\"version\":2"));
+    assert_eq!(http(&admin, "GET", "/ready").0, 200);
+    let (status, metrics) = http(&admin, "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("grpc_proxy_downstream_connections{core=\"0\"} 0"),
+        "{metrics}"
+    );
+
+    signal(&child, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

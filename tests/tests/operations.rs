@@ -118,6 +118,34 @@ proxy_test! {
         assert_eq!((a.events().calls(), b.events().calls()), (2, 1));
     }
 
+    async fn a_reload_keeps_the_connections_of_unchanged_clusters(driver) {
+        let (one, two) = (Silent::start().await, Silent::start().await);
+        let kept = cluster("kept", one.addr());
+        let first = config(&format!("{kept}{}[[routes]]\ncluster = \"kept\"\n", cluster("moved", one.addr())));
+        let proxy = start(driver, &first);
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let echo = |c: &mut Client| {
+            let mut c = c.clone();
+            async move { c.unary("Echo", Request::new(Bytes::from("x"))).await.map(|_| ()) }
+        };
+        echo(&mut client).await.expect("call");
+        assert_eq!(one.connections(), 1);
+        // Same "kept" cluster, new routes, and "moved" now elsewhere.
+        let second = config(&format!(
+            "{kept}{}[[routes]]\nheaders = [{{ name = \"x-moved\" }}]\ncluster = \"moved\"\n[[routes]]\ncluster = \"kept\"\n",
+            cluster("moved", two.addr())
+        ));
+        proxy.reload(&second).expect("reload");
+        for _ in 0..3 {
+            echo(&mut client).await.expect("call");
+        }
+        assert_eq!(one.connections(), 1, "the unchanged cluster kept its connection");
+        let mut request = Request::new(Bytes::from("x"));
+        request.metadata_mut().insert("x-moved", MetadataValue::from_static("1"));
+        client.unary("Echo", request).await.expect("to the moved cluster");
+        assert_eq!(two.connections(), 1);
+    }
+
     async fn an_invalid_config_is_refused_and_the_old_one_serves(driver) {
         let a = Upstream::start("a");
         let good = config(&format!("{}[[routes]]\ncluster = \"a\"\n", cluster("a", a.addr())));
