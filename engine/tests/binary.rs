@@ -49,44 +49,34 @@ fn sigterm_drains_and_exits_zero() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
-        .expect("addr");
-    let mut child = Command::new(BIN)
-        .args([
-            "--listen",
-            &port.to_string(),
-            "--upstream",
-            "127.0.0.1:1",
-            "--cores",
-            "1",
-            "--log",
-            "info",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    // Wait for the "serving" log line rather than for time to pass.
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let serving = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("grpc-proxy serving"));
-    assert!(serving, "the proxy did not start");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+        .expect("addr")
+        .to_string();
+    let args = [
+        "--listen",
+        &port,
+        "--upstream",
+        "127.0.0.1:1",
+        "--cores",
+        "1",
+    ];
+    let (mut child, lines) = start(&[&args[..], &["--log", "info"]].concat());
+    signal(&child, "TERM");
+    wait_exit(&mut child, 0);
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("drained")), "{rest:?}");
+}
+
+/// Waits (20 s at most) for the binary to exit with `code`.
+fn wait_exit(child: &mut std::process::Child, code: i32) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
-            assert_eq!(status.code(), Some(0));
-            break;
+            assert_eq!(status.code(), Some(code));
+            return;
         }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        assert!(Instant::now() < deadline, "no exit after the signal");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(rest.iter().any(|l| l.contains("drained")), "{rest:?}");
 }
 
 /// Starts the binary with `args`, returns it and its stderr lines once it
@@ -158,15 +148,7 @@ fn sighup_reloads_a_valid_config_and_refuses_an_invalid_one() {
     assert!(next_line_with("config reloaded").contains("version=3"));
 
     signal(&child, "TERM");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert_eq!(status.code(), Some(0));
-            break;
-        }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_exit(&mut child, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -235,10 +217,6 @@ fn the_admin_endpoint_reloads_the_config_file() {
     );
 
     signal(&child, "TERM");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_exit(&mut child, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

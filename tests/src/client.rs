@@ -125,6 +125,28 @@ impl Client {
 }
 
 impl Client {
+    /// Makes a unary call to `method` with `metadata`; the name of the
+    /// upstream that answered (its `x-upstream`), or the status.
+    pub async fn upstream_of(
+        &mut self,
+        method: &str,
+        metadata: &[(&'static str, &'static str)],
+    ) -> Result<String, Status> {
+        let mut request = Request::new(Bytes::from("m"));
+        for (k, v) in metadata {
+            request
+                .metadata_mut()
+                .insert(*k, tonic::metadata::MetadataValue::from_static(v));
+        }
+        let response = self.unary(method, request).await?;
+        Ok(response
+            .metadata()
+            .get("x-upstream")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_owned())
+    }
+
     /// Opens a `Bidi` stream fed from a channel of `buffer` messages:
     /// send on the sender, read replies from the stream, drop the sender to
     /// end the request side.

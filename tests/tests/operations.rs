@@ -36,19 +36,7 @@ async fn answered_by(
     client: &mut Client,
     metadata: &[(&'static str, &'static str)],
 ) -> Result<String, tonic::Status> {
-    let mut request = Request::new(Bytes::from("m"));
-    for (k, v) in metadata {
-        request
-            .metadata_mut()
-            .insert(*k, MetadataValue::from_static(v));
-    }
-    let response = client.unary("Unary", request).await?;
-    Ok(response
-        .metadata()
-        .get("x-upstream")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("?")
-        .to_owned())
+    client.upstream_of("Unary", metadata).await
 }
 
 /// One HTTP/1.1 request to the admin endpoint: status code and body.

@@ -1,30 +1,16 @@
 //! The director: config routes by method, service, prefix and metadata, a
 //! custom Rust director, rejections, and unknown methods.
 
-use bytes::Bytes;
 use grpc_proxy::{Call, Code as ProxyCode, ProxyBuilder, Route, Status as ProxyStatus};
 use grpc_proxy_tests::{cluster, proxy, proxy_test, Client, Upstream};
-use tonic::metadata::MetadataValue;
-use tonic::{Code, Request};
+use tonic::Code;
 
 async fn upstream_of(
     client: &mut Client,
     method: &str,
     metadata: &[(&'static str, &'static str)],
 ) -> Result<String, tonic::Status> {
-    let mut request = Request::new(Bytes::from("m"));
-    for (k, v) in metadata {
-        request
-            .metadata_mut()
-            .insert(*k, MetadataValue::from_static(v));
-    }
-    let response = client.unary(method, request).await?;
-    Ok(response
-        .metadata()
-        .get("x-upstream")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("?")
-        .to_owned())
+    client.upstream_of(method, metadata).await
 }
 
 proxy_test! {
