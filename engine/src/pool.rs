@@ -105,6 +105,8 @@ pub struct UpConn {
     usable: Cell<bool>,
     /// Set when the connection has ended (its task finished).
     closed: Cell<bool>,
+    /// Whether its GOAWAY has been counted.
+    goaway_counted: Cell<bool>,
 }
 
 impl UpConn {
@@ -207,6 +209,8 @@ pub struct Endpoint {
     call_failures: Cell<u32>,
     ejections: Cell<u32>,
     ejected_until: Cell<Option<Instant>>,
+    /// GOAWAYs received on this endpoint's connections.
+    goaways: Cell<u64>,
 }
 
 impl Endpoint {
@@ -225,6 +229,7 @@ impl Endpoint {
             call_failures: Cell::new(0),
             ejections: Cell::new(0),
             ejected_until: Cell::new(None),
+            goaways: Cell::new(0),
         }
     }
 
@@ -346,7 +351,6 @@ pub struct Cluster {
     pub(crate) stats: CallStats,
     connect_failures: Cell<u64>,
     resets: Cell<u64>,
-    goaways: Cell<u64>,
 }
 
 impl Cluster {
@@ -369,7 +373,6 @@ impl Cluster {
             stats: CallStats::default(),
             connect_failures: Cell::new(0),
             resets: Cell::new(0),
-            goaways: Cell::new(0),
         })
     }
 
@@ -424,12 +427,12 @@ impl Cluster {
         let mut r = crate::metrics::cluster_report(&self.stats);
         r.connect_failures = self.connect_failures.get();
         r.resets = self.resets.get();
-        r.goaways = self.goaways.get();
         r.endpoints = self.endpoints.len() as u64;
         for e in &self.endpoints {
             r.connections += e.conns.borrow().len() as u64;
             r.streams += e.active.get() as u64;
             r.endpoints_up += u64::from(e.is_up());
+            r.goaways += e.goaways.get();
         }
         r
     }
@@ -558,7 +561,7 @@ impl Pool {
                             slot: StreamSlot::new(conn, endpoint.clone()),
                         }),
                         Err(source) => {
-                            retire(cluster, endpoint, &conn, &source);
+                            retire(endpoint, &conn, &source);
                             Err(UpstreamError::Http2 {
                                 addr: endpoint.addr,
                                 source,
@@ -591,7 +594,7 @@ impl Pool {
                 Ok(()) => return Ok(conn),
                 Err(source) => {
                     tracing::debug!(upstream = %endpoint.addr, error = %source, "upstream connection retired");
-                    retire(cluster, endpoint, &conn, &source);
+                    retire(endpoint, &conn, &source);
                     attempt += 1;
                     if attempt == ATTEMPTS {
                         return Err(UpstreamError::Http2 {
@@ -752,25 +755,37 @@ impl Pool {
             active: Cell::new(0),
             usable: Cell::new(true),
             closed: Cell::new(false),
+            goaway_counted: Cell::new(false),
         });
         let (weak_conn, weak_endpoint) = (Rc::downgrade(&conn), Rc::downgrade(endpoint));
         let (stop, live) = (self.stop.clone(), self.live.clone());
         live.set(live.get() + 1);
         monoio::spawn(async move {
-            monoio::select! {
+            // While the pool holds the connection, h2 ends it cleanly only
+            // after the upstream's GOAWAY.
+            let goaway = monoio::select! {
                 ended = connection => {
                     match ended {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::debug!(upstream = %addr, error = %e, "upstream connection ended"),
-                        Err(e) => tracing::debug!(upstream = %addr, error = %e, "upstream write failed"),
+                        Ok(Ok(())) => true,
+                        Ok(Err(e)) => {
+                            tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
+                            e.is_go_away() && e.is_remote()
+                        }
+                        Err(e) => {
+                            tracing::debug!(upstream = %addr, error = %e, "upstream write failed");
+                            false
+                        }
                     }
                 }
-                _ = stop.wait() => {}
-            }
+                _ = stop.wait() => false,
+            };
             if let Some(conn) = weak_conn.upgrade() {
                 conn.closed.set(true);
                 if let Some(endpoint) = weak_endpoint.upgrade() {
                     take_out(&endpoint, &conn);
+                    if goaway {
+                        count_goaway(&endpoint, &conn);
+                    }
                 }
             }
             live.set(live.get() - 1);
@@ -792,10 +807,18 @@ impl Pool {
 }
 
 /// Takes a connection out of rotation after h2 refused a new stream on it
-/// (`why`); its open streams run on. Counts a GOAWAY once per connection.
-fn retire(cluster: &Cluster, endpoint: &Endpoint, conn: &Rc<UpConn>, why: &h2::Error) {
-    if take_out(endpoint, conn) && why.is_go_away() {
-        CallStats::bump(&cluster.goaways);
+/// (`why`); its open streams run on.
+fn retire(endpoint: &Endpoint, conn: &Rc<UpConn>, why: &h2::Error) {
+    take_out(endpoint, conn);
+    if why.is_go_away() {
+        count_goaway(endpoint, conn);
+    }
+}
+
+/// Counts a connection's GOAWAY, once, whoever sees it first.
+fn count_goaway(endpoint: &Endpoint, conn: &UpConn) {
+    if !conn.goaway_counted.replace(true) {
+        CallStats::bump(&endpoint.goaways);
     }
 }
 

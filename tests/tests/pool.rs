@@ -73,6 +73,21 @@ proxy_test! {
             assert_eq!(headers["grpc-status"], "0", "the call in flight during GOAWAY finishes");
             assert_eq!(headers["x-connection"], expected.to_string().as_str(), "call {expected} on a fresh connection");
         }
+        // Each connection got a GOAWAY; they are counted as the proxy sees
+        // them (a refused new stream, or the connection's end).
+        let goaways = || {
+            proxy
+                .metrics()
+                .render()
+                .lines()
+                .find_map(|l| l.strip_prefix("grpc_proxy_upstream_goaways_total{cluster=\"a\"} "))
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("a GOAWAY count")
+        };
+        while goaways() < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(goaways(), 3);
     }
 
     async fn flow_control_bounds_what_a_fast_upstream_can_push(driver) {
