@@ -190,7 +190,13 @@ fn the_admin_endpoint_reloads_the_config_file() {
     };
     std::fs::write(&file, config("a")).expect("write");
     let path = file.to_str().expect("utf-8 path");
-    let (mut child, _lines) = start(&["--config", path, "--admin", &admin, "--log", "info"]);
+    let (mut child, mut lines) = start(&["--config", path, "--admin", &admin, "--log", "info"]);
+    // The admin endpoint starts after the workers: wait for its own line.
+    let admin_up = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("admin endpoint serving"));
+    assert!(admin_up, "the admin endpoint did not start");
     let (status, body) = http(&admin, "GET", "/config");
     assert_eq!(status, 200, "{body}");
     assert!(
