@@ -2,9 +2,16 @@
 //!
 //! Every worker core runs its own monoio runtime with its own SO_REUSEPORT
 //! listener, director and upstream pool. For each call the [`Director`]
-//! chooses a cluster (by method, authority, metadata, peer) or answers with a
-//! status; the splice then moves HTTP/2 frames between client and upstream
-//! without decoding a single protobuf message.
+//! chooses a cluster (by method, authority, metadata, peer, TLS client
+//! identity) or answers with a status; the splice then moves HTTP/2 frames
+//! between client and upstream without decoding a single protobuf message.
+//!
+//! Where things are: [`listener`], `worker` and [`runtime`] (the cores),
+//! `server` and `call` (downstream connections and calls), [`director`] and
+//! [`routes`], [`pool`] (upstream connections, balancing, ejection),
+//! `health` (active checks), [`splice`] (frames, flow control, retries),
+//! [`tls`], [`snapshot`] (the config a call sees; reloads), [`metrics`] and
+//! [`admin`], [`access_log`], [`control`] (the control side to workers).
 //!
 //! # A director in Rust
 //!
