@@ -44,6 +44,14 @@ impl<T: AsyncWrite + Unpin> Shared<T> {
         }
         Poll::Ready(Ok(()))
     }
+
+    /// Drains the batch, then flushes the stream below: a TLS stream may
+    /// hold records it could not write when the socket was full, which
+    /// only a flush (or a later write) sends. On a TCP socket it is free.
+    fn poll_drain_and_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
 }
 
 /// The I/O object h2 gets; see the module docs.
@@ -79,9 +87,9 @@ pub fn batched<T>(io: T) -> (BatchedIo<T>, Flusher<T>) {
 }
 
 impl<T: AsyncWrite + Unpin> Flusher<T> {
-    /// Writes everything batched so far.
+    /// Writes everything batched so far, and flushes the stream below.
     pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.shared.borrow_mut().poll_drain(cx)
+        self.shared.borrow_mut().poll_drain_and_flush(cx)
     }
 }
 
@@ -166,10 +174,11 @@ mod tests {
     use super::*;
     use std::task::Waker;
 
-    /// Records each write call.
+    /// Records each write call, and counts flushes.
     #[derive(Default)]
     struct Recorder {
         writes: Vec<Vec<u8>>,
+        flushes: usize,
     }
 
     impl AsyncWrite for Recorder {
@@ -194,12 +203,23 @@ mod tests {
         fn is_write_vectored(&self) -> bool {
             true
         }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
             Poll::Ready(Ok(()))
         }
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    #[test]
+    fn the_flusher_flushes_the_stream_below_even_with_an_empty_batch() {
+        // A TLS stream keeps records the socket refused until it is
+        // flushed; the driving task's flush must reach it.
+        let (_io, flusher) = batched(Recorder::default());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(flusher.poll_flush(&mut cx).is_ready());
+        assert_eq!(flusher.shared.borrow().io.flushes, 1);
     }
 
     #[test]
