@@ -48,6 +48,7 @@ pub mod config;
 pub mod control;
 pub mod cores;
 pub mod director;
+pub mod goaway;
 pub mod headers;
 mod health;
 pub mod listener;

@@ -103,8 +103,8 @@ pub struct UpConn {
     send: RefCell<SendRequest<Bytes>>,
     active: Cell<usize>,
     usable: Cell<bool>,
-    /// Set when the connection has ended (its task finished).
-    closed: Cell<bool>,
+    /// The last stream id of the upstream's GOAWAY, once one came.
+    goaway_last: crate::goaway::LastStreamId,
     /// Whether its GOAWAY has been counted.
     goaway_counted: Cell<bool>,
 }
@@ -149,11 +149,10 @@ impl StreamSlot {
         self.endpoint.addr
     }
 
-    /// Whether the connection was still open: a stream that failed with
-    /// GOAWAY while its connection is open is above the GOAWAY's last
-    /// stream id, so the upstream never processed it.
-    pub fn connection_open(&self) -> bool {
-        !self.conn.closed.get()
+    /// Whether stream `id` is above the last stream id of a GOAWAY the
+    /// upstream sent on this connection: it was never processed.
+    pub fn above_goaway(&self, id: u32) -> bool {
+        self.conn.goaway_last.get().is_some_and(|last| id > last)
     }
 
     /// Where this stream is, for a retry to go elsewhere.
@@ -741,6 +740,8 @@ impl Pool {
     {
         let addr = endpoint.addr;
         let timeout = self.settings.connect_timeout;
+        let goaway_last = crate::goaway::LastStreamId::default();
+        let io = crate::goaway::Watch::new(io, goaway_last.clone());
         let (io, flusher) = crate::write_batch::batched(io);
         let (send, connection) =
             crate::write_batch::flushing(self.h2.handshake::<_, Bytes>(io), flusher.clone())
@@ -754,7 +755,7 @@ impl Pool {
             send: RefCell::new(send),
             active: Cell::new(0),
             usable: Cell::new(true),
-            closed: Cell::new(false),
+            goaway_last,
             goaway_counted: Cell::new(false),
         });
         let (weak_conn, weak_endpoint) = (Rc::downgrade(&conn), Rc::downgrade(endpoint));
@@ -780,7 +781,6 @@ impl Pool {
                 _ = stop.wait() => false,
             };
             if let Some(conn) = weak_conn.upgrade() {
-                conn.closed.set(true);
                 if let Some(endpoint) = weak_endpoint.upgrade() {
                     take_out(&endpoint, &conn);
                     if goaway {

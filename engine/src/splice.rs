@@ -13,8 +13,8 @@
 //! - retries: until the upstream's response headers arrive, the request's
 //!   head and the DATA forwarded so far (up to `retry_buffer`, as `Bytes`
 //!   clones, no copies) are held; if the upstream refuses the stream
-//!   (REFUSED_STREAM, or GOAWAY above its last stream id while the
-//!   connection is still open: never processed), the splice ends with a
+//!   (REFUSED_STREAM, or a GOAWAY whose last stream id is below it: never
+//!   processed), the splice ends with a
 //!   [`Retry`] for the caller to replay on another connection, once.
 //!
 //! It also records what the metrics and the access log need: the gRPC
@@ -406,7 +406,7 @@ impl Splice {
                     let response = match Pin::new(future).poll(cx) {
                         Poll::Pending => return Step::Pending,
                         Poll::Ready(Err(e)) => {
-                            if self.held.is_some() && never_processed(&e, &self.slot) {
+                            if self.held.is_some() && never_processed(&e, &self.slot, &self.up) {
                                 return Step::Refused;
                             }
                             return Step::Up(e);
@@ -523,14 +523,14 @@ fn send_held(
 }
 
 /// Whether a stream error means the upstream never processed the stream:
-/// it refused it, or sent GOAWAY with a last stream id below it (h2 fails
-/// those streams at once, while the connection is still open; streams the
-/// upstream kept fail only when the connection ends).
-fn never_processed(e: &h2::Error, slot: &StreamSlot) -> bool {
+/// it refused it, or sent a GOAWAY whose last stream id is below it (h2
+/// reports both those and the streams the GOAWAY kept the same way, so the
+/// id comes from [`goaway`](crate::goaway)).
+fn never_processed(e: &h2::Error, slot: &StreamSlot, up: &SendStream<Bytes>) -> bool {
     if e.is_reset() && e.is_remote() && e.reason() == Some(Reason::REFUSED_STREAM) {
         return true;
     }
-    e.is_go_away() && e.is_remote() && slot.connection_open()
+    e.is_go_away() && e.is_remote() && slot.above_goaway(u32::from(up.stream_id()))
 }
 
 /// The gRPC status in trailers (or a trailers-only response).

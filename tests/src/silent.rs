@@ -37,6 +37,11 @@ pub struct Options {
     pub refuse_first: usize,
     /// Reset every request with this reason instead of answering.
     pub reset_all: Option<h2::Reason>,
+    /// On the first connection only, answer the first request's HEADERS
+    /// with GOAWAY(last_stream_id = 0) and keep the connection open: the
+    /// request was above the last stream id, never processed. Spoken at
+    /// the frame level, as no HTTP/2 library sends such a GOAWAY.
+    pub goaway_below_first: bool,
 }
 
 #[derive(Default)]
@@ -76,6 +81,10 @@ impl Silent {
             while let Ok((tcp, _)) = listener.accept().await {
                 let index = c.connections.fetch_add(1, Ordering::SeqCst) + 1;
                 c.changed.notify_waiters();
+                if options.goaway_below_first && index == 1 {
+                    tokio::spawn(goaway_below(tcp));
+                    continue;
+                }
                 tokio::spawn(serve(tcp, index, options, tx.clone(), c.clone()));
             }
         });
@@ -186,6 +195,49 @@ async fn serve(
                 reset,
             });
         });
+    }
+}
+
+/// A minimal HTTP/2 server at the frame level: SETTINGS and PING are
+/// answered; the first HEADERS gets GOAWAY with last stream id 0. The
+/// connection stays open until the peer closes it.
+async fn goaway_below(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut preface = [0u8; 24];
+    if tcp.read_exact(&mut preface).await.is_err() {
+        return;
+    }
+    // Our SETTINGS (none).
+    if tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.is_err() {
+        return;
+    }
+    let mut sent_goaway = false;
+    loop {
+        let mut head = [0u8; 9];
+        if tcp.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let (kind, flags) = (head[3], head[4]);
+        let mut payload = vec![0u8; len];
+        if tcp.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        let reply: Vec<u8> = match kind {
+            // SETTINGS without ACK: acknowledge.
+            4 if flags & 1 == 0 => vec![0, 0, 0, 4, 1, 0, 0, 0, 0],
+            // PING without ACK: answer with the same payload.
+            6 if flags & 1 == 0 => [&[0, 0, 8, 6, 1, 0, 0, 0, 0][..], &payload].concat(),
+            // HEADERS: GOAWAY, last stream id 0, NO_ERROR.
+            1 if !sent_goaway => {
+                sent_goaway = true;
+                vec![0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            }
+            _ => Vec::new(),
+        };
+        if !reply.is_empty() && tcp.write_all(&reply).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -345,6 +345,25 @@ proxy_test! {
         assert_eq!(sample(&text, "grpc_proxy_retries_total{core=\"0\"}"), Some(1.0), "{text}");
     }
 
+    async fn a_stream_above_a_goaways_last_stream_id_is_retried(driver) {
+        let upstream = Silent::with(Options { goaway_below_first: true, ..Options::default() }).await;
+        let cfg = config(&format!("{}[[routes]]\ncluster = \"a\"\n", cluster("a", upstream.addr())));
+        let proxy = start(driver, &cfg);
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let response = client
+            .unary("Echo", Request::new(Bytes::from("again")))
+            .await
+            .expect("retried after the GOAWAY");
+        assert_eq!(response.get_ref(), "again");
+        assert_eq!(
+            response.metadata().get("x-connection").and_then(|v| v.to_str().ok()),
+            Some("2"),
+            "served on a new connection"
+        );
+        let text = proxy.metrics().render();
+        assert_eq!(sample(&text, "grpc_proxy_retries_total{core=\"0\"}"), Some(1.0), "{text}");
+    }
+
     async fn a_request_larger_than_the_retry_buffer_is_not_retried(driver) {
         let upstream = Silent::with(Options { refuse_first: 1, ..Options::default() }).await;
         let cfg = config_of(
