@@ -192,11 +192,6 @@ impl Logger {
         }
     }
 
-    /// How often a worker should call [`Logger::flush`].
-    pub fn flush_every(&self) -> Duration {
-        FLUSH_EVERY
-    }
-
     /// Hands whatever is buffered to the writer, without waiting.
     pub fn flush(&self, counters: &CoreCounters) {
         let lines = self.lines.replace(0);
@@ -207,7 +202,7 @@ impl Logger {
         match self.tx.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                CoreCounters::add(&counters.access_log_dropped, lines);
+                crate::metrics::add(&counters.access_log_dropped, lines);
             }
         }
     }

@@ -25,7 +25,7 @@ use monoio::time::Instant;
 use crate::access_log::Entry;
 use crate::director::{Call, Route};
 use crate::headers::strip_hop_by_hop;
-use crate::metrics::CoreCounters;
+use crate::metrics::add;
 use crate::pool::{Cluster, Endpoint};
 use crate::snapshot::{RouteSlot, Snapshot};
 use crate::splice::{copy_head, Finished, Held, Outcome, Splice};
@@ -43,7 +43,7 @@ pub async fn handle(
 ) {
     let started = std::time::Instant::now();
     let counters = &worker.counters;
-    CoreCounters::add(&counters.streams_active, 1);
+    add(&counters.streams_active, 1);
     // The routes and clusters of the config running now, kept for the
     // whole call even if a reload swaps in others meanwhile.
     let snapshot = worker.snapshot();
@@ -59,7 +59,6 @@ pub async fn handle(
         &mut record,
     )
     .await;
-    let counters = &worker.counters;
     counters
         .streams_active
         .set(counters.streams_active.get().saturating_sub(1));
@@ -71,8 +70,8 @@ pub async fn handle(
     if let Some(cluster) = &record.cluster {
         cluster.stats.finish(record.code, elapsed);
     }
-    CoreCounters::add(&counters.bytes_in, record.bytes_in);
-    CoreCounters::add(&counters.bytes_out, record.bytes_out);
+    add(&counters.bytes_in, record.bytes_in);
+    add(&counters.bytes_out, record.bytes_out);
     if let (Some(log), Some(path)) = (&worker.access_log, &path) {
         log.write(
             &Entry {
@@ -150,7 +149,7 @@ async fn serve(
     };
     let slot = snapshot.route(index);
     slot.stats.start();
-    CoreCounters::add(&worker.counters.calls_started, 1);
+    add(&worker.counters.calls_started, 1);
     record.route = Some(slot.clone());
     let (cluster, route_timeout) = match route {
         Route::Forward { cluster, timeout } => (cluster, timeout),
@@ -197,7 +196,7 @@ async fn serve(
         // elsewhere. Boxed: rare, and its futures would otherwise enlarge
         // every call's task.
         tracing::debug!(upstream = %endpoint.addr(), "upstream refused the stream; retrying");
-        CoreCounters::add(&worker.counters.retries, 1);
+        add(&worker.counters.retries, 1);
         record.bytes_in += finished.bytes_in;
         match Box::pin(again(worker, cluster, retry, deadline)).await {
             Ok((e, f)) => (endpoint, finished) = (e, f),

@@ -560,8 +560,7 @@ impl Config {
             message,
         })?;
         config.source = origin.to_owned();
-        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-        config.digest = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        config.digest = crate::tls::sha256_hex(text.as_bytes());
         Ok(config)
     }
 }

@@ -6,7 +6,8 @@
 //! the same error, so [`Watch`] sits between an upstream connection's
 //! stream and h2 and follows the frames it reads (headers only: payloads
 //! are skipped by length, so the cost is per frame, not per byte), noting
-//! the lowest last stream id of any GOAWAY. Writes pass straight through.
+//! the lowest last stream id of any GOAWAY, and counts the connection's
+//! first GOAWAY into its endpoint's counter. Writes pass straight through.
 
 use std::cell::Cell;
 use std::io;
@@ -73,15 +74,18 @@ pub struct Watch<T> {
     io: T,
     scan: Scan,
     last: LastStreamId,
+    goaways: Rc<Cell<u64>>,
 }
 
 impl<T> Watch<T> {
-    /// Watches `io`; GOAWAYs are noted in `last`.
-    pub fn new(io: T, last: LastStreamId) -> Watch<T> {
+    /// Watches `io`: GOAWAYs are noted in `last`, and the first one counted
+    /// in `goaways`.
+    pub fn new(io: T, last: LastStreamId, goaways: Rc<Cell<u64>>) -> Watch<T> {
         Watch {
             io,
             scan: Scan::default(),
             last,
+            goaways,
         }
     }
 }
@@ -96,7 +100,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watch<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
+            let had = this.last.get().is_some();
             this.scan.feed(&buf.filled()[before..], &this.last);
+            if !had && this.last.get().is_some() {
+                this.goaways.set(this.goaways.get() + 1);
+            }
         }
         polled
     }

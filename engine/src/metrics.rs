@@ -43,8 +43,8 @@ impl Histogram {
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(LATENCY_BUCKETS.len());
-        bump(&self.counts[i], 1);
-        bump(&self.sum_ns, elapsed.as_nanos() as u64);
+        add(&self.counts[i], 1);
+        add(&self.sum_ns, elapsed.as_nanos() as u64);
     }
 
     fn report(&self) -> HistogramReport {
@@ -55,7 +55,8 @@ impl Histogram {
     }
 }
 
-fn bump(cell: &Cell<u64>, n: u64) {
+/// Adds `n` to a per-core counter.
+pub fn add(cell: &Cell<u64>, n: u64) {
     cell.set(cell.get().wrapping_add(n));
 }
 
@@ -68,19 +69,14 @@ pub struct CallStats {
 }
 
 impl CallStats {
-    /// Adds one to a counter.
-    pub fn bump(cell: &Cell<u64>) {
-        bump(cell, 1);
-    }
-
     /// A call started.
     pub fn start(&self) {
-        bump(&self.started, 1);
+        add(&self.started, 1);
     }
 
     /// A call ended with `code` after `elapsed`.
     pub fn finish(&self, code: Code, elapsed: Duration) {
-        bump(&self.finished[usize::from(code.as_u8())], 1);
+        add(&self.finished[usize::from(code.as_u8())], 1);
         self.latency.observe(elapsed);
     }
 
@@ -112,13 +108,6 @@ pub struct CoreCounters {
     pub retries: Cell<u64>,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: Cell<u64>,
-}
-
-impl CoreCounters {
-    /// Adds `n` to a counter.
-    pub fn add(cell: &Cell<u64>, n: u64) {
-        bump(cell, n);
-    }
 }
 
 /// Route statistics of one core, by route name, kept across reloads so

@@ -105,8 +105,6 @@ pub struct UpConn {
     usable: Cell<bool>,
     /// The last stream id of the upstream's GOAWAY, once one came.
     goaway_last: crate::goaway::LastStreamId,
-    /// Whether its GOAWAY has been counted.
-    goaway_counted: Cell<bool>,
 }
 
 impl UpConn {
@@ -142,11 +140,6 @@ impl StreamSlot {
         conn.active.set(conn.active.get() + 1);
         endpoint.active.set(endpoint.active.get() + 1);
         StreamSlot { conn, endpoint }
-    }
-
-    /// The endpoint's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.endpoint.addr
     }
 
     /// Whether stream `id` is above the last stream id of a GOAWAY the
@@ -208,8 +201,8 @@ pub struct Endpoint {
     call_failures: Cell<u32>,
     ejections: Cell<u32>,
     ejected_until: Cell<Option<Instant>>,
-    /// GOAWAYs received on this endpoint's connections.
-    goaways: Cell<u64>,
+    /// Connections of this endpoint that received a GOAWAY.
+    goaways: Rc<Cell<u64>>,
 }
 
 impl Endpoint {
@@ -228,7 +221,7 @@ impl Endpoint {
             call_failures: Cell::new(0),
             ejections: Cell::new(0),
             ejected_until: Cell::new(None),
-            goaways: Cell::new(0),
+            goaways: Rc::default(),
         }
     }
 
@@ -416,7 +409,7 @@ impl Cluster {
     /// connection), for passive ejection.
     pub fn call_result(&self, endpoint: &Endpoint, failed: bool, reset: bool) {
         if reset {
-            CallStats::bump(&self.resets);
+            crate::metrics::add(&self.resets, 1);
         }
         endpoint.call_result(failed, &self.outlier);
     }
@@ -560,7 +553,7 @@ impl Pool {
                             slot: StreamSlot::new(conn, endpoint.clone()),
                         }),
                         Err(source) => {
-                            retire(endpoint, &conn, &source);
+                            retire(endpoint, &conn);
                             Err(UpstreamError::Http2 {
                                 addr: endpoint.addr,
                                 source,
@@ -593,7 +586,7 @@ impl Pool {
                 Ok(()) => return Ok(conn),
                 Err(source) => {
                     tracing::debug!(upstream = %endpoint.addr, error = %source, "upstream connection retired");
-                    retire(endpoint, &conn, &source);
+                    retire(endpoint, &conn);
                     attempt += 1;
                     if attempt == ATTEMPTS {
                         return Err(UpstreamError::Http2 {
@@ -661,7 +654,7 @@ impl Pool {
                         return Ok(conn);
                     }
                     Err(e) => {
-                        CallStats::bump(&cluster.connect_failures);
+                        crate::metrics::add(&cluster.connect_failures, 1);
                         endpoint.call_result(true, &cluster.outlier);
                         self.back_off(endpoint, &e);
                         // With a live (full) connection, queue on it rather
@@ -741,7 +734,7 @@ impl Pool {
         let addr = endpoint.addr;
         let timeout = self.settings.connect_timeout;
         let goaway_last = crate::goaway::LastStreamId::default();
-        let io = crate::goaway::Watch::new(io, goaway_last.clone());
+        let io = crate::goaway::Watch::new(io, goaway_last.clone(), endpoint.goaways.clone());
         let (io, flusher) = crate::write_batch::batched(io);
         let (send, connection) =
             crate::write_batch::flushing(self.h2.handshake::<_, Bytes>(io), flusher.clone())
@@ -756,37 +749,23 @@ impl Pool {
             active: Cell::new(0),
             usable: Cell::new(true),
             goaway_last,
-            goaway_counted: Cell::new(false),
         });
         let (weak_conn, weak_endpoint) = (Rc::downgrade(&conn), Rc::downgrade(endpoint));
         let (stop, live) = (self.stop.clone(), self.live.clone());
         live.set(live.get() + 1);
         monoio::spawn(async move {
-            // While the pool holds the connection, h2 ends it cleanly only
-            // after the upstream's GOAWAY.
-            let goaway = monoio::select! {
+            monoio::select! {
                 ended = connection => {
                     match ended {
-                        Ok(Ok(())) => true,
-                        Ok(Err(e)) => {
-                            tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
-                            e.is_go_away() && e.is_remote()
-                        }
-                        Err(e) => {
-                            tracing::debug!(upstream = %addr, error = %e, "upstream write failed");
-                            false
-                        }
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(upstream = %addr, error = %e, "upstream connection ended"),
+                        Err(e) => tracing::debug!(upstream = %addr, error = %e, "upstream write failed"),
                     }
                 }
-                _ = stop.wait() => false,
-            };
-            if let Some(conn) = weak_conn.upgrade() {
-                if let Some(endpoint) = weak_endpoint.upgrade() {
-                    take_out(&endpoint, &conn);
-                    if goaway {
-                        count_goaway(&endpoint, &conn);
-                    }
-                }
+                _ = stop.wait() => {}
+            }
+            if let (Some(conn), Some(endpoint)) = (weak_conn.upgrade(), weak_endpoint.upgrade()) {
+                retire(&endpoint, &conn);
             }
             live.set(live.get() - 1);
         });
@@ -806,29 +785,10 @@ impl Pool {
     }
 }
 
-/// Takes a connection out of rotation after h2 refused a new stream on it
-/// (`why`); its open streams run on.
-fn retire(endpoint: &Endpoint, conn: &Rc<UpConn>, why: &h2::Error) {
-    take_out(endpoint, conn);
-    if why.is_go_away() {
-        count_goaway(endpoint, conn);
-    }
-}
-
-/// Counts a connection's GOAWAY, once, whoever sees it first.
-fn count_goaway(endpoint: &Endpoint, conn: &UpConn) {
-    if !conn.goaway_counted.replace(true) {
-        CallStats::bump(&endpoint.goaways);
-    }
-}
-
-/// Takes a connection out of rotation; says whether it was in.
-fn take_out(endpoint: &Endpoint, conn: &Rc<UpConn>) -> bool {
+/// Takes a connection out of rotation; its open streams run on.
+fn retire(endpoint: &Endpoint, conn: &Rc<UpConn>) {
     if conn.usable.replace(false) {
         endpoint.conns.borrow_mut().retain(|c| !Rc::ptr_eq(c, conn));
         endpoint.changed.notify_all();
-        true
-    } else {
-        false
     }
 }

@@ -86,7 +86,7 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "downstream TLS handshake failed");
-            crate::metrics::CoreCounters::add(&worker.counters.tls_handshake_failures, 1);
+            crate::metrics::add(&worker.counters.tls_handshake_failures, 1);
             return;
         }
         Err(_) => {

@@ -250,11 +250,6 @@ impl Splice {
         }
     }
 
-    /// The upstream stream's slot (its endpoint and connection).
-    pub fn slot(&self) -> &StreamSlot {
-        &self.slot
-    }
-
     fn finished(&mut self, outcome: Outcome) -> Finished {
         let code = match &outcome {
             Outcome::Complete => self.code.unwrap_or(Code::Unknown),
@@ -273,9 +268,9 @@ impl Splice {
     }
 
     /// Takes everything a retry needs; `None` if the call cannot be
-    /// retried (nothing held, or the client is gone).
+    /// retried (nothing held, or the client already has response headers).
     fn take_retry(&mut self) -> Option<Retry> {
-        if self.held.is_none() || !matches!(self.down, Downstream::Head(_)) {
+        if !matches!(self.down, Downstream::Head(_)) {
             return None;
         }
         let held = self.held.take()?;
@@ -323,7 +318,8 @@ impl Splice {
         while !replay.is_empty() {
             let end = replay.len() == 1 && body.is_none();
             let Some(data) = replay.last_mut() else { break };
-            match send_held(data, end, send, cx) {
+            send.reserve_capacity(data.len());
+            match pump(data, Source::Held { end }, send, &mut self.bytes_in, cx) {
                 Pump::Sent(_) => {
                     replay.pop();
                 }
@@ -340,7 +336,7 @@ impl Splice {
         };
         loop {
             if let Some(data) = chunk {
-                match pump(data, body, send, &mut self.bytes_in, cx) {
+                match pump(data, Source::Stream(body), send, &mut self.bytes_in, cx) {
                     Pump::Sent(true) => {
                         self.request = Request::Done;
                         return Step::Done;
@@ -438,7 +434,7 @@ impl Splice {
                         return Step::Down;
                     };
                     if let Some(data) = chunk {
-                        match pump(data, body, send, &mut self.bytes_out, cx) {
+                        match pump(data, Source::Stream(body), send, &mut self.bytes_out, cx) {
                             Pump::Sent(true) => {
                                 self.down = Downstream::Done;
                                 return Step::Done;
@@ -488,40 +484,6 @@ enum Pump {
     Failed,
 }
 
-/// Sends held `data` (a replay) as the peer's window allows; its window
-/// on the client side was released when it was first passed on.
-fn send_held(
-    data: &mut Bytes,
-    end: bool,
-    send: &mut SendStream<Bytes>,
-    cx: &mut Context<'_>,
-) -> Pump {
-    loop {
-        if data.is_empty() {
-            return match send.send_data(Bytes::new(), end) {
-                Ok(()) => Pump::Sent(end),
-                Err(_) => Pump::Failed,
-            };
-        }
-        send.reserve_capacity(data.len());
-        let room = send.capacity();
-        if room == 0 {
-            match send.poll_capacity(cx) {
-                Poll::Pending => return Pump::Pending,
-                Poll::Ready(Some(Ok(_))) => continue,
-                Poll::Ready(_) => return Pump::Failed,
-            }
-        }
-        let piece = data.split_to(room.min(data.len()));
-        if send.send_data(piece, end && data.is_empty()).is_err() {
-            return Pump::Failed;
-        }
-        if data.is_empty() {
-            return Pump::Sent(end);
-        }
-    }
-}
-
 /// Whether a stream error means the upstream never processed the stream:
 /// it refused it, or sent a GOAWAY whose last stream id is below it (h2
 /// reports both those and the streams the GOAWAY kept the same way, so the
@@ -560,12 +522,31 @@ fn response_code(parts: &http::response::Parts) -> Code {
     }
 }
 
+/// Where a chunk being passed on came from.
+enum Source<'a> {
+    /// The other side's stream: its window is released as the chunk goes
+    /// on, and its end is the chunk's end.
+    Stream(&'a mut RecvStream),
+    /// DATA held for a retry: its window was released when it first went
+    /// on (and its bytes counted); `end` when it is the request's last.
+    Held { end: bool },
+}
+
+impl Source<'_> {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Stream(body) => body.is_end_stream(),
+            Source::Held { end } => *end,
+        }
+    }
+}
+
 /// Sends `data` on `send` as the peer's window allows, releasing the same
-/// amount of window on `from`. Splits without copying; counts the bytes
-/// into `count`.
+/// amount of window on a `from` stream. Splits without copying; counts the
+/// bytes taken from a stream into `count`.
 fn pump(
     data: &mut Bytes,
-    from: &mut RecvStream,
+    mut from: Source<'_>,
     send: &mut SendStream<Bytes>,
     count: &mut u64,
     cx: &mut Context<'_>,
@@ -594,8 +575,10 @@ fn pump(
         if send.send_data(piece, end).is_err() {
             return Pump::Failed;
         }
-        let _ = from.flow_control().release_capacity(n);
-        *count += n as u64;
+        if let Source::Stream(body) = &mut from {
+            let _ = body.flow_control().release_capacity(n);
+            *count += n as u64;
+        }
         if data.is_empty() {
             return Pump::Sent(end);
         }

@@ -257,9 +257,8 @@ impl PeerIdentity {
     /// Reads the identity of a DER certificate. Parts that cannot be read
     /// are left empty; the fingerprint is always there.
     pub fn from_der(der: &[u8]) -> PeerIdentity {
-        let digest = ring::digest::digest(&ring::digest::SHA256, der);
         let mut identity = PeerIdentity {
-            sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+            sha256: sha256_hex(der),
             ..PeerIdentity::default()
         };
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
@@ -286,6 +285,17 @@ impl PeerIdentity {
         }
         identity
     }
+}
+
+/// SHA-256 of `bytes`, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut hex = String::with_capacity(64);
+    for b in digest.as_ref() {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 /// Normalises a fingerprint as written in a config: lower case, without

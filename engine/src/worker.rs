@@ -132,8 +132,8 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
             let _ = reply.send(w.report(core.worker));
         }
     });
-    if let Some(log) = &worker.access_log {
-        monoio::spawn(flush_access_log(worker.clone(), log.flush_every()));
+    if worker.access_log.is_some() {
+        monoio::spawn(flush_access_log(worker.clone()));
     }
     let mut mailbox = std::pin::pin!(mailbox);
     let _ = spec.ready.send(Ok(driver));
@@ -161,12 +161,6 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
     close(&worker).await;
 }
 
-/// Closes every connection this worker owns before its runtime ends.
-///
-/// monoio drops only the tasks that are ready to run when a runtime ends; a
-/// task waiting on I/O would outlive it with its socket open. So every task
-/// that owns a socket watches `stop`, and the worker waits (briefly) until
-/// they have all let go.
 impl Worker {
     /// The configuration for a call that starts now.
     pub(crate) fn snapshot(&self) -> Rc<Snapshot> {
@@ -189,10 +183,10 @@ impl Worker {
 
 /// Hands the access log's buffer to its writer now and then, so that a
 /// quiet core's lines do not wait for a full batch.
-async fn flush_access_log(worker: Rc<Worker>, every: std::time::Duration) {
+async fn flush_access_log(worker: Rc<Worker>) {
     loop {
         monoio::select! {
-            _ = monoio::time::sleep(every) => {}
+            _ = monoio::time::sleep(crate::access_log::FLUSH_EVERY) => {}
             _ = worker.stop.wait() => {}
         }
         if let Some(log) = &worker.access_log {
@@ -204,6 +198,12 @@ async fn flush_access_log(worker: Rc<Worker>, every: std::time::Duration) {
     }
 }
 
+/// Closes every connection this worker owns before its runtime ends.
+///
+/// monoio drops only the tasks that are ready to run when a runtime ends; a
+/// task waiting on I/O would outlive it with its socket open. So every task
+/// that owns a socket watches `stop`, and the worker waits (briefly) until
+/// they have all let go.
 async fn close(worker: &Worker) {
     worker.stop.set();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
@@ -239,7 +239,7 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &monoio::net::TcpListener) {
             continue;
         }
         worker.connections.set(worker.connections.get() + 1);
-        CoreCounters::add(&worker.counters.connections_accepted, 1);
+        crate::metrics::add(&worker.counters.connections_accepted, 1);
         let w = worker.clone();
         monoio::spawn(async move {
             crate::server::serve(w.clone(), tcp, peer).await;

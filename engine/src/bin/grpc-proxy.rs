@@ -120,14 +120,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(addr) = config.admin {
-        let control = proxy.controller();
-        let cli_for_reload = cli.clone();
-        let reload: grpc_proxy::admin::ReloadFn = std::sync::Arc::new(move || {
-            let next = load(&cli_for_reload)?;
+    // What SIGHUP and the admin endpoint's POST /reload both do.
+    let reload: grpc_proxy::admin::ReloadFn = {
+        let (control, cli) = (proxy.controller(), cli.clone());
+        std::sync::Arc::new(move || {
+            let next = load(&cli)?;
             control.reload(&next).map_err(|e| e.to_string())
-        });
-        if let Err(e) = proxy.serve_admin(addr, Some(reload)) {
+        })
+    };
+    if let Some(addr) = config.admin {
+        if let Err(e) = proxy.serve_admin(addr, Some(reload.clone())) {
             eprintln!("grpc-proxy: {e}");
             return ExitCode::from(2);
         }
@@ -136,15 +138,8 @@ fn main() -> ExitCode {
     // one stops at once.
     for signal in signals.forever() {
         if signal == SIGHUP {
-            match load(&cli) {
-                Ok(next) => {
-                    if let Err(e) = proxy.reload(&next) {
-                        tracing::error!(error = %e, "reload refused; the running config stays");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "reload refused; the running config stays")
-                }
+            if let Err(e) = reload() {
+                tracing::error!(error = %e, "reload refused; the running config stays");
             }
             continue;
         }
