@@ -65,7 +65,7 @@ fn headers(c: &mut Criterion) {
     c.bench_function("headers: strip hop-by-hop (none present)", |b| {
         b.iter_batched_ref(
             || template.clone(),
-            |h| grpc_proxy::headers::strip_hop_by_hop(black_box(h)),
+            |h| grpc_proxy::grpc::headers::strip_hop_by_hop(black_box(h)),
             criterion::BatchSize::SmallInput,
         )
     });
@@ -73,7 +73,7 @@ fn headers(c: &mut Criterion) {
 
 fn timeout(c: &mut Criterion) {
     c.bench_function("grpc-timeout: parse", |b| {
-        b.iter(|| grpc_proxy::timeout::parse(black_box(b"99999999u")))
+        b.iter(|| grpc_proxy::grpc::timeout::parse(black_box(b"99999999u")))
     });
 }
 

@@ -98,7 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !no_build {
                 build(bin_dir)?;
             }
-            let plan = e2e::Plan::new(&grpc_proxy::cores::available())?;
+            let plan = e2e::Plan::new(&grpc_proxy::runtime::cores::available())?;
             let upstream = procs::upstream(bin_dir, &plan.upstream)?;
             let tls_files = tls.then(procs::TlsFiles::generate).transpose()?;
             let scenarios: Vec<_> = e2e::scenarios(tls)

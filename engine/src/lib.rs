@@ -6,12 +6,26 @@
 //! identity) or answers with a status; the splice then moves HTTP/2 frames
 //! between client and upstream without decoding a single protobuf message.
 //!
-//! Where things are: [`listener`], `worker` and [`runtime`] (the cores),
-//! `server` and `call` (downstream connections and calls), [`director`] and
-//! [`routes`], [`pool`] (upstream connections, balancing, ejection),
-//! `health` (active checks), [`splice`] (frames, flow control, retries),
-//! [`tls`], [`snapshot`] (the config a call sees; reloads), [`metrics`] and
-//! [`admin`], [`access_log`], [`control`] (the control side to workers).
+//! # Where things are
+//!
+//! Each folder is one part of the design and uses only the folders listed
+//! above it (no cycles, between files or folders):
+//!
+//! 1. [`grpc`]: status codes and trailers-only answers, `grpc-timeout`,
+//!    hop-by-hop headers.
+//! 2. [`runtime`]: cores, monoio runtimes and drivers, the SO_REUSEPORT
+//!    listeners, wake-up primitives, the worker mailbox.
+//! 3. [`transport`]: TLS, write batching, the GOAWAY frame scan.
+//! 4. [`config`]: the file's schema, parsing, units and validation.
+//! 5. [`telemetry`]: per-core metrics, the admin endpoint, the access log.
+//! 6. [`routing`]: the [`Director`] trait and the declarative routes.
+//! 7. [`upstream`]: the per-core pool, endpoints, balancing, ejection,
+//!    health checks.
+//! 8. [`forward`]: the splice, retries, deadlines, status mapping.
+//! 9. [`downstream`]: client connections and calls, and the config
+//!    snapshot a call sees.
+//! 10. [`control`]: [`ProxyBuilder`], [`ProxyHandle`] and the
+//!     [`Controller`] (reload, scrape, drain), and the worker threads.
 //!
 //! # A director in Rust
 //!
@@ -41,37 +55,24 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod access_log;
-pub mod admin;
-mod call;
 pub mod config;
 pub mod control;
-pub mod cores;
-pub mod director;
-pub mod goaway;
-pub mod headers;
-mod health;
-pub mod listener;
-pub mod metrics;
-pub mod pool;
-mod proxy;
-pub mod routes;
+pub mod downstream;
+pub mod forward;
+pub mod grpc;
+pub mod routing;
 pub mod runtime;
-mod server;
-pub mod signal;
-pub mod snapshot;
-pub mod splice;
-pub mod status;
-pub mod timeout;
-pub mod tls;
-mod worker;
-pub mod write_batch;
+pub mod telemetry;
+pub mod transport;
+pub mod upstream;
 
 pub use config::{Config, ConfigError, Settings};
-pub use cores::CoreSelection;
-pub use director::{Call, ClusterId, CoreId, Director, DirectorRecipe, Route};
-pub use proxy::{ConfigInfo, Controller, ProxyBuilder, ProxyHandle, ReloadError, StartError};
-pub use routes::RouteTable;
-pub use runtime::Driver;
-pub use status::{Code, Status};
-pub use tls::{ClientTls, PeerIdentity, ServerTls};
+pub use control::proxy::{
+    ConfigInfo, Controller, ProxyBuilder, ProxyHandle, ReloadError, StartError,
+};
+pub use grpc::status::{Code, Status};
+pub use routing::director::{Call, ClusterId, CoreId, Director, DirectorRecipe, Route};
+pub use routing::routes::RouteTable;
+pub use runtime::cores::CoreSelection;
+pub use runtime::driver::Driver;
+pub use transport::tls::{ClientTls, PeerIdentity, ServerTls};

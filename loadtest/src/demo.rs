@@ -37,7 +37,7 @@ use crate::serve::{self, ServeOptions};
 
 /// Runs the demo; `seconds` per measured load.
 pub fn demo(seconds: u64) -> anyhow::Result<()> {
-    let cpus = grpc_proxy::cores::available();
+    let cpus = grpc_proxy::runtime::cores::available();
     let last = *cpus
         .last()
         .ok_or_else(|| anyhow::anyhow!("no CPU available"))?;

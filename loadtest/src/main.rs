@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use grpc_loadtest::run::{Rpc, RunOptions};
 use grpc_loadtest::serve::ServeOptions;
 use grpc_proxy::config::{parse_duration, parse_size};
-use grpc_proxy::cores::{CoreSelection, CpuList};
+use grpc_proxy::runtime::cores::{CoreSelection, CpuList};
 use grpc_proxy::Driver;
 use http::{HeaderName, HeaderValue};
 

@@ -24,8 +24,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use grpc_proxy::cores::{self, CoreSelection};
-use grpc_proxy::signal::{Latch, Notify};
+use grpc_proxy::runtime::cores::{self, CoreSelection};
+use grpc_proxy::runtime::wake::{Latch, Notify};
 use grpc_proxy::{Code, Driver};
 use h2::client::SendRequest;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
@@ -225,7 +225,7 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
                     let driver = opts.driver.resolve();
                     let failed = tx.clone();
                     if let Err(e) =
-                        grpc_proxy::runtime::block_on(driver, move || worker(opts, tx, go))
+                        grpc_proxy::runtime::driver::block_on(driver, move || worker(opts, tx, go))
                     {
                         let _ = failed.send(FromWorker::Failed(RunError::Worker(e.to_string())));
                     }
@@ -334,7 +334,7 @@ fn progress_line(second: u64, options: &RunOptions, s: &Stats) -> String {
 /// One connection of a load worker; reconnects when it breaks.
 struct Conn {
     target: SocketAddr,
-    tls: Option<Rc<grpc_proxy::tls::Connector>>,
+    tls: Option<Rc<grpc_proxy::transport::tls::Connector>>,
     h2: h2::client::Builder,
     send: RefCell<Option<SendRequest<Bytes>>>,
     /// The tasks driving this connection's sockets (one per reconnect).

@@ -20,8 +20,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use grpc_proxy::control::{self, Command, Postbox};
-use grpc_proxy::cores::{self, CoreSelection};
+use grpc_proxy::runtime::cores::{self, CoreSelection};
+use grpc_proxy::runtime::mailbox::{Command, Postbox};
 use grpc_proxy::{Code, Driver, Status};
 use h2::server::SendResponse;
 use h2::RecvStream;
@@ -99,7 +99,7 @@ pub fn start(options: ServeOptions) -> anyhow::Result<ServerHandle> {
         .cores
         .plan(&cores::available())
         .map_err(anyhow::Error::msg)?;
-    let (listeners, addr) = grpc_proxy::listener::bind_all(options.listen, cpus.len())
+    let (listeners, addr) = grpc_proxy::runtime::listener::bind_all(options.listen, cpus.len())
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<Result<(), String>>();
     let mut handle = ServerHandle {
@@ -108,7 +108,7 @@ pub fn start(options: ServeOptions) -> anyhow::Result<ServerHandle> {
         threads: Vec::new(),
     };
     for (i, (cpu, listener)) in cpus.into_iter().zip(listeners).enumerate() {
-        let (postbox, mailbox) = control::channel()?;
+        let (postbox, mailbox) = grpc_proxy::runtime::mailbox::channel()?;
         let options = options.clone();
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()
@@ -117,7 +117,7 @@ pub fn start(options: ServeOptions) -> anyhow::Result<ServerHandle> {
                 core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                 let driver = options.driver.resolve();
                 let failed = ready.clone();
-                let run = grpc_proxy::runtime::block_on(driver, move || async move {
+                let run = grpc_proxy::runtime::driver::block_on(driver, move || async move {
                     let listener = match monoio::net::TcpListener::from_std(listener) {
                         Ok(l) => l,
                         Err(e) => {
@@ -125,7 +125,7 @@ pub fn start(options: ServeOptions) -> anyhow::Result<ServerHandle> {
                             return;
                         }
                     };
-                    let stop = Rc::new(grpc_proxy::signal::Latch::default());
+                    let stop = Rc::new(grpc_proxy::runtime::wake::Latch::default());
                     let s = stop.clone();
                     // Polled here, not spawned: a spawned task still waiting
                     // on its socket would outlive the runtime.
@@ -165,7 +165,7 @@ pub fn start(options: ServeOptions) -> anyhow::Result<ServerHandle> {
 
 struct Worker {
     options: ServeOptions,
-    stop: Rc<grpc_proxy::signal::Latch>,
+    stop: Rc<grpc_proxy::runtime::wake::Latch>,
     connections: std::cell::Cell<usize>,
     h2: h2::server::Builder,
     /// Framed zero-filled responses by size, built once per core.
@@ -173,7 +173,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(options: ServeOptions, stop: Rc<grpc_proxy::signal::Latch>) -> Worker {
+    fn new(options: ServeOptions, stop: Rc<grpc_proxy::runtime::wake::Latch>) -> Worker {
         let mut h2 = h2::server::Builder::new();
         h2.initial_window_size(1 << 20)
             .initial_connection_window_size(16 << 20)

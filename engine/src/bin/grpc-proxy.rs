@@ -19,7 +19,7 @@ use grpc_proxy::config::{
     parse_duration, resolve, ClientAuth, ClusterConfig, Config, ListenerTls, RouteAction,
     RouteConfig,
 };
-use grpc_proxy::cores::{CoreSelection, CpuList};
+use grpc_proxy::runtime::cores::{CoreSelection, CpuList};
 use grpc_proxy::{Driver, ProxyBuilder};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -121,7 +121,7 @@ fn main() -> ExitCode {
         }
     };
     // What SIGHUP and the admin endpoint's POST /reload both do.
-    let reload: grpc_proxy::admin::ReloadFn = {
+    let reload: grpc_proxy::telemetry::admin::ReloadFn = {
         let (control, cli) = (proxy.controller(), cli.clone());
         std::sync::Arc::new(move || {
             let next = load(&cli)?;
@@ -254,9 +254,11 @@ fn load(cli: &Cli) -> Result<Config, String> {
     }
     match cli.access_log.as_deref() {
         None => {}
-        Some("-") => config.access_log = Some(grpc_proxy::access_log::Target::Stdout),
+        Some("-") => config.access_log = Some(grpc_proxy::telemetry::access_log::Target::Stdout),
         Some("") => return Err("--access-log: empty; use - for stdout or a file path".into()),
-        Some(path) => config.access_log = Some(grpc_proxy::access_log::Target::File(path.into())),
+        Some(path) => {
+            config.access_log = Some(grpc_proxy::telemetry::access_log::Target::File(path.into()))
+        }
     }
     if let Some(d) = cli.drain_timeout {
         config.settings.drain_timeout = d;

@@ -22,9 +22,9 @@ use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::metrics::CoreCounters;
-use crate::status::Code;
-use crate::tls::PeerIdentity;
+use crate::grpc::status::Code;
+use crate::telemetry::metrics::CoreCounters;
+use crate::transport::tls::PeerIdentity;
 
 /// A worker hands its buffer on at this size...
 const BATCH: usize = 32 * 1024;
@@ -202,7 +202,7 @@ impl Logger {
         match self.tx.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                crate::metrics::add(&counters.access_log_dropped, lines);
+                crate::telemetry::metrics::add(&counters.access_log_dropped, lines);
             }
         }
     }

@@ -11,12 +11,12 @@
 
 use std::rc::Rc;
 
-use crate::director::{CoreId, Director, DirectorRecipe};
-use crate::metrics::{CallStats, RouteRegistry};
+use crate::routing::director::{CoreId, Director, DirectorRecipe};
+use crate::telemetry::metrics::{CallStats, RouteRegistry};
 
-use crate::pool::{Cluster, ClusterPlan};
-use crate::routes::RouteTable;
-use crate::tls::ServerTls;
+use crate::routing::routes::RouteTable;
+use crate::transport::tls::ServerTls;
+use crate::upstream::pool::{Cluster, ClusterPlan};
 
 /// A configuration for the workers to swap in; `Send`.
 #[derive(Clone, Debug)]

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::status::Status;
-use crate::tls::PeerIdentity;
+use crate::grpc::status::Status;
+use crate::transport::tls::PeerIdentity;
 
 /// Names a cluster of upstream endpoints; handed out by
 /// [`ProxyBuilder::cluster`](crate::ProxyBuilder::cluster).

@@ -46,9 +46,9 @@ use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 
 use crate::config::{Balance, HealthCheck, Outlier, Settings, UpstreamTls};
-use crate::metrics::{CallStats, ClusterReport};
-use crate::signal::{Latch, Notify};
-use crate::tls::{ClientTls, Connector};
+use crate::runtime::wake::{Latch, Notify};
+use crate::telemetry::metrics::{CallStats, ClusterReport};
+use crate::transport::tls::{ClientTls, Connector};
 
 /// Why no upstream stream could be opened. Every variant is UNAVAILABLE to
 /// the client and is safe to retry: nothing reached an upstream.
@@ -104,7 +104,7 @@ pub struct UpConn {
     active: Cell<usize>,
     usable: Cell<bool>,
     /// The last stream id of the upstream's GOAWAY, once one came.
-    goaway_last: crate::goaway::LastStreamId,
+    goaway_last: crate::transport::goaway::LastStreamId,
 }
 
 impl UpConn {
@@ -409,14 +409,14 @@ impl Cluster {
     /// connection), for passive ejection.
     pub fn call_result(&self, endpoint: &Endpoint, failed: bool, reset: bool) {
         if reset {
-            crate::metrics::add(&self.resets, 1);
+            crate::telemetry::metrics::add(&self.resets, 1);
         }
         endpoint.call_result(failed, &self.outlier);
     }
 
     /// Counters and connection figures for a scrape.
     pub fn report(&self) -> ClusterReport {
-        let mut r = crate::metrics::cluster_report(&self.stats);
+        let mut r = crate::telemetry::metrics::cluster_report(&self.stats);
         r.connect_failures = self.connect_failures.get();
         r.resets = self.resets.get();
         r.endpoints = self.endpoints.len() as u64;
@@ -654,7 +654,7 @@ impl Pool {
                         return Ok(conn);
                     }
                     Err(e) => {
-                        crate::metrics::add(&cluster.connect_failures, 1);
+                        crate::telemetry::metrics::add(&cluster.connect_failures, 1);
                         endpoint.call_result(true, &cluster.outlier);
                         self.back_off(endpoint, &e);
                         // With a live (full) connection, queue on it rather
@@ -733,17 +733,20 @@ impl Pool {
     {
         let addr = endpoint.addr;
         let timeout = self.settings.connect_timeout;
-        let goaway_last = crate::goaway::LastStreamId::default();
-        let io = crate::goaway::Watch::new(io, goaway_last.clone(), endpoint.goaways.clone());
-        let (io, flusher) = crate::write_batch::batched(io);
-        let (send, connection) =
-            crate::write_batch::flushing(self.h2.handshake::<_, Bytes>(io), flusher.clone())
-                .await
-                .map_err(|source| UpstreamError::Connect { addr, source })?
-                .map_err(|source| UpstreamError::Http2 { addr, source })?;
+        let goaway_last = crate::transport::goaway::LastStreamId::default();
+        let io =
+            crate::transport::goaway::Watch::new(io, goaway_last.clone(), endpoint.goaways.clone());
+        let (io, flusher) = crate::transport::write_batch::batched(io);
+        let (send, connection) = crate::transport::write_batch::flushing(
+            self.h2.handshake::<_, Bytes>(io),
+            flusher.clone(),
+        )
+        .await
+        .map_err(|source| UpstreamError::Connect { addr, source })?
+        .map_err(|source| UpstreamError::Http2 { addr, source })?;
         let mut connection = connection;
         let ping = connection.ping_pong();
-        let connection = crate::write_batch::flushing(connection, flusher);
+        let connection = crate::transport::write_batch::flushing(connection, flusher);
         let conn = Rc::new(UpConn {
             send: RefCell::new(send),
             active: Cell::new(0),

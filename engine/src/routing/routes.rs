@@ -18,8 +18,8 @@
 use std::collections::HashMap;
 
 use crate::config::{ClientMatch, HeaderMatch, HeaderRule, RouteAction, RouteConfig};
-use crate::director::{Call, ClusterId, CoreId, Director, DirectorRecipe, Route};
-use crate::status::{Code, Status};
+use crate::grpc::status::{Code, Status};
+use crate::routing::director::{Call, ClusterId, CoreId, Director, DirectorRecipe, Route};
 
 /// The routes of a config file, compiled against the proxy's clusters.
 #[derive(Clone, Debug)]

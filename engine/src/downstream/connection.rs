@@ -29,8 +29,8 @@ use monoio::net::TcpStream;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Settings;
-use crate::tls::PeerIdentity;
-use crate::worker::Worker;
+use crate::control::worker::Worker;
+use crate::transport::tls::PeerIdentity;
 
 /// The h2 server settings for downstream connections.
 pub fn builder(settings: &Settings) -> h2::server::Builder {
@@ -86,7 +86,7 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "downstream TLS handshake failed");
-            crate::metrics::add(&worker.counters.tls_handshake_failures, 1);
+            crate::telemetry::metrics::add(&worker.counters.tls_handshake_failures, 1);
             return;
         }
         Err(_) => {
@@ -113,9 +113,11 @@ async fn run<T>(
 ) where
     T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let (io, flusher) = crate::write_batch::batched(io);
-    let handshake =
-        crate::write_batch::flushing(worker.h2.handshake::<_, Bytes>(io), flusher.clone());
+    let (io, flusher) = crate::transport::write_batch::batched(io);
+    let handshake = crate::transport::write_batch::flushing(
+        worker.h2.handshake::<_, Bytes>(io),
+        flusher.clone(),
+    );
     let mut conn = match monoio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(Ok(conn))) => conn,
         Ok(Ok(Err(e))) => {
@@ -197,7 +199,7 @@ async fn run<T>(
             }
             Event::Accept(Some(Ok((request, respond)))) => {
                 accepted += 1;
-                monoio::spawn(crate::call::handle(
+                monoio::spawn(crate::downstream::call::handle(
                     worker.clone(),
                     request,
                     respond,

@@ -8,10 +8,10 @@
 //! its status, no reachable upstream with UNAVAILABLE, a deadline with
 //! DEADLINE_EXCEEDED. A call the upstream refused without processing it is
 //! sent once more, on another connection or endpoint (see
-//! [`splice`](crate::splice)).
+//! [`splice`](crate::forward::splice)).
 //!
 //! Every call is counted (route, cluster, core; see
-//! [`metrics`](crate::metrics)) and, when the access log is on, logged.
+//! [`metrics`](crate::telemetry::metrics)) and, when the access log is on, logged.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -22,16 +22,16 @@ use h2::RecvStream;
 use http::{header::CONTENT_TYPE, Request, Response, StatusCode, Version};
 use monoio::time::Instant;
 
-use crate::access_log::Entry;
-use crate::director::{Call, Route};
-use crate::headers::strip_hop_by_hop;
-use crate::metrics::add;
-use crate::pool::{Cluster, Endpoint};
-use crate::snapshot::{RouteSlot, Snapshot};
-use crate::splice::{copy_head, Finished, Held, Outcome, Splice};
-use crate::status::{Code, Status};
-use crate::tls::PeerIdentity;
-use crate::worker::Worker;
+use crate::control::worker::Worker;
+use crate::downstream::snapshot::{RouteSlot, Snapshot};
+use crate::forward::splice::{copy_head, Finished, Held, Outcome, Splice};
+use crate::grpc::headers::strip_hop_by_hop;
+use crate::grpc::status::{Code, Status};
+use crate::routing::director::{Call, Route};
+use crate::telemetry::access_log::Entry;
+use crate::telemetry::metrics::add;
+use crate::transport::tls::PeerIdentity;
+use crate::upstream::pool::{Cluster, Endpoint};
 
 /// Serves one request to its end.
 pub async fn handle(
@@ -158,7 +158,7 @@ async fn serve(
     let client_timeout = parts
         .headers
         .get("grpc-timeout")
-        .and_then(|v| crate::timeout::parse(v.as_bytes()));
+        .and_then(|v| crate::grpc::timeout::parse(v.as_bytes()));
     let budget = match (client_timeout, route_timeout) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -212,7 +212,7 @@ async fn serve(
 async fn again(
     worker: &Worker,
     cluster: &Cluster,
-    retry: crate::splice::Retry,
+    retry: crate::forward::splice::Retry,
     deadline: Option<Instant>,
 ) -> Result<(Rc<Endpoint>, Finished), (SendResponse<Bytes>, Status)> {
     let end_of_stream = retry.replay.is_empty() && retry.body.is_none();
@@ -251,9 +251,9 @@ async fn open(
     cluster: &Cluster,
     request: Request<()>,
     end_of_stream: bool,
-    avoid: Option<&crate::pool::Avoid>,
+    avoid: Option<&crate::upstream::pool::Avoid>,
     deadline: Option<Instant>,
-) -> Result<crate::pool::Upstream, Status> {
+) -> Result<crate::upstream::pool::Upstream, Status> {
     let open = worker.pool.open(cluster, request, end_of_stream, avoid);
     let opened = match deadline {
         Some(at) => match monoio::time::timeout_at(at, open).await {

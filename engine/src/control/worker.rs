@@ -4,27 +4,27 @@
 //! Everything a call touches lives in [`Worker`], shared by the core's
 //! tasks through `Rc`; nothing on the per-call path crosses threads. The
 //! worker accepts until it is told to drain or stop (see
-//! [`control`](crate::control)); when draining it closes its listener, lets
+//! [`control`](crate::runtime::mailbox)); when draining it closes its listener, lets
 //! every connection GOAWAY and finish, and exits when the last one closes
 //! or the drain timeout passes.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use crate::access_log::Logger;
 use crate::config::Settings;
-use crate::control::{Command, Mailbox};
-use crate::director::{CoreId, DirectorRecipe};
-use crate::metrics::{CoreCounters, CoreReport, RouteRegistry};
-use crate::pool::Pool;
-use crate::runtime::{self, Driver};
-use crate::signal::{Latch, Notify};
-use crate::snapshot::{Plan, Snapshot};
+use crate::downstream::snapshot::{Plan, Snapshot};
+use crate::routing::director::{CoreId, DirectorRecipe};
+use crate::runtime::driver::{block_on, Driver};
+use crate::runtime::mailbox::{Command, Mailbox};
+use crate::runtime::wake::{Latch, Notify};
+use crate::telemetry::access_log::Logger;
+use crate::telemetry::metrics::{CoreCounters, CoreReport, RouteRegistry};
+use crate::upstream::pool::Pool;
 
 /// The per-core state every task of this worker shares.
 pub struct Worker {
     /// Routes, clusters and TLS for calls starting now; see
-    /// [`snapshot`](crate::snapshot).
+    /// [`snapshot`](crate::downstream::snapshot).
     current: RefCell<Rc<Snapshot>>,
     pub(crate) pool: Pool,
     /// This core's counters.
@@ -69,7 +69,7 @@ pub fn run<R: DirectorRecipe>(spec: Spec<R>) {
     }
     let driver = spec.driver.resolve();
     let ready = spec.ready.clone();
-    if let Err(e) = runtime::block_on(driver, move || serve(spec, driver)) {
+    if let Err(e) = block_on(driver, move || serve(spec, driver)) {
         let _ = ready.send(Err(format!("cannot start the {driver} runtime: {e}")));
     }
 }
@@ -100,14 +100,14 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
         counters: CoreCounters::default(),
         routes,
         access_log: spec.access_log,
-        h2: crate::server::builder(&settings),
+        h2: crate::downstream::connection::builder(&settings),
         settings,
         drain: Latch::default(),
         stop,
         connections: Cell::new(0),
         idle: Notify::default(),
     });
-    crate::health::watch_new(&worker, &first, None);
+    crate::upstream::health::watch_new(&worker, &first, None);
     drop(first);
     let w = worker.clone();
     let core = spec.core;
@@ -120,7 +120,7 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
             let previous = w.snapshot();
             let next = Rc::new(previous.next(&plan, core, &w.routes));
             *w.current.borrow_mut() = next.clone();
-            crate::health::watch_new(&w, &next, Some(&previous));
+            crate::upstream::health::watch_new(&w, &next, Some(&previous));
             tracing::debug!(
                 worker = core.worker,
                 version = plan.version,
@@ -186,7 +186,7 @@ impl Worker {
 async fn flush_access_log(worker: Rc<Worker>) {
     loop {
         monoio::select! {
-            _ = monoio::time::sleep(crate::access_log::FLUSH_EVERY) => {}
+            _ = monoio::time::sleep(crate::telemetry::access_log::FLUSH_EVERY) => {}
             _ = worker.stop.wait() => {}
         }
         if let Some(log) = &worker.access_log {
@@ -239,10 +239,10 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &monoio::net::TcpListener) {
             continue;
         }
         worker.connections.set(worker.connections.get() + 1);
-        crate::metrics::add(&worker.counters.connections_accepted, 1);
+        crate::telemetry::metrics::add(&worker.counters.connections_accepted, 1);
         let w = worker.clone();
         monoio::spawn(async move {
-            crate::server::serve(w.clone(), tcp, peer).await;
+            crate::downstream::connection::serve(w.clone(), tcp, peer).await;
             w.connections.set(w.connections.get() - 1);
             if w.connections.get() == 0 {
                 w.idle.notify_all();

@@ -37,8 +37,8 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, Request as HttpRequest, Response};
 
-use crate::pool::{Avoid, StreamSlot, Upstream};
-use crate::status::{Code, Status};
+use crate::grpc::status::{Code, Status};
+use crate::upstream::pool::{Avoid, StreamSlot, Upstream};
 
 /// The downstream response, in the state it has reached.
 pub enum Downstream {
@@ -487,7 +487,7 @@ enum Pump {
 /// Whether a stream error means the upstream never processed the stream:
 /// it refused it, or sent a GOAWAY whose last stream id is below it (h2
 /// reports both those and the streams the GOAWAY kept the same way, so the
-/// id comes from [`goaway`](crate::goaway)).
+/// id comes from [`goaway`](crate::transport::goaway)).
 fn never_processed(e: &h2::Error, slot: &StreamSlot, up: &SendStream<Bytes>) -> bool {
     if e.is_reset() && e.is_remote() && e.reason() == Some(Reason::REFUSED_STREAM) {
         return true;

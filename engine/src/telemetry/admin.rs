@@ -3,7 +3,7 @@
 //!
 //! - `GET /metrics`: Prometheus text format; each scrape asks every worker
 //!   for its counters through its mailbox and merges them here (see
-//!   [`metrics`](crate::metrics)), so workers never share a counter.
+//!   [`metrics`](crate::telemetry::metrics)), so workers never share a counter.
 //! - `GET /ready`: 200 while serving, 503 once draining.
 //! - `GET /live`: 200 while the process runs.
 //! - `GET /config`: JSON with the running config's version, source, SHA-256
@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 
 use tiny_http::{Header, Method, Response, Server};
 
-use crate::proxy::Controller;
+use crate::control::proxy::Controller;
 
 /// What `POST /reload` runs: re-read the config and apply it, returning the
 /// new version or why not.

@@ -18,9 +18,9 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use crate::cores::CoreSelection;
-use crate::runtime::Driver;
-use crate::status::{Code, Status};
+use crate::grpc::status::{Code, Status};
+use crate::runtime::cores::CoreSelection;
+use crate::runtime::driver::Driver;
 
 /// A configuration problem, as one line naming what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +141,7 @@ pub struct Config {
     /// The admin listener (metrics, health, config, reload); `None`: off.
     pub admin: Option<SocketAddr>,
     /// Where the access log goes; `None`: off.
-    pub access_log: Option<crate::access_log::Target>,
+    pub access_log: Option<crate::telemetry::access_log::Target>,
     /// Where this config came from (a file path, or what built it).
     pub source: String,
     /// SHA-256 of the config text, lower-case hex; empty when not from text.
@@ -560,7 +560,7 @@ impl Config {
             message,
         })?;
         config.source = origin.to_owned();
-        config.digest = crate::tls::sha256_hex(text.as_bytes());
+        config.digest = crate::transport::tls::sha256_hex(text.as_bytes());
         Ok(config)
     }
 }
@@ -756,8 +756,10 @@ impl File {
         let access_log = match self.access_log.as_deref() {
             None => None,
             Some("") => return Err("access_log: empty; use \"-\" for stdout or a file path".into()),
-            Some("-") => Some(crate::access_log::Target::Stdout),
-            Some(path) => Some(crate::access_log::Target::File(PathBuf::from(path))),
+            Some("-") => Some(crate::telemetry::access_log::Target::Stdout),
+            Some(path) => Some(crate::telemetry::access_log::Target::File(PathBuf::from(
+                path,
+            ))),
         };
         Ok(Config {
             listen,
@@ -898,9 +900,13 @@ impl ClientMatchFile {
     fn validate(self, at: &str) -> Result<ClientMatch, String> {
         let mut sha256 = Vec::with_capacity(self.sha256.len());
         for f in &self.sha256 {
-            sha256.push(crate::tls::normalise_fingerprint(f).ok_or_else(|| {
-                format!("{at}.client.sha256: {f:?} is not a SHA-256 fingerprint (64 hex digits)")
-            })?);
+            sha256.push(
+                crate::transport::tls::normalise_fingerprint(f).ok_or_else(|| {
+                    format!(
+                        "{at}.client.sha256: {f:?} is not a SHA-256 fingerprint (64 hex digits)"
+                    )
+                })?,
+            );
         }
         let lists = !(self.common_name.is_empty()
             && self.dns.is_empty()
@@ -1084,7 +1090,7 @@ mod tests {
 
     #[test]
     fn the_example_config_is_valid() {
-        let text = include_str!("../../grpc-proxy.example.toml");
+        let text = include_str!("../../../grpc-proxy.example.toml");
         let cfg = parse(text).expect("the documented example parses");
         assert_eq!(cfg.clusters.len(), 2);
         assert_eq!(cfg.routes.len(), 4);

@@ -7,7 +7,7 @@
 //!
 //! [`ProxyHandle::reload`] applies a new config to a running proxy: routes,
 //! clusters and TLS files, checked on the calling thread and swapped in by
-//! every worker between calls (see [`snapshot`](crate::snapshot)).
+//! every worker between calls (see [`snapshot`](crate::downstream::snapshot)).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,16 +17,16 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::{Config, Settings};
-use crate::control::{self, Command, Postbox};
-use crate::cores::{self, CoreSelection};
-use crate::director::{ClusterId, CoreId, DirectorRecipe};
-use crate::metrics::Merged;
-use crate::pool::ClusterPlan;
-use crate::routes::RouteTable;
-use crate::runtime::Driver;
-use crate::snapshot::Plan;
-use crate::tls::{ClientTls, ServerTls};
-use crate::worker;
+use crate::control::worker;
+use crate::downstream::snapshot::Plan;
+use crate::routing::director::{ClusterId, CoreId, DirectorRecipe};
+use crate::routing::routes::RouteTable;
+use crate::runtime::cores::{self, CoreSelection};
+use crate::runtime::driver::Driver;
+use crate::runtime::mailbox::{self, Command, Postbox};
+use crate::telemetry::metrics::Merged;
+use crate::transport::tls::{ClientTls, ServerTls};
+use crate::upstream::pool::ClusterPlan;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +78,7 @@ pub struct ProxyBuilder {
     settings: Settings,
     clusters: Vec<ClusterPlan>,
     tls: Option<ServerTls>,
-    access_log: Option<crate::access_log::Target>,
+    access_log: Option<crate::telemetry::access_log::Target>,
     source: String,
     digest: String,
 }
@@ -117,7 +117,7 @@ impl ProxyBuilder {
     }
 
     /// Writes an access log line per call to `target` (default: none).
-    pub fn access_log(mut self, target: crate::access_log::Target) -> ProxyBuilder {
+    pub fn access_log(mut self, target: crate::telemetry::access_log::Target) -> ProxyBuilder {
         self.access_log = Some(target);
         self
     }
@@ -182,13 +182,11 @@ impl ProxyBuilder {
             .cores
             .plan(&cores::available())
             .map_err(StartError::Cores)?;
-        let (listeners, local_addr) =
-            crate::listener::bind_all(self.listen, cpus.len()).map_err(|source| {
-                StartError::Bind {
-                    addr: self.listen,
-                    source,
-                }
-            })?;
+        let (listeners, local_addr) = crate::runtime::listener::bind_all(self.listen, cpus.len())
+            .map_err(|source| StartError::Bind {
+            addr: self.listen,
+            source,
+        })?;
         let plan = Plan {
             routes: None,
             clusters: self.clusters,
@@ -198,14 +196,14 @@ impl ProxyBuilder {
         let access_log = self
             .access_log
             .as_ref()
-            .map(crate::access_log::Writer::start)
+            .map(crate::telemetry::access_log::Writer::start)
             .transpose()
             .map_err(|e| StartError::AccessLog(e.to_string()))?;
         let mut postboxes = Vec::with_capacity(cpus.len());
         let mut threads = Vec::with_capacity(cpus.len());
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         for (i, (cpu, listener)) in cpus.iter().zip(listeners).enumerate() {
-            let (postbox, mailbox) = control::channel().map_err(|e| StartError::Worker {
+            let (postbox, mailbox) = mailbox::channel().map_err(|e| StartError::Worker {
                 worker: i,
                 message: format!("cannot create control channel: {e}"),
             })?;
@@ -218,7 +216,9 @@ impl ProxyBuilder {
                 listener,
                 recipe: recipe.clone(),
                 plan: plan.clone(),
-                access_log: access_log.as_ref().map(crate::access_log::Writer::logger),
+                access_log: access_log
+                    .as_ref()
+                    .map(crate::telemetry::access_log::Writer::logger),
                 settings: self.settings.clone(),
                 mailbox,
                 ready: ready_tx.clone(),
@@ -280,8 +280,8 @@ pub struct ProxyHandle {
     driver: Driver,
     threads: Vec<JoinHandle<()>>,
     control: Arc<Controller>,
-    admin: Option<crate::admin::AdminServer>,
-    access_log: Option<crate::access_log::Writer>,
+    admin: Option<crate::telemetry::admin::AdminServer>,
+    access_log: Option<crate::telemetry::access_log::Writer>,
 }
 
 /// What the running config is and where it came from.
@@ -376,15 +376,16 @@ impl ProxyHandle {
         self.control.metrics()
     }
 
-    /// Serves the admin endpoint on `addr` (see [`admin`](crate::admin)),
+    /// Serves the admin endpoint on `addr` (see [`admin`](crate::telemetry::admin)),
     /// on its own thread; `reload` is what `POST /reload` runs (re-read the
     /// config and apply it), if anything. Returns the bound address.
     pub fn serve_admin(
         &mut self,
         addr: SocketAddr,
-        reload: Option<crate::admin::ReloadFn>,
+        reload: Option<crate::telemetry::admin::ReloadFn>,
     ) -> std::io::Result<SocketAddr> {
-        let server = crate::admin::AdminServer::start(addr, self.control.clone(), reload)?;
+        let server =
+            crate::telemetry::admin::AdminServer::start(addr, self.control.clone(), reload)?;
         let bound = server.local_addr();
         self.admin = Some(server);
         Ok(bound)

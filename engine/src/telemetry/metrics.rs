@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
-use crate::status::Code;
+use crate::grpc::status::Code;
 
 /// gRPC status codes 0 to 16.
 pub const CODES: usize = 17;

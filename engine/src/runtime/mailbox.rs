@@ -11,8 +11,8 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 use monoio::io::AsyncReadRent;
 
-use crate::metrics::CoreReport;
-use crate::snapshot::Plan;
+use crate::downstream::snapshot::Plan;
+use crate::telemetry::metrics::CoreReport;
 
 /// What the control thread can ask of a worker.
 #[derive(Clone, Debug)]

@@ -18,9 +18,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::Request;
 
 use crate::config::HealthCheck;
-use crate::pool::{Cluster, Endpoint};
-use crate::snapshot::Snapshot;
-use crate::worker::Worker;
+use crate::control::worker::Worker;
+use crate::downstream::snapshot::Snapshot;
+use crate::upstream::pool::{Cluster, Endpoint};
 
 /// Starts checking the clusters of `next` that have checks and were not in
 /// `previous`.

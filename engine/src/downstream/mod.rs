@@ -1,0 +1,7 @@
+//! The client side of one core: connections (TLS and HTTP/2 handshakes,
+//! accepting streams, retiring and draining) and the calls on them, each
+//! with the config snapshot it started under.
+
+pub(crate) mod call;
+pub(crate) mod connection;
+pub mod snapshot;

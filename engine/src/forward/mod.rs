@@ -1,0 +1,4 @@
+//! Moving one call's frames between its downstream and upstream streams:
+//! the splice, with flow control, resets, deadlines and retries.
+
+pub mod splice;

@@ -1,0 +1,5 @@
+//! Where a call goes: the [`Director`](director::Director) trait and the
+//! config file's declarative route table.
+
+pub mod director;
+pub mod routes;

@@ -1,0 +1,11 @@
+//! The machinery of thread-per-core, with no knowledge of HTTP/2 or gRPC:
+//! choosing cores, monoio runtimes and their drivers, the SO_REUSEPORT
+//! listeners, single-thread wake-up primitives, and the mailbox through
+//! which the control side talks to a worker. Depends on nothing else in
+//! the engine.
+
+pub mod cores;
+pub mod driver;
+pub mod listener;
+pub mod mailbox;
+pub mod wake;

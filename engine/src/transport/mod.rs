@@ -1,0 +1,7 @@
+//! What sits between a socket and HTTP/2 on either leg: TLS with rustls,
+//! write batching, and the scan of inbound frame headers that reads an
+//! upstream's GOAWAY.
+
+pub mod goaway;
+pub mod tls;
+pub mod write_batch;
