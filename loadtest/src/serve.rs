@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use grpc_proxy::runtime::cores::{self, CoreSelection};
-use grpc_proxy::runtime::mailbox::{Command, Postbox};
+use grpc_proxy::runtime::mailbox::Postbox;
 use grpc_proxy::{Code, Driver, Status};
 use h2::server::SendResponse;
 use h2::RecvStream;
@@ -61,10 +61,14 @@ impl Default for ServeOptions {
     }
 }
 
+/// The one thing the echo server's workers are told: stop.
+#[derive(Debug)]
+struct Stop;
+
 /// A running echo server; dropping it stops it.
 pub struct ServerHandle {
     addr: SocketAddr,
-    postboxes: Vec<Postbox>,
+    postboxes: Vec<Postbox<Stop>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -85,7 +89,7 @@ impl ServerHandle {
 impl Drop for ServerHandle {
     fn drop(&mut self) {
         for p in &self.postboxes {
-            p.send(Command::Stop);
+            p.send(Stop);
         }
         for t in self.threads.drain(..) {
             let _ = t.join();

@@ -17,13 +17,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::{Config, Settings};
-use crate::control::worker;
+use crate::control::worker::{self, Command};
 use crate::downstream::snapshot::Plan;
 use crate::routing::director::{ClusterId, CoreId, DirectorRecipe};
 use crate::routing::routes::RouteTable;
 use crate::runtime::cores::{self, CoreSelection};
 use crate::runtime::driver::Driver;
-use crate::runtime::mailbox::{self, Command, Postbox};
+use crate::runtime::mailbox::{self, Postbox};
 use crate::telemetry::metrics::Merged;
 use crate::transport::tls::{ClientTls, ServerTls};
 use crate::upstream::pool::ClusterPlan;
@@ -302,7 +302,7 @@ pub struct ConfigInfo {
 /// worker's per-call path.
 #[derive(Debug)]
 pub struct Controller {
-    postboxes: Vec<Postbox>,
+    postboxes: Vec<Postbox<Command>>,
     /// Whether the director is the config's route table (replaced by a
     /// reload) rather than one written in Rust (kept).
     routes_reload: bool,

@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::downstream::snapshot::{Plan, Snapshot};
 use crate::routing::director::{CoreId, DirectorRecipe};
 use crate::runtime::driver::{block_on, Driver};
-use crate::runtime::mailbox::{Command, Mailbox};
+use crate::runtime::mailbox::Mailbox;
 use crate::runtime::wake::{Latch, Notify};
 use crate::telemetry::access_log::Logger;
 use crate::telemetry::metrics::{CoreCounters, CoreReport, RouteRegistry};
@@ -42,6 +42,26 @@ pub struct Worker {
     idle: Notify,
 }
 
+/// What the control thread can ask of a worker.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Stop accepting, GOAWAY every connection, finish in-flight calls up to
+    /// the drain timeout, then exit.
+    Drain,
+    /// Exit now, cutting every connection.
+    Stop,
+    /// Swap in this configuration for calls that start from now on, then
+    /// say so on `done`.
+    Reload {
+        /// The configuration.
+        plan: std::sync::Arc<Plan>,
+        /// Told the plan's version once this worker uses it.
+        done: crossbeam_channel::Sender<u64>,
+    },
+    /// Report this worker's counters.
+    Scrape(crossbeam_channel::Sender<CoreReport>),
+}
+
 /// What a worker thread is started with; `Send`.
 pub struct Spec<R> {
     pub core: CoreId,
@@ -51,7 +71,7 @@ pub struct Spec<R> {
     pub plan: Plan,
     pub access_log: Option<Logger>,
     pub settings: Settings,
-    pub mailbox: Mailbox,
+    pub mailbox: Mailbox<Command>,
     /// Told once the runtime is up and the listener registered, or why not.
     pub ready: crossbeam_channel::Sender<Result<Driver, String>>,
 }
@@ -113,6 +133,7 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
     let core = spec.core;
     // The mailbox is polled here rather than spawned, so that it ends with
     // the worker (see `close`).
+    let stop = worker.stop.clone();
     let mailbox = spec.mailbox.run(move |command| match command {
         Command::Drain => w.drain.set(),
         Command::Stop => w.stop.set(),
@@ -132,6 +153,11 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
             let _ = reply.send(w.report(core.worker));
         }
     });
+    // A control side that is gone stops the worker.
+    let mailbox = async move {
+        mailbox.await;
+        stop.set();
+    };
     if worker.access_log.is_some() {
         monoio::spawn(flush_access_log(worker.clone()));
     }
