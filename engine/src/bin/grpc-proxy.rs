@@ -254,10 +254,10 @@ fn load(cli: &Cli) -> Result<Config, String> {
     }
     match cli.access_log.as_deref() {
         None => {}
-        Some("-") => config.access_log = Some(grpc_proxy::telemetry::access_log::Target::Stdout),
+        Some("-") => config.access_log = Some(grpc_proxy::config::AccessLogTarget::Stdout),
         Some("") => return Err("--access-log: empty; use - for stdout or a file path".into()),
         Some(path) => {
-            config.access_log = Some(grpc_proxy::telemetry::access_log::Target::File(path.into()))
+            config.access_log = Some(grpc_proxy::config::AccessLogTarget::File(path.into()))
         }
     }
     if let Some(d) = cli.drain_timeout {

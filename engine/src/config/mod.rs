@@ -141,7 +141,7 @@ pub struct Config {
     /// The admin listener (metrics, health, config, reload); `None`: off.
     pub admin: Option<SocketAddr>,
     /// Where the access log goes; `None`: off.
-    pub access_log: Option<crate::telemetry::access_log::Target>,
+    pub access_log: Option<AccessLogTarget>,
     /// Where this config came from (a file path, or what built it).
     pub source: String,
     /// SHA-256 of the config text, lower-case hex; empty when not from text.
@@ -187,6 +187,15 @@ pub struct UpstreamTls {
     pub cert: Option<PathBuf>,
     /// Its private key.
     pub key: Option<PathBuf>,
+}
+
+/// Where the access log goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Standard output.
+    Stdout,
+    /// This file, appended to.
+    File(PathBuf),
 }
 
 /// Conditions on the downstream client's verified certificate. Each list
@@ -756,10 +765,8 @@ impl File {
         let access_log = match self.access_log.as_deref() {
             None => None,
             Some("") => return Err("access_log: empty; use \"-\" for stdout or a file path".into()),
-            Some("-") => Some(crate::telemetry::access_log::Target::Stdout),
-            Some(path) => Some(crate::telemetry::access_log::Target::File(PathBuf::from(
-                path,
-            ))),
+            Some("-") => Some(AccessLogTarget::Stdout),
+            Some(path) => Some(AccessLogTarget::File(PathBuf::from(path))),
         };
         Ok(Config {
             listen,

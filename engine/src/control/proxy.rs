@@ -78,7 +78,7 @@ pub struct ProxyBuilder {
     settings: Settings,
     clusters: Vec<ClusterPlan>,
     tls: Option<ServerTls>,
-    access_log: Option<crate::telemetry::access_log::Target>,
+    access_log: Option<crate::config::AccessLogTarget>,
     source: String,
     digest: String,
 }
@@ -117,7 +117,7 @@ impl ProxyBuilder {
     }
 
     /// Writes an access log line per call to `target` (default: none).
-    pub fn access_log(mut self, target: crate::telemetry::access_log::Target) -> ProxyBuilder {
+    pub fn access_log(mut self, target: crate::config::AccessLogTarget) -> ProxyBuilder {
         self.access_log = Some(target);
         self
     }

@@ -17,11 +17,11 @@
 use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::config::AccessLogTarget;
 use crate::grpc::status::Code;
 use crate::telemetry::metrics::CoreCounters;
 use crate::transport::tls::PeerIdentity;
@@ -32,15 +32,6 @@ const BATCH: usize = 32 * 1024;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Batches waiting for the writer before workers start dropping.
 const QUEUE: usize = 256;
-
-/// Where the access log goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// Standard output.
-    Stdout,
-    /// This file, appended to.
-    File(PathBuf),
-}
 
 /// One call, as logged.
 pub struct Entry<'a> {
@@ -76,10 +67,10 @@ pub struct Writer {
 impl Writer {
     /// Opens the output (a file is created or appended to) and starts the
     /// writer thread.
-    pub fn start(target: &Target) -> std::io::Result<Writer> {
+    pub fn start(target: &AccessLogTarget) -> std::io::Result<Writer> {
         let out: Box<dyn Write + Send> = match target {
-            Target::Stdout => Box::new(std::io::stdout()),
-            Target::File(path) => Box::new(
+            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
+            AccessLogTarget::File(path) => Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
