@@ -67,12 +67,11 @@ pub mod transport;
 pub mod upstream;
 
 pub use config::{Config, ConfigError, Settings};
-pub use control::proxy::{
-    ConfigInfo, Controller, ProxyBuilder, ProxyHandle, ReloadError, StartError,
-};
+pub use control::proxy::{Controller, ProxyBuilder, ProxyHandle, ReloadError, StartError};
 pub use grpc::status::{Code, Status};
 pub use routing::director::{Call, ClusterId, CoreId, Director, DirectorRecipe, Route};
 pub use routing::routes::RouteTable;
 pub use runtime::cores::CoreSelection;
 pub use runtime::driver::Driver;
+pub use telemetry::admin::ConfigInfo;
 pub use transport::tls::{ClientTls, PeerIdentity, ServerTls};

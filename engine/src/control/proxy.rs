@@ -24,6 +24,7 @@ use crate::routing::routes::RouteTable;
 use crate::runtime::cores::{self, CoreSelection};
 use crate::runtime::driver::Driver;
 use crate::runtime::mailbox::{self, Postbox};
+use crate::telemetry::admin::{self, ConfigInfo};
 use crate::telemetry::metrics::Merged;
 use crate::transport::tls::{ClientTls, ServerTls};
 use crate::upstream::pool::ClusterPlan;
@@ -284,19 +285,6 @@ pub struct ProxyHandle {
     access_log: Option<crate::telemetry::access_log::Writer>,
 }
 
-/// What the running config is and where it came from.
-#[derive(Clone, Debug)]
-pub struct ConfigInfo {
-    /// 1 at start, one more per reload.
-    pub version: u64,
-    /// A file path, or what built the config.
-    pub source: String,
-    /// SHA-256 of the config text, hex; empty when not from text.
-    pub digest: String,
-    /// When it was applied.
-    pub applied_at: std::time::SystemTime,
-}
-
 /// The control side of a running proxy, shareable with other threads (the
 /// admin endpoint, signal handlers): reload, scrape, drain. Never on a
 /// worker's per-call path.
@@ -509,6 +497,20 @@ impl Controller {
         }
         tracing::info!(version, source = %config.source, routes = self.routes_reload, "config reloaded");
         Ok(version)
+    }
+}
+
+impl admin::Control for Controller {
+    fn metrics(&self) -> Merged {
+        Controller::metrics(self)
+    }
+
+    fn is_draining(&self) -> bool {
+        Controller::is_draining(self)
+    }
+
+    fn config_info(&self) -> ConfigInfo {
+        Controller::config_info(self)
     }
 }
 

@@ -26,7 +26,7 @@ pub struct Worker {
     /// Routes, clusters and TLS for calls starting now; see
     /// [`snapshot`](crate::downstream::snapshot).
     current: RefCell<Rc<Snapshot>>,
-    pub(crate) pool: Pool,
+    pub(crate) pool: Rc<Pool>,
     /// This core's counters.
     pub(crate) counters: CoreCounters,
     /// This core's route statistics, by name.
@@ -116,7 +116,7 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
     drop(spec.recipe);
     let worker = Rc::new(Worker {
         current: RefCell::new(first.clone()),
-        pool: Pool::new(settings.clone(), stop.clone()),
+        pool: Rc::new(Pool::new(settings.clone(), stop.clone())),
         counters: CoreCounters::default(),
         routes,
         access_log: spec.access_log,
@@ -127,7 +127,7 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
         connections: Cell::new(0),
         idle: Notify::default(),
     });
-    crate::upstream::health::watch_new(&worker, &first, None);
+    crate::upstream::health::watch_new(&worker.pool, &first.clusters, &[]);
     drop(first);
     let w = worker.clone();
     let core = spec.core;
@@ -141,7 +141,7 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
             let previous = w.snapshot();
             let next = Rc::new(previous.next(&plan, core, &w.routes));
             *w.current.borrow_mut() = next.clone();
-            crate::upstream::health::watch_new(&w, &next, Some(&previous));
+            crate::upstream::health::watch_new(&w.pool, &next.clusters, &previous.clusters);
             tracing::debug!(
                 worker = core.worker,
                 version = plan.version,

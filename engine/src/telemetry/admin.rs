@@ -11,6 +11,10 @@
 //! - `POST /reload`: re-reads the config (as SIGHUP does); 200 with the new
 //!   version, or 400 with why it was refused (the old config serves on).
 //!
+//! It knows the running proxy only through the small [`Control`] trait
+//! (merged metrics, draining, the config's description), which the
+//! [`Controller`](crate::Controller) implements.
+//!
 //! It serves one request at a time on its thread: it is for operators and
 //! scrapers, not traffic, and must never take CPU from the workers' cores
 //! beyond a scrape's mailbox round trip.
@@ -21,7 +25,31 @@ use std::thread::JoinHandle;
 
 use tiny_http::{Header, Method, Response, Server};
 
-use crate::control::proxy::Controller;
+use crate::telemetry::metrics::Merged;
+
+/// What the running config is and where it came from.
+#[derive(Clone, Debug)]
+pub struct ConfigInfo {
+    /// 1 at start, one more per reload.
+    pub version: u64,
+    /// A file path, or what built the config.
+    pub source: String,
+    /// SHA-256 of the config text, hex; empty when not from text.
+    pub digest: String,
+    /// When it was applied.
+    pub applied_at: std::time::SystemTime,
+}
+
+/// What the admin endpoint asks of the running proxy; the
+/// [`Controller`](crate::Controller) is one.
+pub trait Control: Send + Sync + 'static {
+    /// Every worker's counters, merged.
+    fn metrics(&self) -> Merged;
+    /// Whether the proxy is draining: `/ready` answers 503.
+    fn is_draining(&self) -> bool;
+    /// The running config's version and source.
+    fn config_info(&self) -> ConfigInfo;
+}
 
 /// What `POST /reload` runs: re-read the config and apply it, returning the
 /// new version or why not.
@@ -46,7 +74,7 @@ impl AdminServer {
     /// Binds `addr` and serves on a new thread.
     pub fn start(
         addr: SocketAddr,
-        control: Arc<Controller>,
+        control: Arc<dyn Control>,
         reload: Option<ReloadFn>,
     ) -> std::io::Result<AdminServer> {
         let server = Server::http(addr).map_err(|e| {
@@ -62,7 +90,7 @@ impl AdminServer {
             .name("grpc-proxy-admin".into())
             .spawn(move || {
                 for request in s.incoming_requests() {
-                    let response = respond(&request, &control, reload.as_ref());
+                    let response = respond(&request, &*control, reload.as_ref());
                     if let Err(e) = request.respond(response) {
                         tracing::debug!(error = %e, "admin response failed");
                     }
@@ -101,7 +129,11 @@ fn text(status: u16, body: impl Into<String>, content_type: &str) -> Reply {
     response
 }
 
-fn respond(request: &tiny_http::Request, control: &Controller, reload: Option<&ReloadFn>) -> Reply {
+fn respond(
+    request: &tiny_http::Request,
+    control: &dyn Control,
+    reload: Option<&ReloadFn>,
+) -> Reply {
     let path = request.url().split('?').next().unwrap_or("");
     match (request.method(), path) {
         (Method::Get, "/metrics") => text(

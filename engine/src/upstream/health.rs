@@ -18,22 +18,20 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::Request;
 
 use crate::config::HealthCheck;
-use crate::control::worker::Worker;
-use crate::downstream::snapshot::Snapshot;
-use crate::upstream::pool::{Cluster, Endpoint};
+use crate::upstream::pool::{Cluster, Endpoint, Pool};
 
-/// Starts checking the clusters of `next` that have checks and were not in
-/// `previous`.
-pub fn watch_new(worker: &Rc<Worker>, next: &Snapshot, previous: Option<&Snapshot>) {
-    for cluster in &next.clusters {
-        let known = previous.is_some_and(|p| p.clusters.iter().any(|c| Rc::ptr_eq(c, cluster)));
+/// Starts checking, over `pool`, the clusters of `next` that have checks
+/// and were not in `previous`.
+pub fn watch_new(pool: &Rc<Pool>, next: &[Rc<Cluster>], previous: &[Rc<Cluster>]) {
+    for cluster in next {
+        let known = previous.iter().any(|c| Rc::ptr_eq(c, cluster));
         if cluster.health_check().is_some() && !known {
-            monoio::spawn(watch(worker.clone(), Rc::downgrade(cluster)));
+            monoio::spawn(watch(pool.clone(), Rc::downgrade(cluster)));
         }
     }
 }
 
-async fn watch(worker: Rc<Worker>, cluster: Weak<Cluster>) {
+async fn watch(pool: Rc<Pool>, cluster: Weak<Cluster>) {
     loop {
         let interval = {
             let Some(cluster) = cluster.upgrade() else {
@@ -44,8 +42,8 @@ async fn watch(worker: Rc<Worker>, cluster: Weak<Cluster>) {
             };
             for endpoint in cluster.endpoints() {
                 let passed = monoio::select! {
-                    passed = probe(&worker, &cluster, endpoint, &check) => passed,
-                    _ = worker.stop.wait() => return,
+                    passed = probe(&pool, &cluster, endpoint, &check) => passed,
+                    _ = pool.stop().wait() => return,
                 };
                 match endpoint.health_result(passed, &check) {
                     Some(true) => {
@@ -61,24 +59,20 @@ async fn watch(worker: Rc<Worker>, cluster: Weak<Cluster>) {
         };
         monoio::select! {
             _ = monoio::time::sleep(interval) => {}
-            _ = worker.stop.wait() => return,
+            _ = pool.stop().wait() => return,
         }
     }
 }
 
 /// One check of one endpoint.
 async fn probe(
-    worker: &Worker,
+    pool: &Pool,
     cluster: &Cluster,
     endpoint: &Rc<Endpoint>,
     check: &HealthCheck,
 ) -> bool {
     let attempt = async {
-        let conn = worker
-            .pool
-            .ready_connection(cluster, endpoint, None)
-            .await
-            .ok()?;
+        let conn = pool.ready_connection(cluster, endpoint, None).await.ok()?;
         let request = Request::post(format!(
             "http://{}/grpc.health.v1.Health/Check",
             endpoint.addr()

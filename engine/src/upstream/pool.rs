@@ -510,6 +510,11 @@ impl Pool {
         }
     }
 
+    /// The worker's stop signal.
+    pub(crate) fn stop(&self) -> &Latch {
+        &self.stop
+    }
+
     /// Upstream connections whose tasks are still running.
     pub fn live_connections(&self) -> usize {
         self.live.get()
