@@ -15,8 +15,9 @@
 //!    hop-by-hop headers.
 //! 2. [`runtime`]: cores, monoio runtimes and drivers, the SO_REUSEPORT
 //!    listeners, wake-up primitives, the worker mailbox.
-//! 3. [`transport`]: TLS, write batching, the GOAWAY frame scan.
-//! 4. [`config`]: the file's schema, parsing, units and validation.
+//! 3. [`config`]: the file's schema, parsing, units and validation.
+//! 4. [`transport`]: TLS, HTTP/2 connection set-up, write batching, the
+//!    GOAWAY frame scan.
 //! 5. [`telemetry`]: per-core metrics, the admin endpoint, the access log.
 //! 6. [`routing`]: the [`Director`] trait and the declarative routes.
 //! 7. [`upstream`]: the per-core pool, endpoints, balancing, ejection,

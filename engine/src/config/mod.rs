@@ -10,6 +10,8 @@
 //! See `grpc-proxy.example.toml` at the top of the repository for a
 //! documented example.
 
+pub mod digest;
+
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -569,7 +571,7 @@ impl Config {
             message,
         })?;
         config.source = origin.to_owned();
-        config.digest = crate::transport::tls::sha256_hex(text.as_bytes());
+        config.digest = digest::sha256_hex(text.as_bytes());
         Ok(config)
     }
 }
@@ -907,13 +909,9 @@ impl ClientMatchFile {
     fn validate(self, at: &str) -> Result<ClientMatch, String> {
         let mut sha256 = Vec::with_capacity(self.sha256.len());
         for f in &self.sha256 {
-            sha256.push(
-                crate::transport::tls::normalise_fingerprint(f).ok_or_else(|| {
-                    format!(
-                        "{at}.client.sha256: {f:?} is not a SHA-256 fingerprint (64 hex digits)"
-                    )
-                })?,
-            );
+            sha256.push(digest::normalise_fingerprint(f).ok_or_else(|| {
+                format!("{at}.client.sha256: {f:?} is not a SHA-256 fingerprint (64 hex digits)")
+            })?);
         }
         let lists = !(self.common_name.is_empty()
             && self.dns.is_empty()

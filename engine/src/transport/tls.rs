@@ -258,7 +258,7 @@ impl PeerIdentity {
     /// are left empty; the fingerprint is always there.
     pub fn from_der(der: &[u8]) -> PeerIdentity {
         let mut identity = PeerIdentity {
-            sha256: sha256_hex(der),
+            sha256: crate::config::digest::sha256_hex(der),
             ..PeerIdentity::default()
         };
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
@@ -285,26 +285,4 @@ impl PeerIdentity {
         }
         identity
     }
-}
-
-/// SHA-256 of `bytes`, lower-case hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut hex = String::with_capacity(64);
-    for b in digest.as_ref() {
-        let _ = write!(hex, "{b:02x}");
-    }
-    hex
-}
-
-/// Normalises a fingerprint as written in a config: lower case, without
-/// `:` separators.
-pub fn normalise_fingerprint(text: &str) -> Option<String> {
-    let hex: String = text
-        .chars()
-        .filter(|c| *c != ':')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
