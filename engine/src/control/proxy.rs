@@ -364,7 +364,7 @@ impl ProxyHandle {
         self.control.metrics()
     }
 
-    /// Serves the admin endpoint on `addr` (see [`admin`](crate::telemetry::admin)),
+    /// Serves the admin endpoint on `addr` (see [`crate::telemetry::admin`]),
     /// on its own thread; `reload` is what `POST /reload` runs (re-read the
     /// config and apply it), if anything. Returns the bound address.
     pub fn serve_admin(

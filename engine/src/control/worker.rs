@@ -1,46 +1,31 @@
 //! A worker: one pinned thread, one monoio runtime, one listener, and this
-//! core's director and upstream pool.
+//! core's director, upstream pool and downstream server.
 //!
-//! Everything a call touches lives in [`Worker`], shared by the core's
-//! tasks through `Rc`; nothing on the per-call path crosses threads. The
-//! worker accepts until it is told to drain or stop (see
-//! [`control`](crate::runtime::mailbox)); when draining it closes its listener, lets
-//! every connection GOAWAY and finish, and exits when the last one closes
-//! or the drain timeout passes.
+//! The worker builds the core's parts from its [`Spec`] and wires them:
+//! the [`Server`] (connections and calls, each call with a narrow
+//! [`CallContext`]), the [`Pool`] and its health checks, and the mailbox
+//! through which the control side asks for a drain, a stop, a reload or a
+//! scrape. Nothing on the per-call path crosses threads. The worker accepts
+//! until it is told to drain or stop; when draining it closes its listener,
+//! lets every connection GOAWAY and finish, and exits when the last one
+//! closes or the drain timeout passes.
 
-use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use crate::config::Settings;
+use crate::downstream::accept::accept;
+use crate::downstream::call::CallContext;
+use crate::downstream::server::Server;
 use crate::downstream::snapshot::{Plan, Snapshot};
 use crate::routing::director::{CoreId, DirectorRecipe};
 use crate::runtime::driver::{block_on, Driver};
 use crate::runtime::mailbox::Mailbox;
-use crate::runtime::wake::{Latch, Notify};
-use crate::telemetry::access_log::Logger;
+use crate::runtime::wake::Latch;
+use crate::telemetry::access_log::{Logger, FLUSH_EVERY};
 use crate::telemetry::metrics::{CoreCounters, CoreReport, RouteRegistry};
+use crate::upstream::health;
 use crate::upstream::pool::Pool;
-
-/// The per-core state every task of this worker shares.
-pub struct Worker {
-    /// Routes, clusters and TLS for calls starting now; see
-    /// [`snapshot`](crate::downstream::snapshot).
-    current: RefCell<Rc<Snapshot>>,
-    pub(crate) pool: Rc<Pool>,
-    /// This core's counters.
-    pub(crate) counters: CoreCounters,
-    /// This core's route statistics, by name.
-    routes: RouteRegistry,
-    /// This core's access logger, when the log is on.
-    pub(crate) access_log: Option<Logger>,
-    pub(crate) settings: Rc<Settings>,
-    pub(crate) h2: h2::server::Builder,
-    pub(crate) drain: Latch,
-    /// Set when the worker exits: every task that owns a socket watches it.
-    pub(crate) stop: Rc<Latch>,
-    connections: Cell<usize>,
-    idle: Notify,
-}
 
 /// What the control thread can ask of a worker.
 #[derive(Clone, Debug)]
@@ -104,100 +89,127 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
             return;
         }
     };
-    let settings = Rc::new(spec.settings);
-    let stop = Rc::new(Latch::default());
-    let routes = RouteRegistry::default();
-    let first = Rc::new(Snapshot::first(
-        &spec.plan,
-        &spec.recipe,
+    let worker = Rc::new(Worker::new(
         spec.core,
-        &routes,
+        &spec.plan,
+        spec.recipe,
+        spec.settings,
+        spec.access_log,
     ));
-    drop(spec.recipe);
-    let worker = Rc::new(Worker {
-        current: RefCell::new(first.clone()),
-        pool: Rc::new(Pool::new(settings.clone(), stop.clone())),
-        counters: CoreCounters::default(),
-        routes,
-        access_log: spec.access_log,
-        h2: crate::downstream::connection::builder(&settings),
-        settings,
-        drain: Latch::default(),
-        stop,
-        connections: Cell::new(0),
-        idle: Notify::default(),
-    });
-    crate::upstream::health::watch_new(&worker.pool, &first.clusters, &[]);
-    drop(first);
-    let w = worker.clone();
-    let core = spec.core;
     // The mailbox is polled here rather than spawned, so that it ends with
-    // the worker (see `close`).
-    let stop = worker.stop.clone();
-    let mailbox = spec.mailbox.run(move |command| match command {
-        Command::Drain => w.drain.set(),
-        Command::Stop => w.stop.set(),
-        Command::Reload { plan, done } => {
-            let previous = w.snapshot();
-            let next = Rc::new(previous.next(&plan, core, &w.routes));
-            *w.current.borrow_mut() = next.clone();
-            crate::upstream::health::watch_new(&w.pool, &next.clusters, &previous.clusters);
-            tracing::debug!(
-                worker = core.worker,
-                version = plan.version,
-                "config reloaded"
-            );
-            let _ = done.send(plan.version);
-        }
-        Command::Scrape(reply) => {
-            let _ = reply.send(w.report(core.worker));
-        }
-    });
-    // A control side that is gone stops the worker.
+    // the worker (see `close`); a control side that is gone stops it.
+    let w = worker.clone();
     let mailbox = async move {
-        mailbox.await;
-        stop.set();
+        spec.mailbox.run(|command| w.on_command(command)).await;
+        w.server.stop.set();
     };
-    if worker.access_log.is_some() {
-        monoio::spawn(flush_access_log(worker.clone()));
-    }
     let mut mailbox = std::pin::pin!(mailbox);
+    if worker.calls().access_log.is_some() {
+        monoio::spawn(flush_access_log(
+            worker.server.calls.clone(),
+            worker.server.stop.clone(),
+        ));
+    }
     let _ = spec.ready.send(Ok(driver));
     tracing::debug!(worker = spec.core.worker, cpu = ?spec.core.cpu, %driver, "worker started");
 
+    let server = &worker.server;
     monoio::select! {
-        _ = accept_loop(&worker, &listener) => {}
-        _ = worker.drain.wait() => {}
-        _ = worker.stop.wait() => {}
+        _ = accept(server, &listener) => {}
+        _ = server.drain.wait() => {}
+        _ = server.stop.wait() => {}
         _ = &mut mailbox => {}
     }
     drop(listener);
-    if !worker.stop.is_set() {
-        let timeout = worker.settings.drain_timeout;
+    if !server.stop.is_set() {
         monoio::select! {
-            _ = wait_idle(&worker) => {}
-            _ = worker.stop.wait() => {}
+            _ = server.idle() => {}
+            _ = server.stop.wait() => {}
             _ = &mut mailbox => {}
-            _ = monoio::time::sleep(timeout) => {
-                tracing::warn!(worker = spec.core.worker, connections = worker.connections.get(),
+            _ = monoio::time::sleep(server.settings.drain_timeout) => {
+                tracing::warn!(worker = spec.core.worker, connections = server.connections(),
                     "drain timeout: cutting remaining connections");
             }
         }
     }
-    close(&worker).await;
+    worker.close().await;
+}
+
+/// The parts of one core, and what only the worker does with them.
+struct Worker {
+    core: CoreId,
+    server: Rc<Server>,
+    /// This core's route statistics, by name, kept across reloads.
+    routes: RouteRegistry,
 }
 
 impl Worker {
-    /// The configuration for a call that starts now.
-    pub(crate) fn snapshot(&self) -> Rc<Snapshot> {
-        self.current.borrow().clone()
+    /// Builds the core's pool, server and first snapshot, and starts the
+    /// health checks of its clusters.
+    fn new<R: DirectorRecipe>(
+        core: CoreId,
+        plan: &Plan,
+        recipe: R,
+        settings: Settings,
+        access_log: Option<Logger>,
+    ) -> Worker {
+        let settings = Rc::new(settings);
+        let stop = Rc::new(Latch::default());
+        let routes = RouteRegistry::default();
+        let first = Rc::new(Snapshot::first(plan, &recipe, core, &routes));
+        let pool = Rc::new(Pool::new(settings.clone(), stop.clone()));
+        health::watch_new(&pool, &first.clusters, &[]);
+        let calls = Rc::new(CallContext::new(
+            pool,
+            Rc::new(CoreCounters::default()),
+            access_log,
+            settings.retry_buffer,
+        ));
+        Worker {
+            core,
+            server: Rc::new(Server::new(first, settings, stop, calls)),
+            routes,
+        }
+    }
+
+    fn calls(&self) -> &CallContext {
+        &self.server.calls
+    }
+
+    fn on_command(&self, command: Command) {
+        match command {
+            Command::Drain => self.server.drain.set(),
+            Command::Stop => self.server.stop.set(),
+            Command::Reload { plan, done } => {
+                self.reload(&plan);
+                let _ = done.send(plan.version);
+            }
+            Command::Scrape(reply) => {
+                let _ = reply.send(self.report());
+            }
+        }
+    }
+
+    /// Swaps in the snapshot of `plan` for calls starting from now, and
+    /// checks the health of the clusters it brings.
+    fn reload(&self, plan: &Plan) {
+        let previous = self.server.snapshot();
+        let next = Rc::new(previous.next(plan, self.core, &self.routes));
+        health::watch_new(&self.calls().pool, &next.clusters, &previous.clusters);
+        self.server.swap(next);
+        tracing::debug!(
+            worker = self.core.worker,
+            version = plan.version,
+            "config reloaded"
+        );
     }
 
     /// This core's counters, for a scrape.
-    fn report(&self, core: usize) -> CoreReport {
-        let mut report = CoreReport::new(core, &self.counters, &self.routes);
-        report.connections_active = self.connections.get() as u64;
+    fn report(&self) -> CoreReport {
+        let mut report = CoreReport::new(self.core.worker, &self.calls().counters, &self.routes);
+        report.connections_active = self.server.connections() as u64;
         report.clusters = self
+            .server
             .snapshot()
             .clusters
             .iter()
@@ -205,74 +217,41 @@ impl Worker {
             .collect();
         report
     }
+
+    /// Closes every connection this worker owns before its runtime ends.
+    ///
+    /// monoio drops only the tasks that are ready to run when a runtime
+    /// ends; a task waiting on I/O would outlive it with its socket open. So
+    /// every task that owns a socket watches `stop`, and the worker waits
+    /// (briefly) until they have all let go.
+    async fn close(&self) {
+        self.server.stop.set();
+        let calls = self.calls();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while (self.server.connections() > 0 || calls.pool.live_connections() > 0)
+            && Instant::now() < deadline
+        {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if let Some(log) = &calls.access_log {
+            log.flush(&calls.counters);
+        }
+    }
 }
 
 /// Hands the access log's buffer to its writer now and then, so that a
 /// quiet core's lines do not wait for a full batch.
-async fn flush_access_log(worker: Rc<Worker>) {
+async fn flush_access_log(calls: Rc<CallContext>, stop: Rc<Latch>) {
     loop {
         monoio::select! {
-            _ = monoio::time::sleep(crate::telemetry::access_log::FLUSH_EVERY) => {}
-            _ = worker.stop.wait() => {}
+            _ = monoio::time::sleep(FLUSH_EVERY) => {}
+            _ = stop.wait() => {}
         }
-        if let Some(log) = &worker.access_log {
-            log.flush(&worker.counters);
+        if let Some(log) = &calls.access_log {
+            log.flush(&calls.counters);
         }
-        if worker.stop.is_set() {
+        if stop.is_set() {
             return;
         }
-    }
-}
-
-/// Closes every connection this worker owns before its runtime ends.
-///
-/// monoio drops only the tasks that are ready to run when a runtime ends; a
-/// task waiting on I/O would outlive it with its socket open. So every task
-/// that owns a socket watches `stop`, and the worker waits (briefly) until
-/// they have all let go.
-async fn close(worker: &Worker) {
-    worker.stop.set();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    while (worker.connections.get() > 0 || worker.pool.live_connections() > 0)
-        && std::time::Instant::now() < deadline
-    {
-        monoio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-    if let Some(log) = &worker.access_log {
-        log.flush(&worker.counters);
-    }
-}
-
-async fn wait_idle(worker: &Worker) {
-    while worker.connections.get() > 0 {
-        worker.idle.notified().await;
-    }
-}
-
-async fn accept_loop(worker: &Rc<Worker>, listener: &monoio::net::TcpListener) {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // EMFILE and friends: log, pause briefly, go on serving.
-                tracing::warn!(error = %e, "accept failed");
-                monoio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if worker.connections.get() >= worker.settings.max_connections_per_worker {
-            tracing::debug!(%peer, "connection limit reached; closing new connection");
-            continue;
-        }
-        worker.connections.set(worker.connections.get() + 1);
-        crate::telemetry::metrics::add(&worker.counters.connections_accepted, 1);
-        let w = worker.clone();
-        monoio::spawn(async move {
-            crate::downstream::connection::serve(w.clone(), tcp, peer).await;
-            w.connections.set(w.connections.get() - 1);
-            if w.connections.get() == 0 {
-                w.idle.notify_all();
-            }
-        });
     }
 }

@@ -22,35 +22,62 @@ use h2::RecvStream;
 use http::{header::CONTENT_TYPE, Request, Response, StatusCode, Version};
 use monoio::time::Instant;
 
-use crate::control::worker::Worker;
 use crate::downstream::snapshot::{RouteSlot, Snapshot};
 use crate::forward::splice::{copy_head, Finished, Held, Outcome, Splice};
 use crate::grpc::headers::strip_hop_by_hop;
 use crate::grpc::status::{Code, Status};
 use crate::routing::director::{Call, Route};
 use crate::telemetry::access_log::Entry;
-use crate::telemetry::metrics::add;
+use crate::telemetry::access_log::Logger;
+use crate::telemetry::metrics::{add, CoreCounters};
 use crate::transport::tls::PeerIdentity;
-use crate::upstream::pool::{Cluster, Endpoint};
+use crate::upstream::pool::{Cluster, Endpoint, Pool};
 
-/// Serves one request to its end.
+/// What every call on one core is given, besides the config snapshot it
+/// starts under: the core's upstream pool, its counters and its access log.
+pub struct CallContext {
+    pub(crate) pool: Rc<Pool>,
+    pub(crate) counters: Rc<CoreCounters>,
+    pub(crate) access_log: Option<Logger>,
+    /// Request bytes held for a retry (`[upstream] retry_buffer`).
+    pub(crate) retry_buffer: usize,
+}
+
+impl CallContext {
+    /// The context of one core's calls.
+    pub fn new(
+        pool: Rc<Pool>,
+        counters: Rc<CoreCounters>,
+        access_log: Option<Logger>,
+        retry_buffer: usize,
+    ) -> CallContext {
+        CallContext {
+            pool,
+            counters,
+            access_log,
+            retry_buffer,
+        }
+    }
+}
+
+/// Serves one request to its end, with the routes and clusters of
+/// `snapshot` (the config running when it arrived), even if a reload swaps
+/// in others meanwhile.
 pub async fn handle(
-    worker: Rc<Worker>,
+    ctx: Rc<CallContext>,
+    snapshot: Rc<Snapshot>,
     request: Request<RecvStream>,
     respond: SendResponse<Bytes>,
     peer: SocketAddr,
     identity: Option<Rc<PeerIdentity>>,
 ) {
     let started = std::time::Instant::now();
-    let counters = &worker.counters;
+    let counters = &ctx.counters;
     add(&counters.streams_active, 1);
-    // The routes and clusters of the config running now, kept for the
-    // whole call even if a reload swaps in others meanwhile.
-    let snapshot = worker.snapshot();
-    let path = worker.access_log.is_some().then(|| request.uri().clone());
+    let path = ctx.access_log.is_some().then(|| request.uri().clone());
     let mut record = Record::default();
     serve(
-        &worker,
+        &ctx,
         &snapshot,
         request,
         respond,
@@ -72,7 +99,7 @@ pub async fn handle(
     }
     add(&counters.bytes_in, record.bytes_in);
     add(&counters.bytes_out, record.bytes_out);
-    if let (Some(log), Some(path)) = (&worker.access_log, &path) {
+    if let (Some(log), Some(path)) = (&ctx.access_log, &path) {
         log.write(
             &Entry {
                 peer,
@@ -120,7 +147,7 @@ fn answer(mut respond: SendResponse<Bytes>, status: &Status, record: &mut Record
 }
 
 async fn serve(
-    worker: &Worker,
+    ctx: &CallContext,
     snapshot: &Snapshot,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
@@ -149,7 +176,7 @@ async fn serve(
     };
     let slot = snapshot.route(index);
     slot.stats.start();
-    add(&worker.counters.calls_started, 1);
+    add(&ctx.counters.calls_started, 1);
     record.route = Some(slot.clone());
     let (cluster, route_timeout) = match route {
         Route::Forward { cluster, timeout } => (cluster, timeout),
@@ -181,10 +208,10 @@ async fn serve(
     cluster.stats.start();
     record.cluster = Some(cluster.clone());
     let end_of_stream = body.is_end_stream();
-    let limit = worker.settings.retry_buffer;
+    let limit = ctx.retry_buffer;
     let held = (limit > 0).then(|| Held::new(copy_head(&parts), limit));
     let request = Request::from_parts(parts, ());
-    let upstream = match open(worker, cluster, request, end_of_stream, None, deadline).await {
+    let upstream = match open(ctx, cluster, request, end_of_stream, None, deadline).await {
         Ok(upstream) => upstream,
         Err(status) => return answer(respond, &status, record),
     };
@@ -196,9 +223,9 @@ async fn serve(
         // elsewhere. Boxed: rare, and its futures would otherwise enlarge
         // every call's task.
         tracing::debug!(upstream = %endpoint.addr(), "upstream refused the stream; retrying");
-        add(&worker.counters.retries, 1);
+        add(&ctx.counters.retries, 1);
         record.bytes_in += finished.bytes_in;
-        match Box::pin(again(worker, cluster, retry, deadline)).await {
+        match Box::pin(again(ctx, cluster, retry, deadline)).await {
             Ok((e, f)) => (endpoint, finished) = (e, f),
             Err((down, status)) => return answer(down, &status, record),
         }
@@ -210,7 +237,7 @@ async fn serve(
 /// Sends a refused call again, on another connection or endpoint, without
 /// holding anything for a second retry.
 async fn again(
-    worker: &Worker,
+    ctx: &CallContext,
     cluster: &Cluster,
     retry: crate::forward::splice::Retry,
     deadline: Option<Instant>,
@@ -218,7 +245,7 @@ async fn again(
     let end_of_stream = retry.replay.is_empty() && retry.body.is_none();
     let avoid = retry.refused_on;
     let opened = open(
-        worker,
+        ctx,
         cluster,
         retry.head,
         end_of_stream,
@@ -247,14 +274,14 @@ async fn again(
 /// Opens an upstream stream, within the deadline; the status to answer
 /// with if that fails.
 async fn open(
-    worker: &Worker,
+    ctx: &CallContext,
     cluster: &Cluster,
     request: Request<()>,
     end_of_stream: bool,
     avoid: Option<&crate::upstream::pool::Avoid>,
     deadline: Option<Instant>,
 ) -> Result<crate::upstream::pool::Upstream, Status> {
-    let open = worker.pool.open(cluster, request, end_of_stream, avoid);
+    let open = ctx.pool.open(cluster, request, end_of_stream, avoid);
     let opened = match deadline {
         Some(at) => match monoio::time::timeout_at(at, open).await {
             Ok(opened) => opened,

@@ -23,27 +23,15 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Settings;
-use crate::control::worker::Worker;
+use crate::downstream::server::Server;
+use crate::telemetry::metrics::add;
+use crate::transport::http2;
 use crate::transport::tls::PeerIdentity;
-
-/// The h2 server settings for downstream connections.
-pub fn builder(settings: &Settings) -> h2::server::Builder {
-    let mut b = h2::server::Builder::new();
-    b.initial_window_size(settings.stream_window)
-        .initial_connection_window_size(settings.connection_window)
-        .max_frame_size(settings.max_frame_size)
-        .max_concurrent_streams(settings.max_concurrent_streams)
-        .max_header_list_size(settings.max_header_list_size)
-        .max_send_buffer_size(settings.max_send_buffer_size)
-        .max_pending_accept_reset_streams(settings.max_pending_accept_reset_streams);
-    b
-}
 
 enum Event<T> {
     Stop,
@@ -60,7 +48,7 @@ enum Event<T> {
 const DRAIN_CHECK: Duration = Duration::from_secs(1);
 
 /// Serves one accepted TCP connection until it closes.
-pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn serve(server: &Rc<Server>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let io = match tcp.into_poll_io() {
         Ok(io) => io,
@@ -69,24 +57,23 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let deadline = monoio::time::Instant::now() + worker.settings.handshake_timeout;
+    let deadline = monoio::time::Instant::now() + server.settings.handshake_timeout;
     // The acceptor of the config running now; a reload affects only
     // connections accepted after it.
-    let tls = worker.snapshot().tls.clone();
+    let tls = server.snapshot().tls.clone();
     let Some(acceptor) = tls else {
-        return run(worker, io, peer, None, deadline).await;
+        return run(server, io, peer, None, deadline).await;
     };
     let handshake = monoio::time::timeout_at(deadline, acceptor.accept(io));
-    let stop = worker.stop.clone();
     let accepted = monoio::select! {
         accepted = handshake => accepted,
-        _ = stop.wait() => return,
+        _ = server.stop.wait() => return,
     };
     let stream = match accepted {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "downstream TLS handshake failed");
-            crate::telemetry::metrics::add(&worker.counters.tls_handshake_failures, 1);
+            add(&server.counters.tls_handshake_failures, 1);
             return;
         }
         Err(_) => {
@@ -100,12 +87,12 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(|leaf| Rc::new(PeerIdentity::from_der(leaf)));
-    run(worker, stream, peer, identity, deadline).await
+    run(server, stream, peer, identity, deadline).await
 }
 
 /// Serves HTTP/2 on an established stream (TCP or TLS) until it closes.
 async fn run<T>(
-    worker: Rc<Worker>,
+    server: &Rc<Server>,
     io: T,
     peer: SocketAddr,
     identity: Option<Rc<PeerIdentity>>,
@@ -113,30 +100,22 @@ async fn run<T>(
 ) where
     T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let (io, flusher) = crate::transport::write_batch::batched(io);
-    let handshake = crate::transport::write_batch::flushing(
-        worker.h2.handshake::<_, Bytes>(io),
-        flusher.clone(),
-    );
-    let mut conn = match monoio::time::timeout_at(deadline, handshake).await {
-        Ok(Ok(Ok(conn))) => conn,
-        Ok(Ok(Err(e))) => {
-            tracing::debug!(%peer, error = %e, "downstream handshake failed");
-            return;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "downstream handshake write failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "downstream handshake timed out");
-            return;
-        }
-    };
-    let mut stop = std::pin::pin!(worker.stop.wait());
-    let mut drain = std::pin::pin!(worker.drain.wait());
+    let (mut conn, flusher) =
+        match monoio::time::timeout_at(deadline, http2::accept(&server.h2, io)).await {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "downstream handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "downstream handshake timed out");
+                return;
+            }
+        };
+    let mut stop = std::pin::pin!(server.stop.wait());
+    let mut drain = std::pin::pin!(server.drain.wait());
     let mut draining = false;
-    let life = Lifetime::new(&worker.settings);
+    let life = Lifetime::new(&server.settings);
     // One timer: the next lifetime check (idle, age) or, while draining,
     // the next look at whether the streams are done.
     let mut tick = life.next_tick();
@@ -200,7 +179,8 @@ async fn run<T>(
             Event::Accept(Some(Ok((request, respond)))) => {
                 accepted += 1;
                 monoio::spawn(crate::downstream::call::handle(
-                    worker.clone(),
+                    server.calls.clone(),
+                    server.snapshot(),
                     request,
                     respond,
                     peer,

@@ -2,6 +2,8 @@
 //! accepting streams, retiring and draining) and the calls on them, each
 //! with the config snapshot it started under.
 
-pub(crate) mod call;
+pub mod accept;
+pub mod call;
 pub(crate) mod connection;
+pub mod server;
 pub mod snapshot;

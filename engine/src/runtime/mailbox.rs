@@ -4,7 +4,7 @@
 //! that wakes the worker's runtime (a byte per message), so the worker
 //! awaits its mailbox like any other I/O and never polls. The message type
 //! is the user's: the proxy's workers take
-//! [`Command`](crate::control::worker::Command)s, the load generator's echo
+//! `Command`s (`control/worker.rs`), the load generator's echo
 //! workers a stop.
 
 use std::io::{self, Write};

@@ -1,7 +1,8 @@
 //! What sits between a socket and HTTP/2 on either leg: TLS with rustls,
-//! write batching, and the scan of inbound frame headers that reads an
-//! upstream's GOAWAY.
+//! HTTP/2 connection set-up, write batching, and the scan of inbound frame
+//! headers that reads an upstream's GOAWAY.
 
 pub mod goaway;
+pub mod http2;
 pub mod tls;
 pub mod write_batch;

@@ -48,6 +48,7 @@ use monoio::net::TcpStream;
 use crate::config::{Balance, HealthCheck, Outlier, Settings, UpstreamTls};
 use crate::runtime::wake::{Latch, Notify};
 use crate::telemetry::metrics::{CallStats, ClusterReport};
+use crate::transport::http2::{self, HandshakeError};
 use crate::transport::tls::{ClientTls, Connector};
 
 /// Why no upstream stream could be opened. Every variant is UNAVAILABLE to
@@ -495,13 +496,7 @@ pub struct Pool {
 impl Pool {
     /// A pool with these limits; opens nothing.
     pub fn new(settings: Rc<Settings>, stop: Rc<Latch>) -> Pool {
-        let mut h2 = h2::client::Builder::new();
-        h2.initial_window_size(settings.stream_window)
-            .initial_connection_window_size(settings.connection_window)
-            .max_frame_size(settings.max_frame_size)
-            .max_send_buffer_size(settings.max_send_buffer_size)
-            .max_header_list_size(settings.max_header_list_size)
-            .enable_push(false);
+        let h2 = http2::client(&settings);
         Pool {
             settings,
             h2,
@@ -741,17 +736,14 @@ impl Pool {
         let goaway_last = crate::transport::goaway::LastStreamId::default();
         let io =
             crate::transport::goaway::Watch::new(io, goaway_last.clone(), endpoint.goaways.clone());
-        let (io, flusher) = crate::transport::write_batch::batched(io);
-        let (send, connection) = crate::transport::write_batch::flushing(
-            self.h2.handshake::<_, Bytes>(io),
-            flusher.clone(),
-        )
-        .await
-        .map_err(|source| UpstreamError::Connect { addr, source })?
-        .map_err(|source| UpstreamError::Http2 { addr, source })?;
-        let mut connection = connection;
-        let ping = connection.ping_pong();
-        let connection = crate::transport::write_batch::flushing(connection, flusher);
+        let http2::Client {
+            send,
+            ping,
+            connection,
+        } = http2::connect(&self.h2, io).await.map_err(|e| match e {
+            HandshakeError::Write(source) => UpstreamError::Connect { addr, source },
+            HandshakeError::Http2(source) => UpstreamError::Http2 { addr, source },
+        })?;
         let conn = Rc::new(UpConn {
             send: RefCell::new(send),
             active: Cell::new(0),

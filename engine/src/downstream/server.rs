@@ -1,0 +1,101 @@
+//! The downstream server of one core: its accept loop, the connections it
+//! holds, and what they share.
+//!
+//! Key type: [`Server`], built once per worker and shared (`Rc`) by the
+//! core's connection tasks. It holds the config snapshot that connections
+//! and calls starting now get ([`Server::snapshot`]; a reload swaps it with
+//! [`Server::swap`]), the HTTP/2 settings, the drain and stop latches, and
+//! the narrow [`CallContext`] that each call is given.
+//!
+//! It counts the connections it holds, up to `max_connections_per_worker`;
+//! [`accept`](crate::downstream::accept) admits them.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use crate::config::Settings;
+use crate::downstream::call::CallContext;
+use crate::downstream::snapshot::Snapshot;
+use crate::runtime::wake::{Latch, Notify};
+use crate::telemetry::metrics::{add, CoreCounters};
+
+/// The downstream side of one core.
+pub struct Server {
+    /// Routes, clusters and TLS for connections and calls starting now.
+    current: RefCell<Rc<Snapshot>>,
+    pub(crate) settings: Rc<Settings>,
+    pub(crate) h2: h2::server::Builder,
+    /// Set to drain: connections GOAWAY and finish their streams.
+    pub(crate) drain: Latch,
+    /// Set when the worker exits: every task that owns a socket watches it.
+    pub(crate) stop: Rc<Latch>,
+    pub(crate) counters: Rc<CoreCounters>,
+    /// What each call is given.
+    pub(crate) calls: Rc<CallContext>,
+    connections: Cell<usize>,
+    idle: Notify,
+}
+
+impl Server {
+    /// A server whose first calls see `first`.
+    pub fn new(
+        first: Rc<Snapshot>,
+        settings: Rc<Settings>,
+        stop: Rc<Latch>,
+        calls: Rc<CallContext>,
+    ) -> Server {
+        Server {
+            current: RefCell::new(first),
+            h2: crate::transport::http2::server(&settings),
+            settings,
+            drain: Latch::default(),
+            stop,
+            counters: calls.counters.clone(),
+            calls,
+            connections: Cell::new(0),
+            idle: Notify::default(),
+        }
+    }
+
+    /// The configuration for a connection or call that starts now.
+    pub fn snapshot(&self) -> Rc<Snapshot> {
+        self.current.borrow().clone()
+    }
+
+    /// Makes `next` the configuration of connections and calls that start
+    /// from now on; those already running keep theirs.
+    pub fn swap(&self, next: Rc<Snapshot>) {
+        *self.current.borrow_mut() = next;
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.connections.get()
+    }
+
+    /// Completes once no connection is open.
+    pub async fn idle(&self) {
+        while self.connections.get() > 0 {
+            self.idle.notified().await;
+        }
+    }
+
+    /// Counts a connection in, unless the worker's limit is reached.
+    pub(crate) fn admit(&self) -> bool {
+        let n = self.connections.get();
+        if n >= self.settings.max_connections_per_worker {
+            return false;
+        }
+        self.connections.set(n + 1);
+        add(&self.counters.connections_accepted, 1);
+        true
+    }
+
+    /// Counts a connection out.
+    pub(crate) fn closed(&self) {
+        self.connections.set(self.connections.get() - 1);
+        if self.connections.get() == 0 {
+            self.idle.notify_all();
+        }
+    }
+}
