@@ -134,7 +134,10 @@ both_drivers! {
         let r = run::run(&o).expect("run");
         assert_clean(&r, 50);
         let p50 = r.call_latency.as_ref().expect("latency").p50_us;
-        assert!((2000.0..4000.0).contains(&p50), "p50 {p50}us with a 2ms server delay");
+        // At least the delay; the upper bound only catches a unit mistake
+        // (timers tick in milliseconds, and the suite's other tests share
+        // the two cores: 4.1 ms was seen).
+        assert!((2000.0..20_000.0).contains(&p50), "p50 {p50}us with a 2ms server delay");
     }
 
     open_loop_backlog_shows_in_the_tail(driver) {
