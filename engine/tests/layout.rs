@@ -34,10 +34,18 @@ fn files() -> Vec<(String, String, String)> {
         if !folder.is_dir() || folder.ends_with("bin") {
             continue;
         }
-        let name = folder.file_name().expect("a name").to_string_lossy().into_owned();
+        let name = folder
+            .file_name()
+            .expect("a name")
+            .to_string_lossy()
+            .into_owned();
         for file in fs::read_dir(&folder).expect("folder") {
             let file = file.expect("entry").path();
-            let stem = file.file_stem().expect("a name").to_string_lossy().into_owned();
+            let stem = file
+                .file_stem()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned();
             out.push((name.clone(), stem, fs::read_to_string(&file).expect("read")));
         }
     }

@@ -1,0 +1,114 @@
+//! Units in the config file: sizes (`64KiB`), durations (`250ms`),
+//! endpoint addresses (`host:port`), and the helpers that parse a field of
+//! each kind and name the field in the error.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Parses a size such as `4096`, `64KiB`, `16MiB`, `1GiB` (also `KB`, `MB`,
+/// `GB` as powers of ten, and `B`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (expected e.g. 4096, 64KiB, 1MiB)"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {text:?} (use B, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Parses a duration such as `250ms`, `5s`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?} ({e}; expected e.g. 250ms, 5s, 2m)"))
+}
+
+/// Resolves `host:port` to one or more socket addresses.
+pub fn resolve(endpoint: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = SocketAddr::from_str(endpoint) {
+        return Ok(vec![addr]);
+    }
+    let addrs: Vec<SocketAddr> = endpoint
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve endpoint {endpoint:?}: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("endpoint {endpoint:?} resolves to no address"));
+    }
+    Ok(addrs)
+}
+
+/// A size as written in the file: a number of bytes, or a string such as
+/// `64KiB` or `1MiB`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+/// A size field, checked to lie within `min..=max`.
+pub(super) fn size(field: &str, v: &SizeValue, min: u64, max: u64) -> Result<u32, String> {
+    let n = match v {
+        SizeValue::Bytes(n) => *n,
+        SizeValue::Text(t) => parse_size(t).map_err(|e| format!("{field}: {e}"))?,
+    };
+    if n < min || n > max {
+        return Err(format!("{field}: {n} is out of range ({min} to {max})"));
+    }
+    Ok(n as u32)
+}
+
+/// A duration field, if it was given.
+pub(super) fn duration(field: &str, text: Option<&str>) -> Result<Option<Duration>, String> {
+    text.map(|t| parse_duration(t).map_err(|e| format!("{field}: {e}")))
+        .transpose()
+}
+
+/// Overwrites a default with a value that was given.
+pub(super) fn set<T>(into: &mut T, given: Option<T>) {
+    if let Some(v) = given {
+        *into = v;
+    }
+}
+
+/// The host part of `host:port` (an IPv6 address without its brackets).
+pub(super) fn host_of(endpoint: &str) -> &str {
+    let host = endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1MB"), Ok(1_000_000));
+        assert!(parse_size("1XB").is_err());
+        assert!(parse_size("KiB").is_err());
+    }
+}
