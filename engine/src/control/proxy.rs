@@ -27,7 +27,7 @@ use crate::runtime::mailbox::{self, Postbox};
 use crate::telemetry::admin::{self, ConfigInfo};
 use crate::telemetry::metrics::Merged;
 use crate::transport::tls::{ClientTls, ServerTls};
-use crate::upstream::pool::ClusterPlan;
+use crate::upstream::cluster::ClusterPlan;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]

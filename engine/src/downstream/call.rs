@@ -31,7 +31,9 @@ use crate::telemetry::access_log::Entry;
 use crate::telemetry::access_log::Logger;
 use crate::telemetry::metrics::{add, CoreCounters};
 use crate::transport::tls::PeerIdentity;
-use crate::upstream::pool::{Cluster, Endpoint, Pool};
+use crate::upstream::cluster::Cluster;
+use crate::upstream::endpoint::Endpoint;
+use crate::upstream::pool::Pool;
 
 /// What every call on one core is given, besides the config snapshot it
 /// starts under: the core's upstream pool, its counters and its access log.

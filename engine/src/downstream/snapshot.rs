@@ -16,7 +16,7 @@ use crate::telemetry::metrics::{CallStats, RouteRegistry};
 
 use crate::routing::routes::RouteTable;
 use crate::transport::tls::ServerTls;
-use crate::upstream::pool::{Cluster, ClusterPlan};
+use crate::upstream::cluster::{Cluster, ClusterPlan};
 
 /// A configuration for the workers to swap in; `Send`.
 #[derive(Clone, Debug)]

@@ -18,7 +18,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::Request;
 
 use crate::config::HealthCheck;
-use crate::upstream::pool::{Cluster, Endpoint, Pool};
+use crate::upstream::cluster::Cluster;
+use crate::upstream::endpoint::Endpoint;
+use crate::upstream::pool::Pool;
 
 /// Starts checking, over `pool`, the clusters of `next` that have checks
 /// and were not in `previous`.

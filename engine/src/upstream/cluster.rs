@@ -1,0 +1,211 @@
+//! One cluster on one core: its endpoints, their TLS, and the balancing
+//! policy that picks one for each call.
+//!
+//! Key types: [`ClusterPlan`] (what a worker builds a cluster from; `Send`)
+//! and [`Cluster`] (shared by config snapshots, so a reload that leaves a
+//! cluster alone keeps its connections). Balancing is per core, without
+//! shared state: round robin, or least request (of two endpoints picked at
+//! random, the one with fewer calls in flight). Endpoints that failed their
+//! health checks, or were ejected after failing calls in a row, are
+//! skipped while any other is up; when none is, all are tried (a down
+//! cluster should not also be an idle one).
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use crate::config::{Balance, HealthCheck, Outlier, UpstreamTls};
+use crate::telemetry::metrics::{add, cluster_report, CallStats, ClusterReport};
+use crate::transport::tls::{ClientTls, Connector};
+use crate::upstream::endpoint::Endpoint;
+
+/// What a worker builds one cluster from; `Send`.
+#[derive(Clone, Debug)]
+pub struct ClusterPlan {
+    /// The cluster's name.
+    pub name: String,
+    /// Its endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// Upstream TLS, loaded.
+    pub tls: Option<ClientTls>,
+    /// Upstream TLS as configured: a reload that changes it starts the
+    /// cluster afresh.
+    pub tls_config: Option<UpstreamTls>,
+    /// Balancing policy.
+    pub balance: Balance,
+    /// Active health checks.
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection.
+    pub outlier: Outlier,
+}
+
+impl ClusterPlan {
+    /// A plain cluster: round robin, no health checks, default ejection.
+    pub fn new(name: &str, endpoints: Vec<SocketAddr>, tls: Option<ClientTls>) -> ClusterPlan {
+        ClusterPlan {
+            name: name.to_owned(),
+            endpoints,
+            tls,
+            tls_config: None,
+            balance: Balance::default(),
+            health_check: None,
+            outlier: Outlier::default(),
+        }
+    }
+}
+
+/// The endpoints of one cluster on this worker, with their connections.
+pub struct Cluster {
+    name: Box<str>,
+    pub(super) endpoints: Vec<Rc<Endpoint>>,
+    next: Cell<usize>,
+    tls_config: Option<UpstreamTls>,
+    /// Used by new connections; a reload swaps in freshly read files.
+    pub(super) tls: RefCell<Option<Rc<Connector>>>,
+    balance: Balance,
+    health_check: Option<HealthCheck>,
+    pub(super) outlier: Outlier,
+    /// State of the random choices of least-request (xorshift).
+    rng: Cell<u64>,
+    /// Calls through this cluster on this core.
+    pub(crate) stats: CallStats,
+    pub(super) connect_failures: Cell<u64>,
+    resets: Cell<u64>,
+}
+
+impl Cluster {
+    /// A cluster with no connections yet.
+    pub fn new(plan: &ClusterPlan) -> Rc<Cluster> {
+        Rc::new(Cluster {
+            name: plan.name.as_str().into(),
+            endpoints: plan
+                .endpoints
+                .iter()
+                .map(|&addr| Rc::new(Endpoint::new(addr)))
+                .collect(),
+            next: Cell::new(0),
+            tls_config: plan.tls_config.clone(),
+            tls: RefCell::new(plan.tls.as_ref().map(|t| Rc::new(t.for_worker()))),
+            balance: plan.balance,
+            health_check: plan.health_check.clone(),
+            outlier: plan.outlier.clone(),
+            rng: Cell::new(seed()),
+            stats: CallStats::default(),
+            connect_failures: Cell::new(0),
+            resets: Cell::new(0),
+        })
+    }
+
+    /// This cluster, kept with its connections, if `plan` names it with the
+    /// same endpoints and TLS settings; its TLS files are taken anew.
+    pub fn reuse(self: &Rc<Cluster>, plan: &ClusterPlan) -> Option<Rc<Cluster>> {
+        let same = *self.name == *plan.name
+            && self.tls_config == plan.tls_config
+            && self.balance == plan.balance
+            && self.health_check == plan.health_check
+            && self.outlier == plan.outlier
+            && self.endpoints.len() == plan.endpoints.len()
+            && self
+                .endpoints
+                .iter()
+                .zip(&plan.endpoints)
+                .all(|(e, a)| e.addr() == *a);
+        if !same {
+            return None;
+        }
+        *self.tls.borrow_mut() = plan.tls.as_ref().map(|t| Rc::new(t.for_worker()));
+        Some(self.clone())
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The cluster's endpoints.
+    pub fn endpoints(&self) -> &[Rc<Endpoint>] {
+        &self.endpoints
+    }
+
+    /// Its active health checks, if on.
+    pub fn health_check(&self) -> Option<&HealthCheck> {
+        self.health_check.as_ref()
+    }
+
+    /// Records how a call on `endpoint` ended: `reset` when the upstream
+    /// reset it, `failed` when the endpoint is to blame (reset or lost
+    /// connection), for passive ejection.
+    pub fn call_result(&self, endpoint: &Endpoint, failed: bool, reset: bool) {
+        if reset {
+            add(&self.resets, 1);
+        }
+        endpoint.call_result(failed, &self.outlier);
+    }
+
+    /// Counters and connection figures for a scrape.
+    pub fn report(&self) -> ClusterReport {
+        let mut r = cluster_report(&self.stats);
+        r.connect_failures = self.connect_failures.get();
+        r.resets = self.resets.get();
+        r.endpoints = self.endpoints.len() as u64;
+        for e in &self.endpoints {
+            r.connections += e.conns.borrow().len() as u64;
+            r.streams += e.active.get() as u64;
+            r.endpoints_up += u64::from(e.is_up());
+            r.goaways += e.goaways.get();
+        }
+        r
+    }
+
+    /// The endpoint to try first for a call, by the balancing policy,
+    /// among those that are up (or all, when none is).
+    pub(super) fn first_choice(&self, any_up: bool) -> usize {
+        let n = self.endpoints.len();
+        match self.balance {
+            Balance::RoundRobin => {
+                let start = self.next.get();
+                self.next.set(start.wrapping_add(1));
+                start % n
+            }
+            Balance::LeastRequest => {
+                let candidates = |i: usize| !any_up || self.endpoints[i].is_up();
+                let up = if any_up {
+                    self.endpoints.iter().filter(|e| e.is_up()).count()
+                } else {
+                    n
+                };
+                // The k-th endpoint that is a candidate.
+                let nth = |k: usize| (0..n).filter(|&i| candidates(i)).nth(k).unwrap_or(0);
+                if up <= 1 {
+                    return nth(0);
+                }
+                let a = self.random(up);
+                let b = (a + 1 + self.random(up - 1)) % up;
+                let (a, b) = (nth(a), nth(b));
+                if self.endpoints[b].active.get() < self.endpoints[a].active.get() {
+                    b
+                } else {
+                    a
+                }
+            }
+        }
+    }
+
+    /// A random number below `n` (xorshift64*; per core, no locks).
+    fn random(&self, n: usize) -> usize {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
+    }
+}
+
+/// A seed for a cluster's random choices.
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x9e37_79b9_7f4a_7c15);
+    h.finish() | 1
+}

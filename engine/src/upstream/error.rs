@@ -1,0 +1,52 @@
+//! Why no upstream stream could be opened.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// the client and is safe to retry: nothing reached an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect failed.
+    #[error("upstream {addr}: connect failed: {source}")]
+    Connect {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TCP connect took longer than `connect_timeout`.
+    #[error("upstream {addr}: connect timed out after {timeout:?}")]
+    ConnectTimeout {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The configured limit.
+        timeout: Duration,
+    },
+    /// The TLS handshake failed (certificate not trusted, wrong name...).
+    #[error("upstream {addr}: TLS handshake failed: {source}")]
+    Tls {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP/2 handshake or stream open failed.
+    #[error("upstream {addr}: HTTP/2 error: {source}")]
+    Http2 {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// h2's error.
+        source: h2::Error,
+    },
+    /// The endpoint failed recently and is waiting before a new connect.
+    #[error("{last} (next connect attempt in {}ms)", retry_in.as_millis())]
+    BackingOff {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// What failed last, naming the endpoint.
+        last: Rc<str>,
+        /// Time left in the back-off.
+        retry_in: Duration,
+    },
+}
