@@ -23,7 +23,9 @@ use http::{header::CONTENT_TYPE, Request, Response, StatusCode, Version};
 use monoio::time::Instant;
 
 use crate::downstream::snapshot::{RouteSlot, Snapshot};
-use crate::forward::splice::{copy_head, Finished, Held, Outcome, Splice};
+use crate::forward::reply;
+use crate::forward::retry::{copy_head, Held, Retry};
+use crate::forward::splice::{Finished, Outcome, Splice};
 use crate::grpc::headers::strip_hop_by_hop;
 use crate::grpc::status::{Code, Status};
 use crate::routing::director::{Call, Route};
@@ -144,7 +146,7 @@ impl Default for Record {
 }
 
 fn answer(mut respond: SendResponse<Bytes>, status: &Status, record: &mut Record) {
-    let _ = respond.send_response(status.to_trailers_only(), true);
+    reply::answer(&mut respond, status);
     record.code = status.code();
 }
 
@@ -241,7 +243,7 @@ async fn serve(
 async fn again(
     ctx: &CallContext,
     cluster: &Cluster,
-    retry: crate::forward::splice::Retry,
+    retry: Retry,
     deadline: Option<Instant>,
 ) -> Result<(Rc<Endpoint>, Finished), (SendResponse<Bytes>, Status)> {
     let end_of_stream = retry.replay.is_empty() && retry.body.is_none();

@@ -119,6 +119,34 @@ impl Code {
     }
 }
 
+impl Code {
+    /// The code in the `grpc-status` of trailers (or of a trailers-only
+    /// response); `None` without one, UNKNOWN for a value that is not a
+    /// code.
+    pub fn from_trailers(headers: &HeaderMap) -> Option<Code> {
+        let value = headers.get("grpc-status")?;
+        Some(
+            std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|v| v.parse::<u8>().ok())
+                .and_then(Code::from_u8)
+                .unwrap_or(Code::Unknown),
+        )
+    }
+
+    /// The code the gRPC spec maps a non-gRPC HTTP answer's status to.
+    pub fn from_http_status(status: u16) -> Code {
+        match status {
+            400 => Code::Internal,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::Unimplemented,
+            429 | 502 | 503 | 504 => Code::Unavailable,
+            _ => Code::Unknown,
+        }
+    }
+}
+
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -271,6 +299,19 @@ mod tests {
         assert_eq!(h["content-type"], "application/grpc");
         assert_eq!(h["grpc-status"], "14");
         assert_eq!(h["grpc-message"], "no upstream");
+    }
+
+    #[test]
+    fn codes_are_read_from_trailers_and_http_statuses() {
+        let mut h = HeaderMap::new();
+        assert_eq!(Code::from_trailers(&h), None);
+        h.insert("grpc-status", HeaderValue::from_static("7"));
+        assert_eq!(Code::from_trailers(&h), Some(Code::PermissionDenied));
+        h.insert("grpc-status", HeaderValue::from_static("99"));
+        assert_eq!(Code::from_trailers(&h), Some(Code::Unknown));
+        assert_eq!(Code::from_http_status(503), Code::Unavailable);
+        assert_eq!(Code::from_http_status(404), Code::Unimplemented);
+        assert_eq!(Code::from_http_status(500), Code::Unknown);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! The whole connect, TLS included, has `connect_timeout`; ALPN offers
 //! `h2`, and a certificate that does not verify is a connect failure like
 //! a refused port. A new connection is offered to calls only once the
-//! upstream's SETTINGS are known (see [`Dialer::connect`]).
+//! upstream's SETTINGS are known (see `Dialer::connect`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

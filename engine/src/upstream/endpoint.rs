@@ -6,7 +6,7 @@
 //! exponentially: reconnects after a failed connect (from
 //! `reconnect_backoff_min` up to `reconnect_backoff_max`), and passive
 //! ejection after calls fail in a row (from `base_ejection` up to
-//! `max_ejection`); both double with [`doubling`]. Active health checks
+//! `max_ejection`); both double with `doubling`. Active health checks
 //! set [`Endpoint::health_result`].
 
 use std::cell::{Cell, RefCell};

@@ -18,6 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::Request;
 
 use crate::config::HealthCheck;
+use crate::grpc::status::Code;
 use crate::upstream::cluster::Cluster;
 use crate::upstream::endpoint::Endpoint;
 use crate::upstream::pool::Pool;
@@ -101,7 +102,7 @@ async fn probe(
             message.extend_from_slice(&chunk);
         }
         let trailers = body.trailers().await.ok()??;
-        let ok = trailers.get("grpc-status").is_some_and(|v| v == "0");
+        let ok = Code::from_trailers(&trailers) == Some(Code::Ok);
         Some(ok && serving(&message))
     };
     matches!(
