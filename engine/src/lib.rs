@@ -68,7 +68,9 @@ pub mod transport;
 pub mod upstream;
 
 pub use config::{Config, ConfigError, Settings};
-pub use control::proxy::{Controller, ProxyBuilder, ProxyHandle, ReloadError, StartError};
+pub use control::builder::{ProxyBuilder, StartError};
+pub use control::controller::{Controller, ReloadError};
+pub use control::handle::ProxyHandle;
 pub use grpc::status::{Code, Status};
 pub use routing::director::{Call, ClusterId, CoreId, Director, DirectorRecipe, Route};
 pub use routing::routes::RouteTable;

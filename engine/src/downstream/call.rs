@@ -15,6 +15,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -160,11 +161,7 @@ async fn serve(
     record: &mut Record,
 ) {
     let (mut parts, body) = request.into_parts();
-    let is_grpc = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if !is_grpc {
+    if !is_grpc(&parts.headers) {
         let mut response = Response::new(());
         *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
         let _ = respond.send_response(response, true);
@@ -186,16 +183,7 @@ async fn serve(
         Route::Forward { cluster, timeout } => (cluster, timeout),
         Route::Reject(status) => return answer(respond, &status, record),
     };
-    let client_timeout = parts
-        .headers
-        .get("grpc-timeout")
-        .and_then(|v| crate::grpc::timeout::parse(v.as_bytes()));
-    let budget = match (client_timeout, route_timeout) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let deadline = budget.map(|d| Instant::now() + d);
-
+    let deadline = deadline(&parts.headers, route_timeout);
     if parts.uri.scheme().is_none() {
         // The client sent no :scheme/:authority. h2 sends such a request
         // only when told it came from HTTP/1.1, and then with `:scheme
@@ -211,6 +199,40 @@ async fn serve(
     };
     cluster.stats.start();
     record.cluster = Some(cluster.clone());
+    forward(ctx, cluster, parts, body, respond, deadline, record).await;
+}
+
+/// Whether a request is gRPC: `content-type: application/grpc*`.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// When the call must end: the shorter of the client's `grpc-timeout` and
+/// the route's timeout, from now.
+fn deadline(headers: &http::HeaderMap, route_timeout: Option<Duration>) -> Option<Instant> {
+    let client_timeout = headers
+        .get("grpc-timeout")
+        .and_then(|v| crate::grpc::timeout::parse(v.as_bytes()));
+    let budget = match (client_timeout, route_timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    budget.map(|d| Instant::now() + d)
+}
+
+/// Opens the call's upstream stream on `cluster` and splices it, sending
+/// it once more elsewhere if the upstream refused it unprocessed.
+async fn forward(
+    ctx: &CallContext,
+    cluster: &Cluster,
+    parts: http::request::Parts,
+    body: RecvStream,
+    respond: SendResponse<Bytes>,
+    deadline: Option<Instant>,
+    record: &mut Record,
+) {
     let end_of_stream = body.is_end_stream();
     let limit = ctx.retry_buffer;
     let held = (limit > 0).then(|| Held::new(copy_head(&parts), limit));

@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::config::Settings;
 use crate::downstream::server::Server;
 use crate::telemetry::metrics::add;
-use crate::transport::http2;
+use crate::transport::http2::{self, ServerConnection};
 use crate::transport::tls::PeerIdentity;
 
 enum Event<T> {
@@ -114,26 +114,17 @@ async fn run<T>(
         };
     let mut stop = std::pin::pin!(server.stop.wait());
     let mut drain = std::pin::pin!(server.drain.wait());
-    let mut draining = false;
-    let life = Lifetime::new(&server.settings);
-    // One timer: the next lifetime check (idle, age) or, while draining,
-    // the next look at whether the streams are done.
-    let mut tick = life.next_tick();
-    // Streams accepted since the last idle check: counting costs the call
-    // path an increment, where re-arming a timer per call would not be free.
-    let mut accepted: u64 = 0;
+    let mut schedule = Schedule::new(&server.settings);
     loop {
         let event = poll_fn(|cx| {
             if stop.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Stop);
             }
-            if !draining && drain.as_mut().poll(cx).is_ready() {
+            if !schedule.draining && drain.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Drain);
             }
-            if let Some(t) = &mut tick {
-                if t.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Check);
-                }
+            if schedule.poll_tick(cx) {
+                return Poll::Ready(Event::Check);
             }
             let accepted = Pin::new(&mut conn).poll_accept(cx);
             // Whatever h2 wrote during this poll goes out in one write.
@@ -147,37 +138,14 @@ async fn run<T>(
             // Dropping the connection closes the socket and fails its
             // streams, which ends their call tasks.
             Event::Stop => break,
-            Event::Drain => {
-                draining = true;
-                conn.graceful_shutdown();
-                tick = Some(sleep(DRAIN_CHECK));
-            }
-            Event::Check if draining => {
-                if conn.has_streams() {
-                    tick = Some(sleep(DRAIN_CHECK));
-                } else {
-                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
-                    tick = None;
-                }
-            }
-            Event::Check => {
-                let idle = accepted == 0 && !conn.has_streams();
-                accepted = 0;
-                if let Some(why) = life.expired(idle) {
-                    tracing::debug!(%peer, why, "downstream connection retiring (GOAWAY)");
-                    draining = true;
-                    conn.graceful_shutdown();
-                    tick = Some(sleep(DRAIN_CHECK));
-                } else {
-                    tick = life.next_tick();
-                }
-            }
+            Event::Drain => schedule.drain(&mut conn),
+            Event::Check => schedule.check(&mut conn, peer),
             Event::WriteFailed(e) => {
                 tracing::debug!(%peer, error = %e, "downstream write failed");
                 break;
             }
             Event::Accept(Some(Ok((request, respond)))) => {
-                accepted += 1;
+                schedule.accepted += 1;
                 monoio::spawn(crate::downstream::call::handle(
                     server.calls.clone(),
                     server.snapshot(),
@@ -192,6 +160,71 @@ async fn run<T>(
                 break;
             }
             Event::Accept(None) => break,
+        }
+    }
+}
+
+/// A connection's one timer and what it is for: the next lifetime check
+/// (idle, age) or, while draining, the next look at whether the streams
+/// are done.
+struct Schedule {
+    life: Lifetime,
+    draining: bool,
+    tick: Option<Pin<Box<monoio::time::Sleep>>>,
+    /// Streams accepted since the last idle check: counting costs the call
+    /// path an increment, where re-arming a timer per call would not be
+    /// free.
+    accepted: u64,
+}
+
+impl Schedule {
+    fn new(settings: &Settings) -> Schedule {
+        let life = Lifetime::new(settings);
+        Schedule {
+            tick: life.next_tick(),
+            life,
+            draining: false,
+            accepted: 0,
+        }
+    }
+
+    /// Whether the timer went off.
+    fn poll_tick(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.tick
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
+    /// Starts a graceful GOAWAY and looks at the streams now and then.
+    fn drain<T: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut ServerConnection<T>) {
+        self.draining = true;
+        conn.graceful_shutdown();
+        self.tick = Some(sleep(DRAIN_CHECK));
+    }
+
+    /// The timer went off: close a drained connection, retire one that is
+    /// idle or old, or wait for the next check.
+    fn check<T: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut ServerConnection<T>,
+        peer: SocketAddr,
+    ) {
+        if self.draining {
+            if conn.has_streams() {
+                self.tick = Some(sleep(DRAIN_CHECK));
+            } else {
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                self.tick = None;
+            }
+            return;
+        }
+        let idle = self.accepted == 0 && !conn.has_streams();
+        self.accepted = 0;
+        if let Some(why) = self.life.expired(idle) {
+            tracing::debug!(%peer, why, "downstream connection retiring (GOAWAY)");
+            self.drain(conn);
+        } else {
+            self.tick = self.life.next_tick();
         }
     }
 }

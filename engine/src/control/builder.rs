@@ -1,0 +1,270 @@
+//! Starting the proxy: [`ProxyBuilder`].
+//!
+//! `start` does everything that can fail before any traffic is taken: it
+//! plans the cores, binds every worker's listener, starts each worker thread
+//! and waits until each runtime is up. It returns the first problem as a
+//! [`StartError`] and leaves nothing running behind it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::config::{AccessLogTarget, Config, Settings};
+use crate::control::controller::Controller;
+use crate::control::handle::ProxyHandle;
+use crate::control::plan::{cluster_plans, listener_tls, route_table};
+use crate::control::worker;
+use crate::downstream::snapshot::Plan;
+use crate::routing::director::{ClusterId, CoreId, DirectorRecipe};
+use crate::routing::routes::RouteTable;
+use crate::runtime::cores::{self, CoreSelection};
+use crate::runtime::driver::Driver;
+use crate::runtime::listener::bind_all;
+use crate::runtime::mailbox;
+use crate::telemetry::access_log::Writer;
+use crate::telemetry::admin::ConfigInfo;
+use crate::transport::tls::{ClientTls, ServerTls};
+use crate::upstream::cluster::ClusterPlan;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No listen address was given.
+    #[error("no listen address: pass --listen or set `listen` in the config file")]
+    NoListen,
+    /// The core selection cannot be met.
+    #[error("{0}")]
+    Cores(String),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A worker could not start.
+    #[error("worker {worker}: {message}")]
+    Worker {
+        /// The worker's index.
+        worker: usize,
+        /// What failed.
+        message: String,
+    },
+    /// A route names something that does not exist.
+    #[error("config: {0}")]
+    Routes(String),
+    /// A TLS certificate, key or CA file cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The access log cannot be opened.
+    #[error("{0}")]
+    AccessLog(String),
+}
+
+/// Configures and starts a proxy.
+#[derive(Clone, Debug)]
+pub struct ProxyBuilder {
+    listen: SocketAddr,
+    cores: CoreSelection,
+    driver: Driver,
+    settings: Settings,
+    clusters: Vec<ClusterPlan>,
+    tls: Option<ServerTls>,
+    access_log: Option<AccessLogTarget>,
+    source: String,
+    digest: String,
+}
+
+impl ProxyBuilder {
+    /// A proxy that will listen on `listen` (port 0 picks a free port).
+    pub fn new(listen: SocketAddr) -> ProxyBuilder {
+        ProxyBuilder {
+            listen,
+            cores: CoreSelection::All,
+            driver: Driver::Auto,
+            settings: Settings::default(),
+            clusters: Vec::new(),
+            tls: None,
+            access_log: None,
+            source: "ProxyBuilder".into(),
+            digest: String::new(),
+        }
+    }
+
+    /// A builder with the config's listener, cores, settings and clusters,
+    /// and the declarative director of its routes.
+    pub fn from_config(config: &Config) -> Result<(ProxyBuilder, RouteTable), StartError> {
+        let listen = config.listen.ok_or(StartError::NoListen)?;
+        let mut builder = ProxyBuilder::new(listen)
+            .cores(config.cores.clone())
+            .driver(config.driver)
+            .settings(config.settings.clone());
+        builder.clusters = cluster_plans(config).map_err(StartError::Tls)?;
+        builder.tls = listener_tls(config).map_err(StartError::Tls)?;
+        builder.access_log = config.access_log.clone();
+        builder.source = config.source.clone();
+        builder.digest = config.digest.clone();
+        let table = route_table(config, &builder.clusters).map_err(StartError::Routes)?;
+        Ok((builder, table))
+    }
+
+    /// Writes an access log line per call to `target` (default: none).
+    pub fn access_log(mut self, target: AccessLogTarget) -> ProxyBuilder {
+        self.access_log = Some(target);
+        self
+    }
+
+    /// Serves TLS on the listener (default: cleartext HTTP/2).
+    pub fn tls(mut self, tls: ServerTls) -> ProxyBuilder {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Which cores run workers (default: all).
+    pub fn cores(mut self, cores: CoreSelection) -> ProxyBuilder {
+        self.cores = cores;
+        self
+    }
+
+    /// Which monoio driver the workers use (default: io_uring if possible).
+    pub fn driver(mut self, driver: Driver) -> ProxyBuilder {
+        self.driver = driver;
+        self
+    }
+
+    /// Limits and timeouts.
+    pub fn settings(mut self, settings: Settings) -> ProxyBuilder {
+        self.settings = settings;
+        self
+    }
+
+    /// Adds a cluster of endpoints, balanced round robin, and returns its id
+    /// for the director to route to.
+    pub fn cluster(
+        &mut self,
+        name: &str,
+        endpoints: impl IntoIterator<Item = SocketAddr>,
+    ) -> ClusterId {
+        self.cluster_with_tls(name, endpoints, None)
+    }
+
+    /// Adds a cluster whose endpoints are reached over TLS (when `tls` is
+    /// given).
+    pub fn cluster_with_tls(
+        &mut self,
+        name: &str,
+        endpoints: impl IntoIterator<Item = SocketAddr>,
+        tls: Option<ClientTls>,
+    ) -> ClusterId {
+        self.clusters
+            .push(ClusterPlan::new(name, endpoints.into_iter().collect(), tls));
+        ClusterId((self.clusters.len() - 1) as u32)
+    }
+
+    /// Binds, starts every worker with a director from `recipe`, and
+    /// returns once all of them are serving.
+    /// Binds, starts every worker with a director from `recipe`, and
+    /// returns once all of them are serving.
+    pub fn start<R: DirectorRecipe>(self, recipe: R) -> Result<ProxyHandle, StartError> {
+        if let Some(c) = self.clusters.iter().find(|c| c.endpoints.is_empty()) {
+            return Err(StartError::Routes(format!(
+                "cluster {:?} has no endpoints",
+                c.name
+            )));
+        }
+        let cpus = self
+            .cores
+            .plan(&cores::available())
+            .map_err(StartError::Cores)?;
+        let (listeners, local_addr) =
+            bind_all(self.listen, cpus.len()).map_err(|source| StartError::Bind {
+                addr: self.listen,
+                source,
+            })?;
+        let access_log = self
+            .access_log
+            .as_ref()
+            .map(Writer::start)
+            .transpose()
+            .map_err(|e| StartError::AccessLog(e.to_string()))?;
+        let plan = Plan {
+            routes: None,
+            clusters: self.clusters,
+            tls: self.tls,
+            version: 1,
+        };
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        let mut postboxes = Vec::with_capacity(cpus.len());
+        let mut threads = Vec::with_capacity(cpus.len());
+        for (i, (cpu, listener)) in cpus.iter().zip(listeners).enumerate() {
+            let (postbox, mailbox) = mailbox::channel().map_err(|e| StartError::Worker {
+                worker: i,
+                message: format!("cannot create control channel: {e}"),
+            })?;
+            let spec = worker::Spec {
+                core: CoreId {
+                    worker: i,
+                    cpu: Some(*cpu),
+                },
+                driver: self.driver,
+                listener,
+                recipe: recipe.clone(),
+                plan: plan.clone(),
+                access_log: access_log.as_ref().map(Writer::logger),
+                settings: self.settings.clone(),
+                mailbox,
+                ready: ready_tx.clone(),
+            };
+            threads.push(spawn(i, spec)?);
+            postboxes.push(postbox);
+        }
+        drop(ready_tx);
+        let controller = Controller::new(
+            postboxes,
+            recipe.is_route_table(),
+            plan.clusters.iter().map(|c| c.name.clone()).collect(),
+            self.settings,
+            ConfigInfo {
+                version: 1,
+                source: self.source,
+                digest: self.digest,
+                applied_at: std::time::SystemTime::now(),
+            },
+        );
+        // From here on, dropping the handle stops whatever started.
+        let mut handle = ProxyHandle {
+            local_addr,
+            driver: self.driver,
+            threads,
+            control: Arc::new(controller),
+            admin: None,
+            access_log,
+        };
+        for i in 0..cpus.len() {
+            handle.driver = match ready_rx.recv() {
+                Ok(Ok(driver)) => driver,
+                Ok(Err(message)) => return Err(StartError::Worker { worker: i, message }),
+                Err(_) => {
+                    return Err(StartError::Worker {
+                        worker: i,
+                        message: "exited during start-up".into(),
+                    })
+                }
+            };
+        }
+        tracing::info!(listen = %local_addr, workers = cpus.len(), driver = %handle.driver, ?cpus, "grpc-proxy serving");
+        Ok(handle)
+    }
+}
+
+/// Starts worker `i`'s thread.
+fn spawn<R: DirectorRecipe>(i: usize, spec: worker::Spec<R>) -> Result<JoinHandle<()>, StartError> {
+    std::thread::Builder::new()
+        .name(format!("grpc-proxy-w{i}"))
+        .spawn(move || worker::run(spec))
+        .map_err(|e| StartError::Worker {
+            worker: i,
+            message: format!("cannot spawn thread: {e}"),
+        })
+}
