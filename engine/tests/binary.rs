@@ -4,6 +4,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use grpc_proxy_tests::admin::request as http;
+
 const BIN: &str = env!("CARGO_BIN_EXE_grpc-proxy");
 
 #[test]
@@ -150,29 +152,6 @@ fn sighup_reloads_a_valid_config_and_refuses_an_invalid_one() {
     signal(&child, "TERM");
     wait_exit(&mut child, 0);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// One HTTP/1.1 request; the status code and body.
-fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut tcp = std::net::TcpStream::connect(addr).expect("connects");
-    write!(
-        tcp,
-        "{method} {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )
-    .expect("request");
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).expect("response");
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
 }
 
 #[test]

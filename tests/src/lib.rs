@@ -6,6 +6,7 @@
 //! - [`Client`]: a tonic client for the same service.
 //! - [`Pki`]: a CA, server and client certificates made with rcgen.
 //! - [`proxy`]: a grpc-proxy started in this process from a TOML snippet.
+//! - [`admin`]: one HTTP/1.1 request to the admin endpoint.
 //! - [`proxy_test!`]: turns one async test body into two tests, one per
 //!   monoio driver (io_uring, legacy).
 //!
@@ -14,6 +15,7 @@
 //! server API, the way generated code does it. The proxy never decodes
 //! messages, so bytes are all a test needs.
 
+pub mod admin;
 pub mod client;
 pub mod codec;
 pub mod echo;

@@ -2,13 +2,12 @@
 //! admin endpoint, health checks, passive ejection, least-request
 //! balancing, transparent retries of refused streams, the access log.
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use grpc_proxy::{Code as ProxyCode, Config, ProxyBuilder, ProxyHandle};
+use grpc_proxy_tests::admin::{request as admin, sample};
 use grpc_proxy_tests::silent::{Options, Silent};
 use grpc_proxy_tests::{cluster, proxy_test, Client, Driver, Upstream};
 use tonic::metadata::MetadataValue;
@@ -37,36 +36,6 @@ async fn answered_by(
     metadata: &[(&'static str, &'static str)],
 ) -> Result<String, tonic::Status> {
     client.upstream_of("Unary", metadata).await
-}
-
-/// One HTTP/1.1 request to the admin endpoint: status code and body.
-fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut tcp = std::net::TcpStream::connect(addr).expect("admin connects");
-    write!(
-        tcp,
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )
-    .expect("request");
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).expect("response");
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
-}
-
-/// The value of one sample line of a Prometheus text exposition.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Polls the proxy's merged counters until `done` holds for them.
