@@ -52,6 +52,17 @@ impl Held {
 }
 
 impl Held {
+    /// Holds a copy of `data` (a `Bytes` clone) if it fits within the
+    /// limit; `false` when it does not, and the call cannot be retried.
+    pub(super) fn keep(&mut self, data: &Bytes) -> bool {
+        if self.len + data.len() > self.limit {
+            return false;
+        }
+        self.len += data.len();
+        self.push(data.clone());
+        true
+    }
+
     pub(super) fn push(&mut self, data: Bytes) {
         match self.first {
             None => self.first = Some(data),

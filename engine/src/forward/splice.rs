@@ -221,7 +221,6 @@ impl Splice {
     }
 
     fn poll_request(&mut self, cx: &mut Context<'_>) -> Step {
-        let send = &mut self.up;
         let Request::Streaming {
             body,
             chunk,
@@ -230,84 +229,24 @@ impl Splice {
         else {
             return Step::Done;
         };
-        while !replay.is_empty() {
-            let end = replay.len() == 1 && body.is_none();
-            let Some(data) = replay.last_mut() else { break };
-            send.reserve_capacity(data.len());
-            match pump(data, Source::Held { end }, send, &mut self.bytes_in, cx) {
-                Pump::Sent(_) => {
-                    replay.pop();
-                }
-                Pump::Pending => return Step::Pending,
-                Pump::Failed => {
-                    self.request = Request::Done;
-                    return Step::Done;
-                }
-            }
-        }
-        let Some(body) = body else {
-            self.request = Request::Done;
-            return Step::Done;
-        };
-        loop {
-            if let Some(data) = chunk {
-                match pump(data, Source::Stream(body), send, &mut self.bytes_in, cx) {
-                    Pump::Sent(true) => {
-                        self.request = Request::Done;
-                        return Step::Done;
-                    }
-                    Pump::Sent(false) => *chunk = None,
-                    Pump::Pending => return Step::Pending,
-                    // The upstream refused more request data (reset, or it
-                    // answered early): stop forwarding; the response half
-                    // reports what happened.
-                    Pump::Failed => {
-                        self.request = Request::Done;
-                        return Step::Done;
-                    }
-                }
-            }
-            match body.poll_data(cx) {
-                Poll::Pending => return Step::Pending,
-                Poll::Ready(Some(Ok(data))) => {
-                    if data.is_empty() && !body.is_end_stream() {
-                        continue;
-                    }
-                    if let Some(held) = &mut self.held {
-                        if held.len + data.len() <= held.limit {
-                            held.len += data.len();
-                            held.push(data.clone());
-                        } else {
-                            self.held = None;
-                        }
-                    }
-                    send.reserve_capacity(data.len());
-                    *chunk = Some(data);
-                }
-                Poll::Ready(Some(Err(_))) => return Step::Down,
-                Poll::Ready(None) => {
-                    let sent = match body.poll_trailers(cx) {
-                        Poll::Pending => return Step::Pending,
-                        Poll::Ready(Err(_)) => return Step::Down,
-                        Poll::Ready(Ok(Some(trailers))) => {
-                            // Request trailers are rare in gRPC; such a
-                            // call is not retried.
-                            self.held = None;
-                            send.send_trailers(trailers)
-                        }
-                        Poll::Ready(Ok(None)) => {
-                            if let Some(held) = &mut self.held {
-                                held.push(Bytes::new());
-                            }
-                            send.send_data(Bytes::new(), true)
-                        }
+        let send = &mut self.up;
+        let step = match replay_held(replay, body.is_none(), send, &mut self.bytes_in, cx) {
+            Some(step) => step,
+            None => match body {
+                None => Step::Done,
+                Some(body) => {
+                    let to = Onward {
+                        send,
+                        count: &mut self.bytes_in,
                     };
-                    let _ = sent; // an upstream that stopped listening shows on the response half
-                    self.request = Request::Done;
-                    return Step::Done;
+                    stream_request(body, chunk, to, &mut self.held, cx)
                 }
-            }
+            },
+        };
+        if let Step::Done = step {
+            self.request = Request::Done;
         }
+        step
     }
 
     fn poll_response(&mut self, cx: &mut Context<'_>) -> Step {
@@ -324,74 +263,188 @@ impl Splice {
                         }
                         Poll::Ready(Ok(response)) => response,
                     };
-                    // The upstream has the call: no retry from here on.
-                    self.held = None;
-                    let (parts, body) = response.into_parts();
-                    let end = body.is_end_stream();
-                    if end {
-                        self.code = Some(
-                            Code::from_trailers(&parts.headers)
-                                .unwrap_or_else(|| Code::from_http_status(parts.status.as_u16())),
-                        );
+                    if let Some(step) = self.start_response(response) {
+                        return step;
                     }
-                    let Reply::Head(respond) = &mut self.down else {
-                        return Step::Down;
-                    };
-                    match respond.send_response(Response::from_parts(parts, ()), end) {
-                        Err(_) => return Step::Down,
-                        Ok(_) if end => {
-                            self.down = Reply::Done;
-                            return Step::Done;
-                        }
-                        Ok(stream) => self.down = Reply::Body(stream),
-                    }
-                    self.response = ResponseHalf::Streaming { body, chunk: None };
                 }
                 ResponseHalf::Streaming { body, chunk } => {
                     let Reply::Body(send) = &mut self.down else {
                         return Step::Down;
                     };
-                    if let Some(data) = chunk {
-                        match pump(data, Source::Stream(body), send, &mut self.bytes_out, cx) {
-                            Pump::Sent(true) => {
-                                self.down = Reply::Done;
-                                return Step::Done;
-                            }
-                            Pump::Sent(false) => *chunk = None,
-                            Pump::Pending => return Step::Pending,
-                            Pump::Failed => return Step::Down,
-                        }
+                    let to = Onward {
+                        send,
+                        count: &mut self.bytes_out,
+                    };
+                    let step = stream_response(body, chunk, to, &mut self.code, cx);
+                    if let Step::Done = step {
+                        self.down = Reply::Done;
                     }
-                    match body.poll_data(cx) {
-                        Poll::Pending => return Step::Pending,
-                        Poll::Ready(Some(Ok(data))) => {
-                            if data.is_empty() && !body.is_end_stream() {
-                                continue;
-                            }
-                            send.reserve_capacity(data.len());
-                            *chunk = Some(data);
-                        }
-                        Poll::Ready(Some(Err(e))) => return Step::Up(e),
-                        Poll::Ready(None) => {
-                            let sent = match body.poll_trailers(cx) {
-                                Poll::Pending => return Step::Pending,
-                                Poll::Ready(Err(e)) => return Step::Up(e),
-                                Poll::Ready(Ok(Some(trailers))) => {
-                                    self.code = Some(
-                                        Code::from_trailers(&trailers).unwrap_or(Code::Unknown),
-                                    );
-                                    send.send_trailers(trailers)
-                                }
-                                Poll::Ready(Ok(None)) => send.send_data(Bytes::new(), true),
-                            };
-                            if sent.is_err() {
-                                return Step::Down;
-                            }
-                            self.down = Reply::Done;
-                            return Step::Done;
-                        }
-                    }
+                    return step;
                 }
+            }
+        }
+    }
+
+    /// Sends the upstream's response headers on; `None` when its body
+    /// follows, else how the call ends.
+    fn start_response(&mut self, response: http::Response<RecvStream>) -> Option<Step> {
+        // The upstream has the call: no retry from here on.
+        self.held = None;
+        let (parts, body) = response.into_parts();
+        let end = body.is_end_stream();
+        if end {
+            self.code = Some(
+                Code::from_trailers(&parts.headers)
+                    .unwrap_or_else(|| Code::from_http_status(parts.status.as_u16())),
+            );
+        }
+        let Reply::Head(respond) = &mut self.down else {
+            return Some(Step::Down);
+        };
+        match respond.send_response(Response::from_parts(parts, ()), end) {
+            Err(_) => return Some(Step::Down),
+            Ok(_) if end => {
+                self.down = Reply::Done;
+                return Some(Step::Done);
+            }
+            Ok(stream) => self.down = Reply::Body(stream),
+        }
+        self.response = ResponseHalf::Streaming { body, chunk: None };
+        None
+    }
+}
+
+/// Where DATA go on: the other side's stream, and the byte count to add
+/// them to.
+struct Onward<'a> {
+    send: &'a mut SendStream<Bytes>,
+    count: &'a mut u64,
+}
+
+/// Sends the held DATA of a retry first, last chunk first (`replay` is in
+/// reverse order); `None` once they are all sent.
+fn replay_held(
+    replay: &mut Vec<Bytes>,
+    body_ended: bool,
+    send: &mut SendStream<Bytes>,
+    count: &mut u64,
+    cx: &mut Context<'_>,
+) -> Option<Step> {
+    while !replay.is_empty() {
+        let end = replay.len() == 1 && body_ended;
+        let Some(data) = replay.last_mut() else { break };
+        send.reserve_capacity(data.len());
+        match pump(data, Source::Held { end }, send, count, cx) {
+            Pump::Sent(_) => {
+                replay.pop();
+            }
+            Pump::Pending => return Some(Step::Pending),
+            Pump::Failed => return Some(Step::Done),
+        }
+    }
+    None
+}
+
+/// Moves the client's request DATA and its end (trailers or END_STREAM)
+/// upstream, holding what a retry would need while `held` allows.
+fn stream_request(
+    body: &mut RecvStream,
+    chunk: &mut Option<Bytes>,
+    to: Onward<'_>,
+    held: &mut Option<Held>,
+    cx: &mut Context<'_>,
+) -> Step {
+    loop {
+        if let Some(data) = chunk {
+            match pump(data, Source::Stream(body), to.send, to.count, cx) {
+                Pump::Sent(true) => return Step::Done,
+                Pump::Sent(false) => *chunk = None,
+                Pump::Pending => return Step::Pending,
+                // The upstream refused more request data (reset, or it
+                // answered early): stop forwarding; the response half
+                // reports what happened.
+                Pump::Failed => return Step::Done,
+            }
+        }
+        match body.poll_data(cx) {
+            Poll::Pending => return Step::Pending,
+            Poll::Ready(Some(Ok(data))) => {
+                if data.is_empty() && !body.is_end_stream() {
+                    continue;
+                }
+                if held.as_mut().is_some_and(|h| !h.keep(&data)) {
+                    *held = None;
+                }
+                to.send.reserve_capacity(data.len());
+                *chunk = Some(data);
+            }
+            Poll::Ready(Some(Err(_))) => return Step::Down,
+            Poll::Ready(None) => {
+                let sent = match body.poll_trailers(cx) {
+                    Poll::Pending => return Step::Pending,
+                    Poll::Ready(Err(_)) => return Step::Down,
+                    Poll::Ready(Ok(Some(trailers))) => {
+                        // Request trailers are rare in gRPC; such a call is
+                        // not retried.
+                        *held = None;
+                        to.send.send_trailers(trailers)
+                    }
+                    Poll::Ready(Ok(None)) => {
+                        if let Some(held) = held {
+                            held.push(Bytes::new());
+                        }
+                        to.send.send_data(Bytes::new(), true)
+                    }
+                };
+                let _ = sent; // an upstream that stopped listening shows on the response half
+                return Step::Done;
+            }
+        }
+    }
+}
+
+/// Moves the upstream's response DATA and trailers to the client, noting
+/// the gRPC status in `code`.
+fn stream_response(
+    body: &mut RecvStream,
+    chunk: &mut Option<Bytes>,
+    to: Onward<'_>,
+    code: &mut Option<Code>,
+    cx: &mut Context<'_>,
+) -> Step {
+    loop {
+        if let Some(data) = chunk {
+            match pump(data, Source::Stream(body), to.send, to.count, cx) {
+                Pump::Sent(true) => return Step::Done,
+                Pump::Sent(false) => *chunk = None,
+                Pump::Pending => return Step::Pending,
+                Pump::Failed => return Step::Down,
+            }
+        }
+        match body.poll_data(cx) {
+            Poll::Pending => return Step::Pending,
+            Poll::Ready(Some(Ok(data))) => {
+                if data.is_empty() && !body.is_end_stream() {
+                    continue;
+                }
+                to.send.reserve_capacity(data.len());
+                *chunk = Some(data);
+            }
+            Poll::Ready(Some(Err(e))) => return Step::Up(e),
+            Poll::Ready(None) => {
+                let sent = match body.poll_trailers(cx) {
+                    Poll::Pending => return Step::Pending,
+                    Poll::Ready(Err(e)) => return Step::Up(e),
+                    Poll::Ready(Ok(Some(trailers))) => {
+                        *code = Some(Code::from_trailers(&trailers).unwrap_or(Code::Unknown));
+                        to.send.send_trailers(trailers)
+                    }
+                    Poll::Ready(Ok(None)) => to.send.send_data(Bytes::new(), true),
+                };
+                if sent.is_err() {
+                    return Step::Down;
+                }
+                return Step::Done;
             }
         }
     }
