@@ -602,32 +602,12 @@ impl RouteFile {
             }
             (None, None) => return Err(format!("{at}: needs a cluster or a reject")),
         };
-        let mut headers = Vec::with_capacity(self.headers.len());
-        for (j, h) in self.headers.into_iter().enumerate() {
-            let hat = format!("{at}.headers[{j}]");
-            if h.name.bytes().any(|b| b.is_ascii_uppercase()) {
-                return Err(format!("{hat}.name: {:?} must be lower case", h.name));
-            }
-            let name = HeaderName::from_str(&h.name)
-                .map_err(|_| format!("{hat}.name: {:?} is not a valid metadata key", h.name))?;
-            let value = |v: &str| {
-                HeaderValue::from_str(v)
-                    .map_err(|_| format!("{hat}: {v:?} is not a valid metadata value"))
-            };
-            let rule = match (h.value, h.values, h.present) {
-                (Some(v), None, None) => HeaderRule::OneOf(vec![value(&v)?]),
-                (None, Some(vs), None) => {
-                    if vs.is_empty() {
-                        return Err(format!("{hat}.values: the list is empty"));
-                    }
-                    HeaderRule::OneOf(vs.iter().map(|v| value(v)).collect::<Result<_, _>>()?)
-                }
-                (None, None, Some(p)) => HeaderRule::Present(p),
-                (None, None, None) => HeaderRule::Present(true),
-                _ => return Err(format!("{hat}: use only one of value, values, present")),
-            };
-            headers.push(HeaderMatch { name, rule });
-        }
+        let headers = self
+            .headers
+            .into_iter()
+            .enumerate()
+            .map(|(j, h)| h.validate(&format!("{at}.headers[{j}]")))
+            .collect::<Result<_, _>>()?;
         let client = self.client.map(|c| c.validate(&at)).transpose()?;
         let timeout = duration(&format!("{at}.timeout"), self.timeout.as_deref())?;
         if let Some(name) = &self.name {
@@ -646,5 +626,32 @@ impl RouteFile {
             action,
             timeout,
         })
+    }
+}
+
+impl HeaderFile {
+    fn validate(self, hat: &str) -> Result<HeaderMatch, String> {
+        if self.name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(format!("{hat}.name: {:?} must be lower case", self.name));
+        }
+        let name = HeaderName::from_str(&self.name)
+            .map_err(|_| format!("{hat}.name: {:?} is not a valid metadata key", self.name))?;
+        let value = |v: &str| {
+            HeaderValue::from_str(v)
+                .map_err(|_| format!("{hat}: {v:?} is not a valid metadata value"))
+        };
+        let rule = match (self.value, self.values, self.present) {
+            (Some(v), None, None) => HeaderRule::OneOf(vec![value(&v)?]),
+            (None, Some(vs), None) => {
+                if vs.is_empty() {
+                    return Err(format!("{hat}.values: the list is empty"));
+                }
+                HeaderRule::OneOf(vs.iter().map(|v| value(v)).collect::<Result<_, _>>()?)
+            }
+            (None, None, Some(p)) => HeaderRule::Present(p),
+            (None, None, None) => HeaderRule::Present(true),
+            _ => return Err(format!("{hat}: use only one of value, values, present")),
+        };
+        Ok(HeaderMatch { name, rule })
     }
 }

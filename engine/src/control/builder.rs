@@ -195,28 +195,28 @@ impl ProxyBuilder {
             version: 1,
         };
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        let spec = |i: usize, cpu: usize, listener, mailbox| worker::Spec {
+            core: CoreId {
+                worker: i,
+                cpu: Some(cpu),
+            },
+            driver: self.driver,
+            listener,
+            recipe: recipe.clone(),
+            plan: plan.clone(),
+            access_log: access_log.as_ref().map(Writer::logger),
+            settings: self.settings.clone(),
+            mailbox,
+            ready: ready_tx.clone(),
+        };
         let mut postboxes = Vec::with_capacity(cpus.len());
         let mut threads = Vec::with_capacity(cpus.len());
-        for (i, (cpu, listener)) in cpus.iter().zip(listeners).enumerate() {
+        for (i, (&cpu, listener)) in cpus.iter().zip(listeners).enumerate() {
             let (postbox, mailbox) = mailbox::channel().map_err(|e| StartError::Worker {
                 worker: i,
                 message: format!("cannot create control channel: {e}"),
             })?;
-            let spec = worker::Spec {
-                core: CoreId {
-                    worker: i,
-                    cpu: Some(*cpu),
-                },
-                driver: self.driver,
-                listener,
-                recipe: recipe.clone(),
-                plan: plan.clone(),
-                access_log: access_log.as_ref().map(Writer::logger),
-                settings: self.settings.clone(),
-                mailbox,
-                ready: ready_tx.clone(),
-            };
-            threads.push(spawn(i, spec)?);
+            threads.push(spawn(i, spec(i, cpu, listener, mailbox))?);
             postboxes.push(postbox);
         }
         drop(ready_tx);
@@ -241,21 +241,31 @@ impl ProxyBuilder {
             admin: None,
             access_log,
         };
-        for i in 0..cpus.len() {
-            handle.driver = match ready_rx.recv() {
-                Ok(Ok(driver)) => driver,
-                Ok(Err(message)) => return Err(StartError::Worker { worker: i, message }),
-                Err(_) => {
-                    return Err(StartError::Worker {
-                        worker: i,
-                        message: "exited during start-up".into(),
-                    })
-                }
-            };
-        }
+        handle.driver = wait_ready(&ready_rx, cpus.len())?;
         tracing::info!(listen = %local_addr, workers = cpus.len(), driver = %handle.driver, ?cpus, "grpc-proxy serving");
         Ok(handle)
     }
+}
+
+/// Waits until `workers` workers are up; the driver they run.
+fn wait_ready(
+    ready: &crossbeam_channel::Receiver<Result<Driver, String>>,
+    workers: usize,
+) -> Result<Driver, StartError> {
+    let mut driver = Driver::Auto;
+    for i in 0..workers {
+        driver = match ready.recv() {
+            Ok(Ok(driver)) => driver,
+            Ok(Err(message)) => return Err(StartError::Worker { worker: i, message }),
+            Err(_) => {
+                return Err(StartError::Worker {
+                    worker: i,
+                    message: "exited during start-up".into(),
+                })
+            }
+        };
+    }
+    Ok(driver)
 }
 
 /// Starts worker `i`'s thread.

@@ -369,18 +369,24 @@ fn by_code<'a>(
 
 impl prometheus_client::collector::Collector for Merged {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let route = |n: &String| vec![("route", n.clone())];
-        let cluster = |n: &String| vec![("cluster", n.clone())];
-        let core = |c: &CoreReport| vec![("core", c.core.to_string())];
+        self.encode_routes(&mut e)?;
+        self.encode_clusters(&mut e)?;
+        self.encode_cores(&mut e)
+    }
+}
 
+impl Merged {
+    /// Calls and their latency, by route.
+    fn encode_routes(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let route = |n: &String| vec![("route", n.clone())];
         counter(
-            &mut e,
+            e,
             "route_calls_started",
             "Calls started, by route.",
             self.routes.iter().map(|(n, r)| (route(n), r.started)),
         )?;
         counter(
-            &mut e,
+            e,
             "route_calls_finished",
             "Calls finished, by route and gRPC status.",
             by_code("route", &self.routes),
@@ -415,8 +421,14 @@ impl prometheus_client::collector::Collector for Merged {
                     )?;
             }
         }
+        Ok(())
+    }
+
+    /// Calls, connections, streams and failures, by upstream cluster.
+    fn encode_clusters(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let cluster = |n: &String| vec![("cluster", n.clone())];
         counter(
-            &mut e,
+            e,
             "cluster_calls_started",
             "Calls started, by upstream cluster.",
             self.clusters
@@ -424,13 +436,13 @@ impl prometheus_client::collector::Collector for Merged {
                 .map(|(n, c)| (cluster(n), c.calls.started)),
         )?;
         counter(
-            &mut e,
+            e,
             "cluster_calls_finished",
             "Calls finished, by upstream cluster and gRPC status.",
             by_code("cluster", self.clusters.iter().map(|(n, c)| (n, &c.calls))),
         )?;
         gauge(
-            &mut e,
+            e,
             "upstream_connections",
             "Upstream HTTP/2 connections open, by cluster.",
             self.clusters
@@ -438,13 +450,13 @@ impl prometheus_client::collector::Collector for Merged {
                 .map(|(n, c)| (cluster(n), c.connections)),
         )?;
         gauge(
-            &mut e,
+            e,
             "upstream_streams_active",
             "Upstream streams open, by cluster.",
             self.clusters.iter().map(|(n, c)| (cluster(n), c.streams)),
         )?;
         counter(
-            &mut e,
+            e,
             "upstream_connect_failures",
             "Failed upstream connects (TCP, TLS or HTTP/2), by cluster.",
             self.clusters
@@ -452,39 +464,45 @@ impl prometheus_client::collector::Collector for Merged {
                 .map(|(n, c)| (cluster(n), c.connect_failures)),
         )?;
         counter(
-            &mut e,
+            e,
             "upstream_resets",
             "Streams the upstream reset, by cluster.",
             self.clusters.iter().map(|(n, c)| (cluster(n), c.resets)),
         )?;
         counter(
-            &mut e,
+            e,
             "upstream_goaways",
             "GOAWAY frames received from upstreams, by cluster.",
             self.clusters.iter().map(|(n, c)| (cluster(n), c.goaways)),
         )?;
         gauge(
-            &mut e,
+            e,
             "upstream_endpoints_up",
             "Endpoints taking calls (healthy and not ejected; the lowest over the cores), by cluster.",
             self.clusters
                 .iter()
                 .map(|(n, c)| (cluster(n), c.endpoints_up)),
         )?;
+        Ok(())
+    }
+
+    /// Connections, streams, bytes and retries, by core.
+    fn encode_cores(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let core = |c: &CoreReport| vec![("core", c.core.to_string())];
         gauge(
-            &mut e,
+            e,
             "downstream_connections",
             "Downstream connections open, by core.",
             self.cores.iter().map(|c| (core(c), c.connections_active)),
         )?;
         counter(
-            &mut e,
+            e,
             "downstream_connections_accepted",
             "Downstream connections accepted, by core.",
             self.cores.iter().map(|c| (core(c), c.connections_accepted)),
         )?;
         counter(
-            &mut e,
+            e,
             "downstream_tls_handshake_failures",
             "Downstream TLS handshakes that failed, by core.",
             self.cores
@@ -492,37 +510,37 @@ impl prometheus_client::collector::Collector for Merged {
                 .map(|c| (core(c), c.tls_handshake_failures)),
         )?;
         gauge(
-            &mut e,
+            e,
             "downstream_streams_active",
             "Downstream streams (calls) open, by core.",
             self.cores.iter().map(|c| (core(c), c.streams_active)),
         )?;
         counter(
-            &mut e,
+            e,
             "core_calls_started",
             "Calls started, by core (shows imbalance between cores).",
             self.cores.iter().map(|c| (core(c), c.calls_started)),
         )?;
         counter(
-            &mut e,
+            e,
             "received_bytes",
             "Request message bytes received from clients and forwarded, by core.",
             self.cores.iter().map(|c| (core(c), c.bytes_in)),
         )?;
         counter(
-            &mut e,
+            e,
             "sent_bytes",
             "Response message bytes received from upstreams and forwarded, by core.",
             self.cores.iter().map(|c| (core(c), c.bytes_out)),
         )?;
         counter(
-            &mut e,
+            e,
             "retries",
             "Calls retried transparently after an upstream refused them, by core.",
             self.cores.iter().map(|c| (core(c), c.retries)),
         )?;
         counter(
-            &mut e,
+            e,
             "access_log_dropped",
             "Access-log lines dropped because the writer fell behind, by core.",
             self.cores.iter().map(|c| (core(c), c.access_log_dropped)),
