@@ -186,40 +186,7 @@ fn init_logging(filter: Option<&str>) {
 fn load(cli: &Cli) -> Result<Config, String> {
     let mut config = match &cli.config {
         Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
-        None => {
-            if cli.upstream.is_empty() {
-                return Err(
-                    "no upstream: pass --upstream ADDR (or --config FILE); see --help".into(),
-                );
-            }
-            let mut endpoints = Vec::new();
-            for u in &cli.upstream {
-                endpoints.extend(resolve(u).map_err(|e| format!("--upstream: {e}"))?);
-            }
-            Config {
-                clusters: vec![ClusterConfig {
-                    name: "default".into(),
-                    endpoints,
-                    tls: None,
-                    balance: Default::default(),
-                    health_check: None,
-                    outlier: Default::default(),
-                }],
-                routes: vec![RouteConfig {
-                    name: Some("default".into()),
-                    method: None,
-                    service: None,
-                    path_prefix: None,
-                    authority: None,
-                    headers: Vec::new(),
-                    client: None,
-                    action: RouteAction::Cluster("default".into()),
-                    timeout: None,
-                }],
-                source: "command-line flags".into(),
-                ..Config::default()
-            }
-        }
+        None => from_flags(&cli.upstream)?,
     };
     if let Some(listen) = cli.listen {
         config.listen = Some(listen);
@@ -264,6 +231,40 @@ fn load(cli: &Cli) -> Result<Config, String> {
         config.settings.drain_timeout = d;
     }
     Ok(config)
+}
+
+/// The config of `--upstream` alone: one cluster, one route to it.
+fn from_flags(upstreams: &[String]) -> Result<Config, String> {
+    if upstreams.is_empty() {
+        return Err("no upstream: pass --upstream ADDR (or --config FILE); see --help".into());
+    }
+    let mut endpoints = Vec::new();
+    for u in upstreams {
+        endpoints.extend(resolve(u).map_err(|e| format!("--upstream: {e}"))?);
+    }
+    Ok(Config {
+        clusters: vec![ClusterConfig {
+            name: "default".into(),
+            endpoints,
+            tls: None,
+            balance: Default::default(),
+            health_check: None,
+            outlier: Default::default(),
+        }],
+        routes: vec![RouteConfig {
+            name: Some("default".into()),
+            method: None,
+            service: None,
+            path_prefix: None,
+            authority: None,
+            headers: Vec::new(),
+            client: None,
+            action: RouteAction::Cluster("default".into()),
+            timeout: None,
+        }],
+        source: "command-line flags".into(),
+        ..Config::default()
+    })
 }
 
 #[cfg(test)]
