@@ -1,5 +1,5 @@
-//! The downstream server of one core: its accept loop, the connections it
-//! holds, and what they share.
+//! The downstream server of one core: the connections it holds and what
+//! they share.
 //!
 //! Key type: [`Server`], built once per worker and shared (`Rc`) by the
 //! core's connection tasks. It holds the config snapshot that connections
