@@ -151,6 +151,9 @@ fn answer(mut respond: SendResponse<Bytes>, status: &Status, record: &mut Record
     record.code = status.code();
 }
 
+/// One call, from its head to its end. Its steps stay in one async fn:
+/// handing the forwarding to a nested one made every call's task 640
+/// bytes larger (4,224 -> 4,864, copied at each spawn).
 async fn serve(
     ctx: &CallContext,
     snapshot: &Snapshot,
@@ -199,40 +202,6 @@ async fn serve(
     };
     cluster.stats.start();
     record.cluster = Some(cluster.clone());
-    forward(ctx, cluster, parts, body, respond, deadline, record).await;
-}
-
-/// Whether a request is gRPC: `content-type: application/grpc*`.
-fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// When the call must end: the shorter of the client's `grpc-timeout` and
-/// the route's timeout, from now.
-fn deadline(headers: &http::HeaderMap, route_timeout: Option<Duration>) -> Option<Instant> {
-    let client_timeout = headers
-        .get("grpc-timeout")
-        .and_then(|v| crate::grpc::timeout::parse(v.as_bytes()));
-    let budget = match (client_timeout, route_timeout) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    budget.map(|d| Instant::now() + d)
-}
-
-/// Opens the call's upstream stream on `cluster` and splices it, sending
-/// it once more elsewhere if the upstream refused it unprocessed.
-async fn forward(
-    ctx: &CallContext,
-    cluster: &Cluster,
-    parts: http::request::Parts,
-    body: RecvStream,
-    respond: SendResponse<Bytes>,
-    deadline: Option<Instant>,
-    record: &mut Record,
-) {
     let end_of_stream = body.is_end_stream();
     let limit = ctx.retry_buffer;
     let held = (limit > 0).then(|| Held::new(copy_head(&parts), limit));
@@ -258,6 +227,26 @@ async fn forward(
         record.upstream = Some(endpoint.addr());
     }
     finish(cluster, &endpoint, &finished, record);
+}
+
+/// Whether a request is gRPC: `content-type: application/grpc*`.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// When the call must end: the shorter of the client's `grpc-timeout` and
+/// the route's timeout, from now.
+fn deadline(headers: &http::HeaderMap, route_timeout: Option<Duration>) -> Option<Instant> {
+    let client_timeout = headers
+        .get("grpc-timeout")
+        .and_then(|v| crate::grpc::timeout::parse(v.as_bytes()));
+    let budget = match (client_timeout, route_timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    budget.map(|d| Instant::now() + d)
 }
 
 /// Sends a refused call again, on another connection or endpoint, without
