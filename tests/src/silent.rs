@@ -42,6 +42,13 @@ pub struct Options {
     /// request was above the last stream id, never processed. Spoken at
     /// the frame level, as no HTTP/2 library sends such a GOAWAY.
     pub goaway_below_first: bool,
+    /// On the first connection only, speak at the frame level: advertise
+    /// a stream window of 0 (no request DATA can be sent), and answer the
+    /// first HEADERS with RST_STREAM REFUSED_STREAM, so that the refusal
+    /// meets request DATA the proxy is holding back for want of window.
+    pub refuse_first_blocked: bool,
+    /// Wait this long before answering a request (not `Hang` or `Flood`).
+    pub delay: Option<std::time::Duration>,
 }
 
 #[derive(Default)]
@@ -70,9 +77,15 @@ impl Silent {
 
     /// Starts with these options.
     pub async fn with(options: Options) -> Silent {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        Silent::on(listener, options)
+    }
+
+    /// Starts accepting on a listener bound (and perhaps already
+    /// connected to) before.
+    pub fn on(listener: std::net::TcpListener, options: Options) -> Silent {
+        listener.set_nonblocking(true).expect("non-blocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
         let addr = listener.local_addr().expect("addr");
         let (tx, seen) = mpsc::unbounded_channel();
         let counts = Arc::new(Counts::default());
@@ -83,6 +96,10 @@ impl Silent {
                 c.changed.notify_waiters();
                 if options.goaway_below_first && index == 1 {
                     tokio::spawn(goaway_below(tcp));
+                    continue;
+                }
+                if options.refuse_first_blocked && index == 1 {
+                    tokio::spawn(refuse_blocked(tcp));
                     continue;
                 }
                 tokio::spawn(serve(tcp, index, options, tx.clone(), c.clone()));
@@ -110,6 +127,11 @@ impl Silent {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.counts.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests served so far (by the h2 server, not the frame-level one).
+    pub fn requests(&self) -> usize {
+        self.counts.requests.load(Ordering::SeqCst)
     }
 
     /// Waits until `n` requests have arrived.
@@ -161,6 +183,19 @@ async fn serve(
         }
         if request.uri().path() == "/test.Echo/Echo" {
             tokio::spawn(echo(request, respond, index));
+            continue;
+        }
+        if let (Some(delay), true) = (options.delay, request.uri().path() != "/test.Echo/Hang") {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let response = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", "0")
+                    .header("x-connection", index.to_string())
+                    .body(())
+                    .expect("response");
+                let _ = respond.send_response(response, true);
+            });
             continue;
         }
         if request.uri().path() == "/test.Echo/Flood" {
@@ -232,6 +267,48 @@ async fn goaway_below(mut tcp: tokio::net::TcpStream) {
             1 if !sent_goaway => {
                 sent_goaway = true;
                 vec![0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            }
+            _ => Vec::new(),
+        };
+        if !reply.is_empty() && tcp.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A frame-level server that grants no stream window and refuses the
+/// first request: SETTINGS(INITIAL_WINDOW_SIZE = 0), SETTINGS and PING
+/// answered, RST_STREAM(REFUSED_STREAM) on the first HEADERS. The
+/// connection stays open until the peer closes it.
+async fn refuse_blocked(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut preface = [0u8; 24];
+    if tcp.read_exact(&mut preface).await.is_err() {
+        return;
+    }
+    let settings = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0];
+    if tcp.write_all(&settings).await.is_err() {
+        return;
+    }
+    let mut refused = false;
+    loop {
+        let mut head = [0u8; 9];
+        if tcp.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let (kind, flags) = (head[3], head[4]);
+        let mut payload = vec![0u8; len];
+        if tcp.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        let reply: Vec<u8> = match kind {
+            4 if flags & 1 == 0 => vec![0, 0, 0, 4, 1, 0, 0, 0, 0],
+            6 if flags & 1 == 0 => [&[0, 0, 8, 6, 1, 0, 0, 0, 0][..], &payload].concat(),
+            1 if !refused => {
+                refused = true;
+                // RST_STREAM on the request's stream, REFUSED_STREAM (7).
+                [&[0, 0, 4, 3, 0][..], &head[5..9], &[0, 0, 0, 7]].concat()
             }
             _ => Vec::new(),
         };

@@ -262,13 +262,12 @@ impl Pool {
         cluster: &Cluster,
         endpoint: &Rc<Endpoint>,
     ) -> Result<Rc<UpConn>, UpstreamError> {
-        endpoint.connecting.set(true);
+        let connecting = Connecting::start(endpoint);
         // Boxed: connecting is rare, and inlining its futures made every
         // call's task ~3 KiB larger (copied at each spawn).
         let tls = cluster.tls.borrow().clone();
         let result = Box::pin(self.dialer.connect(endpoint, tls)).await;
-        endpoint.connecting.set(false);
-        endpoint.changed.notify_all();
+        drop(connecting);
         match result {
             Ok(conn) => {
                 endpoint.connected(conn.clone());
@@ -282,5 +281,26 @@ impl Pool {
                 Err(e)
             }
         }
+    }
+}
+
+/// Marks an endpoint as connecting while it lives. Dropping it ends the
+/// mark and wakes the calls waiting for the connect, also when the call
+/// that was connecting gives up halfway (its deadline, a health probe's
+/// timeout, a client reset): one of them then connects instead. Without
+/// it, an abandoned connect left the endpoint "connecting" for good.
+struct Connecting<'a>(&'a Endpoint);
+
+impl<'a> Connecting<'a> {
+    fn start(endpoint: &'a Endpoint) -> Connecting<'a> {
+        endpoint.connecting.set(true);
+        Connecting(endpoint)
+    }
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.connecting.set(false);
+        self.0.changed.notify_all();
     }
 }

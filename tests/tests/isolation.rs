@@ -1,0 +1,155 @@
+//! Reliability: what one client or one upstream does must not change what
+//! the others see. Each test is a failure scenario played the way a
+//! hostile or broken peer plays it (bare h2 peers, frame-level upstreams,
+//! a listener whose accept queue is full), and checks both the affected
+//! call and that calls not involved keep working.
+
+// Helpers for the scenarios that the next commits add.
+#![allow(dead_code, unused_imports)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use grpc_proxy_tests::admin::sample;
+use grpc_proxy_tests::silent::{Options, Silent};
+use grpc_proxy_tests::{cluster, proxy, proxy_test, proxy_to, Client, Upstream};
+use tonic::{Code, Request};
+
+/// A listener that accepts nothing, its accept queue full: a TCP connect
+/// to it hangs (the kernel drops the SYN). The connections that filled
+/// the queue come back with it and must be kept open.
+fn full_listener() -> (std::net::TcpListener, Vec<std::net::TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    socket.bind(&any.into()).expect("bind");
+    socket.listen(0).expect("listen");
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr().expect("addr");
+    let mut fillers = Vec::new();
+    for _ in 0..64 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => return (listener, fillers),
+        }
+    }
+    panic!("the accept queue of a backlog-0 listener never filled");
+}
+
+/// A bare h2 client connection to the proxy, with this stream window.
+async fn h2_client(addr: SocketAddr, window: u32) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(tcp)
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    send
+}
+
+fn request(addr: SocketAddr, method: &str) -> http::Request<()> {
+    http::Request::post(format!("http://{addr}/test.Echo/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request")
+}
+
+/// One gRPC message frame of `payload`.
+fn frame(payload: &[u8]) -> Bytes {
+    let mut f = vec![0u8];
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    Bytes::from(f)
+}
+
+/// The value of a metric of the proxy's only core.
+fn metric(proxy: &grpc_proxy::ProxyHandle, series: &str) -> f64 {
+    sample(&proxy.metrics().render(), series).unwrap_or(0.0)
+}
+
+/// A call with the client's own deadline, so that a stuck proxy fails the
+/// test instead of hanging it.
+async fn echo_within(
+    client: &mut Client,
+    method: &str,
+    timeout: Duration,
+) -> Result<Bytes, tonic::Status> {
+    let mut request = Request::new(frame(b"ping").slice(5..));
+    request.set_timeout(timeout);
+    client.unary(method, request).await.map(|r| r.into_inner())
+}
+
+proxy_test! {
+    async fn a_call_that_gives_up_during_a_connect_does_not_block_the_endpoint(driver) {
+        // Scenario: the upstream's accept queue is full, so the proxy's
+        // connect hangs; the only call gives up (its route's deadline)
+        // halfway through the connect. Then the upstream accepts again:
+        // later calls must connect and succeed, not wait for a connect
+        // that nobody is making any more.
+        let (listener, _fillers) = full_listener();
+        let addr = listener.local_addr().expect("addr");
+        let proxy = proxy(driver, &format!(
+            "[timeouts]\nconnect = \"30s\"\n{}\n\
+             [[routes]]\nheaders = [{{ name = \"x-short\" }}]\ncluster = \"a\"\ntimeout = \"300ms\"\n\
+             [[routes]]\ncluster = \"a\"\n",
+            cluster("a", addr)
+        ));
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let mut short = Request::new(Bytes::from_static(b"x"));
+        short.metadata_mut().insert("x-short", "1".parse().expect("value"));
+        let status = client.unary("Echo", short).await.expect_err("the connect hangs");
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+
+        let upstream = Silent::on(listener, Options::default());
+        let reply = echo_within(&mut client, "Echo", Duration::from_secs(5)).await;
+        assert!(reply.is_ok(), "a later call reaches the upstream: {reply:?}");
+        assert!(upstream.connections() >= 1);
+    }
+
+    async fn a_health_check_that_times_out_during_a_connect_does_not_block_the_endpoint(driver) {
+        // The same, with the health probe (timeout 200 ms) giving up.
+        let (listener, _fillers) = full_listener();
+        let addr = listener.local_addr().expect("addr");
+        let proxy = proxy(driver, &format!(
+            "[timeouts]\nconnect = \"30s\"\n\
+             [[clusters]]\nname = \"a\"\nendpoints = [\"{addr}\"]\n\
+             health_check = {{ interval = \"50ms\", timeout = \"200ms\" }}\n\
+             [[routes]]\ncluster = \"a\"\n"
+        ));
+        // Let a probe start its connect and give up.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let _upstream = Silent::on(listener, Options::default());
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let reply = echo_within(&mut client, "Echo", Duration::from_secs(5)).await;
+        assert!(reply.is_ok(), "a call reaches the upstream once it accepts: {reply:?}");
+    }
+
+    async fn a_healthy_upstream_keeps_serving_while_another_hangs(driver) {
+        // Isolation between upstreams on the same core: one cluster's
+        // connects hang, the other's calls go through.
+        let (listener, _fillers) = full_listener();
+        let good = Upstream::start("good");
+        let proxy = proxy(driver, &format!(
+            "[timeouts]\nconnect = \"30s\"\n{}{}\
+             [[routes]]\nheaders = [{{ name = \"x-bad\" }}]\ncluster = \"bad\"\n\
+             [[routes]]\ncluster = \"good\"\n",
+            cluster("bad", listener.local_addr().expect("addr")),
+            cluster("good", good.addr())
+        ));
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let mut bad = client.clone();
+        let hanging = tokio::spawn(async move {
+            let mut request = Request::new(Bytes::from_static(b"x"));
+            request.metadata_mut().insert("x-bad", "1".parse().expect("value"));
+            request.set_timeout(Duration::from_secs(2));
+            bad.unary("Unary", request).await
+        });
+        for _ in 0..10 {
+            client.echo(Bytes::from_static(b"ok")).await.expect("the good cluster answers");
+        }
+        assert!(hanging.await.expect("task").is_err());
+    }
+}
