@@ -127,6 +127,45 @@ proxy_test! {
         assert!(reply.is_ok(), "a call reaches the upstream once it accepts: {reply:?}");
     }
 
+    async fn calls_queued_at_an_upstreams_stream_limit_all_complete(driver) {
+        // Scenario: the upstream takes 2 streams per connection and answers
+        // after 20 ms; 400 calls arrive at once on 4 client connections.
+        // The proxy opens up to 8 connections (16 streams) and every call
+        // must complete: none may be forgotten in a queue.
+        let upstream = Silent::with(Options {
+            max_concurrent_streams: Some(2),
+            delay: Some(Duration::from_millis(20)),
+            ..Options::default()
+        })
+        .await;
+        let proxy = proxy_to(driver, upstream.addr());
+        let addr = proxy.local_addr();
+        let mut calls = Vec::new();
+        for _ in 0..4 {
+            let client = h2_client(addr, 65_535).await;
+            for _ in 0..100 {
+                let client = client.clone();
+                calls.push(tokio::spawn(async move {
+                    let mut ready = client.ready().await.expect("ready");
+                    let mut request = request(addr, "Unary");
+                    request.headers_mut().insert("grpc-timeout", "10S".parse().expect("value"));
+                    let (response, mut body) = ready.send_request(request, false).expect("send");
+                    body.send_data(frame(b""), true).expect("data");
+                    let response = response.await.expect("response");
+                    response.headers().get("grpc-status").cloned()
+                }));
+            }
+        }
+        let mut ok = 0;
+        for call in calls {
+            if call.await.expect("task").as_ref().is_some_and(|s| s == "0") {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 400, "every queued call completed before its 10 s deadline");
+        assert!(upstream.connections() <= 8, "{} upstream connections", upstream.connections());
+    }
+
     async fn a_healthy_upstream_keeps_serving_while_another_hangs(driver) {
         // Isolation between upstreams on the same core: one cluster's
         // connects hang, the other's calls go through.

@@ -7,7 +7,7 @@
 //! a refused port. A new connection is offered to calls only once the
 //! upstream's SETTINGS are known (see `Dialer::connect`).
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
 
 use monoio::io::IntoPollIo;
@@ -98,7 +98,7 @@ impl Dialer {
             HandshakeError::Http2(source) => UpstreamError::Http2 { addr, source },
         })?;
         let conn = Rc::new(UpConn {
-            send: RefCell::new(send),
+            send,
             active: Cell::new(0),
             usable: Cell::new(true),
             goaway_last,
@@ -133,7 +133,7 @@ impl Dialer {
                 Err(_) => return Err(UpstreamError::ConnectTimeout { addr, timeout }),
             }
         }
-        tracing::debug!(upstream = %addr, max_streams = conn.send.borrow().current_max_send_streams(), "upstream connection open");
+        tracing::debug!(upstream = %addr, max_streams = conn.send.current_max_send_streams(), "upstream connection open");
         Ok(conn)
     }
 }

@@ -15,9 +15,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use h2::client::{ResponseFuture, SendRequest};
-use h2::SendStream;
-use http::Request;
+use h2::client::SendRequest;
 
 use crate::config::{HealthCheck, Outlier};
 use crate::runtime::wake::Notify;
@@ -25,7 +23,11 @@ use crate::upstream::error::UpstreamError;
 
 /// One HTTP/2 connection to an upstream endpoint.
 pub struct UpConn {
-    pub(super) send: RefCell<SendRequest<Bytes>>,
+    /// The connection's request handle. Each stream is opened on a clone
+    /// of it: h2 keeps one pending-open slot and one waker per handle, so
+    /// calls sharing one handle at the upstream's stream limit overwrote
+    /// each other's wake-ups and waited until their deadlines.
+    pub(super) send: SendRequest<Bytes>,
     /// Streams open on it.
     pub(super) active: Cell<usize>,
     /// False once retired: it takes no new streams.
@@ -35,17 +37,8 @@ pub struct UpConn {
 }
 
 impl UpConn {
-    /// Opens a stream outside any call (a health check).
-    pub(crate) fn send_request(
-        &self,
-        request: Request<()>,
-        end_of_stream: bool,
-    ) -> Result<(ResponseFuture, SendStream<Bytes>), h2::Error> {
-        self.send.borrow_mut().send_request(request, end_of_stream)
-    }
-
     pub(super) fn has_room(&self) -> bool {
-        self.active.get() < self.send.borrow().current_max_send_streams()
+        self.active.get() < self.send.current_max_send_streams()
     }
 }
 

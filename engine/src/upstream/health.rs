@@ -75,7 +75,7 @@ async fn probe(
     check: &HealthCheck,
 ) -> bool {
     let attempt = async {
-        let conn = pool.ready_connection(cluster, endpoint, None).await.ok()?;
+        let (_conn, mut send) = pool.ready_connection(cluster, endpoint, None).await.ok()?;
         let request = Request::post(format!(
             "http://{}/grpc.health.v1.Health/Check",
             endpoint.addr()
@@ -88,8 +88,8 @@ async fn probe(
         )
         .body(())
         .ok()?;
-        let (response, mut send) = conn.send_request(request, false).ok()?;
-        send.send_data(request_message(&check.service), true).ok()?;
+        let (response, mut body) = send.send_request(request, false).ok()?;
+        body.send_data(request_message(&check.service), true).ok()?;
         let response = response.await.ok()?;
         if response.status() != http::StatusCode::OK {
             return None;

@@ -27,7 +27,7 @@ use std::future::poll_fn;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use h2::client::ResponseFuture;
+use h2::client::{ResponseFuture, SendRequest};
 use h2::SendStream;
 use http::Request;
 
@@ -151,8 +151,8 @@ impl Pool {
             }
             let avoid_conn = avoid.map(|a| &a.conn).filter(|_| n == 1);
             match self.ready_connection(cluster, endpoint, avoid_conn).await {
-                Ok(conn) => {
-                    let opened = conn.send.borrow_mut().send_request(request, end_of_stream);
+                Ok((conn, mut send)) => {
+                    let opened = send.send_request(request, end_of_stream);
                     return match opened {
                         Ok((response, send)) => Ok(Upstream {
                             response,
@@ -175,13 +175,14 @@ impl Pool {
         Err(last_error.expect("a cluster has at least one endpoint"))
     }
 
-    /// A connection of `endpoint` that h2 says can take a new stream now.
+    /// A connection of `endpoint` that h2 says can take a new stream now,
+    /// and this stream's own handle to it.
     pub(crate) async fn ready_connection(
         &self,
         cluster: &Cluster,
         endpoint: &Rc<Endpoint>,
         avoid: Option<&Rc<UpConn>>,
-    ) -> Result<Rc<UpConn>, UpstreamError> {
+    ) -> Result<(Rc<UpConn>, SendRequest<Bytes>), UpstreamError> {
         // A connection that refuses new streams (GOAWAY, or failed) is
         // retired and another tried; an upstream that refuses every new
         // connection at once must not make a call reconnect forever.
@@ -189,9 +190,9 @@ impl Pool {
         let mut attempt = 0;
         loop {
             let conn = self.connection(cluster, endpoint, avoid).await?;
-            let ready = poll_fn(|cx| conn.send.borrow_mut().poll_ready(cx)).await;
-            match ready {
-                Ok(()) => return Ok(conn),
+            let mut send = conn.send.clone();
+            match poll_fn(|cx| send.poll_ready(cx)).await {
+                Ok(()) => return Ok((conn, send)),
                 Err(source) => {
                     tracing::debug!(upstream = %endpoint.addr(), error = %source, "upstream connection retired");
                     retire(endpoint, &conn);
