@@ -166,6 +166,41 @@ proxy_test! {
         assert!(upstream.connections() <= 8, "{} upstream connections", upstream.connections());
     }
 
+    async fn a_client_that_reads_nothing_does_not_stall_others_on_the_same_upstream(driver) {
+        // Scenario: one client sets its stream window to 0 and opens 64
+        // streams that each want 16 MiB from the upstream, then reads
+        // nothing. Another client's calls to the same upstream, on the
+        // same upstream connection, must still be answered.
+        let upstream = Silent::with(Options::default()).await;
+        let proxy = proxy_to(driver, upstream.addr());
+        let addr = proxy.local_addr();
+        let slow = h2_client(addr, 0).await;
+        let mut stalled = Vec::new();
+        for _ in 0..64 {
+            let mut ready = slow.clone().ready().await.expect("ready");
+            let (response, mut body) = ready.send_request(request(addr, "Flood"), false).expect("send");
+            body.send_data(frame(b""), true).expect("data");
+            stalled.push(response);
+        }
+        // Wait until the upstream has pushed what the stalled streams take.
+        let mut last = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = upstream.flood_sent();
+            if now == last && now > 0 {
+                break;
+            }
+            last = now;
+        }
+        let mut client = Client::connect(addr).await;
+        for i in 0..5 {
+            let reply = echo_within(&mut client, "Echo", Duration::from_secs(3)).await;
+            assert!(reply.is_ok(), "call {i} of another client: {reply:?}");
+        }
+        assert_eq!(upstream.connections(), 1, "all on the one shared upstream connection");
+        drop(stalled);
+    }
+
     async fn a_healthy_upstream_keeps_serving_while_another_hangs(driver) {
         // Isolation between upstreams on the same core: one cluster's
         // connects hang, the other's calls go through.

@@ -62,8 +62,10 @@ pub enum ConfigError {
 pub struct Settings {
     /// Flow-control window of each stream, both legs.
     pub stream_window: u32,
-    /// Flow-control window of each connection, both legs; larger than the
+    /// Flow-control window of each downstream connection; larger than the
     /// stream window so one slow stream cannot stall its neighbours.
+    /// Upstream connections, shared by many clients' calls, always open
+    /// the largest window (2^31 - 1) and are bounded by stream windows.
     pub connection_window: u32,
     /// Largest HTTP/2 frame payload we accept.
     pub max_frame_size: u32,

@@ -2,7 +2,8 @@
 //!
 //! Both legs use the windows, frame size, send buffer and header list
 //! limit of [`Settings`]; the downstream server adds its stream limits, the
-//! upstream client turns push off. Every connection's writes go through
+//! upstream client turns push off and opens its connection window wide
+//! (see [`client`]). Every connection's writes go through
 //! [`write_batch`](crate::transport::write_batch): [`accept`] and
 //! [`connect`] wrap the socket, run h2's handshake with a flush after each
 //! poll, and hand back what the caller drives (the server connection and
@@ -42,10 +43,23 @@ pub fn server(settings: &Settings) -> h2::server::Builder {
     b
 }
 
+/// The largest connection window HTTP/2 allows.
+pub const CONNECTION_WINDOW_MAX: u32 = (1 << 31) - 1;
+
 /// The h2 client settings for upstream connections.
+///
+/// The connection window is the largest there is, whatever `Settings`
+/// says: an upstream connection is shared by the calls of many clients,
+/// and window credit comes back only as each call's client takes its
+/// bytes. With a window of a few stream windows, a handful of clients that
+/// read nothing held all of it and every other call on the connection
+/// stalled. What the proxy buffers stays bounded by the stream window,
+/// per stream.
 pub fn client(settings: &Settings) -> h2::client::Builder {
     let mut b = h2::client::Builder::new();
-    shared!(b, settings).enable_push(false);
+    shared!(b, settings)
+        .initial_connection_window_size(CONNECTION_WINDOW_MAX)
+        .enable_push(false);
     b
 }
 
