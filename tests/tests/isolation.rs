@@ -201,6 +201,37 @@ proxy_test! {
         drop(stalled);
     }
 
+    async fn a_refused_client_stream_is_retried_with_all_of_its_request(driver) {
+        // Scenario: the first upstream connection grants no window and
+        // refuses the stream while the proxy holds request DATA back; the
+        // client is still sending. The retry must carry the whole request,
+        // not what was held so far followed by END_STREAM.
+        let upstream = Silent::with(Options { refuse_first_blocked: true, ..Options::default() }).await;
+        let proxy = proxy_to(driver, upstream.addr());
+        let addr = proxy.local_addr();
+        let client = h2_client(addr, 1 << 20).await;
+        let mut ready = client.ready().await.expect("ready");
+        let (response, mut body) = ready.send_request(request(addr, "Echo"), false).expect("send");
+        body.send_data(frame(b"one"), false).expect("data");
+        // The retry reaches the second, ordinary connection.
+        upstream.wait_requests(1).await;
+        body.send_data(frame(b"two"), false).expect("data");
+        body.send_data(frame(b"three"), true).expect("data");
+        let response = response.await.expect("response");
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let mut echoed = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("data");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            echoed.extend_from_slice(&chunk);
+        }
+        let want = [frame(b"one"), frame(b"two"), frame(b"three")].concat();
+        assert_eq!(echoed, want, "the upstream got the whole request");
+        let trailers = body.trailers().await.expect("trailers").expect("some");
+        assert_eq!(trailers["grpc-status"], "0");
+    }
+
     async fn a_healthy_upstream_keeps_serving_while_another_hangs(driver) {
         // Isolation between upstreams on the same core: one cluster's
         // connects hang, the other's calls go through.

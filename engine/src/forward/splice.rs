@@ -93,6 +93,13 @@ enum Request {
         /// Held DATA to send first, in reverse order (a retry's replay).
         replay: Vec<Bytes>,
     },
+    /// The upstream stopped taking request DATA (it reset the stream, or
+    /// answered early). The rest of the client's request is kept, unread:
+    /// if the stream was refused, a retry sends it.
+    Stopped {
+        body: Option<RecvStream>,
+        chunk: Option<Bytes>,
+    },
     Done,
 }
 
@@ -124,6 +131,8 @@ pub struct Splice {
 enum Step {
     Pending,
     Done,
+    /// The upstream takes no more request DATA (request half only).
+    Stopped,
     Down,
     Up(h2::Error),
     Refused,
@@ -193,7 +202,7 @@ impl Splice {
             return None;
         };
         let body = match std::mem::replace(&mut self.request, Request::Done) {
-            Request::Streaming { body, chunk, .. } => {
+            Request::Streaming { body, chunk, .. } | Request::Stopped { body, chunk } => {
                 let mut body = body;
                 // The part of a chunk in flight not yet passed on still
                 // holds client window: release it; the whole chunk is in
@@ -243,8 +252,17 @@ impl Splice {
                 }
             },
         };
-        if let Step::Done = step {
-            self.request = Request::Done;
+        match step {
+            Step::Done => self.request = Request::Done,
+            Step::Stopped => {
+                if let Request::Streaming { body, chunk, .. } =
+                    std::mem::replace(&mut self.request, Request::Done)
+                {
+                    self.request = Request::Stopped { body, chunk };
+                }
+                return Step::Done;
+            }
+            _ => {}
         }
         step
     }
@@ -339,7 +357,7 @@ fn replay_held(
                 replay.pop();
             }
             Pump::Pending => return Some(Step::Pending),
-            Pump::Failed => return Some(Step::Done),
+            Pump::Failed => return Some(Step::Stopped),
         }
     }
     None
@@ -363,7 +381,7 @@ fn stream_request(
                 // The upstream refused more request data (reset, or it
                 // answered early): stop forwarding; the response half
                 // reports what happened.
-                Pump::Failed => return Step::Done,
+                Pump::Failed => return Step::Stopped,
             }
         }
         match body.poll_data(cx) {
@@ -484,7 +502,7 @@ impl Splice {
     /// pending).
     fn end(&mut self, step: Step) -> Finished {
         let outcome = match step {
-            Step::Pending | Step::Done => Outcome::Complete,
+            Step::Pending | Step::Done | Step::Stopped => Outcome::Complete,
             Step::Down => return self.downstream_gone(false),
             Step::Refused => {
                 if let Some(retry) = self.take_retry() {
@@ -530,7 +548,8 @@ impl Future for Splice {
         // `poll_request` above), the response side needs its own watch.
         // Checked after `poll_request` so that the poll which ends the
         // request also registers for the reset.
-        if matches!(this.request, Request::Done) && this.down.poll_reset(cx).is_ready() {
+        if !matches!(this.request, Request::Streaming { .. }) && this.down.poll_reset(cx).is_ready()
+        {
             return Poll::Ready(this.downstream_gone(false));
         }
         match this.poll_response(cx) {
