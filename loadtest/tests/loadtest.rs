@@ -254,47 +254,6 @@ fn bad_flags_exit_non_zero_with_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("procfs").count()
-}
-
-#[test]
-fn runs_and_servers_leave_no_file_descriptors_behind() {
-    // Warm up lazily created process-wide fds (io_uring probes, etc.).
-    {
-        let s = server(Driver::Legacy);
-        let _ = run::run(&options(&s, Driver::Legacy, Rpc::Unary)).expect("run");
-    }
-    let before = open_fds();
-    for driver in [Driver::Legacy, Driver::Auto] {
-        for _ in 0..3 {
-            let s = server(driver);
-            let mut o = options(&s, driver, Rpc::Bidi);
-            o.connections = 8;
-            o.rate = Some(1000.0);
-            let r = run::run(&o).expect("run");
-            assert_eq!(r.calls_failed, 0);
-        }
-    }
-    let after = open_fds();
-    if after > before + 12 {
-        for e in std::fs::read_dir("/proc/self/fd")
-            .expect("procfs")
-            .flatten()
-        {
-            eprintln!(
-                "{:?} -> {:?}",
-                e.file_name(),
-                std::fs::read_link(e.path()).ok()
-            );
-        }
-    }
-    // Other tests run in parallel threads of this process and open their
-    // own sockets; what matters is that 6 servers and 48 connections are
-    // not still open: allow a little slack, not 50+.
-    assert!(after <= before + 12, "fds before {before}, after {after}");
-}
-
 /// A CA and a `localhost` server certificate, as PEM files in `dir`.
 fn certificates(
     dir: &std::path::Path,
