@@ -65,6 +65,29 @@ fn frame(payload: &[u8]) -> Bytes {
     Bytes::from(f)
 }
 
+/// An HPACK header block for a gRPC request to `path`, written by hand:
+/// indexed `:method POST` and `:scheme http`, and literals without
+/// indexing (raw strings) for the rest.
+fn headers_block(addr: SocketAddr, path: &str) -> Vec<u8> {
+    fn literal(out: &mut Vec<u8>, name_index: u8, value: &str) {
+        out.push(name_index); // 0000xxxx: literal without indexing, name by index (< 15)
+        out.push(value.len() as u8);
+        out.extend_from_slice(value.as_bytes());
+    }
+    let mut b = vec![0x83, 0x86];
+    literal(&mut b, 0x04, path);
+    literal(&mut b, 0x01, &addr.to_string());
+    // content-type is static entry 31: 0x0f then 31 - 15.
+    b.extend_from_slice(&[0x0f, 0x10, 16]);
+    b.extend_from_slice(b"application/grpc");
+    // te: trailers, a new name.
+    b.extend_from_slice(&[0x00, 2]);
+    b.extend_from_slice(b"te");
+    b.push(8);
+    b.extend_from_slice(b"trailers");
+    b
+}
+
 /// The value of a metric of the proxy's only core.
 fn metric(proxy: &grpc_proxy::ProxyHandle, series: &str) -> f64 {
     sample(&proxy.metrics().render(), series).unwrap_or(0.0)
@@ -230,6 +253,119 @@ proxy_test! {
         assert_eq!(echoed, want, "the upstream got the whole request");
         let trailers = body.trailers().await.expect("trailers").expect("some");
         assert_eq!(trailers["grpc-status"], "0");
+    }
+
+    async fn a_call_reset_while_waiting_for_a_connect_lets_go_at_once(driver) {
+        // Scenario: the connect hangs; the client resets its call. The call
+        // must end now (its stream and anything it holds), not when the
+        // connect times out 30 s later.
+        let (listener, _fillers) = full_listener();
+        let addr = listener.local_addr().expect("addr");
+        let proxy = proxy(driver, &format!(
+            "[timeouts]\nconnect = \"30s\"\n{}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", addr)
+        ));
+        let client = h2_client(proxy.local_addr(), 65_535).await;
+        let mut ready = client.ready().await.expect("ready");
+        let (_response, mut body) = ready.send_request(request(proxy.local_addr(), "Echo"), false).expect("send");
+        body.send_data(frame(b"x"), false).expect("data");
+        let active = "grpc_proxy_downstream_streams_active{core=\"0\"}";
+        while metric(&proxy, active) < 1.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        body.send_reset(h2::Reason::CANCEL);
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while metric(&proxy, active) > 0.0 {
+            assert!(tokio::time::Instant::now() < until, "the reset call still waits for its connect");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(listener);
+    }
+
+    async fn streams_reset_at_once_never_reach_the_upstream_and_the_connection_gets_goaway(driver) {
+        // Scenario (rapid reset, CVE-2023-44487): a client writes, frame by
+        // frame on a raw socket, bursts of HEADERS each followed at once by
+        // RST_STREAM. No reset stream may cost an upstream stream, and a
+        // connection that resets most of what it opens is closed with
+        // GOAWAY ENHANCE_YOUR_CALM; other clients go on.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = Silent::with(Options::default()).await;
+        // h2's own limit on streams reset before they are accepted is
+        // raised out of the way: this is about the proxy's count.
+        let proxy = proxy(driver, &format!(
+            "[http2]\nmax_pending_accept_reset_streams = 100000\n{}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", upstream.addr())
+        ));
+        let addr = proxy.local_addr();
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut read, mut write) = tcp.into_split();
+        write.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("preface");
+        write.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.expect("settings");
+        // What the proxy says: SETTINGS are acknowledged, GOAWAY noted.
+        let (goaway_tx, goaway) = tokio::sync::oneshot::channel();
+        let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            let mut goaway_tx = Some(goaway_tx);
+            loop {
+                let mut head = [0u8; 9];
+                if read.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let mut payload = vec![0u8; len];
+                if read.read_exact(&mut payload).await.is_err() {
+                    return;
+                }
+                match head[3] {
+                    4 if head[4] & 1 == 0 => {
+                        let _ = ack_tx.send(vec![0, 0, 0, 4, 1, 0, 0, 0, 0]);
+                    }
+                    7 if payload.len() >= 8 => {
+                        let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                        if let Some(tx) = goaway_tx.take() {
+                            let _ = tx.send(code);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let block = headers_block(addr, "/test.Echo/Echo");
+        let mut stream_id: u32 = 1;
+        for _ in 0..30 {
+            while let Ok(ack) = acks.try_recv() {
+                let _ = write.write_all(&ack).await;
+            }
+            let mut burst = Vec::new();
+            for _ in 0..20 {
+                let id = stream_id.to_be_bytes();
+                let len = block.len();
+                // HEADERS, END_HEADERS, no END_STREAM.
+                burst.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, 1, 4]);
+                burst.extend_from_slice(&id);
+                burst.extend_from_slice(&block);
+                // RST_STREAM CANCEL (8).
+                burst.extend_from_slice(&[0, 0, 4, 3, 0]);
+                burst.extend_from_slice(&id);
+                burst.extend_from_slice(&[0, 0, 0, 8]);
+                stream_id += 2;
+            }
+            if write.write_all(&burst).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let code = tokio::time::timeout(Duration::from_secs(5), goaway)
+            .await
+            .expect("a GOAWAY within 5 s")
+            .expect("a GOAWAY");
+        assert_eq!(code, 0xb, "ENHANCE_YOUR_CALM");
+        assert_eq!(upstream.requests(), 0, "reset streams never reached the upstream");
+        let floods = "grpc_proxy_downstream_reset_floods_total{core=\"0\"}";
+        assert_eq!(metric(&proxy, floods), 1.0, "the proxy's own reset count closed it");
+        let mut other = Client::connect(addr).await;
+        let reply = echo_within(&mut other, "Echo", Duration::from_secs(3)).await;
+        assert!(reply.is_ok(), "another client goes on: {reply:?}");
     }
 
     async fn a_healthy_upstream_keeps_serving_while_another_hangs(driver) {

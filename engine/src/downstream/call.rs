@@ -13,8 +13,11 @@
 //! Every call is counted (route, cluster, core; see
 //! [`metrics`](crate::telemetry::metrics)) and, when the access log is on, logged.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -65,6 +68,35 @@ impl CallContext {
     }
 }
 
+/// How one downstream connection's streams end, as its calls report it:
+/// a connection that resets most of what it opens (the rapid-reset
+/// pattern) is closed, as Envoy does.
+#[derive(Default)]
+pub struct Resets {
+    opened: Cell<u32>,
+    premature: Cell<u32>,
+}
+
+impl Resets {
+    /// Streams judged before a connection can be closed for its resets.
+    const MIN_STREAMS: u32 = 100;
+    /// A reset this soon after the stream opened is premature.
+    const PREMATURE: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// A stream opened; whether the connection should now be closed.
+    pub fn opened(&self) -> bool {
+        let opened = self.opened.get().saturating_add(1);
+        self.opened.set(opened);
+        opened >= Self::MIN_STREAMS && self.premature.get().saturating_mul(2) >= opened
+    }
+
+    fn reset_after(&self, lived: std::time::Duration) {
+        if lived < Self::PREMATURE {
+            self.premature.set(self.premature.get().saturating_add(1));
+        }
+    }
+}
+
 /// Serves one request to its end, with the routes and clusters of
 /// `snapshot` (the config running when it arrived), even if a reload swaps
 /// in others meanwhile.
@@ -75,6 +107,7 @@ pub async fn handle(
     respond: SendResponse<Bytes>,
     peer: SocketAddr,
     identity: Option<Rc<PeerIdentity>>,
+    resets: Rc<Resets>,
 ) {
     let started = std::time::Instant::now();
     let counters = &ctx.counters;
@@ -94,10 +127,13 @@ pub async fn handle(
     counters
         .streams_active
         .set(counters.streams_active.get().saturating_sub(1));
-    let Some(route) = record.route else {
-        return; // not a gRPC request
-    };
     let elapsed = started.elapsed();
+    if record.client_reset {
+        resets.reset_after(elapsed);
+    }
+    let Some(route) = record.route else {
+        return; // not a gRPC request, or reset before it was routed
+    };
     route.stats.finish(record.code, elapsed);
     if let Some(cluster) = &record.cluster {
         cluster.stats.finish(record.code, elapsed);
@@ -131,6 +167,8 @@ struct Record {
     code: Code,
     bytes_in: u64,
     bytes_out: u64,
+    /// The client reset the call (or went away) before it ended.
+    client_reset: bool,
 }
 
 impl Default for Record {
@@ -142,13 +180,17 @@ impl Default for Record {
             code: Code::Unknown,
             bytes_in: 0,
             bytes_out: 0,
+            client_reset: false,
         }
     }
 }
 
+/// Ends a call that reached no upstream stream with `status`
+/// (CANCELLED: the client reset it, and gets nothing).
 fn answer(mut respond: SendResponse<Bytes>, status: &Status, record: &mut Record) {
     reply::answer(&mut respond, status);
     record.code = status.code();
+    record.client_reset = status.code() == Code::Cancelled;
 }
 
 /// One call, from its head to its end. Its steps stay in one async fn:
@@ -171,6 +213,13 @@ async fn serve(
         return;
     }
     strip_hop_by_hop(&mut parts.headers);
+    if reset_already(&mut respond) {
+        // Reset before we got to it (HEADERS and RST_STREAM in one read):
+        // it costs no routing and no upstream stream.
+        record.code = Code::Cancelled;
+        record.client_reset = true;
+        return;
+    }
 
     let (route, index) = {
         let authority = parts.uri.authority().map(|a| a.as_str());
@@ -206,7 +255,17 @@ async fn serve(
     let limit = ctx.retry_buffer;
     let held = (limit > 0).then(|| Held::new(copy_head(&parts), limit));
     let request = Request::from_parts(parts, ());
-    let upstream = match open(ctx, cluster, request, end_of_stream, None, deadline).await {
+    let opened = open(
+        ctx,
+        cluster,
+        request,
+        end_of_stream,
+        None,
+        deadline,
+        &mut respond,
+    )
+    .await;
+    let upstream = match opened {
         Ok(upstream) => upstream,
         Err(status) => return answer(respond, &status, record),
     };
@@ -259,6 +318,7 @@ async fn again(
 ) -> Result<(Rc<Endpoint>, Finished), (SendResponse<Bytes>, Status)> {
     let end_of_stream = retry.replay.is_empty() && retry.body.is_none();
     let avoid = retry.refused_on;
+    let mut down = retry.down;
     let opened = open(
         ctx,
         cluster,
@@ -266,28 +326,22 @@ async fn again(
         end_of_stream,
         Some(&avoid),
         deadline,
+        &mut down,
     )
     .await;
     drop(avoid);
     let upstream = match opened {
         Ok(upstream) => upstream,
-        Err(status) => return Err((retry.down, status)),
+        Err(status) => return Err((down, status)),
     };
     let endpoint = upstream.slot.endpoint().clone();
-    let finished = Splice::new(
-        retry.down,
-        retry.body,
-        upstream,
-        deadline,
-        retry.replay,
-        None,
-    )
-    .await;
+    let finished = Splice::new(down, retry.body, upstream, deadline, retry.replay, None).await;
     Ok((endpoint, finished))
 }
 
-/// Opens an upstream stream, within the deadline; the status to answer
-/// with if that fails.
+/// Opens an upstream stream, within the deadline, unless the client resets
+/// the call meanwhile; the status to answer with if that fails
+/// (CANCELLED: the client is gone).
 async fn open(
     ctx: &CallContext,
     cluster: &Cluster,
@@ -295,30 +349,47 @@ async fn open(
     end_of_stream: bool,
     avoid: Option<&crate::upstream::pool::Avoid>,
     deadline: Option<Instant>,
+    respond: &mut SendResponse<Bytes>,
 ) -> Result<crate::upstream::pool::Upstream, Status> {
-    let open = ctx.pool.open(cluster, request, end_of_stream, avoid);
-    let opened = match deadline {
-        Some(at) => match monoio::time::timeout_at(at, open).await {
-            Ok(opened) => opened,
-            Err(_) => {
-                return Err(Status::new(
-                    Code::DeadlineExceeded,
-                    "deadline exceeded before an upstream was reached",
-                ))
-            }
-        },
-        None => open.await,
-    };
+    let mut open = std::pin::pin!(ctx.pool.open(cluster, request, end_of_stream, avoid));
+    let mut timer = std::pin::pin!(deadline.map(monoio::time::sleep_until));
+    let opened = std::future::poll_fn(|cx| {
+        if let Poll::Ready(opened) = open.as_mut().poll(cx) {
+            return Poll::Ready(Ok(opened));
+        }
+        if timer
+            .as_mut()
+            .as_pin_mut()
+            .is_some_and(|t| t.poll(cx).is_ready())
+        {
+            return Poll::Ready(Err(Status::new(
+                Code::DeadlineExceeded,
+                "deadline exceeded before an upstream was reached",
+            )));
+        }
+        if respond.poll_reset(cx).is_ready() {
+            return Poll::Ready(Err(Status::new(Code::Cancelled, "")));
+        }
+        Poll::Pending
+    })
+    .await?;
     opened.map_err(|e| {
         tracing::debug!(error = %e, "no upstream for call");
         Status::new(Code::Unavailable, e.to_string())
     })
 }
 
+/// Whether the client has already reset the stream (without waiting).
+fn reset_already(respond: &mut SendResponse<Bytes>) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    respond.poll_reset(&mut cx).is_ready()
+}
+
 /// Accounts for a spliced call: its record and the endpoint's passive
 /// health.
 fn finish(cluster: &Cluster, endpoint: &Endpoint, finished: &Finished, record: &mut Record) {
     record.code = finished.code;
+    record.client_reset = finished.outcome == Outcome::DownstreamGone;
     record.bytes_in += finished.bytes_in;
     record.bytes_out += finished.bytes_out;
     match finished.outcome {

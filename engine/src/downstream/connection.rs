@@ -28,6 +28,7 @@ use monoio::net::TcpStream;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Settings;
+use crate::downstream::call::Resets;
 use crate::downstream::server::Server;
 use crate::telemetry::metrics::add;
 use crate::transport::http2::{self, ServerConnection};
@@ -115,6 +116,7 @@ async fn run<T>(
     let mut stop = std::pin::pin!(server.stop.wait());
     let mut drain = std::pin::pin!(server.drain.wait());
     let mut schedule = Schedule::new(&server.settings);
+    let resets = Rc::new(Resets::default());
     loop {
         let event = poll_fn(|cx| {
             if stop.as_mut().poll(cx).is_ready() {
@@ -146,6 +148,12 @@ async fn run<T>(
             }
             Event::Accept(Some(Ok((request, respond)))) => {
                 schedule.accepted += 1;
+                if resets.opened() {
+                    tracing::warn!(%peer, "downstream connection resets most of the streams it opens: closing it (GOAWAY ENHANCE_YOUR_CALM)");
+                    add(&server.counters.reset_floods, 1);
+                    conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                    continue;
+                }
                 monoio::spawn(crate::downstream::call::handle(
                     server.calls.clone(),
                     server.snapshot(),
@@ -153,6 +161,7 @@ async fn run<T>(
                     respond,
                     peer,
                     identity.clone(),
+                    resets.clone(),
                 ));
             }
             Event::Accept(Some(Err(e))) => {

@@ -108,6 +108,8 @@ pub struct CoreCounters {
     pub retries: Cell<u64>,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: Cell<u64>,
+    /// Downstream connections closed for resetting most of their streams.
+    pub reset_floods: Cell<u64>,
 }
 
 /// Route statistics of one core, by route name, kept across reloads so
@@ -242,6 +244,8 @@ pub struct CoreReport {
     pub retries: u64,
     /// Dropped access-log lines.
     pub access_log_dropped: u64,
+    /// Connections closed for resetting most of their streams.
+    pub reset_floods: u64,
 }
 
 impl CoreReport {
@@ -261,6 +265,7 @@ impl CoreReport {
             bytes_out: c.bytes_out.get(),
             retries: c.retries.get(),
             access_log_dropped: c.access_log_dropped.get(),
+            reset_floods: c.reset_floods.get(),
         }
     }
 }
@@ -544,6 +549,12 @@ impl Merged {
             "access_log_dropped",
             "Access-log lines dropped because the writer fell behind, by core.",
             self.cores.iter().map(|c| (core(c), c.access_log_dropped)),
+        )?;
+        counter(
+            e,
+            "downstream_reset_floods",
+            "Downstream connections closed (GOAWAY ENHANCE_YOUR_CALM) for resetting most of the streams they opened, by core.",
+            self.cores.iter().map(|c| (core(c), c.reset_floods)),
         )?;
         Ok(())
     }
