@@ -72,4 +72,3 @@ fn runs_and_servers_leave_no_file_descriptors_behind() {
     // open: allow a little slack (lazily made process-wide fds), not 50+.
     assert!(after <= before + 12, "fds before {before}, after {after}");
 }
-

@@ -368,6 +368,41 @@ proxy_test! {
         assert!(reply.is_ok(), "another client goes on: {reply:?}");
     }
 
+    async fn upstream_addresses_and_errors_do_not_leak_to_clients(driver) {
+        // The client gets a short generic message; the detail is logged.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = dead.local_addr().expect("addr");
+        drop(dead);
+        let log = tempfile::NamedTempFile::new().expect("temp file");
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ncores = 1\naccess_log = \"{}\"\n{}\n[[routes]]\ncluster = \"a\"\n",
+            log.path().display(),
+            cluster("a", addr)
+        );
+        let config = grpc_proxy::Config::parse(&text, "test").expect("config");
+        let (builder, routes) = grpc_proxy::ProxyBuilder::from_config(&config).expect("builder");
+        let proxy = builder.driver(driver).start(routes).expect("proxy starts");
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let status = client.echo(Bytes::from_static(b"x")).await.expect_err("nothing listens");
+        assert_eq!(status.code(), Code::Unavailable);
+        let message = status.message();
+        assert!(!message.contains(&addr.port().to_string()), "{message:?} names the upstream");
+        assert!(!message.contains("127.0.0.1"), "{message:?} names the upstream");
+        assert!(!message.to_lowercase().contains("refused"), "{message:?} leaks the OS error");
+        // The detail goes to the access log.
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        let line = loop {
+            let text = std::fs::read_to_string(log.path()).expect("access log");
+            if let Some(line) = text.lines().next() {
+                break serde_json::from_str::<serde_json::Value>(line).expect("JSON");
+            }
+            assert!(tokio::time::Instant::now() < until, "no access log line");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let error = line["error"].as_str().expect("an error field");
+        assert!(error.contains(&addr.to_string()), "{error:?} names the endpoint");
+    }
+
     async fn a_healthy_upstream_keeps_serving_while_another_hangs(driver) {
         // Isolation between upstreams on the same core: one cluster's
         // connects hang, the other's calls go through.

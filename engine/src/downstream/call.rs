@@ -153,6 +153,7 @@ pub async fn handle(
                 bytes_in: record.bytes_in,
                 bytes_out: record.bytes_out,
                 client: identity.as_deref(),
+                error: record.error.as_deref(),
             },
             counters,
         );
@@ -169,6 +170,8 @@ struct Record {
     bytes_out: u64,
     /// The client reset the call (or went away) before it ended.
     client_reset: bool,
+    /// What went wrong upstream, in detail (the client got a short status).
+    error: Option<Box<str>>,
 }
 
 impl Default for Record {
@@ -181,6 +184,7 @@ impl Default for Record {
             bytes_in: 0,
             bytes_out: 0,
             client_reset: false,
+            error: None,
         }
     }
 }
@@ -267,7 +271,10 @@ async fn serve(
     .await;
     let upstream = match opened {
         Ok(upstream) => upstream,
-        Err(status) => return answer(respond, &status, record),
+        Err((status, error)) => {
+            record.error = error;
+            return answer(respond, &status, record);
+        }
     };
     let mut endpoint = upstream.slot.endpoint().clone();
     record.upstream = Some(endpoint.addr());
@@ -281,7 +288,10 @@ async fn serve(
         record.bytes_in += finished.bytes_in;
         match Box::pin(again(ctx, cluster, retry, deadline)).await {
             Ok((e, f)) => (endpoint, finished) = (e, f),
-            Err((down, status)) => return answer(down, &status, record),
+            Err((down, status, error)) => {
+                record.error = error;
+                return answer(down, &status, record);
+            }
         }
         record.upstream = Some(endpoint.addr());
     }
@@ -315,7 +325,7 @@ async fn again(
     cluster: &Cluster,
     retry: Retry,
     deadline: Option<Instant>,
-) -> Result<(Rc<Endpoint>, Finished), (SendResponse<Bytes>, Status)> {
+) -> Result<(Rc<Endpoint>, Finished), (SendResponse<Bytes>, Status, Option<Box<str>>)> {
     let end_of_stream = retry.replay.is_empty() && retry.body.is_none();
     let avoid = retry.refused_on;
     let mut down = retry.down;
@@ -332,7 +342,7 @@ async fn again(
     drop(avoid);
     let upstream = match opened {
         Ok(upstream) => upstream,
-        Err(status) => return Err((down, status)),
+        Err((status, error)) => return Err((down, status, error)),
     };
     let endpoint = upstream.slot.endpoint().clone();
     let finished = Splice::new(down, retry.body, upstream, deadline, retry.replay, None).await;
@@ -341,7 +351,7 @@ async fn again(
 
 /// Opens an upstream stream, within the deadline, unless the client resets
 /// the call meanwhile; the status to answer with if that fails
-/// (CANCELLED: the client is gone).
+/// (CANCELLED: the client is gone) and, for the access log, why.
 async fn open(
     ctx: &CallContext,
     cluster: &Cluster,
@@ -350,7 +360,7 @@ async fn open(
     avoid: Option<&crate::upstream::pool::Avoid>,
     deadline: Option<Instant>,
     respond: &mut SendResponse<Bytes>,
-) -> Result<crate::upstream::pool::Upstream, Status> {
+) -> Result<crate::upstream::pool::Upstream, (Status, Option<Box<str>>)> {
     let mut open = std::pin::pin!(ctx.pool.open(cluster, request, end_of_stream, avoid));
     let mut timer = std::pin::pin!(deadline.map(monoio::time::sleep_until));
     let opened = std::future::poll_fn(|cx| {
@@ -362,20 +372,22 @@ async fn open(
             .as_pin_mut()
             .is_some_and(|t| t.poll(cx).is_ready())
         {
-            return Poll::Ready(Err(Status::new(
+            let status = Status::new(
                 Code::DeadlineExceeded,
                 "deadline exceeded before an upstream was reached",
-            )));
+            );
+            return Poll::Ready(Err((status, None)));
         }
         if respond.poll_reset(cx).is_ready() {
-            return Poll::Ready(Err(Status::new(Code::Cancelled, "")));
+            return Poll::Ready(Err((Status::new(Code::Cancelled, ""), None)));
         }
         Poll::Pending
     })
     .await?;
     opened.map_err(|e| {
         tracing::debug!(error = %e, "no upstream for call");
-        Status::new(Code::Unavailable, e.to_string())
+        let status = Status::new(Code::Unavailable, e.public());
+        (status, Some(e.to_string().into()))
     })
 }
 
@@ -390,6 +402,7 @@ fn reset_already(respond: &mut SendResponse<Bytes>) -> bool {
 fn finish(cluster: &Cluster, endpoint: &Endpoint, finished: &Finished, record: &mut Record) {
     record.code = finished.code;
     record.client_reset = finished.outcome == Outcome::DownstreamGone;
+    record.error = finished.error.clone();
     record.bytes_in += finished.bytes_in;
     record.bytes_out += finished.bytes_out;
     match finished.outcome {

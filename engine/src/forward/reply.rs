@@ -48,16 +48,17 @@ impl Reply {
     }
 }
 
-/// The status a client gets when its upstream stream or connection failed.
+/// The status a client gets when its upstream stream or connection failed:
+/// a short message naming the kind of failure; h2's own words (which may
+/// carry OS errors) are for the log and the access log.
 pub fn upstream_status(e: &h2::Error) -> Status {
     if e.is_io() || e.is_go_away() {
-        return Status::new(Code::Unavailable, format!("upstream connection lost: {e}"));
+        return Status::new(Code::Unavailable, "upstream connection lost");
     }
     match e.reason() {
-        Some(reason) if e.is_reset() => Status::new(
-            Code::from_reason(reason),
-            format!("upstream reset the stream: {reason}"),
-        ),
-        _ => Status::new(Code::Internal, format!("upstream error: {e}")),
+        Some(reason) if e.is_reset() => {
+            Status::new(Code::from_reason(reason), "upstream reset the stream")
+        }
+        _ => Status::new(Code::Internal, "upstream protocol error"),
     }
 }

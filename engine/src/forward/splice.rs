@@ -83,6 +83,9 @@ pub struct Finished {
     pub bytes_out: u64,
     /// Everything needed to send the call again, when it was refused.
     pub retry: Option<Retry>,
+    /// What went wrong upstream, in h2's words, for the log and the
+    /// access log (the client got a short status).
+    pub error: Option<Box<str>>,
 }
 
 enum Request {
@@ -188,6 +191,7 @@ impl Splice {
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             retry: None,
+            error: None,
         }
     }
 
@@ -522,10 +526,13 @@ impl Splice {
             Step::Up(e) => {
                 let status = upstream_status(&e);
                 self.down.fail(&status);
-                Outcome::UpstreamFailed {
+                let outcome = Outcome::UpstreamFailed {
                     code: status.code(),
                     reset: e.is_reset() && e.is_remote(),
-                }
+                };
+                let mut finished = self.finished(outcome);
+                finished.error = Some(e.to_string().into());
+                return finished;
             }
         };
         self.finished(outcome)

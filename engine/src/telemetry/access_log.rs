@@ -12,7 +12,9 @@
 //! "duration_ms":1.234,"bytes_in":120,"bytes_out":2048,
 //! "client":"spiffe://example.org/billing"}`; `cluster` and `upstream` are
 //! null for calls that never reached one, `client` is the verified client
-//! certificate's first URI SAN (else its CN), or null.
+//! certificate's first URI SAN (else its CN), or null. A call that failed
+//! upstream adds `"error"`: the detail (endpoint, OS, TLS or HTTP/2 words)
+//! that the client's short status leaves out.
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
@@ -55,6 +57,8 @@ pub struct Entry<'a> {
     pub bytes_out: u64,
     /// The verified client certificate.
     pub client: Option<&'a PeerIdentity>,
+    /// What went wrong upstream, in detail, if anything did.
+    pub error: Option<&'a str>,
 }
 
 /// The writer side: a thread that owns the output.
@@ -129,6 +133,8 @@ struct Line<'a> {
     bytes_in: u64,
     bytes_out: u64,
     client: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
 }
 
 /// Serialises a value as the string its `Display` writes.
@@ -169,6 +175,7 @@ impl Logger {
             bytes_in: e.bytes_in,
             bytes_out: e.bytes_out,
             client,
+            error: e.error,
         };
         let full = {
             let mut buf = self.buf.borrow_mut();

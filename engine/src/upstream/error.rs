@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// the client and is safe to retry: nothing reached an upstream.
+/// Why no upstream stream could be opened. Every variant is UNAVAILABLE to
+/// the client and is safe to retry: nothing reached an upstream. The
+/// error's text (with the endpoint and the OS's or TLS's words) is for the
+/// log and the access log; the client gets [`UpstreamError::public`].
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// TCP connect failed.
@@ -49,4 +52,20 @@ pub enum UpstreamError {
         /// Time left in the back-off.
         retry_in: Duration,
     },
+}
+
+impl UpstreamError {
+    /// What the client is told: the kind of failure, without addresses or
+    /// the words of the OS, TLS or HTTP/2 libraries.
+    pub fn public(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "upstream unavailable: connect failed",
+            UpstreamError::ConnectTimeout { .. } => "upstream unavailable: connect timed out",
+            UpstreamError::Tls { .. } => "upstream unavailable: TLS handshake failed",
+            UpstreamError::Http2 { .. } => "upstream unavailable: HTTP/2 error",
+            UpstreamError::BackingOff { .. } => {
+                "upstream unavailable: waiting to reconnect after failed connects"
+            }
+        }
+    }
 }
