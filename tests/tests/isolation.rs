@@ -4,9 +4,6 @@
 //! a listener whose accept queue is full), and checks both the affected
 //! call and that calls not involved keep working.
 
-// Helpers for the scenarios that the next commits add.
-#![allow(dead_code, unused_imports)]
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -401,6 +398,28 @@ proxy_test! {
         };
         let error = line["error"].as_str().expect("an error field");
         assert!(error.contains(&addr.to_string()), "{error:?} names the endpoint");
+    }
+
+    async fn the_upstream_is_told_the_routes_shorter_deadline(driver) {
+        // The client allows 10 s, the route 300 ms: the upstream must be
+        // told the deadline the proxy enforces, not the client's.
+        let mut silent = Silent::start().await;
+        let proxy = proxy(driver, &format!(
+            "{}\n[[routes]]\ncluster = \"a\"\ntimeout = \"300ms\"\n",
+            cluster("a", silent.addr())
+        ));
+        let client = h2_client(proxy.local_addr(), 65_535).await;
+        let mut ready = client.ready().await.expect("ready");
+        let mut request = request(proxy.local_addr(), "Hang");
+        request.headers_mut().insert("grpc-timeout", "10S".parse().expect("value"));
+        let (response, mut body) = ready.send_request(request, false).expect("send");
+        body.send_data(frame(b""), true).expect("data");
+        let response = response.await.expect("response");
+        assert_eq!(response.headers()["grpc-status"], "4");
+        let seen = silent.next_ended().await;
+        let told = seen.grpc_timeout.expect("a grpc-timeout upstream");
+        let told = grpc_proxy::grpc::timeout::parse(told.as_bytes()).expect("valid");
+        assert!(told <= Duration::from_millis(300), "told {told:?}");
     }
 
     async fn a_healthy_upstream_keeps_serving_while_another_hangs(driver) {

@@ -239,7 +239,7 @@ async fn serve(
         Route::Forward { cluster, timeout } => (cluster, timeout),
         Route::Reject(status) => return answer(respond, &status, record),
     };
-    let deadline = deadline(&parts.headers, route_timeout);
+    let deadline = deadline(&mut parts.headers, route_timeout);
     if parts.uri.scheme().is_none() {
         // The client sent no :scheme/:authority. h2 sends such a request
         // only when told it came from HTTP/1.1, and then with `:scheme
@@ -306,11 +306,20 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
 }
 
 /// When the call must end: the shorter of the client's `grpc-timeout` and
-/// the route's timeout, from now.
-fn deadline(headers: &http::HeaderMap, route_timeout: Option<Duration>) -> Option<Instant> {
+/// the route's timeout, from now. When the route's is the shorter (or the
+/// only one), the upstream is told it in `grpc-timeout`, so that it does
+/// not work on for a client the proxy has already answered.
+fn deadline(headers: &mut http::HeaderMap, route_timeout: Option<Duration>) -> Option<Instant> {
     let client_timeout = headers
         .get("grpc-timeout")
         .and_then(|v| crate::grpc::timeout::parse(v.as_bytes()));
+    if let Some(route) = route_timeout {
+        if client_timeout.is_none_or(|client| route < client) {
+            if let Ok(value) = http::HeaderValue::try_from(crate::grpc::timeout::format(route)) {
+                headers.insert("grpc-timeout", value);
+            }
+        }
+    }
     let budget = match (client_timeout, route_timeout) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
