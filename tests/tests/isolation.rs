@@ -447,4 +447,95 @@ proxy_test! {
         }
         assert!(hanging.await.expect("task").is_err());
     }
+
+    async fn a_cluster_at_its_active_call_limit_refuses_more_at_once(driver) {
+        // Scenario: an upstream that never answers; the cluster allows 2
+        // active calls per core. A third call is refused at once with
+        // UNAVAILABLE instead of queueing; when a call ends, room returns.
+        let silent = Silent::start().await;
+        let proxy = proxy(driver, &format!(
+            "{}max_active_calls = 2\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", silent.addr())
+        ));
+        let addr = proxy.local_addr();
+        let client = h2_client(addr, 65_535).await;
+        let mut hanging = Vec::new();
+        for _ in 0..2 {
+            let mut ready = client.clone().ready().await.expect("ready");
+            let (response, mut body) = ready.send_request(request(addr, "Hang"), false).expect("send");
+            body.send_data(frame(b""), true).expect("data");
+            hanging.push((response, body));
+        }
+        silent.wait_requests(2).await;
+        let answer = |method: &'static str| {
+            let client = client.clone();
+            async move {
+                let mut ready = client.ready().await.expect("ready");
+                let (response, mut body) = ready.send_request(request(addr, method), false).expect("send");
+                body.send_data(frame(b""), true).expect("data");
+                let response = tokio::time::timeout(Duration::from_secs(2), response)
+                    .await
+                    .expect("answered at once")
+                    .expect("response");
+                response.headers().clone()
+            }
+        };
+        let refused = answer("Unary").await;
+        assert_eq!(refused["grpc-status"], "14", "UNAVAILABLE");
+        let message = refused["grpc-message"].to_str().expect("text");
+        assert!(message.contains("overloaded"), "{message}");
+        let overloaded = "grpc_proxy_upstream_overloaded_total{cluster=\"a\"}";
+        assert_eq!(metric(&proxy, overloaded), 1.0);
+        // One hanging call ends; a new call gets through.
+        let (_, mut body) = hanging.pop().expect("a call");
+        body.send_reset(h2::Reason::CANCEL);
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let headers = answer("Unary").await;
+            if headers["grpc-status"] == "0" {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < until, "room never came back: {headers:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn a_cluster_at_its_pending_call_limit_refuses_more_at_once(driver) {
+        // Scenario: connects hang; the cluster lets 2 calls wait per core.
+        // A third is refused at once, while another cluster serves on.
+        let (listener, _fillers) = full_listener();
+        let good = Upstream::start("good");
+        let proxy = proxy(driver, &format!(
+            "[timeouts]\nconnect = \"30s\"\n{}max_pending_calls = 2\n{}\
+             [[routes]]\nheaders = [{{ name = \"x-bad\" }}]\ncluster = \"bad\"\n\
+             [[routes]]\ncluster = \"good\"\n",
+            cluster("bad", listener.local_addr().expect("addr")),
+            cluster("good", good.addr())
+        ));
+        let client = Client::connect(proxy.local_addr()).await;
+        let bad = |timeout: Duration| {
+            let mut client = client.clone();
+            async move {
+                let mut request = Request::new(Bytes::from_static(b"x"));
+                request.metadata_mut().insert("x-bad", "1".parse().expect("value"));
+                request.set_timeout(timeout);
+                client.unary("Unary", request).await
+            }
+        };
+        let waiting: Vec<_> = (0..2).map(|_| tokio::spawn(bad(Duration::from_secs(5)))).collect();
+        let active = "grpc_proxy_downstream_streams_active{core=\"0\"}";
+        while metric(&proxy, active) < 2.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let refused = bad(Duration::from_secs(3)).await.expect_err("refused");
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert!(refused.message().contains("overloaded"), "{refused:?}");
+        let overloaded = "grpc_proxy_upstream_overloaded_total{cluster=\"bad\"}";
+        assert_eq!(metric(&proxy, overloaded), 1.0);
+        let mut good_client = client.clone();
+        good_client.echo(Bytes::from_static(b"ok")).await.expect("the other cluster serves");
+        for w in waiting {
+            w.abort();
+        }
+    }
 }

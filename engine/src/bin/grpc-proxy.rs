@@ -250,6 +250,7 @@ fn from_flags(upstreams: &[String]) -> Result<Config, String> {
             balance: Default::default(),
             health_check: None,
             outlier: Default::default(),
+            limits: Default::default(),
         }],
         routes: vec![RouteConfig {
             name: Some("default".into()),

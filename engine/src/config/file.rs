@@ -16,8 +16,9 @@ use serde::Deserialize;
 use super::digest;
 use super::units::{duration, host_of, resolve, set, size, SizeValue};
 use super::{
-    AccessLogTarget, Balance, ClientAuth, ClientMatch, ClusterConfig, Config, HeaderMatch,
-    HeaderRule, HealthCheck, ListenerTls, Outlier, RouteAction, RouteConfig, Settings, UpstreamTls,
+    AccessLogTarget, Balance, CallLimits, ClientAuth, ClientMatch, ClusterConfig, Config,
+    HeaderMatch, HeaderRule, HealthCheck, ListenerTls, Outlier, RouteAction, RouteConfig, Settings,
+    UpstreamTls,
 };
 use crate::grpc::status::{Code, Status};
 use crate::runtime::cores::CoreSelection;
@@ -141,6 +142,8 @@ struct ClusterFile {
     balance: Option<String>,
     health_check: Option<HealthCheckFile>,
     outlier: Option<OutlierFile>,
+    max_active_calls: Option<usize>,
+    max_pending_calls: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -404,6 +407,16 @@ impl ClusterFile {
             Some(o) => o.validate(&at)?,
             None => Outlier::default(),
         };
+        let mut limits = CallLimits {
+            max_active: self.max_active_calls,
+            ..CallLimits::default()
+        };
+        if self.max_active_calls == Some(0) {
+            return Err(format!("{at}.max_active_calls: must be at least 1"));
+        }
+        if let Some(n) = self.max_pending_calls {
+            limits.max_pending = n;
+        }
         Ok(ClusterConfig {
             name: self.name,
             endpoints,
@@ -411,6 +424,7 @@ impl ClusterFile {
             balance,
             health_check,
             outlier,
+            limits,
         })
     }
 }

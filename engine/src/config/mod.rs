@@ -238,6 +238,30 @@ pub struct ClusterConfig {
     pub health_check: Option<HealthCheck>,
     /// Passive ejection of failing endpoints.
     pub outlier: Outlier,
+    /// Limits on its calls, per core.
+    pub limits: CallLimits,
+}
+
+/// Per-core limits on one cluster's calls, as Envoy's circuit breakers:
+/// past them a call gets UNAVAILABLE at once instead of queueing without
+/// end behind an upstream that cannot keep up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Calls with an upstream stream open (or queued by h2 at the
+    /// upstream's stream limit); `None`: no limit.
+    pub max_active: Option<usize>,
+    /// Calls waiting for an upstream stream (a connect in progress, a full
+    /// endpoint).
+    pub max_pending: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> CallLimits {
+        CallLimits {
+            max_active: None,
+            max_pending: 1024,
+        }
+    }
 }
 
 /// How a cluster spreads calls over its endpoints, per core.
@@ -451,6 +475,8 @@ mod tests {
             ("[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\ncluster = \"a\"\nclient = { sha256 = [\"abc\"] }", "SHA-256"),
             ("[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"\"\ncluster = \"a\"", "name: is empty"),
             ("cores = 0", "cores"),
+            ("[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\nmax_active_calls = 0", "max_active_calls"),
+            ("[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\nmax_pending_calls = -1", "line 4"),
             (
                 "[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\ncluster = \"a\"\nheaders = [{ name = \"X-A\" }]",
                 "must be lower case",

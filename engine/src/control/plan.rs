@@ -30,6 +30,7 @@ pub(super) fn cluster_plans(config: &Config) -> Result<Vec<ClusterPlan>, String>
                 balance: c.balance,
                 health_check: c.health_check.clone(),
                 outlier: c.outlier.clone(),
+                limits: c.limits,
             })
         })
         .collect()

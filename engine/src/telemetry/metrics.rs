@@ -193,6 +193,8 @@ pub struct ClusterReport {
     pub resets: u64,
     /// GOAWAYs received.
     pub goaways: u64,
+    /// Calls refused at the cluster's call limits.
+    pub overloaded: u64,
     /// Endpoints currently taking calls (healthy, not ejected).
     pub endpoints_up: u64,
     /// Endpoints in all.
@@ -207,6 +209,7 @@ impl ClusterReport {
         self.connect_failures += o.connect_failures;
         self.resets += o.resets;
         self.goaways += o.goaways;
+        self.overloaded += o.overloaded;
         // Health is per core too; a scrape shows the worst core.
         self.endpoints_up = if self.endpoints == 0 {
             o.endpoints_up
@@ -479,6 +482,12 @@ impl Merged {
             "upstream_goaways",
             "GOAWAY frames received from upstreams, by cluster.",
             self.clusters.iter().map(|(n, c)| (cluster(n), c.goaways)),
+        )?;
+        counter(
+            e,
+            "upstream_overloaded",
+            "Calls refused at once at a cluster's max_active_calls or max_pending_calls, by cluster.",
+            self.clusters.iter().map(|(n, c)| (cluster(n), c.overloaded)),
         )?;
         gauge(
             e,

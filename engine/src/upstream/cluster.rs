@@ -14,7 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use crate::config::{Balance, HealthCheck, Outlier, UpstreamTls};
+use crate::config::{Balance, CallLimits, HealthCheck, Outlier, UpstreamTls};
 use crate::telemetry::metrics::{add, cluster_report, CallStats, ClusterReport};
 use crate::transport::tls::{ClientTls, Connector};
 use crate::upstream::endpoint::Endpoint;
@@ -37,6 +37,8 @@ pub struct ClusterPlan {
     pub health_check: Option<HealthCheck>,
     /// Passive ejection.
     pub outlier: Outlier,
+    /// Limits on its calls, per core.
+    pub limits: CallLimits,
 }
 
 impl ClusterPlan {
@@ -50,6 +52,7 @@ impl ClusterPlan {
             balance: Balance::default(),
             health_check: None,
             outlier: Outlier::default(),
+            limits: CallLimits::default(),
         }
     }
 }
@@ -65,6 +68,12 @@ pub struct Cluster {
     balance: Balance,
     health_check: Option<HealthCheck>,
     pub(super) outlier: Outlier,
+    /// Limits on its calls; a reload changes them in place.
+    pub(super) limits: Cell<CallLimits>,
+    /// Calls waiting for an upstream stream now.
+    pub(super) pending: Cell<usize>,
+    /// Calls refused at a limit.
+    pub(super) overloaded: Cell<u64>,
     /// State of the random choices of least-request (xorshift).
     rng: Cell<u64>,
     /// Calls through this cluster on this core.
@@ -89,6 +98,9 @@ impl Cluster {
             balance: plan.balance,
             health_check: plan.health_check.clone(),
             outlier: plan.outlier.clone(),
+            limits: Cell::new(plan.limits),
+            pending: Cell::new(0),
+            overloaded: Cell::new(0),
             rng: Cell::new(seed()),
             stats: CallStats::default(),
             connect_failures: Cell::new(0),
@@ -114,6 +126,7 @@ impl Cluster {
             return None;
         }
         *self.tls.borrow_mut() = plan.tls.as_ref().map(|t| Rc::new(t.for_worker()));
+        self.limits.set(plan.limits);
         Some(self.clone())
     }
 
@@ -147,6 +160,7 @@ impl Cluster {
         let mut r = cluster_report(&self.stats);
         r.connect_failures = self.connect_failures.get();
         r.resets = self.resets.get();
+        r.overloaded = self.overloaded.get();
         r.endpoints = self.endpoints.len() as u64;
         for e in &self.endpoints {
             r.connections += e.conns.borrow().len() as u64;

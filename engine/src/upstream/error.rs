@@ -42,6 +42,17 @@ pub enum UpstreamError {
         /// h2's error.
         source: h2::Error,
     },
+    /// The cluster has as many calls active or waiting as its limits
+    /// allow on this core.
+    #[error("cluster {cluster}: {what} limit of {limit} calls reached on this core")]
+    Overloaded {
+        /// The cluster's name.
+        cluster: Box<str>,
+        /// `active` or `pending`.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
     /// The endpoint failed recently and is waiting before a new connect.
     #[error("{last} (next connect attempt in {}ms)", retry_in.as_millis())]
     BackingOff {
@@ -66,6 +77,7 @@ impl UpstreamError {
             UpstreamError::BackingOff { .. } => {
                 "upstream unavailable: waiting to reconnect after failed connects"
             }
+            UpstreamError::Overloaded { .. } => "upstream overloaded: too many calls in flight",
         }
     }
 }

@@ -135,6 +135,7 @@ impl Pool {
         end_of_stream: bool,
         avoid: Option<&Avoid>,
     ) -> Result<Upstream, UpstreamError> {
+        let _pending = Pending::enter(cluster)?;
         let n = cluster.endpoints.len();
         let any_up = cluster.endpoints.iter().any(|e| e.is_up());
         let mut first = cluster.first_choice(any_up);
@@ -303,5 +304,40 @@ impl Drop for Connecting<'_> {
     fn drop(&mut self) {
         self.0.connecting.set(false);
         self.0.changed.notify_all();
+    }
+}
+
+/// Counts a call as waiting for an upstream stream of its cluster while it
+/// lives; refuses it at once if the cluster is at one of its limits.
+struct Pending<'a>(&'a Cluster);
+
+impl<'a> Pending<'a> {
+    fn enter(cluster: &'a Cluster) -> Result<Pending<'a>, UpstreamError> {
+        let limits = cluster.limits.get();
+        let refuse = |what, limit| {
+            add(&cluster.overloaded, 1);
+            Err(UpstreamError::Overloaded {
+                cluster: cluster.name().into(),
+                what,
+                limit,
+            })
+        };
+        if cluster.pending.get() >= limits.max_pending {
+            return refuse("pending", limits.max_pending);
+        }
+        if let Some(max) = limits.max_active {
+            let active: usize = cluster.endpoints.iter().map(|e| e.active.get()).sum();
+            if active >= max {
+                return refuse("active", max);
+            }
+        }
+        cluster.pending.set(cluster.pending.get() + 1);
+        Ok(Pending(cluster))
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.pending.set(self.0.pending.get() - 1);
     }
 }
