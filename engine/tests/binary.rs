@@ -205,3 +205,108 @@ fn the_admin_endpoint_reloads_the_config_file() {
     wait_exit(&mut child, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Starts the binary under `sh` with `ulimit` arguments applied first.
+fn start_limited(ulimit: &str, args: &[&str]) -> (std::process::Child, Vec<String>) {
+    let script = format!("ulimit {ulimit} && exec \"$0\" \"$@\"");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(BIN)
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        let serving = line.contains("grpc-proxy serving");
+        seen.push(line);
+        if serving {
+            // Keep draining stderr so that the proxy never blocks on it.
+            std::thread::spawn(move || lines.for_each(drop));
+            return (child, seen);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the proxy did not start: {seen:?}");
+}
+
+/// The soft and hard "Max open files" of a process.
+fn nofile(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_owned(), fields[4].to_owned())
+}
+
+#[test]
+fn the_file_descriptor_limit_is_raised_and_caps_connections_per_worker() {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .to_string()
+    };
+    // A soft limit below the hard one is raised to it.
+    let listen = free();
+    let args = [
+        "--listen",
+        &listen,
+        "--upstream",
+        "127.0.0.1:1",
+        "--cores",
+        "1",
+        "--log",
+        "info",
+    ];
+    let (mut child, _) = start_limited("-S -n 200", &args);
+    let (soft, hard) = nofile(child.id());
+    assert_eq!(soft, hard, "soft limit raised to the hard one");
+    signal(&child, "TERM");
+    wait_exit(&mut child, 0);
+
+    // With 300 descriptors in all, one worker admits 172 clients (a
+    // reserve of 128 stays for everything else) and closes the rest at
+    // accept, instead of running out of descriptors.
+    let listen = free();
+    let args = [
+        "--listen",
+        &listen,
+        "--upstream",
+        "127.0.0.1:1",
+        "--cores",
+        "1",
+        "--log",
+        "info",
+    ];
+    let (mut child, seen) = start_limited("-n 300", &args);
+    assert!(
+        seen.iter().any(|l| l.contains("per_worker=172")),
+        "the derived limit is logged: {seen:?}"
+    );
+    let conns: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(&listen).expect("connect"))
+        .collect();
+    let mut closed = 0;
+    for mut c in conns.iter() {
+        use std::io::Read;
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        // The admitted wait for a preface (and send SETTINGS first); the
+        // refused read EOF at once.
+        if matches!(c.read(&mut buf), Ok(0)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 200 - 172, "connections past the limit are closed");
+    drop(conns);
+    signal(&child, "TERM");
+    wait_exit(&mut child, 0);
+}

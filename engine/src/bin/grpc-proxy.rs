@@ -111,6 +111,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // One descriptor per client connection: take what the hard limit
+    // allows, as nginx and HAProxy do; the workers' connection limits are
+    // derived from it.
+    match grpc_proxy::runtime::fds::raise_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(
+                before,
+                after,
+                "file descriptor limit raised to the hard limit"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let started =
         ProxyBuilder::from_config(&config).and_then(|(builder, routes)| builder.start(routes));
     let mut proxy = match started {

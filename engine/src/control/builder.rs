@@ -19,6 +19,7 @@ use crate::routing::director::{ClusterId, CoreId, DirectorRecipe};
 use crate::routing::routes::RouteTable;
 use crate::runtime::cores::{self, CoreSelection};
 use crate::runtime::driver::Driver;
+use crate::runtime::fds;
 use crate::runtime::listener::bind_all;
 use crate::runtime::mailbox;
 use crate::telemetry::access_log::Writer;
@@ -182,6 +183,19 @@ impl ProxyBuilder {
                 addr: self.listen,
                 source,
             })?;
+        let mut settings = self.settings.clone();
+        if let Some(nofile) = fds::limit() {
+            let fit = fds::connections_per_worker(nofile, cpus.len());
+            if fit < settings.max_connections_per_worker {
+                tracing::info!(
+                    nofile,
+                    workers = cpus.len(),
+                    per_worker = fit,
+                    "client connections per worker limited by the file descriptor limit"
+                );
+                settings.max_connections_per_worker = fit;
+            }
+        }
         let access_log = self
             .access_log
             .as_ref()
@@ -205,7 +219,7 @@ impl ProxyBuilder {
             recipe: recipe.clone(),
             plan: plan.clone(),
             access_log: access_log.as_ref().map(Writer::logger),
-            settings: self.settings.clone(),
+            settings: settings.clone(),
             mailbox,
             ready: ready_tx.clone(),
         };

@@ -1,9 +1,11 @@
 //! The accept loop of one core's listener.
 //!
-//! Accepting never fails the worker: a full fd table or another accept
-//! error is logged and retried after a pause; past
-//! `max_connections_per_worker` a new connection is closed at once. Each
-//! admitted connection is served on its own task.
+//! Accepting never fails the worker: after a failed accept (a full fd
+//! table, say) it waits, 10 ms doubling up to 1 s while failures go on,
+//! and logs once when they start and once when they end, never once per
+//! attempt. Past `max_connections_per_worker` (derived from the fd limit,
+//! see [`fds`](crate::runtime::fds)) a new connection is closed at once.
+//! Each admitted connection is served on its own task.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -14,16 +16,23 @@ use crate::downstream::server::Server;
 /// Accepts connections and serves each on its own task, until the caller
 /// stops polling (drain or stop).
 pub async fn accept(server: &Rc<Server>, listener: &monoio::net::TcpListener) {
+    let mut failures: u32 = 0;
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                // EMFILE and friends: log, pause briefly, go on serving.
-                tracing::warn!(error = %e, "accept failed");
-                monoio::time::sleep(Duration::from_millis(10)).await;
+                if failures == 0 {
+                    tracing::warn!(error = %e, "accept failed; backing off until it works again");
+                }
+                failures = failures.saturating_add(1);
+                monoio::time::sleep(backoff(failures)).await;
                 continue;
             }
         };
+        if failures > 0 {
+            tracing::info!(failures, "accepting again");
+            failures = 0;
+        }
         if !server.admit() {
             tracing::debug!(%peer, "connection limit reached; closing new connection");
             continue;
@@ -33,5 +42,24 @@ pub async fn accept(server: &Rc<Server>, listener: &monoio::net::TcpListener) {
             connection::serve(&server, tcp, peer).await;
             server.closed();
         });
+    }
+}
+
+/// The pause after the `n`-th failed accept in a row: 10 ms, doubling, at
+/// most 1 s.
+fn backoff(n: u32) -> Duration {
+    let ms = 10u64.saturating_mul(1 << n.saturating_sub(1).min(10));
+    Duration::from_millis(ms.min(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backs_off_up_to_a_second() {
+        let ms: Vec<u128> = (1..=9).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(ms, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(1));
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod cores;
 pub mod driver;
+pub mod fds;
 pub mod listener;
 pub mod mailbox;
 pub mod wake;
