@@ -1,7 +1,7 @@
 //! The declarative director: the config file's routes, tried in order.
 //!
 //! A route matches when all its conditions hold: exact method path, exact
-//! service, path prefix, exact authority, metadata rules (present,
+//! service, path prefix, authority (without case or a default port), metadata rules (present,
 //! absent, or one of an allow-list of values) and the client's verified
 //! TLS identity (common name, DNS or URI SAN, or certificate fingerprint,
 //! each an allow-list; or no certificate at all). The first match decides:
@@ -67,7 +67,10 @@ impl RouteTable {
                     method: r.method.as_deref().map(Into::into),
                     service: r.service.as_deref().map(Into::into),
                     path_prefix: r.path_prefix.as_deref().map(Into::into),
-                    authority: r.authority.as_deref().map(Into::into),
+                    authority: r
+                        .authority
+                        .as_deref()
+                        .map(|a| without_default_port(a).to_ascii_lowercase().into()),
                     headers: r.headers.clone(),
                     client: r.client.clone(),
                     route,
@@ -144,7 +147,10 @@ impl Compiled {
             }
         }
         if let Some(a) = &self.authority {
-            if call.authority() != Some(&**a) {
+            let matches = call
+                .authority()
+                .is_some_and(|got| without_default_port(got).eq_ignore_ascii_case(a));
+            if !matches {
                 return false;
             }
         }
@@ -224,6 +230,15 @@ impl DirectorRecipe for RouteTable {
     }
 }
 
+/// An authority without an explicit default port (`:80`, `:443`): host
+/// names compare without them, and without case (RFC 3986 6.2.3).
+fn without_default_port(authority: &str) -> &str {
+    authority
+        .strip_suffix(":443")
+        .or_else(|| authority.strip_suffix(":80"))
+        .unwrap_or(authority)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +300,14 @@ mod tests {
         assert_eq!(route(&t, "/pkg.Svc/Special", None, &[]), b);
         assert_eq!(route(&t, "/pkg.Svc/Plain", None, &[]), a);
         assert_eq!(route(&t, "/other.X/Y", Some("api.example.com"), &[]), b);
+        // Host names compare without case and without a default port.
+        assert_eq!(route(&t, "/other.X/Y", Some("API.Example.com"), &[]), b);
+        assert_eq!(route(&t, "/other.X/Y", Some("api.example.com:443"), &[]), b);
+        assert_eq!(route(&t, "/other.X/Y", Some("api.example.com:80"), &[]), b);
+        assert!(matches!(
+            route(&t, "/other.X/Y", Some("api.example.com:8443"), &[]),
+            Route::Reject(_)
+        ));
         match route(&t, "/other.X/Y", Some("elsewhere"), &[]) {
             Route::Reject(s) => {
                 assert_eq!(s.code(), Code::Unimplemented);
