@@ -99,6 +99,9 @@ async fn probe(
         while let Some(chunk) = body.data().await {
             let chunk = chunk.ok()?;
             let _ = body.flow_control().release_capacity(chunk.len());
+            if message.len() + chunk.len() > MAX_RESPONSE {
+                return None; // no HealthCheckResponse is this large
+            }
             message.extend_from_slice(&chunk);
         }
         let trailers = body.trailers().await.ok()??;
@@ -110,6 +113,11 @@ async fn probe(
         Ok(Some(true))
     )
 }
+
+/// The most of a health response read: a `HealthCheckResponse` is a few
+/// bytes; an upstream that sends more fails the check rather than making
+/// the probe buffer it.
+const MAX_RESPONSE: usize = 4096;
 
 /// A gRPC frame of `HealthCheckRequest { service }`.
 fn request_message(service: &str) -> Bytes {
