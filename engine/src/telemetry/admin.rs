@@ -15,6 +15,10 @@
 //! (merged metrics, draining, the config's description), which the
 //! [`Controller`](crate::Controller) implements.
 //!
+//! It has no authentication: bind it to loopback (`127.0.0.1:9901`, as
+//! the examples do); any other address is served, with a warning in the
+//! log.
+//!
 //! It serves one request at a time on its thread: it is for operators and
 //! scrapers, not traffic, and must never take CPU from the workers' cores
 //! beyond a scrape's mailbox round trip.
@@ -97,6 +101,11 @@ impl AdminServer {
                 }
             })?;
         tracing::info!(admin = %bound, "admin endpoint serving");
+        if !bound.ip().is_loopback() {
+            // It has no authentication: anyone who reaches it can reload
+            // the config and read the metrics.
+            tracing::warn!(admin = %bound, "the admin endpoint listens beyond loopback; it has no authentication (POST /reload): keep it behind a firewall");
+        }
         Ok(AdminServer {
             server,
             addr: bound,
