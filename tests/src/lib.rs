@@ -7,6 +7,7 @@
 //! - [`Pki`]: a CA, server and client certificates made with rcgen.
 //! - [`proxy`]: a grpc-proxy started in this process from a TOML snippet.
 //! - [`admin`]: one HTTP/1.1 request to the admin endpoint.
+//! - [`relay`]: a TCP relay that can go silent (a dead link).
 //! - [`proxy_test!`]: turns one async test body into two tests, one per
 //!   monoio driver (io_uring, legacy).
 //!
@@ -20,6 +21,7 @@ pub mod client;
 pub mod codec;
 pub mod echo;
 pub mod pki;
+pub mod relay;
 pub mod silent;
 
 use std::future::Future;

@@ -265,6 +265,7 @@ fn from_flags(upstreams: &[String]) -> Result<Config, String> {
             health_check: None,
             outlier: Default::default(),
             limits: Default::default(),
+            keepalive: None,
         }],
         routes: vec![RouteConfig {
             name: Some("default".into()),

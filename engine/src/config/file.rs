@@ -14,11 +14,11 @@ use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use super::digest;
-use super::units::{duration, host_of, resolve, set, size, SizeValue};
+use super::units::{duration, host_of, parse_field, resolve, set, size, SizeValue};
 use super::{
     AccessLogTarget, Balance, CallLimits, ClientAuth, ClientMatch, ClusterConfig, Config,
-    HeaderMatch, HeaderRule, HealthCheck, ListenerTls, Outlier, RouteAction, RouteConfig, Settings,
-    UpstreamTls,
+    HeaderMatch, HeaderRule, HealthCheck, Keepalive, ListenerTls, Outlier, RouteAction,
+    RouteConfig, Settings, UpstreamTls,
 };
 use crate::grpc::status::{Code, Status};
 use crate::runtime::cores::CoreSelection;
@@ -125,6 +125,8 @@ struct TimeoutsFile {
     max_connection_age: Option<String>,
     connect: Option<String>,
     drain: Option<String>,
+    tcp_keepalive: Option<String>,
+    tcp_user_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -144,6 +146,32 @@ struct ClusterFile {
     outlier: Option<OutlierFile>,
     max_active_calls: Option<usize>,
     max_pending_calls: Option<usize>,
+    keepalive: Option<KeepaliveFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeepaliveFile {
+    interval: String,
+    timeout: Option<String>,
+}
+
+impl KeepaliveFile {
+    fn validate(self, at: &str) -> Result<Keepalive, String> {
+        let at = format!("{at}.keepalive");
+        let interval = parse_field(&format!("{at}.interval"), &self.interval)?;
+        if interval < Duration::from_secs(1) {
+            return Err(format!(
+                "{at}.interval: at least 1s (servers limit how often they may be pinged)"
+            ));
+        }
+        let timeout = duration(&format!("{at}.timeout"), self.timeout.as_deref())?
+            .unwrap_or(Duration::from_secs(10));
+        if timeout.is_zero() {
+            return Err(format!("{at}.timeout: must be more than 0"));
+        }
+        Ok(Keepalive { interval, timeout })
+    }
 }
 
 #[derive(Deserialize)]
@@ -342,8 +370,17 @@ impl TimeoutsFile {
             &mut s.drain_timeout,
             duration("timeouts.drain", self.drain.as_deref())?,
         );
-        // "0s" turns these two off.
+        // "0s" turns these off.
         let off_at_zero = |d: Duration| (!d.is_zero()).then_some(d);
+        if let Some(d) = duration("timeouts.tcp_keepalive", self.tcp_keepalive.as_deref())? {
+            s.tcp_keepalive = off_at_zero(d);
+        }
+        if let Some(d) = duration(
+            "timeouts.tcp_user_timeout",
+            self.tcp_user_timeout.as_deref(),
+        )? {
+            s.tcp_user_timeout = off_at_zero(d);
+        }
         if let Some(d) = duration("timeouts.idle", self.idle.as_deref())? {
             s.idle_timeout = off_at_zero(d);
         }
@@ -417,6 +454,7 @@ impl ClusterFile {
         if let Some(n) = self.max_pending_calls {
             limits.max_pending = n;
         }
+        let keepalive = self.keepalive.map(|k| k.validate(&at)).transpose()?;
         Ok(ClusterConfig {
             name: self.name,
             endpoints,
@@ -425,6 +463,7 @@ impl ClusterFile {
             health_check,
             outlier,
             limits,
+            keepalive,
         })
     }
 }

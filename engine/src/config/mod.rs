@@ -100,6 +100,12 @@ pub struct Settings {
     pub reconnect_backoff_max: Duration,
     /// On shutdown, how long in-flight calls may run before they are cut.
     pub drain_timeout: Duration,
+    /// TCP keepalive on both legs: probes after this long without traffic
+    /// (then every 10 s; 3 unanswered end the connection); `None`: off.
+    pub tcp_keepalive: Option<Duration>,
+    /// TCP_USER_TIMEOUT on both legs: a connection whose sent data stay
+    /// unacknowledged this long ends; `None`: the kernel's default.
+    pub tcp_user_timeout: Option<Duration>,
     /// Request bytes held per call until the upstream answers, so that a
     /// call it refuses unprocessed can be sent again; 0 turns retries off.
     pub retry_buffer: usize,
@@ -124,6 +130,8 @@ impl Default for Settings {
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            tcp_user_timeout: Some(Duration::from_secs(60)),
             retry_buffer: 64 << 10,
         }
     }
@@ -240,6 +248,21 @@ pub struct ClusterConfig {
     pub outlier: Outlier,
     /// Limits on its calls, per core.
     pub limits: CallLimits,
+    /// HTTP/2 PINGs on its connections; `None`: off.
+    pub keepalive: Option<Keepalive>,
+}
+
+/// HTTP/2 keepalive: a PING on each upstream connection every `interval`;
+/// a connection that does not answer within `timeout` is closed (its
+/// calls fail with UNAVAILABLE) and the next call connects afresh. Opt-in:
+/// grpc-go servers answer PINGs more frequent than they permit (5 min by
+/// default without streams) with GOAWAY "too_many_pings".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Time between PINGs.
+    pub interval: Duration,
+    /// Time to wait for the PING's acknowledgement.
+    pub timeout: Duration,
 }
 
 /// Per-core limits on one cluster's calls, as Envoy's circuit breakers:
@@ -475,6 +498,8 @@ mod tests {
             ("[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\ncluster = \"a\"\nclient = { sha256 = [\"abc\"] }", "SHA-256"),
             ("[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"\"\ncluster = \"a\"", "name: is empty"),
             ("cores = 0", "cores"),
+            ("[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\nkeepalive = { interval = \"100ms\" }", "keepalive.interval"),
+            ("[timeouts]\ntcp_keepalive = \"often\"", "timeouts.tcp_keepalive"),
             ("[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\nmax_active_calls = 0", "max_active_calls"),
             ("[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\nmax_pending_calls = -1", "line 4"),
             (

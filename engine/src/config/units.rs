@@ -85,6 +85,11 @@ pub(super) fn duration(field: &str, text: Option<&str>) -> Result<Option<Duratio
         .transpose()
 }
 
+/// A required duration field.
+pub(super) fn parse_field(field: &str, text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|e| format!("{field}: {e}"))
+}
+
 /// Overwrites a default with a value that was given.
 pub(super) fn set<T>(into: &mut T, given: Option<T>) {
     if let Some(v) = given {

@@ -31,6 +31,7 @@ pub(super) fn cluster_plans(config: &Config) -> Result<Vec<ClusterPlan>, String>
                 health_check: c.health_check.clone(),
                 outlier: c.outlier.clone(),
                 limits: c.limits,
+                keepalive: c.keepalive,
             })
         })
         .collect()

@@ -50,7 +50,7 @@ const DRAIN_CHECK: Duration = Duration::from_secs(1);
 
 /// Serves one accepted TCP connection until it closes.
 pub async fn serve(server: &Rc<Server>, tcp: TcpStream, peer: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
+    crate::transport::socket::tune(&tcp, &server.settings);
     let io = match tcp.into_poll_io() {
         Ok(io) => io,
         Err(e) => {

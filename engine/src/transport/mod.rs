@@ -4,5 +4,6 @@
 
 pub mod goaway;
 pub mod http2;
+pub mod socket;
 pub mod tls;
 pub mod write_batch;

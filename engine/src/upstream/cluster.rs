@@ -14,7 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use crate::config::{Balance, CallLimits, HealthCheck, Outlier, UpstreamTls};
+use crate::config::{Balance, CallLimits, HealthCheck, Keepalive, Outlier, UpstreamTls};
 use crate::telemetry::metrics::{add, cluster_report, CallStats, ClusterReport};
 use crate::transport::tls::{ClientTls, Connector};
 use crate::upstream::endpoint::Endpoint;
@@ -39,6 +39,8 @@ pub struct ClusterPlan {
     pub outlier: Outlier,
     /// Limits on its calls, per core.
     pub limits: CallLimits,
+    /// HTTP/2 PINGs on its connections.
+    pub keepalive: Option<Keepalive>,
 }
 
 impl ClusterPlan {
@@ -53,6 +55,7 @@ impl ClusterPlan {
             health_check: None,
             outlier: Outlier::default(),
             limits: CallLimits::default(),
+            keepalive: None,
         }
     }
 }
@@ -74,6 +77,7 @@ pub struct Cluster {
     pub(super) pending: Cell<usize>,
     /// Calls refused at a limit.
     pub(super) overloaded: Cell<u64>,
+    pub(super) keepalive: Option<Keepalive>,
     /// State of the random choices of least-request (xorshift).
     rng: Cell<u64>,
     /// Calls through this cluster on this core.
@@ -101,6 +105,7 @@ impl Cluster {
             limits: Cell::new(plan.limits),
             pending: Cell::new(0),
             overloaded: Cell::new(0),
+            keepalive: plan.keepalive,
             rng: Cell::new(seed()),
             stats: CallStats::default(),
             connect_failures: Cell::new(0),
@@ -116,6 +121,7 @@ impl Cluster {
             && self.balance == plan.balance
             && self.health_check == plan.health_check
             && self.outlier == plan.outlier
+            && self.keepalive == plan.keepalive
             && self.endpoints.len() == plan.endpoints.len()
             && self
                 .endpoints

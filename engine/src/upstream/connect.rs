@@ -13,7 +13,7 @@ use std::rc::Rc;
 use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 
-use crate::config::Settings;
+use crate::config::{Keepalive, Settings};
 use crate::runtime::wake::Latch;
 use crate::transport::http2::{self, HandshakeError};
 use crate::transport::tls::Connector;
@@ -45,6 +45,7 @@ impl Dialer {
         &self,
         endpoint: &Rc<Endpoint>,
         tls: Option<Rc<Connector>>,
+        keepalive: Option<Keepalive>,
     ) -> Result<Rc<UpConn>, UpstreamError> {
         let addr = endpoint.addr();
         let timeout = self.settings.connect_timeout;
@@ -54,12 +55,12 @@ impl Dialer {
             Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
             Ok(Ok(tcp)) => tcp,
         };
-        let _ = tcp.set_nodelay(true);
+        crate::transport::socket::tune(&tcp, &self.settings);
         let io = tcp
             .into_poll_io()
             .map_err(|source| UpstreamError::Connect { addr, source })?;
         let Some(tls) = tls else {
-            return self.handshake(endpoint, io).await;
+            return self.handshake(endpoint, io, keepalive).await;
         };
         let handshake = tls.connector.connect(tls.server_name.clone(), io);
         match monoio::time::timeout_at(deadline, handshake).await {
@@ -69,7 +70,7 @@ impl Dialer {
                 if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
                     tracing::debug!(upstream = %addr, "upstream TLS did not negotiate ALPN h2; speaking HTTP/2 anyway");
                 }
-                self.handshake(endpoint, stream).await
+                self.handshake(endpoint, stream, keepalive).await
             }
         }
     }
@@ -80,6 +81,7 @@ impl Dialer {
         &self,
         endpoint: &Rc<Endpoint>,
         io: T,
+        keepalive: Option<Keepalive>,
     ) -> Result<Rc<UpConn>, UpstreamError>
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
@@ -105,9 +107,13 @@ impl Dialer {
         });
         let (weak_conn, weak_endpoint) = (Rc::downgrade(&conn), Rc::downgrade(endpoint));
         let (stop, live) = (self.stop.clone(), self.live.clone());
+        // Set when keepalive PINGs go unanswered: the connection is closed.
+        let dead = Rc::new(Latch::default());
+        let unanswered = dead.clone();
         live.set(live.get() + 1);
         monoio::spawn(async move {
             monoio::select! {
+                _ = unanswered.wait() => {}
                 ended = connection => {
                     match ended {
                         Ok(Ok(())) => {}
@@ -132,8 +138,48 @@ impl Dialer {
                 Ok(Err(source)) => return Err(UpstreamError::Http2 { addr, source }),
                 Err(_) => return Err(UpstreamError::ConnectTimeout { addr, timeout }),
             }
+            if let Some(keepalive) = keepalive {
+                let watch = Watch {
+                    conn: Rc::downgrade(&conn),
+                    stop: self.stop.clone(),
+                    dead,
+                };
+                monoio::spawn(watch.run(ping, keepalive, addr));
+            }
         }
         tracing::debug!(upstream = %addr, max_streams = conn.send.current_max_send_streams(), "upstream connection open");
         Ok(conn)
+    }
+}
+
+/// The keepalive of one upstream connection: a PING every interval; one
+/// not answered in time marks the connection dead, and its task closes it.
+struct Watch {
+    conn: std::rc::Weak<UpConn>,
+    stop: Rc<Latch>,
+    dead: Rc<Latch>,
+}
+
+impl Watch {
+    async fn run(self, mut ping: h2::PingPong, keepalive: Keepalive, addr: std::net::SocketAddr) {
+        loop {
+            monoio::select! {
+                _ = monoio::time::sleep(keepalive.interval) => {}
+                _ = self.stop.wait() => return,
+                _ = self.dead.wait() => return,
+            }
+            if self.conn.upgrade().is_none_or(|c| !c.usable.get()) {
+                return;
+            }
+            let pong = monoio::select! {
+                pong = monoio::time::timeout(keepalive.timeout, ping.ping(h2::Ping::opaque())) => pong,
+                _ = self.stop.wait() => return,
+            };
+            if !matches!(pong, Ok(Ok(_))) {
+                tracing::warn!(upstream = %addr, "upstream connection did not answer a keepalive PING; closing it");
+                self.dead.set();
+                return;
+            }
+        }
     }
 }

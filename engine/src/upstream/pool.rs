@@ -268,7 +268,7 @@ impl Pool {
         // Boxed: connecting is rare, and inlining its futures made every
         // call's task ~3 KiB larger (copied at each spawn).
         let tls = cluster.tls.borrow().clone();
-        let result = Box::pin(self.dialer.connect(endpoint, tls)).await;
+        let result = Box::pin(self.dialer.connect(endpoint, tls, cluster.keepalive)).await;
         drop(connecting);
         match result {
             Ok(conn) => {

@@ -1,0 +1,38 @@
+//! TCP options of every connection, on both legs: no Nagle delay, and the
+//! kernel's own watch for a peer that vanished without a FIN.
+//!
+//! With `SO_KEEPALIVE` an idle connection whose peer is gone is found by
+//! probes (after `tcp_keepalive` of silence, one every 10 s, 3 unanswered
+//! ones end it); with `TCP_USER_TIMEOUT` a connection whose sent bytes stay
+//! unacknowledged for `tcp_user_timeout` ends then, instead of after the
+//! kernel's ~15 minutes of retransmissions. Both are per socket and cost
+//! nothing while the peer answers. Failures to set them are ignored: they
+//! only narrow how long a dead peer can hold a connection.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+use crate::config::Settings;
+
+/// Probes after the first one, and between them.
+const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+const PROBES: u32 = 3;
+
+/// Sets TCP_NODELAY, keepalive and the user timeout on a connected socket.
+pub fn tune(tcp: &monoio::net::TcpStream, settings: &Settings) {
+    let _ = tcp.set_nodelay(true);
+    if let Some(idle) = settings.tcp_keepalive {
+        let _ = tcp.set_tcp_keepalive(Some(idle), Some(PROBE_INTERVAL), Some(PROBES));
+    }
+    if let Some(timeout) = settings.tcp_user_timeout {
+        set_user_timeout(tcp, timeout);
+    }
+}
+
+#[allow(unsafe_code)]
+fn set_user_timeout(tcp: &monoio::net::TcpStream, timeout: Duration) {
+    // SAFETY: the descriptor belongs to `tcp`, which is borrowed for the
+    // whole time `fd` is used, so it stays open and is not reused.
+    let fd = unsafe { BorrowedFd::borrow_raw(tcp.as_raw_fd()) };
+    let _ = socket2::SockRef::from(&fd).set_tcp_user_timeout(Some(timeout));
+}
