@@ -513,4 +513,37 @@ mod tests {
             assert!(!err.contains('\n'), "{err:?} spans lines");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_text_is_a_config_or_one_line_of_error(text in "\\PC{0,200}") {
+                if let Err(e) = Config::parse(&text, "prop.toml") {
+                    prop_assert!(!e.to_string().contains('\n'), "{e}");
+                }
+            }
+
+            #[test]
+            fn any_value_of_a_key_is_accepted_or_named(
+                key in prop::sample::select(vec![
+                    "http2.stream_window", "http2.max_frame_size", "timeouts.idle",
+                    "timeouts.tcp_keepalive", "upstream.retry_buffer", "limits.max_connections_per_worker",
+                ]),
+                value in prop_oneof![any::<i64>().prop_map(|n| n.to_string()), "\"[0-9a-zA-Z. ]{0,12}\""],
+            ) {
+                let (table, field) = key.split_once('.').expect("a dotted key");
+                let text = format!("[{table}]\n{field} = {value}\n");
+                if let Err(e) = Config::parse(&text, "prop.toml") {
+                    let e = e.to_string();
+                    prop_assert!(!e.contains('\n'), "{e}");
+                    prop_assert!(e.contains(field) || e.contains("line 2"), "{text:?}: {e}");
+                }
+            }
+        }
+    }
 }

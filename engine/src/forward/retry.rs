@@ -94,3 +94,30 @@ pub(super) fn never_processed(e: &h2::Error, slot: &StreamSlot, up: &SendStream<
     }
     e.is_go_away() && e.is_remote() && slot.above_goaway(u32::from(up.stream_id()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn held_data_never_exceed_the_limit_and_keep_their_order(
+            limit in 0usize..10_000,
+            sizes in proptest::collection::vec(0usize..3_000, 0..20),
+        ) {
+            let mut held = Held::new(HttpRequest::new(()), limit);
+            let mut kept = Vec::new();
+            for (i, n) in sizes.iter().enumerate() {
+                let chunk = Bytes::from(vec![i as u8; *n]);
+                if !held.keep(&chunk) {
+                    break;
+                }
+                kept.push(chunk);
+            }
+            prop_assert!(held.len <= limit);
+            let replay: Vec<Bytes> = held.first.clone().into_iter().chain(held.rest.clone()).collect();
+            prop_assert_eq!(replay, kept);
+        }
+    }
+}

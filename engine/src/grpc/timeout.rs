@@ -91,4 +91,23 @@ mod tests {
         }
         assert_eq!(format(Duration::from_millis(1500)), "1500000u");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_bytes_parse_or_are_ignored(bytes in proptest::collection::vec(any::<u8>(), 0..16)) {
+                let _ = parse(&bytes);
+            }
+
+            #[test]
+            fn formatting_rounds_up_and_parses(nanos in any::<u64>()) {
+                let d = Duration::from_nanos(nanos);
+                let back = parse(format(d).as_bytes()).expect("formatted values parse");
+                prop_assert!(back >= d);
+            }
+        }
+    }
 }

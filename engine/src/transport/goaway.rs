@@ -183,4 +183,46 @@ mod tests {
         scan.feed(&frame(3, 1, &[0, 0, 0, 8]), &last); // RST_STREAM
         assert_eq!(last.get(), None);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_bytes_in_any_pieces_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096), cut in 1usize..64) {
+                let last = Cell::new(None);
+                let mut scan = Scan::default();
+                for piece in bytes.chunks(cut) {
+                    scan.feed(piece, &last);
+                }
+            }
+
+            #[test]
+            fn frames_in_any_pieces_give_the_lowest_goaway(
+                frames in proptest::collection::vec((0u8..10, 0u32..1000, proptest::collection::vec(any::<u8>(), 0..64)), 0..32),
+                cut in 1usize..32,
+            ) {
+                let mut bytes = Vec::new();
+                let mut want: Option<u32> = None;
+                for (kind, stream, mut payload) in frames {
+                    if kind == 7 {
+                        // A GOAWAY: last stream id, error code, debug data.
+                        let mut p = stream.to_be_bytes().to_vec();
+                        p.extend_from_slice(&[0, 0, 0, 0]);
+                        p.append(&mut payload);
+                        payload = p;
+                        want = Some(want.map_or(stream, |w: u32| w.min(stream)));
+                    }
+                    bytes.extend(frame(kind, 0, &payload));
+                }
+                let last = Cell::new(None);
+                let mut scan = Scan::default();
+                for piece in bytes.chunks(cut) {
+                    scan.feed(piece, &last);
+                }
+                prop_assert_eq!(last.get(), want);
+            }
+        }
+    }
 }
