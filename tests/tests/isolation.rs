@@ -598,4 +598,52 @@ proxy_test! {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    async fn an_upstream_that_stops_reading_holds_only_its_own_calls(driver) {
+        // Scenario: the upstream takes a call and never reads its request
+        // body; the client pushes 8 MiB into it. The proxy takes only what
+        // the windows allow, and other calls to the same upstream, on the
+        // same core, go on.
+        let silent = Silent::start().await;
+        let proxy = proxy_to(driver, silent.addr());
+        let addr = proxy.local_addr();
+        let pusher = h2_client(addr, 65_535).await;
+        let mut ready = pusher.ready().await.expect("ready");
+        let (_response, mut body) = ready.send_request(request(addr, "Hang"), false).expect("send");
+        body.reserve_capacity(8 << 20);
+        let pushed = tokio::spawn(async move {
+            let mut sent = 0usize;
+            let chunk = Bytes::from(vec![0u8; 64 << 10]);
+            while sent < 8 << 20 {
+                match std::future::poll_fn(|cx| body.poll_capacity(cx)).await {
+                    Some(Ok(n)) if n > 0 => {
+                        let n = n.min(chunk.len());
+                        if body.send_data(chunk.slice(..n), false).is_err() {
+                            break;
+                        }
+                        sent += n;
+                    }
+                    Some(Ok(_)) => continue,
+                    _ => break,
+                }
+            }
+            sent
+        });
+        silent.wait_requests(1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!pushed.is_finished(), "the client could not push 8 MiB past an upstream that reads nothing");
+        let mut other = h2_client(addr, 65_535).await;
+        for i in 0..5 {
+            let mut ready = other.clone().ready().await.expect("ready");
+            let (response, mut b) = ready.send_request(request(addr, "Unary"), false).expect("send");
+            b.send_data(frame(b""), true).expect("data");
+            let response = tokio::time::timeout(Duration::from_secs(3), response)
+                .await
+                .unwrap_or_else(|_| panic!("call {i} of another client was not answered"))
+                .expect("response");
+            assert_eq!(response.headers()["grpc-status"], "0");
+            other = h2_client(addr, 65_535).await;
+        }
+        pushed.abort();
+    }
 }
