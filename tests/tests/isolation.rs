@@ -646,4 +646,43 @@ proxy_test! {
         }
         pushed.abort();
     }
+
+    async fn a_request_that_sends_nothing_is_ended_but_a_quiet_one_is_not(driver) {
+        // Scenario (slowloris after the preface): a client opens a stream
+        // with HEADERS alone and sends nothing more, holding an upstream
+        // stream. With [timeouts] silent_request it is ended with
+        // DEADLINE_EXCEEDED and the upstream stream reset; a call that has
+        // sent a message and then goes quiet for longer is left alone.
+        let mut silent = Silent::start().await;
+        let proxy = proxy(driver, &format!(
+            "[timeouts]\nsilent_request = \"300ms\"\n{}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", silent.addr())
+        ));
+        let addr = proxy.local_addr();
+        let client = h2_client(addr, 65_535).await;
+        let mut ready = client.clone().ready().await.expect("ready");
+        let (response, _body) = ready.send_request(request(addr, "Hang"), false).expect("send");
+        let response = tokio::time::timeout(Duration::from_secs(3), response)
+            .await
+            .expect("ended by the proxy")
+            .expect("response");
+        assert_eq!(response.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+        let seen = silent.next_ended().await;
+        assert_eq!(seen.reset, Some(h2::Reason::CANCEL), "the upstream stream was reset");
+
+        let mut ready = client.ready().await.expect("ready");
+        let (response, mut body) = ready.send_request(request(addr, "Echo"), false).expect("send");
+        body.send_data(frame(b"one"), false).expect("data");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        body.send_data(frame(b"two"), true).expect("data");
+        let response = response.await.expect("response");
+        let mut body = response.into_body();
+        let mut echoed = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("data");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            echoed.extend_from_slice(&chunk);
+        }
+        assert_eq!(echoed, [frame(b"one"), frame(b"two")].concat(), "the quiet call went on");
+    }
 }

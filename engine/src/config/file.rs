@@ -127,6 +127,7 @@ struct TimeoutsFile {
     drain: Option<String>,
     tcp_keepalive: Option<String>,
     tcp_user_timeout: Option<String>,
+    silent_request: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -372,6 +373,9 @@ impl TimeoutsFile {
         );
         // "0s" turns these off.
         let off_at_zero = |d: Duration| (!d.is_zero()).then_some(d);
+        if let Some(d) = duration("timeouts.silent_request", self.silent_request.as_deref())? {
+            s.silent_request_timeout = off_at_zero(d);
+        }
         if let Some(d) = duration("timeouts.tcp_keepalive", self.tcp_keepalive.as_deref())? {
             s.tcp_keepalive = off_at_zero(d);
         }

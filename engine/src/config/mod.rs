@@ -100,6 +100,11 @@ pub struct Settings {
     pub reconnect_backoff_max: Duration,
     /// On shutdown, how long in-flight calls may run before they are cut.
     pub drain_timeout: Duration,
+    /// A call whose request sends nothing at all (no DATA, no end) and
+    /// whose upstream sends no headers for this long ends with
+    /// DEADLINE_EXCEEDED; calls that see any traffic are never idle-timed;
+    /// `None`: off.
+    pub silent_request_timeout: Option<Duration>,
     /// TCP keepalive on both legs: probes after this long without traffic
     /// (then every 10 s; 3 unanswered end the connection); `None`: off.
     pub tcp_keepalive: Option<Duration>,
@@ -130,6 +135,7 @@ impl Default for Settings {
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
+            silent_request_timeout: Some(Duration::from_secs(300)),
             tcp_keepalive: Some(Duration::from_secs(60)),
             tcp_user_timeout: Some(Duration::from_secs(60)),
             retry_buffer: 64 << 10,

@@ -163,7 +163,7 @@ impl Worker {
             pool,
             Rc::new(CoreCounters::default()),
             access_log,
-            settings.retry_buffer,
+            &settings,
         ));
         Worker {
             core,

@@ -49,6 +49,9 @@ pub struct CallContext {
     pub(crate) access_log: Option<Logger>,
     /// Request bytes held for a retry (`[upstream] retry_buffer`).
     pub(crate) retry_buffer: usize,
+    /// How long a request may send nothing at all
+    /// (`[timeouts] silent_request`).
+    pub(crate) silent_request: Option<Duration>,
 }
 
 impl CallContext {
@@ -57,13 +60,14 @@ impl CallContext {
         pool: Rc<Pool>,
         counters: Rc<CoreCounters>,
         access_log: Option<Logger>,
-        retry_buffer: usize,
+        settings: &crate::config::Settings,
     ) -> CallContext {
         CallContext {
             pool,
             counters,
             access_log,
-            retry_buffer,
+            retry_buffer: settings.retry_buffer,
+            silent_request: settings.silent_request_timeout,
         }
     }
 }
@@ -278,7 +282,9 @@ async fn serve(
     };
     let mut endpoint = upstream.slot.endpoint().clone();
     record.upstream = Some(endpoint.addr());
-    let mut finished = Splice::new(respond, Some(body), upstream, deadline, Vec::new(), held).await;
+    let mut finished = Splice::new(respond, Some(body), upstream, deadline, Vec::new(), held)
+        .silent_after(ctx.silent_request)
+        .await;
     if let Some(retry) = finished.retry.take() {
         // Refused before the upstream processed anything: once more,
         // elsewhere. Boxed: rare, and its futures would otherwise enlarge

@@ -124,6 +124,10 @@ pub struct Splice {
     request: Request,
     response: ResponseHalf,
     deadline: Option<Pin<Box<monoio::time::Sleep>>>,
+    /// How long a request may send nothing at all (see
+    /// [`Splice::silent_after`]), and its timer once armed.
+    silence: Option<std::time::Duration>,
+    silence_timer: Option<Pin<Box<monoio::time::Sleep>>>,
     slot: StreamSlot,
     held: Option<Held>,
     code: Option<Code>,
@@ -169,12 +173,50 @@ impl Splice {
             request,
             response: ResponseHalf::Head(up.response),
             deadline: deadline.map(|d| Box::pin(monoio::time::sleep_until(d))),
+            silence: None,
+            silence_timer: None,
             slot: up.slot,
             held,
             code: None,
             bytes_in: 0,
             bytes_out: 0,
         }
+    }
+
+    /// Ends the call with DEADLINE_EXCEEDED if, `timeout` after it began,
+    /// nothing at all has passed: no request DATA nor end from the client,
+    /// no response headers from the upstream (a slowloris request holding
+    /// an upstream stream). A call that has seen any of these is never
+    /// timed out for being idle.
+    pub fn silent_after(mut self, timeout: Option<std::time::Duration>) -> Splice {
+        self.silence = timeout;
+        self
+    }
+
+    /// Whether anything has passed yet, either way.
+    fn heard(&self) -> bool {
+        self.bytes_in > 0
+            || !matches!(self.request, Request::Streaming { chunk: None, .. })
+            || !matches!(self.response, ResponseHalf::Head(_))
+    }
+
+    /// Whether the request's silence has lasted too long. The timer is
+    /// armed only when a poll finds nothing yet (so a unary call, whose
+    /// message comes with its headers, never allocates one) and dropped
+    /// once something passes.
+    fn silence_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(timeout) = self.silence else {
+            return false;
+        };
+        if self.heard() {
+            self.silence = None;
+            self.silence_timer = None;
+            return false;
+        }
+        let timer = self
+            .silence_timer
+            .get_or_insert_with(|| Box::pin(monoio::time::sleep(timeout)));
+        timer.as_mut().poll(cx).is_ready()
     }
 
     fn finished(&mut self, outcome: Outcome) -> Finished {
@@ -560,6 +602,14 @@ impl Future for Splice {
             return Poll::Ready(this.downstream_gone(false));
         }
         match this.poll_response(cx) {
+            Step::Pending if this.silence_expired(cx) => {
+                this.reset_upstream();
+                this.down.fail(&Status::new(
+                    Code::DeadlineExceeded,
+                    "the request sent nothing in time",
+                ));
+                Poll::Ready(this.finished(Outcome::DeadlineExceeded))
+            }
             Step::Pending => Poll::Pending,
             step => Poll::Ready(this.end(step)),
         }
