@@ -685,4 +685,35 @@ proxy_test! {
         }
         assert_eq!(echoed, [frame(b"one"), frame(b"two")].concat(), "the quiet call went on");
     }
+
+    async fn an_endpoint_that_lets_deadlines_pass_unanswered_is_ejected(driver) {
+        // Scenario: one of two endpoints accepts calls and never answers;
+        // each call there ends at the route's 200 ms deadline. After 3 in
+        // a row it is ejected, and calls go to the endpoint that answers.
+        let stuck = Silent::with(Options { delay: Some(Duration::from_secs(30)), ..Options::default() }).await;
+        let good = Upstream::start("good");
+        let proxy = proxy(driver, &format!(
+            "[[clusters]]\nname = \"a\"\nendpoints = [\"{}\", \"{}\"]\n\
+             outlier = {{ consecutive_failures = 3, base_ejection = \"30s\" }}\n\
+             [[routes]]\ncluster = \"a\"\ntimeout = \"200ms\"\n",
+            stuck.addr(),
+            good.addr()
+        ));
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let mut timed_out = 0;
+        for _ in 0..6 {
+            match client.echo(Bytes::from_static(b"x")).await {
+                Ok(_) => {}
+                Err(status) => {
+                    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+                    timed_out += 1;
+                }
+            }
+        }
+        assert_eq!(timed_out, 3, "round robin sent every other call to the stuck endpoint");
+        for i in 0..10 {
+            let reply = client.echo(Bytes::from_static(b"y")).await;
+            assert!(reply.is_ok(), "call {i} after the ejection: {reply:?}");
+        }
+    }
 }

@@ -424,6 +424,12 @@ fn finish(cluster: &Cluster, endpoint: &Endpoint, finished: &Finished, record: &
         Outcome::Complete => cluster.call_result(endpoint, false, false),
         Outcome::UpstreamFailed { reset, .. } => cluster.call_result(endpoint, true, reset),
         Outcome::Refused => cluster.call_result(endpoint, true, true),
+        // A deadline the upstream let pass without even answering counts
+        // against it (a silently dead or stuck endpoint gets ejected); one
+        // that passed mid-response is the call's length, not a failure.
+        Outcome::DeadlineExceeded if !finished.answered => {
+            cluster.call_result(endpoint, true, false)
+        }
         Outcome::DownstreamGone | Outcome::DeadlineExceeded => {}
     }
     if finished.outcome != Outcome::Complete {

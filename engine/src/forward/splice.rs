@@ -86,6 +86,8 @@ pub struct Finished {
     /// What went wrong upstream, in h2's words, for the log and the
     /// access log (the client got a short status).
     pub error: Option<Box<str>>,
+    /// Whether the upstream's response headers arrived.
+    pub answered: bool,
 }
 
 enum Request {
@@ -234,6 +236,7 @@ impl Splice {
             bytes_out: self.bytes_out,
             retry: None,
             error: None,
+            answered: !matches!(self.response, ResponseHalf::Head(_)),
         }
     }
 
