@@ -253,19 +253,23 @@ fn the_file_descriptor_limit_is_raised_and_caps_connections_per_worker() {
             .expect("addr")
             .to_string()
     };
+    let start = |ulimit: &str| {
+        let listen = free();
+        let args = [
+            "--listen",
+            &listen,
+            "--upstream",
+            "127.0.0.1:1",
+            "--cores",
+            "1",
+            "--log",
+            "info",
+        ];
+        let (child, seen) = start_limited(ulimit, &args);
+        (child, seen, listen)
+    };
     // A soft limit below the hard one is raised to it.
-    let listen = free();
-    let args = [
-        "--listen",
-        &listen,
-        "--upstream",
-        "127.0.0.1:1",
-        "--cores",
-        "1",
-        "--log",
-        "info",
-    ];
-    let (mut child, _) = start_limited("-S -n 200", &args);
+    let (mut child, _, _) = start("-S -n 200");
     let (soft, hard) = nofile(child.id());
     assert_eq!(soft, hard, "soft limit raised to the hard one");
     signal(&child, "TERM");
@@ -274,18 +278,7 @@ fn the_file_descriptor_limit_is_raised_and_caps_connections_per_worker() {
     // With 300 descriptors in all, one worker admits 172 clients (a
     // reserve of 128 stays for everything else) and closes the rest at
     // accept, instead of running out of descriptors.
-    let listen = free();
-    let args = [
-        "--listen",
-        &listen,
-        "--upstream",
-        "127.0.0.1:1",
-        "--cores",
-        "1",
-        "--log",
-        "info",
-    ];
-    let (mut child, seen) = start_limited("-n 300", &args);
+    let (mut child, seen, listen) = start("-n 300");
     assert!(
         seen.iter().any(|l| l.contains("per_worker=172")),
         "the derived limit is logged: {seen:?}"

@@ -3,35 +3,11 @@
 //! and other tests running beside it in the same process opened sockets
 //! of their own (it failed so about one run in ten).
 
-use std::time::Duration;
+mod common;
 
-use grpc_loadtest::run::{self, Rpc, RunOptions};
-use grpc_loadtest::serve::{self, ServeOptions, ServerHandle};
-use grpc_proxy::{CoreSelection, Driver};
-
-fn server(driver: Driver) -> ServerHandle {
-    serve::start(ServeOptions {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        cores: CoreSelection::Count(1),
-        driver,
-        ..ServeOptions::default()
-    })
-    .expect("echo server starts")
-}
-
-fn options(server: &ServerHandle, driver: Driver, rpc: Rpc) -> RunOptions {
-    RunOptions {
-        target: server.local_addr(),
-        rpc,
-        driver,
-        connections: 2,
-        streams: 4,
-        messages: 5,
-        calls: Some(200),
-        warmup: Duration::ZERO,
-        ..RunOptions::default()
-    }
-}
+use common::{options, server};
+use grpc_loadtest::run::{self, Rpc};
+use grpc_proxy::Driver;
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").expect("procfs").count()

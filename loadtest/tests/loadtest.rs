@@ -4,35 +4,13 @@
 
 use std::time::Duration;
 
+mod common;
+
+use common::{options, server};
 use grpc_loadtest::report::Report;
 use grpc_loadtest::run::{self, Rpc, RunOptions};
-use grpc_loadtest::serve::{self, ServeOptions, ServerHandle};
-use grpc_proxy::{CoreSelection, Driver};
+use grpc_proxy::Driver;
 use http::{HeaderName, HeaderValue};
-
-fn server(driver: Driver) -> ServerHandle {
-    serve::start(ServeOptions {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        cores: CoreSelection::Count(1),
-        driver,
-        ..ServeOptions::default()
-    })
-    .expect("echo server starts")
-}
-
-fn options(server: &ServerHandle, driver: Driver, rpc: Rpc) -> RunOptions {
-    RunOptions {
-        target: server.local_addr(),
-        rpc,
-        driver,
-        connections: 2,
-        streams: 4,
-        messages: 5,
-        calls: Some(200),
-        warmup: Duration::ZERO,
-        ..RunOptions::default()
-    }
-}
 
 macro_rules! both_drivers {
     ($($name:ident($driver:ident) $body:block)*) => {

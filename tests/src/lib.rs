@@ -8,6 +8,7 @@
 //! - [`proxy`]: a grpc-proxy started in this process from a TOML snippet.
 //! - [`admin`]: one HTTP/1.1 request to the admin endpoint.
 //! - [`relay`]: a TCP relay that can go silent (a dead link).
+//! - [`raw`]: a bare h2 client, for what tonic would hide.
 //! - [`proxy_test!`]: turns one async test body into two tests, one per
 //!   monoio driver (io_uring, legacy).
 //!
@@ -21,6 +22,7 @@ pub mod client;
 pub mod codec;
 pub mod echo;
 pub mod pki;
+pub mod raw;
 pub mod relay;
 pub mod silent;
 

@@ -233,20 +233,24 @@ async fn serve(
     }
 }
 
-/// A minimal HTTP/2 server at the frame level: SETTINGS and PING are
-/// answered; the first HEADERS gets GOAWAY with last stream id 0. The
+/// A minimal HTTP/2 server at the frame level: sends `settings` (a whole
+/// SETTINGS frame), acknowledges the peer's SETTINGS, answers PINGs, and
+/// answers the first HEADERS frame with `on_headers(frame head)`. The
 /// connection stays open until the peer closes it.
-async fn goaway_below(mut tcp: tokio::net::TcpStream) {
+async fn frame_level(
+    mut tcp: tokio::net::TcpStream,
+    settings: &[u8],
+    on_headers: impl Fn(&[u8; 9]) -> Vec<u8>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut preface = [0u8; 24];
     if tcp.read_exact(&mut preface).await.is_err() {
         return;
     }
-    // Our SETTINGS (none).
-    if tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.is_err() {
+    if tcp.write_all(settings).await.is_err() {
         return;
     }
-    let mut sent_goaway = false;
+    let mut answered = false;
     loop {
         let mut head = [0u8; 9];
         if tcp.read_exact(&mut head).await.is_err() {
@@ -263,10 +267,9 @@ async fn goaway_below(mut tcp: tokio::net::TcpStream) {
             4 if flags & 1 == 0 => vec![0, 0, 0, 4, 1, 0, 0, 0, 0],
             // PING without ACK: answer with the same payload.
             6 if flags & 1 == 0 => [&[0, 0, 8, 6, 1, 0, 0, 0, 0][..], &payload].concat(),
-            // HEADERS: GOAWAY, last stream id 0, NO_ERROR.
-            1 if !sent_goaway => {
-                sent_goaway = true;
-                vec![0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            1 if !answered => {
+                answered = true;
+                on_headers(&head)
             }
             _ => Vec::new(),
         };
@@ -276,46 +279,25 @@ async fn goaway_below(mut tcp: tokio::net::TcpStream) {
     }
 }
 
-/// A frame-level server that grants no stream window and refuses the
-/// first request: SETTINGS(INITIAL_WINDOW_SIZE = 0), SETTINGS and PING
-/// answered, RST_STREAM(REFUSED_STREAM) on the first HEADERS. The
-/// connection stays open until the peer closes it.
-async fn refuse_blocked(mut tcp: tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut preface = [0u8; 24];
-    if tcp.read_exact(&mut preface).await.is_err() {
-        return;
-    }
+/// Empty SETTINGS; the first HEADERS gets GOAWAY with last stream id 0
+/// (NO_ERROR): the request was never processed.
+async fn goaway_below(tcp: tokio::net::TcpStream) {
+    let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    frame_level(tcp, &settings, |_| {
+        vec![0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    })
+    .await
+}
+
+/// SETTINGS_INITIAL_WINDOW_SIZE = 0 (no request DATA can be sent); the
+/// first HEADERS gets RST_STREAM REFUSED_STREAM on its stream, so that the
+/// refusal meets request DATA the proxy is holding back.
+async fn refuse_blocked(tcp: tokio::net::TcpStream) {
     let settings = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0];
-    if tcp.write_all(&settings).await.is_err() {
-        return;
-    }
-    let mut refused = false;
-    loop {
-        let mut head = [0u8; 9];
-        if tcp.read_exact(&mut head).await.is_err() {
-            return;
-        }
-        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-        let (kind, flags) = (head[3], head[4]);
-        let mut payload = vec![0u8; len];
-        if tcp.read_exact(&mut payload).await.is_err() {
-            return;
-        }
-        let reply: Vec<u8> = match kind {
-            4 if flags & 1 == 0 => vec![0, 0, 0, 4, 1, 0, 0, 0, 0],
-            6 if flags & 1 == 0 => [&[0, 0, 8, 6, 1, 0, 0, 0, 0][..], &payload].concat(),
-            1 if !refused => {
-                refused = true;
-                // RST_STREAM on the request's stream, REFUSED_STREAM (7).
-                [&[0, 0, 4, 3, 0][..], &head[5..9], &[0, 0, 0, 7]].concat()
-            }
-            _ => Vec::new(),
-        };
-        if !reply.is_empty() && tcp.write_all(&reply).await.is_err() {
-            return;
-        }
-    }
+    frame_level(tcp, &settings, |head| {
+        [&[0, 0, 4, 3, 0][..], &head[5..9], &[0, 0, 0, 7]].concat()
+    })
+    .await
 }
 
 /// Answers with the request's body (its gRPC frames, so a valid gRPC

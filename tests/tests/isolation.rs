@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use grpc_proxy_tests::admin::sample;
+use grpc_proxy_tests::raw::{client as h2_client, frame, read_body, request};
 use grpc_proxy_tests::silent::{Options, Silent};
 use grpc_proxy_tests::{cluster, proxy, proxy_test, proxy_to, Client, Upstream};
 use tonic::{Code, Request};
@@ -32,34 +33,6 @@ fn full_listener() -> (std::net::TcpListener, Vec<std::net::TcpStream>) {
         }
     }
     panic!("the accept queue of a backlog-0 listener never filled");
-}
-
-/// A bare h2 client connection to the proxy, with this stream window.
-async fn h2_client(addr: SocketAddr, window: u32) -> h2::client::SendRequest<Bytes> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (send, connection) = h2::client::Builder::new()
-        .initial_window_size(window)
-        .handshake(tcp)
-        .await
-        .expect("handshake");
-    tokio::spawn(connection);
-    send
-}
-
-fn request(addr: SocketAddr, method: &str) -> http::Request<()> {
-    http::Request::post(format!("http://{addr}/test.Echo/{method}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("request")
-}
-
-/// One gRPC message frame of `payload`.
-fn frame(payload: &[u8]) -> Bytes {
-    let mut f = vec![0u8];
-    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    f.extend_from_slice(payload);
-    Bytes::from(f)
 }
 
 /// An HPACK header block for a gRPC request to `path`, written by hand:
@@ -240,12 +213,7 @@ proxy_test! {
         let response = response.await.expect("response");
         assert_eq!(response.status(), 200);
         let mut body = response.into_body();
-        let mut echoed = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.expect("data");
-            let _ = body.flow_control().release_capacity(chunk.len());
-            echoed.extend_from_slice(&chunk);
-        }
+        let echoed = read_body(&mut body).await;
         let want = [frame(b"one"), frame(b"two"), frame(b"three")].concat();
         assert_eq!(echoed, want, "the upstream got the whole request");
         let trailers = body.trailers().await.expect("trailers").expect("some");
@@ -676,13 +644,7 @@ proxy_test! {
         tokio::time::sleep(Duration::from_millis(700)).await;
         body.send_data(frame(b"two"), true).expect("data");
         let response = response.await.expect("response");
-        let mut body = response.into_body();
-        let mut echoed = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.expect("data");
-            let _ = body.flow_control().release_capacity(chunk.len());
-            echoed.extend_from_slice(&chunk);
-        }
+        let echoed = read_body(&mut response.into_body()).await;
         assert_eq!(echoed, [frame(b"one"), frame(b"two")].concat(), "the quiet call went on");
     }
 

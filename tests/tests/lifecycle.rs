@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use grpc_proxy::{ProxyBuilder, Route, StartError};
+use grpc_proxy_tests::raw::{frame, request};
 use grpc_proxy_tests::{proxy_test, proxy_to, Client, Upstream};
 use tonic::Code;
 
@@ -157,21 +158,6 @@ async fn bare_client(
     )
 }
 
-fn grpc_request(addr: std::net::SocketAddr, method: &str) -> http::Request<()> {
-    http::Request::post(format!("http://{addr}/test.Echo/{method}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("request")
-}
-
-fn frame(payload: &[u8]) -> Bytes {
-    let mut f = vec![0u8];
-    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    f.extend_from_slice(payload);
-    f.into()
-}
-
 proxy_test! {
     async fn an_idle_connection_gets_goaway_and_closes(driver) {
         let up = Upstream::start("a");
@@ -183,7 +169,7 @@ proxy_test! {
         let (send, connection) = bare_client(addr).await;
         // One call, then silence: the proxy retires the connection.
         let mut ready = send.ready().await.expect("ready");
-        let (response, mut body) = ready.send_request(grpc_request(addr, "Unary"), false).expect("send");
+        let (response, mut body) = ready.send_request(request(addr, "Unary"), false).expect("send");
         body.send_data(frame(b"hi"), true).expect("data");
         assert_eq!(response.await.expect("response").status(), 200);
         drop(ready);
@@ -202,7 +188,7 @@ proxy_test! {
         let addr = proxy.local_addr();
         let (send, connection) = bare_client(addr).await;
         let mut ready = send.clone().ready().await.expect("ready");
-        let (response, mut body) = ready.send_request(grpc_request(addr, "Bidi"), false).expect("send");
+        let (response, mut body) = ready.send_request(request(addr, "Bidi"), false).expect("send");
         body.send_data(frame(b"one"), false).expect("data");
         let mut replies = response.await.expect("response").into_body();
         let first = replies.data().await.expect("a reply").expect("ok");

@@ -5,23 +5,13 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use grpc_proxy_tests::raw::{client, request};
 use grpc_proxy_tests::silent::{Options, Silent};
 use grpc_proxy_tests::{proxy_test, proxy_to};
 
-/// A bare h2 client connection to the proxy.
+/// A bare h2 client with h2's default window.
 async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (send, connection) = h2::client::handshake(tcp).await.expect("handshake");
-    tokio::spawn(connection);
-    send
-}
-
-fn request(addr: SocketAddr, method: &str) -> http::Request<()> {
-    http::Request::post(format!("http://{addr}/test.Echo/{method}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("request")
+    client(addr, 65_535).await
 }
 
 /// Sends a call and returns the response headers (trailers-only answers).
