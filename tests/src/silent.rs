@@ -188,13 +188,7 @@ async fn serve(
         if let (Some(delay), true) = (options.delay, request.uri().path() != "/test.Echo/Hang") {
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let response = http::Response::builder()
-                    .header("content-type", "application/grpc")
-                    .header("grpc-status", "0")
-                    .header("x-connection", index.to_string())
-                    .body(())
-                    .expect("response");
-                let _ = respond.send_response(response, true);
+                answer_ok(respond, index);
             });
             continue;
         }
@@ -203,13 +197,7 @@ async fn serve(
             continue;
         }
         if request.uri().path() != "/test.Echo/Hang" {
-            let response = http::Response::builder()
-                .header("content-type", "application/grpc")
-                .header("grpc-status", "0")
-                .header("x-connection", index.to_string())
-                .body(())
-                .expect("response");
-            let _ = respond.send_response(response, true);
+            answer_ok(respond, index);
             continue;
         }
         let grpc_timeout = request
@@ -231,6 +219,17 @@ async fn serve(
             });
         });
     }
+}
+
+/// A trailers-only OK carrying `x-connection: index`.
+fn answer_ok(mut respond: h2::server::SendResponse<bytes::Bytes>, index: usize) {
+    let response = http::Response::builder()
+        .header("content-type", "application/grpc")
+        .header("grpc-status", "0")
+        .header("x-connection", index.to_string())
+        .body(())
+        .expect("response");
+    let _ = respond.send_response(response, true);
 }
 
 /// A minimal HTTP/2 server at the frame level: sends `settings` (a whole
