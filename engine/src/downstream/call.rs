@@ -193,12 +193,34 @@ impl Default for Record {
     }
 }
 
-/// Ends a call that reached no upstream stream with `status`
-/// (CANCELLED: the client reset it, and gets nothing).
+/// Ends a call that reached no upstream stream with `status`.
 fn answer(mut respond: SendResponse<Bytes>, status: &Status, record: &mut Record) {
     reply::answer(&mut respond, status);
     record.code = status.code();
-    record.client_reset = status.code() == Code::Cancelled;
+}
+
+/// Why a call got no upstream stream.
+enum NoUpstream {
+    /// The client reset the call while it waited.
+    ClientGone,
+    /// Answer with this status; the detail is for the access log.
+    Failed(Status, Option<Box<str>>),
+}
+
+impl NoUpstream {
+    /// Ends the call accordingly.
+    fn end(self, respond: SendResponse<Bytes>, record: &mut Record) {
+        match self {
+            NoUpstream::ClientGone => {
+                record.code = Code::Cancelled;
+                record.client_reset = true;
+            }
+            NoUpstream::Failed(status, error) => {
+                record.error = error;
+                answer(respond, &status, record);
+            }
+        }
+    }
 }
 
 /// One call, from its head to its end. Its steps stay in one async fn:
@@ -275,10 +297,7 @@ async fn serve(
     .await;
     let upstream = match opened {
         Ok(upstream) => upstream,
-        Err((status, error)) => {
-            record.error = error;
-            return answer(respond, &status, record);
-        }
+        Err(failed) => return failed.end(respond, record),
     };
     let mut endpoint = upstream.slot.endpoint().clone();
     record.upstream = Some(endpoint.addr());
@@ -294,14 +313,11 @@ async fn serve(
         record.bytes_in += finished.bytes_in;
         match Box::pin(again(ctx, cluster, retry, deadline)).await {
             Ok((e, f)) => (endpoint, finished) = (e, f),
-            Err((down, status, error)) => {
-                record.error = error;
-                return answer(down, &status, record);
-            }
+            Err((down, failed)) => return failed.end(down, record),
         }
         record.upstream = Some(endpoint.addr());
     }
-    finish(cluster, &endpoint, &finished, record);
+    finish(cluster, &endpoint, finished, record);
 }
 
 /// Whether a request is gRPC: `content-type: application/grpc*`.
@@ -340,7 +356,7 @@ async fn again(
     cluster: &Cluster,
     retry: Retry,
     deadline: Option<Instant>,
-) -> Result<(Rc<Endpoint>, Finished), (SendResponse<Bytes>, Status, Option<Box<str>>)> {
+) -> Result<(Rc<Endpoint>, Finished), (SendResponse<Bytes>, NoUpstream)> {
     let end_of_stream = retry.replay.is_empty() && retry.body.is_none();
     let avoid = retry.refused_on;
     let mut down = retry.down;
@@ -357,7 +373,7 @@ async fn again(
     drop(avoid);
     let upstream = match opened {
         Ok(upstream) => upstream,
-        Err((status, error)) => return Err((down, status, error)),
+        Err(failed) => return Err((down, failed)),
     };
     let endpoint = upstream.slot.endpoint().clone();
     let finished = Splice::new(down, retry.body, upstream, deadline, retry.replay, None).await;
@@ -365,8 +381,7 @@ async fn again(
 }
 
 /// Opens an upstream stream, within the deadline, unless the client resets
-/// the call meanwhile; the status to answer with if that fails
-/// (CANCELLED: the client is gone) and, for the access log, why.
+/// the call meanwhile.
 async fn open(
     ctx: &CallContext,
     cluster: &Cluster,
@@ -375,7 +390,7 @@ async fn open(
     avoid: Option<&crate::upstream::pool::Avoid>,
     deadline: Option<Instant>,
     respond: &mut SendResponse<Bytes>,
-) -> Result<crate::upstream::pool::Upstream, (Status, Option<Box<str>>)> {
+) -> Result<crate::upstream::pool::Upstream, NoUpstream> {
     let mut open = std::pin::pin!(ctx.pool.open(cluster, request, end_of_stream, avoid));
     let mut timer = std::pin::pin!(deadline.map(monoio::time::sleep_until));
     let opened = std::future::poll_fn(|cx| {
@@ -391,10 +406,10 @@ async fn open(
                 Code::DeadlineExceeded,
                 "deadline exceeded before an upstream was reached",
             );
-            return Poll::Ready(Err((status, None)));
+            return Poll::Ready(Err(NoUpstream::Failed(status, None)));
         }
         if respond.poll_reset(cx).is_ready() {
-            return Poll::Ready(Err((Status::new(Code::Cancelled, ""), None)));
+            return Poll::Ready(Err(NoUpstream::ClientGone));
         }
         Poll::Pending
     })
@@ -402,7 +417,7 @@ async fn open(
     opened.map_err(|e| {
         tracing::debug!(error = %e, "no upstream for call");
         let status = Status::new(Code::Unavailable, e.public());
-        (status, Some(e.to_string().into()))
+        NoUpstream::Failed(status, Some(e.to_string().into()))
     })
 }
 
@@ -414,10 +429,10 @@ fn reset_already(respond: &mut SendResponse<Bytes>) -> bool {
 
 /// Accounts for a spliced call: its record and the endpoint's passive
 /// health.
-fn finish(cluster: &Cluster, endpoint: &Endpoint, finished: &Finished, record: &mut Record) {
+fn finish(cluster: &Cluster, endpoint: &Endpoint, finished: Finished, record: &mut Record) {
     record.code = finished.code;
     record.client_reset = finished.outcome == Outcome::DownstreamGone;
-    record.error = finished.error.clone();
+    record.error = finished.error;
     record.bytes_in += finished.bytes_in;
     record.bytes_out += finished.bytes_out;
     match finished.outcome {

@@ -74,7 +74,7 @@ pub async fn serve(server: &Rc<Server>, tcp: TcpStream, peer: SocketAddr) {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "downstream TLS handshake failed");
-            add(&server.counters.tls_handshake_failures, 1);
+            add(&server.calls.counters.tls_handshake_failures, 1);
             return;
         }
         Err(_) => {
@@ -117,6 +117,9 @@ async fn run<T>(
     let mut drain = std::pin::pin!(server.drain.wait());
     let mut schedule = Schedule::new(&server.settings);
     let resets = Rc::new(Resets::default());
+    // Set once the connection is closed for its resets: the streams it
+    // still opens are dropped unserved.
+    let mut flooded = false;
     loop {
         let event = poll_fn(|cx| {
             if stop.as_mut().poll(cx).is_ready() {
@@ -148,10 +151,13 @@ async fn run<T>(
             }
             Event::Accept(Some(Ok((request, respond)))) => {
                 schedule.accepted += 1;
-                if resets.opened() {
-                    tracing::warn!(%peer, "downstream connection resets most of the streams it opens: closing it (GOAWAY ENHANCE_YOUR_CALM)");
-                    add(&server.counters.reset_floods, 1);
-                    conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                if flooded || resets.opened() {
+                    if !flooded {
+                        flooded = true;
+                        tracing::warn!(%peer, "downstream connection resets most of the streams it opens: closing it (GOAWAY ENHANCE_YOUR_CALM)");
+                        add(&server.calls.counters.reset_floods, 1);
+                        conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                    }
                     continue;
                 }
                 monoio::spawn(crate::downstream::call::handle(

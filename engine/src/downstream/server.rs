@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::downstream::call::CallContext;
 use crate::downstream::snapshot::Snapshot;
 use crate::runtime::wake::{Latch, Notify};
-use crate::telemetry::metrics::{add, CoreCounters};
+use crate::telemetry::metrics::add;
 
 /// The downstream side of one core.
 pub struct Server {
@@ -29,7 +29,6 @@ pub struct Server {
     pub(crate) drain: Latch,
     /// Set when the worker exits: every task that owns a socket watches it.
     pub(crate) stop: Rc<Latch>,
-    pub(crate) counters: Rc<CoreCounters>,
     /// What each call is given.
     pub(crate) calls: Rc<CallContext>,
     connections: Cell<usize>,
@@ -50,7 +49,6 @@ impl Server {
             settings,
             drain: Latch::default(),
             stop,
-            counters: calls.counters.clone(),
             calls,
             connections: Cell::new(0),
             idle: Notify::default(),
@@ -87,7 +85,7 @@ impl Server {
             return false;
         }
         self.connections.set(n + 1);
-        add(&self.counters.connections_accepted, 1);
+        add(&self.calls.counters.connections_accepted, 1);
         true
     }
 
