@@ -678,4 +678,39 @@ proxy_test! {
             assert!(reply.is_ok(), "call {i} after the ejection: {reply:?}");
         }
     }
+
+    async fn a_client_reset_frees_a_call_whose_request_waits_for_upstream_window(driver) {
+        // Scenario: the upstream reads nothing of a 100 KB request, so its
+        // 64 KiB window fills and the rest waits in the proxy. The client
+        // gives up (RST_STREAM): the upstream stream must be reset at once,
+        // which also gives the shared upstream connection its window back
+        // for the next call. (The reset used to go unheard while the
+        // request waited for window.)
+        let mut upstream = Silent::with(Options::default()).await;
+        let proxy = proxy_to(driver, upstream.addr());
+        let addr = proxy.local_addr();
+        let client = h2_client(addr, 65_535).await;
+        let mut client = client.ready().await.expect("ready");
+        let (_response, mut body) = client.send_request(request(addr, "Hang"), false).expect("send");
+        body.send_data(frame(&vec![1u8; 100_000]), false).expect("data");
+        upstream.wait_requests(1).await;
+        // Let the request fill the upstream's window.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        body.send_reset(h2::Reason::CANCEL);
+        let seen = tokio::time::timeout(Duration::from_secs(5), upstream.next_ended())
+            .await
+            .expect("the upstream stream is reset within 5 s");
+        assert_eq!(seen.reset, Some(h2::Reason::CANCEL));
+
+        let mut client = client.ready().await.expect("ready");
+        let (response, mut body) = client.send_request(request(addr, "Echo"), false).expect("send");
+        let message = frame(&vec![2u8; 30_000]);
+        body.send_data(message.clone(), true).expect("data");
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("answered within 5 s")
+            .expect("response");
+        let echoed = read_body(&mut response.into_body()).await;
+        assert_eq!(echoed, message, "the next call gets the connection's window");
+    }
 }

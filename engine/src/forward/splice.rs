@@ -108,6 +108,17 @@ enum Request {
     Done,
 }
 
+impl Request {
+    /// Whether the last poll read the client's request body (and so is
+    /// registered to hear of a client reset).
+    fn reads_client(&self) -> bool {
+        matches!(
+            self,
+            Request::Streaming { body: Some(_), chunk: None, replay } if replay.is_empty()
+        )
+    }
+}
+
 enum ResponseHalf {
     Head(h2::client::ResponseFuture),
     Streaming {
@@ -595,13 +606,13 @@ impl Future for Splice {
         if let Step::Down = this.poll_request(cx) {
             return Poll::Ready(this.downstream_gone(true));
         }
-        // While the request body is open, its `poll_data` reports a client
-        // reset or disconnect; once it has ended (possibly just now, in
-        // `poll_request` above), the response side needs its own watch.
-        // Checked after `poll_request` so that the poll which ends the
-        // request also registers for the reset.
-        if !matches!(this.request, Request::Streaming { .. }) && this.down.poll_reset(cx).is_ready()
-        {
+        // While the request body is being read, its `poll_data` reports a
+        // client reset or disconnect. Otherwise (the request has ended,
+        // possibly just now in `poll_request` above, or a chunk waits for
+        // upstream window, or a replay is being sent) the response side
+        // needs its own watch: a client that resets a call whose request is
+        // stuck behind a full upstream window must still free it.
+        if !this.request.reads_client() && this.down.poll_reset(cx).is_ready() {
             return Poll::Ready(this.downstream_gone(false));
         }
         match this.poll_response(cx) {
