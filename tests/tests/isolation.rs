@@ -713,4 +713,73 @@ proxy_test! {
         let echoed = read_body(&mut response.into_body()).await;
         assert_eq!(echoed, message, "the next call gets the connection's window");
     }
+
+    async fn held_retry_bytes_stay_within_the_connection_budget_and_go_when_answered(driver) {
+        // Scenario: calls wait on an upstream that never answers, each with
+        // 20 KiB of request held for a retry. One connection's holds stay
+        // within its budget (64 KiB here): past it, calls go on unheld;
+        // another connection has a budget of its own. Holds end with the
+        // calls, and as soon as a call's response headers arrive.
+        let upstream = Silent::with(Options::default()).await;
+        let proxy = proxy(driver, &format!(
+            "retry_buffer_per_connection = \"64KiB\"\n{}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", upstream.addr())
+        ));
+        let addr = proxy.local_addr();
+        let held = "grpc_proxy_retry_held_bytes{core=\"0\"}";
+        let refused = "grpc_proxy_retry_holds_refused_total{core=\"0\"}";
+        let hang = |client: &h2::client::SendRequest<Bytes>| {
+            let mut client = client.clone();
+            async move {
+                client = client.ready().await.expect("ready");
+                let (response, mut body) =
+                    client.send_request(request(addr, "Hang"), false).expect("send");
+                body.send_data(frame(&[1u8; 20_000]), true).expect("data");
+                (response, body)
+            }
+        };
+        let first = h2_client(addr, 65_535).await;
+        let mut calls = Vec::new();
+        for _ in 0..8 {
+            calls.push(hang(&first).await);
+        }
+        upstream.wait_requests(8).await;
+        wait_for(|| metric(&proxy, refused) >= 7.0, "7 holds refused").await;
+        let one = metric(&proxy, held);
+        assert!(one > 20_000.0 && one <= 65_536.0, "one connection holds {one} bytes");
+
+        let second = h2_client(addr, 65_535).await;
+        let other = hang(&second).await;
+        upstream.wait_requests(9).await;
+        wait_for(|| metric(&proxy, held) > one, "the second connection holds its call").await;
+        assert!(metric(&proxy, held) <= 2.0 * 65_536.0);
+
+        drop(calls);
+        drop(other);
+        wait_for(|| metric(&proxy, held) == 0.0, "the holds end with their calls").await;
+
+        // A stream whose response has begun holds nothing, though it lasts.
+        let echo = Upstream::start("echo");
+        let proxy = proxy_to(driver, echo.addr());
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let (tx, mut replies) = client.open_bidi(4).await;
+        tx.send(Bytes::from(vec![3u8; 10_000])).await.expect("send");
+        let reply = replies.message().await.expect("reply").expect("a message");
+        assert_eq!(reply.len(), 10_000);
+        assert_eq!(metric(&proxy, held), 0.0, "answered: nothing held");
+        tx.send(Bytes::from_static(b"more")).await.expect("send");
+        assert!(replies.message().await.expect("reply").is_some());
+        assert_eq!(metric(&proxy, held), 0.0, "nothing held after the answer began");
+    }
+}
+
+/// Waits (up to 10 s) until `condition` holds.
+async fn wait_for(condition: impl Fn() -> bool, what: &str) {
+    for _ in 0..1000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("gave up waiting: {what}");
 }

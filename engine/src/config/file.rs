@@ -113,6 +113,8 @@ struct Http2File {
 struct UpstreamFile {
     max_connections_per_endpoint: Option<usize>,
     retry_buffer: Option<SizeValue>,
+    retry_buffer_per_connection: Option<SizeValue>,
+    retry_buffer_per_worker: Option<SizeValue>,
     reconnect_backoff_min: Option<String>,
     reconnect_backoff_max: Option<String>,
 }
@@ -333,6 +335,14 @@ impl UpstreamFile {
         }
         if let Some(v) = &self.retry_buffer {
             s.retry_buffer = size("upstream.retry_buffer", v, 0, 64 << 20)? as usize;
+        }
+        if let Some(v) = &self.retry_buffer_per_connection {
+            s.retry_buffer_per_connection =
+                size("upstream.retry_buffer_per_connection", v, 0, 1 << 40)? as usize;
+        }
+        if let Some(v) = &self.retry_buffer_per_worker {
+            s.retry_buffer_per_worker =
+                size("upstream.retry_buffer_per_worker", v, 0, 1 << 40)? as usize;
         }
         set(
             &mut s.reconnect_backoff_min,

@@ -114,6 +114,11 @@ pub struct Settings {
     /// Request bytes held per call until the upstream answers, so that a
     /// call it refuses unprocessed can be sent again; 0 turns retries off.
     pub retry_buffer: usize,
+    /// What the held requests of one client connection may pin, in all
+    /// (see [`retry`](crate::forward::retry) for how it is counted).
+    pub retry_buffer_per_connection: usize,
+    /// What the held requests of one core may pin, in all.
+    pub retry_buffer_per_worker: usize,
 }
 
 impl Default for Settings {
@@ -139,6 +144,8 @@ impl Default for Settings {
             tcp_keepalive: Some(Duration::from_secs(60)),
             tcp_user_timeout: Some(Duration::from_secs(60)),
             retry_buffer: 64 << 10,
+            retry_buffer_per_connection: 4 << 20,
+            retry_buffer_per_worker: 64 << 20,
         }
     }
 }

@@ -28,7 +28,7 @@ use monoio::time::Instant;
 
 use crate::downstream::snapshot::{RouteSlot, Snapshot};
 use crate::forward::reply;
-use crate::forward::retry::{copy_head, Held, Retry};
+use crate::forward::retry::{copy_head, Budget, Charge, Held, Retry};
 use crate::forward::splice::{Finished, Outcome, Splice};
 use crate::grpc::headers::strip_hop_by_hop;
 use crate::grpc::status::{Code, Status};
@@ -49,6 +49,8 @@ pub struct CallContext {
     pub(crate) access_log: Option<Logger>,
     /// Request bytes held for a retry (`[upstream] retry_buffer`).
     pub(crate) retry_buffer: usize,
+    /// What held requests may pin on this core, in all.
+    pub(crate) retry_budget: Rc<Budget>,
     /// How long a request may send nothing at all
     /// (`[timeouts] silent_request`).
     pub(crate) silent_request: Option<Duration>,
@@ -67,7 +69,26 @@ impl CallContext {
             counters,
             access_log,
             retry_buffer: settings.retry_buffer,
+            retry_budget: Budget::new(settings.retry_buffer_per_worker),
             silent_request: settings.silent_request_timeout,
+        }
+    }
+}
+
+/// What the calls of one downstream connection share.
+pub struct PerConnection {
+    /// How its streams ended.
+    pub resets: Resets,
+    /// What its held requests may pin, in all.
+    pub retry_budget: Rc<Budget>,
+}
+
+impl PerConnection {
+    /// The shared state of a new connection.
+    pub fn new(settings: &crate::config::Settings) -> PerConnection {
+        PerConnection {
+            resets: Resets::default(),
+            retry_budget: Budget::new(settings.retry_buffer_per_connection),
         }
     }
 }
@@ -111,7 +132,7 @@ pub async fn handle(
     respond: SendResponse<Bytes>,
     peer: SocketAddr,
     identity: Option<Rc<PeerIdentity>>,
-    resets: Rc<Resets>,
+    connection: Rc<PerConnection>,
 ) {
     let started = std::time::Instant::now();
     let counters = &ctx.counters;
@@ -123,8 +144,11 @@ pub async fn handle(
         &snapshot,
         request,
         respond,
-        peer,
-        identity.as_deref(),
+        Caller {
+            peer,
+            identity: identity.as_deref(),
+            connection: &connection,
+        },
         &mut record,
     )
     .await;
@@ -133,7 +157,7 @@ pub async fn handle(
         .set(counters.streams_active.get().saturating_sub(1));
     let elapsed = started.elapsed();
     if record.client_reset {
-        resets.reset_after(elapsed);
+        connection.resets.reset_after(elapsed);
     }
     let Some(route) = record.route else {
         return; // not a gRPC request, or reset before it was routed
@@ -162,6 +186,14 @@ pub async fn handle(
             counters,
         );
     }
+}
+
+/// Who sent a call: the client's address, its verified identity, and its
+/// connection's shared state.
+struct Caller<'a> {
+    peer: SocketAddr,
+    identity: Option<&'a PeerIdentity>,
+    connection: &'a PerConnection,
 }
 
 /// What the metrics and the access log learn of a call.
@@ -231,10 +263,14 @@ async fn serve(
     snapshot: &Snapshot,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    peer: SocketAddr,
-    identity: Option<&PeerIdentity>,
+    caller: Caller<'_>,
     record: &mut Record,
 ) {
+    let Caller {
+        peer,
+        identity,
+        connection,
+    } = caller;
     let (mut parts, body) = request.into_parts();
     if !is_grpc(&parts.headers) {
         let mut response = Response::new(());
@@ -283,7 +319,12 @@ async fn serve(
     record.cluster = Some(cluster.clone());
     let end_of_stream = body.is_end_stream();
     let limit = ctx.retry_buffer;
-    let held = (limit > 0).then(|| Held::new(copy_head(&parts), limit));
+    let held = if limit > 0 {
+        let charge = Charge::new(connection.retry_budget.clone(), ctx.retry_budget.clone());
+        Held::new(copy_head(&parts), limit, charge)
+    } else {
+        None
+    };
     let request = Request::from_parts(parts, ());
     let opened = open(
         ctx,
@@ -359,6 +400,8 @@ async fn again(
 ) -> Result<(Rc<Endpoint>, Finished), (SendResponse<Bytes>, NoUpstream)> {
     let end_of_stream = retry.replay.is_empty() && retry.body.is_none();
     let avoid = retry.refused_on;
+    // The replay stays charged until this call ends (retries are rare).
+    let _charge = retry.charge;
     let mut down = retry.down;
     let opened = open(
         ctx,

@@ -28,7 +28,7 @@ use monoio::net::TcpStream;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Settings;
-use crate::downstream::call::Resets;
+use crate::downstream::call::PerConnection;
 use crate::downstream::server::Server;
 use crate::telemetry::metrics::add;
 use crate::transport::http2::{self, ServerConnection};
@@ -116,7 +116,7 @@ async fn run<T>(
     let mut stop = std::pin::pin!(server.stop.wait());
     let mut drain = std::pin::pin!(server.drain.wait());
     let mut schedule = Schedule::new(&server.settings);
-    let resets = Rc::new(Resets::default());
+    let shared = Rc::new(PerConnection::new(&server.settings));
     // Set once the connection is closed for its resets: the streams it
     // still opens are dropped unserved.
     let mut flooded = false;
@@ -151,7 +151,7 @@ async fn run<T>(
             }
             Event::Accept(Some(Ok((request, respond)))) => {
                 schedule.accepted += 1;
-                if flooded || resets.opened() {
+                if flooded || shared.resets.opened() {
                     if !flooded {
                         flooded = true;
                         tracing::warn!(%peer, "downstream connection resets most of the streams it opens: closing it (GOAWAY ENHANCE_YOUR_CALM)");
@@ -167,7 +167,7 @@ async fn run<T>(
                     respond,
                     peer,
                     identity.clone(),
-                    resets.clone(),
+                    shared.clone(),
                 ));
             }
             Event::Accept(Some(Err(e))) => {

@@ -2,10 +2,26 @@
 //! DATA held until the response headers arrive, and what a refused call
 //! hands back to be sent again.
 //!
-//! Held DATA are `Bytes` clones of what went upstream (no copies), up to
-//! `retry_buffer` bytes per call; past that, or once the upstream's
-//! response headers arrive, or with request trailers, nothing is held and
-//! the call is not retried.
+//! What is held, and what it costs:
+//! - the request head (a header-map clone), charged at HPACK's measure of
+//!   it (name + value + 32 bytes per field);
+//! - DATA up to `retry_buffer` payload bytes per call. A chunk from h2 is
+//!   a slice of the connection's receive buffer, and holding it keeps the
+//!   whole buffer alive (8 KiB at least). So a chunk under
+//!   [`COPY_BELOW`] is held as a copy of its own, charged its length: a
+//!   10-byte unary request no longer pins kilobytes. A larger chunk is
+//!   held as it is (no copy), charged twice its length: h2 grows its
+//!   receive buffer by doubling, so a frame of that size sits in a buffer
+//!   at most about twice as large.
+//!
+//! Charges count against two [`Budget`]s, the client connection's and the
+//! core's; a call that would exceed either is not held at all (it goes on,
+//! but cannot be retried). Everything is released the moment the call can
+//! no longer be retried: response headers arrived, the request outgrew
+//! `retry_buffer`, it sent trailers, or the call ended.
+
+use std::cell::Cell;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -13,6 +29,98 @@ use h2::{Reason, RecvStream, SendStream};
 use http::Request as HttpRequest;
 
 use crate::upstream::pool::{Avoid, StreamSlot};
+
+/// Chunks shorter than this are held as copies (see the module docs).
+pub const COPY_BELOW: usize = 4096;
+
+/// Bytes that held requests may pin, shared by the calls of one client
+/// connection or of one core.
+pub struct Budget {
+    limit: usize,
+    used: Cell<usize>,
+    /// Holds refused because this budget (or, for a core's, the
+    /// connection's) was full.
+    refused: Cell<u64>,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Rc<Budget> {
+        Rc::new(Budget {
+            limit,
+            used: Cell::new(0),
+            refused: Cell::new(0),
+        })
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> usize {
+        self.used.get()
+    }
+
+    /// Calls whose hold was refused for want of budget.
+    pub fn refused(&self) -> u64 {
+        self.refused.get()
+    }
+
+    fn take(&self, n: usize) -> bool {
+        let used = self.used.get().saturating_add(n);
+        if used > self.limit {
+            return false;
+        }
+        self.used.set(used);
+        true
+    }
+
+    fn give(&self, n: usize) {
+        self.used.set(self.used.get().saturating_sub(n));
+    }
+}
+
+/// What one call's hold is charged, against its connection's budget and
+/// its core's; given back when dropped.
+pub struct Charge {
+    connection: Rc<Budget>,
+    core: Rc<Budget>,
+    bytes: usize,
+}
+
+impl Charge {
+    /// An empty charge against these budgets.
+    pub fn new(connection: Rc<Budget>, core: Rc<Budget>) -> Charge {
+        Charge {
+            connection,
+            core,
+            bytes: 0,
+        }
+    }
+
+    /// Charges `n` more bytes; `false` (and nothing charged, and a refusal
+    /// counted on the core) if either budget lacks them.
+    fn add(&mut self, n: usize) -> bool {
+        let taken = if self.connection.take(n) {
+            self.core.take(n) || {
+                self.connection.give(n);
+                false
+            }
+        } else {
+            false
+        };
+        if !taken {
+            self.core.refused.set(self.core.refused.get() + 1);
+            return false;
+        }
+        self.bytes += n;
+        true
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.connection.give(self.bytes);
+        self.core.give(self.bytes);
+    }
+}
 
 /// A refused call, to replay on another upstream stream.
 pub struct Retry {
@@ -24,6 +132,8 @@ pub struct Retry {
     pub head: HttpRequest<()>,
     /// The request DATA sent so far, to send again first.
     pub replay: Vec<Bytes>,
+    /// What the replay is charged, until the retried call ends.
+    pub charge: Charge,
     /// Where the stream was refused, so the retry goes elsewhere.
     pub refused_on: Avoid,
 }
@@ -34,32 +144,46 @@ pub struct Held {
     /// The first DATA chunk, inline: most calls send one.
     pub(super) first: Option<Bytes>,
     pub(super) rest: Vec<Bytes>,
+    /// Payload bytes held.
     pub(super) len: usize,
     pub(super) limit: usize,
+    pub(super) charge: Charge,
 }
 
 impl Held {
-    /// Holds `head`; DATA up to `limit` bytes will be held too.
-    pub fn new(head: HttpRequest<()>, limit: usize) -> Held {
-        Held {
+    /// Holds `head`, charging it to `charge`; DATA up to `limit` payload
+    /// bytes will be held too. `None` if the budgets cannot take the head.
+    pub fn new(head: HttpRequest<()>, limit: usize, mut charge: Charge) -> Option<Held> {
+        if !charge.add(head_size(&head)) {
+            return None;
+        }
+        Some(Held {
             head,
             first: None,
             rest: Vec::new(),
             len: 0,
             limit,
-        }
+            charge,
+        })
     }
-}
 
-impl Held {
-    /// Holds a copy of `data` (a `Bytes` clone) if it fits within the
-    /// limit; `false` when it does not, and the call cannot be retried.
+    /// Holds `data` (a copy when it is small, else a `Bytes` clone) if it
+    /// fits the call's limit and the budgets; `false` when it does not,
+    /// and the call cannot be retried.
     pub(super) fn keep(&mut self, data: &Bytes) -> bool {
         if self.len + data.len() > self.limit {
             return false;
         }
+        let (held, cost) = if data.len() < COPY_BELOW {
+            (Bytes::copy_from_slice(data), data.len())
+        } else {
+            (data.clone(), data.len().saturating_mul(2))
+        };
+        if !self.charge.add(cost) {
+            return false;
+        }
         self.len += data.len();
-        self.push(data.clone());
+        self.push(held);
         true
     }
 
@@ -69,6 +193,17 @@ impl Held {
             Some(_) => self.rest.push(data),
         }
     }
+}
+
+/// What a request head is charged: HPACK's size of its fields (RFC 7541,
+/// 4.1: name, value and 32 bytes each) and of its path.
+fn head_size(head: &HttpRequest<()>) -> usize {
+    let fields: usize = head
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum();
+    fields + head.uri().path().len() + 32
 }
 
 /// A copy of a request's head, for a retry.
@@ -102,11 +237,19 @@ mod tests {
 
     proptest! {
         #[test]
-        fn held_data_never_exceed_the_limit_and_keep_their_order(
-            limit in 0usize..10_000,
-            sizes in proptest::collection::vec(0usize..3_000, 0..20),
+        fn held_data_keep_their_order_and_stay_within_every_bound(
+            limit in 0usize..100_000,
+            connection_limit in 0usize..60_000,
+            core_limit in 0usize..60_000,
+            sizes in proptest::collection::vec(0usize..20_000, 0..20),
         ) {
-            let mut held = Held::new(HttpRequest::new(()), limit);
+            let connection = Budget::new(connection_limit);
+            let core = Budget::new(core_limit);
+            let charge = Charge::new(connection.clone(), core.clone());
+            let Some(mut held) = Held::new(HttpRequest::new(()), limit, charge) else {
+                prop_assert_eq!((connection.used(), core.used()), (0, 0));
+                return Ok(());
+            };
             let mut kept = Vec::new();
             for (i, n) in sizes.iter().enumerate() {
                 let chunk = Bytes::from(vec![i as u8; *n]);
@@ -116,8 +259,33 @@ mod tests {
                 kept.push(chunk);
             }
             prop_assert!(held.len <= limit);
+            prop_assert!(connection.used() <= connection_limit);
+            prop_assert!(core.used() <= core_limit);
+            prop_assert_eq!(connection.used(), held.charge.bytes);
             let replay: Vec<Bytes> = held.first.clone().into_iter().chain(held.rest.clone()).collect();
             prop_assert_eq!(replay, kept);
+            drop(held);
+            prop_assert_eq!((connection.used(), core.used()), (0, 0));
         }
+    }
+
+    #[test]
+    fn a_small_chunk_is_held_as_a_copy_and_a_large_one_is_not() {
+        let budget = || Budget::new(1 << 20);
+        let charge = Charge::new(budget(), budget());
+        let mut held = Held::new(HttpRequest::new(()), 1 << 20, charge).expect("room");
+        let head = held.charge.bytes;
+        // A small chunk cut from a larger buffer, as h2 hands them out.
+        let buffer = Bytes::from(vec![7u8; 64 << 10]);
+        let small = buffer.slice(0..10);
+        assert!(held.keep(&small));
+        let copy = held.first.as_ref().expect("held");
+        assert_eq!(copy, &small);
+        assert_ne!(copy.as_ptr(), small.as_ptr(), "a copy of its own");
+        assert_eq!(held.charge.bytes, head + 10);
+        let large = buffer.slice(0..COPY_BELOW);
+        assert!(held.keep(&large));
+        assert_eq!(held.rest[0].as_ptr(), large.as_ptr(), "the same bytes");
+        assert_eq!(held.charge.bytes, head + 10 + 2 * COPY_BELOW);
     }
 }

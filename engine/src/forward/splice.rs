@@ -11,8 +11,9 @@
 //! - the deadline: when it passes, the upstream stream is reset (CANCEL) and
 //!   the client gets DEADLINE_EXCEEDED;
 //! - retries: until the upstream's response headers arrive, the request's
-//!   head and the DATA forwarded so far (up to `retry_buffer`, as `Bytes`
-//!   clones, no copies) are held; if the upstream refuses the stream
+//!   head and the DATA forwarded so far (up to `retry_buffer`, within the
+//!   connection's and the core's budgets; see [`retry`](super::retry)) are
+//!   held; if the upstream refuses the stream
 //!   (REFUSED_STREAM, or a GOAWAY whose last stream id is below it: never
 //!   processed), the splice ends with a
 //!   [`Retry`] for the caller to replay on another connection, once.
@@ -279,6 +280,7 @@ impl Splice {
             body,
             head: held.head,
             replay: held.first.into_iter().chain(held.rest).collect(),
+            charge: held.charge,
             refused_on: self.slot.avoid(),
         })
     }

@@ -249,6 +249,10 @@ pub struct CoreReport {
     pub access_log_dropped: u64,
     /// Connections closed for resetting most of their streams.
     pub reset_floods: u64,
+    /// Bytes held for retries now (filled by the worker).
+    pub retry_held_bytes: u64,
+    /// Calls not held for a retry for want of budget (filled by the worker).
+    pub retry_holds_refused: u64,
 }
 
 impl CoreReport {
@@ -269,6 +273,8 @@ impl CoreReport {
             retries: c.retries.get(),
             access_log_dropped: c.access_log_dropped.get(),
             reset_floods: c.reset_floods.get(),
+            retry_held_bytes: 0,
+            retry_holds_refused: 0,
         }
     }
 }
@@ -564,6 +570,18 @@ impl Merged {
             "downstream_reset_floods",
             "Downstream connections closed (GOAWAY ENHANCE_YOUR_CALM) for resetting most of the streams they opened, by core.",
             self.cores.iter().map(|c| (core(c), c.reset_floods)),
+        )?;
+        gauge(
+            e,
+            "retry_held_bytes",
+            "Bytes held for transparent retries now (request heads and DATA, counted as the memory they keep), by core.",
+            self.cores.iter().map(|c| (core(c), c.retry_held_bytes)),
+        )?;
+        counter(
+            e,
+            "retry_holds_refused",
+            "Calls sent without being held for a retry because their connection's or core's retry budget was full, by core.",
+            self.cores.iter().map(|c| (core(c), c.retry_holds_refused)),
         )?;
         Ok(())
     }
