@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use grpc_proxy::{Config, ProxyBuilder};
+use grpc_proxy_tests::admin::sample;
 use grpc_proxy_tests::echo::collect;
 use grpc_proxy_tests::{cluster, proxy, proxy_test, Client, Issued, Pki, Upstream};
 use rustls_pki_types::ServerName;
@@ -74,6 +75,45 @@ fn der_of_pem(pem: &str) -> Option<Vec<u8>> {
 }
 
 proxy_test! {
+    async fn stalled_tls_handshakes_give_way_to_new_ones(driver) {
+        // Scenario: clients connect and never finish TLS. At the core's
+        // limit of handshakes under way (2 here), they must not lock
+        // others out for the whole handshake timeout (30 s here): a new
+        // handshake ends the one under way longest, and honest clients
+        // get through at once.
+        use tokio::io::AsyncReadExt;
+        let pki = Pki::new();
+        let up = Upstream::start("a");
+        let proxy = proxy(driver, &format!(
+            "[timeouts]\nhandshake = \"30s\"\n[limits]\nmax_tls_handshakes_per_worker = 2\n{}{}[[routes]]\ncluster = \"a\"\n",
+            listener_tls(&pki, "off"),
+            cluster("a", up.addr())
+        ));
+        let addr = proxy.local_addr();
+        let under_way = || sample(&proxy.metrics().render(), "grpc_proxy_downstream_tls_handshakes{core=\"0\"}");
+        let mut stalled = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        for _ in 0..500 {
+            if under_way() == Some(2.0) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(under_way(), Some(2.0), "both stalled handshakes are under way");
+
+        assert_eq!(call_as(addr, &pki, None).await.expect("an honest client is served"), "a");
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), stalled.read(&mut byte))
+            .await
+            .expect("the oldest stalled handshake is closed well before its timeout");
+        assert!(matches!(read, Ok(0) | Err(_)), "closed: {read:?}");
+        // Room was made once; the next client finds a free place.
+        assert_eq!(call_as(addr, &pki, None).await.expect("served"), "a");
+        let text = proxy.metrics().render();
+        assert_eq!(sample(&text, "grpc_proxy_downstream_tls_handshakes_evicted_total{core=\"0\"}"), Some(1.0), "{text}");
+        assert_eq!(sample(&text, "grpc_proxy_downstream_tls_handshakes{core=\"0\"}"), Some(1.0), "{text}");
+    }
+
     async fn tls_carries_all_four_rpc_kinds(driver) {
         let pki = Pki::new();
         let up = Upstream::start("a");

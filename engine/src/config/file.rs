@@ -136,6 +136,7 @@ struct TimeoutsFile {
 #[serde(deny_unknown_fields)]
 struct LimitsFile {
     max_connections_per_worker: Option<usize>,
+    max_tls_handshakes_per_worker: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -415,6 +416,12 @@ impl LimitsFile {
                 return Err("limits.max_connections_per_worker: must be at least 1".into());
             }
             s.max_connections_per_worker = n;
+        }
+        if let Some(n) = self.max_tls_handshakes_per_worker {
+            if n == 0 {
+                return Err("limits.max_tls_handshakes_per_worker: must be at least 1".into());
+            }
+            s.max_tls_handshakes_per_worker = n;
         }
         Ok(())
     }

@@ -81,6 +81,9 @@ pub struct Settings {
     /// Downstream connections one worker serves at once; more are closed at
     /// accept.
     pub max_connections_per_worker: usize,
+    /// TLS handshakes under way at once per worker; at the limit, the
+    /// oldest is given up to make room.
+    pub max_tls_handshakes_per_worker: usize,
     /// Upstream HTTP/2 connections one worker opens to one endpoint.
     pub max_connections_per_endpoint: usize,
     /// Time for a downstream client to send the HTTP/2 preface.
@@ -132,6 +135,7 @@ impl Default for Settings {
             max_pending_accept_reset_streams: 100,
             max_send_buffer_size: 1 << 20,
             max_connections_per_worker: 100_000,
+            max_tls_handshakes_per_worker: 1024,
             max_connections_per_endpoint: 8,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(3600)),

@@ -5,5 +5,6 @@
 pub mod accept;
 pub mod call;
 pub(crate) mod connection;
+pub mod handshakes;
 pub mod server;
 pub mod snapshot;

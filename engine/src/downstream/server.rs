@@ -15,6 +15,7 @@ use std::rc::Rc;
 
 use crate::config::Settings;
 use crate::downstream::call::CallContext;
+use crate::downstream::handshakes::Handshakes;
 use crate::downstream::snapshot::Snapshot;
 use crate::runtime::wake::{Latch, Notify};
 use crate::telemetry::metrics::add;
@@ -31,6 +32,8 @@ pub struct Server {
     pub(crate) stop: Rc<Latch>,
     /// What each call is given.
     pub(crate) calls: Rc<CallContext>,
+    /// TLS handshakes under way.
+    pub(crate) handshakes: Handshakes,
     connections: Cell<usize>,
     idle: Notify,
 }
@@ -46,6 +49,7 @@ impl Server {
         Server {
             current: RefCell::new(first),
             h2: crate::transport::http2::server(&settings),
+            handshakes: Handshakes::new(settings.max_tls_handshakes_per_worker),
             settings,
             drain: Latch::default(),
             stop,

@@ -249,6 +249,10 @@ pub struct CoreReport {
     pub access_log_dropped: u64,
     /// Connections closed for resetting most of their streams.
     pub reset_floods: u64,
+    /// TLS handshakes under way now (filled by the worker).
+    pub tls_handshakes: u64,
+    /// TLS handshakes given up to make room (filled by the worker).
+    pub tls_handshakes_evicted: u64,
     /// Bytes held for retries now (filled by the worker).
     pub retry_held_bytes: u64,
     /// Calls not held for a retry for want of budget (filled by the worker).
@@ -273,6 +277,8 @@ impl CoreReport {
             retries: c.retries.get(),
             access_log_dropped: c.access_log_dropped.get(),
             reset_floods: c.reset_floods.get(),
+            tls_handshakes: 0,
+            tls_handshakes_evicted: 0,
             retry_held_bytes: 0,
             retry_holds_refused: 0,
         }
@@ -528,6 +534,18 @@ impl Merged {
             self.cores
                 .iter()
                 .map(|c| (core(c), c.tls_handshake_failures)),
+        )?;
+        gauge(
+            e,
+            "downstream_tls_handshakes",
+            "Downstream TLS handshakes under way, by core.",
+            self.cores.iter().map(|c| (core(c), c.tls_handshakes)),
+        )?;
+        counter(
+            e,
+            "downstream_tls_handshakes_evicted",
+            "Downstream TLS handshakes given up to make room at max_tls_handshakes_per_worker (the longest under way goes), by core.",
+            self.cores.iter().map(|c| (core(c), c.tls_handshakes_evicted)),
         )?;
         gauge(
             e,
