@@ -14,7 +14,8 @@
 //! 1. [`grpc`]: status codes and trailers-only answers, `grpc-timeout`,
 //!    hop-by-hop headers.
 //! 2. [`runtime`]: cores, monoio runtimes and drivers, the SO_REUSEPORT
-//!    listeners, wake-up primitives, the worker mailbox.
+//!    listeners, wake-up primitives, a room that evicts its longest stay,
+//!    the worker mailbox.
 //! 3. [`config`]: the file's schema, parsing, units and validation.
 //! 4. [`transport`]: TLS, HTTP/2 connection set-up, write batching, the
 //!    GOAWAY frame scan.

@@ -208,7 +208,7 @@ impl Worker {
     fn report(&self) -> CoreReport {
         let mut report = CoreReport::new(self.core.worker, &self.calls().counters, &self.routes);
         report.connections_active = self.server.connections() as u64;
-        report.tls_handshakes = self.server.handshakes.running() as u64;
+        report.tls_handshakes = self.server.handshakes.occupied() as u64;
         report.tls_handshakes_evicted = self.server.handshakes.evicted();
         let budget = &self.calls().retry_budget;
         report.retry_held_bytes = budget.used() as u64;

@@ -8,7 +8,7 @@
 //! connects and closes, a client too slow to finish TLS and the HTTP/2
 //! preface within `handshake_timeout`, a TLS handshake given up to make
 //! room at the core's limit of handshakes under way; see
-//! [`handshakes`](crate::downstream::handshakes)) closes this connection
+//! [`Room`](crate::runtime::room::Room)) closes this connection
 //! alone; it is logged at debug level with the reason.
 //!
 //! Each accepted stream runs as its own task on this core. A connection
@@ -67,17 +67,17 @@ pub async fn serve(server: &Rc<Server>, tcp: TcpStream, peer: SocketAddr) {
     let Some(acceptor) = tls else {
         return run(server, io, peer, None, deadline).await;
     };
-    let slot = server.handshakes.start();
+    let place = server.handshakes.enter();
     let handshake = monoio::time::timeout_at(deadline, acceptor.accept(io));
     let accepted = monoio::select! {
         accepted = handshake => accepted,
-        _ = slot.given_up() => {
+        _ = place.evicted() => {
             tracing::debug!(%peer, "downstream TLS handshake given up to make room for a newer one");
             return;
         }
         _ = server.stop.wait() => return,
     };
-    drop(slot);
+    drop(place);
     let stream = match accepted {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {

@@ -5,6 +5,5 @@
 pub mod accept;
 pub mod call;
 pub(crate) mod connection;
-pub mod handshakes;
 pub mod server;
 pub mod snapshot;

@@ -15,8 +15,8 @@ use std::rc::Rc;
 
 use crate::config::Settings;
 use crate::downstream::call::CallContext;
-use crate::downstream::handshakes::Handshakes;
 use crate::downstream::snapshot::Snapshot;
+use crate::runtime::room::Room;
 use crate::runtime::wake::{Latch, Notify};
 use crate::telemetry::metrics::add;
 
@@ -32,8 +32,11 @@ pub struct Server {
     pub(crate) stop: Rc<Latch>,
     /// What each call is given.
     pub(crate) calls: Rc<CallContext>,
-    /// TLS handshakes under way.
-    pub(crate) handshakes: Handshakes,
+    /// TLS handshakes under way, at most `max_tls_handshakes_per_worker`:
+    /// at the limit, the one under way longest is given up. Each holds
+    /// rustls state until it ends; a plain cap that made newcomers wait
+    /// would let clients that stall mid-handshake lock honest ones out.
+    pub(crate) handshakes: Room,
     connections: Cell<usize>,
     idle: Notify,
 }
@@ -49,7 +52,7 @@ impl Server {
         Server {
             current: RefCell::new(first),
             h2: crate::transport::http2::server(&settings),
-            handshakes: Handshakes::new(settings.max_tls_handshakes_per_worker),
+            handshakes: Room::new(settings.max_tls_handshakes_per_worker),
             settings,
             drain: Latch::default(),
             stop,

@@ -1,7 +1,8 @@
 //! The machinery of thread-per-core, with no knowledge of HTTP/2 or gRPC:
 //! choosing cores, monoio runtimes and their drivers, the SO_REUSEPORT
-//! listeners, single-thread wake-up primitives, and the mailbox through
-//! which the control side talks to a worker. Depends on nothing else in
+//! listeners, single-thread wake-up primitives, a room of bounded places
+//! that evicts its longest stay, and the mailbox through which the control
+//! side talks to a worker. Depends on nothing else in
 //! the engine.
 
 pub mod cores;
@@ -9,4 +10,5 @@ pub mod driver;
 pub mod fds;
 pub mod listener;
 pub mod mailbox;
+pub mod room;
 pub mod wake;
