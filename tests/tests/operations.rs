@@ -186,6 +186,31 @@ proxy_test! {
         assert_eq!(admin(admin_addr, "GET", "/ready").0, 503, "not ready while draining");
     }
 
+    async fn idle_admin_connections_cannot_lock_out_a_scrape(driver) {
+        // Scenario: 100 connections to the admin endpoint that send
+        // nothing. Past its 64 connections the one open longest is closed
+        // to make room (a thread per connection without a limit before),
+        // and a scrape is answered at once.
+        use std::io::Read;
+        let up = Upstream::start("a");
+        let mut proxy = start(driver, &config(&format!("{}[[routes]]\ncluster = \"a\"\n", cluster("a", up.addr()))));
+        let admin_addr = proxy
+            .serve_admin("127.0.0.1:0".parse().expect("addr"), None)
+            .expect("admin serves");
+        let mut idle: Vec<std::net::TcpStream> = (0..100)
+            .map(|_| std::net::TcpStream::connect(admin_addr).expect("connect"))
+            .collect();
+        let (status, text) = tokio::task::spawn_blocking(move || admin(admin_addr, "GET", "/metrics"))
+            .await
+            .expect("scrape");
+        assert_eq!(status, 200);
+        assert!(text.contains("grpc_proxy_core_calls_started_total"), "{text}");
+        let first = &mut idle[0];
+        first.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let read = first.read(&mut [0u8; 1]);
+        assert!(matches!(read, Ok(0)), "the longest-open idle connection was closed: {read:?}");
+    }
+
     async fn an_endpoint_failing_health_checks_gets_no_calls_until_healthy(driver) {
         let (a, b) = (Upstream::start("a"), Upstream::start("b"));
         b.set_serving(false).await;

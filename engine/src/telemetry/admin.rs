@@ -19,17 +19,38 @@
 //! the examples do); any other address is served, with a warning in the
 //! log.
 //!
-//! It serves one request at a time on its thread: it is for operators and
-//! scrapers, not traffic, and must never take CPU from the workers' cores
-//! beyond a scrape's mailbox round trip.
+//! It runs on its own thread: hyper's HTTP/1.1 on a current-thread tokio
+//! runtime, answering one request at a time, so it never takes CPU from
+//! the workers' cores beyond a scrape's mailbox round trip. What a client
+//! can hold is bounded: [`MAX_CONNECTIONS`] connections at once (at the
+//! limit the one open longest is closed, so idle or stalled clients cannot
+//! lock scrapers out), a request head must arrive within
+//! [`HEADER_TIMEOUT`], and a kept-alive connection is closed at
+//! [`MAX_CONNECTION_AGE`].
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use tiny_http::{Header, Method, Response, Server};
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::oneshot;
 
+use crate::runtime::room::Room;
 use crate::telemetry::metrics::Merged;
+
+/// Connections served at once; at the limit, the one open longest is
+/// closed to make room.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request's head must arrive within this, or the connection is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed this long after it opened, kept alive or not.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 
 /// What the running config is and where it came from.
 #[derive(Clone, Debug)]
@@ -61,8 +82,8 @@ pub type ReloadFn = Arc<dyn Fn() -> Result<u64, String> + Send + Sync>;
 
 /// The running admin server; stops when dropped.
 pub struct AdminServer {
-    server: Arc<Server>,
     addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -81,24 +102,28 @@ impl AdminServer {
         control: Arc<dyn Control>,
         reload: Option<ReloadFn>,
     ) -> std::io::Result<AdminServer> {
-        let server = Server::http(addr).map_err(|e| {
+        let cannot = |e: std::io::Error| {
             std::io::Error::other(format!("cannot serve the admin endpoint on {addr}: {e}"))
-        })?;
-        let bound = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| std::io::Error::other("the admin endpoint is not on an IP address"))?;
-        let server = Arc::new(server);
-        let s = server.clone();
+        };
+        let listener = std::net::TcpListener::bind(addr).map_err(cannot)?;
+        listener.set_nonblocking(true).map_err(cannot)?;
+        let bound = listener.local_addr().map_err(cannot)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(cannot)?;
+        let listener = {
+            let _in_runtime = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).map_err(cannot)?
+        };
+        let (stop, stopped) = oneshot::channel();
+        let handler = Handler { control, reload };
         let thread = std::thread::Builder::new()
             .name("grpc-proxy-admin".into())
             .spawn(move || {
-                for request in s.incoming_requests() {
-                    let response = respond(&request, &*control, reload.as_ref());
-                    if let Err(e) = request.respond(response) {
-                        tracing::debug!(error = %e, "admin response failed");
-                    }
-                }
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, serve(listener, Rc::new(handler), stopped));
             })?;
         tracing::info!(admin = %bound, "admin endpoint serving");
         if !bound.ip().is_loopback() {
@@ -107,8 +132,8 @@ impl AdminServer {
             tracing::warn!(admin = %bound, "the admin endpoint listens beyond loopback; it has no authentication (POST /reload): keep it behind a firewall");
         }
         Ok(AdminServer {
-            server,
             addr: bound,
+            stop: Some(stop),
             thread: Some(thread),
         })
     }
@@ -121,65 +146,119 @@ impl AdminServer {
 
 impl Drop for AdminServer {
     fn drop(&mut self) {
-        self.server.unblock();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-type Reply = Response<std::io::Cursor<Vec<u8>>>;
-
-fn text(status: u16, body: impl Into<String>, content_type: &str) -> Reply {
-    let mut response = Response::from_string(body.into()).with_status_code(status);
-    if let Ok(h) = Header::from_bytes("Content-Type", content_type) {
-        response.add_header(h);
+/// Accepts connections until `stopped`, each served on its own local
+/// task within the limits above.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    handler: Rc<Handler>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let room = Room::new(MAX_CONNECTIONS);
+    loop {
+        let tcp = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of descriptors, most likely: wait instead of spinning.
+                    tracing::debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let place = room.enter();
+        let handler = handler.clone();
+        tokio::task::spawn_local(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let reply = handler.respond(request.method(), request.uri().path());
+                async move { Ok::<_, Infallible>(reply) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = place.evicted() => tracing::debug!("admin connection closed to make room"),
+                _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {}
+            }
+        });
     }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn text(status: u16, body: impl Into<String>, content_type: &'static str) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body.into())));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     response
 }
 
-fn respond(
-    request: &tiny_http::Request,
-    control: &dyn Control,
-    reload: Option<&ReloadFn>,
-) -> Reply {
-    let path = request.url().split('?').next().unwrap_or("");
-    match (request.method(), path) {
-        (Method::Get, "/metrics") => text(
-            200,
-            control.metrics().render(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
-        (Method::Get, "/live") => text(200, "live\n", "text/plain"),
-        (Method::Get, "/ready") if control.is_draining() => text(503, "draining\n", "text/plain"),
-        (Method::Get, "/ready") => text(200, "ready\n", "text/plain"),
-        (Method::Get, "/config") => {
-            let info = control.config_info();
-            let body = serde_json::json!({
-                "version": info.version,
-                "source": info.source,
-                "sha256": info.digest,
-                "applied_at": humantime::format_rfc3339_seconds(info.applied_at).to_string(),
-            });
-            text(200, format!("{body}\n"), "application/json")
-        }
-        (Method::Post, "/reload") => match reload {
-            None => text(404, "no config file to reload\n", "text/plain"),
-            Some(reload) => match reload() {
-                Ok(version) => text(200, format!("reloaded: version {version}\n"), "text/plain"),
-                Err(e) => {
-                    tracing::error!(error = %e, "reload refused; the running config stays");
-                    text(400, format!("reload refused: {e}\n"), "text/plain")
-                }
+/// What the endpoints answer from.
+struct Handler {
+    control: Arc<dyn Control>,
+    reload: Option<ReloadFn>,
+}
+
+impl Handler {
+    fn respond(&self, method: &Method, path: &str) -> Reply {
+        let control = &*self.control;
+        match (method, path) {
+            (&Method::GET, "/metrics") => text(
+                200,
+                control.metrics().render(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+            (&Method::GET, "/live") => text(200, "live\n", "text/plain"),
+            (&Method::GET, "/ready") if control.is_draining() => {
+                text(503, "draining\n", "text/plain")
+            }
+            (&Method::GET, "/ready") => text(200, "ready\n", "text/plain"),
+            (&Method::GET, "/config") => {
+                let info = control.config_info();
+                let body = serde_json::json!({
+                    "version": info.version,
+                    "source": info.source,
+                    "sha256": info.digest,
+                    "applied_at": humantime::format_rfc3339_seconds(info.applied_at).to_string(),
+                });
+                text(200, format!("{body}\n"), "application/json")
+            }
+            (&Method::POST, "/reload") => match &self.reload {
+                None => text(404, "no config file to reload\n", "text/plain"),
+                Some(reload) => match reload() {
+                    Ok(version) => {
+                        text(200, format!("reloaded: version {version}\n"), "text/plain")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload refused; the running config stays");
+                        text(400, format!("reload refused: {e}\n"), "text/plain")
+                    }
+                },
             },
-        },
-        (_, "/metrics" | "/live" | "/ready" | "/config" | "/reload") => {
-            text(405, "method not allowed\n", "text/plain")
+            (_, "/metrics" | "/live" | "/ready" | "/config" | "/reload") => {
+                text(405, "method not allowed\n", "text/plain")
+            }
+            _ => text(
+                404,
+                "not found; try /metrics, /ready, /live, /config, POST /reload\n",
+                "text/plain",
+            ),
         }
-        _ => text(
-            404,
-            "not found; try /metrics, /ready, /live, /config, POST /reload\n",
-            "text/plain",
-        ),
     }
 }
