@@ -27,13 +27,25 @@ proxy_test! {
         up.stop();
         let proxy = proxy_to(driver, addr);
         let mut client = Client::connect(proxy.local_addr()).await;
-        for _ in 0..3 {
+        let mut pushbacks = 0;
+        for _ in 0..10 {
             let status = client.echo("x").await.expect_err("nothing listens there");
             assert_eq!(status.code(), Code::Unavailable);
             // The kind of failure, not the address (that goes to the log).
             assert!(status.message().starts_with("upstream unavailable"), "{}", status.message());
             assert!(!status.message().contains(&addr.to_string()), "{}", status.message());
+            // While the endpoint backs off (20 to 100 ms in tests), the
+            // client is told when a retry could succeed.
+            let backing_off = status.message().contains("waiting to reconnect");
+            let pushback = status.metadata().get("grpc-retry-pushback-ms");
+            assert_eq!(backing_off, pushback.is_some(), "{status:?}");
+            if let Some(ms) = pushback {
+                let ms: u64 = ms.to_str().ok().and_then(|v| v.parse().ok()).expect("a number");
+                assert!(ms <= 100, "{ms} ms");
+                pushbacks += 1;
+            }
         }
+        assert!(pushbacks > 0, "ten calls in a row meet the back-off");
     }
 
     async fn calls_recover_when_the_upstream_comes_back(driver) {

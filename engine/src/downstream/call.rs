@@ -459,7 +459,10 @@ async fn open(
     .await?;
     opened.map_err(|e| {
         tracing::debug!(error = %e, "no upstream for call");
-        let status = Status::new(Code::Unavailable, e.public());
+        let mut status = Status::new(Code::Unavailable, e.public());
+        if let Some(after) = e.pushback() {
+            status = status.with_pushback(after);
+        }
         NoUpstream::Failed(status, Some(e.to_string().into()))
     })
 }

@@ -182,11 +182,15 @@ impl FromStr for Code {
     }
 }
 
-/// A gRPC status: a code and a human-readable message.
+/// A gRPC status: a code and a human-readable message, and optionally
+/// when the client may retry (`grpc-retry-pushback-ms`, gRPC's retry
+/// design A6: clients with a retry policy wait that long instead of their
+/// own back-off).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
     code: Code,
     message: Cow<'static, str>,
+    pushback: Option<std::time::Duration>,
 }
 
 impl Status {
@@ -195,7 +199,15 @@ impl Status {
         Status {
             code,
             message: message.into(),
+            pushback: None,
         }
+    }
+
+    /// The same status, telling the client to retry no sooner than
+    /// `after`.
+    pub fn with_pushback(mut self, after: std::time::Duration) -> Status {
+        self.pushback = Some(after);
+        self
     }
 
     /// The status code.
@@ -221,6 +233,10 @@ impl Status {
             if let Ok(value) = HeaderValue::from_maybe_shared(percent_encode(&self.message)) {
                 headers.insert("grpc-message", value);
             }
+        }
+        if let Some(after) = self.pushback {
+            let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+            headers.insert("grpc-retry-pushback-ms", HeaderValue::from(ms));
         }
     }
 

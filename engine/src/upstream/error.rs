@@ -66,6 +66,17 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// When a retry could succeed, if the proxy knows: an endpoint backing
+    /// off will not be tried before its back-off ends. Overload has no
+    /// such time (calls in flight end when they end), so clients keep
+    /// their own back-off for it.
+    pub fn pushback(&self) -> Option<Duration> {
+        match self {
+            UpstreamError::BackingOff { retry_in, .. } => Some(*retry_in),
+            _ => None,
+        }
+    }
+
     /// What the client is told: the kind of failure, without addresses or
     /// the words of the OS, TLS or HTTP/2 libraries.
     pub fn public(&self) -> &'static str {
