@@ -4,9 +4,12 @@
 //!
 //! Requests to `/test.Echo/Echo` get their own body back (then grpc-status
 //! 0). Requests to `/test.Echo/Hang` are never answered; the upstream records
-//! their `grpc-timeout` and how they were reset. Any other request gets a
-//! trailers-only OK carrying `x-connection: N`, the 1-based index of the
-//! connection it arrived on.
+//! their `grpc-timeout` and how they were reset. `/test.Echo/Drip` answers
+//! response headers and echoes each request DATA chunk as it comes, but never
+//! ends; it is recorded like `Hang`. `/test.Echo/Reset` resets the stream
+//! itself, before or after response headers (`x-reset`,
+//! `x-reset-mid-stream`). Any other request gets a trailers-only OK carrying
+//! `x-connection: N`, the 1-based index of the connection it arrived on.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,9 +18,11 @@ use std::task::Poll;
 
 use tokio::sync::{mpsc, Notify};
 
-/// What the upstream saw of one `Hang` call.
+/// What the upstream saw of one `Hang` or `Drip` call.
 #[derive(Debug)]
 pub struct Seen {
+    /// The request's path.
+    pub path: String,
     /// The `grpc-timeout` header, if any.
     pub grpc_timeout: Option<String>,
     /// The reset reason the stream ended with.
@@ -49,6 +54,10 @@ pub struct Options {
     pub refuse_first_blocked: bool,
     /// Wait this long before answering a request (not `Hang` or `Flood`).
     pub delay: Option<std::time::Duration>,
+    /// The connection window to grant (h2's default is 65,535): larger,
+    /// one stream that holds its request DATA unread does not stop the
+    /// connection's other streams.
+    pub connection_window: Option<u32>,
 }
 
 #[derive(Default)]
@@ -57,6 +66,7 @@ struct Counts {
     requests: AtomicUsize,
     refused: AtomicUsize,
     flood_sent: AtomicUsize,
+    drip_received: AtomicUsize,
     changed: Notify,
 }
 
@@ -145,7 +155,19 @@ impl Silent {
         }
     }
 
-    /// The next `Hang` call that ended.
+    /// Waits until `Drip` calls have received `n` bytes of request DATA
+    /// in all.
+    pub async fn wait_drip_received(&self, n: usize) {
+        loop {
+            let changed = self.counts.changed.notified();
+            if self.counts.drip_received.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// The next `Hang` or `Drip` call that ended.
     pub async fn next_ended(&mut self) -> Seen {
         self.seen.recv().await.expect("the upstream is running")
     }
@@ -161,6 +183,9 @@ async fn serve(
     let mut builder = h2::server::Builder::new();
     if let Some(n) = options.max_concurrent_streams {
         builder.max_concurrent_streams(n);
+    }
+    if let Some(window) = options.connection_window {
+        builder.initial_connection_window_size(window);
     }
     let Ok(mut conn) = builder.handshake::<_, bytes::Bytes>(tcp).await else {
         return;
@@ -183,6 +208,14 @@ async fn serve(
         }
         if request.uri().path() == "/test.Echo/Echo" {
             tokio::spawn(echo(request, respond, index));
+            continue;
+        }
+        if request.uri().path() == "/test.Echo/Drip" {
+            tokio::spawn(drip(request, respond, tx.clone(), counts.clone()));
+            continue;
+        }
+        if request.uri().path() == "/test.Echo/Reset" {
+            tokio::spawn(reset_on_cue(request, respond));
             continue;
         }
         if let (Some(delay), true) = (options.delay, request.uri().path() != "/test.Echo/Hang") {
@@ -214,6 +247,7 @@ async fn serve(
             })
             .await;
             let _ = tx.send(Seen {
+                path: "/test.Echo/Hang".into(),
                 grpc_timeout,
                 reset,
             });
@@ -324,6 +358,113 @@ async fn echo(
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
     let _ = stream.send_trailers(trailers);
+}
+
+/// `/test.Echo/Drip`: unless the request has `x-drip-headers: no`,
+/// response headers at once, then each request DATA chunk echoed back as it
+/// arrives; the response never ends. Request bytes are counted as they
+/// arrive; with `x-drip-hold: yes` their window is never given back (the
+/// stream window fills). When the stream is reset, it is reported like a
+/// `Hang` call.
+async fn drip(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    tx: mpsc::UnboundedSender<Seen>,
+    counts: Arc<Counts>,
+) {
+    let grpc_timeout = request
+        .headers()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let headers = request
+        .headers()
+        .get("x-drip-headers")
+        .is_none_or(|v| v != "no");
+    let hold = request
+        .headers()
+        .get("x-drip-hold")
+        .is_some_and(|v| v == "yes");
+    let mut body = request.into_body();
+    let mut stream = None;
+    if headers {
+        let response = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("response");
+        stream = respond.send_response(response, false).ok();
+    }
+    let mut body_open = true;
+    let reset = std::future::poll_fn(|cx| loop {
+        let reset = match &mut stream {
+            Some(s) => s.poll_reset(cx),
+            None => respond.poll_reset(cx),
+        };
+        if let Poll::Ready(r) = reset {
+            return Poll::Ready(r.ok());
+        }
+        if !body_open {
+            return Poll::Pending;
+        }
+        match body.poll_data(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if !hold {
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+                counts
+                    .drip_received
+                    .fetch_add(chunk.len(), Ordering::SeqCst);
+                counts.changed.notify_waiters();
+                if let Some(s) = &mut stream {
+                    let _ = s.send_data(chunk, false);
+                }
+            }
+            Poll::Ready(_) => body_open = false,
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await;
+    let _ = tx.send(Seen {
+        path: "/test.Echo/Drip".into(),
+        grpc_timeout,
+        reset,
+    });
+}
+
+/// `/test.Echo/Reset`: resets the stream with the HTTP/2 error code in
+/// `x-reset`. At once, before any response, unless the request has
+/// `x-reset-mid-stream`; with it, response headers and an echo of the first
+/// request DATA chunk come first, and the reset follows the next request
+/// DATA chunk (the client's cue: by then it has seen headers and message).
+async fn reset_on_cue(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+) {
+    let reason = request
+        .headers()
+        .get("x-reset")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(h2::Reason::INTERNAL_ERROR, h2::Reason::from);
+    if !request.headers().contains_key("x-reset-mid-stream") {
+        respond.send_reset(reason);
+        return;
+    }
+    let mut body = request.into_body();
+    let Some(Ok(first)) = body.data().await else {
+        return;
+    };
+    let _ = body.flow_control().release_capacity(first.len());
+    let response = http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .expect("response");
+    let Ok(mut stream) = respond.send_response(response, false) else {
+        return;
+    };
+    let _ = stream.send_data(first, false);
+    let _cue = body.data().await;
+    stream.send_reset(reason);
 }
 
 /// Answers with 16 MiB of DATA, sending only what flow control grants
