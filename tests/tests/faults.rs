@@ -19,7 +19,7 @@ use grpc_proxy_tests::admin::sample;
 use grpc_proxy_tests::echo::collect;
 use grpc_proxy_tests::raw::{client as h2_client, frame, read_body, request};
 use grpc_proxy_tests::relay::Relay;
-use grpc_proxy_tests::silent::{Seen, Silent};
+use grpc_proxy_tests::silent::{Options, Seen, Silent};
 use grpc_proxy_tests::{cluster, proxy, proxy_test, proxy_to, Client, Upstream};
 use h2::Reason;
 use tokio::sync::mpsc;
@@ -493,12 +493,13 @@ proxy_test! {
         // the upstream streams is the deadline: the upstream sees each
         // reset (CANCEL), and the proxy counts both DEADLINE_EXCEEDED.
         //
-        // Nothing else would: the client's connection has open streams, so
+        // The deadline comes first here (PINGs are every 5 minutes by
+        // default): the client's connection has open streams, so
         // [timeouts] idle does not apply (and its GOAWAY lets streams run
         // on); TCP keepalive probes are answered by the relay's kernel;
         // tcp_user_timeout counts only bytes sent and not acknowledged,
-        // and the relay's kernel acknowledges them. See the section at the
-        // bottom for the same calls without a deadline.
+        // and the relay's kernel acknowledges them. Section 5 frees the
+        // same calls without a deadline, by keepalive PINGs.
         let mut silent = Silent::start().await;
         let proxy = proxy_to(driver, silent.addr());
         let addr = proxy.local_addr();
@@ -736,104 +737,84 @@ proxy_test! {
 }
 
 // ---------------------------------------------------------------------
-// KNOWN BUGS AND GAPS: tests that fail today, kept commented out (inside
-// `proxy_test!` a test cannot be `#[ignore]`d). Uncomment the block to
-// see them fail; each says what it expects and what happens.
-//
-// BUG 1 (both tests below): a client reset, or a client disconnect, while
-// the proxy holds request DATA for want of upstream window is never
-// noticed. The splice is parked in `pump` on the upstream stream's
-// capacity with a chunk in hand; it polls neither the client's request
-// body (which would report the reset) nor `poll_reset`, and no waker of
-// the client's stream is registered, so nothing wakes it. The call, its
-// downstream stream (`grpc_proxy_downstream_streams_active`) and its
-// upstream stream stay open until the upstream reads, answers or resets,
-// forever for one that never does; the upstream never sees a CANCEL.
-// A deadline (grpc-timeout or the route's) still ends it.
-//
-// GAP 2: a client behind a silent link (its kernel still acknowledging)
-// holds its calls without a deadline for good: the connection has
-// streams, so `idle` does not apply; keepalive probes are answered; no
-// byte stays unacknowledged for `tcp_user_timeout`; there is no HTTP/2
-// PING keepalive towards clients. Observed: nothing ended within 45 s
-// with the settings below.
-//
-// use grpc_proxy_tests::silent::Options;
-//
-// proxy_test! {
-//     async fn known_bug_a_client_reset_while_its_request_waits_for_upstream_window_cancels_upstream(driver) {
-//         // The upstream reads the request but never gives its window back;
-//         // the client sends 256 KiB, more than its 64 KiB stream window, so
-//         // the proxy holds the rest; then the client resets.
-//         // Expected: the upstream sees the stream reset (CANCEL) at once.
-//         // Actual: it never does; the call stays open on the proxy.
-//         let mut silent = Silent::with(Options { connection_window: Some(16 << 20), ..Options::default() }).await;
-//         let proxy = proxy_to(driver, silent.addr());
-//         let addr = proxy.local_addr();
-//         let client = h2_client(addr, 65_535).await;
-//         let bystander = Bystander::start(&client, addr).await;
-//         let (_response, mut body) =
-//             open(&client, addr, "Drip", &[("x-drip-headers", "no"), ("x-drip-hold", "yes")]).await;
-//         body.reserve_capacity(256 << 10);
-//         body.send_data(Bytes::from(vec![7u8; 256 << 10]), false).expect("data");
-//         silent.wait_drip_received(65_535).await; // the upstream's stream window is full
-//         body.send_reset(Reason::CANCEL);
-//         let seen = ended(&mut silent).await;
-//         assert_eq!((seen.path.as_str(), seen.reset), ("/test.Echo/Drip", Some(Reason::CANCEL)));
-//         others_unharmed(&proxy, bystander).await;
-//     }
-//
-//     async fn known_bug_a_client_that_disconnects_while_its_request_waits_for_upstream_window_cancels_upstream(driver) {
-//         // The same, the client's connection dropped (TCP closed) instead.
-//         // Expected: the upstream sees the stream reset (CANCEL).
-//         // Actual: never; grpc_proxy_downstream_connections is 0 while
-//         // grpc_proxy_downstream_streams_active and
-//         // grpc_proxy_upstream_streams_active stay at 1.
-//         let mut silent = Silent::with(Options { connection_window: Some(16 << 20), ..Options::default() }).await;
-//         let proxy = proxy_to(driver, silent.addr());
-//         let addr = proxy.local_addr();
-//         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-//         let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
-//         let connection = tokio::spawn(connection);
-//         let (_response, mut body) =
-//             open(&client, addr, "Drip", &[("x-drip-headers", "no"), ("x-drip-hold", "yes")]).await;
-//         body.reserve_capacity(256 << 10);
-//         body.send_data(Bytes::from(vec![7u8; 256 << 10]), false).expect("data");
-//         silent.wait_drip_received(65_535).await;
-//         connection.abort(); // drops the socket: no RST_STREAM, a FIN
-//         let seen = ended(&mut silent).await;
-//         assert_eq!((seen.path.as_str(), seen.reset), ("/test.Echo/Drip", Some(Reason::CANCEL)));
-//         wait_no_streams(&proxy, &["a"]).await;
-//     }
-//
-//     async fn known_gap_a_frozen_client_without_a_deadline_has_its_upstream_calls_freed(driver) {
-//         // As the frozen-client test above, without grpc-timeout, and with
-//         // every downstream timer the config has turned down low.
-//         // Expected: the upstream streams are reset within 30 s.
-//         // Actual: they stay open (and the upstream sees nothing).
-//         let mut silent = Silent::start().await;
-//         let proxy = proxy(driver, &format!(
-//             "[timeouts]\nidle = \"200ms\"\ntcp_keepalive = \"1s\"\ntcp_user_timeout = \"1s\"\n\
-//              silent_request = \"200ms\"\n{}\n[[routes]]\ncluster = \"a\"\n",
-//             cluster("a", silent.addr())
-//         ));
-//         let addr = proxy.local_addr();
-//         let relay = Relay::start(addr).await;
-//         let frozen = h2_client(relay.addr(), 65_535).await;
-//         let (_held, mut held_body) = open(&frozen, addr, "Hang", &[]).await;
-//         held_body.send_data(frame(b"x"), true).expect("data");
-//         let (streaming, mut streaming_body) = open(&frozen, addr, "Drip", &[]).await;
-//         streaming_body.send_data(frame(b"one"), false).expect("data");
-//         let mut replies = head(streaming).await.into_body();
-//         expect_data(&mut replies, &frame(b"one")).await;
-//         silent.wait_requests(2).await;
-//         relay.freeze();
-//         for _ in 0..2 {
-//             let seen = timeout(Duration::from_secs(30), silent.next_ended())
-//                 .await
-//                 .expect("a frozen client's call is freed without a deadline");
-//             assert_eq!(seen.reset, Some(Reason::CANCEL));
-//         }
-//         wait_no_streams(&proxy, &["a"]).await;
-//     }
-// }
+// 5. Bugs and gaps this suite found, fixed: a reset while the request
+// waits for upstream window, and a frozen client without a deadline.
+
+proxy_test! {
+    async fn a_client_reset_while_its_request_waits_for_upstream_window_cancels_upstream(driver) {
+        // The upstream reads the request but never gives its window back;
+        // the client sends 256 KiB, more than its 64 KiB stream window, so
+        // the proxy holds the rest; then the client resets.
+        // The upstream must see the stream reset (CANCEL) at once. (It
+        // never did: the splice, waiting for window with a chunk in hand,
+        // heard no reset.)
+        let mut silent = Silent::with(Options { connection_window: Some(16 << 20), ..Options::default() }).await;
+        let proxy = proxy_to(driver, silent.addr());
+        let addr = proxy.local_addr();
+        let client = h2_client(addr, 65_535).await;
+        let bystander = Bystander::start(&client, addr).await;
+        let (_response, mut body) =
+            open(&client, addr, "Drip", &[("x-drip-headers", "no"), ("x-drip-hold", "yes")]).await;
+        body.reserve_capacity(256 << 10);
+        body.send_data(Bytes::from(vec![7u8; 256 << 10]), false).expect("data");
+        silent.wait_drip_received(65_535).await; // the upstream's stream window is full
+        body.send_reset(Reason::CANCEL);
+        let seen = ended(&mut silent).await;
+        assert_eq!((seen.path.as_str(), seen.reset), ("/test.Echo/Drip", Some(Reason::CANCEL)));
+        others_unharmed(&proxy, bystander).await;
+    }
+
+    async fn a_client_that_disconnects_while_its_request_waits_for_upstream_window_cancels_upstream(driver) {
+        // The same, the client's connection dropped (TCP closed) instead.
+        // The upstream must see the stream reset (CANCEL). (It never did:
+        // grpc_proxy_downstream_connections went to 0 while
+        // grpc_proxy_downstream_streams_active and
+        // grpc_proxy_upstream_streams_active stayed at 1.)
+        let mut silent = Silent::with(Options { connection_window: Some(16 << 20), ..Options::default() }).await;
+        let proxy = proxy_to(driver, silent.addr());
+        let addr = proxy.local_addr();
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
+        let connection = tokio::spawn(connection);
+        let (_response, mut body) =
+            open(&client, addr, "Drip", &[("x-drip-headers", "no"), ("x-drip-hold", "yes")]).await;
+        body.reserve_capacity(256 << 10);
+        body.send_data(Bytes::from(vec![7u8; 256 << 10]), false).expect("data");
+        silent.wait_drip_received(65_535).await;
+        connection.abort(); // drops the socket: no RST_STREAM, a FIN
+        let seen = ended(&mut silent).await;
+        assert_eq!((seen.path.as_str(), seen.reset), ("/test.Echo/Drip", Some(Reason::CANCEL)));
+        wait_no_streams(&proxy, &["a"]).await;
+    }
+
+    async fn a_frozen_client_without_a_deadline_has_its_upstream_calls_freed_by_pings(driver) {
+        // As the frozen-client test above, without grpc-timeout: the
+        // client's kernel (the relay's) still acknowledges, so TCP
+        // keepalive and TCP_USER_TIMEOUT see nothing, and the connection
+        // has streams, so it is not idle. It answers no HTTP/2 PING, and
+        // that frees its calls. (Without PINGs they were held for good.)
+        let mut silent = Silent::start().await;
+        let proxy = proxy(driver, &format!(
+            "[timeouts]\nping_interval = \"200ms\"\nping_timeout = \"500ms\"\n{}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", silent.addr())
+        ));
+        let addr = proxy.local_addr();
+        let relay = Relay::start(addr).await;
+        let frozen = h2_client(relay.addr(), 65_535).await;
+        let (_held, mut held_body) = open(&frozen, addr, "Hang", &[]).await;
+        held_body.send_data(frame(b"x"), true).expect("data");
+        let (streaming, mut streaming_body) = open(&frozen, addr, "Drip", &[]).await;
+        streaming_body.send_data(frame(b"one"), false).expect("data");
+        let mut replies = head(streaming).await.into_body();
+        expect_data(&mut replies, &frame(b"one")).await;
+        silent.wait_requests(2).await;
+        relay.freeze();
+        for _ in 0..2 {
+            let seen = timeout(Duration::from_secs(30), silent.next_ended())
+                .await
+                .expect("a frozen client's call is freed without a deadline");
+            assert_eq!(seen.reset, Some(Reason::CANCEL));
+        }
+        wait_no_streams(&proxy, &["a"]).await;
+    }
+}

@@ -129,6 +129,8 @@ struct TimeoutsFile {
     drain: Option<String>,
     tcp_keepalive: Option<String>,
     tcp_user_timeout: Option<String>,
+    ping_interval: Option<String>,
+    ping_timeout: Option<String>,
     silent_request: Option<String>,
 }
 
@@ -395,6 +397,15 @@ impl TimeoutsFile {
             self.tcp_user_timeout.as_deref(),
         )? {
             s.tcp_user_timeout = off_at_zero(d);
+        }
+        if let Some(d) = duration("timeouts.ping_interval", self.ping_interval.as_deref())? {
+            s.ping_interval = off_at_zero(d);
+        }
+        if let Some(d) = duration("timeouts.ping_timeout", self.ping_timeout.as_deref())? {
+            if d.is_zero() {
+                return Err("timeouts.ping_timeout: must be more than 0s".into());
+            }
+            s.ping_timeout = d;
         }
         if let Some(d) = duration("timeouts.idle", self.idle.as_deref())? {
             s.idle_timeout = off_at_zero(d);

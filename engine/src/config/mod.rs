@@ -114,6 +114,11 @@ pub struct Settings {
     /// TCP_USER_TIMEOUT on both legs: a connection whose sent data stay
     /// unacknowledged this long ends; `None`: the kernel's default.
     pub tcp_user_timeout: Option<Duration>,
+    /// An HTTP/2 PING to each client connection this often; `None`: off.
+    pub ping_interval: Option<Duration>,
+    /// A client that does not acknowledge a PING within this is gone: its
+    /// connection closes and its calls are cancelled upstream.
+    pub ping_timeout: Duration,
     /// Request bytes held per call until the upstream answers, so that a
     /// call it refuses unprocessed can be sent again; 0 turns retries off.
     pub retry_buffer: usize,
@@ -147,6 +152,8 @@ impl Default for Settings {
             silent_request_timeout: Some(Duration::from_secs(300)),
             tcp_keepalive: Some(Duration::from_secs(60)),
             tcp_user_timeout: Some(Duration::from_secs(60)),
+            ping_interval: Some(Duration::from_secs(300)),
+            ping_timeout: Duration::from_secs(20),
             retry_buffer: 64 << 10,
             retry_buffer_per_connection: 4 << 20,
             retry_buffer_per_worker: 64 << 20,

@@ -40,6 +40,8 @@ enum Event<T> {
     Stop,
     Drain,
     Check,
+    /// The client did not acknowledge a keepalive PING in time.
+    Unanswered,
     WriteFailed(std::io::Error),
     Accept(Option<Result<T, h2::Error>>),
 }
@@ -124,6 +126,13 @@ async fn run<T>(
     let mut stop = std::pin::pin!(server.stop.wait());
     let mut drain = std::pin::pin!(server.drain.wait());
     let mut schedule = Schedule::new(&server.settings);
+    let mut keepalive = server.settings.ping_interval.and_then(|every| {
+        Some(Keepalive::new(
+            conn.ping_pong()?,
+            every,
+            server.settings.ping_timeout,
+        ))
+    });
     let shared = Rc::new(PerConnection::new(&server.settings));
     // Set once the connection is closed for its resets: the streams it
     // still opens are dropped unserved.
@@ -139,6 +148,10 @@ async fn run<T>(
             if schedule.poll_tick(cx) {
                 return Poll::Ready(Event::Check);
             }
+            // Before the flush below, so that a PING sent now goes out.
+            if keepalive.as_mut().is_some_and(|k| k.poll_unanswered(cx)) {
+                return Poll::Ready(Event::Unanswered);
+            }
             let accepted = Pin::new(&mut conn).poll_accept(cx);
             // Whatever h2 wrote during this poll goes out in one write.
             if let Poll::Ready(Err(e)) = flusher.poll_flush(cx) {
@@ -153,6 +166,14 @@ async fn run<T>(
             Event::Stop => break,
             Event::Drain => schedule.drain(&mut conn),
             Event::Check => schedule.check(&mut conn, peer),
+            Event::Unanswered => {
+                // A client behind a dead link: its kernel may still
+                // acknowledge (so TCP keepalive and TCP_USER_TIMEOUT see
+                // nothing), but it answers no PING. Closing the
+                // connection cancels its calls upstream.
+                tracing::debug!(%peer, "downstream connection did not answer a keepalive PING; closing it");
+                break;
+            }
             Event::WriteFailed(e) => {
                 tracing::debug!(%peer, error = %e, "downstream write failed");
                 break;
@@ -248,6 +269,55 @@ impl Schedule {
             self.drain(conn);
         } else {
             self.tick = self.life.next_tick();
+        }
+    }
+}
+
+/// HTTP/2 PINGs to the client, `every` so often; a PING not acknowledged
+/// `within` its time means the client is gone.
+struct Keepalive {
+    ping: h2::PingPong,
+    every: Duration,
+    within: Duration,
+    timer: Pin<Box<monoio::time::Sleep>>,
+    /// A PING is out, and `timer` is its deadline.
+    waiting: bool,
+}
+
+impl Keepalive {
+    fn new(ping: h2::PingPong, every: Duration, within: Duration) -> Keepalive {
+        Keepalive {
+            ping,
+            every,
+            within,
+            timer: sleep(every),
+            waiting: false,
+        }
+    }
+
+    /// Sends a PING when one is due; `true` once one went unanswered.
+    fn poll_unanswered(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        loop {
+            if self.waiting {
+                match self.ping.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => {
+                        self.waiting = false;
+                        self.timer = sleep(self.every);
+                        continue;
+                    }
+                    // The connection failed: accepting streams reports it.
+                    Poll::Ready(Err(_)) => return false,
+                    Poll::Pending => return self.timer.as_mut().poll(cx).is_ready(),
+                }
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if self.ping.send_ping(h2::Ping::opaque()).is_err() {
+                return false;
+            }
+            self.waiting = true;
+            self.timer = sleep(self.within);
         }
     }
 }
