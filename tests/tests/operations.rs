@@ -275,7 +275,9 @@ proxy_test! {
 
     async fn least_request_sends_fewer_calls_to_a_slow_endpoint_than_round_robin(driver) {
         let fast = Upstream::start("fast");
-        let slow = Upstream::start_slow("slow", Duration::from_millis(50));
+        // Slow enough that, even with both cores busy, the fast endpoint
+        // always has fewer calls in flight.
+        let slow = Upstream::start_slow("slow", Duration::from_millis(200));
         let endpoints = format!("endpoints = [\"{}\", \"{}\"]", fast.addr(), slow.addr());
         let cfg = config(&format!(
             "[[clusters]]
