@@ -9,7 +9,9 @@
 //!   a slice of the connection's receive buffer, and holding it keeps the
 //!   whole buffer alive (8 KiB at least). So a chunk under
 //!   [`COPY_BELOW`] is held as a copy of its own, charged its length: a
-//!   10-byte unary request no longer pins kilobytes. A larger chunk is
+//!   10-byte unary request no longer pins kilobytes (and a first chunk of
+//!   up to [`INLINE`] bytes is copied into the hold itself, so a small
+//!   unary request is held without an allocation). A larger chunk is
 //!   held as it is (no copy), charged twice its length: h2 grows its
 //!   receive buffer by doubling, so a frame of that size sits in a buffer
 //!   at most about twice as large.
@@ -138,12 +140,22 @@ pub struct Retry {
     pub refused_on: Avoid,
 }
 
+/// A first chunk this short is held inside [`Held`] itself: a small unary
+/// request is held without an allocation.
+pub const INLINE: usize = 64;
+
+/// The first DATA chunk held: most calls send one.
+enum First {
+    Empty,
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Shared(Bytes),
+}
+
 /// The request head and DATA held until the upstream answers.
 pub struct Held {
     pub(super) head: HttpRequest<()>,
-    /// The first DATA chunk, inline: most calls send one.
-    pub(super) first: Option<Bytes>,
-    pub(super) rest: Vec<Bytes>,
+    first: First,
+    rest: Vec<Bytes>,
     /// Payload bytes held.
     pub(super) len: usize,
     pub(super) limit: usize,
@@ -159,7 +171,7 @@ impl Held {
         }
         Some(Held {
             head,
-            first: None,
+            first: First::Empty,
             rest: Vec::new(),
             len: 0,
             limit,
@@ -174,24 +186,55 @@ impl Held {
         if self.len + data.len() > self.limit {
             return false;
         }
-        let (held, cost) = if data.len() < COPY_BELOW {
-            (Bytes::copy_from_slice(data), data.len())
+        let cost = if data.len() < COPY_BELOW {
+            data.len()
         } else {
-            (data.clone(), data.len().saturating_mul(2))
+            data.len().saturating_mul(2)
         };
         if !self.charge.add(cost) {
             return false;
         }
         self.len += data.len();
-        self.push(held);
+        if matches!(self.first, First::Empty) && data.len() <= INLINE {
+            let mut bytes = [0u8; INLINE];
+            bytes[..data.len()].copy_from_slice(data);
+            self.first = First::Inline {
+                len: data.len() as u8,
+                bytes,
+            };
+        } else if data.len() < COPY_BELOW {
+            self.push(Bytes::copy_from_slice(data));
+        } else {
+            self.push(data.clone());
+        }
         true
     }
 
-    pub(super) fn push(&mut self, data: Bytes) {
+    /// Holds the request's end: an empty chunk that a replay sends with
+    /// END_STREAM.
+    pub(super) fn keep_end(&mut self) {
+        self.push(Bytes::new());
+    }
+
+    fn push(&mut self, data: Bytes) {
         match self.first {
-            None => self.first = Some(data),
-            Some(_) => self.rest.push(data),
+            First::Empty => self.first = First::Shared(data),
+            _ => self.rest.push(data),
         }
+    }
+
+    /// The held DATA in order, to send again, and their charge; an inline
+    /// first chunk becomes a `Bytes` of its own now (a retry is rare).
+    pub(super) fn into_replay(self) -> (HttpRequest<()>, Vec<Bytes>, Charge) {
+        let first = match self.first {
+            First::Empty => None,
+            First::Inline { len, bytes } => {
+                Some(Bytes::copy_from_slice(&bytes[..usize::from(len)]))
+            }
+            First::Shared(b) => Some(b),
+        };
+        let replay = first.into_iter().chain(self.rest).collect();
+        (self.head, replay, self.charge)
     }
 }
 
@@ -262,30 +305,36 @@ mod tests {
             prop_assert!(connection.used() <= connection_limit);
             prop_assert!(core.used() <= core_limit);
             prop_assert_eq!(connection.used(), held.charge.bytes);
-            let replay: Vec<Bytes> = held.first.clone().into_iter().chain(held.rest.clone()).collect();
+            let (_, replay, charge) = held.into_replay();
             prop_assert_eq!(replay, kept);
-            drop(held);
+            drop(charge);
             prop_assert_eq!((connection.used(), core.used()), (0, 0));
         }
     }
 
     #[test]
-    fn a_small_chunk_is_held_as_a_copy_and_a_large_one_is_not() {
+    fn small_chunks_are_held_as_copies_and_large_ones_are_not() {
         let budget = || Budget::new(1 << 20);
         let charge = Charge::new(budget(), budget());
         let mut held = Held::new(HttpRequest::new(()), 1 << 20, charge).expect("room");
         let head = held.charge.bytes;
-        // A small chunk cut from a larger buffer, as h2 hands them out.
-        let buffer = Bytes::from(vec![7u8; 64 << 10]);
-        let small = buffer.slice(0..10);
+        // Chunks cut from a larger buffer, as h2 hands them out.
+        let buffer = Bytes::from((0..64 << 10).map(|i| i as u8).collect::<Vec<u8>>());
+        let tiny = buffer.slice(0..10);
+        let small = buffer.slice(100..1100);
+        let large = buffer.slice(2000..2000 + COPY_BELOW);
+        assert!(held.keep(&tiny));
+        assert!(
+            matches!(held.first, First::Inline { len: 10, .. }),
+            "within Held itself"
+        );
         assert!(held.keep(&small));
-        let copy = held.first.as_ref().expect("held");
-        assert_eq!(copy, &small);
-        assert_ne!(copy.as_ptr(), small.as_ptr(), "a copy of its own");
-        assert_eq!(held.charge.bytes, head + 10);
-        let large = buffer.slice(0..COPY_BELOW);
+        assert_ne!(held.rest[0].as_ptr(), small.as_ptr(), "a copy of its own");
         assert!(held.keep(&large));
-        assert_eq!(held.rest[0].as_ptr(), large.as_ptr(), "the same bytes");
-        assert_eq!(held.charge.bytes, head + 10 + 2 * COPY_BELOW);
+        assert_eq!(held.rest[1].as_ptr(), large.as_ptr(), "the same bytes");
+        assert_eq!(held.charge.bytes, head + 10 + 1000 + 2 * COPY_BELOW);
+        held.keep_end();
+        let (_, replay, _) = held.into_replay();
+        assert_eq!(replay, [tiny, small, large, Bytes::new()]);
     }
 }

@@ -275,12 +275,13 @@ impl Splice {
             }
             Request::Done => None,
         };
+        let (head, replay, charge) = held.into_replay();
         Some(Retry {
             down,
             body,
-            head: held.head,
-            replay: held.first.into_iter().chain(held.rest).collect(),
-            charge: held.charge,
+            head,
+            replay,
+            charge,
             refused_on: self.slot.avoid(),
         })
     }
@@ -471,7 +472,7 @@ fn stream_request(
                     }
                     Poll::Ready(Ok(None)) => {
                         if let Some(held) = held {
-                            held.push(Bytes::new());
+                            held.keep_end();
                         }
                         to.send.send_data(Bytes::new(), true)
                     }
