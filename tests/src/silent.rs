@@ -146,21 +146,19 @@ impl Silent {
 
     /// Waits until `n` requests have arrived.
     pub async fn wait_requests(&self, n: usize) {
-        loop {
-            let changed = self.counts.changed.notified();
-            if self.counts.requests.load(Ordering::SeqCst) >= n {
-                return;
-            }
-            changed.await;
-        }
+        self.wait_count(&self.counts.requests, n).await;
     }
 
     /// Waits until `Drip` calls have received `n` bytes of request DATA
     /// in all.
     pub async fn wait_drip_received(&self, n: usize) {
+        self.wait_count(&self.counts.drip_received, n).await;
+    }
+
+    async fn wait_count(&self, count: &AtomicUsize, n: usize) {
         loop {
             let changed = self.counts.changed.notified();
-            if self.counts.drip_received.load(Ordering::SeqCst) >= n {
+            if count.load(Ordering::SeqCst) >= n {
                 return;
             }
             changed.await;

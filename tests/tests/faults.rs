@@ -183,6 +183,52 @@ async fn others_unharmed(proxy: &ProxyHandle, bystander: Bystander) {
     wait_no_streams(proxy, &["a"]).await;
 }
 
+/// A client reset's stage: a proxy to a bare upstream, a client
+/// connection, and a bystander call on it.
+struct Scene {
+    silent: Silent,
+    proxy: ProxyHandle,
+    addr: SocketAddr,
+    client: H2,
+    bystander: Bystander,
+}
+
+impl Scene {
+    async fn new(driver: grpc_proxy::Driver) -> Scene {
+        let silent = Silent::start().await;
+        let proxy = proxy_to(driver, silent.addr());
+        let addr = proxy.local_addr();
+        let client = h2_client(addr, 65_535).await;
+        let bystander = Bystander::start(&client, addr).await;
+        Scene {
+            silent,
+            proxy,
+            addr,
+            client,
+            bystander,
+        }
+    }
+
+    /// After the client reset its call to `path`: the upstream saw that
+    /// call cancelled, the bystander and a new connection are served,
+    /// and the proxy counts one CANCELLED call. Hands the proxy back.
+    async fn only_the_reset_call_was_cancelled(mut self, path: &str) -> ProxyHandle {
+        let seen = ended(&mut self.silent).await;
+        assert_eq!(
+            (seen.path.as_str(), seen.reset),
+            (path, Some(Reason::CANCEL))
+        );
+        others_unharmed(&self.proxy, self.bystander).await;
+        assert_eq!(
+            self.proxy
+                .metrics()
+                .route_finished(ROUTE, ProxyCode::Cancelled),
+            1
+        );
+        self.proxy
+    }
+}
+
 // ---------------------------------------------------------------------
 // 1. An upstream killed and restarted under load.
 
@@ -550,77 +596,53 @@ proxy_test! {
 proxy_test! {
     async fn a_client_reset_after_the_request_before_response_headers_cancels_upstream(driver) {
         // The request has ended; the upstream holds the call unanswered.
-        let mut silent = Silent::start().await;
-        let proxy = proxy_to(driver, silent.addr());
-        let addr = proxy.local_addr();
-        let client = h2_client(addr, 65_535).await;
-        let bystander = Bystander::start(&client, addr).await;
-        let (response, mut body) = open(&client, addr, "Hang", &[]).await;
+        let scene = Scene::new(driver).await;
+        let (addr, client) = (scene.addr, &scene.client);
+        let (response, mut body) = open(client, addr, "Hang", &[]).await;
         body.send_data(frame(b"x"), true).expect("data");
-        silent.wait_requests(2).await; // both upstream streams are open
+        scene.silent.wait_requests(2).await; // both upstream streams are open
         body.send_reset(Reason::CANCEL);
-        let seen = ended(&mut silent).await;
-        assert_eq!((seen.path.as_str(), seen.reset), ("/test.Echo/Hang", Some(Reason::CANCEL)));
         assert!(response.await.is_err(), "the reset call has no response");
-        others_unharmed(&proxy, bystander).await;
-        assert_eq!(proxy.metrics().route_finished(ROUTE, ProxyCode::Cancelled), 1);
+        let proxy = scene.only_the_reset_call_was_cancelled("/test.Echo/Hang").await;
         assert_eq!(proxy.metrics().route_finished(ROUTE, ProxyCode::Ok), 2);
     }
 
     async fn a_client_reset_mid_request_before_response_headers_cancels_upstream(driver) {
         // Half the request body is sent and has reached the upstream, which
         // has not answered; the client resets.
-        let mut silent = Silent::start().await;
-        let proxy = proxy_to(driver, silent.addr());
-        let addr = proxy.local_addr();
-        let client = h2_client(addr, 65_535).await;
-        let bystander = Bystander::start(&client, addr).await;
-        let (response, mut body) = open(&client, addr, "Drip", &[("x-drip-headers", "no")]).await;
+        let scene = Scene::new(driver).await;
+        let (addr, client) = (scene.addr, &scene.client);
+        let (response, mut body) = open(client, addr, "Drip", &[("x-drip-headers", "no")]).await;
         body.send_data(frame(b"first half"), false).expect("data");
-        silent.wait_drip_received(frame(b"first half").len()).await;
+        scene.silent.wait_drip_received(frame(b"first half").len()).await;
         body.send_reset(Reason::CANCEL);
-        let seen = ended(&mut silent).await;
-        assert_eq!((seen.path.as_str(), seen.reset), ("/test.Echo/Drip", Some(Reason::CANCEL)));
         assert!(response.await.is_err(), "the reset call has no response");
-        others_unharmed(&proxy, bystander).await;
-        assert_eq!(proxy.metrics().route_finished(ROUTE, ProxyCode::Cancelled), 1);
+        scene.only_the_reset_call_was_cancelled("/test.Echo/Drip").await;
     }
 
     async fn a_client_reset_mid_server_stream_cancels_upstream(driver) {
         // The request has ended; response headers and a message have come
         // through, the response goes on; the client resets.
-        let mut silent = Silent::start().await;
-        let proxy = proxy_to(driver, silent.addr());
-        let addr = proxy.local_addr();
-        let client = h2_client(addr, 65_535).await;
-        let bystander = Bystander::start(&client, addr).await;
-        let (response, mut body) = open(&client, addr, "Drip", &[]).await;
+        let scene = Scene::new(driver).await;
+        let (addr, client) = (scene.addr, &scene.client);
+        let (response, mut body) = open(client, addr, "Drip", &[]).await;
         body.send_data(frame(b"m"), true).expect("data");
         let mut replies = head(response).await.into_body();
         expect_data(&mut replies, &frame(b"m")).await;
         body.send_reset(Reason::CANCEL);
-        let seen = ended(&mut silent).await;
-        assert_eq!((seen.path.as_str(), seen.reset), ("/test.Echo/Drip", Some(Reason::CANCEL)));
-        others_unharmed(&proxy, bystander).await;
-        assert_eq!(proxy.metrics().route_finished(ROUTE, ProxyCode::Cancelled), 1);
+        scene.only_the_reset_call_was_cancelled("/test.Echo/Drip").await;
     }
 
     async fn a_client_reset_mid_bidi_stream_cancels_upstream(driver) {
         // Both halves open, a message each way; the client resets.
-        let mut silent = Silent::start().await;
-        let proxy = proxy_to(driver, silent.addr());
-        let addr = proxy.local_addr();
-        let client = h2_client(addr, 65_535).await;
-        let bystander = Bystander::start(&client, addr).await;
-        let (response, mut body) = open(&client, addr, "Drip", &[]).await;
+        let scene = Scene::new(driver).await;
+        let (addr, client) = (scene.addr, &scene.client);
+        let (response, mut body) = open(client, addr, "Drip", &[]).await;
         body.send_data(frame(b"m"), false).expect("data");
         let mut replies = head(response).await.into_body();
         expect_data(&mut replies, &frame(b"m")).await;
         body.send_reset(Reason::CANCEL);
-        let seen = ended(&mut silent).await;
-        assert_eq!((seen.path.as_str(), seen.reset), ("/test.Echo/Drip", Some(Reason::CANCEL)));
-        others_unharmed(&proxy, bystander).await;
-        assert_eq!(proxy.metrics().route_finished(ROUTE, ProxyCode::Cancelled), 1);
+        scene.only_the_reset_call_was_cancelled("/test.Echo/Drip").await;
     }
 
     async fn a_client_reset_after_the_response_ended_changes_nothing(driver) {
