@@ -8,7 +8,7 @@ mod allocs;
 mod e2e;
 mod procs;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
@@ -91,13 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_build,
             tls,
         } => {
-            let exe = std::env::current_exe()?;
-            let bin_dir = exe
-                .parent()
-                .ok_or_else(|| anyhow::anyhow!("no directory for {}", exe.display()))?;
-            if !no_build {
-                build(bin_dir)?;
-            }
+            let bin_dir = &binaries(no_build)?;
             let plan = e2e::Plan::new(&grpc_proxy::runtime::cores::available())?;
             let upstream = procs::upstream(bin_dir, &plan.upstream)?;
             let tls_files = tls.then(procs::TlsFiles::generate).transpose()?;
@@ -173,9 +167,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The directory of the binaries the bench starts: the bench's own (so the
+/// same profile and `CARGO_TARGET_DIR`), built first unless `no_build`.
+fn binaries(no_build: bool) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin_dir = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no directory for {}", exe.display()))?;
+    if !no_build {
+        build(bin_dir)?;
+    }
+    Ok(bin_dir.to_path_buf())
+}
+
 /// Builds the binaries the bench starts, in the same profile and target
 /// directory as the bench itself.
-fn build(bin_dir: &std::path::Path) -> anyhow::Result<()> {
+fn build(bin_dir: &Path) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let release = bin_dir.ends_with("release");
     let mut cmd = Command::new(cargo);
