@@ -2,11 +2,13 @@
 //!
 //! `cargo run --release -p bench -- e2e` compares direct, grpc-proxy,
 //! HAProxy and nginx end to end; `-- allocs` counts allocations per proxied
-//! call. Micro-benches of hot paths: `cargo bench -p bench`.
+//! call; `-- soak` runs grpc-proxy for minutes under load while faults come
+//! and go. Micro-benches of hot paths: `cargo bench -p bench`.
 
 mod allocs;
 mod e2e;
 mod procs;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -67,6 +69,9 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         calls: u64,
     },
+    /// Minutes of mixed load through grpc-proxy while upstream restarts,
+    /// slow readers, client resets and config reloads come and go.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Allocs { calls } => allocs::report(calls),
+        Cmd::Soak(args) => soak::run(&args, &binaries(args.no_build)?),
         Cmd::E2e {
             seconds,
             warmup,
