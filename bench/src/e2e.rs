@@ -151,7 +151,9 @@ impl Plan {
     /// one when only one is left).
     pub fn new(cpus: &[usize]) -> anyhow::Result<Plan> {
         if cpus.len() < 2 {
-            anyhow::bail!("the e2e bench needs at least 2 CPUs (proxy on one, upstream and load on the others)");
+            anyhow::bail!(
+                "the bench needs at least 2 CPUs (proxy on one, upstream and load on the others)"
+            );
         }
         let rest = &cpus[1..];
         let half = rest.len().div_ceil(2);

@@ -2,13 +2,15 @@
 //!
 //! `cargo run --release -p bench -- e2e` compares direct, grpc-proxy,
 //! HAProxy and nginx end to end; `-- allocs` counts allocations per proxied
-//! call. Micro-benches of hot paths: `cargo bench -p bench`.
+//! call; `-- soak` runs grpc-proxy for minutes under load while faults come
+//! and go. Micro-benches of hot paths: `cargo bench -p bench`.
 
 mod allocs;
 mod e2e;
 mod procs;
+mod soak;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
@@ -67,6 +69,9 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         calls: u64,
     },
+    /// Minutes of mixed load through grpc-proxy while upstream restarts,
+    /// slow readers, client resets and config reloads come and go.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Allocs { calls } => allocs::report(calls),
+        Cmd::Soak(args) => soak::run(&args, &binaries(args.no_build)?),
         Cmd::E2e {
             seconds,
             warmup,
@@ -91,13 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_build,
             tls,
         } => {
-            let exe = std::env::current_exe()?;
-            let bin_dir = exe
-                .parent()
-                .ok_or_else(|| anyhow::anyhow!("no directory for {}", exe.display()))?;
-            if !no_build {
-                build(bin_dir)?;
-            }
+            let bin_dir = &binaries(no_build)?;
             let plan = e2e::Plan::new(&grpc_proxy::runtime::cores::available())?;
             let upstream = procs::upstream(bin_dir, &plan.upstream)?;
             let tls_files = tls.then(procs::TlsFiles::generate).transpose()?;
@@ -173,9 +173,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The directory of the binaries the bench starts: the bench's own (so the
+/// same profile and `CARGO_TARGET_DIR`), built first unless `no_build`.
+fn binaries(no_build: bool) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin_dir = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no directory for {}", exe.display()))?;
+    if !no_build {
+        build(bin_dir)?;
+    }
+    Ok(bin_dir.to_path_buf())
+}
+
 /// Builds the binaries the bench starts, in the same profile and target
 /// directory as the bench itself.
-fn build(bin_dir: &std::path::Path) -> anyhow::Result<()> {
+fn build(bin_dir: &Path) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let release = bin_dir.ends_with("release");
     let mut cmd = Command::new(cargo);

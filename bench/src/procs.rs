@@ -1,6 +1,7 @@
 //! The processes under test: the echo upstream and each proxy, started as
 //! their own processes pinned to their own CPUs, so that a proxy's CPU time
-//! and memory are its alone. CPU time and peak RSS come from `/proc`.
+//! and memory are its alone. CPU time, RSS and open descriptors come from
+//! `/proc`.
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -57,12 +58,34 @@ impl Running {
 
     /// Peak resident memory so far, in KiB.
     pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmHWM in /proc status")
+        status_kib(self.pid(), "VmHWM")
+    }
+
+    /// Resident memory now, in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        status_kib(self.pid(), "VmRSS")
+    }
+
+    /// Open file descriptors now.
+    pub fn open_fds(&self) -> anyhow::Result<usize> {
+        Ok(fs::read_dir(format!("/proc/{}/fd", self.pid()))?.count())
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`), with kill(1): no unsafe code.
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{name} {} failed", self.pid());
+        }
+        Ok(())
+    }
+
+    /// The process's own temporary directory (config, log), if it has one.
+    pub fn dir(&self) -> Option<&Path> {
+        self._dir.as_ref().map(|d| d.0.as_path())
     }
 }
 
@@ -71,6 +94,16 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc status"))
 }
 
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
@@ -102,7 +135,9 @@ fn clock_ticks_per_second() -> f64 {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> anyhow::Result<TempDir> {
+    /// Creates `grpc-proxy-bench-<name>-<our pid>` in the system's temporary
+    /// directory.
+    pub fn new(name: &str) -> anyhow::Result<TempDir> {
         let dir =
             std::env::temp_dir().join(format!("grpc-proxy-bench-{name}-{}", std::process::id()));
         fs::create_dir_all(&dir)?;
@@ -185,7 +220,12 @@ fn cpu_list(cpus: &[usize]) -> String {
 
 /// Starts `grpc-loadtest serve` on these CPUs.
 pub fn upstream(bin_dir: &Path, cpus: &[usize]) -> anyhow::Result<Running> {
-    let addr = free_port()?;
+    upstream_at(bin_dir, cpus, free_port()?)
+}
+
+/// Starts `grpc-loadtest serve` on these CPUs and this address (again, for
+/// a restart on the same port).
+pub fn upstream_at(bin_dir: &Path, cpus: &[usize], addr: SocketAddr) -> anyhow::Result<Running> {
     let mut child = Command::new(bin_dir.join("grpc-loadtest"))
         .args([
             "serve",
@@ -203,6 +243,36 @@ pub fn upstream(bin_dir: &Path, cpus: &[usize]) -> anyhow::Result<Running> {
         child,
         addr,
         _dir: None,
+    })
+}
+
+/// Starts grpc-proxy (one worker per CPU in `cpus`) with this config file
+/// text, which must listen on `listen`. The file is `grpc-proxy.toml` in the
+/// process's own directory ([`Running::dir`]), where a reload reads it
+/// again; the proxy's log (level `warn`) goes to `grpc-proxy.log` beside it.
+pub fn grpc_proxy_with_config(
+    bin_dir: &Path,
+    cpus: &[usize],
+    config: &str,
+    listen: SocketAddr,
+) -> anyhow::Result<Running> {
+    let dir = TempDir::new("soak")?;
+    let path = dir.0.join("grpc-proxy.toml");
+    fs::write(&path, config)?;
+    let log = fs::File::create(dir.0.join("grpc-proxy.log"))?;
+    let mut child = Command::new(bin_dir.join("grpc-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--cpu-set", &cpu_list(cpus), "--log", "warn"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("cannot start grpc-proxy")?;
+    wait_listening(listen, &mut child, "grpc-proxy")?;
+    Ok(Running {
+        child,
+        addr: listen,
+        _dir: Some(dir),
     })
 }
 
