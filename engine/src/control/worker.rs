@@ -110,6 +110,10 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
             worker.server.stop.clone(),
         ));
     }
+    if spec.core.worker == 0 {
+        // One trimmer is enough: malloc_trim covers every thread's arena.
+        monoio::spawn(trim_heap(worker.server.stop.clone()));
+    }
     let _ = spec.ready.send(Ok(driver));
     tracing::debug!(worker = spec.core.worker, cpu = ?spec.core.cpu, %driver, "worker started");
 
@@ -246,6 +250,19 @@ impl Worker {
 
 /// Hands the access log's buffer to its writer now and then, so that a
 /// quiet core's lines do not wait for a full batch.
+/// Returns freed memory to the system now and then, until `stop`.
+async fn trim_heap(stop: Rc<Latch>) {
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(crate::runtime::heap::TRIM_EVERY) => {}
+            _ = stop.wait() => return,
+        }
+        let started = Instant::now();
+        crate::runtime::heap::trim();
+        tracing::trace!(took = ?started.elapsed(), "heap trimmed");
+    }
+}
+
 async fn flush_access_log(calls: Rc<CallContext>, stop: Rc<Latch>) {
     loop {
         monoio::select! {
