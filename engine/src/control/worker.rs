@@ -201,6 +201,8 @@ impl Worker {
         let next = Rc::new(previous.next(plan, self.core, &self.routes));
         health::watch_new(&self.calls().pool, &next.clusters, &previous.clusters);
         self.server.swap(next);
+        drop(previous);
+        self.routes.forget_unused();
         tracing::debug!(
             worker = self.core.worker,
             version = plan.version,

@@ -113,7 +113,9 @@ pub struct CoreCounters {
 }
 
 /// Route statistics of one core, by route name, kept across reloads so
-/// that a route that stays keeps counting.
+/// that a route that stays keeps counting; a route no config snapshot
+/// uses any more is let go ([`RouteRegistry::forget_unused`]), so that
+/// reloads that rename routes do not grow memory and `/metrics` for good.
 #[derive(Default)]
 pub struct RouteRegistry {
     routes: RefCell<BTreeMap<Rc<str>, Rc<CallStats>>>,
@@ -130,6 +132,15 @@ impl RouteRegistry {
             .borrow_mut()
             .insert(Rc::from(name), stats.clone());
         stats
+    }
+
+    /// Drops the statistics of routes nothing uses any more: no snapshot
+    /// (the running one, or an older one a call still runs under) holds
+    /// them.
+    pub fn forget_unused(&self) {
+        self.routes
+            .borrow_mut()
+            .retain(|_, stats| Rc::strong_count(stats) > 1);
     }
 
     fn report(&self) -> Vec<(String, CallReport)> {
@@ -602,5 +613,26 @@ impl Merged {
             self.cores.iter().map(|c| (core(c), c.retry_holds_refused)),
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_no_snapshot_uses_are_forgotten_and_the_others_keep_counting() {
+        let registry = RouteRegistry::default();
+        let kept = registry.get("kept");
+        kept.start();
+        drop(registry.get("renamed away"));
+        registry.forget_unused();
+        let names: Vec<String> = registry.report().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["kept"]);
+        assert_eq!(
+            registry.get("kept").report().started,
+            1,
+            "the same counters"
+        );
     }
 }
