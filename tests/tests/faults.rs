@@ -656,7 +656,8 @@ proxy_test! {
         let client = h2_client(addr, 65_535).await;
         let bystander = Bystander::start(&client, addr).await;
         let (response, mut body) = open(&client, addr, "Unary", &[]).await;
-        body.send_data(frame(b"x"), false).expect("data");
+        // The answer may come on the headers alone, before this goes.
+        let _ = body.send_data(frame(b"x"), false);
         let response = head(response).await;
         assert_eq!(response.headers()["grpc-status"], "0");
         assert!(response.body().is_end_stream(), "trailers-only");

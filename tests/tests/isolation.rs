@@ -143,7 +143,8 @@ proxy_test! {
                     let mut request = request(addr, "Unary");
                     request.headers_mut().insert("grpc-timeout", "10S".parse().expect("value"));
                     let (response, mut body) = ready.send_request(request, false).expect("send");
-                    body.send_data(frame(b""), true).expect("data");
+                    // An answer may come on the headers alone, before this goes.
+                    let _ = body.send_data(frame(b""), true);
                     let response = response.await.expect("response");
                     response.headers().get("grpc-status").cloned()
                 }));
@@ -172,7 +173,8 @@ proxy_test! {
         for _ in 0..64 {
             let mut ready = slow.clone().ready().await.expect("ready");
             let (response, mut body) = ready.send_request(request(addr, "Flood"), false).expect("send");
-            body.send_data(frame(b""), true).expect("data");
+            // An answer may come on the headers alone, before this goes.
+            let _ = body.send_data(frame(b""), true);
             stalled.push(response);
         }
         // Wait until the upstream has pushed what the stalled streams take.
@@ -381,7 +383,8 @@ proxy_test! {
         let mut request = request(proxy.local_addr(), "Hang");
         request.headers_mut().insert("grpc-timeout", "10S".parse().expect("value"));
         let (response, mut body) = ready.send_request(request, false).expect("send");
-        body.send_data(frame(b""), true).expect("data");
+        // An answer may come on the headers alone, before this goes.
+        let _ = body.send_data(frame(b""), true);
         let response = response.await.expect("response");
         assert_eq!(response.headers()["grpc-status"], "4");
         let seen = silent.next_ended().await;
@@ -431,7 +434,8 @@ proxy_test! {
         for _ in 0..2 {
             let mut ready = client.clone().ready().await.expect("ready");
             let (response, mut body) = ready.send_request(request(addr, "Hang"), false).expect("send");
-            body.send_data(frame(b""), true).expect("data");
+            // An answer may come on the headers alone, before this goes.
+            let _ = body.send_data(frame(b""), true);
             hanging.push((response, body));
         }
         silent.wait_requests(2).await;
@@ -440,7 +444,8 @@ proxy_test! {
             async move {
                 let mut ready = client.ready().await.expect("ready");
                 let (response, mut body) = ready.send_request(request(addr, method), false).expect("send");
-                body.send_data(frame(b""), true).expect("data");
+                // An answer may come on the headers alone, before this goes.
+                let _ = body.send_data(frame(b""), true);
                 let response = tokio::time::timeout(Duration::from_secs(2), response)
                     .await
                     .expect("answered at once")
@@ -604,7 +609,10 @@ proxy_test! {
         for i in 0..5 {
             let mut ready = other.clone().ready().await.expect("ready");
             let (response, mut b) = ready.send_request(request(addr, "Unary"), false).expect("send");
-            b.send_data(frame(b""), true).expect("data");
+            // The bare upstream answers on the headers alone, and the
+            // proxy passes its answer on at once: on a busy machine it can
+            // arrive before this DATA goes, which h2 then refuses to send.
+            let _ = b.send_data(frame(b""), true);
             let response = tokio::time::timeout(Duration::from_secs(3), response)
                 .await
                 .unwrap_or_else(|_| panic!("call {i} of another client was not answered"))
