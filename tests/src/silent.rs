@@ -253,6 +253,18 @@ async fn serve(
     }
 }
 
+/// Sends gRPC response headers (a body follows); `None` if the stream is
+/// gone.
+fn start_response(
+    respond: &mut h2::server::SendResponse<bytes::Bytes>,
+) -> Option<h2::SendStream<bytes::Bytes>> {
+    let response = http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .expect("response");
+    respond.send_response(response, false).ok()
+}
+
 /// A trailers-only OK carrying `x-connection: index`.
 fn answer_ok(mut respond: h2::server::SendResponse<bytes::Bytes>, index: usize) {
     let response = http::Response::builder()
@@ -386,11 +398,7 @@ async fn drip(
     let mut body = request.into_body();
     let mut stream = None;
     if headers {
-        let response = http::Response::builder()
-            .header("content-type", "application/grpc")
-            .body(())
-            .expect("response");
-        stream = respond.send_response(response, false).ok();
+        stream = start_response(&mut respond);
     }
     let mut body_open = true;
     let reset = std::future::poll_fn(|cx| loop {
@@ -453,11 +461,7 @@ async fn reset_on_cue(
         return;
     };
     let _ = body.flow_control().release_capacity(first.len());
-    let response = http::Response::builder()
-        .header("content-type", "application/grpc")
-        .body(())
-        .expect("response");
-    let Ok(mut stream) = respond.send_response(response, false) else {
+    let Some(mut stream) = start_response(&mut respond) else {
         return;
     };
     let _ = stream.send_data(first, false);
@@ -468,11 +472,7 @@ async fn reset_on_cue(
 /// Answers with 16 MiB of DATA, sending only what flow control grants
 /// and counting it.
 async fn flood(mut respond: h2::server::SendResponse<bytes::Bytes>, counts: Arc<Counts>) {
-    let response = http::Response::builder()
-        .header("content-type", "application/grpc")
-        .body(())
-        .expect("response");
-    let Ok(mut stream) = respond.send_response(response, false) else {
+    let Some(mut stream) = start_response(&mut respond) else {
         return;
     };
     let mut left: usize = 16 << 20;

@@ -74,6 +74,10 @@ impl Budget {
         true
     }
 
+    fn count_refusal(&self) {
+        self.refused.set(self.refused.get() + 1);
+    }
+
     fn give(&self, n: usize) {
         self.used.set(self.used.get().saturating_sub(n));
     }
@@ -100,16 +104,13 @@ impl Charge {
     /// Charges `n` more bytes; `false` (and nothing charged, and a refusal
     /// counted on the core) if either budget lacks them.
     fn add(&mut self, n: usize) -> bool {
-        let taken = if self.connection.take(n) {
-            self.core.take(n) || {
-                self.connection.give(n);
-                false
-            }
-        } else {
-            false
-        };
-        if !taken {
-            self.core.refused.set(self.core.refused.get() + 1);
+        if !self.connection.take(n) {
+            self.core.count_refusal();
+            return false;
+        }
+        if !self.core.take(n) {
+            self.connection.give(n);
+            self.core.count_refusal();
             return false;
         }
         self.bytes += n;
