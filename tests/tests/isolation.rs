@@ -742,7 +742,19 @@ proxy_test! {
                 client = client.ready().await.expect("ready");
                 let (response, mut body) =
                     client.send_request(request(addr, "Hang"), false).expect("send");
-                body.send_data(frame(&[1u8; 20_000]), true).expect("data");
+                // Sent in one piece once the window allows it all, so that
+                // it arrives as the same frames every time (16 KiB, then
+                // the rest): h2 cuts DATA to the window it has, and the
+                // charges depend on the chunk sizes.
+                let message = frame(&[1u8; 20_000]);
+                body.reserve_capacity(message.len());
+                while body.capacity() < message.len() {
+                    match std::future::poll_fn(|cx| body.poll_capacity(cx)).await {
+                        Some(Ok(_)) => {}
+                        other => panic!("no window for the request: {other:?}"),
+                    }
+                }
+                body.send_data(message, true).expect("data");
                 (response, body)
             }
         };
