@@ -87,5 +87,66 @@ fn status(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, director, headers, timeout, status);
+/// A tonic-like request head.
+const HEAD: [(&[u8], &[u8]); 8] = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":path", b"/grpc.testing.BenchmarkService/UnaryCall"),
+    (b":authority", b"127.0.0.1:50051"),
+    (b"content-type", b"application/grpc"),
+    (b"user-agent", b"tonic/0.14.2"),
+    (b"te", b"trailers"),
+    (b"grpc-timeout", b"999000u"),
+];
+
+/// The head as h2 sends it on a new connection: every field a Huffman-coded
+/// literal with incremental indexing.
+fn first_block() -> Vec<u8> {
+    use grpc_proxy::hpack::{huffman, primitive};
+    let mut block = Vec::new();
+    for (name, value) in HEAD {
+        block.push(0x40);
+        for text in [name, value] {
+            primitive::encode_integer(7, 0x80, huffman::encoded_len(text), &mut block);
+            huffman::encode(text, &mut block);
+        }
+    }
+    block
+}
+
+fn hpack(c: &mut Criterion) {
+    use grpc_proxy::hpack::{encode_field, Decoder};
+    let first = first_block();
+    c.bench_function("hpack/decode first request head (Huffman, inserts)", |b| {
+        b.iter(|| {
+            let mut decoder = Decoder::new(4096);
+            let mut n = 0;
+            let _ = decoder.decode(black_box(&first), 16 << 10, |f| n += f.value.len());
+            n
+        })
+    });
+    // Later heads on the connection: every field indexed from the table.
+    let mut decoder = Decoder::new(4096);
+    let _ = decoder.decode(&first, 16 << 10, |_| {});
+    let indexed: Vec<u8> = (0..HEAD.len() as u8).map(|i| 0x80 | (62 + i)).collect();
+    c.bench_function("hpack/decode later request head (indexed)", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            let _ = decoder.decode(black_box(&indexed), 16 << 10, |f| n += f.value.len());
+            n
+        })
+    });
+    let mut out = Vec::with_capacity(512);
+    c.bench_function("hpack/encode request head (static + raw)", |b| {
+        b.iter(|| {
+            out.clear();
+            for (name, value) in HEAD {
+                encode_field(black_box(name), black_box(value), false, &mut out);
+            }
+            out.len()
+        })
+    });
+}
+
+criterion_group!(benches, director, headers, timeout, status, hpack);
 criterion_main!(benches);

@@ -11,22 +11,24 @@
 //! Each folder is one part of the design and uses only the folders listed
 //! above it (no cycles, between files or folders):
 //!
-//! 1. [`grpc`]: status codes and trailers-only answers, `grpc-timeout`,
+//! 1. [`hpack`]: HPACK (RFC 7541), the header compression of HTTP/2.
+//! 2. [`http2`]: HTTP/2 frames (RFC 9113): the engine's own frame layer.
+//! 3. [`grpc`]: status codes and trailers-only answers, `grpc-timeout`,
 //!    hop-by-hop headers.
-//! 2. [`runtime`]: cores, monoio runtimes and drivers, the SO_REUSEPORT
+//! 4. [`runtime`]: cores, monoio runtimes and drivers, the SO_REUSEPORT
 //!    listeners, wake-up primitives, a room that evicts its longest stay,
 //!    the worker mailbox.
-//! 3. [`config`]: the file's schema, parsing, units and validation.
-//! 4. [`transport`]: TLS, HTTP/2 connection set-up, write batching, the
+//! 5. [`config`]: the file's schema, parsing, units and validation.
+//! 6. [`transport`]: TLS, HTTP/2 connection set-up, write batching, the
 //!    GOAWAY frame scan.
-//! 5. [`telemetry`]: per-core metrics, the admin endpoint, the access log.
-//! 6. [`routing`]: the [`Director`] trait and the declarative routes.
-//! 7. [`upstream`]: the per-core pool, endpoints, balancing, ejection,
+//! 7. [`telemetry`]: per-core metrics, the admin endpoint, the access log.
+//! 8. [`routing`]: the [`Director`] trait and the declarative routes.
+//! 9. [`upstream`]: the per-core pool, endpoints, balancing, ejection,
 //!    health checks.
-//! 8. [`forward`]: the splice, retries, deadlines, status mapping.
-//! 9. [`downstream`]: client connections and calls, and the config
-//!    snapshot a call sees.
-//! 10. [`control`]: [`ProxyBuilder`], [`ProxyHandle`] and the
+//! 10. [`forward`]: the splice, retries, deadlines, status mapping.
+//! 11. [`downstream`]: client connections and calls, and the config
+//!     snapshot a call sees.
+//! 12. [`control`]: [`ProxyBuilder`], [`ProxyHandle`] and the
 //!     [`Controller`] (reload, scrape, drain), and the worker threads.
 //!
 //! # A director in Rust
@@ -62,6 +64,8 @@ pub mod control;
 pub mod downstream;
 pub mod forward;
 pub mod grpc;
+pub mod hpack;
+pub mod http2;
 pub mod routing;
 pub mod runtime;
 pub mod telemetry;

@@ -1,0 +1,280 @@
+//! The engine's frame codec and HPACK against `h2`, an implementation we
+//! did not write, in both directions.
+//!
+//! - h2's client encodes requests (with its dynamic table, Huffman coding
+//!   and never-indexed fields) and our parser and decoder read them.
+//! - Our encoder writes requests, split into HEADERS and CONTINUATION
+//!   frames, and h2's server reads them (all but the never-indexed flag,
+//!   which h2's decoder drops).
+//!
+//! Header lists are generated, and several go over one connection so that
+//! h2's dynamic table fills and evicts.
+
+use std::collections::BTreeMap;
+
+use bytes::{Buf, BytesMut};
+use grpc_proxy::hpack::{encode_field, Decoder};
+use grpc_proxy::http2::frame::{self, flag, kind, Frame, Head, HEAD_LEN, PREFACE};
+use http::{HeaderName, HeaderValue, Request};
+use proptest::prelude::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One request's regular headers: (name, value, sensitive).
+type Fields = Vec<(String, String, bool)>;
+
+fn header_lists() -> impl Strategy<Value = Vec<Fields>> {
+    let name = prop_oneof![
+        Just("content-type".to_owned()),
+        Just("grpc-timeout".to_owned()),
+        Just("authorization".to_owned()),
+        Just("user-agent".to_owned()),
+        "x-[a-z0-9-]{1,12}",
+    ];
+    let value = "[ -~]{0,120}".prop_map(|v| v.trim().to_owned());
+    let field = (name, value, any::<bool>());
+    proptest::collection::vec(proptest::collection::vec(field, 0..12), 1..6)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime")
+}
+
+/// What one request came to on the far side: pseudo-headers by name, and
+/// regular fields in order.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    pseudo: BTreeMap<String, String>,
+    fields: Fields,
+}
+
+fn expected(path: &str, fields: &Fields) -> Seen {
+    let mut map = http::HeaderMap::new();
+    for (name, value, sensitive) in fields {
+        let mut v = HeaderValue::from_str(value).expect("a value");
+        v.set_sensitive(*sensitive);
+        map.append(HeaderName::from_bytes(name.as_bytes()).expect("a name"), v);
+    }
+    Seen {
+        pseudo: [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "example.com"),
+            (":path", path),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect(),
+        // A HeaderMap groups a name's values at its first place; both ends
+        // see it in that order.
+        fields: map
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    v.to_str().expect("ascii").to_owned(),
+                    v.is_sensitive(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Reads frames until `want` requests' header blocks have arrived,
+/// answering SETTINGS, and decodes each block with our decoder.
+async fn read_requests(io: &mut tokio::io::DuplexStream, want: usize) -> Vec<Seen> {
+    let mut buf = BytesMut::new();
+    while buf.len() < PREFACE.len() {
+        io.read_buf(&mut buf).await.expect("read");
+    }
+    assert_eq!(&buf[..PREFACE.len()], PREFACE);
+    buf.advance(PREFACE.len());
+    let mut decoder = Decoder::new(4096);
+    let mut block = Vec::new();
+    let mut seen = Vec::new();
+    while seen.len() < want {
+        let head = loop {
+            if buf.len() >= HEAD_LEN {
+                let head = Head::parse(buf[..HEAD_LEN].try_into().expect("nine"));
+                if buf.len() >= HEAD_LEN + head.length as usize {
+                    break head;
+                }
+            }
+            assert!(io.read_buf(&mut buf).await.expect("read") > 0, "h2 hung up");
+        };
+        head.check_size(16_384).expect("within our frame size");
+        let payload = &buf[HEAD_LEN..HEAD_LEN + head.length as usize];
+        let (fragment, end) = match frame::parse(head, payload).expect("a valid frame") {
+            Frame::Settings { ack: false, .. } => {
+                let mut ack = Vec::new();
+                frame::write_settings_ack(&mut ack);
+                io.write_all(&ack).await.expect("write");
+                (None, false)
+            }
+            Frame::Headers {
+                fragment,
+                end_headers,
+                ..
+            } => (Some(fragment), end_headers),
+            Frame::Continuation {
+                fragment,
+                end_headers,
+                ..
+            } => (Some(fragment), end_headers),
+            _ => (None, false),
+        };
+        if let Some(fragment) = fragment {
+            block.extend_from_slice(fragment);
+        }
+        if end {
+            let mut one = Seen {
+                pseudo: BTreeMap::new(),
+                fields: Vec::new(),
+            };
+            decoder
+                .decode(&block, usize::MAX, |f| {
+                    let name = String::from_utf8(f.name.to_vec()).expect("utf-8");
+                    let value = String::from_utf8(f.value.to_vec()).expect("utf-8");
+                    if name.starts_with(':') {
+                        one.pseudo.insert(name, value);
+                    } else {
+                        one.fields.push((name, value, f.sensitive));
+                    }
+                })
+                .expect("h2's block decodes");
+            seen.push(one);
+            block.clear();
+        }
+        buf.advance(HEAD_LEN + head.length as usize);
+    }
+    seen
+}
+
+fn h2_encodes_we_decode(lists: &[Fields]) -> (Vec<Seen>, Vec<Seen>) {
+    runtime().block_on(async {
+        let (client_io, mut server_io) = tokio::io::duplex(1 << 20);
+        let mut settings = Vec::new();
+        frame::write_settings(&mut settings, []);
+        server_io.write_all(&settings).await.expect("write");
+        let (mut send, connection) = h2::client::handshake(client_io).await.expect("handshake");
+        let driver = tokio::spawn(connection);
+        let mut want = Vec::new();
+        for (i, fields) in lists.iter().enumerate() {
+            let path = format!("/pkg.Svc/M{i}");
+            let mut request = Request::post(format!("http://example.com{path}"));
+            for (name, value, sensitive) in fields {
+                let mut v = HeaderValue::from_str(value).expect("a value");
+                v.set_sensitive(*sensitive);
+                request = request.header(name.as_str(), v);
+            }
+            send = send.ready().await.expect("ready");
+            let _response = send
+                .send_request(request.body(()).expect("a request"), true)
+                .expect("sent");
+            want.push(expected(&path, fields));
+        }
+        let seen = read_requests(&mut server_io, lists.len()).await;
+        driver.abort();
+        (seen, want)
+    })
+}
+
+/// Writes a header block as HEADERS plus CONTINUATIONs of at most `max`.
+fn write_block(out: &mut Vec<u8>, stream: u32, block: &[u8], max: usize) {
+    let mut chunks = block.chunks(max).peekable();
+    let mut first = true;
+    loop {
+        let chunk = chunks.next().unwrap_or(&[]);
+        let last = chunks.peek().is_none();
+        let (k, mut flags) = if first {
+            (kind::HEADERS, flag::END_STREAM)
+        } else {
+            (kind::CONTINUATION, 0)
+        };
+        if last {
+            flags |= flag::END_HEADERS;
+        }
+        frame::write_head(out, chunk.len(), k, flags, stream);
+        out.extend_from_slice(chunk);
+        first = false;
+        if last {
+            break;
+        }
+    }
+}
+
+fn we_encode_h2_decodes(lists: &[Fields], max: usize) -> (Vec<Seen>, Vec<Seen>) {
+    runtime().block_on(async {
+        let (mut client_io, server_io) = tokio::io::duplex(1 << 20);
+        let mut out = PREFACE.to_vec();
+        frame::write_settings(&mut out, []);
+        let mut want = Vec::new();
+        for (i, fields) in lists.iter().enumerate() {
+            let path = format!("/pkg.Svc/M{i}");
+            let mut block = Vec::new();
+            encode_field(b":method", b"POST", false, &mut block);
+            encode_field(b":scheme", b"http", false, &mut block);
+            encode_field(b":authority", b"example.com", false, &mut block);
+            encode_field(b":path", path.as_bytes(), false, &mut block);
+            for (name, value, sensitive) in fields {
+                encode_field(name.as_bytes(), value.as_bytes(), *sensitive, &mut block);
+            }
+            write_block(&mut out, 2 * i as u32 + 1, &block, max);
+            // h2's decoder does not mark never-indexed fields sensitive
+            // (a TODO in its decoder), so only the other direction and our
+            // own round trip can check that flag.
+            let mut want_one = expected(&path, fields);
+            for field in &mut want_one.fields {
+                field.2 = false;
+            }
+            want.push(want_one);
+        }
+        client_io.write_all(&out).await.expect("write");
+        let mut server = h2::server::handshake(server_io).await.expect("handshake");
+        let mut seen = Vec::new();
+        while seen.len() < lists.len() {
+            let (request, _respond) = server.accept().await.expect("a request").expect("valid");
+            let uri = request.uri();
+            seen.push(Seen {
+                pseudo: [
+                    (":method", request.method().as_str()),
+                    (":scheme", uri.scheme_str().unwrap_or("")),
+                    (":authority", uri.authority().map_or("", |a| a.as_str())),
+                    (":path", uri.path()),
+                ]
+                .into_iter()
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .collect(),
+                fields: request
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            n.as_str().to_owned(),
+                            v.to_str().expect("ascii").to_owned(),
+                            v.is_sensitive(),
+                        )
+                    })
+                    .collect(),
+            });
+        }
+        (seen, want)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn h2s_requests_decode_as_sent(lists in header_lists()) {
+        let (seen, want) = h2_encodes_we_decode(&lists);
+        prop_assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn our_requests_decode_in_h2_as_sent(lists in header_lists(), max in 1usize..200) {
+        let (seen, want) = we_encode_h2_decodes(&lists, max);
+        prop_assert_eq!(seen, want);
+    }
+}
