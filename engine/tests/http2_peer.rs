@@ -37,6 +37,7 @@ fn header_lists() -> impl Strategy<Value = Vec<Fields>> {
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .expect("a runtime")
 }
@@ -276,5 +277,187 @@ proptest! {
     fn our_requests_decode_in_h2_as_sent(lists in header_lists(), max in 1usize..200) {
         let (seen, want) = we_encode_h2_decodes(&lists, max);
         prop_assert_eq!(seen, want);
+    }
+}
+
+mod connection {
+    //! Our connection machine as a server, with h2's client as the peer:
+    //! an echo service that answers each request with its own body and
+    //! trailers, and returns credit only as it echoes, so the client's
+    //! flow control is exactly as fast as ours drains.
+
+    use std::collections::{BTreeMap, VecDeque};
+
+    use bytes::{Bytes, BytesMut};
+    use grpc_proxy::http2::connection::{Connection, Event, Limits, Role};
+    use grpc_proxy::http2::headers::{pseudo, Kind};
+    use grpc_proxy::http2::outbox::Outbox;
+    use http::Request;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[derive(Default)]
+    struct Echo {
+        queued: VecDeque<Bytes>,
+        ended: bool,
+        head_sent: bool,
+        done: bool,
+    }
+
+    /// Serves echo on `io` until the peer closes it; returns the paths seen
+    /// and the streams the peer reset.
+    async fn serve(mut io: tokio::io::DuplexStream, limits: Limits) -> (Vec<String>, Vec<u32>) {
+        let mut out = Outbox::new();
+        let mut conn = Connection::new(Role::Server, limits, &mut out);
+        let mut buf = BytesMut::with_capacity(64 << 10);
+        let mut calls: BTreeMap<u32, Echo> = BTreeMap::new();
+        let mut paths = Vec::new();
+        let mut resets = Vec::new();
+        loop {
+            let wrote = out.take_all();
+            if !wrote.is_empty() {
+                io.write_all(&wrote).await.expect("write");
+            }
+            if io.read_buf(&mut buf).await.expect("read") == 0 {
+                return (paths, resets);
+            }
+            conn.recv(&mut buf, &mut out, |event| match event {
+                Event::Headers {
+                    stream,
+                    list,
+                    end_stream,
+                } => {
+                    if list.kind() == Kind::Request {
+                        let path = list.pseudo(pseudo::PATH).expect("a path");
+                        paths.push(String::from_utf8_lossy(path).into_owned());
+                    }
+                    let call = calls.entry(stream).or_default();
+                    call.ended |= end_stream;
+                }
+                Event::Data {
+                    stream,
+                    data,
+                    end_stream,
+                } => {
+                    let call = calls.entry(stream).or_default();
+                    call.queued.push_back(data);
+                    call.ended |= end_stream;
+                }
+                Event::Reset { stream, .. } => {
+                    calls.remove(&stream);
+                    resets.push(stream);
+                }
+                _ => {}
+            })
+            .expect("the peer keeps the protocol");
+            for (&id, call) in calls.iter_mut() {
+                if call.done {
+                    continue;
+                }
+                if !conn.streams().get(id).is_some_and(|s| s.head_received) {
+                    continue;
+                }
+                if !call.head_sent {
+                    let head: [(&[u8], &[u8], bool); 2] = [
+                        (b":status", b"200", false),
+                        (b"content-type", b"application/grpc", false),
+                    ];
+                    conn.send_headers(id, head.into_iter(), false, &mut out)
+                        .expect("open");
+                    call.head_sent = true;
+                }
+                while let Some(front) = call.queued.front_mut() {
+                    let room = conn.send_capacity(id);
+                    if room == 0 {
+                        break;
+                    }
+                    let chunk = front.split_to(front.len().min(room));
+                    if front.is_empty() {
+                        call.queued.pop_front();
+                    }
+                    let n = chunk.len() as u32;
+                    conn.send_data(id, chunk, false, &mut out)
+                        .expect("within capacity");
+                    conn.release(id, n);
+                }
+                if call.ended && call.queued.is_empty() {
+                    let trailers: [(&[u8], &[u8], bool); 1] = [(b"grpc-status", b"0", false)];
+                    conn.send_headers(id, trailers.into_iter(), true, &mut out)
+                        .expect("open");
+                    call.done = true;
+                }
+            }
+            calls.retain(|_, c| !c.done);
+            conn.flush_credit(&mut out);
+        }
+    }
+
+    #[test]
+    fn h2_clients_calls_echo_through_our_server_machine() {
+        let rt = super::runtime();
+        // A flow-control bug shows as a stall: fail it rather than hang.
+        let stall = std::time::Duration::from_secs(120);
+        rt.block_on(async {
+            tokio::time::timeout(stall, async {
+                let (client_io, server_io) = tokio::io::duplex(64 << 10);
+                let limits = Limits {
+                    stream_window: 64 << 10,
+                    connection_window: 256 << 10,
+                    ..Limits::default()
+                };
+                let server = tokio::spawn(serve(server_io, limits));
+                let (send, connection) = h2::client::handshake(client_io).await.expect("handshake");
+                let driver = tokio::spawn(connection);
+                let mut calls = Vec::new();
+                for i in 0..8usize {
+                    let mut send = send.clone().ready().await.expect("ready");
+                    calls.push(tokio::spawn(async move {
+                        let request = Request::post(format!("http://x/echo.Echo/Call{i}"))
+                            .body(())
+                            .expect("request");
+                        let (response, mut body) = send.send_request(request, false).expect("sent");
+                        let len = i * 150_000 + 7;
+                        let sent: Vec<u8> = (0..len).map(|b| (b * 31 + i) as u8).collect();
+                        let payload = Bytes::from(sent.clone());
+                        let writer = tokio::spawn(async move {
+                            let mut rest = payload;
+                            while !rest.is_empty() {
+                                body.reserve_capacity(rest.len().min(40_000));
+                                let granted = std::future::poll_fn(|cx| body.poll_capacity(cx))
+                                    .await
+                                    .expect("capacity")
+                                    .expect("no error");
+                                let chunk = rest.split_to(granted.min(rest.len()));
+                                body.send_data(chunk, false).expect("data");
+                            }
+                            body.send_data(Bytes::new(), true).expect("end");
+                        });
+                        let response = response.await.expect("a response");
+                        let mut recv = response.into_body();
+                        let mut got = Vec::new();
+                        while let Some(chunk) = recv.data().await {
+                            let chunk = chunk.expect("data");
+                            recv.flow_control()
+                                .release_capacity(chunk.len())
+                                .expect("release");
+                            got.extend_from_slice(&chunk);
+                        }
+                        let trailers = recv.trailers().await.expect("trailers").expect("some");
+                        writer.await.expect("writer");
+                        assert_eq!(trailers.get("grpc-status").expect("status"), "0");
+                        assert_eq!(got.len(), sent.len(), "call {i}");
+                        assert!(got == sent, "call {i} echoed intact");
+                    }));
+                }
+                for call in calls {
+                    call.await.expect("call");
+                }
+                drop(send);
+                driver.abort();
+                let (paths, _) = server.await.expect("server");
+                assert_eq!(paths.len(), 8);
+            })
+            .await
+        })
+        .expect("every call finishes");
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! Parsing checks everything a single frame can get wrong on its own:
 //! sizes, stream ids of zero where one is needed (and the reverse), padding
-//! longer than the frame, a zero WINDOW_UPDATE, a stream that depends on
-//! itself. Each failure is a [`FrameError`] that names the error the RFC
+//! longer than the frame, a zero WINDOW_UPDATE, a PRIORITY frame that
+//! makes a stream depend on itself. Each failure is a [`FrameError`] that names the error the RFC
 //! prescribes and whether it ends the connection or only the stream.
 //! What depends on the connection's state (stream states, CONTINUATION
 //! order, flow control) is the connection's to check.
@@ -328,15 +328,10 @@ pub fn parse<'a>(head: Head, payload: &'a [u8]) -> Result<Frame<'a>, FrameError>
                     );
                 };
                 fragment = rest;
-                let priority = read_priority(fields);
-                if priority.dependency == stream {
-                    return Err(FrameError::Stream(
-                        stream,
-                        ErrorCode::PROTOCOL_ERROR,
-                        "stream depends on itself",
-                    ));
-                }
-                Some(priority)
+                // A stream that depends on itself is a stream error, but
+                // the block must be decoded first to keep HPACK's table in
+                // step: the connection checks it.
+                Some(read_priority(fields))
             } else {
                 None
             };
@@ -767,7 +762,10 @@ mod tests {
         let itself = frame(kind::HEADERS, flag::PRIORITY, 3, b"\0\0\0\x03\x10");
         assert!(matches!(
             one(&itself),
-            Err(FrameError::Stream(3, ErrorCode::PROTOCOL_ERROR, _))
+            Ok(Frame::Headers {
+                priority: Some(Priority { dependency: 3, .. }),
+                ..
+            })
         ));
         let short = frame(kind::HEADERS, flag::PRIORITY, 3, b"\0\0");
         assert!(matches!(

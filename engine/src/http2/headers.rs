@@ -1,0 +1,385 @@
+//! One decoded header block, checked against RFC 9113's rules for
+//! fields (section 8.2) and pseudo-headers (sections 8.3.1 and 8.3.2).
+//!
+//! [`HeaderList`] is reused: a connection keeps one, fills it from the
+//! HPACK decoder's callback, and hands it out by reference until the next
+//! block. Names and values sit in one byte buffer, so a block costs no
+//! allocation once the buffers have grown to the connection's usual size.
+//! Every rule a field can break is found as it is pushed, so the block
+//! is never walked twice; [`HeaderList::finish`] checks what only the
+//! whole block can tell (required pseudo-headers).
+
+/// What a header block is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A request's head.
+    Request,
+    /// A response's head (informational or final).
+    Response,
+    /// Trailers: no pseudo-headers allowed.
+    Trailers,
+}
+
+/// Why a block is malformed (section 8.1.1): a stream error of type
+/// PROTOCOL_ERROR.
+pub type Malformed = &'static str;
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    at: u32,
+    name: u32,
+    value: u32,
+    sensitive: bool,
+}
+
+/// Request pseudo-headers, in the order [`HeaderList::pseudo`] takes.
+#[allow(missing_docs)]
+pub mod pseudo {
+    pub const METHOD: usize = 0;
+    pub const SCHEME: usize = 1;
+    pub const AUTHORITY: usize = 2;
+    pub const PATH: usize = 3;
+    pub const STATUS: usize = 4;
+    pub(super) const NAMES: [&[u8]; 5] =
+        [b":method", b":scheme", b":authority", b":path", b":status"];
+}
+
+/// The fields of one header block.
+#[derive(Debug)]
+pub struct HeaderList {
+    kind: Kind,
+    bytes: Vec<u8>,
+    fields: Vec<Slot>,
+    pseudo: [Option<Slot>; 5],
+    content_length: Option<u64>,
+    malformed: Option<Malformed>,
+}
+
+impl Default for HeaderList {
+    fn default() -> Self {
+        Self::new(Kind::Request)
+    }
+}
+
+impl HeaderList {
+    /// An empty list for a block of this kind.
+    pub fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            bytes: Vec::new(),
+            fields: Vec::new(),
+            pseudo: [None; 5],
+            content_length: None,
+            malformed: None,
+        }
+    }
+
+    /// Empties the list, keeping its buffers, for a block of `kind`.
+    pub fn reset(&mut self, kind: Kind) {
+        self.kind = kind;
+        self.bytes.clear();
+        self.fields.clear();
+        self.pseudo = [None; 5];
+        self.content_length = None;
+        self.malformed = None;
+    }
+
+    /// The kind of block.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Adds a decoded field. A rule it breaks is remembered (the first
+    /// one) and reported by [`finish`](Self::finish); the field is not
+    /// kept then.
+    pub fn push(&mut self, name: &[u8], value: &[u8], sensitive: bool) {
+        if self.malformed.is_some() {
+            return;
+        }
+        if let Err(why) = self.check(name, value) {
+            self.malformed = Some(why);
+            return;
+        }
+        let slot = Slot {
+            at: self.bytes.len() as u32,
+            name: name.len() as u32,
+            value: value.len() as u32,
+            sensitive,
+        };
+        self.bytes.extend_from_slice(name);
+        self.bytes.extend_from_slice(value);
+        if let Some(index) = pseudo_index(name) {
+            self.pseudo[index] = Some(slot);
+        } else {
+            self.fields.push(slot);
+        }
+    }
+
+    fn check(&mut self, name: &[u8], value: &[u8]) -> Result<(), Malformed> {
+        check_value(value)?;
+        if name.first() == Some(&b':') {
+            if !self.fields.is_empty() {
+                return Err("pseudo-header after a regular field");
+            }
+            let Some(index) = pseudo_index(name) else {
+                return Err("unknown pseudo-header");
+            };
+            let allowed = match self.kind {
+                Kind::Request => index != pseudo::STATUS,
+                Kind::Response => index == pseudo::STATUS,
+                Kind::Trailers => false,
+            };
+            if !allowed {
+                return Err("pseudo-header not allowed in this block");
+            }
+            if self.pseudo[index].is_some() {
+                return Err("pseudo-header repeated");
+            }
+            return Ok(());
+        }
+        check_name(name)?;
+        match name {
+            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
+            | b"upgrade" => Err("connection-specific field"),
+            b"te" if value != b"trailers" => Err("te other than trailers"),
+            b"content-length" => {
+                let parsed = std::str::from_utf8(value)
+                    .ok()
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or("content-length not a number")?;
+                if self.content_length.is_some_and(|c| c != parsed) {
+                    return Err("content-length repeated with another value");
+                }
+                self.content_length = Some(parsed);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks what only the whole block can tell: a request has
+    /// `:method`, `:scheme` and a non-empty `:path` (or is a CONNECT with
+    /// `:authority` alone); a response has `:status`.
+    pub fn finish(&self) -> Result<(), Malformed> {
+        if let Some(why) = self.malformed {
+            return Err(why);
+        }
+        match self.kind {
+            Kind::Request => {
+                if self.pseudo(pseudo::METHOD) == Some(b"CONNECT") {
+                    let plain = self.pseudo[pseudo::SCHEME].is_none()
+                        && self.pseudo[pseudo::PATH].is_none()
+                        && self.pseudo[pseudo::AUTHORITY].is_some();
+                    return if plain {
+                        Ok(())
+                    } else {
+                        Err("CONNECT with :scheme or :path")
+                    };
+                }
+                if self.pseudo[pseudo::METHOD].is_none() || self.pseudo[pseudo::SCHEME].is_none() {
+                    return Err("request without :method or :scheme");
+                }
+                match self.pseudo(pseudo::PATH) {
+                    Some(path) if !path.is_empty() => Ok(()),
+                    _ => Err("request without :path"),
+                }
+            }
+            Kind::Response => match self.pseudo(pseudo::STATUS) {
+                Some(s) if s.len() == 3 && s.iter().all(u8::is_ascii_digit) => Ok(()),
+                _ => Err("response without a valid :status"),
+            },
+            Kind::Trailers => Ok(()),
+        }
+    }
+
+    /// A pseudo-header's value (see [`pseudo`]).
+    pub fn pseudo(&self, index: usize) -> Option<&[u8]> {
+        let slot = self.pseudo.get(index).copied().flatten()?;
+        Some(self.value_of(slot))
+    }
+
+    /// The `content-length`, if the block had one.
+    pub fn content_length(&self) -> Option<u64> {
+        self.content_length
+    }
+
+    /// The regular fields in order: name, value, never-indexed.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
+        self.fields
+            .iter()
+            .map(|&slot| (self.name_of(slot), self.value_of(slot), slot.sensitive))
+    }
+
+    /// The pseudo-headers in the order a peer expects them, then the
+    /// regular fields: name, value, never-indexed.
+    pub fn all(&self) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
+        self.pseudo
+            .iter()
+            .flatten()
+            .map(|&slot| (self.name_of(slot), self.value_of(slot), slot.sensitive))
+            .chain(self.fields())
+    }
+
+    /// The first value of a regular field.
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.fields()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, value, _)| value)
+    }
+
+    fn name_of(&self, slot: Slot) -> &[u8] {
+        let at = slot.at as usize;
+        &self.bytes[at..at + slot.name as usize]
+    }
+
+    fn value_of(&self, slot: Slot) -> &[u8] {
+        let at = slot.at as usize + slot.name as usize;
+        &self.bytes[at..at + slot.value as usize]
+    }
+}
+
+fn pseudo_index(name: &[u8]) -> Option<usize> {
+    pseudo::NAMES.iter().position(|p| *p == name)
+}
+
+/// A field name: a non-empty token in lower case (section 8.2.1).
+fn check_name(name: &[u8]) -> Result<(), Malformed> {
+    if name.is_empty() {
+        return Err("empty field name");
+    }
+    for &b in name {
+        let token = matches!(b,
+            b'a'..=b'z' | b'0'..=b'9' | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*'
+            | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~');
+        if !token {
+            return Err(if b.is_ascii_uppercase() {
+                "upper-case field name"
+            } else {
+                "invalid character in a field name"
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A field value: no NUL, CR or LF, and no white space at either end
+/// (section 8.2.1).
+fn check_value(value: &[u8]) -> Result<(), Malformed> {
+    if value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+        return Err("NUL, CR or LF in a field value");
+    }
+    let space = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+    if space(value.first()) || space(value.last()) {
+        return Err("white space around a field value");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(kind: Kind, fields: &[(&str, &str)]) -> HeaderList {
+        let mut list = HeaderList::new(kind);
+        for (n, v) in fields {
+            list.push(n.as_bytes(), v.as_bytes(), false);
+        }
+        list
+    }
+
+    const REQUEST: [(&str, &str); 4] = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/a.B/C"),
+        (":authority", "x"),
+    ];
+
+    #[test]
+    fn a_grpc_request_is_well_formed() {
+        let mut fields = REQUEST.to_vec();
+        fields.extend([
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("x-bin", ""),
+        ]);
+        let l = list(Kind::Request, &fields);
+        assert_eq!(l.finish(), Ok(()));
+        assert_eq!(l.pseudo(pseudo::PATH), Some(&b"/a.B/C"[..]));
+        assert_eq!(l.get(b"te"), Some(&b"trailers"[..]));
+        let names: Vec<&[u8]> = l.all().map(|(n, _, _)| n).collect();
+        assert_eq!(
+            names[..4],
+            [&b":method"[..], b":scheme", b":authority", b":path"]
+        );
+        assert_eq!(names.len(), 7);
+    }
+
+    #[test]
+    fn each_rule_of_section_8_is_checked() {
+        let bad: &[(Kind, &[(&str, &str)])] = &[
+            (Kind::Request, &[(":method", "POST"), (":scheme", "http")]),
+            (
+                Kind::Request,
+                &[(":method", "POST"), (":scheme", "http"), (":path", "")],
+            ),
+            (Kind::Request, &[(":path", "/"), (":path", "/")]),
+            (Kind::Request, &[(":status", "200")]),
+            (Kind::Request, &[(":foo", "x")]),
+            (Kind::Request, &[("a", "b"), (":method", "GET")]),
+            (Kind::Request, &[("Upper", "x")]),
+            (Kind::Request, &[("a b", "x")]),
+            (Kind::Request, &[("", "x")]),
+            (Kind::Request, &[("connection", "close")]),
+            (Kind::Request, &[("te", "gzip")]),
+            (Kind::Request, &[("x", "a\nb")]),
+            (Kind::Request, &[("x", " a")]),
+            (Kind::Request, &[("content-length", "1x")]),
+            (
+                Kind::Request,
+                &[("content-length", "1"), ("content-length", "2")],
+            ),
+            (Kind::Response, &[(":method", "GET")]),
+            (Kind::Response, &[("x", "y")]),
+            (Kind::Response, &[(":status", "20")]),
+            (Kind::Trailers, &[(":status", "200")]),
+        ];
+        for (kind, fields) in bad {
+            let mut all = if *kind == Kind::Request && fields.len() == 1 {
+                REQUEST.to_vec()
+            } else {
+                Vec::new()
+            };
+            if fields.iter().any(|(n, _)| n.starts_with(':')) {
+                all.clear();
+            }
+            all.extend_from_slice(fields);
+            assert!(list(*kind, &all).finish().is_err(), "{kind:?} {all:?}");
+        }
+        let fine: &[(Kind, &[(&str, &str)])] = &[
+            (Kind::Response, &[(":status", "200"), ("grpc-status", "0")]),
+            (
+                Kind::Trailers,
+                &[("grpc-status", "0"), ("grpc-message", "")],
+            ),
+            (
+                Kind::Request,
+                &[(":method", "CONNECT"), (":authority", "x:1")],
+            ),
+        ];
+        for (kind, fields) in fine {
+            assert_eq!(list(*kind, fields).finish(), Ok(()), "{kind:?} {fields:?}");
+        }
+    }
+
+    #[test]
+    fn reset_keeps_the_buffers() {
+        let mut l = list(Kind::Request, &REQUEST);
+        let capacity = l.bytes.capacity();
+        l.reset(Kind::Trailers);
+        assert_eq!(l.all().count(), 0);
+        assert_eq!(l.bytes.capacity(), capacity);
+        l.push(b"grpc-status", b"0", false);
+        assert_eq!(l.finish(), Ok(()));
+    }
+}

@@ -1,0 +1,128 @@
+//! What one connection has to write, in order: small frames gathered into
+//! one buffer, large DATA payloads as `Bytes` slices of the buffer they
+//! were read into, so payload bytes are not copied on their way through.
+//!
+//! A payload under [`COPY_BELOW`] is copied in behind its frame header
+//! instead: for small messages one more memcpy is cheaper than one more
+//! segment in the write and one more buffer kept alive.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Payloads shorter than this are copied into the gathering buffer.
+pub const COPY_BELOW: usize = 1024;
+
+/// Frames waiting to be written to one connection.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Sealed segments, oldest first.
+    queue: VecDeque<Bytes>,
+    /// Small frames still being gathered; after everything in `queue`.
+    tail: BytesMut,
+    /// Bytes in `queue` and `tail`.
+    len: usize,
+}
+
+impl Outbox {
+    /// An empty outbox.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends with `write`, which writes whole frames.
+    pub fn put(&mut self, write: impl FnOnce(&mut BytesMut)) {
+        let before = self.tail.len();
+        write(&mut self.tail);
+        self.len += self.tail.len() - before;
+    }
+
+    /// Appends a payload whose frame header was just put: copied if small,
+    /// else queued as it is.
+    pub fn put_payload(&mut self, payload: Bytes) {
+        self.len += payload.len();
+        if payload.len() < COPY_BELOW {
+            self.tail.put_slice(&payload);
+            return;
+        }
+        self.seal();
+        self.queue.push_back(payload);
+    }
+
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn seal(&mut self) {
+        if !self.tail.is_empty() {
+            self.queue.push_back(self.tail.split().freeze());
+        }
+    }
+
+    /// The segments to write, oldest first; call [`advance`](Self::advance)
+    /// with what the write took.
+    pub fn segments(&mut self) -> impl Iterator<Item = &Bytes> {
+        self.seal();
+        self.queue.iter()
+    }
+
+    /// Drops the first `n` bytes, which were written.
+    pub fn advance(&mut self, mut n: usize) {
+        self.seal();
+        self.len -= n.min(self.len);
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.queue.pop_front();
+        }
+    }
+
+    /// Everything waiting, as one buffer (for tests and simple writers).
+    pub fn take_all(&mut self) -> BytesMut {
+        self.seal();
+        let mut out = BytesMut::with_capacity(self.len);
+        for segment in self.queue.drain(..) {
+            out.put_slice(&segment);
+        }
+        self.len = 0;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_payloads_are_queued_small_ones_copied() {
+        let mut out = Outbox::new();
+        out.put(|b| b.put_slice(b"head1"));
+        out.put_payload(Bytes::from_static(b"tiny"));
+        out.put(|b| b.put_slice(b"head2"));
+        let big = Bytes::from(vec![7u8; COPY_BELOW]);
+        out.put_payload(big.clone());
+        out.put(|b| b.put_slice(b"after"));
+        assert_eq!(out.len(), 14 + COPY_BELOW + 5);
+        let segments: Vec<Bytes> = out.segments().cloned().collect();
+        assert_eq!(segments.len(), 3);
+        assert_eq!(&segments[0][..], b"head1tinyhead2");
+        assert_eq!(segments[1].as_ptr(), big.as_ptr(), "not copied");
+        out.advance(10);
+        out.advance(4 + COPY_BELOW);
+        let rest = out.take_all();
+        assert_eq!(&rest[..], b"after");
+        assert!(out.is_empty());
+    }
+}
