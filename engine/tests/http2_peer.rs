@@ -461,3 +461,160 @@ mod connection {
         .expect("every call finishes");
     }
 }
+
+mod client_role {
+    //! Our connection machine as a client, with h2's server as the peer:
+    //! calls go out with bodies larger than h2's default windows, and the
+    //! answers come back whole.
+
+    use bytes::{Bytes, BytesMut};
+    use grpc_proxy::http2::connection::{Connection, Event, Limits, Role};
+    use grpc_proxy::http2::headers::{pseudo, Kind};
+    use grpc_proxy::http2::outbox::Outbox;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// h2's server: answers each request with its body reversed and a
+    /// grpc-status trailer.
+    async fn h2_server(io: tokio::io::DuplexStream) {
+        let mut server = h2::server::handshake(io).await.expect("handshake");
+        while let Some(accepted) = server.accept().await {
+            let (request, mut respond) = accepted.expect("a request");
+            tokio::spawn(async move {
+                let mut body = request.into_body();
+                let mut got = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.expect("data");
+                    body.flow_control()
+                        .release_capacity(chunk.len())
+                        .expect("release");
+                    got.extend_from_slice(&chunk);
+                }
+                got.reverse();
+                let response = http::Response::builder()
+                    .status(200)
+                    .header("content-type", "application/grpc")
+                    .body(())
+                    .expect("response");
+                let mut send = respond.send_response(response, false).expect("head");
+                let mut rest = Bytes::from(got);
+                while !rest.is_empty() {
+                    send.reserve_capacity(rest.len());
+                    let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                        .await
+                        .expect("capacity")
+                        .expect("no error");
+                    send.send_data(rest.split_to(granted.min(rest.len())), false)
+                        .expect("data");
+                }
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().expect("value"));
+                send.send_trailers(trailers).expect("trailers");
+            });
+        }
+    }
+
+    #[test]
+    fn our_client_machine_calls_h2s_server() {
+        let rt = super::runtime();
+        rt.block_on(async {
+            let (mut io, server_io) = tokio::io::duplex(64 << 10);
+            tokio::spawn(h2_server(server_io));
+            let mut out = Outbox::new();
+            let mut conn = Connection::new(Role::Client, Limits::default(), &mut out);
+            let mut buf = BytesMut::new();
+            let bodies: Vec<Vec<u8>> = (0..6usize)
+                .map(|i| (0..i * 90_000 + 3).map(|b| (b % 251) as u8).collect())
+                .collect();
+            // The peer's SETTINGS come first: wait for them, as the pool will.
+            while !conn.ready() {
+                io.write_all(&out.take_all()).await.expect("write");
+                io.read_buf(&mut buf).await.expect("read");
+                conn.recv(&mut buf, &mut out, |_| {}).expect("valid");
+            }
+            let mut calls = Vec::new();
+            for (i, body) in bodies.iter().enumerate() {
+                let path = format!("/rev.Rev/Call{i}");
+                let head: [(&[u8], &[u8], bool); 5] = [
+                    (b":method", b"POST", false),
+                    (b":scheme", b"http", false),
+                    (b":authority", b"upstream", false),
+                    (b":path", path.as_bytes(), false),
+                    (b"content-type", b"application/grpc", false),
+                ];
+                let id = conn
+                    .open(head.into_iter(), false, &mut out)
+                    .expect("a stream");
+                // (id, unsent body, response body, status, done)
+                calls.push((
+                    id,
+                    Bytes::from(body.clone()),
+                    Vec::new(),
+                    None::<String>,
+                    false,
+                ));
+            }
+            while calls.iter().any(|c| !c.4) {
+                for call in calls.iter_mut() {
+                    let (id, rest, ..) = call;
+                    while conn.send_capacity(*id) > 0 && !rest.is_empty() {
+                        let n = conn.send_capacity(*id).min(rest.len());
+                        let chunk = rest.split_to(n);
+                        let end = rest.is_empty();
+                        conn.send_data(*id, chunk, end, &mut out)
+                            .expect("within capacity");
+                    }
+                }
+                let wrote = out.take_all();
+                if !wrote.is_empty() {
+                    io.write_all(&wrote).await.expect("write");
+                }
+                assert!(io.read_buf(&mut buf).await.expect("read") > 0, "h2 hung up");
+                let mut released = Vec::new();
+                conn.recv(&mut buf, &mut out, |event| match event {
+                    Event::Headers {
+                        stream,
+                        list,
+                        end_stream,
+                    } => {
+                        let call = calls.iter_mut().find(|c| c.0 == stream).expect("ours");
+                        match list.kind() {
+                            Kind::Response => {
+                                assert_eq!(list.pseudo(pseudo::STATUS), Some(&b"200"[..]))
+                            }
+                            _ => {
+                                call.3 = list
+                                    .get(b"grpc-status")
+                                    .map(|s| String::from_utf8_lossy(s).into_owned());
+                            }
+                        }
+                        call.4 |= end_stream;
+                    }
+                    Event::Data {
+                        stream,
+                        data,
+                        end_stream,
+                    } => {
+                        let call = calls.iter_mut().find(|c| c.0 == stream).expect("ours");
+                        call.2.extend_from_slice(&data);
+                        released.push((stream, data.len() as u32));
+                        call.4 |= end_stream;
+                    }
+                    Event::Reset { stream, code, .. } => panic!("stream {stream} reset: {code}"),
+                    _ => {}
+                })
+                .expect("h2 keeps the protocol");
+                for (stream, n) in released {
+                    conn.release(stream, n);
+                }
+                conn.flush_credit(&mut out);
+            }
+            for (i, call) in calls.iter().enumerate() {
+                let mut want = bodies[i].clone();
+                want.reverse();
+                assert!(call.2 == want, "call {i} came back whole");
+                assert_eq!(call.3.as_deref(), Some("0"));
+            }
+            assert!(conn.streams().is_empty(), "every stream closed");
+        });
+    }
+}
