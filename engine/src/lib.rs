@@ -28,7 +28,9 @@
 //! 10. [`forward`]: the splice, retries, deadlines, status mapping.
 //! 11. [`downstream`]: client connections and calls, and the config
 //!     snapshot a call sees.
-//! 12. [`control`]: [`ProxyBuilder`], [`ProxyHandle`] and the
+//! 12. [`relay`]: calls on the engine's own HTTP/2 frame layer, both legs
+//!     (`[http2] frame_path = "own"`).
+//! 13. [`control`]: [`ProxyBuilder`], [`ProxyHandle`] and the
 //!     [`Controller`] (reload, scrape, drain), and the worker threads.
 //!
 //! # A director in Rust
@@ -66,6 +68,7 @@ pub mod forward;
 pub mod grpc;
 pub mod hpack;
 pub mod http2;
+pub mod relay;
 pub mod routing;
 pub mod runtime;
 pub mod telemetry;

@@ -377,7 +377,7 @@ mod connection {
                     let n = chunk.len() as u32;
                     conn.send_data(id, chunk, false, &mut out)
                         .expect("within capacity");
-                    conn.release(id, n);
+                    conn.release(id, n, &mut out);
                 }
                 if call.ended && call.queued.is_empty() {
                     let trailers: [(&[u8], &[u8], bool); 1] = [(b"grpc-status", b"0", false)];
@@ -387,7 +387,6 @@ mod connection {
                 }
             }
             calls.retain(|_, c| !c.done);
-            conn.flush_credit(&mut out);
         }
     }
 
@@ -604,9 +603,8 @@ mod client_role {
                 })
                 .expect("h2 keeps the protocol");
                 for (stream, n) in released {
-                    conn.release(stream, n);
+                    conn.release(stream, n, &mut out);
                 }
-                conn.flush_credit(&mut out);
             }
             for (i, call) in calls.iter().enumerate() {
                 let mut want = bodies[i].clone();

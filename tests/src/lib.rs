@@ -89,9 +89,22 @@ pub fn proxy(driver: Driver, toml: &str) -> ProxyHandle {
     let text = format!(
         "listen = \"127.0.0.1:0\"\ncores = 1\n[upstream]\nreconnect_backoff_min = \"20ms\"\nreconnect_backoff_max = \"100ms\"\n{toml}"
     );
-    let config = grpc_proxy::Config::parse(&text, "test").expect("valid test config");
+    let mut config = grpc_proxy::Config::parse(&text, "test").expect("valid test config");
+    if let Some(path) = frame_path() {
+        config.settings.frame_path = path;
+    }
     let (builder, routes) = grpc_proxy::ProxyBuilder::from_config(&config).expect("builder");
     builder.driver(driver).start(routes).expect("proxy starts")
+}
+
+/// The frame path every test proxy uses when `GRPC_PROXY_TEST_FRAME_PATH`
+/// says (`h2` or `own`); otherwise each test's config decides.
+pub fn frame_path() -> Option<grpc_proxy::config::FramePath> {
+    match std::env::var("GRPC_PROXY_TEST_FRAME_PATH").ok()?.as_str() {
+        "own" => Some(grpc_proxy::config::FramePath::Own),
+        "h2" => Some(grpc_proxy::config::FramePath::H2),
+        other => panic!("GRPC_PROXY_TEST_FRAME_PATH: {other:?} is not h2 or own"),
+    }
 }
 
 /// A proxy that forwards every call to one upstream.

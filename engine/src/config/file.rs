@@ -106,6 +106,7 @@ struct Http2File {
     max_header_list_size: Option<SizeValue>,
     max_send_buffer_size: Option<SizeValue>,
     max_pending_accept_reset_streams: Option<usize>,
+    frame_path: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -323,6 +324,17 @@ impl Http2File {
         }
         if let Some(n) = self.max_pending_accept_reset_streams {
             s.max_pending_accept_reset_streams = n;
+        }
+        if let Some(path) = &self.frame_path {
+            s.frame_path = match path.as_str() {
+                "h2" => crate::config::FramePath::H2,
+                "own" => crate::config::FramePath::Own,
+                other => {
+                    return Err(format!(
+                        "http2.frame_path: \"{other}\" is not one of \"h2\", \"own\""
+                    ))
+                }
+            };
         }
         Ok(())
     }

@@ -57,6 +57,17 @@ pub enum ConfigError {
     },
 }
 
+/// The HTTP/2 implementation that carries calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FramePath {
+    /// The h2 crate on both legs: complete, the default.
+    #[default]
+    H2,
+    /// The engine's own frame layer on both legs ([`relay`](crate::relay)):
+    /// cleartext only so far, without retries, deadlines or the access log.
+    Own,
+}
+
 /// HTTP/2, pool and timing limits; every one has a safe default.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -76,6 +87,8 @@ pub struct Settings {
     /// Downstream streams reset by the client before we accepted them that
     /// we tolerate per connection (rapid reset, CVE-2023-44487).
     pub max_pending_accept_reset_streams: usize,
+    /// Which HTTP/2 implementation carries calls.
+    pub frame_path: FramePath,
     /// Bytes buffered per stream for sending before writes wait.
     pub max_send_buffer_size: usize,
     /// Downstream connections one worker serves at once; more are closed at
@@ -138,6 +151,7 @@ impl Default for Settings {
             max_concurrent_streams: 1024,
             max_header_list_size: 64 << 10,
             max_pending_accept_reset_streams: 100,
+            frame_path: FramePath::H2,
             max_send_buffer_size: 1 << 20,
             max_connections_per_worker: 100_000,
             max_tls_handshakes_per_worker: 1024,

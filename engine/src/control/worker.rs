@@ -13,11 +13,13 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::config::FramePath;
 use crate::config::Settings;
-use crate::downstream::accept::accept;
+use crate::downstream::accept::{accept, accept_with};
 use crate::downstream::call::CallContext;
 use crate::downstream::server::Server;
 use crate::downstream::snapshot::{Plan, Snapshot};
+use crate::relay::worker::Relay;
 use crate::routing::director::{CoreId, DirectorRecipe};
 use crate::runtime::driver::{block_on, Driver};
 use crate::runtime::mailbox::Mailbox;
@@ -118,8 +120,28 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
     tracing::debug!(worker = spec.core.worker, cpu = ?spec.core.cpu, %driver, "worker started");
 
     let server = &worker.server;
+    let accepting = async {
+        match server.settings.frame_path {
+            FramePath::H2 => accept(server, &listener).await,
+            FramePath::Own => {
+                let relay = Relay::new(server.clone());
+                let drainer = relay.clone();
+                let drain = server.clone();
+                monoio::spawn(async move {
+                    monoio::select! {
+                        _ = drain.drain.wait() => drainer.drain(),
+                        _ = drain.stop.wait() => {}
+                    }
+                });
+                accept_with(server, &listener, move |_, tcp, peer| {
+                    crate::relay::downstream::serve(relay.clone(), tcp, peer)
+                })
+                .await
+            }
+        }
+    };
     monoio::select! {
-        _ = accept(server, &listener) => {}
+        _ = accepting => {}
         _ = server.drain.wait() => {}
         _ = server.stop.wait() => {}
         _ = &mut mailbox => {}

@@ -13,9 +13,21 @@ use std::time::Duration;
 use crate::downstream::connection;
 use crate::downstream::server::Server;
 
-/// Accepts connections and serves each on its own task, until the caller
-/// stops polling (drain or stop).
+/// Accepts connections and serves each on its own task with the h2 path,
+/// until the caller stops polling (drain or stop).
 pub async fn accept(server: &Rc<Server>, listener: &monoio::net::TcpListener) {
+    accept_with(server, listener, |server, tcp, peer| async move {
+        connection::serve(&server, tcp, peer).await;
+    })
+    .await
+}
+
+/// Accepts connections and serves each on its own task with `serve`.
+pub async fn accept_with<F, Fut>(server: &Rc<Server>, listener: &monoio::net::TcpListener, serve: F)
+where
+    F: Fn(Rc<Server>, monoio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     let mut failures: u32 = 0;
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -37,9 +49,10 @@ pub async fn accept(server: &Rc<Server>, listener: &monoio::net::TcpListener) {
             tracing::debug!(%peer, "connection limit reached; closing new connection");
             continue;
         }
+        let served = serve(server.clone(), tcp, peer);
         let server = server.clone();
         monoio::spawn(async move {
-            connection::serve(&server, tcp, peer).await;
+            served.await;
             server.closed();
         });
     }

@@ -14,10 +14,10 @@
 //!
 //! Flow control is the consumer's: received DATA keeps its credit until
 //! [`Connection::release`] says the bytes have left (handed to the other
-//! leg), and [`Connection::flush_credit`], once per read pass, returns what
-//! was released in as few WINDOW_UPDATEs as it can. So a peer can never
-//! have more in flight on a stream than the stream window, and memory per
-//! stream is bounded by what we announce.
+//! leg, or dropped), and credit goes back in a WINDOW_UPDATE once half a
+//! window's worth has been released. So a peer can never have more in
+//! flight on a stream than the stream window, and memory per stream is
+//! bounded by what we announce.
 //!
 //! Limits a hostile peer pushes against are enforced where the frame is
 //! parsed: frame size, the raw size of a header block and its number of
@@ -279,6 +279,11 @@ impl Connection {
     /// trust its stream limit.
     pub fn ready(&self) -> bool {
         self.settings_seen
+    }
+
+    /// The peer sent GOAWAY: no new streams.
+    pub fn going_away(&self) -> bool {
+        self.peer_going_away
     }
 
     /// The open streams.
@@ -702,18 +707,18 @@ impl Connection {
                 return Err(error(ErrorCode::PROTOCOL_ERROR, "DATA on an idle stream"));
             }
             // A closed stream: the credit is ours to give back at once.
-            self.credit += flow;
+            self.credit_connection(flow, out);
             self.stream_error(id, ErrorCode::STREAM_CLOSED, out, on);
             return Ok(());
         };
         if !stream.recv_open || !stream.head_received {
-            self.credit += flow;
+            self.credit_connection(flow, out);
             self.stream_error(id, ErrorCode::STREAM_CLOSED, out, on);
             return Ok(());
         }
         stream.recv_window -= i64::from(flow);
         if stream.recv_window < 0 {
-            self.credit += flow;
+            self.credit_connection(flow, out);
             self.stream_error(id, ErrorCode::FLOW_CONTROL_ERROR, out, on);
             return Ok(());
         }
@@ -721,13 +726,15 @@ impl Connection {
         let too_long = stream.content_length.is_some_and(|c| stream.received > c);
         let too_short = end_stream && stream.content_length.is_some_and(|c| stream.received != c);
         if too_long || too_short {
-            self.credit += flow;
+            self.credit_connection(flow, out);
             self.stream_error(id, ErrorCode::PROTOCOL_ERROR, out, on);
             return Ok(());
         }
         // Padding is never handed on: its credit returns now.
-        stream.credit += padding;
-        self.credit += padding;
+        if padding > 0 {
+            self.credit_connection(padding, out);
+            credit_stream(&mut stream, padding, self.limits.stream_window / 2, out);
+        }
         self.close_recv(&mut stream, end_stream);
         on(Event::Data {
             stream: id,
@@ -819,8 +826,7 @@ impl Connection {
         on: &mut impl FnMut(Event<'_>),
     ) {
         out.put(|b| frame::write_rst_stream(b, id, code));
-        if let Some(stream) = self.streams.remove(id) {
-            self.credit += stream.credit;
+        if self.streams.remove(id).is_some() {
             on(Event::Reset {
                 stream: id,
                 code,
@@ -829,29 +835,25 @@ impl Connection {
         }
     }
 
-    /// The consumer has passed on `n` bytes of `stream`'s DATA: the peer
-    /// may have that credit back (at the next [`flush_credit`](Self::flush_credit)).
-    pub fn release(&mut self, stream: u32, n: u32) {
-        self.credit += n;
-        if let Some(stream) = self.streams.get_mut(stream) {
-            stream.credit += n;
+    /// The consumer is done with `n` bytes of `stream`'s DATA (passed on,
+    /// or dropped): the peer gets that credit back, in a WINDOW_UPDATE once
+    /// half a window's worth waits, for the stream and for the connection
+    /// alike. Every byte an [`Event::Data`] hands out must be released
+    /// exactly once, also after its stream has ended.
+    pub fn release(&mut self, id: u32, n: u32, out: &mut Outbox) {
+        if n == 0 {
+            return;
+        }
+        self.credit_connection(n, out);
+        let half = self.limits.stream_window / 2;
+        if let Some(stream) = self.streams.get_mut(id) {
+            credit_stream(stream, n, half, out);
         }
     }
 
-    /// Returns released credit in WINDOW_UPDATEs: a stream's once half its
-    /// window is waiting, the connection's once half of it is. Call once
-    /// per read pass.
-    pub fn flush_credit(&mut self, out: &mut Outbox) {
-        let half = self.limits.stream_window / 2;
-        for stream in self.streams.iter_mut() {
-            if stream.recv_open && stream.credit > 0 && stream.credit >= half {
-                let n = stream.credit;
-                stream.credit = 0;
-                stream.recv_window += i64::from(n);
-                out.put(|b| frame::write_window_update(b, stream.id, n));
-            }
-        }
-        if self.credit > 0 && self.credit >= self.limits.connection_window / 2 {
+    fn credit_connection(&mut self, n: u32, out: &mut Outbox) {
+        self.credit += n;
+        if self.credit >= self.limits.connection_window / 2 {
             let n = self.credit;
             self.credit = 0;
             self.recv_window += i64::from(n);
@@ -1003,12 +1005,10 @@ impl Connection {
         Ok(())
     }
 
-    /// Resets a stream of ours with `code`.
+    /// Resets a stream with `code`.
     pub fn reset(&mut self, id: u32, code: ErrorCode, out: &mut Outbox) {
         out.put(|b| frame::write_rst_stream(b, id, code));
-        if let Some(stream) = self.streams.remove(id) {
-            self.credit += stream.credit;
-        }
+        self.streams.remove(id);
     }
 
     /// Sends a PING.
@@ -1021,6 +1021,18 @@ impl Connection {
     pub fn go_away(&mut self, code: ErrorCode, out: &mut Outbox) {
         self.going_away = Some(self.last_remote);
         out.put(|b| frame::write_goaway(b, self.last_remote, code, b""));
+    }
+}
+
+/// Adds released credit to a stream, and returns it in a WINDOW_UPDATE
+/// once `half` a window waits (not once the peer is done sending).
+fn credit_stream(stream: &mut Stream, n: u32, half: u32, out: &mut Outbox) {
+    stream.credit += n;
+    if stream.recv_open && stream.credit >= half {
+        let n = stream.credit;
+        stream.credit = 0;
+        stream.recv_window += i64::from(n);
+        out.put(|b| frame::write_window_update(b, stream.id, n));
     }
 }
 
@@ -1304,11 +1316,9 @@ mod tests {
         assert!(seen.rst().is_empty());
         assert_eq!(seen.events.len(), 1);
         // Released credit returns once half the window waits.
-        s.conn.release(3, 4);
-        s.conn.flush_credit(&mut s.out);
+        s.conn.release(3, 4, &mut s.out);
         assert!(frames_of(&s.out.take_all()).is_empty());
-        s.conn.release(3, 6);
-        s.conn.flush_credit(&mut s.out);
+        s.conn.release(3, 6, &mut s.out);
         let frames = frames_of(&s.out.take_all());
         assert_eq!(
             frames,

@@ -45,7 +45,7 @@ pub mod pseudo {
 }
 
 /// The fields of one header block.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct HeaderList {
     kind: Kind,
     bytes: Vec<u8>,

@@ -89,6 +89,13 @@ impl Outbox {
         }
     }
 
+    /// Moves every waiting segment into `into`, oldest first.
+    pub fn take_segments(&mut self, into: &mut Vec<Bytes>) {
+        self.seal();
+        into.extend(self.queue.drain(..));
+        self.len = 0;
+    }
+
     /// Everything waiting, as one buffer (for tests and simple writers).
     pub fn take_all(&mut self) -> BytesMut {
         self.seal();

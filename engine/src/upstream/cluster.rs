@@ -179,6 +179,18 @@ impl Cluster {
 
     /// The endpoint to try first for a call, by the balancing policy,
     /// among those that are up (or all, when none is).
+    /// The endpoint a new call should use: the balancing policy's choice
+    /// among the endpoints that are up (all of them if none is).
+    pub(crate) fn pick(&self) -> &Rc<Endpoint> {
+        let any_up = self.endpoints.iter().any(|e| e.is_up());
+        let n = self.endpoints.len();
+        let first = self.first_choice(any_up);
+        (0..n)
+            .map(|i| &self.endpoints[(first + i) % n])
+            .find(|e| !any_up || e.is_up())
+            .unwrap_or(&self.endpoints[first])
+    }
+
     pub(super) fn first_choice(&self, any_up: bool) -> usize {
         let n = self.endpoints.len();
         match self.balance {

@@ -1,0 +1,208 @@
+//! The calls of one worker's relay: each joins a downstream stream to an
+//! upstream stream, with what waits to cross in each direction.
+//!
+//! Bytes wait here only while the other leg has no flow-control credit;
+//! the leg they came from gets its credit back only once they have been
+//! handed on ([`push_up`], [`push_down`] return how many), so what waits
+//! is bounded by the stream windows we announce.
+//!
+//! Every function that takes a [`Wire`] borrows exactly that one; the
+//! caller makes sure no other borrow of it is alive.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::downstream::snapshot::RouteSlot;
+use crate::grpc::status::{percent_encode, Code, Status};
+use crate::http2::frame::ErrorCode;
+use crate::http2::headers::HeaderList;
+use crate::relay::wire::{Side, Wire};
+use crate::upstream::cluster::Cluster;
+
+/// One call.
+pub struct Call {
+    /// The client's connection and stream.
+    pub down: Rc<Side>,
+    /// The client's stream id.
+    pub d: u32,
+    /// The upstream connection and stream, once opened.
+    pub up: Option<(Rc<Side>, u32)>,
+    /// The upstream connection it waits on for a stream.
+    pub waiting_on: Option<Rc<Side>>,
+    /// The request head, kept while the call waits for a stream.
+    pub head: Option<HeaderList>,
+    /// Request DATA not yet sent upstream.
+    pub to_up: VecDeque<Bytes>,
+    /// Request trailers, sent after `to_up`.
+    pub up_trailers: Option<HeaderList>,
+    /// The client has ended the request.
+    pub up_end: bool,
+    /// Response DATA not yet sent to the client.
+    pub to_down: VecDeque<Bytes>,
+    /// Response trailers, sent after `to_down`.
+    pub down_trailers: Option<HeaderList>,
+    /// The upstream has ended the response (with DATA, not trailers).
+    pub down_end: bool,
+    /// The response head has been sent to the client.
+    pub responded: bool,
+    /// For the metrics.
+    pub route: RouteSlot,
+    /// The cluster chosen.
+    pub cluster: Rc<Cluster>,
+    /// When the head arrived.
+    pub started: Instant,
+    /// The status, once known.
+    pub code: Code,
+}
+
+/// The calls of one worker.
+#[derive(Default)]
+pub struct Calls {
+    slots: Vec<Option<Call>>,
+    free: Vec<usize>,
+}
+
+impl Calls {
+    /// Adds a call; returns its key.
+    pub fn insert(&mut self, call: Call) -> usize {
+        match self.free.pop() {
+            Some(key) => {
+                self.slots[key] = Some(call);
+                key
+            }
+            None => {
+                self.slots.push(Some(call));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// The call with this key.
+    pub fn get_mut(&mut self, key: usize) -> Option<&mut Call> {
+        self.slots.get_mut(key)?.as_mut()
+    }
+
+    /// Forgets a call.
+    pub fn remove(&mut self, key: usize) -> Option<Call> {
+        let call = self.slots.get_mut(key)?.take()?;
+        self.free.push(key);
+        Some(call)
+    }
+}
+
+/// Sends what the call has for upstream, within its credit; returns the
+/// DATA bytes sent, which the client may now have back.
+pub fn push_up(call: &mut Call, up: &mut Wire) -> u32 {
+    let Some((_, u)) = call.up else {
+        return 0;
+    };
+    let Wire { conn, out, .. } = up;
+    let mut sent = 0;
+    while let Some(front) = call.to_up.front_mut() {
+        let room = conn.send_capacity(u);
+        if room == 0 {
+            return sent;
+        }
+        let chunk = front.split_to(front.len().min(room));
+        if front.is_empty() {
+            call.to_up.pop_front();
+        }
+        let end = call.to_up.is_empty() && call.up_end && call.up_trailers.is_none();
+        sent += chunk.len() as u32;
+        if conn.send_data(u, chunk, end, out).is_err() {
+            return sent;
+        }
+        if end {
+            call.up_end = false;
+            return sent;
+        }
+    }
+    if call.up_end {
+        call.up_end = false;
+        match call.up_trailers.take() {
+            Some(trailers) => {
+                let _ = conn.send_headers(u, trailers.fields(), true, out);
+            }
+            None => {
+                let _ = conn.send_data(u, Bytes::new(), true, out);
+            }
+        }
+    }
+    sent
+}
+
+/// Sends what the call has for the client, within its credit; returns the
+/// DATA bytes sent (the upstream may have them back) and whether the
+/// response is now complete.
+pub fn push_down(call: &mut Call, down: &mut Wire) -> (u32, bool) {
+    let Wire { conn, out, .. } = down;
+    let d = call.d;
+    let mut sent = 0;
+    while let Some(front) = call.to_down.front_mut() {
+        let room = conn.send_capacity(d);
+        if room == 0 {
+            return (sent, false);
+        }
+        let chunk = front.split_to(front.len().min(room));
+        if front.is_empty() {
+            call.to_down.pop_front();
+        }
+        let end = call.to_down.is_empty() && call.down_end && call.down_trailers.is_none();
+        sent += chunk.len() as u32;
+        if conn.send_data(d, chunk, end, out).is_err() {
+            return (sent, true);
+        }
+        if end {
+            return (sent, true);
+        }
+    }
+    if let Some(trailers) = call.down_trailers.take() {
+        if let Some(code) = trailers.get(b"grpc-status").and_then(parse_code) {
+            call.code = code;
+        }
+        let _ = conn.send_headers(d, trailers.fields(), true, out);
+        return (sent, true);
+    }
+    if call.down_end {
+        let _ = conn.send_data(d, Bytes::new(), true, out);
+        return (sent, true);
+    }
+    (sent, false)
+}
+
+/// A `grpc-status` value.
+pub fn parse_code(value: &[u8]) -> Option<Code> {
+    let n: u8 = std::str::from_utf8(value).ok()?.parse().ok()?;
+    Code::from_u8(n)
+}
+
+/// Answers the client's stream `d` with a trailers-only `status`.
+pub fn answer(down: &mut Wire, d: u32, status: &Status) {
+    let code = status.code().as_u8().to_string();
+    let message = percent_encode(status.message());
+    let mut fields: [(&[u8], &[u8], bool); 4] = [
+        (b":status", b"200", false),
+        (b"content-type", b"application/grpc", false),
+        (b"grpc-status", code.as_bytes(), false),
+        (b"grpc-message", &message, false),
+    ];
+    let n = if status.message().is_empty() { 3 } else { 4 };
+    let Wire { conn, out, .. } = down;
+    let _ = conn.send_headers(d, fields[..n].iter_mut().map(|f| *f), true, out);
+}
+
+/// The status a client gets for an upstream RST_STREAM before any
+/// response (the gRPC spec's mapping of HTTP/2 codes).
+pub fn status_of_reset(code: ErrorCode) -> Status {
+    let (grpc, why) = match code {
+        ErrorCode::REFUSED_STREAM => (Code::Unavailable, "the upstream refused the stream"),
+        ErrorCode::CANCEL => (Code::Cancelled, "the upstream cancelled the call"),
+        ErrorCode::ENHANCE_YOUR_CALM => (Code::ResourceExhausted, "the upstream is overloaded"),
+        ErrorCode::INADEQUATE_SECURITY => (Code::PermissionDenied, "inadequate security"),
+        _ => (Code::Internal, "the upstream reset the call"),
+    };
+    Status::new(grpc, why)
+}

@@ -1,0 +1,355 @@
+//! One client connection of the relay: read, route each new call, and move
+//! what the client sends toward its upstream stream.
+//!
+//! A request head is checked (gRPC content type, else HTTP 415), shown to
+//! the director, and joined to a stream on an upstream connection of the
+//! chosen cluster's endpoint; a rejected call is answered trailers-only
+//! with the director's status. Request DATA goes upstream as the upstream
+//! grants credit, and only then is the client's credit returned.
+//!
+//! The connection ends when the client closes it, breaks the protocol (it
+//! gets GOAWAY), does not finish its preface within `handshake_timeout`,
+//! or the worker stops; its calls are cancelled upstream. When the worker
+//! drains, it gets GOAWAY and closes once its calls are done.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use monoio::io::Splitable;
+use monoio::net::TcpStream;
+
+use crate::grpc::status::{Code, Status};
+use crate::http2::connection::{Connection, Event, Role};
+use crate::http2::headers::{pseudo, HeaderList, Kind};
+use crate::http2::outbox::Outbox;
+use crate::relay::calls::{answer, push_down, push_up, Call};
+use crate::relay::upstream::connect;
+use crate::relay::wire::{read_more, write_loop, Links, Side, Wire};
+use crate::relay::worker::Relay;
+use crate::routing::director::{Call as DirectorCall, Route};
+
+/// What the reader does after a pass, with no side borrowed.
+enum Later {
+    Release(u32, u32),
+    Reset(u32),
+    Opened(u32),
+    Answer(u32, Status),
+    NotGrpc(u32),
+}
+
+/// Serves one accepted client connection until it ends.
+pub async fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) {
+    let settings = &relay.server.settings;
+    crate::transport::socket::tune(&tcp, settings);
+    let mut out = Outbox::new();
+    let conn = Connection::new(Role::Server, relay.downstream_limits, &mut out);
+    let side = Side::new(conn, out);
+    relay.serving(&side);
+    let stop = relay.server.stop.clone();
+    let (mut reader, writer) = tcp.into_split();
+    monoio::spawn(write_loop(side.clone(), writer, stop.clone()));
+    side.flush();
+    run(&relay, &side, &mut reader, peer).await;
+    // Cancel what is left upstream, then let the writer flush and close.
+    let keys: Vec<usize> = side.wire.borrow().links.values().copied().collect();
+    for key in keys {
+        relay.cancel(key);
+    }
+    side.closed.set();
+}
+
+async fn run<R: monoio::io::AsyncReadRent>(
+    relay: &Rc<Relay>,
+    side: &Rc<Side>,
+    reader: &mut R,
+    peer: SocketAddr,
+) {
+    let server = &relay.server;
+    let preface_by = monoio::time::Instant::now() + server.settings.handshake_timeout;
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut later = Vec::new();
+    let mut last_tick = Instant::now();
+    loop {
+        let ready = side.wire.borrow().conn.ready();
+        let (result, b) = monoio::select! {
+            r = read_more(reader, buf) => r,
+            _ = monoio::time::sleep_until(preface_by), if !ready => {
+                tracing::debug!(%peer, "downstream handshake timed out");
+                return;
+            }
+            _ = server.stop.wait() => return,
+            // Drained (see Relay::drain), or failed elsewhere.
+            _ = side.closed.wait() => return,
+        };
+        buf = b;
+        match result {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if last_tick.elapsed().as_secs() >= 1 {
+            last_tick = Instant::now();
+            side.wire.borrow_mut().conn.tick();
+        }
+        let failed = pass(relay, side, &mut buf, &mut later, peer).is_err();
+        for step in later.drain(..) {
+            act(relay, side, step);
+        }
+        side.flush();
+        if failed || (relay.draining() && side.wire.borrow().links.is_empty()) {
+            return;
+        }
+    }
+}
+
+fn pass(
+    relay: &Rc<Relay>,
+    side: &Rc<Side>,
+    buf: &mut BytesMut,
+    later: &mut Vec<Later>,
+    peer: SocketAddr,
+) -> Result<(), ()> {
+    let mut w = side.wire.borrow_mut();
+    let Wire {
+        conn, out, links, ..
+    } = &mut *w;
+    let result = conn.recv(buf, out, |event| match event {
+        Event::Headers {
+            stream,
+            list,
+            end_stream,
+        } => match list.kind() {
+            Kind::Request => request(relay, side, links, stream, list, end_stream, peer, later),
+            _ => trailers(relay, links, stream, list),
+        },
+        Event::HeadersTooLarge { stream } => later.push(Later::Answer(
+            stream,
+            Status::new(Code::ResourceExhausted, "request headers too large"),
+        )),
+        Event::Data {
+            stream,
+            data,
+            end_stream,
+        } => request_data(relay, links, stream, data, end_stream, later),
+        Event::Reset { stream, .. } => later.push(Later::Reset(stream)),
+        Event::WindowOpened { stream } => later.push(Later::Opened(stream)),
+        Event::PingAck { .. } | Event::GoAway { .. } => {}
+    });
+    result.map_err(|e| {
+        tracing::debug!(%peer, error = %e, "downstream connection error");
+    })
+}
+
+/// A new call: route it and join it to an upstream stream.
+#[allow(clippy::too_many_arguments)]
+fn request(
+    relay: &Rc<Relay>,
+    side: &Rc<Side>,
+    links: &mut Links,
+    d: u32,
+    list: &HeaderList,
+    end: bool,
+    peer: SocketAddr,
+    later: &mut Vec<Later>,
+) {
+    let grpc = list
+        .get(b"content-type")
+        .is_some_and(|c| c.starts_with(b"application/grpc"));
+    if !grpc {
+        later.push(Later::NotGrpc(d));
+        return;
+    }
+    let path = text(list.pseudo(pseudo::PATH)).unwrap_or("");
+    let authority = text(list.pseudo(pseudo::AUTHORITY));
+    // The director's API speaks http's HeaderMap.
+    let mut headers = HeaderMap::with_capacity(list.fields().count());
+    for (name, value, _) in list.fields() {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            headers.append(n, v);
+        }
+    }
+    let snapshot = relay.server.snapshot();
+    let (route, index) = snapshot
+        .director
+        .route_indexed(&DirectorCall::new(path, authority, &headers, peer));
+    let slot = snapshot.route(index).clone();
+    slot.stats.start();
+    relay.started();
+    let cluster = match route {
+        Route::Forward { cluster, .. } => snapshot.clusters.get(cluster.index()).cloned(),
+        Route::Reject(status) => {
+            relay.unrouted(&slot, status.code());
+            later.push(Later::Answer(d, status));
+            return;
+        }
+    };
+    let Some(cluster) = cluster else {
+        let status = Status::new(
+            Code::Internal,
+            "the director chose a cluster that does not exist",
+        );
+        relay.unrouted(&slot, status.code());
+        later.push(Later::Answer(d, status));
+        return;
+    };
+    cluster.stats.start();
+    let addr = cluster.pick().addr();
+    let up = relay.upstream_for(addr, connect);
+    let key = relay.calls.borrow_mut().insert(Call {
+        down: side.clone(),
+        d,
+        up: None,
+        waiting_on: None,
+        head: None,
+        to_up: Default::default(),
+        up_trailers: None,
+        up_end: end,
+        to_down: Default::default(),
+        down_trailers: None,
+        down_end: false,
+        responded: false,
+        route: slot,
+        cluster,
+        started: Instant::now(),
+        code: Code::Unknown,
+    });
+    links.insert(d, key);
+    let mut calls = relay.calls.borrow_mut();
+    let Some(call) = calls.get_mut(key) else {
+        return;
+    };
+    {
+        let mut w = up.wire.borrow_mut();
+        let wire = &mut *w;
+        let room = wire.conn.ready() && wire.waiting.is_empty();
+        let opened = if room {
+            wire.conn.open(list.all(), end, &mut wire.out).ok()
+        } else {
+            None
+        };
+        match opened {
+            Some(u) => {
+                call.up_end = false;
+                wire.links.insert(u, key);
+                call.up = Some((up.clone(), u));
+            }
+            None => {
+                call.head = Some(list.clone());
+                wire.waiting.push_back(key);
+                call.waiting_on = Some(up.clone());
+            }
+        }
+    }
+    up.flush();
+}
+
+/// Request DATA: sent upstream as far as its credit goes, in order with
+/// the frames around it; the client's credit returns for what was sent.
+fn request_data(
+    relay: &Relay,
+    links: &Links,
+    d: u32,
+    data: Bytes,
+    end: bool,
+    later: &mut Vec<Later>,
+) {
+    let n = data.len() as u32;
+    let Some(&key) = links.get(&d) else {
+        later.push(Later::Release(d, n));
+        return;
+    };
+    let mut calls = relay.calls.borrow_mut();
+    let Some(call) = calls.get_mut(key) else {
+        later.push(Later::Release(d, n));
+        return;
+    };
+    if !data.is_empty() {
+        call.to_up.push_back(data);
+    }
+    call.up_end |= end;
+    let Some((up, _)) = call.up.clone() else {
+        return; // waits for its stream, holding the client's credit
+    };
+    let sent = push_up(call, &mut up.wire.borrow_mut());
+    up.flush();
+    if sent > 0 {
+        later.push(Later::Release(d, sent));
+    }
+}
+
+fn text(b: Option<&[u8]>) -> Option<&str> {
+    b.and_then(|b| std::str::from_utf8(b).ok())
+}
+
+/// Request trailers: sent upstream now, or after the DATA that waits.
+fn trailers(relay: &Relay, links: &Links, d: u32, list: &HeaderList) {
+    let Some(&key) = links.get(&d) else {
+        return;
+    };
+    let mut calls = relay.calls.borrow_mut();
+    let Some(call) = calls.get_mut(key) else {
+        return;
+    };
+    call.up_trailers = Some(list.clone());
+    call.up_end = true;
+    if let Some((up, _)) = call.up.clone() {
+        push_up(call, &mut up.wire.borrow_mut());
+        up.flush();
+    }
+}
+
+fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
+    let key_of = |d: u32| side.wire.borrow().links.get(&d).copied();
+    match step {
+        Later::Release(d, n) => side.wire.borrow_mut().release(d, n),
+        Later::Reset(d) => {
+            if let Some(key) = key_of(d) {
+                relay.cancel(key);
+            }
+        }
+        Later::Opened(0) => {
+            let keys: Vec<usize> = side.wire.borrow().links.values().copied().collect();
+            for key in keys {
+                opened(relay, side, key);
+            }
+        }
+        Later::Opened(d) => {
+            if let Some(key) = key_of(d) {
+                opened(relay, side, key);
+            }
+        }
+        Later::Answer(d, status) => {
+            answer(&mut side.wire.borrow_mut(), d, &status);
+        }
+        Later::NotGrpc(d) => {
+            let mut w = side.wire.borrow_mut();
+            let wire = &mut *w;
+            let head: [(&[u8], &[u8], bool); 1] = [(b":status", b"415", false)];
+            let _ = wire
+                .conn
+                .send_headers(d, head.into_iter(), true, &mut wire.out);
+        }
+    }
+}
+
+/// The client gave `key`'s stream credit: send what waits for it, and give
+/// the upstream back what was sent.
+fn opened(relay: &Relay, side: &Rc<Side>, key: usize) {
+    let (sent, done, up) = {
+        let mut calls = relay.calls.borrow_mut();
+        let Some(call) = calls.get_mut(key) else {
+            return;
+        };
+        let (sent, done) = push_down(call, &mut side.wire.borrow_mut());
+        (sent, done, call.up.clone())
+    };
+    if let (true, Some((up, u))) = (sent > 0, up) {
+        up.wire.borrow_mut().release(u, sent);
+        up.flush();
+    }
+    if done {
+        relay.finish(key);
+    }
+}

@@ -1,0 +1,279 @@
+//! One upstream connection of the relay: connect, then read and act on
+//! what the upstream sends until the connection ends.
+//!
+//! Calls wait on a connection that is not ready yet (TCP connect, then the
+//! upstream's SETTINGS, which carry its stream limit); once it is, their
+//! streams open in the order they came. A connection that fails or ends
+//! fails every call on it: UNAVAILABLE to a client that has no response
+//! yet, a reset to one that has.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use monoio::io::Splitable;
+use monoio::net::TcpStream;
+
+use crate::grpc::status::{Code, Status};
+use crate::http2::connection::Event;
+use crate::http2::frame::ErrorCode;
+use crate::http2::headers::Kind;
+use crate::relay::calls::{push_down, push_up, status_of_reset};
+use crate::relay::wire::{read_more, write_loop, Side};
+use crate::relay::worker::Relay;
+
+/// What the reader does after a pass, with no side borrowed.
+enum Later {
+    Release(u32, u32),
+    Reset(u32, ErrorCode),
+    Opened(u32),
+    Finish(usize),
+    Fail(u32, Status),
+    GoAway(u32),
+}
+
+/// Connects `side` to `addr` and serves it until it ends.
+pub fn connect(relay: Rc<Relay>, side: Rc<Side>, addr: SocketAddr) {
+    monoio::spawn(async move {
+        run(&relay, &side, addr).await;
+        side.closed.set();
+        side.wake.notify_all();
+        relay.forget(addr, &side);
+        fail_all(&relay, &side, "the upstream connection ended");
+    });
+}
+
+async fn run(relay: &Rc<Relay>, side: &Rc<Side>, addr: SocketAddr) {
+    let settings = &relay.server.settings;
+    let stop = relay.server.stop.clone();
+    let connected = monoio::select! {
+        c = monoio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)) => c,
+        _ = stop.wait() => return,
+    };
+    let tcp = match connected {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            tracing::debug!(upstream = %addr, error = %e, "upstream connect failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(upstream = %addr, "upstream connect timed out");
+            return;
+        }
+    };
+    crate::transport::socket::tune(&tcp, settings);
+    let (mut reader, writer) = tcp.into_split();
+    monoio::spawn(write_loop(side.clone(), writer, stop.clone()));
+    side.flush();
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut later = Vec::new();
+    let mut last_tick = Instant::now();
+    loop {
+        let (result, b) = monoio::select! {
+            r = read_more(&mut reader, buf) => r,
+            _ = stop.wait() => return,
+            _ = side.closed.wait() => return,
+        };
+        buf = b;
+        match result {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if last_tick.elapsed().as_secs() >= 1 {
+            last_tick = Instant::now();
+            side.wire.borrow_mut().conn.tick();
+        }
+        let was_ready = side.wire.borrow().conn.ready();
+        if pass(relay, side, &mut buf, &mut later).is_err() {
+            side.flush();
+            return;
+        }
+        if !was_ready && side.wire.borrow().conn.ready() {
+            relay.open_waiting(side);
+        }
+        for step in later.drain(..) {
+            act(relay, side, step);
+        }
+        side.flush();
+    }
+}
+
+/// Parses what was read; heads and trailers go to the client at once,
+/// the rest is left for [`act`].
+fn pass(
+    relay: &Relay,
+    side: &Rc<Side>,
+    buf: &mut BytesMut,
+    later: &mut Vec<Later>,
+) -> Result<(), ()> {
+    let mut w = side.wire.borrow_mut();
+    let wire = &mut *w;
+    let links = &wire.links;
+    let result = wire.conn.recv(buf, &mut wire.out, |event| match event {
+        Event::Headers {
+            stream,
+            list,
+            end_stream,
+        } => {
+            let Some(&key) = links.get(&stream) else {
+                return;
+            };
+            let mut calls = relay.calls.borrow_mut();
+            let Some(call) = calls.get_mut(key) else {
+                return;
+            };
+            let status = list.pseudo(crate::http2::headers::pseudo::STATUS);
+            if list.kind() == Kind::Response && status.is_some_and(|s| s[0] == b'1') {
+                return; // informational: not forwarded
+            }
+            let head = list.kind() == Kind::Response;
+            if !head && !call.to_down.is_empty() {
+                // Trailers wait for the DATA before them.
+                call.down_trailers = Some(list.clone());
+                return;
+            }
+            if let Some(code) = list
+                .get(b"grpc-status")
+                .and_then(crate::relay::calls::parse_code)
+            {
+                call.code = code;
+            } else if head && end_stream {
+                call.code = Code::Unknown;
+            }
+            {
+                let mut dw = call.down.wire.borrow_mut();
+                let down = &mut *dw;
+                let sent = down
+                    .conn
+                    .send_headers(call.d, list.all(), end_stream, &mut down.out);
+                if sent.is_err() {
+                    later.push(Later::Finish(key));
+                    return;
+                }
+            }
+            call.responded = true;
+            call.down.flush();
+            if end_stream || !head {
+                later.push(Later::Finish(key));
+            }
+        }
+        Event::HeadersTooLarge { stream } => later.push(Later::Fail(
+            stream,
+            Status::new(Code::Internal, "the upstream's response head is too large"),
+        )),
+        // Inline, so that DATA reaches the client before trailers read in
+        // the same pass; only the credit waits for the end of the pass.
+        Event::Data {
+            stream,
+            data,
+            end_stream,
+        } => {
+            let n = data.len() as u32;
+            let Some(&key) = links.get(&stream) else {
+                later.push(Later::Release(stream, n));
+                return;
+            };
+            let mut calls = relay.calls.borrow_mut();
+            let Some(call) = calls.get_mut(key) else {
+                later.push(Later::Release(stream, n));
+                return;
+            };
+            if !data.is_empty() {
+                call.to_down.push_back(data);
+            }
+            call.down_end |= end_stream;
+            let down = call.down.clone();
+            let (sent, done) = push_down(call, &mut down.wire.borrow_mut());
+            down.flush();
+            if sent > 0 {
+                later.push(Later::Release(stream, sent));
+            }
+            if done {
+                later.push(Later::Finish(key));
+            }
+        }
+        Event::Reset { stream, code, .. } => later.push(Later::Reset(stream, code)),
+        Event::WindowOpened { stream } => later.push(Later::Opened(stream)),
+        Event::GoAway { last_stream, .. } => later.push(Later::GoAway(last_stream)),
+        Event::PingAck { .. } => {}
+    });
+    result.map_err(|e| {
+        tracing::debug!(error = %e, "upstream connection error");
+    })
+}
+
+fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
+    let key_of = |u: u32| side.wire.borrow().links.get(&u).copied();
+    match step {
+        Later::Release(u, n) => side.wire.borrow_mut().release(u, n),
+        Later::Reset(u, code) => {
+            if let Some(key) = key_of(u) {
+                relay.fail(key, &status_of_reset(code), code);
+            }
+        }
+        Later::Opened(0) => {
+            let keys: Vec<usize> = side.wire.borrow().links.values().copied().collect();
+            for key in keys {
+                opened(relay, side, key);
+            }
+        }
+        Later::Opened(u) => {
+            if let Some(key) = key_of(u) {
+                opened(relay, side, key);
+            }
+        }
+        Later::Finish(key) => relay.finish(key),
+        Later::Fail(u, status) => {
+            if let Some(key) = key_of(u) {
+                relay.fail(key, &status, ErrorCode::INTERNAL_ERROR);
+            }
+        }
+        Later::GoAway(last) => {
+            // Streams above `last` were never processed.
+            let cut: Vec<usize> = side
+                .wire
+                .borrow()
+                .links
+                .iter()
+                .filter(|(&u, _)| u > last)
+                .map(|(_, &key)| key)
+                .collect();
+            let status = Status::new(Code::Unavailable, "the upstream is going away");
+            for key in cut {
+                relay.fail(key, &status, ErrorCode::REFUSED_STREAM);
+            }
+        }
+    }
+}
+
+/// The upstream gave `key`'s stream credit: send what waits, and give the
+/// client back what was sent.
+fn opened(relay: &Relay, side: &Rc<Side>, key: usize) {
+    let (sent, down, d) = {
+        let mut calls = relay.calls.borrow_mut();
+        let Some(call) = calls.get_mut(key) else {
+            return;
+        };
+        let sent = push_up(call, &mut side.wire.borrow_mut());
+        (sent, call.down.clone(), call.d)
+    };
+    if sent > 0 {
+        down.wire.borrow_mut().release(d, sent);
+        down.flush();
+    }
+}
+
+/// The connection is gone: every call on it or waiting for it fails.
+fn fail_all(relay: &Relay, side: &Rc<Side>, why: &'static str) {
+    let (linked, waiting): (Vec<usize>, Vec<usize>) = {
+        let mut w = side.wire.borrow_mut();
+        let linked = w.links.values().copied().collect();
+        let waiting = w.waiting.drain(..).collect();
+        (linked, waiting)
+    };
+    let status = Status::new(Code::Unavailable, why);
+    for key in linked.into_iter().chain(waiting) {
+        relay.fail(key, &status, ErrorCode::INTERNAL_ERROR);
+    }
+}

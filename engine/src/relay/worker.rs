@@ -1,0 +1,337 @@
+//! The relay of one worker: its calls and its upstream connections, and
+//! what every leg does to them (open a waiting call's stream, end a call,
+//! fail the calls of a connection that is gone).
+//!
+//! All of it lives on one core: `Rc` and `RefCell`, no locks. A function
+//! here borrows the sides it names one at a time; callers hold no borrow
+//! of any side when they call it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+
+use crate::downstream::server::Server;
+use crate::downstream::snapshot::RouteSlot;
+use crate::grpc::status::{Code, Status};
+use crate::http2::connection::{Connection, Limits, Role};
+use crate::http2::frame::ErrorCode;
+use crate::http2::outbox::Outbox;
+use crate::relay::calls::{answer, push_up, Call, Calls};
+use crate::relay::wire::Side;
+use crate::telemetry::metrics::add;
+
+/// Streams an upstream is assumed to allow before its SETTINGS say.
+const ASSUMED_STREAMS: usize = 100;
+
+/// One worker's relay.
+pub struct Relay {
+    /// The downstream side of the worker: snapshots, settings, counters.
+    pub server: Rc<Server>,
+    /// Every call in flight.
+    pub calls: RefCell<Calls>,
+    /// Upstream connections by endpoint.
+    upstreams: RefCell<HashMap<SocketAddr, Vec<Rc<Side>>>>,
+    /// What client connections allow.
+    pub downstream_limits: Limits,
+    /// What upstream connections allow.
+    pub upstream_limits: Limits,
+    /// Client connections, to tell them when the worker drains.
+    downstreams: RefCell<Vec<Weak<Side>>>,
+    draining: Cell<bool>,
+}
+
+impl Relay {
+    /// The relay of the worker whose downstream side is `server`.
+    pub fn new(server: Rc<Server>) -> Rc<Relay> {
+        let s = &server.settings;
+        let downstream_limits = Limits {
+            max_concurrent_streams: s.max_concurrent_streams,
+            stream_window: s.stream_window,
+            connection_window: s.connection_window,
+            max_frame_size: s.max_frame_size,
+            max_header_list_size: s.max_header_list_size,
+            max_header_block: (s.max_header_list_size as usize).saturating_mul(2),
+            ..Limits::default()
+        };
+        // Upstream connections are shared by many clients' calls: their
+        // connection window is wide open and each stream's bounds memory.
+        let upstream_limits = Limits {
+            connection_window: (1 << 31) - 1,
+            ..downstream_limits
+        };
+        Rc::new(Relay {
+            server,
+            calls: RefCell::new(Calls::default()),
+            upstreams: RefCell::new(HashMap::new()),
+            downstream_limits,
+            upstream_limits,
+            downstreams: RefCell::new(Vec::new()),
+            draining: Cell::new(false),
+        })
+    }
+
+    /// An upstream connection to `addr` for a new call: the least loaded
+    /// one with room, else a new one (`connect` starts it), else the least
+    /// loaded full one, where the call waits its turn.
+    pub fn upstream_for(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        connect: impl FnOnce(Rc<Relay>, Rc<Side>, SocketAddr),
+    ) -> Rc<Side> {
+        let mut upstreams = self.upstreams.borrow_mut();
+        let list = upstreams.entry(addr).or_default();
+        list.retain(|s| !s.closed.is_set() && !s.wire.borrow().conn.going_away());
+        let load = |s: &Rc<Side>| {
+            let w = s.wire.borrow();
+            w.conn.streams().len() + w.waiting.len()
+        };
+        let best = list
+            .iter()
+            .filter(|s| load(s) < capacity(s))
+            .min_by_key(|s| load(s));
+        if let Some(side) = best {
+            return side.clone();
+        }
+        if list.len() < self.server.settings.max_connections_per_endpoint {
+            let mut out = Outbox::new();
+            let conn = Connection::new(Role::Client, self.upstream_limits, &mut out);
+            let side = Side::new(conn, out);
+            list.push(side.clone());
+            connect(self.clone(), side.clone(), addr);
+            return side;
+        }
+        match list.iter().min_by_key(|s| load(s)) {
+            Some(side) => side.clone(),
+            None => {
+                // max_connections_per_endpoint is at least 1, so the list
+                // had room; this cannot happen, but a dead end is no worse
+                // than a connect.
+                let mut out = Outbox::new();
+                let conn = Connection::new(Role::Client, self.upstream_limits, &mut out);
+                let side = Side::new(conn, out);
+                list.push(side.clone());
+                connect(self.clone(), side.clone(), addr);
+                side
+            }
+        }
+    }
+
+    /// Notes a new client connection.
+    pub fn serving(&self, side: &Rc<Side>) {
+        let mut list = self.downstreams.borrow_mut();
+        list.retain(|s| s.strong_count() > 0);
+        list.push(Rc::downgrade(side));
+    }
+
+    /// Whether the worker drains.
+    pub fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// The worker drains: every client connection gets GOAWAY, and those
+    /// without calls close now; the rest close as their last call ends.
+    pub fn drain(&self) {
+        self.draining.set(true);
+        let sides: Vec<Rc<Side>> = self
+            .downstreams
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for side in sides {
+            let idle = {
+                let mut w = side.wire.borrow_mut();
+                let wire = &mut *w;
+                wire.conn.go_away(ErrorCode::NO_ERROR, &mut wire.out);
+                wire.links.is_empty()
+            };
+            side.flush();
+            if idle {
+                side.closed.set();
+            }
+        }
+    }
+
+    /// Forgets an upstream connection that is gone.
+    pub fn forget(&self, addr: SocketAddr, side: &Rc<Side>) {
+        if let Some(list) = self.upstreams.borrow_mut().get_mut(&addr) {
+            list.retain(|s| !Rc::ptr_eq(s, side));
+        }
+    }
+
+    /// Opens streams on `up` for the calls waiting on it, as far as its
+    /// stream limit allows.
+    pub fn open_waiting(&self, up: &Rc<Side>) {
+        loop {
+            let room = {
+                let w = up.wire.borrow();
+                w.conn.ready() && !w.conn.going_away() && w.conn.streams().len() < capacity(up)
+            };
+            if !room {
+                return;
+            }
+            let Some(key) = up.wire.borrow_mut().waiting.pop_front() else {
+                return;
+            };
+            let mut calls = self.calls.borrow_mut();
+            let Some(call) = calls.get_mut(key) else {
+                continue;
+            };
+            let Some(head) = call.head.take() else {
+                continue;
+            };
+            let sent = {
+                let mut w = up.wire.borrow_mut();
+                let wire = &mut *w;
+                let end = call.up_end && call.to_up.is_empty() && call.up_trailers.is_none();
+                match wire.conn.open(head.all(), end, &mut wire.out) {
+                    Ok(u) => {
+                        if end {
+                            call.up_end = false;
+                        }
+                        wire.links.insert(u, key);
+                        call.up = Some((up.clone(), u));
+                        call.waiting_on = None;
+                        push_up(call, wire)
+                    }
+                    Err(_) => {
+                        call.head = Some(head);
+                        wire.waiting.push_front(key);
+                        return;
+                    }
+                }
+            };
+            let down = call.down.clone();
+            let d = call.d;
+            drop(calls);
+            up.flush();
+            if sent > 0 {
+                down.wire.borrow_mut().release(d, sent);
+                down.flush();
+            }
+        }
+    }
+
+    /// Ends call `key`: its statistics, and both of its streams (a client
+    /// still sending is told to stop with NO_ERROR, an upstream still
+    /// receiving is cancelled). A waiting call leaves its queue.
+    pub fn finish(&self, key: usize) {
+        let Some(call) = self.calls.borrow_mut().remove(key) else {
+            return;
+        };
+        self.settle(&call);
+        // Bytes still waiting are dropped: their credit goes back.
+        let unsent = |q: &std::collections::VecDeque<bytes::Bytes>| {
+            q.iter().map(|b| b.len() as u32).sum::<u32>()
+        };
+        let idle = {
+            let mut w = call.down.wire.borrow_mut();
+            let wire = &mut *w;
+            wire.links.remove(&call.d);
+            wire.release(call.d, unsent(&call.to_up));
+            if wire.conn.streams().get(call.d).is_some() {
+                wire.conn.reset(call.d, ErrorCode::NO_ERROR, &mut wire.out);
+            }
+            wire.links.is_empty()
+        };
+        call.down.flush();
+        if idle && self.draining.get() {
+            call.down.closed.set();
+        }
+        if let Some(waiting_on) = &call.waiting_on {
+            waiting_on.wire.borrow_mut().waiting.retain(|k| *k != key);
+        }
+        if let Some((up, u)) = &call.up {
+            {
+                let mut w = up.wire.borrow_mut();
+                let wire = &mut *w;
+                wire.links.remove(u);
+                wire.release(*u, unsent(&call.to_down));
+                if wire.conn.streams().get(*u).is_some() {
+                    wire.conn.reset(*u, ErrorCode::CANCEL, &mut wire.out);
+                }
+            }
+            up.flush();
+            self.open_waiting(up);
+        }
+    }
+
+    /// The call's statistics.
+    fn settle(&self, call: &Call) {
+        let counters = &self.server.calls.counters;
+        counters
+            .streams_active
+            .set(counters.streams_active.get().saturating_sub(1));
+        let elapsed = call.started.elapsed();
+        call.route.stats.finish(call.code, elapsed);
+        call.cluster.stats.finish(call.code, elapsed);
+    }
+
+    /// The client's stream of call `key` is gone (reset, or its connection
+    /// closed): cancel upstream.
+    pub fn cancel(&self, key: usize) {
+        if let Some(call) = self.calls.borrow_mut().get_mut(key) {
+            call.code = Code::Cancelled;
+        }
+        self.finish(key);
+    }
+
+    /// The upstream stream of call `key` is gone with `status` (reset, or
+    /// its connection failed): tell the client.
+    pub fn fail(&self, key: usize, status: &Status, reset: ErrorCode) {
+        let down = {
+            let mut calls = self.calls.borrow_mut();
+            let Some(call) = calls.get_mut(key) else {
+                return;
+            };
+            call.code = status.code();
+            // Its upstream stream is gone: nothing to cancel there, and
+            // what it sent that still waits is dropped.
+            if let Some((up, u)) = call.up.take() {
+                let mut w = up.wire.borrow_mut();
+                w.links.remove(&u);
+                let n = call.to_down.drain(..).map(|b| b.len() as u32).sum();
+                w.release(u, n);
+                drop(w);
+                up.flush();
+            }
+            let mut w = call.down.wire.borrow_mut();
+            if call.responded {
+                let wire = &mut *w;
+                wire.conn.reset(call.d, reset, &mut wire.out);
+            } else {
+                answer(&mut w, call.d, status);
+            }
+            call.down.clone()
+        };
+        down.flush();
+        self.finish(key);
+    }
+
+    /// A call that ends without an upstream: its statistics.
+    pub fn unrouted(&self, route: &RouteSlot, code: Code) {
+        let counters = &self.server.calls.counters;
+        counters
+            .streams_active
+            .set(counters.streams_active.get().saturating_sub(1));
+        route.stats.finish(code, std::time::Duration::ZERO);
+    }
+
+    /// Counts a new call.
+    pub fn started(&self) {
+        let counters = &self.server.calls.counters;
+        add(&counters.streams_active, 1);
+        add(&counters.calls_started, 1);
+    }
+}
+
+/// The streams `up` may carry: its SETTINGS_MAX_CONCURRENT_STREAMS, or
+/// what is assumed until they arrive.
+fn capacity(up: &Rc<Side>) -> usize {
+    let w = up.wire.borrow();
+    match w.conn.remote_settings().max_concurrent_streams {
+        Some(n) if w.conn.ready() => n as usize,
+        _ => ASSUMED_STREAMS,
+    }
+}
