@@ -43,7 +43,8 @@ enum Cmd {
         /// Only scenarios whose name contains this text.
         #[arg(long)]
         only: Option<String>,
-        /// Targets to run (direct, grpc-proxy, haproxy, nginx, scale).
+        /// Targets to run (direct, grpc-proxy, grpc-proxy-own, haproxy, nginx,
+        /// scale).
         #[arg(
             long,
             value_delimiter = ',',
@@ -114,6 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let target = match name.as_str() {
                     "direct" => Target::Direct,
                     "grpc-proxy" => Target::GrpcProxy(1),
+                    "grpc-proxy-own" => Target::GrpcProxyOwn,
                     "haproxy" => Target::Haproxy,
                     "nginx" => Target::Nginx,
                     "scale" => Target::GrpcProxy(2),

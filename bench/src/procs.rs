@@ -18,6 +18,9 @@ pub enum Target {
     Direct,
     /// grpc-proxy with this many worker cores.
     GrpcProxy(usize),
+    /// grpc-proxy on one core with its own HTTP/2 frame path
+    /// (`--frame-path own`).
+    GrpcProxyOwn,
     /// HAProxy, `mode http`, `proto h2` both sides, one thread.
     Haproxy,
     /// nginx `grpc_pass`, one worker.
@@ -31,6 +34,7 @@ impl Target {
             Target::Direct => "direct".into(),
             Target::GrpcProxy(1) => "grpc-proxy".into(),
             Target::GrpcProxy(n) => format!("grpc-proxy x{n}"),
+            Target::GrpcProxyOwn => "grpc-proxy own".into(),
             Target::Haproxy => "haproxy".into(),
             Target::Nginx => "nginx".into(),
         }
@@ -296,8 +300,12 @@ pub fn proxy(
     let addr = free_port()?;
     let (mut child, dir) = match target {
         Target::Direct => return Ok(None),
-        Target::GrpcProxy(_) => (
+        Target::GrpcProxy(_) | Target::GrpcProxyOwn => (
             Command::new(bin_dir.join("grpc-proxy"))
+                .args(match target {
+                    Target::GrpcProxyOwn => &["--frame-path", "own"][..],
+                    _ => &[],
+                })
                 .args([
                     "--listen",
                     &addr.to_string(),

@@ -86,6 +86,12 @@ struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     drain_timeout: Option<Duration>,
 
+    /// HTTP/2 implementation: h2 (default) or own, the engine's own frame
+    /// layer (cleartext only so far); overrides the file's
+    /// [http2] frame_path.
+    #[arg(long, value_name = "PATH", value_parser = parse_frame_path)]
+    frame_path: Option<grpc_proxy::config::FramePath>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. info or grpc_proxy=debug;
     /// RUST_LOG is used when this is not given.
     #[arg(long, value_name = "FILTER")]
@@ -244,7 +250,18 @@ fn load(cli: &Cli) -> Result<Config, String> {
     if let Some(d) = cli.drain_timeout {
         config.settings.drain_timeout = d;
     }
+    if let Some(path) = cli.frame_path {
+        config.settings.frame_path = path;
+    }
     Ok(config)
+}
+
+fn parse_frame_path(s: &str) -> Result<grpc_proxy::config::FramePath, String> {
+    match s {
+        "h2" => Ok(grpc_proxy::config::FramePath::H2),
+        "own" => Ok(grpc_proxy::config::FramePath::Own),
+        _ => Err(format!("{s:?} is not one of h2, own")),
+    }
 }
 
 /// The config of `--upstream` alone: one cluster, one route to it.

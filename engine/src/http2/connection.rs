@@ -72,7 +72,8 @@ pub struct Limits {
     /// Streams the peer may reset per tick before GOAWAY
     /// (CVE-2023-44487).
     pub max_resets_per_tick: u32,
-    /// SETTINGS, PING, PRIORITY and WINDOW_UPDATE frames per tick.
+    /// SETTINGS, PING and PRIORITY frames per tick, and WINDOW_UPDATEs
+    /// beyond two per DATA frame we sent in it.
     pub max_control_frames_per_tick: u32,
     /// Empty DATA frames without END_STREAM per tick.
     pub max_empty_data_per_tick: u32,
@@ -189,6 +190,9 @@ struct Budget {
     resets: u32,
     control: u32,
     empty_data: u32,
+    /// WINDOW_UPDATEs received, and DATA frames sent, which earn them.
+    window_updates: u32,
+    data_sent: u32,
 }
 
 /// One connection's protocol state.
@@ -477,7 +481,14 @@ impl Connection {
                 on(Event::GoAway { last_stream, code });
             }
             Frame::WindowUpdate { stream, increment } => {
-                self.control()?;
+                // A peer that reads what we send answers with credit: its
+                // WINDOW_UPDATEs are free up to two per DATA frame we sent
+                // (as Envoy counts them), and past that are control frames.
+                self.budget.window_updates += 1;
+                let earned = self.budget.data_sent.saturating_mul(2);
+                if self.budget.window_updates > earned {
+                    self.control()?;
+                }
                 self.window_update(stream, increment, out, on)?;
             }
             Frame::Data { .. } | Frame::Unknown { .. } => {}
@@ -995,6 +1006,7 @@ impl Connection {
             };
             out.put(|b| frame::write_head(b, chunk.len(), kind::DATA, flags, id));
             out.put_payload(chunk);
+            self.budget.data_sent = self.budget.data_sent.saturating_add(1);
             if last {
                 break;
             }
@@ -1407,6 +1419,28 @@ mod tests {
         let mut bytes = Vec::new();
         for _ in 0..10 {
             frame::write_ping(&mut bytes, false, [7; 8]);
+        }
+        connection_error(&s.feed(&bytes), ErrorCode::ENHANCE_YOUR_CALM);
+        // WINDOW_UPDATEs that answer our DATA are free; a flood is not.
+        let mut s = Server::new(limits);
+        s.feed(&request(1, false));
+        for _ in 0..20 {
+            s.conn
+                .send_data(1, Bytes::from_static(b"x"), false, &mut s.out)
+                .expect("room");
+        }
+        let mut bytes = Vec::new();
+        for _ in 0..40 {
+            frame::write_window_update(&mut bytes, 1, 1);
+        }
+        assert_eq!(
+            s.feed(&bytes).result,
+            Some(Ok(())),
+            "two per DATA frame sent"
+        );
+        let mut bytes = Vec::new();
+        for _ in 0..10 {
+            frame::write_window_update(&mut bytes, 0, 1);
         }
         connection_error(&s.feed(&bytes), ErrorCode::ENHANCE_YOUR_CALM);
         // Empty DATA frames.

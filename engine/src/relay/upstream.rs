@@ -77,7 +77,14 @@ async fn run(relay: &Rc<Relay>, side: &Rc<Side>, addr: SocketAddr) {
         };
         buf = b;
         match result {
-            Ok(0) | Err(_) => return,
+            Ok(0) => {
+                tracing::debug!(upstream = %addr, "upstream closed the connection");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %addr, error = %e, "upstream read failed");
+                return;
+            }
             Ok(_) => {}
         }
         if last_tick.elapsed().as_secs() >= 1 {
@@ -195,7 +202,10 @@ fn pass(
         }
         Event::Reset { stream, code, .. } => later.push(Later::Reset(stream, code)),
         Event::WindowOpened { stream } => later.push(Later::Opened(stream)),
-        Event::GoAway { last_stream, .. } => later.push(Later::GoAway(last_stream)),
+        Event::GoAway { last_stream, code } => {
+            tracing::debug!(last_stream, %code, "upstream GOAWAY");
+            later.push(Later::GoAway(last_stream));
+        }
         Event::PingAck { .. } => {}
     });
     result.map_err(|e| {

@@ -16,8 +16,8 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
-use bytes::Bytes;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+use bytes::{Buf, Bytes};
+use monoio::io::AsyncWriteRent;
 
 use crate::http2::connection::Connection;
 use crate::http2::outbox::Outbox;
@@ -82,13 +82,72 @@ impl Side {
     }
 }
 
+/// Segments handed to one `writev`: at most this many (IOV_MAX is 1024).
+const SEGMENTS_PER_WRITE: usize = 512;
+
+/// Buffers for one vectored write, and the iovecs that point into them.
+#[derive(Default)]
+struct Segments {
+    bufs: Vec<Bytes>,
+    iovecs: Vec<libc::iovec>,
+}
+
+impl Segments {
+    /// Drops the first `n` bytes, which were written.
+    fn consume(&mut self, mut n: usize) {
+        let mut done = 0;
+        for buf in &mut self.bufs {
+            if n < buf.len() {
+                buf.advance(n);
+                break;
+            }
+            n -= buf.len();
+            done += 1;
+        }
+        self.bufs.drain(..done);
+    }
+
+    fn index(&mut self) {
+        self.iovecs.clear();
+        self.iovecs.extend(
+            self.bufs
+                .iter()
+                .take(SEGMENTS_PER_WRITE)
+                .map(|b| libc::iovec {
+                    iov_base: b.as_ptr() as *mut libc::c_void,
+                    iov_len: b.len(),
+                }),
+        );
+    }
+}
+
+// SAFETY: every iovec points into a `Bytes` held in `bufs`, whose bytes
+// live on the heap (or in static memory) and do not move when `Segments`
+// moves; `bufs` is not changed while the runtime owns the value (between
+// `index` and the end of the write), so the pointers and lengths stay
+// valid for the whole write.
+#[allow(unsafe_code)]
+unsafe impl monoio::buf::IoVecBuf for Segments {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iovecs.as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        self.iovecs.len()
+    }
+}
+
 /// Writes what `side` has waiting until it closes (then writes what is
-/// left and returns) or a write fails.
+/// left and returns) or a write fails: everything that waits goes in one
+/// `writev`, so a pass that made frames for many streams costs one
+/// syscall.
 pub async fn write_loop<W: AsyncWriteRent>(side: Rc<Side>, mut io: W, stop: Rc<Latch>) {
-    let mut segments: Vec<Bytes> = Vec::new();
+    let mut batch = Segments::default();
     loop {
-        side.wire.borrow_mut().out.take_segments(&mut segments);
-        if segments.is_empty() {
+        if batch.bufs.is_empty() {
+            side.wire.borrow_mut().out.take_segments(&mut batch.bufs);
+        }
+        if batch.bufs.is_empty() {
             if side.closed.is_set() || stop.is_set() {
                 break;
             }
@@ -99,9 +158,15 @@ pub async fn write_loop<W: AsyncWriteRent>(side: Rc<Side>, mut io: W, stop: Rc<L
             }
             continue;
         }
-        for segment in segments.drain(..) {
-            let (result, _) = io.write_all(segment).await;
-            if result.is_err() {
+        batch.index();
+        // Not monoio's write_vectored_all: in 0.2.4 it does not advance
+        // within a partly written iovec, and would write those bytes twice.
+        let (result, b) = io.writev(batch).await;
+        batch = b;
+        match result {
+            Ok(n) if n > 0 => batch.consume(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            _ => {
                 side.closed.set();
                 return;
             }
