@@ -178,6 +178,9 @@ pub struct Timing<'a> {
     pub warmup: Duration,
     /// TLS files for the proxies' listeners; `None`: cleartext.
     pub tls: Option<&'a procs::TlsFiles>,
+    /// Idle connections to hold after the loads, to measure memory per
+    /// connection; 0: none.
+    pub idle: usize,
 }
 
 /// Runs every scenario against one target; `peak` is filled from the first
@@ -189,11 +192,12 @@ pub fn run_target(
     upstream: std::net::SocketAddr,
     timing: &Timing<'_>,
     only: &[Scenario],
-) -> anyhow::Result<Vec<Row>> {
+) -> anyhow::Result<(Vec<Row>, Option<crate::idle::IdleRow>)> {
     let Timing {
         seconds,
         warmup,
         tls,
+        ..
     } = *timing;
     let proxy_cpus: Vec<usize> = match target {
         Target::GrpcProxy(n) => {
@@ -311,7 +315,20 @@ pub fn run_target(
             report,
         });
     }
-    Ok(rows)
+    let idle = match (&proxy, timing.idle) {
+        (Some(p), n) if n > 0 && tls.is_none() => {
+            let row = crate::idle::measure(&target.name(), p, addr, n)?;
+            eprintln!(
+                "  {:<28} {:<14} {:>8.1} KiB per connection ({n} connections)",
+                "idle connections",
+                target.name(),
+                row.kib_per_connection
+            );
+            Some(row)
+        }
+        _ => None,
+    };
+    Ok((rows, idle))
 }
 
 /// The markdown tables: one per scenario, with ratios to HAProxy.

@@ -7,6 +7,7 @@
 
 mod allocs;
 mod e2e;
+mod idle;
 mod procs;
 mod soak;
 
@@ -54,6 +55,10 @@ enum Cmd {
         /// Where to write the JSON results.
         #[arg(long, default_value = "target/bench-e2e.json")]
         json: PathBuf,
+        /// Idle client connections to hold against each proxy after its
+        /// loads, to measure memory per connection (0: skip).
+        #[arg(long, default_value_t = 5000)]
+        idle: usize,
         /// Do not build grpc-proxy and grpc-loadtest first.
         #[arg(long)]
         no_build: bool,
@@ -97,6 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             no_build,
             tls,
+            idle,
         } => {
             let bin_dir = &binaries(no_build)?;
             let plan = e2e::Plan::new(&grpc_proxy::runtime::cores::available())?;
@@ -111,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 plan.proxy, plan.upstream, plan.load
             );
             let mut rows = Vec::new();
+            let mut idle_rows = Vec::new();
             for name in &targets {
                 let target = match name.as_str() {
                     "direct" => Target::Direct,
@@ -150,7 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     scenarios.clone()
                 };
                 eprintln!("{}:", target.name());
-                rows.extend(e2e::run_target(
+                let (these_rows, idle) = e2e::run_target(
                     target,
                     bin_dir,
                     &plan,
@@ -159,12 +166,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         seconds,
                         warmup,
                         tls: tls_files.as_ref(),
+                        idle: if target == Target::Direct || target == Target::GrpcProxy(2) {
+                            0
+                        } else {
+                            idle
+                        },
                     },
                     &these,
-                )?);
+                )?;
+                rows.extend(these_rows);
+                idle_rows.extend(idle);
             }
             let table = e2e::markdown(&rows);
             println!("{table}");
+            if !idle_rows.is_empty() {
+                println!("{}", idle::markdown(&idle_rows));
+            }
             if let Some(dir) = json.parent() {
                 std::fs::create_dir_all(dir)?;
             }

@@ -55,7 +55,8 @@ struct Cli {
     #[arg(long, value_name = "LIST")]
     cpu_set: Option<CpuList>,
 
-    /// monoio driver: auto (io_uring when available), io_uring, or legacy.
+    /// monoio driver: auto (io_uring when available; legacy with
+    /// --frame-path own, where it measured faster), io_uring, or legacy.
     #[arg(long, value_name = "DRIVER")]
     driver: Option<Driver>,
 

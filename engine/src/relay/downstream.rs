@@ -27,7 +27,7 @@ use crate::http2::headers::{pseudo, HeaderList, Kind};
 use crate::http2::outbox::Outbox;
 use crate::relay::calls::{answer, push_down, push_up, Call};
 use crate::relay::upstream::connect;
-use crate::relay::wire::{read_more, write_loop, Links, Side, Wire};
+use crate::relay::wire::{read_more, shrink, write_loop, Links, Side, Wire, READ_SMALL};
 use crate::relay::worker::Relay;
 use crate::routing::director::{Call as DirectorCall, Route};
 
@@ -69,13 +69,14 @@ async fn run<R: monoio::io::AsyncReadRent>(
 ) {
     let server = &relay.server;
     let preface_by = monoio::time::Instant::now() + server.settings.handshake_timeout;
-    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut buf = BytesMut::new();
+    let mut want = READ_SMALL;
     let mut later = Vec::new();
     let mut last_tick = Instant::now();
     loop {
         let ready = side.wire.borrow().conn.ready();
         let (result, b) = monoio::select! {
-            r = read_more(reader, buf) => r,
+            r = read_more(reader, buf, &mut want) => r,
             _ = monoio::time::sleep_until(preface_by), if !ready => {
                 tracing::debug!(%peer, "downstream handshake timed out");
                 return;
@@ -98,6 +99,9 @@ async fn run<R: monoio::io::AsyncReadRent>(
             act(relay, side, step);
         }
         side.flush();
+        if side.wire.borrow().links.is_empty() {
+            shrink(&mut buf, &mut want);
+        }
         if failed || (relay.draining() && side.wire.borrow().links.is_empty()) {
             return;
         }

@@ -20,7 +20,7 @@ use crate::http2::connection::Event;
 use crate::http2::frame::ErrorCode;
 use crate::http2::headers::Kind;
 use crate::relay::calls::{push_down, push_up, status_of_reset};
-use crate::relay::wire::{read_more, write_loop, Side};
+use crate::relay::wire::{read_more, shrink, write_loop, Side, READ_SMALL};
 use crate::relay::worker::Relay;
 
 /// What the reader does after a pass, with no side borrowed.
@@ -66,12 +66,13 @@ async fn run(relay: &Rc<Relay>, side: &Rc<Side>, addr: SocketAddr) {
     let (mut reader, writer) = tcp.into_split();
     monoio::spawn(write_loop(side.clone(), writer, stop.clone()));
     side.flush();
-    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut buf = BytesMut::new();
+    let mut want = READ_SMALL;
     let mut later = Vec::new();
     let mut last_tick = Instant::now();
     loop {
         let (result, b) = monoio::select! {
-            r = read_more(&mut reader, buf) => r,
+            r = read_more(&mut reader, buf, &mut want) => r,
             _ = stop.wait() => return,
             _ = side.closed.wait() => return,
         };
@@ -103,6 +104,9 @@ async fn run(relay: &Rc<Relay>, side: &Rc<Side>, addr: SocketAddr) {
             act(relay, side, step);
         }
         side.flush();
+        if side.wire.borrow().links.is_empty() {
+            shrink(&mut buf, &mut want);
+        }
     }
 }
 

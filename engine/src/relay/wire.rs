@@ -175,20 +175,37 @@ pub async fn write_loop<W: AsyncWriteRent>(side: Rc<Side>, mut io: W, stop: Rc<L
     let _ = io.shutdown().await;
 }
 
-/// Room kept free at the end of a read buffer before each read.
-const READ_ROOM: usize = 16 << 10;
+/// The first read size of a connection, and what an idle one goes back
+/// to: a connection that sent nothing for a while holds no more.
+pub const READ_SMALL: usize = 512;
+/// The largest read size.
+const READ_LARGE: usize = 64 << 10;
 
-/// Reads more bytes onto the end of `buf`; `Ok(0)` is the end of the
-/// stream.
+/// Reads more bytes onto the end of `buf`, into at least `*want` bytes of
+/// room; a read that fills the room doubles `*want` (up to 64 KiB), so a
+/// busy connection reads in large chunks and an idle one costs a small
+/// buffer. `Ok(0)` is the end of the stream.
 pub async fn read_more<R: monoio::io::AsyncReadRent>(
     io: &mut R,
     mut buf: bytes::BytesMut,
+    want: &mut usize,
 ) -> (std::io::Result<usize>, bytes::BytesMut) {
     use monoio::buf::IoBufMut;
-    if buf.capacity() - buf.len() < READ_ROOM {
-        buf.reserve(4 * READ_ROOM);
+    if buf.capacity() - buf.len() < *want {
+        buf.reserve(*want);
     }
     let (len, cap) = (buf.len(), buf.capacity());
     let (result, slice) = io.read(buf.slice_mut(len..cap)).await;
+    if result.as_ref().is_ok_and(|&n| n == cap - len) {
+        *want = (*want * 2).min(READ_LARGE);
+    }
     (result, slice.into_inner())
+}
+
+/// Lets an idle connection's read buffer go, if it holds no partial frame.
+pub fn shrink(buf: &mut bytes::BytesMut, want: &mut usize) {
+    if buf.is_empty() && buf.capacity() > 4 * READ_SMALL {
+        *buf = bytes::BytesMut::new();
+        *want = READ_SMALL;
+    }
 }

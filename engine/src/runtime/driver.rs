@@ -13,7 +13,9 @@ use monoio::{FusionDriver, IoUringDriver, LegacyDriver, RuntimeBuilder};
 /// Which monoio driver the workers use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Driver {
-    /// io_uring when the kernel allows it, otherwise legacy.
+    /// io_uring when the kernel allows it, otherwise legacy; with the own
+    /// frame path (`[http2] frame_path = "own"`), legacy, which measured
+    /// faster there.
     #[default]
     Auto,
     /// io_uring only; start-up fails where it is unavailable.
