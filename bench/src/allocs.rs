@@ -68,18 +68,37 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// Measures and prints allocations per call for a few call shapes.
+/// Measures and prints allocations per call for a few call shapes, on the
+/// h2 path and on the own frame path.
 pub fn report(calls: u64) -> anyhow::Result<()> {
+    use grpc_proxy::config::FramePath;
+    println!("| call | frame path | allocations per call | bytes allocated per call |");
+    println!("| --- | --- | ---: | ---: |");
+    for path in [FramePath::H2, FramePath::Own] {
+        report_one(calls, path)?;
+    }
+    Ok(())
+}
+
+fn report_one(calls: u64, path: grpc_proxy::config::FramePath) -> anyhow::Result<()> {
     let upstream = serve::start(ServeOptions {
         listen: "127.0.0.1:0".parse()?,
         cores: CoreSelection::Count(1),
         ..ServeOptions::default()
     })?;
-    let mut builder = ProxyBuilder::new("127.0.0.1:0".parse()?).cores(CoreSelection::Count(1));
+    let settings = grpc_proxy::Settings {
+        frame_path: path,
+        ..grpc_proxy::Settings::default()
+    };
+    let mut builder = ProxyBuilder::new("127.0.0.1:0".parse()?)
+        .cores(CoreSelection::Count(1))
+        .settings(settings);
     let echo = builder.cluster("echo", [upstream.local_addr()]);
     let proxy = builder.start(move |_| move |_: &grpc_proxy::Call<'_>| Route::to(echo))?;
-    println!("| call | allocations per call | bytes allocated per call |");
-    println!("| --- | ---: | ---: |");
+    let path_name = match path {
+        grpc_proxy::config::FramePath::H2 => "h2",
+        grpc_proxy::config::FramePath::Own => "own",
+    };
     for (name, rpc, payload, messages) in [
         ("unary 10B", Rpc::Unary, 10, 1),
         ("unary 16KiB", Rpc::Unary, 16 << 10, 1),
@@ -112,7 +131,7 @@ pub fn report(calls: u64) -> anyhow::Result<()> {
         );
         let made = (r.calls_ok + r.calls_failed).max(1) as f64;
         println!(
-            "| {name} | {:.1} | {:.0} |",
+            "| {name} | {path_name} | {:.1} | {:.0} |",
             (a1 - a0) as f64 / made,
             (b1 - b0) as f64 / made
         );

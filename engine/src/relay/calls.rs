@@ -93,6 +93,48 @@ impl Calls {
     }
 }
 
+/// New request DATA for a call with an upstream stream: sent at once when
+/// nothing waits before it and the upstream has the credit (the common
+/// case, which then costs no queue), else queued behind the rest. Returns
+/// the bytes sent, as [`push_up`].
+pub fn forward_up(call: &mut Call, data: Bytes, up: &mut Wire) -> u32 {
+    if let (false, true, Some((_, u))) = (data.is_empty(), call.to_up.is_empty(), &call.up) {
+        let u = *u;
+        if up.conn.send_capacity(u) >= data.len() {
+            let n = data.len() as u32;
+            let end = call.up_end && call.up_trailers.is_none();
+            let Wire { conn, out, .. } = up;
+            if conn.send_data(u, data, end, out).is_ok() && end {
+                call.up_end = false;
+            }
+            return n;
+        }
+    }
+    if !data.is_empty() {
+        call.to_up.push_back(data);
+    }
+    push_up(call, up)
+}
+
+/// New response DATA: sent at once when nothing waits before it and the
+/// client has the credit, else queued. Returns what [`push_down`] does.
+pub fn forward_down(call: &mut Call, data: Bytes, down: &mut Wire) -> (u32, bool) {
+    let direct = !data.is_empty()
+        && call.to_down.is_empty()
+        && down.conn.send_capacity(call.d) >= data.len();
+    if direct {
+        let n = data.len() as u32;
+        let end = call.down_end && call.down_trailers.is_none();
+        let Wire { conn, out, .. } = down;
+        let sent = conn.send_data(call.d, data, end, out);
+        return (n, end || sent.is_err());
+    }
+    if !data.is_empty() {
+        call.to_down.push_back(data);
+    }
+    push_down(call, down)
+}
+
 /// Sends what the call has for upstream, within its credit; returns the
 /// DATA bytes sent, which the client may now have back.
 pub fn push_up(call: &mut Call, up: &mut Wire) -> u32 {

@@ -17,7 +17,6 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue};
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
@@ -25,7 +24,7 @@ use crate::grpc::status::{Code, Status};
 use crate::http2::connection::{Connection, Event, Role};
 use crate::http2::headers::{pseudo, HeaderList, Kind};
 use crate::http2::outbox::Outbox;
-use crate::relay::calls::{answer, push_down, push_up, Call};
+use crate::relay::calls::{answer, forward_up, push_down, push_up, Call};
 use crate::relay::upstream::connect;
 use crate::relay::wire::{read_more, shrink, write_loop, Links, Side, Wire, READ_SMALL};
 use crate::relay::worker::Relay;
@@ -167,17 +166,10 @@ fn request(
     }
     let path = text(list.pseudo(pseudo::PATH)).unwrap_or("");
     let authority = text(list.pseudo(pseudo::AUTHORITY));
-    // The director's API speaks http's HeaderMap.
-    let mut headers = HeaderMap::with_capacity(list.fields().count());
-    for (name, value, _) in list.fields() {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
-            headers.append(n, v);
-        }
-    }
     let snapshot = relay.server.snapshot();
     let (route, index) = snapshot
         .director
-        .route_indexed(&DirectorCall::new(path, authority, &headers, peer));
+        .route_indexed(&DirectorCall::from_list(path, authority, list, peer));
     let slot = snapshot.route(index).clone();
     slot.stats.start();
     relay.started();
@@ -269,14 +261,15 @@ fn request_data(
         later.push(Later::Release(d, n));
         return;
     };
-    if !data.is_empty() {
-        call.to_up.push_back(data);
-    }
     call.up_end |= end;
     let Some((up, _)) = call.up.clone() else {
-        return; // waits for its stream, holding the client's credit
+        // Waits for its stream, holding the client's credit.
+        if !data.is_empty() {
+            call.to_up.push_back(data);
+        }
+        return;
     };
-    let sent = push_up(call, &mut up.wire.borrow_mut());
+    let sent = forward_up(call, data, &mut up.wire.borrow_mut());
     up.flush();
     if sent > 0 {
         later.push(Later::Release(d, sent));

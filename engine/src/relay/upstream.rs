@@ -19,7 +19,7 @@ use crate::grpc::status::{Code, Status};
 use crate::http2::connection::Event;
 use crate::http2::frame::ErrorCode;
 use crate::http2::headers::Kind;
-use crate::relay::calls::{push_down, push_up, status_of_reset};
+use crate::relay::calls::{forward_down, push_up, status_of_reset};
 use crate::relay::wire::{read_more, shrink, write_loop, Side, READ_SMALL};
 use crate::relay::worker::Relay;
 
@@ -190,12 +190,9 @@ fn pass(
                 later.push(Later::Release(stream, n));
                 return;
             };
-            if !data.is_empty() {
-                call.to_down.push_back(data);
-            }
             call.down_end |= end_stream;
             let down = call.down.clone();
-            let (sent, done) = push_down(call, &mut down.wire.borrow_mut());
+            let (sent, done) = forward_down(call, data, &mut down.wire.borrow_mut());
             down.flush();
             if sent > 0 {
                 later.push(Later::Release(stream, sent));

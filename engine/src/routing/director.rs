@@ -15,9 +15,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::HeaderMap;
+use std::cell::OnceCell;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::grpc::status::Status;
+use crate::http2::headers::HeaderList;
 use crate::transport::tls::PeerIdentity;
 
 /// Names a cluster of upstream endpoints; handed out by
@@ -41,12 +44,21 @@ pub struct CoreId {
     pub cpu: Option<usize>,
 }
 
+/// A call's metadata: an http `HeaderMap` (the h2 path), or the decoded
+/// header list of the own frame path, turned into a `HeaderMap` only if a
+/// director asks for the whole map.
+#[derive(Debug)]
+enum Metadata<'a> {
+    Map(&'a HeaderMap),
+    List(&'a HeaderList, OnceCell<HeaderMap>),
+}
+
 /// What the director sees of a call.
 #[derive(Debug)]
 pub struct Call<'a> {
     pub(crate) path: &'a str,
     pub(crate) authority: Option<&'a str>,
-    pub(crate) headers: &'a HeaderMap,
+    headers: Metadata<'a>,
     pub(crate) peer: SocketAddr,
     pub(crate) identity: Option<&'a PeerIdentity>,
 }
@@ -63,7 +75,24 @@ impl<'a> Call<'a> {
         Call {
             path,
             authority,
-            headers,
+            headers: Metadata::Map(headers),
+            peer,
+            identity: None,
+        }
+    }
+
+    /// A call of the own frame path, whose metadata is a decoded header
+    /// list: reading one key costs a scan and no allocation.
+    pub(crate) fn from_list(
+        path: &'a str,
+        authority: Option<&'a str>,
+        list: &'a HeaderList,
+        peer: SocketAddr,
+    ) -> Call<'a> {
+        Call {
+            path,
+            authority,
+            headers: Metadata::List(list, OnceCell::new()),
             peer,
             identity: None,
         }
@@ -105,13 +134,44 @@ impl<'a> Call<'a> {
     }
 
     /// All request metadata (hop-by-hop headers already removed).
-    pub fn headers(&self) -> &'a HeaderMap {
-        self.headers
+    pub fn headers(&self) -> &HeaderMap {
+        match &self.headers {
+            Metadata::Map(map) => map,
+            Metadata::List(list, map) => map.get_or_init(|| {
+                let mut map = HeaderMap::with_capacity(list.fields().count());
+                for (name, value, sensitive) in list.fields() {
+                    let name = HeaderName::from_bytes(name);
+                    let value = HeaderValue::from_bytes(value);
+                    if let (Ok(name), Ok(mut value)) = (name, value) {
+                        value.set_sensitive(sensitive);
+                        map.append(name, value);
+                    }
+                }
+                map
+            }),
+        }
     }
 
-    /// The first value of one metadata key, if it is valid text.
+    /// The first value of one metadata key, if it is valid text (visible
+    /// ASCII, spaces and tabs, as `HeaderValue::to_str` has it).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
+        match &self.headers {
+            Metadata::Map(map) => map.get(name).and_then(|v| v.to_str().ok()),
+            Metadata::List(list, _) => {
+                let value = list
+                    .fields()
+                    .find(|(n, _, _)| n.eq_ignore_ascii_case(name.as_bytes()))?
+                    .1;
+                let text = value
+                    .iter()
+                    .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+                if text {
+                    std::str::from_utf8(value).ok()
+                } else {
+                    None
+                }
+            }
+        }
     }
 
     /// The downstream peer's address.
@@ -221,5 +281,38 @@ mod tests {
         assert_eq!((call.service(), call.method()), ("pkg.Svc", "Do"));
         let odd = Call::new("nopath", None, &headers, peer);
         assert_eq!((odd.service(), odd.method()), ("", ""));
+    }
+
+    #[test]
+    fn a_header_list_reads_like_a_header_map() {
+        use crate::http2::headers::{HeaderList, Kind};
+        let mut list = HeaderList::new(Kind::Request);
+        for (n, v) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/pkg.Svc/Do"),
+            ("authorization", "Bearer t"),
+            ("x-multi", "a"),
+            ("x-multi", "b"),
+            ("x-bin", "\u{1}"),
+        ] {
+            list.push(n.as_bytes(), v.as_bytes(), false);
+        }
+        let peer = "127.0.0.1:1".parse().expect("addr");
+        let call = Call::from_list("/pkg.Svc/Do", Some("x"), &list, peer);
+        assert_eq!(call.header("Authorization"), Some("Bearer t"));
+        assert_eq!(call.header("x-multi"), Some("a"));
+        assert_eq!(
+            call.header("x-bin"),
+            None,
+            "not text, as HeaderValue::to_str"
+        );
+        assert_eq!(call.header("missing"), None);
+        let map = call.headers();
+        assert_eq!(map.get_all("x-multi").iter().count(), 2);
+        assert!(map.get(":path").is_none(), "no pseudo-headers");
+        // x-bin's control character is valid HTTP/2 but not a valid
+        // http::HeaderValue: the map leaves it out.
+        assert_eq!(map.len(), 3);
     }
 }
