@@ -3,10 +3,12 @@
 //! sees this binary's name and sets it (see `grpc_proxy_tests::frame_path`).
 //!
 //! These are the suites the own path passes whole. The others (TLS,
-//! retries, deadlines, the access log, keepalive, call limits) need parts
+//! retries, the access log, keepalive, call limits) need parts
 //! the own path does not have yet; `GRPC_PROXY_TEST_FRAME_PATH=own` runs any
 //! suite on it to see where it stands.
 
+#[path = "cancellation.rs"]
+mod cancellation;
 #[path = "concurrency.rs"]
 mod concurrency;
 #[path = "large.rs"]

@@ -131,6 +131,7 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
             FramePath::H2 => accept(server, &listener).await,
             FramePath::Own => {
                 let relay = Relay::new(server.clone());
+                monoio::spawn(relay.clone().run_deadlines());
                 let drainer = relay.clone();
                 let drain = server.clone();
                 monoio::spawn(async move {

@@ -56,6 +56,22 @@ pub struct Call {
     pub started: Instant,
     /// The status, once known.
     pub code: Code,
+    /// Tells this call from a later one in the same slot (deadlines).
+    pub serial: u64,
+    /// A shorter `grpc-timeout` for the upstream than the client sent (the
+    /// route's timeout), if any.
+    pub timeout_header: Option<String>,
+}
+
+/// The head a call sends upstream: the client's fields, with
+/// `grpc-timeout` replaced by `timeout` when there is one.
+pub fn head_fields<'a>(
+    list: &'a HeaderList,
+    timeout: Option<&'a str>,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8], bool)> {
+    list.all()
+        .filter(move |(name, _, _)| timeout.is_none() || *name != b"grpc-timeout")
+        .chain(timeout.map(|t| (&b"grpc-timeout"[..], t.as_bytes(), false)))
 }
 
 /// The calls of one worker.
@@ -63,11 +79,28 @@ pub struct Call {
 pub struct Calls {
     slots: Vec<Option<Call>>,
     free: Vec<usize>,
+    len: usize,
 }
 
 impl Calls {
+    /// Calls in flight.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no call is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether `key` is still call `serial`.
+    pub fn is_current(&self, key: usize, serial: u64) -> bool {
+        matches!(self.slots.get(key), Some(Some(c)) if c.serial == serial)
+    }
+
     /// Adds a call; returns its key.
     pub fn insert(&mut self, call: Call) -> usize {
+        self.len += 1;
         match self.free.pop() {
             Some(key) => {
                 self.slots[key] = Some(call);
@@ -89,6 +122,7 @@ impl Calls {
     pub fn remove(&mut self, key: usize) -> Option<Call> {
         let call = self.slots.get_mut(key)?.take()?;
         self.free.push(key);
+        self.len -= 1;
         Some(call)
     }
 }
@@ -225,7 +259,7 @@ pub fn parse_code(value: &[u8]) -> Option<Code> {
 pub fn answer(down: &mut Wire, d: u32, status: &Status) {
     let code = status.code().as_u8().to_string();
     let message = percent_encode(status.message());
-    let mut fields: [(&[u8], &[u8], bool); 4] = [
+    let fields: [(&[u8], &[u8], bool); 4] = [
         (b":status", b"200", false),
         (b"content-type", b"application/grpc", false),
         (b"grpc-status", code.as_bytes(), false),
@@ -233,7 +267,21 @@ pub fn answer(down: &mut Wire, d: u32, status: &Status) {
     ];
     let n = if status.message().is_empty() { 3 } else { 4 };
     let Wire { conn, out, .. } = down;
-    let _ = conn.send_headers(d, fields[..n].iter_mut().map(|f| *f), true, out);
+    let _ = conn.send_headers(d, fields[..n].iter().copied(), true, out);
+}
+
+/// Ends the client's stream `d`, whose response has begun, with trailers
+/// carrying `status`.
+pub fn end_with(down: &mut Wire, d: u32, status: &Status) {
+    let code = status.code().as_u8().to_string();
+    let message = percent_encode(status.message());
+    let fields: [(&[u8], &[u8], bool); 2] = [
+        (b"grpc-status", code.as_bytes(), false),
+        (b"grpc-message", &message, false),
+    ];
+    let n = if status.message().is_empty() { 1 } else { 2 };
+    let Wire { conn, out, .. } = down;
+    let _ = conn.send_headers(d, fields[..n].iter().copied(), true, out);
 }
 
 /// The status a client gets for an upstream RST_STREAM before any

@@ -21,10 +21,11 @@ use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
 use crate::grpc::status::{Code, Status};
+use crate::grpc::timeout;
 use crate::http2::connection::{Connection, Event, Role};
 use crate::http2::headers::{pseudo, HeaderList, Kind};
 use crate::http2::outbox::Outbox;
-use crate::relay::calls::{answer, forward_up, push_down, push_up, Call};
+use crate::relay::calls::{answer, forward_up, head_fields, push_down, push_up, Call};
 use crate::relay::upstream::connect;
 use crate::relay::wire::{read_more, shrink, write_loop, Links, Side, Wire, READ_SMALL};
 use crate::relay::worker::Relay;
@@ -173,8 +174,10 @@ fn request(
     let slot = snapshot.route(index).clone();
     slot.stats.start();
     relay.started();
-    let cluster = match route {
-        Route::Forward { cluster, .. } => snapshot.clusters.get(cluster.index()).cloned(),
+    let (cluster, route_timeout) = match route {
+        Route::Forward { cluster, timeout } => {
+            (snapshot.clusters.get(cluster.index()).cloned(), timeout)
+        }
         Route::Reject(status) => {
             relay.unrouted(&slot, status.code());
             later.push(Later::Answer(d, status));
@@ -191,6 +194,17 @@ fn request(
         return;
     };
     cluster.stats.start();
+    // The shorter of the client's grpc-timeout and the route's timeout is
+    // enforced here, and told to the upstream.
+    let client_timeout = list.get(b"grpc-timeout").and_then(timeout::parse);
+    let timeout_header = route_timeout
+        .filter(|route| client_timeout.is_none_or(|client| *route < client))
+        .map(timeout::format);
+    let budget = match (client_timeout, route_timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let serial = relay.serial();
     let addr = cluster.pick().addr();
     let up = relay.upstream_for(addr, connect);
     let key = relay.calls.borrow_mut().insert(Call {
@@ -210,8 +224,13 @@ fn request(
         cluster,
         started: Instant::now(),
         code: Code::Unknown,
+        serial,
+        timeout_header,
     });
     links.insert(d, key);
+    if let Some(budget) = budget {
+        relay.expire_at(monoio::time::Instant::now() + budget, serial, key);
+    }
     let mut calls = relay.calls.borrow_mut();
     let Some(call) = calls.get_mut(key) else {
         return;
@@ -221,7 +240,8 @@ fn request(
         let wire = &mut *w;
         let room = wire.conn.ready() && wire.waiting.is_empty();
         let opened = if room {
-            wire.conn.open(list.all(), end, &mut wire.out).ok()
+            let fields = head_fields(list, call.timeout_header.as_deref());
+            wire.conn.open(fields, end, &mut wire.out).ok()
         } else {
             None
         };

@@ -7,9 +7,12 @@
 //! of any side when they call it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
+
+use monoio::time::Instant;
 
 use crate::downstream::server::Server;
 use crate::downstream::snapshot::RouteSlot;
@@ -17,8 +20,9 @@ use crate::grpc::status::{Code, Status};
 use crate::http2::connection::{Connection, Limits, Role};
 use crate::http2::frame::ErrorCode;
 use crate::http2::outbox::Outbox;
-use crate::relay::calls::{answer, push_up, Call, Calls};
+use crate::relay::calls::{answer, end_with, head_fields, push_up, Call, Calls};
 use crate::relay::wire::Side;
+use crate::runtime::wake::Notify;
 use crate::telemetry::metrics::add;
 
 /// Streams an upstream is assumed to allow before its SETTINGS say.
@@ -39,6 +43,11 @@ pub struct Relay {
     /// Client connections, to tell them when the worker drains.
     downstreams: RefCell<Vec<Weak<Side>>>,
     draining: Cell<bool>,
+    /// Calls with a deadline, earliest first: (when, serial, key).
+    deadlines: RefCell<BinaryHeap<Reverse<(Instant, u64, usize)>>>,
+    /// Wakes the deadline task when an earlier deadline arrives.
+    timer: Notify,
+    serial: Cell<u64>,
 }
 
 impl Relay {
@@ -68,6 +77,9 @@ impl Relay {
             upstream_limits,
             downstreams: RefCell::new(Vec::new()),
             draining: Cell::new(false),
+            deadlines: RefCell::new(BinaryHeap::new()),
+            timer: Notify::default(),
+            serial: Cell::new(0),
         })
     }
 
@@ -115,6 +127,92 @@ impl Relay {
                 side
             }
         }
+    }
+
+    /// A number no other call of this worker has.
+    pub fn serial(&self) -> u64 {
+        let n = self.serial.get().wrapping_add(1);
+        self.serial.set(n);
+        n
+    }
+
+    /// Ends call `key` (if it is still call `serial`) with
+    /// DEADLINE_EXCEEDED at `at`.
+    pub fn expire_at(&self, at: Instant, serial: u64, key: usize) {
+        let mut deadlines = self.deadlines.borrow_mut();
+        // Entries of calls that ended stay until they come due; past twice
+        // the calls in flight, they go, so the heap stays in proportion.
+        let live = self.calls.borrow().len();
+        if deadlines.len() > 2 * live + 1024 {
+            let calls = self.calls.borrow();
+            deadlines.retain(|Reverse((_, serial, key))| calls.is_current(*key, *serial));
+        }
+        let earliest = deadlines
+            .peek()
+            .is_none_or(|Reverse((first, _, _))| at < *first);
+        deadlines.push(Reverse((at, serial, key)));
+        drop(deadlines);
+        if earliest {
+            self.timer.notify_all();
+        }
+    }
+
+    /// Ends calls whose deadline has passed, until the worker stops: one
+    /// task and one timer for all of the worker's deadlines.
+    pub async fn run_deadlines(self: Rc<Self>) {
+        let stop = self.server.stop.clone();
+        loop {
+            let next = self
+                .deadlines
+                .borrow()
+                .peek()
+                .map(|Reverse((at, _, _))| *at);
+            monoio::select! {
+                _ = sleep_until(next) => {}
+                _ = self.timer.notified() => continue,
+                _ = stop.wait() => return,
+            }
+            let now = Instant::now();
+            loop {
+                let due = {
+                    let mut deadlines = self.deadlines.borrow_mut();
+                    match deadlines.peek() {
+                        Some(Reverse((at, _, _))) if *at <= now => deadlines.pop(),
+                        _ => None,
+                    }
+                };
+                let Some(Reverse((_, serial, key))) = due else {
+                    break;
+                };
+                let current = self.calls.borrow().is_current(key, serial);
+                if current {
+                    self.expire(key);
+                }
+            }
+        }
+    }
+
+    /// A call's deadline passed: the client gets DEADLINE_EXCEEDED
+    /// (trailers-only, or trailers after what it has), the upstream a
+    /// CANCEL.
+    fn expire(&self, key: usize) {
+        let status = Status::new(Code::DeadlineExceeded, "deadline exceeded at the proxy");
+        let down = {
+            let mut calls = self.calls.borrow_mut();
+            let Some(call) = calls.get_mut(key) else {
+                return;
+            };
+            call.code = status.code();
+            let mut w = call.down.wire.borrow_mut();
+            if call.responded {
+                end_with(&mut w, call.d, &status);
+            } else {
+                answer(&mut w, call.d, &status);
+            }
+            call.down.clone()
+        };
+        down.flush();
+        self.finish(key);
     }
 
     /// Notes a new client connection.
@@ -185,7 +283,8 @@ impl Relay {
                 let mut w = up.wire.borrow_mut();
                 let wire = &mut *w;
                 let end = call.up_end && call.to_up.is_empty() && call.up_trailers.is_none();
-                match wire.conn.open(head.all(), end, &mut wire.out) {
+                let fields = head_fields(&head, call.timeout_header.as_deref());
+                match wire.conn.open(fields, end, &mut wire.out) {
                     Ok(u) => {
                         if end {
                             call.up_end = false;
@@ -323,6 +422,14 @@ impl Relay {
         let counters = &self.server.calls.counters;
         add(&counters.streams_active, 1);
         add(&counters.calls_started, 1);
+    }
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => monoio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
