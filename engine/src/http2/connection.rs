@@ -39,6 +39,10 @@ use super::outbox::Outbox;
 use super::streams::{Stream, Streams};
 use crate::hpack::{encode_field, Decoder};
 
+/// Why a connection that reset too many streams got GOAWAY (the rapid
+/// reset pattern, CVE-2023-44487).
+pub const TOO_MANY_RESETS: &str = "too many stream resets";
+
 /// Which end of the connection we are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -881,6 +885,31 @@ impl Connection {
         end_stream: bool,
         out: &mut Outbox,
     ) -> Result<u32, SendError> {
+        let id = self.new_local_stream(end_stream)?;
+        self.write_block(id, fields, end_stream, out);
+        Ok(id)
+    }
+
+    /// [`open`](Self::open) with a head already HPACK-encoded (by
+    /// [`encode_field`]).
+    pub fn open_encoded(
+        &mut self,
+        block: &[u8],
+        end_stream: bool,
+        out: &mut Outbox,
+    ) -> Result<u32, SendError> {
+        let id = self.new_local_stream(end_stream)?;
+        write_encoded(
+            out,
+            self.remote.max_frame_size as usize,
+            id,
+            block,
+            end_stream,
+        );
+        Ok(id)
+    }
+
+    fn new_local_stream(&mut self, end_stream: bool) -> Result<u32, SendError> {
         let limit = self.remote.max_concurrent_streams.unwrap_or(u32::MAX);
         if self.peer_going_away || self.streams.len() >= limit as usize || self.next_local > MAX_ID
         {
@@ -895,7 +924,6 @@ impl Connection {
         );
         stream.send_open = !end_stream;
         self.streams.insert(stream);
-        self.write_block(id, fields, end_stream, out);
         Ok(id)
     }
 
@@ -938,31 +966,13 @@ impl Connection {
         for (name, value, sensitive) in fields {
             encode_field(name, value, sensitive, &mut self.encoded);
         }
-        let max = self.remote.max_frame_size as usize;
-        let block = &self.encoded;
-        out.put(|b| {
-            let mut chunks = block.chunks(max);
-            let first = chunks.next().unwrap_or(&[]);
-            let more = block.len() > max;
-            let mut flags = if end_stream { flag::END_STREAM } else { 0 };
-            if !more {
-                flags |= flag::END_HEADERS;
-            }
-            frame::write_head(b, first.len(), kind::HEADERS, flags, id);
-            b.extend_from_slice(first);
-            let rest = block.len().saturating_sub(max);
-            let mut written = 0;
-            for chunk in chunks {
-                written += chunk.len();
-                let last = if written == rest {
-                    flag::END_HEADERS
-                } else {
-                    0
-                };
-                frame::write_head(b, chunk.len(), kind::CONTINUATION, last, id);
-                b.extend_from_slice(chunk);
-            }
-        });
+        write_encoded(
+            out,
+            self.remote.max_frame_size as usize,
+            id,
+            &self.encoded,
+            end_stream,
+        );
     }
 
     /// How many DATA bytes `stream` may send now.
@@ -1034,6 +1044,34 @@ impl Connection {
         self.going_away = Some(self.last_remote);
         out.put(|b| frame::write_goaway(b, self.last_remote, code, b""));
     }
+}
+
+/// Writes an encoded header block as HEADERS and as many CONTINUATIONs
+/// as frames of `max` bytes need.
+fn write_encoded(out: &mut Outbox, max: usize, id: u32, block: &[u8], end_stream: bool) {
+    out.put(|b| {
+        let mut chunks = block.chunks(max);
+        let first = chunks.next().unwrap_or(&[]);
+        let more = block.len() > max;
+        let mut flags = if end_stream { flag::END_STREAM } else { 0 };
+        if !more {
+            flags |= flag::END_HEADERS;
+        }
+        frame::write_head(b, first.len(), kind::HEADERS, flags, id);
+        b.extend_from_slice(first);
+        let rest = block.len().saturating_sub(max);
+        let mut written = 0;
+        for chunk in chunks {
+            written += chunk.len();
+            let last = if written == rest {
+                flag::END_HEADERS
+            } else {
+                0
+            };
+            frame::write_head(b, chunk.len(), kind::CONTINUATION, last, id);
+            b.extend_from_slice(chunk);
+        }
+    });
 }
 
 /// Adds released credit to a stream, and returns it in a WINDOW_UPDATE

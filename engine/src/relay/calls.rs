@@ -32,8 +32,12 @@ pub struct Call {
     pub up: Option<(Rc<Side>, u32)>,
     /// The upstream connection it waits on for a stream.
     pub waiting_on: Option<Rc<Side>>,
-    /// The request head, kept while the call waits for a stream.
-    pub head: Option<HeaderList>,
+    /// The request head, HPACK-encoded, kept while the call waits for a
+    /// stream.
+    pub head: Option<Vec<u8>>,
+    /// Where the head is in its client connection's `heads`, until the
+    /// stream opens at the end of the pass.
+    pub pending_head: Option<(usize, usize)>,
     /// Request DATA not yet sent upstream.
     pub to_up: VecDeque<Bytes>,
     /// Request trailers, sent after `to_up`.

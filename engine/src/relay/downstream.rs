@@ -22,7 +22,8 @@ use monoio::net::TcpStream;
 
 use crate::grpc::status::{Code, Status};
 use crate::grpc::timeout;
-use crate::http2::connection::{Connection, Event, Role};
+use crate::hpack::encode_field;
+use crate::http2::connection::{Connection, Event, Role, TOO_MANY_RESETS};
 use crate::http2::headers::{pseudo, HeaderList, Kind};
 use crate::http2::outbox::Outbox;
 use crate::relay::calls::{answer, forward_up, head_fields, push_down, push_up, Call};
@@ -30,10 +31,13 @@ use crate::relay::upstream::connect;
 use crate::relay::wire::{read_more, shrink, write_loop, Links, Side, Wire, READ_SMALL};
 use crate::relay::worker::Relay;
 use crate::routing::director::{Call as DirectorCall, Route};
+use crate::telemetry::metrics::add;
 
 /// What the reader does after a pass, with no side borrowed.
 enum Later {
     Release(u32, u32),
+    /// Open the upstream stream of this call, after the rest of the pass.
+    Open(usize),
     Reset(u32),
     Opened(u32),
     Answer(u32, Status),
@@ -72,6 +76,7 @@ async fn run<R: monoio::io::AsyncReadRent>(
     let mut buf = BytesMut::new();
     let mut want = READ_SMALL;
     let mut later = Vec::new();
+    let mut opens = Vec::new();
     let mut last_tick = Instant::now();
     loop {
         let ready = side.wire.borrow().conn.ready();
@@ -96,8 +101,19 @@ async fn run<R: monoio::io::AsyncReadRent>(
         }
         let failed = pass(relay, side, &mut buf, &mut later, peer).is_err();
         for step in later.drain(..) {
-            act(relay, side, step);
+            match step {
+                Later::Open(key) => opens.push(key),
+                step => act(relay, side, step),
+            }
         }
+        // A connection that broke the protocol in this pass opens nothing
+        // more: its calls are cancelled as it closes.
+        for key in opens.drain(..) {
+            if !failed {
+                open_now(relay, side, key);
+            }
+        }
+        side.wire.borrow_mut().heads.clear();
         side.flush();
         if side.wire.borrow().links.is_empty() {
             shrink(&mut buf, &mut want);
@@ -117,7 +133,11 @@ fn pass(
 ) -> Result<(), ()> {
     let mut w = side.wire.borrow_mut();
     let Wire {
-        conn, out, links, ..
+        conn,
+        out,
+        links,
+        heads,
+        ..
     } = &mut *w;
     let result = conn.recv(buf, out, |event| match event {
         Event::Headers {
@@ -125,7 +145,9 @@ fn pass(
             list,
             end_stream,
         } => match list.kind() {
-            Kind::Request => request(relay, side, links, stream, list, end_stream, peer, later),
+            Kind::Request => request(
+                relay, side, links, heads, stream, list, end_stream, peer, later,
+            ),
             _ => trailers(relay, links, stream, list),
         },
         Event::HeadersTooLarge { stream } => later.push(Later::Answer(
@@ -142,7 +164,12 @@ fn pass(
         Event::PingAck { .. } | Event::GoAway { .. } => {}
     });
     result.map_err(|e| {
-        tracing::debug!(%peer, error = %e, "downstream connection error");
+        if e.why == TOO_MANY_RESETS {
+            tracing::warn!(%peer, "downstream connection resets too many streams: closing it (GOAWAY ENHANCE_YOUR_CALM)");
+            add(&relay.server.calls.counters.reset_floods, 1);
+        } else {
+            tracing::debug!(%peer, error = %e, "downstream connection error");
+        }
     })
 }
 
@@ -152,6 +179,7 @@ fn request(
     relay: &Rc<Relay>,
     side: &Rc<Side>,
     links: &mut Links,
+    heads: &mut Vec<u8>,
     d: u32,
     list: &HeaderList,
     end: bool,
@@ -213,6 +241,7 @@ fn request(
         up: None,
         waiting_on: None,
         head: None,
+        pending_head: None,
         to_up: Default::default(),
         up_trailers: None,
         up_end: end,
@@ -235,30 +264,66 @@ fn request(
     let Some(call) = calls.get_mut(key) else {
         return;
     };
-    {
+    // The head is encoded now (the list is the connection's, and the next
+    // HEADERS overwrites it) and the stream opened after the pass: a
+    // client that resets the stream in the same read (rapid reset) costs
+    // the upstream nothing.
+    let start = heads.len();
+    for (name, value, sensitive) in head_fields(list, call.timeout_header.as_deref()) {
+        encode_field(name, value, sensitive, heads);
+    }
+    call.waiting_on = Some(up.clone());
+    let mut w = up.wire.borrow_mut();
+    if w.conn.ready() && w.waiting.is_empty() {
+        call.pending_head = Some((start, heads.len()));
+        later.push(Later::Open(key));
+    } else {
+        call.head = Some(heads[start..].to_vec());
+        heads.truncate(start);
+        w.waiting.push_back(key);
+    }
+}
+
+/// Opens the upstream stream of a call routed in this pass, unless the
+/// client has reset it meanwhile.
+fn open_now(relay: &Relay, side: &Rc<Side>, key: usize) {
+    let mut calls = relay.calls.borrow_mut();
+    let Some(call) = calls.get_mut(key) else {
+        return; // reset in the same pass
+    };
+    let (Some((start, end)), Some(up)) = (call.pending_head.take(), call.waiting_on.clone()) else {
+        return;
+    };
+    let sent = {
+        let down = side.wire.borrow();
+        let block = &down.heads[start..end];
         let mut w = up.wire.borrow_mut();
         let wire = &mut *w;
-        let room = wire.conn.ready() && wire.waiting.is_empty();
-        let opened = if room {
-            let fields = head_fields(list, call.timeout_header.as_deref());
-            wire.conn.open(fields, end, &mut wire.out).ok()
-        } else {
-            None
-        };
-        match opened {
-            Some(u) => {
-                call.up_end = false;
+        let end_stream = call.up_end && call.to_up.is_empty() && call.up_trailers.is_none();
+        match wire.conn.open_encoded(block, end_stream, &mut wire.out) {
+            Ok(u) => {
+                if end_stream {
+                    call.up_end = false;
+                }
                 wire.links.insert(u, key);
                 call.up = Some((up.clone(), u));
+                call.waiting_on = None;
+                push_up(call, wire)
             }
-            None => {
-                call.head = Some(list.clone());
+            Err(_) => {
+                // Its stream limit was reached in this pass: wait.
+                call.head = Some(block.to_vec());
                 wire.waiting.push_back(key);
-                call.waiting_on = Some(up.clone());
+                0
             }
         }
-    }
+    };
+    let d = call.d;
+    drop(calls);
     up.flush();
+    if sent > 0 {
+        side.wire.borrow_mut().release(d, sent);
+    }
 }
 
 /// Request DATA: sent upstream as far as its credit goes, in order with
@@ -320,6 +385,7 @@ fn trailers(relay: &Relay, links: &Links, d: u32, list: &HeaderList) {
 fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
     let key_of = |d: u32| side.wire.borrow().links.get(&d).copied();
     match step {
+        Later::Open(key) => open_now(relay, side, key),
         Later::Release(d, n) => side.wire.borrow_mut().release(d, n),
         Later::Reset(d) => {
             if let Some(key) = key_of(d) {

@@ -37,6 +37,9 @@ pub struct Wire {
     pub links: Links,
     /// Calls waiting for a stream on this (upstream) connection.
     pub waiting: VecDeque<usize>,
+    /// Heads of the calls this (client) connection opened in the current
+    /// pass, HPACK-encoded for their upstream streams.
+    pub heads: Vec<u8>,
 }
 
 impl Wire {
@@ -67,6 +70,7 @@ impl Side {
                 out,
                 links: Links::default(),
                 waiting: VecDeque::new(),
+                heads: Vec::new(),
             }),
             wake: Notify::default(),
             closed: Latch::default(),

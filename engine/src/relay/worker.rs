@@ -20,7 +20,7 @@ use crate::grpc::status::{Code, Status};
 use crate::http2::connection::{Connection, Limits, Role};
 use crate::http2::frame::ErrorCode;
 use crate::http2::outbox::Outbox;
-use crate::relay::calls::{answer, end_with, head_fields, push_up, Call, Calls};
+use crate::relay::calls::{answer, end_with, push_up, Call, Calls};
 use crate::relay::wire::Side;
 use crate::runtime::wake::Notify;
 use crate::telemetry::metrics::add;
@@ -283,8 +283,7 @@ impl Relay {
                 let mut w = up.wire.borrow_mut();
                 let wire = &mut *w;
                 let end = call.up_end && call.to_up.is_empty() && call.up_trailers.is_none();
-                let fields = head_fields(&head, call.timeout_header.as_deref());
-                match wire.conn.open(fields, end, &mut wire.out) {
+                match wire.conn.open_encoded(&head, end, &mut wire.out) {
                     Ok(u) => {
                         if end {
                             call.up_end = false;
