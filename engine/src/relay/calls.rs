@@ -65,6 +65,24 @@ pub struct Call {
     /// A shorter `grpc-timeout` for the upstream than the client sent (the
     /// route's timeout), if any.
     pub timeout_header: Option<String>,
+    /// For the access log: the client, the method path (kept only when
+    /// the log is on), the endpoint, payload bytes each way, and what went
+    /// wrong in detail.
+    pub peer: std::net::SocketAddr,
+    /// The method path, when the access log is on.
+    pub path: Option<Box<str>>,
+    /// The endpoint chosen.
+    pub endpoint: Rc<crate::upstream::endpoint::Endpoint>,
+    /// The upstream failed the call: `Some(true)` by resetting its
+    /// stream, `Some(false)` by losing its connection (for ejection and
+    /// the resets metric).
+    pub upstream_failed: Option<bool>,
+    /// Request DATA bytes from the client.
+    pub bytes_in: u64,
+    /// Response DATA bytes to the client.
+    pub bytes_out: u64,
+    /// What went wrong, for the access log (the client got a short status).
+    pub error: Option<Box<str>>,
 }
 
 /// The head a call sends upstream: the client's fields, with
@@ -288,15 +306,15 @@ pub fn end_with(down: &mut Wire, d: u32, status: &Status) {
     let _ = conn.send_headers(d, fields[..n].iter().copied(), true, out);
 }
 
-/// The status a client gets for an upstream RST_STREAM before any
-/// response (the gRPC spec's mapping of HTTP/2 codes).
+/// The status a client gets for an upstream RST_STREAM (the gRPC spec's
+/// mapping of HTTP/2 codes), as on the h2 path.
 pub fn status_of_reset(code: ErrorCode) -> Status {
-    let (grpc, why) = match code {
-        ErrorCode::REFUSED_STREAM => (Code::Unavailable, "the upstream refused the stream"),
-        ErrorCode::CANCEL => (Code::Cancelled, "the upstream cancelled the call"),
-        ErrorCode::ENHANCE_YOUR_CALM => (Code::ResourceExhausted, "the upstream is overloaded"),
-        ErrorCode::INADEQUATE_SECURITY => (Code::PermissionDenied, "inadequate security"),
-        _ => (Code::Internal, "the upstream reset the call"),
+    let grpc = match code {
+        ErrorCode::REFUSED_STREAM => Code::Unavailable,
+        ErrorCode::CANCEL => Code::Cancelled,
+        ErrorCode::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+        ErrorCode::INADEQUATE_SECURITY => Code::PermissionDenied,
+        _ => Code::Internal,
     };
-    Status::new(grpc, why)
+    Status::new(grpc, "upstream reset the stream")
 }

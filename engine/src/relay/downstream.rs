@@ -207,7 +207,7 @@ fn request(
             (snapshot.clusters.get(cluster.index()).cloned(), timeout)
         }
         Route::Reject(status) => {
-            relay.unrouted(&slot, status.code());
+            relay.unrouted(&slot, &status, peer, path);
             later.push(Later::Answer(d, status));
             return;
         }
@@ -217,7 +217,7 @@ fn request(
             Code::Internal,
             "the director chose a cluster that does not exist",
         );
-        relay.unrouted(&slot, status.code());
+        relay.unrouted(&slot, &status, peer, path);
         later.push(Later::Answer(d, status));
         return;
     };
@@ -233,7 +233,14 @@ fn request(
         (a, b) => a.or(b),
     };
     let serial = relay.serial();
-    let addr = cluster.pick().addr();
+    let endpoint = cluster.pick().clone();
+    let addr = endpoint.addr();
+    let logged = relay
+        .server
+        .calls
+        .access_log
+        .is_some()
+        .then(|| Box::<str>::from(path));
     let up = relay.upstream_for(addr, connect);
     let key = relay.calls.borrow_mut().insert(Call {
         down: side.clone(),
@@ -255,6 +262,13 @@ fn request(
         code: Code::Unknown,
         serial,
         timeout_header,
+        peer,
+        path: logged,
+        endpoint,
+        upstream_failed: None,
+        bytes_in: 0,
+        bytes_out: 0,
+        error: None,
     });
     links.insert(d, key);
     if let Some(budget) = budget {
@@ -347,6 +361,7 @@ fn request_data(
         return;
     };
     call.up_end |= end;
+    call.bytes_in += u64::from(n);
     let Some((up, _)) = call.up.clone() else {
         // Waits for its stream, holding the client's credit.
         if !data.is_empty() {

@@ -191,6 +191,7 @@ fn pass(
                 return;
             };
             call.down_end |= end_stream;
+            call.bytes_out += u64::from(n);
             let down = call.down.clone();
             let (sent, done) = forward_down(call, data, &mut down.wire.borrow_mut());
             down.flush();
@@ -220,7 +221,7 @@ fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
         Later::Release(u, n) => side.wire.borrow_mut().release(u, n),
         Later::Reset(u, code) => {
             if let Some(key) = key_of(u) {
-                relay.fail(key, &status_of_reset(code), code);
+                relay.fail(key, &status_of_reset(code), true);
             }
         }
         Later::Opened(0) => {
@@ -237,7 +238,7 @@ fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
         Later::Finish(key) => relay.finish(key),
         Later::Fail(u, status) => {
             if let Some(key) = key_of(u) {
-                relay.fail(key, &status, ErrorCode::INTERNAL_ERROR);
+                relay.fail(key, &status, false);
             }
         }
         Later::GoAway(last) => {
@@ -252,7 +253,7 @@ fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
                 .collect();
             let status = Status::new(Code::Unavailable, "the upstream is going away");
             for key in cut {
-                relay.fail(key, &status, ErrorCode::REFUSED_STREAM);
+                relay.fail(key, &status, false);
             }
         }
     }
@@ -285,6 +286,6 @@ fn fail_all(relay: &Relay, side: &Rc<Side>, why: &'static str) {
     };
     let status = Status::new(Code::Unavailable, why);
     for key in linked.into_iter().chain(waiting) {
-        relay.fail(key, &status, ErrorCode::INTERNAL_ERROR);
+        relay.fail(key, &status, false);
     }
 }

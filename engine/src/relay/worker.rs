@@ -23,6 +23,7 @@ use crate::http2::outbox::Outbox;
 use crate::relay::calls::{answer, end_with, push_up, Call, Calls};
 use crate::relay::wire::Side;
 use crate::runtime::wake::Notify;
+use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::add;
 
 /// Streams an upstream is assumed to allow before its SETTINGS say.
@@ -355,15 +356,47 @@ impl Relay {
         }
     }
 
-    /// The call's statistics.
+    /// The call's statistics and access log line.
     fn settle(&self, call: &Call) {
-        let counters = &self.server.calls.counters;
+        let ctx = &self.server.calls;
+        let counters = &ctx.counters;
         counters
             .streams_active
             .set(counters.streams_active.get().saturating_sub(1));
         let elapsed = call.started.elapsed();
         call.route.stats.finish(call.code, elapsed);
         call.cluster.stats.finish(call.code, elapsed);
+        let endpoint = &call.endpoint;
+        match call.upstream_failed {
+            Some(reset) => call.cluster.call_result(endpoint, true, reset),
+            // A deadline the upstream let pass without answering counts
+            // against it; a client that went away does not.
+            None if call.code == Code::DeadlineExceeded && !call.responded => {
+                call.cluster.call_result(endpoint, true, false)
+            }
+            None if call.code == Code::Cancelled || call.code == Code::DeadlineExceeded => {}
+            None => call.cluster.call_result(endpoint, false, false),
+        }
+        add(&counters.bytes_in, call.bytes_in);
+        add(&counters.bytes_out, call.bytes_out);
+        if let (Some(log), Some(path)) = (&ctx.access_log, &call.path) {
+            log.write(
+                &Entry {
+                    peer: call.peer,
+                    method: path,
+                    route: &call.route.name,
+                    cluster: Some(call.cluster.name()),
+                    upstream: Some(call.endpoint.addr()),
+                    code: call.code,
+                    duration: elapsed,
+                    bytes_in: call.bytes_in,
+                    bytes_out: call.bytes_out,
+                    client: None,
+                    error: call.error.as_deref(),
+                },
+                counters,
+            );
+        }
     }
 
     /// The client's stream of call `key` is gone (reset, or its connection
@@ -375,15 +408,18 @@ impl Relay {
         self.finish(key);
     }
 
-    /// The upstream stream of call `key` is gone with `status` (reset, or
-    /// its connection failed): tell the client.
-    pub fn fail(&self, key: usize, status: &Status, reset: ErrorCode) {
+    /// The upstream stream of call `key` is gone with `status` (reset by
+    /// the upstream if `reset`, else lost with its connection): the
+    /// client gets it, trailers-only or as trailers after what it has.
+    pub fn fail(&self, key: usize, status: &Status, reset: bool) {
         let down = {
             let mut calls = self.calls.borrow_mut();
             let Some(call) = calls.get_mut(key) else {
                 return;
             };
             call.code = status.code();
+            call.error = Some(status.message().into());
+            call.upstream_failed = Some(reset);
             // Its upstream stream is gone: nothing to cancel there, and
             // what it sent that still waits is dropped.
             if let Some((up, u)) = call.up.take() {
@@ -396,8 +432,7 @@ impl Relay {
             }
             let mut w = call.down.wire.borrow_mut();
             if call.responded {
-                let wire = &mut *w;
-                wire.conn.reset(call.d, reset, &mut wire.out);
+                end_with(&mut w, call.d, status);
             } else {
                 answer(&mut w, call.d, status);
             }
@@ -407,13 +442,33 @@ impl Relay {
         self.finish(key);
     }
 
-    /// A call that ends without an upstream: its statistics.
-    pub fn unrouted(&self, route: &RouteSlot, code: Code) {
-        let counters = &self.server.calls.counters;
+    /// A call that ends without an upstream (the director refused it):
+    /// its statistics and access log line.
+    pub fn unrouted(&self, route: &RouteSlot, status: &Status, peer: SocketAddr, path: &str) {
+        let ctx = &self.server.calls;
+        let counters = &ctx.counters;
         counters
             .streams_active
             .set(counters.streams_active.get().saturating_sub(1));
-        route.stats.finish(code, std::time::Duration::ZERO);
+        route.stats.finish(status.code(), std::time::Duration::ZERO);
+        if let Some(log) = &ctx.access_log {
+            log.write(
+                &Entry {
+                    peer,
+                    method: path,
+                    route: &route.name,
+                    cluster: None,
+                    upstream: None,
+                    code: status.code(),
+                    duration: std::time::Duration::ZERO,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    client: None,
+                    error: None,
+                },
+                counters,
+            );
+        }
     }
 
     /// Counts a new call.
