@@ -69,17 +69,20 @@ fn expected(path: &str, fields: &Fields) -> Seen {
         .collect(),
         // A HeaderMap groups a name's values at its first place; both ends
         // see it in that order.
-        fields: map
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_owned(),
-                    v.to_str().expect("ascii").to_owned(),
-                    v.is_sensitive(),
-                )
-            })
-            .collect(),
+        fields: fields_of(&map),
     }
+}
+
+fn fields_of(map: &http::HeaderMap) -> Fields {
+    map.iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                v.to_str().expect("ascii").to_owned(),
+                v.is_sensitive(),
+            )
+        })
+        .collect()
 }
 
 /// Reads frames until `want` requests' header blocks have arrived,
@@ -247,17 +250,7 @@ fn we_encode_h2_decodes(lists: &[Fields], max: usize) -> (Vec<Seen>, Vec<Seen>) 
                 .into_iter()
                 .map(|(a, b)| (a.to_owned(), b.to_owned()))
                 .collect(),
-                fields: request
-                    .headers()
-                    .iter()
-                    .map(|(n, v)| {
-                        (
-                            n.as_str().to_owned(),
-                            v.to_str().expect("ascii").to_owned(),
-                            v.is_sensitive(),
-                        )
-                    })
-                    .collect(),
+                fields: fields_of(request.headers()),
             });
         }
         (seen, want)

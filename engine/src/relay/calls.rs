@@ -62,6 +62,8 @@ pub struct Call {
     pub code: Code,
     /// Tells this call from a later one in the same slot (deadlines).
     pub serial: u64,
+    /// When the proxy ends the call, if it has a deadline.
+    pub deadline: Option<monoio::time::Instant>,
     /// A shorter `grpc-timeout` for the upstream than the client sent (the
     /// route's timeout), if any.
     pub timeout_header: Option<String>,
@@ -113,6 +115,16 @@ impl Calls {
     /// Whether no call is in flight.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Call `key`'s deadline, if it has one.
+    pub fn deadline_of(&self, key: usize) -> Option<monoio::time::Instant> {
+        self.slots.get(key)?.as_ref()?.deadline
+    }
+
+    /// Whether call `key` has a deadline that has passed by `now`.
+    pub fn deadline_passed(&self, key: usize, now: monoio::time::Instant) -> bool {
+        matches!(self.slots.get(key), Some(Some(c)) if c.deadline.is_some_and(|d| now >= d))
     }
 
     /// Whether `key` is still call `serial`.
@@ -189,6 +201,28 @@ pub fn forward_down(call: &mut Call, data: Bytes, down: &mut Wire) -> (u32, bool
         call.to_down.push_back(data);
     }
     push_down(call, down)
+}
+
+/// Opens the call's upstream stream on `up` (whose state `wire` is) with
+/// its HPACK-encoded `head`, links it, and sends what waits for it;
+/// returns the DATA bytes sent, as [`push_up`]. Fails when the
+/// connection takes no new stream now.
+pub fn open_stream(
+    call: &mut Call,
+    key: usize,
+    up: &Rc<Side>,
+    wire: &mut Wire,
+    head: &[u8],
+) -> Result<u32, crate::http2::connection::SendError> {
+    let end = call.up_end && call.to_up.is_empty() && call.up_trailers.is_none();
+    let u = wire.conn.open_encoded(head, end, &mut wire.out)?;
+    if end {
+        call.up_end = false;
+    }
+    wire.links.insert(u, key);
+    call.up = Some((up.clone(), u));
+    call.waiting_on = None;
+    Ok(push_up(call, wire))
 }
 
 /// Sends what the call has for upstream, within its credit; returns the

@@ -26,7 +26,7 @@ use crate::hpack::encode_field;
 use crate::http2::connection::{Connection, Event, Role, TOO_MANY_RESETS};
 use crate::http2::headers::{pseudo, HeaderList, Kind};
 use crate::http2::outbox::Outbox;
-use crate::relay::calls::{answer, forward_up, head_fields, push_down, push_up, Call};
+use crate::relay::calls::{answer, forward_up, head_fields, open_stream, push_down, push_up, Call};
 use crate::relay::upstream::connect;
 use crate::relay::wire::{read_more, shrink, write_loop, Links, Side, Wire, READ_SMALL};
 use crate::relay::worker::Relay;
@@ -261,6 +261,7 @@ fn request(
         started: Instant::now(),
         code: Code::Unknown,
         serial,
+        deadline: budget.map(|b| monoio::time::Instant::now() + b),
         timeout_header,
         peer,
         path: logged,
@@ -271,8 +272,9 @@ fn request(
         error: None,
     });
     links.insert(d, key);
-    if let Some(budget) = budget {
-        relay.expire_at(monoio::time::Instant::now() + budget, serial, key);
+    let deadline = relay.calls.borrow().deadline_of(key);
+    if let Some(at) = deadline {
+        relay.expire_at(at, serial, key);
     }
     let mut calls = relay.calls.borrow_mut();
     let Some(call) = calls.get_mut(key) else {
@@ -312,22 +314,12 @@ fn open_now(relay: &Relay, side: &Rc<Side>, key: usize) {
         let down = side.wire.borrow();
         let block = &down.heads[start..end];
         let mut w = up.wire.borrow_mut();
-        let wire = &mut *w;
-        let end_stream = call.up_end && call.to_up.is_empty() && call.up_trailers.is_none();
-        match wire.conn.open_encoded(block, end_stream, &mut wire.out) {
-            Ok(u) => {
-                if end_stream {
-                    call.up_end = false;
-                }
-                wire.links.insert(u, key);
-                call.up = Some((up.clone(), u));
-                call.waiting_on = None;
-                push_up(call, wire)
-            }
+        match open_stream(call, key, &up, &mut w, block) {
+            Ok(sent) => sent,
             Err(_) => {
                 // Its stream limit was reached in this pass: wait.
                 call.head = Some(block.to_vec());
-                wire.waiting.push_back(key);
+                w.waiting.push_back(key);
                 0
             }
         }

@@ -26,6 +26,7 @@ use crate::relay::worker::Relay;
 /// What the reader does after a pass, with no side borrowed.
 enum Later {
     Release(u32, u32),
+    Expire(usize),
     Reset(u32, ErrorCode),
     Opened(u32),
     Finish(usize),
@@ -139,6 +140,21 @@ fn pass(
                 return; // informational: not forwarded
             }
             let head = list.kind() == Kind::Response;
+            // An upstream told our deadline may end the call a moment before
+            // our timer does; past the deadline, it is ours to report.
+            let code = list
+                .get(b"grpc-status")
+                .and_then(crate::relay::calls::parse_code);
+            let expired = call
+                .deadline
+                .is_some_and(|d| monoio::time::Instant::now() >= d);
+            if end_stream
+                && expired
+                && matches!(code, Some(Code::Cancelled | Code::DeadlineExceeded))
+            {
+                later.push(Later::Expire(key));
+                return;
+            }
             if !head && !call.to_down.is_empty() {
                 // Trailers wait for the DATA before them.
                 call.down_trailers = Some(list.clone());
@@ -221,7 +237,15 @@ fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
         Later::Release(u, n) => side.wire.borrow_mut().release(u, n),
         Later::Reset(u, code) => {
             if let Some(key) = key_of(u) {
-                relay.fail(key, &status_of_reset(code), true);
+                let expired = relay
+                    .calls
+                    .borrow()
+                    .deadline_passed(key, monoio::time::Instant::now());
+                if expired && code == ErrorCode::CANCEL {
+                    relay.expire(key);
+                } else {
+                    relay.fail(key, &status_of_reset(code), true);
+                }
             }
         }
         Later::Opened(0) => {
@@ -236,6 +260,7 @@ fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
             }
         }
         Later::Finish(key) => relay.finish(key),
+        Later::Expire(key) => relay.expire(key),
         Later::Fail(u, status) => {
             if let Some(key) = key_of(u) {
                 relay.fail(key, &status, false);

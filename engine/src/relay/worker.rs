@@ -20,7 +20,7 @@ use crate::grpc::status::{Code, Status};
 use crate::http2::connection::{Connection, Limits, Role};
 use crate::http2::frame::ErrorCode;
 use crate::http2::outbox::Outbox;
-use crate::relay::calls::{answer, end_with, push_up, Call, Calls};
+use crate::relay::calls::{answer, end_with, open_stream, Call, Calls};
 use crate::relay::wire::Side;
 use crate::runtime::wake::Notify;
 use crate::telemetry::access_log::Entry;
@@ -196,7 +196,7 @@ impl Relay {
     /// A call's deadline passed: the client gets DEADLINE_EXCEEDED
     /// (trailers-only, or trailers after what it has), the upstream a
     /// CANCEL.
-    fn expire(&self, key: usize) {
+    pub fn expire(&self, key: usize) {
         let status = Status::new(Code::DeadlineExceeded, "deadline exceeded at the proxy");
         let down = {
             let mut calls = self.calls.borrow_mut();
@@ -282,21 +282,11 @@ impl Relay {
             };
             let sent = {
                 let mut w = up.wire.borrow_mut();
-                let wire = &mut *w;
-                let end = call.up_end && call.to_up.is_empty() && call.up_trailers.is_none();
-                match wire.conn.open_encoded(&head, end, &mut wire.out) {
-                    Ok(u) => {
-                        if end {
-                            call.up_end = false;
-                        }
-                        wire.links.insert(u, key);
-                        call.up = Some((up.clone(), u));
-                        call.waiting_on = None;
-                        push_up(call, wire)
-                    }
+                match open_stream(call, key, up, &mut w, &head) {
+                    Ok(sent) => sent,
                     Err(_) => {
                         call.head = Some(head);
-                        wire.waiting.push_front(key);
+                        w.waiting.push_front(key);
                         return;
                     }
                 }
