@@ -3,7 +3,8 @@
 //! sees this binary's name and sets it (see `grpc_proxy_tests::frame_path`).
 //!
 //! These are the suites the own path passes whole. The others (TLS,
-//! retries, the access log, keepalive, call limits) need parts
+//! retries, upstream keepalive, call limits, the silent-request timeout)
+//! need parts
 //! the own path does not have yet; `GRPC_PROXY_TEST_FRAME_PATH=own` runs any
 //! suite on it to see where it stands.
 
@@ -11,8 +12,12 @@
 mod cancellation;
 #[path = "concurrency.rs"]
 mod concurrency;
+#[path = "faults.rs"]
+mod faults;
 #[path = "large.rs"]
 mod large;
+#[path = "lifecycle.rs"]
+mod lifecycle;
 #[path = "routing.rs"]
 mod routing;
 #[path = "rpc_kinds.rs"]

@@ -215,6 +215,12 @@ impl Status {
         self.code
     }
 
+    /// When the client may retry, if the status says
+    /// (`grpc-retry-pushback-ms`).
+    pub fn pushback(&self) -> Option<std::time::Duration> {
+        self.pushback
+    }
+
     /// The message, unencoded.
     pub fn message(&self) -> &str {
         &self.message

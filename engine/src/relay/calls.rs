@@ -315,15 +315,24 @@ pub fn parse_code(value: &[u8]) -> Option<Code> {
 pub fn answer(down: &mut Wire, d: u32, status: &Status) {
     let code = status.code().as_u8().to_string();
     let message = percent_encode(status.message());
-    let fields: [(&[u8], &[u8], bool); 4] = [
+    let pushback = status.pushback().map(|after| {
+        u64::try_from(after.as_millis())
+            .unwrap_or(u64::MAX)
+            .to_string()
+    });
+    let fields: [(&[u8], &[u8], bool); 3] = [
         (b":status", b"200", false),
         (b"content-type", b"application/grpc", false),
         (b"grpc-status", code.as_bytes(), false),
-        (b"grpc-message", &message, false),
     ];
-    let n = if status.message().is_empty() { 3 } else { 4 };
+    let message =
+        (!status.message().is_empty()).then_some((&b"grpc-message"[..], &message[..], false));
+    let pushback = pushback
+        .as_deref()
+        .map(|ms| (&b"grpc-retry-pushback-ms"[..], ms.as_bytes(), false));
+    let all = fields.into_iter().chain(message).chain(pushback);
     let Wire { conn, out, .. } = down;
-    let _ = conn.send_headers(d, fields[..n].iter().copied(), true, out);
+    let _ = conn.send_headers(d, all, true, out);
 }
 
 /// Ends the client's stream `d`, whose response has begun, with trailers

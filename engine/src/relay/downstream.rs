@@ -24,6 +24,7 @@ use crate::grpc::status::{Code, Status};
 use crate::grpc::timeout;
 use crate::hpack::encode_field;
 use crate::http2::connection::{Connection, Event, Role, TOO_MANY_RESETS};
+use crate::http2::frame::ErrorCode;
 use crate::http2::headers::{pseudo, HeaderList, Kind};
 use crate::http2::outbox::Outbox;
 use crate::relay::calls::{answer, forward_up, head_fields, open_stream, push_down, push_up, Call};
@@ -54,7 +55,8 @@ pub async fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) {
     relay.serving(&side);
     let stop = relay.server.stop.clone();
     let (mut reader, writer) = tcp.into_split();
-    monoio::spawn(write_loop(side.clone(), writer, stop.clone()));
+    let writing = monoio::spawn(write_loop(side.clone(), writer, stop.clone()));
+    monoio::spawn(keep(relay.clone(), side.clone(), peer));
     side.flush();
     run(&relay, &side, &mut reader, peer).await;
     // Cancel what is left upstream, then let the writer flush and close.
@@ -63,6 +65,10 @@ pub async fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) {
         relay.cancel(key);
     }
     side.closed.set();
+    // The connection counts as open until its last frames are written: on
+    // io_uring a write completes after it was submitted, and a worker that
+    // drained must not end before the client has its trailers.
+    writing.await;
 }
 
 async fn run<R: monoio::io::AsyncReadRent>(
@@ -124,6 +130,84 @@ async fn run<R: monoio::io::AsyncReadRent>(
     }
 }
 
+/// The connection's timers, on a task of their own (a timer in the
+/// reader's select would drop a read in flight, and the bytes with it):
+/// keepalive PINGs, whose answer must come within `ping_timeout` or the
+/// connection closes (a client behind a dead link may still ACK at the TCP
+/// level); GOAWAY after `idle_timeout` without calls (checked every
+/// `idle_timeout`) and at `max_connection_age`, closing once the last call
+/// ends.
+async fn keep(relay: Rc<Relay>, side: Rc<Side>, peer: SocketAddr) {
+    use monoio::time::{sleep_until, Instant};
+    let settings = &relay.server.settings;
+    let stop = relay.server.stop.clone();
+    let now = Instant::now();
+    let mut ping_at = settings.ping_interval.map(|every| now + every);
+    // While a PING is out: the acks seen before it, and its deadline.
+    let mut waiting: Option<(u64, Instant)> = None;
+    let mut idle_at = settings.idle_timeout.map(|idle| now + idle);
+    let mut age_at = settings.max_connection_age.map(|age| now + age);
+    loop {
+        let next = [ping_at, waiting.map(|w| w.1), idle_at, age_at]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(next) = next else {
+            return;
+        };
+        monoio::select! {
+            _ = sleep_until(next) => {}
+            _ = side.closed.wait() => return,
+            _ = stop.wait() => return,
+        }
+        let now = Instant::now();
+        if let Some((pongs, by)) = waiting {
+            if side.pongs.get() > pongs {
+                waiting = None;
+            } else if now >= by {
+                tracing::debug!(%peer, "downstream connection did not answer a keepalive PING; closing it");
+                side.closed.set();
+                return;
+            }
+        }
+        if ping_at.is_some_and(|at| now >= at) && waiting.is_none() {
+            {
+                let mut w = side.wire.borrow_mut();
+                let wire = &mut *w;
+                wire.conn.ping(*b"grpcprxy", &mut wire.out);
+            }
+            side.flush();
+            waiting = Some((side.pongs.get(), now + settings.ping_timeout));
+            ping_at = settings.ping_interval.map(|every| now + every);
+        }
+        let retire = if age_at.is_some_and(|at| now >= at) {
+            age_at = None;
+            Some("max connection age")
+        } else if idle_at.is_some_and(|at| now >= at) {
+            idle_at = settings.idle_timeout.map(|idle| now + idle);
+            let idle = !side.active.replace(false) && side.wire.borrow().links.is_empty();
+            idle.then_some("idle timeout")
+        } else {
+            None
+        };
+        if let (Some(why), false) = (retire, side.retiring.get()) {
+            tracing::debug!(%peer, why, "downstream connection retiring (GOAWAY)");
+            side.retiring.set(true);
+            idle_at = None;
+            let idle = {
+                let mut w = side.wire.borrow_mut();
+                let wire = &mut *w;
+                wire.conn.go_away(ErrorCode::NO_ERROR, &mut wire.out);
+                wire.links.is_empty()
+            };
+            side.flush();
+            if idle {
+                side.closed.set();
+            }
+        }
+    }
+}
+
 fn pass(
     relay: &Rc<Relay>,
     side: &Rc<Side>,
@@ -161,7 +245,8 @@ fn pass(
         } => request_data(relay, links, stream, data, end_stream, later),
         Event::Reset { stream, .. } => later.push(Later::Reset(stream)),
         Event::WindowOpened { stream } => later.push(Later::Opened(stream)),
-        Event::PingAck { .. } | Event::GoAway { .. } => {}
+        Event::PingAck { .. } => side.pongs.set(side.pongs.get() + 1),
+        Event::GoAway { .. } => {}
     });
     result.map_err(|e| {
         if e.why == TOO_MANY_RESETS {
@@ -221,6 +306,20 @@ fn request(
         later.push(Later::Answer(d, status));
         return;
     };
+    let endpoint = cluster.pick().clone();
+    // An endpoint backing off after failed connects, with no connection
+    // to use, fails the call at once and says when to retry.
+    if !relay.has_upstream(endpoint.addr()) {
+        if let Some(error) = endpoint.backing_off() {
+            let mut status = Status::new(Code::Unavailable, error.public());
+            if let Some(after) = error.pushback() {
+                status = status.with_pushback(after);
+            }
+            relay.unrouted(&slot, &status, peer, path);
+            later.push(Later::Answer(d, status));
+            return;
+        }
+    }
     cluster.stats.start();
     // The shorter of the client's grpc-timeout and the route's timeout is
     // enforced here, and told to the upstream.
@@ -233,15 +332,13 @@ fn request(
         (a, b) => a.or(b),
     };
     let serial = relay.serial();
-    let endpoint = cluster.pick().clone();
-    let addr = endpoint.addr();
     let logged = relay
         .server
         .calls
         .access_log
         .is_some()
         .then(|| Box::<str>::from(path));
-    let up = relay.upstream_for(addr, connect);
+    let up = relay.upstream_for(&endpoint, connect);
     let key = relay.calls.borrow_mut().insert(Call {
         down: side.clone(),
         d,
@@ -272,6 +369,7 @@ fn request(
         error: None,
     });
     links.insert(d, key);
+    side.active.set(true);
     let deadline = relay.calls.borrow().deadline_of(key);
     if let Some(at) = deadline {
         relay.expire_at(at, serial, key);

@@ -7,7 +7,6 @@
 //! fails every call on it: UNAVAILABLE to a client that has no response
 //! yet, a reset to one that has.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -22,6 +21,8 @@ use crate::http2::headers::Kind;
 use crate::relay::calls::{forward_down, push_up, status_of_reset};
 use crate::relay::wire::{read_more, shrink, write_loop, Side, READ_SMALL};
 use crate::relay::worker::Relay;
+use crate::upstream::endpoint::Endpoint;
+use crate::upstream::error::UpstreamError;
 
 /// What the reader does after a pass, with no side borrowed.
 enum Later {
@@ -34,35 +35,51 @@ enum Later {
     GoAway(u32),
 }
 
-/// Connects `side` to `addr` and serves it until it ends.
-pub fn connect(relay: Rc<Relay>, side: Rc<Side>, addr: SocketAddr) {
+/// Connects `side` to `endpoint` and serves it until it ends. A failed
+/// connect starts the endpoint's back-off (calls meanwhile fail at once,
+/// see the downstream side) and fails the calls that waited for it with
+/// the kind of failure; a connection that ends fails the calls on it.
+pub fn connect(relay: Rc<Relay>, side: Rc<Side>, endpoint: Rc<Endpoint>) {
     monoio::spawn(async move {
-        run(&relay, &side, addr).await;
+        let addr = endpoint.addr();
+        let why = match run(&relay, &side, &endpoint).await {
+            Err(error) => {
+                let settings = &relay.server.settings;
+                endpoint.connect_failed(
+                    &error,
+                    settings.reconnect_backoff_min,
+                    settings.reconnect_backoff_max,
+                );
+                error.public()
+            }
+            Ok(()) => "upstream unavailable: the connection ended",
+        };
         side.closed.set();
         side.wake.notify_all();
         relay.forget(addr, &side);
-        fail_all(&relay, &side, "the upstream connection ended");
+        fail_all(&relay, &side, why);
     });
 }
 
-async fn run(relay: &Rc<Relay>, side: &Rc<Side>, addr: SocketAddr) {
+async fn run(relay: &Rc<Relay>, side: &Rc<Side>, endpoint: &Endpoint) -> Result<(), UpstreamError> {
     let settings = &relay.server.settings;
     let stop = relay.server.stop.clone();
+    let addr = endpoint.addr();
     let connected = monoio::select! {
         c = monoio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)) => c,
-        _ = stop.wait() => return,
+        _ = stop.wait() => return Ok(()),
     };
     let tcp = match connected {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            tracing::debug!(upstream = %addr, error = %e, "upstream connect failed");
-            return;
-        }
+        Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
         Err(_) => {
-            tracing::debug!(upstream = %addr, "upstream connect timed out");
-            return;
+            return Err(UpstreamError::ConnectTimeout {
+                addr,
+                timeout: settings.connect_timeout,
+            })
         }
     };
+    endpoint.reachable();
     crate::transport::socket::tune(&tcp, settings);
     let (mut reader, writer) = tcp.into_split();
     monoio::spawn(write_loop(side.clone(), writer, stop.clone()));
@@ -74,18 +91,18 @@ async fn run(relay: &Rc<Relay>, side: &Rc<Side>, addr: SocketAddr) {
     loop {
         let (result, b) = monoio::select! {
             r = read_more(&mut reader, buf, &mut want) => r,
-            _ = stop.wait() => return,
-            _ = side.closed.wait() => return,
+            _ = stop.wait() => return Ok(()),
+            _ = side.closed.wait() => return Ok(()),
         };
         buf = b;
         match result {
             Ok(0) => {
                 tracing::debug!(upstream = %addr, "upstream closed the connection");
-                return;
+                return Ok(());
             }
             Err(e) => {
                 tracing::debug!(upstream = %addr, error = %e, "upstream read failed");
-                return;
+                return Ok(());
             }
             Ok(_) => {}
         }
@@ -96,7 +113,7 @@ async fn run(relay: &Rc<Relay>, side: &Rc<Side>, addr: SocketAddr) {
         let was_ready = side.wire.borrow().conn.ready();
         if pass(relay, side, &mut buf, &mut later).is_err() {
             side.flush();
-            return;
+            return Ok(());
         }
         if !was_ready && side.wire.borrow().conn.ready() {
             relay.open_waiting(side);

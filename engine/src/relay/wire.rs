@@ -59,6 +59,13 @@ pub struct Side {
     pub closed: Latch,
     /// The reader has finished; no more events will come.
     pub gone: Cell<bool>,
+    /// PING acknowledgements received (the keeper compares).
+    pub pongs: Cell<u64>,
+    /// A call started since the keeper last looked (idle timeout).
+    pub active: Cell<bool>,
+    /// Retiring (GOAWAY sent for age or idleness): close once its last
+    /// call ends.
+    pub retiring: Cell<bool>,
 }
 
 impl Side {
@@ -75,6 +82,9 @@ impl Side {
             wake: Notify::default(),
             closed: Latch::default(),
             gone: Cell::new(false),
+            pongs: Cell::new(0),
+            active: Cell::new(false),
+            retiring: Cell::new(false),
         })
     }
 
@@ -165,7 +175,12 @@ pub async fn write_loop<W: AsyncWriteRent>(side: Rc<Side>, mut io: W, stop: Rc<L
         batch.index();
         // Not monoio's write_vectored_all: in 0.2.4 it does not advance
         // within a partly written iovec, and would write those bytes twice.
-        let (result, b) = io.writev(batch).await;
+        // A peer that reads nothing holds a write until TCP_USER_TIMEOUT
+        // fails it, or the worker stops.
+        let (result, b) = monoio::select! {
+            written = io.writev(batch) => written,
+            _ = stop.wait() => return,
+        };
         batch = b;
         match result {
             Ok(n) if n > 0 => batch.consume(n),

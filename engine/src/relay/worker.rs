@@ -25,6 +25,7 @@ use crate::relay::wire::Side;
 use crate::runtime::wake::Notify;
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::add;
+use crate::upstream::endpoint::Endpoint;
 
 /// Streams an upstream is assumed to allow before its SETTINGS say.
 const ASSUMED_STREAMS: usize = 100;
@@ -89,9 +90,10 @@ impl Relay {
     /// loaded full one, where the call waits its turn.
     pub fn upstream_for(
         self: &Rc<Self>,
-        addr: SocketAddr,
-        connect: impl FnOnce(Rc<Relay>, Rc<Side>, SocketAddr),
+        endpoint: &Rc<Endpoint>,
+        connect: impl FnOnce(Rc<Relay>, Rc<Side>, Rc<Endpoint>),
     ) -> Rc<Side> {
+        let addr = endpoint.addr();
         let mut upstreams = self.upstreams.borrow_mut();
         let list = upstreams.entry(addr).or_default();
         list.retain(|s| !s.closed.is_set() && !s.wire.borrow().conn.going_away());
@@ -111,7 +113,7 @@ impl Relay {
             let conn = Connection::new(Role::Client, self.upstream_limits, &mut out);
             let side = Side::new(conn, out);
             list.push(side.clone());
-            connect(self.clone(), side.clone(), addr);
+            connect(self.clone(), side.clone(), endpoint.clone());
             return side;
         }
         match list.iter().min_by_key(|s| load(s)) {
@@ -124,7 +126,7 @@ impl Relay {
                 let conn = Connection::new(Role::Client, self.upstream_limits, &mut out);
                 let side = Side::new(conn, out);
                 list.push(side.clone());
-                connect(self.clone(), side.clone(), addr);
+                connect(self.clone(), side.clone(), endpoint.clone());
                 side
             }
         }
@@ -252,6 +254,15 @@ impl Relay {
         }
     }
 
+    /// Whether the worker has a connection to `addr` that could take a
+    /// call (open, or being opened).
+    pub fn has_upstream(&self, addr: SocketAddr) -> bool {
+        self.upstreams.borrow().get(&addr).is_some_and(|list| {
+            list.iter()
+                .any(|s| !s.closed.is_set() && !s.wire.borrow().conn.going_away())
+        })
+    }
+
     /// Forgets an upstream connection that is gone.
     pub fn forget(&self, addr: SocketAddr, side: &Rc<Side>) {
         if let Some(list) = self.upstreams.borrow_mut().get_mut(&addr) {
@@ -325,7 +336,7 @@ impl Relay {
             wire.links.is_empty()
         };
         call.down.flush();
-        if idle && self.draining.get() {
+        if idle && (self.draining.get() || call.down.retiring.get()) {
             call.down.closed.set();
         }
         if let Some(waiting_on) = &call.waiting_on {

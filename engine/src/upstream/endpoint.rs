@@ -161,7 +161,7 @@ impl Endpoint {
     }
 
     /// The back-off error, while a failed connect's back-off lasts.
-    pub(super) fn backing_off(&self) -> Option<UpstreamError> {
+    pub(crate) fn backing_off(&self) -> Option<UpstreamError> {
         let at = self.retry_at.get()?;
         let now = Instant::now();
         (now < at).then(|| UpstreamError::BackingOff {
@@ -178,9 +178,15 @@ impl Endpoint {
         self.conns.borrow_mut().push(conn);
     }
 
+    /// A connect of the own frame path succeeded: the back-off is over.
+    pub(crate) fn reachable(&self) {
+        self.failures.set(0);
+        self.retry_at.set(None);
+    }
+
     /// A connect failed: wait longer before the next one, doubling from
     /// `min` up to `max`.
-    pub(super) fn connect_failed(&self, error: &UpstreamError, min: Duration, max: Duration) {
+    pub(crate) fn connect_failed(&self, error: &UpstreamError, min: Duration, max: Duration) {
         let failures = self.failures.get().saturating_add(1);
         self.failures.set(failures);
         let wait = doubling(min, failures - 1, max);
