@@ -24,7 +24,6 @@ use crate::grpc::status::{Code, Status};
 use crate::grpc::timeout;
 use crate::hpack::encode_field;
 use crate::http2::connection::{Connection, Event, Role, TOO_MANY_RESETS};
-use crate::http2::frame::ErrorCode;
 use crate::http2::headers::{pseudo, HeaderList, Kind};
 use crate::http2::outbox::Outbox;
 use crate::relay::calls::{answer, forward_up, head_fields, open_stream, push_down, push_up, Call};
@@ -194,16 +193,7 @@ async fn keep(relay: Rc<Relay>, side: Rc<Side>, peer: SocketAddr) {
             tracing::debug!(%peer, why, "downstream connection retiring (GOAWAY)");
             side.retiring.set(true);
             idle_at = None;
-            let idle = {
-                let mut w = side.wire.borrow_mut();
-                let wire = &mut *w;
-                wire.conn.go_away(ErrorCode::NO_ERROR, &mut wire.out);
-                wire.links.is_empty()
-            };
-            side.flush();
-            if idle {
-                side.closed.set();
-            }
+            side.go_away();
         }
     }
 }

@@ -88,6 +88,23 @@ impl Side {
         })
     }
 
+    /// Sends GOAWAY (no new streams): a connection without calls closes
+    /// now, one with calls once the last ends (the caller says why, with
+    /// `retiring` or the worker's drain).
+    pub fn go_away(&self) {
+        let idle = {
+            let mut w = self.wire.borrow_mut();
+            let wire = &mut *w;
+            wire.conn
+                .go_away(crate::http2::frame::ErrorCode::NO_ERROR, &mut wire.out);
+            wire.links.is_empty()
+        };
+        self.flush();
+        if idle {
+            self.closed.set();
+        }
+    }
+
     /// Wakes the writer if anything waits.
     pub fn flush(&self) {
         if !self.wire.borrow().out.is_empty() {

@@ -241,16 +241,7 @@ impl Relay {
             .filter_map(Weak::upgrade)
             .collect();
         for side in sides {
-            let idle = {
-                let mut w = side.wire.borrow_mut();
-                let wire = &mut *w;
-                wire.conn.go_away(ErrorCode::NO_ERROR, &mut wire.out);
-                wire.links.is_empty()
-            };
-            side.flush();
-            if idle {
-                side.closed.set();
-            }
+            side.go_away();
         }
     }
 
