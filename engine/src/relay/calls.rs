@@ -16,7 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::downstream::snapshot::RouteSlot;
-use crate::grpc::status::{percent_encode, Code, Status};
+use crate::grpc::status::{Code, Status};
 use crate::http2::frame::ErrorCode;
 use crate::http2::headers::HeaderList;
 use crate::relay::wire::{Side, Wire};
@@ -87,6 +87,13 @@ pub struct Call {
     pub error: Option<Box<str>>,
 }
 
+impl Call {
+    /// Whether the call has a deadline and it has passed by `now`.
+    pub fn past_deadline(&self, now: monoio::time::Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+}
+
 /// The head a call sends upstream: the client's fields, with
 /// `grpc-timeout` replaced by `timeout` when there is one.
 pub fn head_fields<'a>(
@@ -117,14 +124,9 @@ impl Calls {
         self.len == 0
     }
 
-    /// Call `key`'s deadline, if it has one.
-    pub fn deadline_of(&self, key: usize) -> Option<monoio::time::Instant> {
-        self.slots.get(key)?.as_ref()?.deadline
-    }
-
     /// Whether call `key` has a deadline that has passed by `now`.
     pub fn deadline_passed(&self, key: usize, now: monoio::time::Instant) -> bool {
-        matches!(self.slots.get(key), Some(Some(c)) if c.deadline.is_some_and(|d| now >= d))
+        matches!(self.slots.get(key), Some(Some(c)) if c.past_deadline(now))
     }
 
     /// Whether `key` is still call `serial`.
@@ -311,42 +313,23 @@ pub fn parse_code(value: &[u8]) -> Option<Code> {
     Code::from_u8(n)
 }
 
-/// Answers the client's stream `d` with a trailers-only `status`.
-pub fn answer(down: &mut Wire, d: u32, status: &Status) {
-    let code = status.code().as_u8().to_string();
-    let message = percent_encode(status.message());
-    let pushback = status.pushback().map(|after| {
-        u64::try_from(after.as_millis())
-            .unwrap_or(u64::MAX)
-            .to_string()
-    });
-    let fields: [(&[u8], &[u8], bool); 3] = [
+/// Ends the client's stream `d` with `status`: a trailers-only response,
+/// or, once the response has begun (`responded`), trailers after it. The
+/// status fields are [`Status::to_header_map`]'s, as on the h2 path (this
+/// is an error path; the map's allocation does not matter).
+pub fn answer(down: &mut Wire, d: u32, status: &Status, responded: bool) {
+    let head: [(&[u8], &[u8], bool); 2] = [
         (b":status", b"200", false),
         (b"content-type", b"application/grpc", false),
-        (b"grpc-status", code.as_bytes(), false),
     ];
-    let message =
-        (!status.message().is_empty()).then_some((&b"grpc-message"[..], &message[..], false));
-    let pushback = pushback
-        .as_deref()
-        .map(|ms| (&b"grpc-retry-pushback-ms"[..], ms.as_bytes(), false));
-    let all = fields.into_iter().chain(message).chain(pushback);
+    let head = if responded { &head[..0] } else { &head[..] };
+    let map = status.to_header_map();
+    let fields = head.iter().copied().chain(
+        map.iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes(), false)),
+    );
     let Wire { conn, out, .. } = down;
-    let _ = conn.send_headers(d, all, true, out);
-}
-
-/// Ends the client's stream `d`, whose response has begun, with trailers
-/// carrying `status`.
-pub fn end_with(down: &mut Wire, d: u32, status: &Status) {
-    let code = status.code().as_u8().to_string();
-    let message = percent_encode(status.message());
-    let fields: [(&[u8], &[u8], bool); 2] = [
-        (b"grpc-status", code.as_bytes(), false),
-        (b"grpc-message", &message, false),
-    ];
-    let n = if status.message().is_empty() { 1 } else { 2 };
-    let Wire { conn, out, .. } = down;
-    let _ = conn.send_headers(d, fields[..n].iter().copied(), true, out);
+    let _ = conn.send_headers(d, fields, true, out);
 }
 
 /// The status a client gets for an upstream RST_STREAM (the gRPC spec's

@@ -36,8 +36,6 @@ use crate::telemetry::metrics::add;
 /// What the reader does after a pass, with no side borrowed.
 enum Later {
     Release(u32, u32),
-    /// Open the upstream stream of this call, after the rest of the pass.
-    Open(usize),
     Reset(u32),
     Opened(u32),
     Answer(u32, Status),
@@ -104,15 +102,13 @@ async fn run<R: monoio::io::AsyncReadRent>(
             last_tick = Instant::now();
             side.wire.borrow_mut().conn.tick();
         }
-        let failed = pass(relay, side, &mut buf, &mut later, peer).is_err();
+        let failed = pass(relay, side, &mut buf, &mut later, &mut opens, peer).is_err();
         for step in later.drain(..) {
-            match step {
-                Later::Open(key) => opens.push(key),
-                step => act(relay, side, step),
-            }
+            act(relay, side, step);
         }
-        // A connection that broke the protocol in this pass opens nothing
-        // more: its calls are cancelled as it closes.
+        // Streams open after the rest of the pass (a reset in it cancels
+        // its call first); a connection that broke the protocol in this
+        // pass opens nothing more: its calls are cancelled as it closes.
         for key in opens.drain(..) {
             if !failed {
                 open_now(relay, side, key);
@@ -203,6 +199,7 @@ fn pass(
     side: &Rc<Side>,
     buf: &mut BytesMut,
     later: &mut Vec<Later>,
+    opens: &mut Vec<usize>,
     peer: SocketAddr,
 ) -> Result<(), ()> {
     let mut w = side.wire.borrow_mut();
@@ -220,7 +217,7 @@ fn pass(
             end_stream,
         } => match list.kind() {
             Kind::Request => request(
-                relay, side, links, heads, stream, list, end_stream, peer, later,
+                relay, side, links, heads, opens, stream, list, end_stream, peer, later,
             ),
             _ => trailers(relay, links, stream, list),
         },
@@ -255,6 +252,7 @@ fn request(
     side: &Rc<Side>,
     links: &mut Links,
     heads: &mut Vec<u8>,
+    opens: &mut Vec<usize>,
     d: u32,
     list: &HeaderList,
     end: bool,
@@ -322,6 +320,7 @@ fn request(
         (a, b) => a.or(b),
     };
     let serial = relay.serial();
+    let deadline = budget.map(|b| monoio::time::Instant::now() + b);
     let logged = relay
         .server
         .calls
@@ -329,13 +328,32 @@ fn request(
         .is_some()
         .then(|| Box::<str>::from(path));
     let up = relay.upstream_for(&endpoint, connect);
+    // The head is encoded now (the list is the connection's, and the next
+    // HEADERS overwrites it) and, on a ready connection, the stream opened
+    // after the pass: a client that resets the stream in the same read
+    // (rapid reset) costs the upstream nothing.
+    let start = heads.len();
+    for (name, value, sensitive) in head_fields(list, timeout_header.as_deref()) {
+        encode_field(name, value, sensitive, heads);
+    }
+    let ready = {
+        let w = up.wire.borrow();
+        w.conn.ready() && w.waiting.is_empty()
+    };
+    let (pending_head, head) = if ready {
+        (Some((start, heads.len())), None)
+    } else {
+        let head = heads[start..].to_vec();
+        heads.truncate(start);
+        (None, Some(head))
+    };
     let key = relay.calls.borrow_mut().insert(Call {
         down: side.clone(),
         d,
         up: None,
-        waiting_on: None,
-        head: None,
-        pending_head: None,
+        waiting_on: Some(up.clone()),
+        head,
+        pending_head,
         to_up: Default::default(),
         up_trailers: None,
         up_end: end,
@@ -348,7 +366,7 @@ fn request(
         started: Instant::now(),
         code: Code::Unknown,
         serial,
-        deadline: budget.map(|b| monoio::time::Instant::now() + b),
+        deadline,
         timeout_header,
         peer,
         path: logged,
@@ -360,31 +378,13 @@ fn request(
     });
     links.insert(d, key);
     side.active.set(true);
-    let deadline = relay.calls.borrow().deadline_of(key);
     if let Some(at) = deadline {
         relay.expire_at(at, serial, key);
     }
-    let mut calls = relay.calls.borrow_mut();
-    let Some(call) = calls.get_mut(key) else {
-        return;
-    };
-    // The head is encoded now (the list is the connection's, and the next
-    // HEADERS overwrites it) and the stream opened after the pass: a
-    // client that resets the stream in the same read (rapid reset) costs
-    // the upstream nothing.
-    let start = heads.len();
-    for (name, value, sensitive) in head_fields(list, call.timeout_header.as_deref()) {
-        encode_field(name, value, sensitive, heads);
-    }
-    call.waiting_on = Some(up.clone());
-    let mut w = up.wire.borrow_mut();
-    if w.conn.ready() && w.waiting.is_empty() {
-        call.pending_head = Some((start, heads.len()));
-        later.push(Later::Open(key));
+    if ready {
+        opens.push(key);
     } else {
-        call.head = Some(heads[start..].to_vec());
-        heads.truncate(start);
-        w.waiting.push_back(key);
+        up.wire.borrow_mut().waiting.push_back(key);
     }
 }
 
@@ -480,7 +480,6 @@ fn trailers(relay: &Relay, links: &Links, d: u32, list: &HeaderList) {
 fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
     let key_of = |d: u32| side.wire.borrow().links.get(&d).copied();
     match step {
-        Later::Open(key) => open_now(relay, side, key),
         Later::Release(d, n) => side.wire.borrow_mut().release(d, n),
         Later::Reset(d) => {
             if let Some(key) = key_of(d) {
@@ -499,7 +498,7 @@ fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
             }
         }
         Later::Answer(d, status) => {
-            answer(&mut side.wire.borrow_mut(), d, &status);
+            answer(&mut side.wire.borrow_mut(), d, &status, false);
         }
         Later::NotGrpc(d) => {
             let mut w = side.wire.borrow_mut();

@@ -162,9 +162,7 @@ fn pass(
             let code = list
                 .get(b"grpc-status")
                 .and_then(crate::relay::calls::parse_code);
-            let expired = call
-                .deadline
-                .is_some_and(|d| monoio::time::Instant::now() >= d);
+            let expired = call.past_deadline(monoio::time::Instant::now());
             if end_stream
                 && expired
                 && matches!(code, Some(Code::Cancelled | Code::DeadlineExceeded))
@@ -177,13 +175,8 @@ fn pass(
                 call.down_trailers = Some(list.clone());
                 return;
             }
-            if let Some(code) = list
-                .get(b"grpc-status")
-                .and_then(crate::relay::calls::parse_code)
-            {
+            if let Some(code) = code {
                 call.code = code;
-            } else if head && end_stream {
-                call.code = Code::Unknown;
             }
             {
                 let mut dw = call.down.wire.borrow_mut();

@@ -57,8 +57,6 @@ pub struct Side {
     pub wake: Notify,
     /// Set when the connection is done: the writer flushes and closes.
     pub closed: Latch,
-    /// The reader has finished; no more events will come.
-    pub gone: Cell<bool>,
     /// PING acknowledgements received (the keeper compares).
     pub pongs: Cell<u64>,
     /// A call started since the keeper last looked (idle timeout).
@@ -81,7 +79,6 @@ impl Side {
             }),
             wake: Notify::default(),
             closed: Latch::default(),
-            gone: Cell::new(false),
             pongs: Cell::new(0),
             active: Cell::new(false),
             retiring: Cell::new(false),

@@ -20,7 +20,7 @@ use crate::grpc::status::{Code, Status};
 use crate::http2::connection::{Connection, Limits, Role};
 use crate::http2::frame::ErrorCode;
 use crate::http2::outbox::Outbox;
-use crate::relay::calls::{answer, end_with, open_stream, Call, Calls};
+use crate::relay::calls::{answer, open_stream, Call, Calls};
 use crate::relay::wire::Side;
 use crate::runtime::wake::Notify;
 use crate::telemetry::access_log::Entry;
@@ -108,28 +108,18 @@ impl Relay {
         if let Some(side) = best {
             return side.clone();
         }
-        if list.len() < self.server.settings.max_connections_per_endpoint {
-            let mut out = Outbox::new();
-            let conn = Connection::new(Role::Client, self.upstream_limits, &mut out);
-            let side = Side::new(conn, out);
-            list.push(side.clone());
-            connect(self.clone(), side.clone(), endpoint.clone());
-            return side;
-        }
-        match list.iter().min_by_key(|s| load(s)) {
-            Some(side) => side.clone(),
-            None => {
-                // max_connections_per_endpoint is at least 1, so the list
-                // had room; this cannot happen, but a dead end is no worse
-                // than a connect.
-                let mut out = Outbox::new();
-                let conn = Connection::new(Role::Client, self.upstream_limits, &mut out);
-                let side = Side::new(conn, out);
-                list.push(side.clone());
-                connect(self.clone(), side.clone(), endpoint.clone());
-                side
+        // At the connection limit, the least loaded one queues the call.
+        if list.len() >= self.server.settings.max_connections_per_endpoint {
+            if let Some(side) = list.iter().min_by_key(|s| load(s)) {
+                return side.clone();
             }
         }
+        let mut out = Outbox::new();
+        let conn = Connection::new(Role::Client, self.upstream_limits, &mut out);
+        let side = Side::new(conn, out);
+        list.push(side.clone());
+        connect(self.clone(), side.clone(), endpoint.clone());
+        side
     }
 
     /// A number no other call of this worker has.
@@ -206,12 +196,12 @@ impl Relay {
                 return;
             };
             call.code = status.code();
-            let mut w = call.down.wire.borrow_mut();
-            if call.responded {
-                end_with(&mut w, call.d, &status);
-            } else {
-                answer(&mut w, call.d, &status);
-            }
+            answer(
+                &mut call.down.wire.borrow_mut(),
+                call.d,
+                &status,
+                call.responded,
+            );
             call.down.clone()
         };
         down.flush();
@@ -422,12 +412,12 @@ impl Relay {
                 drop(w);
                 up.flush();
             }
-            let mut w = call.down.wire.borrow_mut();
-            if call.responded {
-                end_with(&mut w, call.d, status);
-            } else {
-                answer(&mut w, call.d, status);
-            }
+            answer(
+                &mut call.down.wire.borrow_mut(),
+                call.d,
+                status,
+                call.responded,
+            );
             call.down.clone()
         };
         down.flush();
