@@ -335,6 +335,71 @@ proxy_test! {
         assert!(reply.is_ok(), "another client goes on: {reply:?}");
     }
 
+    async fn a_client_that_opens_huge_windows_and_reads_nothing_holds_only_its_budget(driver) {
+        // Scenario: on a raw socket, a client announces the largest
+        // windows HTTP/2 allows, opens 16 streams that each want 16 MiB
+        // from the upstream, and never reads its socket. Its windows let
+        // the proxy send everything, so only the proxy's own budget
+        // (`[limits] buffer_per_connection`: what may wait to be written,
+        // and how far its streams' upstream windows may grow past 64 KiB)
+        // bounds what it holds: the upstream must be granted little more
+        // than that (plus what the kernel's socket buffers take), not the
+        // 256 MiB asked for. Other clients on the same upstream connection
+        // go on. The own frame path's bound: h2 grants each stream its
+        // whole window and buffer, so this holds on the own path only.
+        use tokio::io::AsyncWriteExt;
+        let upstream = Silent::with(Options::default()).await;
+        let proxy = proxy(driver, &format!(
+            "[http2]\nframe_path = \"own\"\n[limits]\nbuffer_per_connection = 1048576\n\
+             {}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", upstream.addr())
+        ));
+        let addr = proxy.local_addr();
+        let mut hostile = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        // SETTINGS_INITIAL_WINDOW_SIZE (4) = 2^31 - 1.
+        hello.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0x7f, 0xff, 0xff, 0xff]);
+        // The connection window to 2^31 - 1 as well.
+        hello.extend_from_slice(&[0, 0, 4, 8, 0, 0, 0, 0, 0]);
+        hello.extend_from_slice(&(0x7fff_ffff_u32 - 65_535).to_be_bytes());
+        let block = headers_block(addr, "/test.Echo/Flood");
+        for i in 0..16u32 {
+            let id = (2 * i + 1).to_be_bytes();
+            let len = block.len();
+            hello.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, 1, 4]);
+            hello.extend_from_slice(&id);
+            hello.extend_from_slice(&block);
+            // An empty message, END_STREAM.
+            hello.extend_from_slice(&[0, 0, 5, 0, 1]);
+            hello.extend_from_slice(&id);
+            hello.extend_from_slice(&[0; 5]);
+        }
+        hostile.write_all(&hello).await.expect("write");
+        // Wait until the upstream is granted nothing more.
+        let mut last = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = upstream.flood_sent();
+            if (now == last && now > 0) || now > 64 << 20 {
+                break;
+            }
+            last = now;
+        }
+        let granted = upstream.flood_sent();
+        assert!(
+            granted < 24 << 20,
+            "the upstream was granted {} MiB for a client that reads nothing",
+            granted >> 20
+        );
+        let mut client = Client::connect(addr).await;
+        for i in 0..5 {
+            let reply = echo_within(&mut client, "Echo", Duration::from_secs(3)).await;
+            assert!(reply.is_ok(), "call {i} of another client: {reply:?}");
+        }
+        assert_eq!(upstream.connections(), 1, "all on the one shared upstream connection");
+        drop(hostile);
+    }
+
     async fn upstream_addresses_and_errors_do_not_leak_to_clients(driver) {
         // The client gets a short generic message; the detail is logged.
         let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -140,6 +140,8 @@ struct TimeoutsFile {
 struct LimitsFile {
     max_connections_per_worker: Option<usize>,
     max_tls_handshakes_per_worker: Option<usize>,
+    buffer_per_connection: Option<SizeValue>,
+    buffer_per_worker: Option<SizeValue>,
 }
 
 #[derive(Deserialize)]
@@ -320,7 +322,7 @@ impl Http2File {
         }
         if let Some(v) = &self.max_send_buffer_size {
             s.max_send_buffer_size =
-                size("http2.max_send_buffer_size", v, 16_384, u32::MAX as u64)? as usize;
+                size("http2.max_send_buffer_size", v, 16_384, u32::MAX as u64)?;
         }
         if let Some(n) = self.max_pending_accept_reset_streams {
             s.max_pending_accept_reset_streams = n;
@@ -349,15 +351,14 @@ impl UpstreamFile {
             s.max_connections_per_endpoint = n;
         }
         if let Some(v) = &self.retry_buffer {
-            s.retry_buffer = size("upstream.retry_buffer", v, 0, 64 << 20)? as usize;
+            s.retry_buffer = size("upstream.retry_buffer", v, 0, 64 << 20)?;
         }
         if let Some(v) = &self.retry_buffer_per_connection {
             s.retry_buffer_per_connection =
-                size("upstream.retry_buffer_per_connection", v, 0, 1 << 40)? as usize;
+                size("upstream.retry_buffer_per_connection", v, 0, 1 << 40)?;
         }
         if let Some(v) = &self.retry_buffer_per_worker {
-            s.retry_buffer_per_worker =
-                size("upstream.retry_buffer_per_worker", v, 0, 1 << 40)? as usize;
+            s.retry_buffer_per_worker = size("upstream.retry_buffer_per_worker", v, 0, 1 << 40)?;
         }
         set(
             &mut s.reconnect_backoff_min,
@@ -445,6 +446,14 @@ impl LimitsFile {
                 return Err("limits.max_tls_handshakes_per_worker: must be at least 1".into());
             }
             s.max_tls_handshakes_per_worker = n;
+        }
+        // A connection needs room for at least one full frame.
+        if let Some(v) = &self.buffer_per_connection {
+            s.buffer_per_connection =
+                size("limits.buffer_per_connection", v, 65_536, u32::MAX as u64)?;
+        }
+        if let Some(v) = &self.buffer_per_worker {
+            s.buffer_per_worker = size("limits.buffer_per_worker", v, 0, 1 << 40)?;
         }
         Ok(())
     }

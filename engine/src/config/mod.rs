@@ -140,6 +140,14 @@ pub struct Settings {
     pub retry_buffer_per_connection: usize,
     /// What the held requests of one core may pin, in all.
     pub retry_buffer_per_worker: usize,
+    /// On the own frame path, per connection: the bytes that may wait to
+    /// be written to its socket, and, for a client connection, how far
+    /// its calls' upstream stream windows may grow past their first
+    /// 64 KiB, in all.
+    pub buffer_per_connection: usize,
+    /// On the own frame path, per core: how far all calls' upstream
+    /// stream windows may grow past their first 64 KiB, in all.
+    pub buffer_per_worker: usize,
 }
 
 impl Default for Settings {
@@ -171,6 +179,8 @@ impl Default for Settings {
             retry_buffer: 64 << 10,
             retry_buffer_per_connection: 4 << 20,
             retry_buffer_per_worker: 64 << 20,
+            buffer_per_connection: 4 << 20,
+            buffer_per_worker: 256 << 20,
         }
     }
 }
@@ -470,6 +480,8 @@ mod tests {
             [http2]
             stream_window = "2MiB"
             max_concurrent_streams = 500
+            [upstream]
+            retry_buffer_per_worker = "8GiB"
             [timeouts]
             drain = "5s"
             idle = "0s"
@@ -489,6 +501,8 @@ mod tests {
         .expect("valid");
         assert_eq!(cfg.settings.stream_window, 2 << 20);
         assert_eq!(cfg.settings.max_concurrent_streams, 500);
+        // Sizes past 4 GiB are kept whole where the field takes them.
+        assert_eq!(cfg.settings.retry_buffer_per_worker, 8 << 30);
         assert_eq!(cfg.settings.drain_timeout, Duration::from_secs(5));
         assert_eq!(cfg.settings.idle_timeout, None);
         assert_eq!(
@@ -509,6 +523,7 @@ mod tests {
         let cfg = parse(text).expect("the documented example parses");
         assert_eq!(cfg.clusters.len(), 2);
         assert_eq!(cfg.routes.len(), 4);
+        assert_eq!(cfg.settings.buffer_per_connection, 4 << 20);
     }
 
     #[test]
@@ -522,6 +537,7 @@ mod tests {
             ("[[clusters]]\nname = \"a\"\nendpoints = []", "no endpoints"),
             ("[[clusters]]\nname = \"a\"\nendpoints = [\"nohost\"]", "cannot resolve"),
             ("[http2]\nstream_window = \"1KiB\"", "out of range"),
+            ("[limits]\nbuffer_per_connection = \"1KiB\"", "limits.buffer_per_connection"),
             ("[timeouts]\ndrain = \"soon\"", "invalid duration"),
             ("listen = \"here\"", "listen"),
             ("admin = \"nowhere\"", "admin"),
@@ -571,6 +587,7 @@ mod tests {
                 key in prop::sample::select(vec![
                     "http2.stream_window", "http2.max_frame_size", "timeouts.idle",
                     "timeouts.tcp_keepalive", "upstream.retry_buffer", "limits.max_connections_per_worker",
+                    "limits.buffer_per_connection", "upstream.retry_buffer_per_worker",
                 ]),
                 value in prop_oneof![any::<i64>().prop_map(|n| n.to_string()), "\"[0-9a-zA-Z. ]{0,12}\""],
             ) {

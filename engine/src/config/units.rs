@@ -68,7 +68,12 @@ pub(super) enum SizeValue {
 }
 
 /// A size field, checked to lie within `min..=max`.
-pub(super) fn size(field: &str, v: &SizeValue, min: u64, max: u64) -> Result<u32, String> {
+pub(super) fn size<T: TryFrom<u64>>(
+    field: &str,
+    v: &SizeValue,
+    min: u64,
+    max: u64,
+) -> Result<T, String> {
     let n = match v {
         SizeValue::Bytes(n) => *n,
         SizeValue::Text(t) => parse_size(t).map_err(|e| format!("{field}: {e}"))?,
@@ -76,7 +81,7 @@ pub(super) fn size(field: &str, v: &SizeValue, min: u64, max: u64) -> Result<u32
     if n < min || n > max {
         return Err(format!("{field}: {n} is out of range ({min} to {max})"));
     }
-    Ok(n as u32)
+    T::try_from(n).map_err(|_| format!("{field}: {n} is too large for this machine"))
 }
 
 /// A duration field, if it was given.

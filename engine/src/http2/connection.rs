@@ -61,6 +61,9 @@ pub struct Limits {
     /// Announced SETTINGS_INITIAL_WINDOW_SIZE: the most a peer may send on
     /// one stream before we release it.
     pub stream_window: u32,
+    /// The most a stream's window may grow to (see
+    /// [`Connection::release_growing`]); at least `stream_window`.
+    pub stream_window_max: u32,
     /// The connection's receive window, opened with a WINDOW_UPDATE at the
     /// start.
     pub connection_window: u32,
@@ -88,6 +91,7 @@ impl Default for Limits {
         Self {
             max_concurrent_streams: 1024,
             stream_window: 1 << 20,
+            stream_window_max: 1 << 20,
             connection_window: 1 << 30,
             max_frame_size: 16_384,
             max_header_list_size: 16 << 10,
@@ -748,7 +752,7 @@ impl Connection {
         // Padding is never handed on: its credit returns now.
         if padding > 0 {
             self.credit_connection(padding, out);
-            credit_stream(&mut stream, padding, self.limits.stream_window / 2, out);
+            credit_stream(&mut stream, padding, 0, out);
         }
         self.close_recv(&mut stream, end_stream);
         on(Event::Data {
@@ -856,14 +860,29 @@ impl Connection {
     /// alike. Every byte an [`Event::Data`] hands out must be released
     /// exactly once, also after its stream has ended.
     pub fn release(&mut self, id: u32, n: u32, out: &mut Outbox) {
+        self.release_growing(id, n, 0, out);
+    }
+
+    /// [`release`](Self::release), and a stream that has moved half its
+    /// window since its last WINDOW_UPDATE may have its window doubled
+    /// (up to `stream_window_max`), taking the growth from `allowance`,
+    /// in the same WINDOW_UPDATE. Returns the growth, which the caller
+    /// gives back to where `allowance` came from when the stream ends.
+    /// So streams start small and only those that carry bytes grow, as
+    /// far as the caller's budget goes.
+    pub fn release_growing(&mut self, id: u32, n: u32, allowance: u32, out: &mut Outbox) -> u32 {
         if n == 0 {
-            return;
+            return 0;
         }
         self.credit_connection(n, out);
-        let half = self.limits.stream_window / 2;
-        if let Some(stream) = self.streams.get_mut(id) {
-            credit_stream(stream, n, half, out);
-        }
+        let Some(stream) = self.streams.get_mut(id) else {
+            return 0;
+        };
+        let room = self
+            .limits
+            .stream_window_max
+            .min(allowance.saturating_add(stream.window));
+        credit_stream(stream, n, room, out)
     }
 
     fn credit_connection(&mut self, n: u32, out: &mut Outbox) {
@@ -1075,15 +1094,21 @@ fn write_encoded(out: &mut Outbox, max: usize, id: u32, block: &[u8], end_stream
 }
 
 /// Adds released credit to a stream, and returns it in a WINDOW_UPDATE
-/// once `half` a window waits (not once the peer is done sending).
-fn credit_stream(stream: &mut Stream, n: u32, half: u32, out: &mut Outbox) {
+/// once half its window waits (not once the peer is done sending). The
+/// same WINDOW_UPDATE may double the window, up to `grow_to`; returns
+/// by how much it grew.
+fn credit_stream(stream: &mut Stream, n: u32, grow_to: u32, out: &mut Outbox) -> u32 {
     stream.credit += n;
-    if stream.recv_open && stream.credit >= half {
-        let n = stream.credit;
-        stream.credit = 0;
-        stream.recv_window += i64::from(n);
-        out.put(|b| frame::write_window_update(b, stream.id, n));
+    if !stream.recv_open || stream.credit < stream.window / 2 {
+        return 0;
     }
+    let grow = stream.window.min(grow_to.saturating_sub(stream.window));
+    stream.window += grow;
+    let n = stream.credit + grow;
+    stream.credit = 0;
+    stream.recv_window += i64::from(n);
+    out.put(|b| frame::write_window_update(b, stream.id, n));
+    grow
 }
 
 fn error(code: ErrorCode, why: &'static str) -> ConnectionError {
@@ -1389,6 +1414,50 @@ mod tests {
             assert!(s.feed(&data(1, 0, &chunk)).result == Some(Ok(())));
         }
         connection_error(&s.feed(&data(1, 0, &chunk)), ErrorCode::FLOW_CONTROL_ERROR);
+    }
+
+    #[test]
+    fn stream_windows_grow_within_the_allowance_in_the_same_window_update() {
+        let mut s = Server::new(Limits {
+            stream_window: 100,
+            stream_window_max: 400,
+            ..Limits::default()
+        });
+        s.feed(&request(1, false));
+        let update = |n: u32| [(kind::WINDOW_UPDATE, 0, 1, n.to_be_bytes().to_vec())];
+        // Below half the window: nothing goes back, nothing grows.
+        s.feed(&data(1, 0, &[0; 100]));
+        assert_eq!(s.conn.release_growing(1, 40, 1000, &mut s.out), 0);
+        assert!(frames_of(&s.out.take_all()).is_empty());
+        // Half the window: the credit goes back, and the window doubles.
+        assert_eq!(s.conn.release_growing(1, 10, 1000, &mut s.out), 100);
+        assert_eq!(frames_of(&s.out.take_all()), update(150));
+        // The peer may now have 200 unreleased (50 are); the allowance
+        // caps growth.
+        s.feed(&data(1, 0, &[0; 150]));
+        assert_eq!(s.conn.release_growing(1, 100, 30, &mut s.out), 30);
+        assert_eq!(frames_of(&s.out.take_all()), update(130));
+        // The window is 230, 100 of it unreleased: 131 more is too many.
+        let seen = s.feed(&data(1, 0, &[0; 131]));
+        assert_eq!(seen.rst(), [(1, ErrorCode::FLOW_CONTROL_ERROR)]);
+        // The maximum caps growth too; plain release never grows.
+        let mut s = Server::new(Limits {
+            stream_window: 300,
+            stream_window_max: 400,
+            ..Limits::default()
+        });
+        s.feed(&request(1, false));
+        s.feed(&data(1, 0, &[0; 300]));
+        assert_eq!(s.conn.release_growing(1, 150, 1000, &mut s.out), 100);
+        assert_eq!(frames_of(&s.out.take_all()), update(250));
+        s.feed(&data(1, 0, &[0; 100]));
+        s.conn.release(1, 150, &mut s.out);
+        assert!(
+            frames_of(&s.out.take_all()).is_empty(),
+            "half of 400 is 200"
+        );
+        s.conn.release(1, 50, &mut s.out);
+        assert_eq!(frames_of(&s.out.take_all()), update(200));
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct Stream {
     pub head_received: bool,
     /// Credit the peer has to send DATA; never below zero.
     pub recv_window: i64,
+    /// The stream's window size: what the peer may have in flight on it,
+    /// the initial window unless [`grown`](crate::http2::connection::Connection::release_growing).
+    pub window: u32,
     /// Received bytes released by the consumer and not yet returned to
     /// the peer in a WINDOW_UPDATE.
     pub credit: u32,
@@ -47,6 +50,7 @@ impl Stream {
             send_open: true,
             head_received: false,
             recv_window: i64::from(recv_window),
+            window: recv_window,
             credit: 0,
             send_window: i64::from(send_window),
             content_length: None,

@@ -9,6 +9,7 @@
 //! Every function that takes a [`Wire`] borrows exactly that one; the
 //! caller makes sure no other borrow of it is alive.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Instant;
@@ -64,6 +65,10 @@ pub struct Call {
     pub serial: u64,
     /// When the proxy ends the call, if it has a deadline.
     pub deadline: Option<monoio::time::Instant>,
+    /// When the proxy ends the call if the client has sent nothing after
+    /// its head by then (no DATA, no end) and the upstream no head
+    /// (`[timeouts] silent_request`); `None` once it has, or when off.
+    pub silent_by: Option<monoio::time::Instant>,
     /// A shorter `grpc-timeout` for the upstream than the client sent (the
     /// route's timeout), if any.
     pub timeout_header: Option<String>,
@@ -85,6 +90,13 @@ pub struct Call {
     pub bytes_out: u64,
     /// What went wrong, for the access log (the client got a short status).
     pub error: Option<Box<str>>,
+    /// How far its upstream stream's window has grown past the initial
+    /// window: taken from its client connection's and the worker's
+    /// allowances, given back when the call ends.
+    pub grown: u32,
+    /// Its upstream stream has opened: it counts as active on its
+    /// endpoint, no longer as pending in its cluster.
+    pub streaming: bool,
 }
 
 impl Call {
@@ -129,6 +141,28 @@ impl Calls {
         matches!(self.slots.get(key), Some(Some(c)) if c.past_deadline(now))
     }
 
+    /// Why call `key`, if it is still call `serial`, is to end at `now`
+    /// with DEADLINE_EXCEEDED: its deadline passed, or it stayed silent.
+    pub fn overdue(
+        &self,
+        key: usize,
+        serial: u64,
+        now: monoio::time::Instant,
+    ) -> Option<&'static str> {
+        let Some(Some(call)) = self.slots.get(key) else {
+            return None;
+        };
+        if call.serial != serial {
+            None
+        } else if call.past_deadline(now) {
+            Some("deadline exceeded at the proxy")
+        } else if !call.responded && call.silent_by.is_some_and(|at| now >= at) {
+            Some("the request sent nothing in time")
+        } else {
+            None
+        }
+    }
+
     /// Whether `key` is still call `serial`.
     pub fn is_current(&self, key: usize, serial: u64) -> bool {
         matches!(self.slots.get(key), Some(Some(c)) if c.serial == serial)
@@ -170,7 +204,7 @@ impl Calls {
 pub fn forward_up(call: &mut Call, data: Bytes, up: &mut Wire) -> u32 {
     if let (false, true, Some((_, u))) = (data.is_empty(), call.to_up.is_empty(), &call.up) {
         let u = *u;
-        if up.conn.send_capacity(u) >= data.len() {
+        if up.room(u) >= data.len() {
             let n = data.len() as u32;
             let end = call.up_end && call.up_trailers.is_none();
             let Wire { conn, out, .. } = up;
@@ -189,9 +223,7 @@ pub fn forward_up(call: &mut Call, data: Bytes, up: &mut Wire) -> u32 {
 /// New response DATA: sent at once when nothing waits before it and the
 /// client has the credit, else queued. Returns what [`push_down`] does.
 pub fn forward_down(call: &mut Call, data: Bytes, down: &mut Wire) -> (u32, bool) {
-    let direct = !data.is_empty()
-        && call.to_down.is_empty()
-        && down.conn.send_capacity(call.d) >= data.len();
+    let direct = !data.is_empty() && call.to_down.is_empty() && down.room(call.d) >= data.len();
     if direct {
         let n = data.len() as u32;
         let end = call.down_end && call.down_trailers.is_none();
@@ -203,6 +235,23 @@ pub fn forward_down(call: &mut Call, data: Bytes, down: &mut Wire) -> (u32, bool
         call.to_down.push_back(data);
     }
     push_down(call, down)
+}
+
+/// Gives the upstream back the credit of `n` response bytes of the call
+/// (upstream stream `u` on `up`) that were handed on or dropped. A stream
+/// that carries bytes may grow its window, as far as the allowances of its
+/// client connection and of the worker (`worker`) go: what a client
+/// connection's calls can have waiting in the proxy is bounded by their
+/// initial windows plus its allowance, however many streams it opens.
+pub fn release_down(call: &mut Call, up: &mut Wire, u: u32, n: u32, worker: &Cell<usize>) {
+    let mine = call.down.allowance.get();
+    let allowance = mine.min(u32::try_from(worker.get()).unwrap_or(u32::MAX));
+    let grown = up.conn.release_growing(u, n, allowance, &mut up.out);
+    if grown > 0 {
+        call.down.allowance.set(mine - grown);
+        worker.set(worker.get() - grown as usize);
+        call.grown += grown;
+    }
 }
 
 /// Opens the call's upstream stream on `up` (whose state `wire` is) with
@@ -224,6 +273,9 @@ pub fn open_stream(
     wire.links.insert(u, key);
     call.up = Some((up.clone(), u));
     call.waiting_on = None;
+    call.streaming = true;
+    call.cluster.pending(false);
+    call.endpoint.stream(true);
     Ok(push_up(call, wire))
 }
 
@@ -233,10 +285,9 @@ pub fn push_up(call: &mut Call, up: &mut Wire) -> u32 {
     let Some((_, u)) = call.up else {
         return 0;
     };
-    let Wire { conn, out, .. } = up;
     let mut sent = 0;
     while let Some(front) = call.to_up.front_mut() {
-        let room = conn.send_capacity(u);
+        let room = up.room(u);
         if room == 0 {
             return sent;
         }
@@ -246,7 +297,7 @@ pub fn push_up(call: &mut Call, up: &mut Wire) -> u32 {
         }
         let end = call.to_up.is_empty() && call.up_end && call.up_trailers.is_none();
         sent += chunk.len() as u32;
-        if conn.send_data(u, chunk, end, out).is_err() {
+        if up.conn.send_data(u, chunk, end, &mut up.out).is_err() {
             return sent;
         }
         if end {
@@ -254,6 +305,7 @@ pub fn push_up(call: &mut Call, up: &mut Wire) -> u32 {
             return sent;
         }
     }
+    let Wire { conn, out, .. } = up;
     if call.up_end {
         call.up_end = false;
         match call.up_trailers.take() {
@@ -272,11 +324,10 @@ pub fn push_up(call: &mut Call, up: &mut Wire) -> u32 {
 /// DATA bytes sent (the upstream may have them back) and whether the
 /// response is now complete.
 pub fn push_down(call: &mut Call, down: &mut Wire) -> (u32, bool) {
-    let Wire { conn, out, .. } = down;
     let d = call.d;
     let mut sent = 0;
     while let Some(front) = call.to_down.front_mut() {
-        let room = conn.send_capacity(d);
+        let room = down.room(d);
         if room == 0 {
             return (sent, false);
         }
@@ -286,13 +337,14 @@ pub fn push_down(call: &mut Call, down: &mut Wire) -> (u32, bool) {
         }
         let end = call.to_down.is_empty() && call.down_end && call.down_trailers.is_none();
         sent += chunk.len() as u32;
-        if conn.send_data(d, chunk, end, out).is_err() {
+        if down.conn.send_data(d, chunk, end, &mut down.out).is_err() {
             return (sent, true);
         }
         if end {
             return (sent, true);
         }
     }
+    let Wire { conn, out, .. } = down;
     if let Some(trailers) = call.down_trailers.take() {
         if let Some(code) = trailers.get(b"grpc-status").and_then(parse_code) {
             call.code = code;

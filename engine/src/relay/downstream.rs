@@ -26,7 +26,9 @@ use crate::hpack::encode_field;
 use crate::http2::connection::{Connection, Event, Role, TOO_MANY_RESETS};
 use crate::http2::headers::{pseudo, HeaderList, Kind};
 use crate::http2::outbox::Outbox;
-use crate::relay::calls::{answer, forward_up, head_fields, open_stream, push_down, push_up, Call};
+use crate::relay::calls::{
+    answer, forward_up, head_fields, open_stream, push_down, push_up, release_down, Call,
+};
 use crate::relay::upstream::connect;
 use crate::relay::wire::{read_more, shrink, write_loop, Links, Side, Wire, READ_SMALL};
 use crate::relay::worker::Relay;
@@ -48,11 +50,13 @@ pub async fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) {
     crate::transport::socket::tune(&tcp, settings);
     let mut out = Outbox::new();
     let conn = Connection::new(Role::Server, relay.downstream_limits, &mut out);
-    let side = Side::new(conn, out);
+    let side = Side::new(conn, out, settings.buffer_per_connection);
     relay.serving(&side);
     let stop = relay.server.stop.clone();
     let (mut reader, writer) = tcp.into_split();
-    let writing = monoio::spawn(write_loop(side.clone(), writer, stop.clone()));
+    let r = relay.clone();
+    let drained = move |side: &Rc<Side>| act(&r, side, Later::Opened(0));
+    let writing = monoio::spawn(write_loop(side.clone(), writer, stop.clone(), drained));
     monoio::spawn(keep(relay.clone(), side.clone(), peer));
     side.flush();
     run(&relay, &side, &mut reader, peer).await;
@@ -308,6 +312,14 @@ fn request(
             return;
         }
     }
+    // At the cluster's call limits the call fails at once, not queued.
+    if let Err(error) = cluster.admit() {
+        let status = Status::new(Code::Unavailable, error.public());
+        relay.unrouted(&slot, &status, peer, path);
+        later.push(Later::Answer(d, status));
+        return;
+    }
+    cluster.pending(true);
     cluster.stats.start();
     // The shorter of the client's grpc-timeout and the route's timeout is
     // enforced here, and told to the upstream.
@@ -320,14 +332,22 @@ fn request(
         (a, b) => a.or(b),
     };
     let serial = relay.serial();
-    let deadline = budget.map(|b| monoio::time::Instant::now() + b);
+    let now = monoio::time::Instant::now();
+    let deadline = budget.map(|b| now + b);
+    let silent_by = match relay.server.settings.silent_request_timeout {
+        Some(after) if !end => Some(now + after),
+        _ => None,
+    };
     let logged = relay
         .server
         .calls
         .access_log
         .is_some()
         .then(|| Box::<str>::from(path));
-    let up = relay.upstream_for(&endpoint, connect);
+    let keepalive = cluster.keepalive();
+    let up = relay.upstream_for(&endpoint, |relay, side, endpoint| {
+        connect(relay, side, endpoint, keepalive)
+    });
     // The head is encoded now (the list is the connection's, and the next
     // HEADERS overwrites it) and, on a ready connection, the stream opened
     // after the pass: a client that resets the stream in the same read
@@ -367,6 +387,7 @@ fn request(
         code: Code::Unknown,
         serial,
         deadline,
+        silent_by,
         timeout_header,
         peer,
         path: logged,
@@ -375,6 +396,8 @@ fn request(
         bytes_in: 0,
         bytes_out: 0,
         error: None,
+        grown: 0,
+        streaming: false,
     });
     links.insert(d, key);
     side.active.set(true);
@@ -382,8 +405,13 @@ fn request(
         relay.expire_at(at, serial, key);
     }
     if ready {
+        // Its silence is looked at after the pass, which most often
+        // carries its DATA too.
         opens.push(key);
     } else {
+        if let Some(at) = silent_by {
+            relay.expire_at(at, serial, key);
+        }
         up.wire.borrow_mut().waiting.push_back(key);
     }
 }
@@ -413,10 +441,14 @@ fn open_now(relay: &Relay, side: &Rc<Side>, key: usize) {
         }
     };
     let d = call.d;
+    let silent = call.silent_by.map(|at| (at, call.serial));
     drop(calls);
     up.flush();
     if sent > 0 {
         side.wire.borrow_mut().release(d, sent);
+    }
+    if let Some((at, serial)) = silent {
+        relay.expire_at(at, serial, key);
     }
 }
 
@@ -441,6 +473,7 @@ fn request_data(
         return;
     };
     call.up_end |= end;
+    call.silent_by = None;
     call.bytes_in += u64::from(n);
     let Some((up, _)) = call.up.clone() else {
         // Waits for its stream, holding the client's credit.
@@ -471,6 +504,7 @@ fn trailers(relay: &Relay, links: &Links, d: u32, list: &HeaderList) {
     };
     call.up_trailers = Some(list.clone());
     call.up_end = true;
+    call.silent_by = None;
     if let Some((up, _)) = call.up.clone() {
         push_up(call, &mut up.wire.borrow_mut());
         up.flush();
@@ -514,18 +548,18 @@ fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
 /// The client gave `key`'s stream credit: send what waits for it, and give
 /// the upstream back what was sent.
 fn opened(relay: &Relay, side: &Rc<Side>, key: usize) {
-    let (sent, done, up) = {
+    let done = {
         let mut calls = relay.calls.borrow_mut();
         let Some(call) = calls.get_mut(key) else {
             return;
         };
         let (sent, done) = push_down(call, &mut side.wire.borrow_mut());
-        (sent, done, call.up.clone())
+        if let (true, Some((up, u))) = (sent > 0, call.up.clone()) {
+            release_down(call, &mut up.wire.borrow_mut(), u, sent, &relay.allowance);
+            up.flush();
+        }
+        done
     };
-    if let (true, Some((up, u))) = (sent > 0, up) {
-        up.wire.borrow_mut().release(u, sent);
-        up.flush();
-    }
     if done {
         relay.finish(key);
     }

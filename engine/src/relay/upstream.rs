@@ -14,19 +14,26 @@ use bytes::BytesMut;
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
+use crate::config::Keepalive;
 use crate::grpc::status::{Code, Status};
 use crate::http2::connection::Event;
 use crate::http2::frame::ErrorCode;
 use crate::http2::headers::Kind;
-use crate::relay::calls::{forward_down, push_up, status_of_reset};
+use crate::relay::calls::{forward_down, push_up, release_down, status_of_reset};
 use crate::relay::wire::{read_more, shrink, write_loop, Side, READ_SMALL};
 use crate::relay::worker::Relay;
+use crate::runtime::wake::Latch;
 use crate::upstream::endpoint::Endpoint;
 use crate::upstream::error::UpstreamError;
+
+/// Why a call ends that the upstream ended past its deadline.
+const DEADLINE: &str = "deadline exceeded at the proxy";
 
 /// What the reader does after a pass, with no side borrowed.
 enum Later {
     Release(u32, u32),
+    /// Response bytes of call `.0`'s stream `.1` handed on (`.2`).
+    Credit(usize, u32, u32),
     Expire(usize),
     Reset(u32, ErrorCode),
     Opened(u32),
@@ -39,10 +46,17 @@ enum Later {
 /// connect starts the endpoint's back-off (calls meanwhile fail at once,
 /// see the downstream side) and fails the calls that waited for it with
 /// the kind of failure; a connection that ends fails the calls on it.
-pub fn connect(relay: Rc<Relay>, side: Rc<Side>, endpoint: Rc<Endpoint>) {
+/// With `keepalive`, a connection that does not answer a PING in time is
+/// taken for dead and closed.
+pub fn connect(
+    relay: Rc<Relay>,
+    side: Rc<Side>,
+    endpoint: Rc<Endpoint>,
+    keepalive: Option<Keepalive>,
+) {
     monoio::spawn(async move {
         let addr = endpoint.addr();
-        let why = match run(&relay, &side, &endpoint).await {
+        let why = match run(&relay, &side, &endpoint, keepalive).await {
             Err(error) => {
                 let settings = &relay.server.settings;
                 endpoint.connect_failed(
@@ -61,7 +75,12 @@ pub fn connect(relay: Rc<Relay>, side: Rc<Side>, endpoint: Rc<Endpoint>) {
     });
 }
 
-async fn run(relay: &Rc<Relay>, side: &Rc<Side>, endpoint: &Endpoint) -> Result<(), UpstreamError> {
+async fn run(
+    relay: &Rc<Relay>,
+    side: &Rc<Side>,
+    endpoint: &Endpoint,
+    keepalive: Option<Keepalive>,
+) -> Result<(), UpstreamError> {
     let settings = &relay.server.settings;
     let stop = relay.server.stop.clone();
     let addr = endpoint.addr();
@@ -80,9 +99,16 @@ async fn run(relay: &Rc<Relay>, side: &Rc<Side>, endpoint: &Endpoint) -> Result<
         }
     };
     endpoint.reachable();
+    endpoint.relayed(true);
+    let _counted = Counted(endpoint);
     crate::transport::socket::tune(&tcp, settings);
     let (mut reader, writer) = tcp.into_split();
-    monoio::spawn(write_loop(side.clone(), writer, stop.clone()));
+    let r = relay.clone();
+    let drained = move |side: &Rc<Side>| act(&r, side, Later::Opened(0));
+    monoio::spawn(write_loop(side.clone(), writer, stop.clone(), drained));
+    if let Some(keepalive) = keepalive {
+        monoio::spawn(keep(side.clone(), keepalive, addr, stop.clone()));
+    }
     side.flush();
     let mut buf = BytesMut::new();
     let mut want = READ_SMALL;
@@ -222,7 +248,7 @@ fn pass(
             let (sent, done) = forward_down(call, data, &mut down.wire.borrow_mut());
             down.flush();
             if sent > 0 {
-                later.push(Later::Release(stream, sent));
+                later.push(Later::Credit(key, stream, sent));
             }
             if done {
                 later.push(Later::Finish(key));
@@ -234,17 +260,61 @@ fn pass(
             tracing::debug!(last_stream, %code, "upstream GOAWAY");
             later.push(Later::GoAway(last_stream));
         }
-        Event::PingAck { .. } => {}
+        Event::PingAck { .. } => side.pongs.set(side.pongs.get() + 1),
     });
     result.map_err(|e| {
         tracing::debug!(error = %e, "upstream connection error");
     })
 }
 
+/// Counts an open connection on its endpoint while it lives.
+struct Counted<'a>(&'a Endpoint);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.relayed(false);
+    }
+}
+
+/// Keepalive: a PING every interval; one not acknowledged within the
+/// timeout means the upstream (or the path to it) is gone, though TCP
+/// may not know yet: the connection closes, failing its calls, and the
+/// next call connects afresh.
+async fn keep(side: Rc<Side>, keepalive: Keepalive, addr: std::net::SocketAddr, stop: Rc<Latch>) {
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(keepalive.interval) => {}
+            _ = side.closed.wait() => return,
+            _ = stop.wait() => return,
+        }
+        let before = side.pongs.get();
+        {
+            let mut w = side.wire.borrow_mut();
+            let wire = &mut *w;
+            wire.conn.ping(*b"grpcprxy", &mut wire.out);
+        }
+        side.flush();
+        monoio::select! {
+            _ = monoio::time::sleep(keepalive.timeout) => {}
+            _ = side.closed.wait() => return,
+            _ = stop.wait() => return,
+        }
+        if side.pongs.get() == before {
+            tracing::warn!(upstream = %addr, "upstream connection did not answer a keepalive PING; closing it");
+            side.closed.set();
+            return;
+        }
+    }
+}
+
 fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
     let key_of = |u: u32| side.wire.borrow().links.get(&u).copied();
     match step {
         Later::Release(u, n) => side.wire.borrow_mut().release(u, n),
+        Later::Credit(key, u, n) => match relay.calls.borrow_mut().get_mut(key) {
+            Some(call) => release_down(call, &mut side.wire.borrow_mut(), u, n, &relay.allowance),
+            None => side.wire.borrow_mut().release(u, n),
+        },
         Later::Reset(u, code) => {
             if let Some(key) = key_of(u) {
                 let expired = relay
@@ -252,7 +322,7 @@ fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
                     .borrow()
                     .deadline_passed(key, monoio::time::Instant::now());
                 if expired && code == ErrorCode::CANCEL {
-                    relay.expire(key);
+                    relay.expire(key, DEADLINE);
                 } else {
                     relay.fail(key, &status_of_reset(code), true);
                 }
@@ -270,7 +340,7 @@ fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
             }
         }
         Later::Finish(key) => relay.finish(key),
-        Later::Expire(key) => relay.expire(key),
+        Later::Expire(key) => relay.expire(key, DEADLINE),
         Later::Fail(u, status) => {
             if let Some(key) = key_of(u) {
                 relay.fail(key, &status, false);

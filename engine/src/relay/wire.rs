@@ -40,9 +40,31 @@ pub struct Wire {
     /// Heads of the calls this (client) connection opened in the current
     /// pass, HPACK-encoded for their upstream streams.
     pub heads: Vec<u8>,
+    /// Bytes the writer has taken from `out` and not yet written.
+    pub in_flight: usize,
+    /// The most that may wait to be written (`out` and `in_flight`)
+    /// before DATA stops being handed to this connection.
+    pub write_budget: usize,
+    /// DATA was held back for the write budget: once the writer is down
+    /// to half of it, the calls are pushed again.
+    pub held: bool,
 }
 
 impl Wire {
+    /// How many DATA bytes may go on `stream` now: its flow-control
+    /// credit, or nothing while the connection has its write budget
+    /// waiting to be written (a peer that does not read its socket, or
+    /// reads slowly, holds at most that much of the proxy's memory in
+    /// this connection's writes; the rest waits in its calls, bounded by
+    /// their windows, and holds back their senders' credit).
+    pub fn room(&mut self, stream: u32) -> usize {
+        if self.out.len() + self.in_flight >= self.write_budget {
+            self.held = true;
+            return 0;
+        }
+        self.conn.send_capacity(stream)
+    }
+
     /// Gives the peer back the credit of `n` bytes of `stream`'s DATA.
     pub fn release(&mut self, stream: u32, n: u32) {
         self.conn.release(stream, n, &mut self.out);
@@ -64,11 +86,16 @@ pub struct Side {
     /// Retiring (GOAWAY sent for age or idleness): close once its last
     /// call ends.
     pub retiring: Cell<bool>,
+    /// For a client connection: how much more its calls' upstream stream
+    /// windows may grow, in all (see [`release_down`](crate::relay::calls::release_down)).
+    pub allowance: Cell<u32>,
 }
 
 impl Side {
-    /// A side for a new connection, whose first frames `out` holds.
-    pub fn new(conn: Connection, out: Outbox) -> Rc<Side> {
+    /// A side for a new connection, whose first frames `out` holds; at
+    /// most `budget` bytes wait to be written to it (DATA waits in its
+    /// calls beyond that), and its calls' windows may grow by `budget`.
+    pub fn new(conn: Connection, out: Outbox, budget: usize) -> Rc<Side> {
         Rc::new(Side {
             wire: RefCell::new(Wire {
                 conn,
@@ -76,12 +103,16 @@ impl Side {
                 links: Links::default(),
                 waiting: VecDeque::new(),
                 heads: Vec::new(),
+                in_flight: 0,
+                write_budget: budget,
+                held: false,
             }),
             wake: Notify::default(),
             closed: Latch::default(),
             pongs: Cell::new(0),
             active: Cell::new(false),
             retiring: Cell::new(false),
+            allowance: Cell::new(u32::try_from(budget).unwrap_or(u32::MAX)),
         })
     }
 
@@ -168,12 +199,20 @@ unsafe impl monoio::buf::IoVecBuf for Segments {
 /// Writes what `side` has waiting until it closes (then writes what is
 /// left and returns) or a write fails: everything that waits goes in one
 /// `writev`, so a pass that made frames for many streams costs one
-/// syscall.
-pub async fn write_loop<W: AsyncWriteRent>(side: Rc<Side>, mut io: W, stop: Rc<Latch>) {
+/// syscall. When DATA was held back for the write budget and what waits
+/// is down to half of it, `drained` pushes the connection's calls again.
+pub async fn write_loop<W: AsyncWriteRent>(
+    side: Rc<Side>,
+    mut io: W,
+    stop: Rc<Latch>,
+    drained: impl Fn(&Rc<Side>),
+) {
     let mut batch = Segments::default();
     loop {
         if batch.bufs.is_empty() {
-            side.wire.borrow_mut().out.take_segments(&mut batch.bufs);
+            let mut w = side.wire.borrow_mut();
+            w.out.take_segments(&mut batch.bufs);
+            w.in_flight = batch.bufs.iter().map(Bytes::len).sum();
         }
         if batch.bufs.is_empty() {
             if side.closed.is_set() || stop.is_set() {
@@ -197,7 +236,21 @@ pub async fn write_loop<W: AsyncWriteRent>(side: Rc<Side>, mut io: W, stop: Rc<L
         };
         batch = b;
         match result {
-            Ok(n) if n > 0 => batch.consume(n),
+            Ok(n) if n > 0 => {
+                batch.consume(n);
+                let resume = {
+                    let mut w = side.wire.borrow_mut();
+                    w.in_flight -= n.min(w.in_flight);
+                    let low = w.held && 2 * (w.out.len() + w.in_flight) < w.write_budget;
+                    if low {
+                        w.held = false;
+                    }
+                    low
+                };
+                if resume {
+                    drained(&side);
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             _ => {
                 side.closed.set();

@@ -30,6 +30,9 @@ use crate::upstream::endpoint::Endpoint;
 /// Streams an upstream is assumed to allow before its SETTINGS say.
 const ASSUMED_STREAMS: usize = 100;
 
+/// The window an upstream stream starts with (HTTP/2's default).
+const INITIAL_UPSTREAM_WINDOW: u32 = 65_535;
+
 /// One worker's relay.
 pub struct Relay {
     /// The downstream side of the worker: snapshots, settings, counters.
@@ -50,6 +53,9 @@ pub struct Relay {
     /// Wakes the deadline task when an earlier deadline arrives.
     timer: Notify,
     serial: Cell<u64>,
+    /// How much more upstream stream windows may grow on this worker, in
+    /// all (see [`release_down`](crate::relay::calls::release_down)).
+    pub allowance: Cell<usize>,
 }
 
 impl Relay {
@@ -59,6 +65,7 @@ impl Relay {
         let downstream_limits = Limits {
             max_concurrent_streams: s.max_concurrent_streams,
             stream_window: s.stream_window,
+            stream_window_max: s.stream_window,
             connection_window: s.connection_window,
             max_frame_size: s.max_frame_size,
             max_header_list_size: s.max_header_list_size,
@@ -67,10 +74,15 @@ impl Relay {
         };
         // Upstream connections are shared by many clients' calls: their
         // connection window is wide open and each stream's bounds memory.
+        // A stream starts with 64 KiB and grows as it carries bytes, as far
+        // as its client connection's allowance goes (see `release_down`).
         let upstream_limits = Limits {
             connection_window: (1 << 31) - 1,
+            stream_window: s.stream_window.min(INITIAL_UPSTREAM_WINDOW),
+            stream_window_max: s.stream_window,
             ..downstream_limits
         };
+        let allowance = s.buffer_per_worker;
         Rc::new(Relay {
             server,
             calls: RefCell::new(Calls::default()),
@@ -82,6 +94,7 @@ impl Relay {
             deadlines: RefCell::new(BinaryHeap::new()),
             timer: Notify::default(),
             serial: Cell::new(0),
+            allowance: Cell::new(allowance),
         })
     }
 
@@ -116,7 +129,7 @@ impl Relay {
         }
         let mut out = Outbox::new();
         let conn = Connection::new(Role::Client, self.upstream_limits, &mut out);
-        let side = Side::new(conn, out);
+        let side = Side::new(conn, out, self.server.settings.buffer_per_connection);
         list.push(side.clone());
         connect(self.clone(), side.clone(), endpoint.clone());
         side
@@ -129,8 +142,9 @@ impl Relay {
         n
     }
 
-    /// Ends call `key` (if it is still call `serial`) with
-    /// DEADLINE_EXCEEDED at `at`.
+    /// Looks at call `key` at `at` (if it is still call `serial`): it
+    /// ends with DEADLINE_EXCEEDED if its deadline has passed or it is
+    /// still silent (see [`Calls::overdue`](crate::relay::calls::Calls::overdue)).
     pub fn expire_at(&self, at: Instant, serial: u64, key: usize) {
         let mut deadlines = self.deadlines.borrow_mut();
         // Entries of calls that ended stay until they come due; past twice
@@ -177,19 +191,19 @@ impl Relay {
                 let Some(Reverse((_, serial, key))) = due else {
                     break;
                 };
-                let current = self.calls.borrow().is_current(key, serial);
-                if current {
-                    self.expire(key);
+                let overdue = self.calls.borrow().overdue(key, serial, now);
+                if let Some(why) = overdue {
+                    self.expire(key, why);
                 }
             }
         }
     }
 
-    /// A call's deadline passed: the client gets DEADLINE_EXCEEDED
-    /// (trailers-only, or trailers after what it has), the upstream a
-    /// CANCEL.
-    pub fn expire(&self, key: usize) {
-        let status = Status::new(Code::DeadlineExceeded, "deadline exceeded at the proxy");
+    /// A call's deadline passed, or it stayed silent (`why`): the client
+    /// gets DEADLINE_EXCEEDED (trailers-only, or trailers after what it
+    /// has), the upstream a CANCEL.
+    pub fn expire(&self, key: usize, why: &'static str) {
+        let status = Status::new(Code::DeadlineExceeded, why);
         let down = {
             let mut calls = self.calls.borrow_mut();
             let Some(call) = calls.get_mut(key) else {
@@ -302,6 +316,16 @@ impl Relay {
             return;
         };
         self.settle(&call);
+        if call.streaming {
+            call.endpoint.stream(false);
+        } else {
+            call.cluster.pending(false);
+        }
+        // Its upstream window's growth is free for other calls.
+        let allowance = &call.down.allowance;
+        allowance.set(allowance.get() + call.grown);
+        self.allowance
+            .set(self.allowance.get() + call.grown as usize);
         // Bytes still waiting are dropped: their credit goes back.
         let unsent = |q: &std::collections::VecDeque<bytes::Bytes>| {
             q.iter().map(|b| b.len() as u32).sum::<u32>()

@@ -18,6 +18,7 @@ use crate::config::{Balance, CallLimits, HealthCheck, Keepalive, Outlier, Upstre
 use crate::telemetry::metrics::{add, cluster_report, CallStats, ClusterReport};
 use crate::transport::tls::{ClientTls, Connector};
 use crate::upstream::endpoint::Endpoint;
+use crate::upstream::error::UpstreamError;
 
 /// What a worker builds one cluster from; `Send`.
 #[derive(Clone, Debug)]
@@ -161,6 +162,43 @@ impl Cluster {
         endpoint.call_result(failed, &self.outlier);
     }
 
+    /// Whether the cluster takes one more call now: at its
+    /// `max_pending_calls` (calls waiting for an upstream stream) or
+    /// `max_active_calls` (streams open) it refuses, and counts it.
+    pub fn admit(&self) -> Result<(), UpstreamError> {
+        let limits = self.limits.get();
+        let refuse = |what, limit| {
+            add(&self.overloaded, 1);
+            Err(UpstreamError::Overloaded {
+                cluster: self.name().into(),
+                what,
+                limit,
+            })
+        };
+        if self.pending.get() >= limits.max_pending {
+            return refuse("pending", limits.max_pending);
+        }
+        if let Some(max) = limits.max_active {
+            let active: usize = self.endpoints.iter().map(|e| e.active.get()).sum();
+            if active >= max {
+                return refuse("active", max);
+            }
+        }
+        Ok(())
+    }
+
+    /// One more call waits for an upstream stream (`true`), or one fewer.
+    pub fn pending(&self, more: bool) {
+        let n = self.pending.get();
+        self.pending
+            .set(if more { n + 1 } else { n.saturating_sub(1) });
+    }
+
+    /// Keepalive PINGs on its upstream connections, if on.
+    pub fn keepalive(&self) -> Option<Keepalive> {
+        self.keepalive
+    }
+
     /// Counters and connection figures for a scrape.
     pub fn report(&self) -> ClusterReport {
         let mut r = cluster_report(&self.stats);
@@ -169,7 +207,7 @@ impl Cluster {
         r.overloaded = self.overloaded.get();
         r.endpoints = self.endpoints.len() as u64;
         for e in &self.endpoints {
-            r.connections += e.conns.borrow().len() as u64;
+            r.connections += e.connections() as u64;
             r.streams += e.active.get() as u64;
             r.endpoints_up += u64::from(e.is_up());
             r.goaways += e.goaways.get();

@@ -56,6 +56,9 @@ pub struct Endpoint {
     last_error: RefCell<Rc<str>>,
     /// Streams open on this endpoint's connections.
     pub(super) active: Cell<usize>,
+    /// Connections of the own frame path open to it (they are not in
+    /// `conns`).
+    relayed: Cell<usize>,
     /// Active health: false after `unhealthy_threshold` failed checks.
     healthy: Cell<bool>,
     /// Checks passed (when unhealthy) or failed (when healthy) in a row.
@@ -79,6 +82,7 @@ impl Endpoint {
             retry_at: Cell::new(None),
             last_error: RefCell::new(Rc::from("")),
             active: Cell::new(0),
+            relayed: Cell::new(0),
             healthy: Cell::new(true),
             health_streak: Cell::new(0),
             call_failures: Cell::new(0),
@@ -91,6 +95,28 @@ impl Endpoint {
     /// The endpoint's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A connection of the own frame path opened to it (`true`) or
+    /// closed, for the metrics.
+    pub fn relayed(&self, opened: bool) {
+        let n = self.relayed.get();
+        self.relayed
+            .set(if opened { n + 1 } else { n.saturating_sub(1) });
+    }
+
+    /// Connections open to it, on either frame path.
+    pub(super) fn connections(&self) -> usize {
+        self.conns.borrow().len() + self.relayed.get()
+    }
+
+    /// A stream opened on one of its connections (`true`) or closed; for
+    /// balancing, call limits and the metrics (the own frame path's
+    /// connections are not in `conns`).
+    pub fn stream(&self, opened: bool) {
+        let n = self.active.get();
+        self.active
+            .set(if opened { n + 1 } else { n.saturating_sub(1) });
     }
 
     /// Whether it should take calls now: healthy and not ejected.

@@ -313,31 +313,14 @@ struct Pending<'a>(&'a Cluster);
 
 impl<'a> Pending<'a> {
     fn enter(cluster: &'a Cluster) -> Result<Pending<'a>, UpstreamError> {
-        let limits = cluster.limits.get();
-        let refuse = |what, limit| {
-            add(&cluster.overloaded, 1);
-            Err(UpstreamError::Overloaded {
-                cluster: cluster.name().into(),
-                what,
-                limit,
-            })
-        };
-        if cluster.pending.get() >= limits.max_pending {
-            return refuse("pending", limits.max_pending);
-        }
-        if let Some(max) = limits.max_active {
-            let active: usize = cluster.endpoints.iter().map(|e| e.active.get()).sum();
-            if active >= max {
-                return refuse("active", max);
-            }
-        }
-        cluster.pending.set(cluster.pending.get() + 1);
+        cluster.admit()?;
+        cluster.pending(true);
         Ok(Pending(cluster))
     }
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.0.pending.set(self.0.pending.get() - 1);
+        self.0.pending(false);
     }
 }
