@@ -98,14 +98,14 @@ pub fn proxy(driver: Driver, toml: &str) -> ProxyHandle {
 }
 
 /// The frame path every test proxy uses when `GRPC_PROXY_TEST_FRAME_PATH`
-/// says (`h2` or `own`), or `own` in the `own_frame_path` test binary,
-/// which runs other suites again on the engine's own frame path;
+/// says (`h2` or `own`), or `own` in the `own_frame_path*` test binaries,
+/// which run other suites again on the engine's own frame path;
 /// otherwise each test's config decides.
 pub fn frame_path() -> Option<grpc_proxy::config::FramePath> {
     let own_binary = std::env::current_exe().ok().is_some_and(|exe| {
         exe.file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("own_frame_path-"))
+            .is_some_and(|n| n.starts_with("own_frame_path"))
     });
     let var = std::env::var("GRPC_PROXY_TEST_FRAME_PATH").ok();
     let var = match var {

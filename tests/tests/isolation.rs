@@ -829,7 +829,15 @@ proxy_test! {
             calls.push(hang(&first).await);
         }
         upstream.wait_requests(8).await;
-        wait_for(|| metric(&proxy, refused) >= 7.0, "7 holds refused").await;
+        // How many fit depends on the frame path's charges: h2's counts
+        // large chunks twice (its receive buffers), so one hold fits; the
+        // own path holds copies, charged as they are, so three do.
+        let turned_away = if grpc_proxy_tests::frame_path() == Some(grpc_proxy::config::FramePath::Own) {
+            5.0
+        } else {
+            7.0
+        };
+        wait_for(|| metric(&proxy, refused) >= turned_away, "the rest of the holds refused").await;
         let one = metric(&proxy, held);
         assert!(one > 20_000.0 && one <= 65_536.0, "one connection holds {one} bytes");
 

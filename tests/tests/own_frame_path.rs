@@ -2,11 +2,11 @@
 //! HTTP/2 frame path (`[http2] frame_path = "own"`): the harness's `proxy`
 //! sees this binary's name and sets it (see `grpc_proxy_tests::frame_path`).
 //!
-//! These are the suites the own path passes whole. The others (TLS,
-//! retries, upstream keepalive, call limits, the silent-request timeout)
-//! need parts
-//! the own path does not have yet; `GRPC_PROXY_TEST_FRAME_PATH=own` runs any
-//! suite on it to see where it stands.
+//! Every suite but `tls` runs here: the own path does not speak TLS yet
+//! (a proxy configured with it refuses to start). `fd_leak` counts the
+//! process's descriptors, so it runs in a process of its own
+//! (`own_frame_path_fd_leak`). `GRPC_PROXY_TEST_FRAME_PATH=own` runs any
+//! suite on it.
 
 #[path = "cancellation.rs"]
 mod cancellation;
@@ -14,10 +14,16 @@ mod cancellation;
 mod concurrency;
 #[path = "faults.rs"]
 mod faults;
+#[path = "isolation.rs"]
+mod isolation;
 #[path = "large.rs"]
 mod large;
 #[path = "lifecycle.rs"]
 mod lifecycle;
+#[path = "operations.rs"]
+mod operations;
+#[path = "pool.rs"]
+mod pool;
 #[path = "routing.rs"]
 mod routing;
 #[path = "rpc_kinds.rs"]

@@ -64,7 +64,7 @@ pub enum FramePath {
     #[default]
     H2,
     /// The engine's own frame layer on both legs ([`relay`](crate::relay)):
-    /// cleartext only so far, without retries, deadlines or the access log.
+    /// cleartext only so far (TLS on either leg is refused).
     Own,
 }
 

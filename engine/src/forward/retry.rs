@@ -103,7 +103,7 @@ impl Charge {
 
     /// Charges `n` more bytes; `false` (and nothing charged, and a refusal
     /// counted on the core) if either budget lacks them.
-    fn add(&mut self, n: usize) -> bool {
+    pub fn add(&mut self, n: usize) -> bool {
         if !self.connection.take(n) {
             self.core.count_refusal();
             return false;

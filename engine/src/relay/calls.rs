@@ -17,6 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::downstream::snapshot::RouteSlot;
+use crate::forward::retry::Charge;
 use crate::grpc::status::{Code, Status};
 use crate::http2::frame::ErrorCode;
 use crate::http2::headers::HeaderList;
@@ -97,6 +98,46 @@ pub struct Call {
     /// Its upstream stream has opened: it counts as active on its
     /// endpoint, no longer as pending in its cluster.
     pub streaming: bool,
+    /// What it holds for a retry, until the upstream answers.
+    pub hold: Option<Hold>,
+    /// Bytes at the front of `to_up` that are a retry's replay: the
+    /// client had their credit back when they were first sent.
+    pub replayed: u32,
+    /// It was retried once (it is not retried again); the replay's charge
+    /// stays until the call ends.
+    pub retried: Option<Charge>,
+}
+
+/// What a call holds so that it can be sent again if the upstream refuses
+/// it unprocessed (REFUSED_STREAM, or above a GOAWAY's last stream id): its
+/// HPACK-encoded head and a copy of its request DATA so far, in one buffer
+/// (taken from and given back to the worker's spares, so a hold costs no
+/// allocation once the worker is warm), charged to its client
+/// connection's and its worker's retry budgets. It ends when the response
+/// begins, the request outgrows `retry_buffer`, a budget is full, the
+/// client sends trailers, or the call ends.
+pub struct Hold {
+    /// The head, then the DATA.
+    pub bytes: Vec<u8>,
+    /// The head's length.
+    pub head: usize,
+    /// The client has ended the request.
+    pub ended: bool,
+    /// What the hold is charged.
+    pub charge: Charge,
+}
+
+impl Hold {
+    /// Holds `data` too, if the call's limit and the budgets allow;
+    /// `false` if not (the hold must then end: it is no longer the whole
+    /// request).
+    pub fn keep(&mut self, data: &[u8], limit: usize) -> bool {
+        if self.bytes.len() - self.head + data.len() > limit || !self.charge.add(data.len()) {
+            return false;
+        }
+        self.bytes.extend_from_slice(data);
+        true
+    }
 }
 
 impl Call {
@@ -184,6 +225,11 @@ impl Calls {
     }
 
     /// The call with this key.
+    pub fn get(&self, key: usize) -> Option<&Call> {
+        self.slots.get(key)?.as_ref()
+    }
+
+    /// The call with this key, to change.
     pub fn get_mut(&mut self, key: usize) -> Option<&mut Call> {
         self.slots.get_mut(key)?.as_mut()
     }
@@ -296,7 +342,11 @@ pub fn push_up(call: &mut Call, up: &mut Wire) -> u32 {
             call.to_up.pop_front();
         }
         let end = call.to_up.is_empty() && call.up_end && call.up_trailers.is_none();
-        sent += chunk.len() as u32;
+        // A replay's bytes were credited to the client the first time.
+        let n = chunk.len() as u32;
+        let replay = n.min(call.replayed);
+        call.replayed -= replay;
+        sent += n - replay;
         if up.conn.send_data(u, chunk, end, &mut up.out).is_err() {
             return sent;
         }

@@ -29,7 +29,7 @@ use crate::http2::outbox::Outbox;
 use crate::relay::calls::{
     answer, forward_up, head_fields, open_stream, push_down, push_up, release_down, Call,
 };
-use crate::relay::upstream::connect;
+use crate::relay::upstream::{connect, requeue};
 use crate::relay::wire::{read_more, shrink, write_loop, Links, Side, Wire, READ_SMALL};
 use crate::relay::worker::Relay;
 use crate::routing::director::{Call as DirectorCall, Route};
@@ -50,7 +50,12 @@ pub async fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) {
     crate::transport::socket::tune(&tcp, settings);
     let mut out = Outbox::new();
     let conn = Connection::new(Role::Server, relay.downstream_limits, &mut out);
-    let side = Side::new(conn, out, settings.buffer_per_connection);
+    let side = Side::new(
+        conn,
+        out,
+        settings.buffer_per_connection,
+        settings.retry_buffer_per_connection,
+    );
     relay.serving(&side);
     let stop = relay.server.stop.clone();
     let (mut reader, writer) = tcp.into_split();
@@ -345,7 +350,7 @@ fn request(
         .is_some()
         .then(|| Box::<str>::from(path));
     let keepalive = cluster.keepalive();
-    let up = relay.upstream_for(&endpoint, |relay, side, endpoint| {
+    let up = relay.upstream_for(&endpoint, None, |relay, side, endpoint| {
         connect(relay, side, endpoint, keepalive)
     });
     // The head is encoded now (the list is the connection's, and the next
@@ -356,6 +361,10 @@ fn request(
     for (name, value, sensitive) in head_fields(list, timeout_header.as_deref()) {
         encode_field(name, value, sensitive, heads);
     }
+    let hold = relay.hold(side, &heads[start..]).map(|mut hold| {
+        hold.ended = end;
+        hold
+    });
     let ready = {
         let w = up.wire.borrow();
         w.conn.ready() && w.waiting.is_empty()
@@ -398,6 +407,9 @@ fn request(
         error: None,
         grown: 0,
         streaming: false,
+        hold,
+        replayed: 0,
+        retried: None,
     });
     links.insert(d, key);
     side.active.set(true);
@@ -417,8 +429,9 @@ fn request(
 }
 
 /// Opens the upstream stream of a call routed in this pass, unless the
-/// client has reset it meanwhile.
-fn open_now(relay: &Relay, side: &Rc<Side>, key: usize) {
+/// client has reset it meanwhile; a connection that filled up in this
+/// pass sends it elsewhere.
+fn open_now(relay: &Rc<Relay>, side: &Rc<Side>, key: usize) {
     let mut calls = relay.calls.borrow_mut();
     let Some(call) = calls.get_mut(key) else {
         return; // reset in the same pass
@@ -426,26 +439,29 @@ fn open_now(relay: &Relay, side: &Rc<Side>, key: usize) {
     let (Some((start, end)), Some(up)) = (call.pending_head.take(), call.waiting_on.clone()) else {
         return;
     };
-    let sent = {
+    let opened = {
         let down = side.wire.borrow();
         let block = &down.heads[start..end];
         let mut w = up.wire.borrow_mut();
         match open_stream(call, key, &up, &mut w, block) {
-            Ok(sent) => sent,
+            Ok(sent) => Some(sent),
             Err(_) => {
-                // Its stream limit was reached in this pass: wait.
                 call.head = Some(block.to_vec());
-                w.waiting.push_back(key);
-                0
+                None
             }
         }
     };
     let d = call.d;
     let silent = call.silent_by.map(|at| (at, call.serial));
     drop(calls);
-    up.flush();
-    if sent > 0 {
-        side.wire.borrow_mut().release(d, sent);
+    match opened {
+        Some(sent) => {
+            up.flush();
+            if sent > 0 {
+                side.wire.borrow_mut().release(d, sent);
+            }
+        }
+        None => requeue(relay, key, &up),
     }
     if let Some((at, serial)) = silent {
         relay.expire_at(at, serial, key);
@@ -475,6 +491,13 @@ fn request_data(
     call.up_end |= end;
     call.silent_by = None;
     call.bytes_in += u64::from(n);
+    if let Some(hold) = &mut call.hold {
+        if hold.keep(&data, relay.server.settings.retry_buffer) {
+            hold.ended |= end;
+        } else if let Some(hold) = call.hold.take() {
+            relay.unhold(hold);
+        }
+    }
     let Some((up, _)) = call.up.clone() else {
         // Waits for its stream, holding the client's credit.
         if !data.is_empty() {
@@ -505,6 +528,10 @@ fn trailers(relay: &Relay, links: &Links, d: u32, list: &HeaderList) {
     call.up_trailers = Some(list.clone());
     call.up_end = true;
     call.silent_by = None;
+    // A replay could not carry trailers: no retry from here on.
+    if let Some(hold) = call.hold.take() {
+        relay.unhold(hold);
+    }
     if let Some((up, _)) = call.up.clone() {
         push_up(call, &mut up.wire.borrow_mut());
         up.flush();

@@ -19,10 +19,11 @@ use crate::grpc::status::{Code, Status};
 use crate::http2::connection::Event;
 use crate::http2::frame::ErrorCode;
 use crate::http2::headers::Kind;
-use crate::relay::calls::{forward_down, push_up, release_down, status_of_reset};
+use crate::relay::calls::{forward_down, push_up, release_down, status_of_reset, Hold};
 use crate::relay::wire::{read_more, shrink, write_loop, Side, READ_SMALL};
 use crate::relay::worker::Relay;
 use crate::runtime::wake::Latch;
+use crate::telemetry::metrics::add;
 use crate::upstream::endpoint::Endpoint;
 use crate::upstream::error::UpstreamError;
 
@@ -136,13 +137,20 @@ async fn run(
             last_tick = Instant::now();
             side.wire.borrow_mut().conn.tick();
         }
-        let was_ready = side.wire.borrow().conn.ready();
+        let (was_ready, was_going) = {
+            let w = side.wire.borrow();
+            (w.conn.ready(), w.conn.going_away())
+        };
         if pass(relay, side, &mut buf, &mut later).is_err() {
             side.flush();
             return Ok(());
         }
+        if !was_going && side.wire.borrow().conn.going_away() {
+            endpoint.went_away();
+        }
         if !was_ready && side.wire.borrow().conn.ready() {
             relay.open_waiting(side);
+            spill(relay, side);
         }
         for step in later.drain(..) {
             act(relay, side, step);
@@ -181,6 +189,10 @@ fn pass(
             let status = list.pseudo(crate::http2::headers::pseudo::STATUS);
             if list.kind() == Kind::Response && status.is_some_and(|s| s[0] == b'1') {
                 return; // informational: not forwarded
+            }
+            // The upstream has the call: no retry from here on.
+            if let Some(hold) = call.hold.take() {
+                relay.unhold(hold);
             }
             let head = list.kind() == Kind::Response;
             // An upstream told our deadline may end the call a moment before
@@ -307,7 +319,7 @@ async fn keep(side: Rc<Side>, keepalive: Keepalive, addr: std::net::SocketAddr, 
     }
 }
 
-fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
+fn act(relay: &Rc<Relay>, side: &Rc<Side>, step: Later) {
     let key_of = |u: u32| side.wire.borrow().links.get(&u).copied();
     match step {
         Later::Release(u, n) => side.wire.borrow_mut().release(u, n),
@@ -317,6 +329,9 @@ fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
         },
         Later::Reset(u, code) => {
             if let Some(key) = key_of(u) {
+                if code == ErrorCode::REFUSED_STREAM && retry(relay, side, key) {
+                    return;
+                }
                 let expired = relay
                     .calls
                     .borrow()
@@ -358,10 +373,117 @@ fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
                 .collect();
             let status = Status::new(Code::Unavailable, "the upstream is going away");
             for key in cut {
-                relay.fail(key, &status, false);
+                if !retry(relay, side, key) {
+                    relay.fail(key, &status, false);
+                }
             }
         }
     }
+}
+
+/// Sends call `key` again on a new upstream stream, elsewhere than on
+/// `old`, which refused it unprocessed (REFUSED_STREAM, or above its
+/// GOAWAY's last stream id), if it holds its whole request and has not
+/// been retried before; `false` if it cannot be (the caller fails it).
+/// What was sent goes again first (the client had its credit back for
+/// it), then what still waited.
+fn retry(relay: &Rc<Relay>, old: &Rc<Side>, key: usize) -> bool {
+    let (endpoint, keepalive, head) = {
+        let mut calls = relay.calls.borrow_mut();
+        let Some(call) = calls.get_mut(key) else {
+            return false;
+        };
+        if call.responded || call.retried.is_some() || call.hold.is_none() {
+            return false;
+        }
+        let Some((_, u)) = call.up.take() else {
+            return false;
+        };
+        let Some(Hold {
+            bytes,
+            head,
+            ended,
+            charge,
+        }) = call.hold.take()
+        else {
+            return false;
+        };
+        {
+            let mut w = old.wire.borrow_mut();
+            let wire = &mut *w;
+            wire.links.remove(&u);
+            if wire.conn.streams().get(u).is_some() {
+                wire.conn.reset(u, ErrorCode::CANCEL, &mut wire.out);
+            }
+        }
+        old.flush();
+        relay.give_back_growth(call);
+        call.streaming = false;
+        call.endpoint.stream(false);
+        call.cluster.pending(true);
+        let data = &bytes[head..];
+        let unsent: usize = call.to_up.iter().map(bytes::Bytes::len).sum();
+        let sent = data.len().saturating_sub(unsent);
+        if sent > 0 {
+            call.to_up
+                .push_front(bytes::Bytes::copy_from_slice(&data[..sent]));
+            call.replayed = sent as u32;
+        }
+        call.up_end |= ended;
+        call.retried = Some(charge);
+        let encoded = bytes[..head].to_vec();
+        relay.spare_buffer(bytes);
+        (
+            call.cluster.pick().clone(),
+            call.cluster.keepalive(),
+            encoded,
+        )
+    };
+    let up = relay.upstream_for(&endpoint, Some(old), |relay, side, endpoint| {
+        connect(relay, side, endpoint, keepalive)
+    });
+    if let Some(call) = relay.calls.borrow_mut().get_mut(key) {
+        call.endpoint = endpoint;
+        call.head = Some(head);
+        call.waiting_on = Some(up.clone());
+    }
+    up.wire.borrow_mut().waiting.push_back(key);
+    add(&relay.server.calls.counters.retries, 1);
+    tracing::debug!("upstream refused a call unprocessed: retrying it on another stream");
+    relay.open_waiting(&up);
+    true
+}
+
+/// Calls that waited for `side` to be ready and found its stream limit
+/// (which its SETTINGS just told) too low for them all go elsewhere (see
+/// [`requeue`]) instead of queueing behind it.
+fn spill(relay: &Rc<Relay>, side: &Rc<Side>) {
+    let left: Vec<usize> = side.wire.borrow_mut().waiting.drain(..).collect();
+    for key in left {
+        requeue(relay, key, side);
+    }
+}
+
+/// Call `key` found no room on `full`: it goes to another connection to
+/// its endpoint, a new one if `max_connections_per_endpoint` allows, and
+/// waits on `full` only if there is no other.
+pub fn requeue(relay: &Rc<Relay>, key: usize, full: &Rc<Side>) {
+    let Some((endpoint, keepalive)) = relay
+        .calls
+        .borrow()
+        .get(key)
+        .map(|c| (c.endpoint.clone(), c.cluster.keepalive()))
+    else {
+        return;
+    };
+    let up = relay.upstream_for(&endpoint, Some(full), |relay, side, endpoint| {
+        connect(relay, side, endpoint, keepalive)
+    });
+    if let Some(call) = relay.calls.borrow_mut().get_mut(key) {
+        call.waiting_on = Some(up.clone());
+    }
+    up.wire.borrow_mut().waiting.push_back(key);
+    relay.open_waiting(&up);
 }
 
 /// The upstream gave `key`'s stream credit: send what waits, and give the

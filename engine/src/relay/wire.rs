@@ -19,6 +19,7 @@ use std::rc::Rc;
 use bytes::{Buf, Bytes};
 use monoio::io::AsyncWriteRent;
 
+use crate::forward::retry::Budget;
 use crate::http2::connection::Connection;
 use crate::http2::outbox::Outbox;
 use crate::http2::streams::IdHasher;
@@ -89,13 +90,17 @@ pub struct Side {
     /// For a client connection: how much more its calls' upstream stream
     /// windows may grow, in all (see [`release_down`](crate::relay::calls::release_down)).
     pub allowance: Cell<u32>,
+    /// For a client connection: what its calls' retry holds may take, in
+    /// all (`[upstream] retry_buffer_per_connection`).
+    pub retry: Rc<Budget>,
 }
 
 impl Side {
     /// A side for a new connection, whose first frames `out` holds; at
     /// most `budget` bytes wait to be written to it (DATA waits in its
-    /// calls beyond that), and its calls' windows may grow by `budget`.
-    pub fn new(conn: Connection, out: Outbox, budget: usize) -> Rc<Side> {
+    /// calls beyond that), and its calls' windows may grow by `budget`;
+    /// its calls' retry holds may take `retry` bytes.
+    pub fn new(conn: Connection, out: Outbox, budget: usize, retry: usize) -> Rc<Side> {
         Rc::new(Side {
             wire: RefCell::new(Wire {
                 conn,
@@ -113,6 +118,7 @@ impl Side {
             active: Cell::new(false),
             retiring: Cell::new(false),
             allowance: Cell::new(u32::try_from(budget).unwrap_or(u32::MAX)),
+            retry: Budget::new(retry),
         })
     }
 

@@ -16,11 +16,12 @@ use monoio::time::Instant;
 
 use crate::downstream::server::Server;
 use crate::downstream::snapshot::RouteSlot;
+use crate::forward::retry::Charge;
 use crate::grpc::status::{Code, Status};
 use crate::http2::connection::{Connection, Limits, Role};
 use crate::http2::frame::ErrorCode;
 use crate::http2::outbox::Outbox;
-use crate::relay::calls::{answer, open_stream, Call, Calls};
+use crate::relay::calls::{answer, open_stream, Call, Calls, Hold};
 use crate::relay::wire::Side;
 use crate::runtime::wake::Notify;
 use crate::telemetry::access_log::Entry;
@@ -29,6 +30,9 @@ use crate::upstream::endpoint::Endpoint;
 
 /// Streams an upstream is assumed to allow before its SETTINGS say.
 const ASSUMED_STREAMS: usize = 100;
+
+/// Buffers of ended retry holds a worker keeps for the next ones.
+const SPARE_HOLDS: usize = 256;
 
 /// The window an upstream stream starts with (HTTP/2's default).
 const INITIAL_UPSTREAM_WINDOW: u32 = 65_535;
@@ -56,6 +60,8 @@ pub struct Relay {
     /// How much more upstream stream windows may grow on this worker, in
     /// all (see [`release_down`](crate::relay::calls::release_down)).
     pub allowance: Cell<usize>,
+    /// Buffers of ended retry holds, for the next.
+    spare: RefCell<Vec<Vec<u8>>>,
 }
 
 impl Relay {
@@ -95,15 +101,19 @@ impl Relay {
             timer: Notify::default(),
             serial: Cell::new(0),
             allowance: Cell::new(allowance),
+            spare: RefCell::new(Vec::new()),
         })
     }
 
     /// An upstream connection to `addr` for a new call: the least loaded
     /// one with room, else a new one (`connect` starts it), else the least
-    /// loaded full one, where the call waits its turn.
+    /// loaded full one, where the call waits its turn. A retry avoids the
+    /// connection that refused it (`avoid`) unless it is the only one the
+    /// limit allows.
     pub fn upstream_for(
         self: &Rc<Self>,
         endpoint: &Rc<Endpoint>,
+        avoid: Option<&Rc<Side>>,
         connect: impl FnOnce(Rc<Relay>, Rc<Side>, Rc<Endpoint>),
     ) -> Rc<Side> {
         let addr = endpoint.addr();
@@ -114,22 +124,23 @@ impl Relay {
             let w = s.wire.borrow();
             w.conn.streams().len() + w.waiting.len()
         };
+        let avoided = |s: &Rc<Side>| avoid.is_some_and(|a| Rc::ptr_eq(a, s));
         let best = list
             .iter()
-            .filter(|s| load(s) < capacity(s))
+            .filter(|s| !avoided(s) && load(s) < capacity(s))
             .min_by_key(|s| load(s));
         if let Some(side) = best {
             return side.clone();
         }
         // At the connection limit, the least loaded one queues the call.
         if list.len() >= self.server.settings.max_connections_per_endpoint {
-            if let Some(side) = list.iter().min_by_key(|s| load(s)) {
+            if let Some(side) = list.iter().min_by_key(|s| (avoided(s), load(s))) {
                 return side.clone();
             }
         }
         let mut out = Outbox::new();
         let conn = Connection::new(Role::Client, self.upstream_limits, &mut out);
-        let side = Side::new(conn, out, self.server.settings.buffer_per_connection);
+        let side = Side::new(conn, out, self.server.settings.buffer_per_connection, 0);
         list.push(side.clone());
         connect(self.clone(), side.clone(), endpoint.clone());
         side
@@ -321,11 +332,11 @@ impl Relay {
         } else {
             call.cluster.pending(false);
         }
-        // Its upstream window's growth is free for other calls.
-        let allowance = &call.down.allowance;
-        allowance.set(allowance.get() + call.grown);
-        self.allowance
-            .set(self.allowance.get() + call.grown as usize);
+        let mut call = call;
+        self.give_back_growth(&mut call);
+        if let Some(hold) = call.hold.take() {
+            self.unhold(hold);
+        }
         // Bytes still waiting are dropped: their credit goes back.
         let unsent = |q: &std::collections::VecDeque<bytes::Bytes>| {
             q.iter().map(|b| b.len() as u32).sum::<u32>()
@@ -359,6 +370,55 @@ impl Relay {
             }
             up.flush();
             self.open_waiting(up);
+        }
+    }
+
+    /// The growth of the call's upstream stream window (see
+    /// [`release_down`](crate::relay::calls::release_down)) is free for
+    /// other calls: its stream has ended.
+    pub fn give_back_growth(&self, call: &mut Call) {
+        let allowance = &call.down.allowance;
+        allowance.set(allowance.get() + call.grown);
+        self.allowance
+            .set(self.allowance.get() + call.grown as usize);
+        call.grown = 0;
+    }
+
+    /// A retry hold for a new call from client connection `side` whose
+    /// head is `head` (HPACK-encoded), charged to that connection's and
+    /// the worker's retry budgets; `None` when retries are off or a
+    /// budget is full (the call goes on, and cannot be retried).
+    pub fn hold(&self, side: &Side, head: &[u8]) -> Option<Hold> {
+        if self.server.settings.retry_buffer == 0 {
+            return None;
+        }
+        let core = self.server.calls.retry_budget.clone();
+        let mut charge = Charge::new(side.retry.clone(), core);
+        if !charge.add(head.len()) {
+            return None;
+        }
+        let mut bytes = self.spare.borrow_mut().pop().unwrap_or_default();
+        bytes.extend_from_slice(head);
+        Some(Hold {
+            bytes,
+            head: head.len(),
+            ended: false,
+            charge,
+        })
+    }
+
+    /// Ends a hold: its charge is given back, its buffer kept for another.
+    pub fn unhold(&self, hold: Hold) {
+        self.spare_buffer(hold.bytes);
+    }
+
+    /// Keeps a hold's buffer for the next hold.
+    pub fn spare_buffer(&self, mut bytes: Vec<u8>) {
+        let mut spare = self.spare.borrow_mut();
+        let limit = self.server.settings.retry_buffer;
+        if spare.len() < SPARE_HOLDS && bytes.capacity() <= 2 * limit + 4096 {
+            bytes.clear();
+            spare.push(bytes);
         }
     }
 

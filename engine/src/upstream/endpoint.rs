@@ -105,6 +105,11 @@ impl Endpoint {
             .set(if opened { n + 1 } else { n.saturating_sub(1) });
     }
 
+    /// One of its own-path connections received a GOAWAY.
+    pub fn went_away(&self) {
+        self.goaways.set(self.goaways.get() + 1);
+    }
+
     /// Connections open to it, on either frame path.
     pub(super) fn connections(&self) -> usize {
         self.conns.borrow().len() + self.relayed.get()
