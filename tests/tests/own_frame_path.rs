@@ -2,8 +2,7 @@
 //! HTTP/2 frame path (`[http2] frame_path = "own"`): the harness's `proxy`
 //! sees this binary's name and sets it (see `grpc_proxy_tests::frame_path`).
 //!
-//! Every suite but `tls` runs here: the own path does not speak TLS yet
-//! (a proxy configured with it refuses to start). `fd_leak` counts the
+//! Every suite runs here. `fd_leak` counts the
 //! process's descriptors, so it runs in a process of its own
 //! (`own_frame_path_fd_leak`). `GRPC_PROXY_TEST_FRAME_PATH=own` runs any
 //! suite on it.
@@ -28,6 +27,8 @@ mod pool;
 mod routing;
 #[path = "rpc_kinds.rs"]
 mod rpc_kinds;
+#[path = "tls.rs"]
+mod tls;
 
 #[test]
 fn this_binary_runs_the_own_frame_path() {

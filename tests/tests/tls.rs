@@ -177,6 +177,60 @@ proxy_test! {
         assert_eq!(up.events().calls(), 2);
     }
 
+    async fn garbage_and_forged_records_end_only_their_own_connection(driver) {
+        // Hostile peers at the TLS layer: one sends bytes that are no TLS
+        // at all; one finishes the handshake and then sends an application
+        // record it did not encrypt (the MAC cannot check). Each loses its
+        // own connection; a client already connected, and a new one, go on.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pki = Pki::new();
+        let up = Upstream::start("a");
+        let proxy = proxy(driver, &format!(
+            "{}{}[[routes]]\ncluster = \"a\"\n",
+            listener_tls(&pki, "off"),
+            cluster("a", up.addr())
+        ));
+        let addr = proxy.local_addr();
+        let mut bystander = Client::connect_tls(addr, &pki.ca.cert_pem, None).await.expect("connects");
+        assert_eq!(answered_by(&mut bystander).await.expect("served"), "a");
+
+        let mut garbage = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), garbage.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the proxy closes a connection that speaks no TLS");
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from(der_of_pem(&pki.ca.cert_pem).expect("PEM")))
+            .expect("CA");
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("TLS handshake");
+        let (mut tcp, _) = tls.into_inner();
+        // An application_data record of 32 bytes the client never sealed.
+        let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+        forged.extend_from_slice(&[0x5a; 32]);
+        tcp.write_all(&forged).await.expect("write");
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the proxy closes a connection whose record does not decrypt");
+
+        assert_eq!(answered_by(&mut bystander).await.expect("the bystander goes on"), "a");
+        assert_eq!(call_as(addr, &pki, None).await.expect("a new client is served"), "a");
+        assert_eq!(up.events().calls(), 3);
+    }
+
     async fn routes_by_san_send_two_identities_to_two_upstreams(driver) {
         let pki = Pki::new();
         let (a, b) = (Upstream::start("a"), Upstream::start("b"));
@@ -257,13 +311,16 @@ proxy_test! {
             .expect("streaming over upstream TLS")
             .into_inner();
         assert_eq!(collect(stream).await.expect("stream").len(), 3);
+        // 4 MiB each way: many TLS records on the upstream leg.
+        let big = Bytes::from(vec![9u8; 4 << 20]);
+        assert_eq!(client.echo(big.clone()).await.expect("4 MiB over upstream TLS"), big);
 
         let mut request = Request::new(Bytes::from("m"));
         request.metadata_mut().insert("x-ca", MetadataValue::from_static("wrong"));
         let status = client.unary("Unary", request).await.expect_err("untrusted upstream");
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().contains("TLS"), "{}", status.message());
-        assert_eq!(up.events().calls(), 2);
+        assert_eq!(up.events().calls(), 3);
     }
 
     async fn upstream_mtls_presents_the_configured_client_certificate(driver) {

@@ -239,7 +239,7 @@ pub enum ClientAuth {
 }
 
 /// TLS to the endpoints of one cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct UpstreamTls {
     /// PEM bundle of the CAs the upstream's certificate must chain to;
     /// `None`: the system's roots.

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use crate::config::{AccessLogTarget, Config, Settings};
 use crate::control::controller::Controller;
 use crate::control::handle::ProxyHandle;
-use crate::control::plan::{cluster_plans, frame_path_fits, listener_tls, route_table};
+use crate::control::plan::{cluster_plans, listener_tls, route_table};
 use crate::control::worker;
 use crate::downstream::snapshot::Plan;
 use crate::routing::director::{ClusterId, CoreId, DirectorRecipe};
@@ -174,8 +174,6 @@ impl ProxyBuilder {
                 c.name
             )));
         }
-        frame_path_fits(self.settings.frame_path, self.tls.is_some(), &self.clusters)
-            .map_err(StartError::Tls)?;
         let cpus = self
             .cores
             .plan(&cores::available())

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, Settings};
-use crate::control::plan::{cluster_plans, frame_path_fits, listener_tls, route_table};
+use crate::control::plan::{cluster_plans, listener_tls, route_table};
 use crate::control::worker::Command;
 use crate::downstream::snapshot::Plan;
 use crate::runtime::mailbox::Postbox;
@@ -128,7 +128,6 @@ impl Controller {
     pub fn reload(&self, config: &Config) -> Result<u64, ReloadError> {
         let clusters = cluster_plans(config).map_err(ReloadError)?;
         let tls = listener_tls(config).map_err(ReloadError)?;
-        frame_path_fits(self.settings.frame_path, tls.is_some(), &clusters).map_err(ReloadError)?;
         let routes = if self.routes_reload {
             Some(route_table(config, &clusters).map_err(ReloadError)?)
         } else {

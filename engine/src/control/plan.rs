@@ -37,29 +37,6 @@ pub(super) fn cluster_plans(config: &Config) -> Result<Vec<ClusterPlan>, String>
         .collect()
 }
 
-/// Refuses TLS on either leg when calls take the engine's own frame path,
-/// which does not carry TLS yet: serving cleartext where TLS was asked
-/// for must never happen silently.
-pub(super) fn frame_path_fits(
-    path: crate::config::FramePath,
-    listener_tls: bool,
-    clusters: &[ClusterPlan],
-) -> Result<(), String> {
-    if path != crate::config::FramePath::Own {
-        return Ok(());
-    }
-    if listener_tls {
-        return Err("http2.frame_path = \"own\" does not serve TLS yet; use \"h2\" (the default) with [tls]".into());
-    }
-    if let Some(c) = clusters.iter().find(|c| c.tls.is_some()) {
-        return Err(format!(
-            "http2.frame_path = \"own\" does not reach upstreams over TLS yet (cluster {:?}); use \"h2\" (the default)",
-            c.name
-        ));
-    }
-    Ok(())
-}
-
 /// The listener's TLS, with its files read.
 pub(super) fn listener_tls(config: &Config) -> Result<Option<ServerTls>, String> {
     config

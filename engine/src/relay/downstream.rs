@@ -29,11 +29,13 @@ use crate::http2::outbox::Outbox;
 use crate::relay::calls::{
     answer, forward_up, head_fields, open_stream, push_down, push_up, release_down, Call,
 };
-use crate::relay::upstream::{connect, requeue};
-use crate::relay::wire::{read_more, shrink, write_loop, Links, Side, Wire, READ_SMALL};
+use crate::relay::upstream::{requeue, upstream, Dial};
+use crate::relay::wire::{shrink, write_loop, Links, Reader, Side, Wire, Writer, READ_SMALL};
 use crate::relay::worker::Relay;
 use crate::routing::director::{Call as DirectorCall, Route};
 use crate::telemetry::metrics::add;
+use crate::transport::owned_tls;
+use crate::transport::tls::PeerIdentity;
 
 /// What the reader does after a pass, with no side borrowed.
 enum Later {
@@ -44,10 +46,27 @@ enum Later {
     NotGrpc(u32),
 }
 
-/// Serves one accepted client connection until it ends.
+/// Serves one accepted client connection until it ends: TLS first when
+/// the running config has a certificate (a reload affects only
+/// connections accepted after it).
 pub async fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) {
     let settings = &relay.server.settings;
     crate::transport::socket::tune(&tcp, settings);
+    let preface_by = monoio::time::Instant::now() + settings.handshake_timeout;
+    let tls = relay.server.snapshot().tls.clone();
+    let (mut reader, writer, identity) = match tls {
+        None => {
+            let (r, w) = tcp.into_split();
+            (Reader::Tcp(r), Writer::Tcp(w), None)
+        }
+        Some(acceptor) => {
+            let config = acceptor.config().clone();
+            match secure(&relay, tcp, config, peer, preface_by).await {
+                Some(secured) => secured,
+                None => return,
+            }
+        }
+    };
     let mut out = Outbox::new();
     let conn = Connection::new(Role::Server, relay.downstream_limits, &mut out);
     let side = Side::new(
@@ -55,16 +74,16 @@ pub async fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) {
         out,
         settings.buffer_per_connection,
         settings.retry_buffer_per_connection,
+        identity,
     );
     relay.serving(&side);
     let stop = relay.server.stop.clone();
-    let (mut reader, writer) = tcp.into_split();
     let r = relay.clone();
     let drained = move |side: &Rc<Side>| act(&r, side, Later::Opened(0));
     let writing = monoio::spawn(write_loop(side.clone(), writer, stop.clone(), drained));
     monoio::spawn(keep(relay.clone(), side.clone(), peer));
     side.flush();
-    run(&relay, &side, &mut reader, peer).await;
+    run(&relay, &side, &mut reader, peer, preface_by).await;
     // Cancel what is left upstream, then let the writer flush and close.
     let keys: Vec<usize> = side.wire.borrow().links.values().copied().collect();
     for key in keys {
@@ -77,14 +96,56 @@ pub async fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) {
     writing.await;
 }
 
-async fn run<R: monoio::io::AsyncReadRent>(
+/// The TLS handshake of a client connection, within the worker's limit of
+/// handshakes under way (the one under way longest gives way to a new
+/// one) and by `by`; `None` if it failed (logged, and counted).
+async fn secure(
+    relay: &Relay,
+    mut tcp: TcpStream,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    peer: SocketAddr,
+    by: monoio::time::Instant,
+) -> Option<(Reader, Writer, Option<Rc<PeerIdentity>>)> {
+    let server = &relay.server;
+    let place = server.handshakes.enter();
+    let handshake = monoio::time::timeout_at(by, owned_tls::accept(&mut tcp, config));
+    let accepted = monoio::select! {
+        accepted = handshake => accepted,
+        _ = place.evicted() => {
+            tracing::debug!(%peer, "downstream TLS handshake given up to make room for a newer one");
+            return None;
+        }
+        _ = server.stop.wait() => return None,
+    };
+    drop(place);
+    let (conn, cipher) = match accepted {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "downstream TLS handshake failed");
+            add(&server.calls.counters.tls_handshake_failures, 1);
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "downstream TLS handshake timed out");
+            return None;
+        }
+    };
+    let identity = conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| Rc::new(PeerIdentity::from_der(leaf)));
+    let (r, w) = owned_tls::split(tcp, conn, cipher);
+    Some((Reader::Tls(r), Writer::Tls(w), identity))
+}
+
+async fn run(
     relay: &Rc<Relay>,
     side: &Rc<Side>,
-    reader: &mut R,
+    reader: &mut Reader,
     peer: SocketAddr,
+    preface_by: monoio::time::Instant,
 ) {
     let server = &relay.server;
-    let preface_by = monoio::time::Instant::now() + server.settings.handshake_timeout;
     let mut buf = BytesMut::new();
     let mut want = READ_SMALL;
     let mut later = Vec::new();
@@ -93,7 +154,7 @@ async fn run<R: monoio::io::AsyncReadRent>(
     loop {
         let ready = side.wire.borrow().conn.ready();
         let (result, b) = monoio::select! {
-            r = read_more(reader, buf, &mut want) => r,
+            r = reader.read_more(buf, &mut want) => r,
             _ = monoio::time::sleep_until(preface_by), if !ready => {
                 tracing::debug!(%peer, "downstream handshake timed out");
                 return;
@@ -278,9 +339,10 @@ fn request(
     let path = text(list.pseudo(pseudo::PATH)).unwrap_or("");
     let authority = text(list.pseudo(pseudo::AUTHORITY));
     let snapshot = relay.server.snapshot();
-    let (route, index) = snapshot
-        .director
-        .route_indexed(&DirectorCall::from_list(path, authority, list, peer));
+    let (route, index) = snapshot.director.route_indexed(
+        &DirectorCall::from_list(path, authority, list, peer)
+            .with_identity(side.identity.as_deref()),
+    );
     let slot = snapshot.route(index).clone();
     slot.stats.start();
     relay.started();
@@ -289,7 +351,7 @@ fn request(
             (snapshot.clusters.get(cluster.index()).cloned(), timeout)
         }
         Route::Reject(status) => {
-            relay.unrouted(&slot, &status, peer, path);
+            relay.unrouted(&slot, &status, peer, side.identity.as_deref(), path);
             later.push(Later::Answer(d, status));
             return;
         }
@@ -299,20 +361,21 @@ fn request(
             Code::Internal,
             "the director chose a cluster that does not exist",
         );
-        relay.unrouted(&slot, &status, peer, path);
+        relay.unrouted(&slot, &status, peer, side.identity.as_deref(), path);
         later.push(Later::Answer(d, status));
         return;
     };
     let endpoint = cluster.pick().clone();
     // An endpoint backing off after failed connects, with no connection
     // to use, fails the call at once and says when to retry.
-    if !relay.has_upstream(endpoint.addr()) {
+    let dial = Dial::of(&cluster);
+    if !relay.has_upstream(endpoint.addr(), dial.tag) {
         if let Some(error) = endpoint.backing_off() {
             let mut status = Status::new(Code::Unavailable, error.public());
             if let Some(after) = error.pushback() {
                 status = status.with_pushback(after);
             }
-            relay.unrouted(&slot, &status, peer, path);
+            relay.unrouted(&slot, &status, peer, side.identity.as_deref(), path);
             later.push(Later::Answer(d, status));
             return;
         }
@@ -320,7 +383,7 @@ fn request(
     // At the cluster's call limits the call fails at once, not queued.
     if let Err(error) = cluster.admit() {
         let status = Status::new(Code::Unavailable, error.public());
-        relay.unrouted(&slot, &status, peer, path);
+        relay.unrouted(&slot, &status, peer, side.identity.as_deref(), path);
         later.push(Later::Answer(d, status));
         return;
     }
@@ -349,10 +412,7 @@ fn request(
         .access_log
         .is_some()
         .then(|| Box::<str>::from(path));
-    let keepalive = cluster.keepalive();
-    let up = relay.upstream_for(&endpoint, None, |relay, side, endpoint| {
-        connect(relay, side, endpoint, keepalive)
-    });
+    let up = upstream(relay, &endpoint, &dial, None);
     // The head is encoded now (the list is the connection's, and the next
     // HEADERS overwrites it) and, on a ready connection, the stream opened
     // after the pass: a client that resets the stream in the same read

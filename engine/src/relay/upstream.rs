@@ -20,10 +20,13 @@ use crate::http2::connection::Event;
 use crate::http2::frame::ErrorCode;
 use crate::http2::headers::Kind;
 use crate::relay::calls::{forward_down, push_up, release_down, status_of_reset, Hold};
-use crate::relay::wire::{read_more, shrink, write_loop, Side, READ_SMALL};
+use crate::relay::wire::{shrink, write_loop, Reader, Side, Writer, READ_SMALL};
 use crate::relay::worker::Relay;
 use crate::runtime::wake::Latch;
 use crate::telemetry::metrics::add;
+use crate::transport::owned_tls;
+use crate::transport::tls::Connector;
+use crate::upstream::cluster::Cluster;
 use crate::upstream::endpoint::Endpoint;
 use crate::upstream::error::UpstreamError;
 
@@ -43,21 +46,50 @@ enum Later {
     GoAway(u32),
 }
 
+/// How a cluster's connections are made: TLS (and what tells its TLS
+/// settings apart, see [`Cluster::tls`]) and keepalive PINGs.
+#[derive(Clone)]
+pub struct Dial {
+    tls: Option<Rc<Connector>>,
+    /// The key of its connections beside the address.
+    pub tag: u64,
+    keepalive: Option<Keepalive>,
+}
+
+impl Dial {
+    /// How `cluster` reaches its endpoints.
+    pub fn of(cluster: &Cluster) -> Dial {
+        let (tls, tag) = cluster.tls();
+        Dial {
+            tls,
+            tag,
+            keepalive: cluster.keepalive(),
+        }
+    }
+}
+
+/// An upstream connection to `endpoint` for a call of a cluster that
+/// dials it so, avoiding `avoid` (see [`Relay::upstream_for`]).
+pub fn upstream(
+    relay: &Rc<Relay>,
+    endpoint: &Rc<Endpoint>,
+    dial: &Dial,
+    avoid: Option<&Rc<Side>>,
+) -> Rc<Side> {
+    relay.upstream_for(endpoint, dial.tag, avoid, |relay, side, endpoint| {
+        connect(relay, side, endpoint, dial.clone())
+    })
+}
+
 /// Connects `side` to `endpoint` and serves it until it ends. A failed
 /// connect starts the endpoint's back-off (calls meanwhile fail at once,
 /// see the downstream side) and fails the calls that waited for it with
 /// the kind of failure; a connection that ends fails the calls on it.
-/// With `keepalive`, a connection that does not answer a PING in time is
+/// With keepalive, a connection that does not answer a PING in time is
 /// taken for dead and closed.
-pub fn connect(
-    relay: Rc<Relay>,
-    side: Rc<Side>,
-    endpoint: Rc<Endpoint>,
-    keepalive: Option<Keepalive>,
-) {
+pub fn connect(relay: Rc<Relay>, side: Rc<Side>, endpoint: Rc<Endpoint>, dial: Dial) {
     monoio::spawn(async move {
-        let addr = endpoint.addr();
-        let why = match run(&relay, &side, &endpoint, keepalive).await {
+        let why = match run(&relay, &side, &endpoint, dial).await {
             Err(error) => {
                 let settings = &relay.server.settings;
                 endpoint.connect_failed(
@@ -71,7 +103,7 @@ pub fn connect(
         };
         side.closed.set();
         side.wake.notify_all();
-        relay.forget(addr, &side);
+        relay.forget(&side);
         fail_all(&relay, &side, why);
     });
 }
@@ -80,34 +112,54 @@ async fn run(
     relay: &Rc<Relay>,
     side: &Rc<Side>,
     endpoint: &Endpoint,
-    keepalive: Option<Keepalive>,
+    dial: Dial,
 ) -> Result<(), UpstreamError> {
     let settings = &relay.server.settings;
     let stop = relay.server.stop.clone();
     let addr = endpoint.addr();
+    let timeout = settings.connect_timeout;
+    let deadline = monoio::time::Instant::now() + timeout;
     let connected = monoio::select! {
-        c = monoio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)) => c,
+        c = monoio::time::timeout_at(deadline, TcpStream::connect(addr)) => c,
         _ = stop.wait() => return Ok(()),
     };
-    let tcp = match connected {
+    let mut tcp = match connected {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
-        Err(_) => {
-            return Err(UpstreamError::ConnectTimeout {
-                addr,
-                timeout: settings.connect_timeout,
-            })
+        Err(_) => return Err(UpstreamError::ConnectTimeout { addr, timeout }),
+    };
+    crate::transport::socket::tune(&tcp, settings);
+    let (mut reader, writer) = match dial.tls {
+        None => {
+            let (r, w) = tcp.into_split();
+            (Reader::Tcp(r), Writer::Tcp(w))
+        }
+        Some(tls) => {
+            let config = tls.connector.config().clone();
+            let handshake = owned_tls::connect(&mut tcp, config, tls.server_name.clone());
+            let secured = monoio::select! {
+                s = monoio::time::timeout_at(deadline, handshake) => s,
+                _ = stop.wait() => return Ok(()),
+            };
+            let (conn, cipher) = match secured {
+                Ok(Ok(secured)) => secured,
+                Ok(Err(source)) => return Err(UpstreamError::Tls { addr, source }),
+                Err(_) => return Err(UpstreamError::ConnectTimeout { addr, timeout }),
+            };
+            if conn.alpn_protocol() != Some(b"h2") {
+                tracing::debug!(upstream = %addr, "upstream TLS did not negotiate ALPN h2; speaking HTTP/2 anyway");
+            }
+            let (r, w) = owned_tls::split(tcp, conn, cipher);
+            (Reader::Tls(r), Writer::Tls(w))
         }
     };
     endpoint.reachable();
     endpoint.relayed(true);
     let _counted = Counted(endpoint);
-    crate::transport::socket::tune(&tcp, settings);
-    let (mut reader, writer) = tcp.into_split();
     let r = relay.clone();
     let drained = move |side: &Rc<Side>| act(&r, side, Later::Opened(0));
     monoio::spawn(write_loop(side.clone(), writer, stop.clone(), drained));
-    if let Some(keepalive) = keepalive {
+    if let Some(keepalive) = dial.keepalive {
         monoio::spawn(keep(side.clone(), keepalive, addr, stop.clone()));
     }
     side.flush();
@@ -117,7 +169,7 @@ async fn run(
     let mut last_tick = Instant::now();
     loop {
         let (result, b) = monoio::select! {
-            r = read_more(&mut reader, buf, &mut want) => r,
+            r = reader.read_more(buf, &mut want) => r,
             _ = stop.wait() => return Ok(()),
             _ = side.closed.wait() => return Ok(()),
         };
@@ -388,7 +440,7 @@ fn act(relay: &Rc<Relay>, side: &Rc<Side>, step: Later) {
 /// What was sent goes again first (the client had its credit back for
 /// it), then what still waited.
 fn retry(relay: &Rc<Relay>, old: &Rc<Side>, key: usize) -> bool {
-    let (endpoint, keepalive, head) = {
+    let (endpoint, dial, head) = {
         let mut calls = relay.calls.borrow_mut();
         let Some(call) = calls.get_mut(key) else {
             return false;
@@ -435,13 +487,11 @@ fn retry(relay: &Rc<Relay>, old: &Rc<Side>, key: usize) -> bool {
         relay.spare_buffer(bytes);
         (
             call.cluster.pick().clone(),
-            call.cluster.keepalive(),
+            Dial::of(&call.cluster),
             encoded,
         )
     };
-    let up = relay.upstream_for(&endpoint, Some(old), |relay, side, endpoint| {
-        connect(relay, side, endpoint, keepalive)
-    });
+    let up = upstream(relay, &endpoint, &dial, Some(old));
     if let Some(call) = relay.calls.borrow_mut().get_mut(key) {
         call.endpoint = endpoint;
         call.head = Some(head);
@@ -468,17 +518,15 @@ fn spill(relay: &Rc<Relay>, side: &Rc<Side>) {
 /// its endpoint, a new one if `max_connections_per_endpoint` allows, and
 /// waits on `full` only if there is no other.
 pub fn requeue(relay: &Rc<Relay>, key: usize, full: &Rc<Side>) {
-    let Some((endpoint, keepalive)) = relay
+    let Some((endpoint, dial)) = relay
         .calls
         .borrow()
         .get(key)
-        .map(|c| (c.endpoint.clone(), c.cluster.keepalive()))
+        .map(|c| (c.endpoint.clone(), Dial::of(&c.cluster)))
     else {
         return;
     };
-    let up = relay.upstream_for(&endpoint, Some(full), |relay, side, endpoint| {
-        connect(relay, side, endpoint, keepalive)
-    });
+    let up = upstream(relay, &endpoint, &dial, Some(full));
     if let Some(call) = relay.calls.borrow_mut().get_mut(key) {
         call.waiting_on = Some(up.clone());
     }

@@ -16,14 +16,18 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
+use bytes::BytesMut;
 use bytes::{Buf, Bytes};
 use monoio::io::AsyncWriteRent;
+use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 
 use crate::forward::retry::Budget;
 use crate::http2::connection::Connection;
 use crate::http2::outbox::Outbox;
 use crate::http2::streams::IdHasher;
 use crate::runtime::wake::{Latch, Notify};
+use crate::transport::owned_tls::{TlsReader, TlsWriter};
+use crate::transport::tls::PeerIdentity;
 
 /// Stream id to the key of the call it carries.
 pub type Links = HashMap<u32, usize, BuildHasherDefault<IdHasher>>;
@@ -93,14 +97,24 @@ pub struct Side {
     /// For a client connection: what its calls' retry holds may take, in
     /// all (`[upstream] retry_buffer_per_connection`).
     pub retry: Rc<Budget>,
+    /// For a client connection over TLS: who the client is, from the
+    /// certificate it presented.
+    pub identity: Option<Rc<PeerIdentity>>,
 }
 
 impl Side {
     /// A side for a new connection, whose first frames `out` holds; at
     /// most `budget` bytes wait to be written to it (DATA waits in its
     /// calls beyond that), and its calls' windows may grow by `budget`;
-    /// its calls' retry holds may take `retry` bytes.
-    pub fn new(conn: Connection, out: Outbox, budget: usize, retry: usize) -> Rc<Side> {
+    /// its calls' retry holds may take `retry` bytes; a client's TLS
+    /// `identity`, if it has one.
+    pub fn new(
+        conn: Connection,
+        out: Outbox,
+        budget: usize,
+        retry: usize,
+        identity: Option<Rc<PeerIdentity>>,
+    ) -> Rc<Side> {
         Rc::new(Side {
             wire: RefCell::new(Wire {
                 conn,
@@ -119,6 +133,7 @@ impl Side {
             retiring: Cell::new(false),
             allowance: Cell::new(u32::try_from(budget).unwrap_or(u32::MAX)),
             retry: Budget::new(retry),
+            identity,
         })
     }
 
@@ -207,9 +222,9 @@ unsafe impl monoio::buf::IoVecBuf for Segments {
 /// `writev`, so a pass that made frames for many streams costs one
 /// syscall. When DATA was held back for the write budget and what waits
 /// is down to half of it, `drained` pushes the connection's calls again.
-pub async fn write_loop<W: AsyncWriteRent>(
+pub async fn write_loop(
     side: Rc<Side>,
-    mut io: W,
+    mut io: Writer,
     stop: Rc<Latch>,
     drained: impl Fn(&Rc<Side>),
 ) {
@@ -224,20 +239,22 @@ pub async fn write_loop<W: AsyncWriteRent>(
             if side.closed.is_set() || stop.is_set() {
                 break;
             }
-            monoio::select! {
-                _ = side.wake.notified() => {}
-                _ = side.closed.wait() => {}
-                _ = stop.wait() => {}
+            let owed = monoio::select! {
+                _ = side.wake.notified() => false,
+                _ = side.closed.wait() => false,
+                _ = stop.wait() => false,
+                _ = io.owed() => true,
+            };
+            if owed && io.flush_owed().await.is_err() {
+                side.closed.set();
+                return;
             }
             continue;
         }
-        batch.index();
-        // Not monoio's write_vectored_all: in 0.2.4 it does not advance
-        // within a partly written iovec, and would write those bytes twice.
         // A peer that reads nothing holds a write until TCP_USER_TIMEOUT
         // fails it, or the worker stops.
         let (result, b) = monoio::select! {
-            written = io.writev(batch) => written,
+            written = io.write(batch) => written,
             _ = stop.wait() => return,
         };
         batch = b;
@@ -264,7 +281,88 @@ pub async fn write_loop<W: AsyncWriteRent>(
             }
         }
     }
-    let _ = io.shutdown().await;
+    io.shutdown().await;
+}
+
+/// A connection's reading half: TCP, or TLS over it.
+pub enum Reader {
+    /// Cleartext.
+    Tcp(TcpOwnedReadHalf),
+    /// TLS, decrypted into the read buffer.
+    Tls(TlsReader),
+}
+
+impl Reader {
+    /// Reads more bytes onto the end of `buf`, as [`read_more`].
+    pub async fn read_more(
+        &mut self,
+        buf: BytesMut,
+        want: &mut usize,
+    ) -> (std::io::Result<usize>, BytesMut) {
+        match self {
+            Reader::Tcp(io) => read_more(io, buf, want).await,
+            Reader::Tls(tls) => {
+                let mut buf = buf;
+                let read = tls.read_into(&mut buf, *want).await;
+                if read.as_ref().is_ok_and(|&n| n == *want) {
+                    *want = (*want * 2).min(READ_LARGE);
+                }
+                (read, buf)
+            }
+        }
+    }
+}
+
+/// A connection's writing half: TCP, or TLS over it.
+pub enum Writer {
+    /// Cleartext.
+    Tcp(TcpOwnedWriteHalf),
+    /// TLS: what is written is encrypted first.
+    Tls(TlsWriter),
+}
+
+impl Writer {
+    /// Writes some of `batch`: returns how much.
+    async fn write(&mut self, mut batch: Segments) -> (std::io::Result<usize>, Segments) {
+        match self {
+            // Not monoio's write_vectored_all: in 0.2.4 it does not advance
+            // within a partly written iovec, and would write those bytes
+            // twice.
+            Writer::Tcp(io) => {
+                batch.index();
+                io.writev(batch).await
+            }
+            Writer::Tls(tls) => {
+                let written = tls.write(&batch.bufs).await;
+                (written, batch)
+            }
+        }
+    }
+
+    /// Waits until the connection owes TLS records of its own (never, for
+    /// TCP).
+    async fn owed(&self) {
+        match self {
+            Writer::Tcp(_) => std::future::pending().await,
+            Writer::Tls(tls) => tls.owed().await,
+        }
+    }
+
+    async fn flush_owed(&mut self) -> std::io::Result<()> {
+        match self {
+            Writer::Tcp(_) => Ok(()),
+            Writer::Tls(tls) => tls.flush_owed().await,
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        match self {
+            Writer::Tcp(io) => {
+                let _ = io.shutdown().await;
+            }
+            Writer::Tls(tls) => tls.shutdown().await,
+        }
+    }
 }
 
 /// The first read size of a connection, and what an idle one goes back

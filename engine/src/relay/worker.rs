@@ -26,10 +26,15 @@ use crate::relay::wire::Side;
 use crate::runtime::wake::Notify;
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::add;
+use crate::transport::tls::PeerIdentity;
 use crate::upstream::endpoint::Endpoint;
 
 /// Streams an upstream is assumed to allow before its SETTINGS say.
 const ASSUMED_STREAMS: usize = 100;
+
+/// An endpoint's address, and what tells the TLS settings of the
+/// clusters that reach it apart (0: cleartext).
+type UpstreamKey = (SocketAddr, u64);
 
 /// Buffers of ended retry holds a worker keeps for the next ones.
 const SPARE_HOLDS: usize = 256;
@@ -43,8 +48,9 @@ pub struct Relay {
     pub server: Rc<Server>,
     /// Every call in flight.
     pub calls: RefCell<Calls>,
-    /// Upstream connections by endpoint.
-    upstreams: RefCell<HashMap<SocketAddr, Vec<Rc<Side>>>>,
+    /// Upstream connections by endpoint and the way they speak TLS (see
+    /// [`Cluster::tls`](crate::upstream::cluster::Cluster::tls)).
+    upstreams: RefCell<HashMap<UpstreamKey, Vec<Rc<Side>>>>,
     /// What client connections allow.
     pub downstream_limits: Limits,
     /// What upstream connections allow.
@@ -113,12 +119,13 @@ impl Relay {
     pub fn upstream_for(
         self: &Rc<Self>,
         endpoint: &Rc<Endpoint>,
+        tls: u64,
         avoid: Option<&Rc<Side>>,
         connect: impl FnOnce(Rc<Relay>, Rc<Side>, Rc<Endpoint>),
     ) -> Rc<Side> {
         let addr = endpoint.addr();
         let mut upstreams = self.upstreams.borrow_mut();
-        let list = upstreams.entry(addr).or_default();
+        let list = upstreams.entry((addr, tls)).or_default();
         list.retain(|s| !s.closed.is_set() && !s.wire.borrow().conn.going_away());
         let load = |s: &Rc<Side>| {
             let w = s.wire.borrow();
@@ -140,7 +147,13 @@ impl Relay {
         }
         let mut out = Outbox::new();
         let conn = Connection::new(Role::Client, self.upstream_limits, &mut out);
-        let side = Side::new(conn, out, self.server.settings.buffer_per_connection, 0);
+        let side = Side::new(
+            conn,
+            out,
+            self.server.settings.buffer_per_connection,
+            0,
+            None,
+        );
         list.push(side.clone());
         connect(self.clone(), side.clone(), endpoint.clone());
         side
@@ -260,18 +273,21 @@ impl Relay {
         }
     }
 
-    /// Whether the worker has a connection to `addr` that could take a
-    /// call (open, or being opened).
-    pub fn has_upstream(&self, addr: SocketAddr) -> bool {
-        self.upstreams.borrow().get(&addr).is_some_and(|list| {
-            list.iter()
-                .any(|s| !s.closed.is_set() && !s.wire.borrow().conn.going_away())
-        })
+    /// Whether the worker has a connection to `addr` (spoken to with TLS
+    /// settings `tls`) that could take a call (open, or being opened).
+    pub fn has_upstream(&self, addr: SocketAddr, tls: u64) -> bool {
+        self.upstreams
+            .borrow()
+            .get(&(addr, tls))
+            .is_some_and(|list| {
+                list.iter()
+                    .any(|s| !s.closed.is_set() && !s.wire.borrow().conn.going_away())
+            })
     }
 
     /// Forgets an upstream connection that is gone.
-    pub fn forget(&self, addr: SocketAddr, side: &Rc<Side>) {
-        if let Some(list) = self.upstreams.borrow_mut().get_mut(&addr) {
+    pub fn forget(&self, side: &Rc<Side>) {
+        for list in self.upstreams.borrow_mut().values_mut() {
             list.retain(|s| !Rc::ptr_eq(s, side));
         }
     }
@@ -457,7 +473,7 @@ impl Relay {
                     duration: elapsed,
                     bytes_in: call.bytes_in,
                     bytes_out: call.bytes_out,
-                    client: None,
+                    client: call.down.identity.as_deref(),
                     error: call.error.as_deref(),
                 },
                 counters,
@@ -510,7 +526,14 @@ impl Relay {
 
     /// A call that ends without an upstream (the director refused it):
     /// its statistics and access log line.
-    pub fn unrouted(&self, route: &RouteSlot, status: &Status, peer: SocketAddr, path: &str) {
+    pub fn unrouted(
+        &self,
+        route: &RouteSlot,
+        status: &Status,
+        peer: SocketAddr,
+        client: Option<&PeerIdentity>,
+        path: &str,
+    ) {
         let ctx = &self.server.calls;
         let counters = &ctx.counters;
         counters
@@ -529,7 +552,7 @@ impl Relay {
                     duration: std::time::Duration::ZERO,
                     bytes_in: 0,
                     bytes_out: 0,
-                    client: None,
+                    client,
                     error: None,
                 },
                 counters,

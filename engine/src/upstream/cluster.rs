@@ -67,6 +67,10 @@ pub struct Cluster {
     pub(super) endpoints: Vec<Rc<Endpoint>>,
     next: Cell<usize>,
     tls_config: Option<UpstreamTls>,
+    /// Tells clusters' TLS settings apart (0: cleartext), so that
+    /// connections are shared only by clusters that reach an endpoint
+    /// the same way.
+    tls_tag: u64,
     /// Used by new connections; a reload swaps in freshly read files.
     pub(super) tls: RefCell<Option<Rc<Connector>>>,
     balance: Balance,
@@ -99,6 +103,12 @@ impl Cluster {
                 .collect(),
             next: Cell::new(0),
             tls_config: plan.tls_config.clone(),
+            tls_tag: plan.tls_config.as_ref().map_or(0, |tls| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                tls.hash(&mut h);
+                h.finish() | 1
+            }),
             tls: RefCell::new(plan.tls.as_ref().map(|t| Rc::new(t.for_worker()))),
             balance: plan.balance,
             health_check: plan.health_check.clone(),
@@ -192,6 +202,12 @@ impl Cluster {
         let n = self.pending.get();
         self.pending
             .set(if more { n + 1 } else { n.saturating_sub(1) });
+    }
+
+    /// How new connections to its endpoints speak TLS, if they do, and
+    /// what tells its TLS settings from other clusters' (0: cleartext).
+    pub fn tls(&self) -> (Option<Rc<Connector>>, u64) {
+        (self.tls.borrow().clone(), self.tls_tag)
     }
 
     /// Keepalive PINGs on its upstream connections, if on.

@@ -1,0 +1,265 @@
+//! TLS on monoio's owned-buffer I/O, for the own frame path: rustls's
+//! [`Connection`] driven by hand (no poll adapter), with one reader and
+//! one writer half sharing it on one core.
+//!
+//! - [`accept`] and [`connect`] run the handshake on the TCP stream, the
+//!   first flight's answer included (a TLS 1.3 server's session tickets),
+//!   and hand back the connection with any ciphertext read past the
+//!   handshake.
+//! - [`split`] gives a [`TlsReader`] that decrypts into the relay's read
+//!   buffer, and a [`TlsWriter`] that encrypts what the relay writes and
+//!   sends it with one write per batch.
+//! - Records the reader makes the connection owe (an alert, a key update
+//!   answer) are written by the writer: the reader wakes it through
+//!   [`TlsWriter::owed`], so only one task ever writes to the socket.
+//!
+//! Plaintext is copied once each way (rustls decrypts and encrypts in its
+//! own buffers); no buffer is kept per connection beyond rustls's own, a
+//! ciphertext read buffer and a write buffer, both reused.
+
+use std::cell::RefCell;
+use std::io::{self, BufRead, Write};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
+use monoio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+
+use crate::runtime::wake::Notify;
+
+/// The ciphertext read size: one TLS record and its overhead.
+const CIPHER_READ: usize = 16 * 1024 + 512;
+
+/// A TLS connection shared by its reader and writer halves.
+struct Shared {
+    conn: RefCell<Connection>,
+    /// Woken when the reader made the connection owe records.
+    owed: Notify,
+}
+
+/// The server side of a handshake on `tcp`. Returns the connection and the
+/// ciphertext read past the handshake (for [`split`]).
+pub async fn accept(
+    tcp: &mut TcpStream,
+    config: Arc<ServerConfig>,
+) -> io::Result<(Connection, Vec<u8>)> {
+    let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+    handshake(tcp, Connection::Server(conn)).await
+}
+
+/// The client side of a handshake on `tcp`, to `name`.
+pub async fn connect(
+    tcp: &mut TcpStream,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> io::Result<(Connection, Vec<u8>)> {
+    let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
+    handshake(tcp, Connection::Client(conn)).await
+}
+
+async fn handshake(tcp: &mut TcpStream, mut conn: Connection) -> io::Result<(Connection, Vec<u8>)> {
+    // Our own write budget bounds what waits; rustls's is not needed.
+    conn.set_buffer_limit(None);
+    let mut out = Vec::new();
+    let mut cipher = Vec::with_capacity(CIPHER_READ);
+    let mut start = 0;
+    loop {
+        // What the handshake has to say goes first, an alert included.
+        out = write_owed(tcp, &mut conn, out).await?;
+        if !conn.is_handshaking() {
+            cipher.drain(..start);
+            return Ok((conn, cipher));
+        }
+        if start == cipher.len() {
+            cipher.clear();
+            start = 0;
+            let (read, c) = tcp.read(cipher).await;
+            cipher = c;
+            if read? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let mut rest = &cipher[start..];
+        let fed = conn.read_tls(&mut rest);
+        start = cipher.len() - rest.len();
+        fed?;
+        if let Err(e) = conn.process_new_packets() {
+            let _ = write_owed(tcp, &mut conn, out).await;
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+    }
+}
+
+/// Writes every record the connection owes.
+async fn write_owed<W: AsyncWriteRent>(
+    io: &mut W,
+    conn: &mut Connection,
+    mut out: Vec<u8>,
+) -> io::Result<Vec<u8>> {
+    while conn.wants_write() {
+        out.clear();
+        conn.write_tls(&mut out)?;
+        let (written, o) = io.write_all(out).await;
+        out = o;
+        written?;
+    }
+    Ok(out)
+}
+
+/// Splits a connection that finished its handshake on `tcp` (with
+/// `cipher` read past it) into its halves.
+pub fn split(tcp: TcpStream, conn: Connection, cipher: Vec<u8>) -> (TlsReader, TlsWriter) {
+    use monoio::io::Splitable;
+    let shared = Rc::new(Shared {
+        conn: RefCell::new(conn),
+        owed: Notify::default(),
+    });
+    let (read, write) = tcp.into_split();
+    let mut buf = cipher;
+    buf.reserve(CIPHER_READ.saturating_sub(buf.len()));
+    (
+        TlsReader {
+            io: read,
+            shared: shared.clone(),
+            cipher: buf,
+            start: 0,
+        },
+        TlsWriter {
+            io: write,
+            shared,
+            out: Vec::new(),
+        },
+    )
+}
+
+/// The reading half: ciphertext in, plaintext onto the relay's buffer.
+pub struct TlsReader {
+    io: TcpOwnedReadHalf,
+    shared: Rc<Shared>,
+    cipher: Vec<u8>,
+    /// Where the ciphertext rustls has not taken yet starts.
+    start: usize,
+}
+
+impl TlsReader {
+    /// Appends at most `want` bytes of plaintext to `buf`, reading and
+    /// decrypting as needed; `Ok(0)` at the end of the stream (a
+    /// close_notify, or the peer closing TCP).
+    pub async fn read_into(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+        loop {
+            if let Some(n) = self.plaintext(buf, want)? {
+                return Ok(n);
+            }
+            if self.start == self.cipher.len() {
+                let mut cipher = std::mem::take(&mut self.cipher);
+                cipher.clear();
+                self.start = 0;
+                let (read, c) = self.io.read(cipher).await;
+                self.cipher = c;
+                if read? == 0 {
+                    return Ok(0);
+                }
+            }
+            let mut conn = self.shared.conn.borrow_mut();
+            let mut rest = &self.cipher[self.start..];
+            let fed = conn.read_tls(&mut rest);
+            self.start = self.cipher.len() - rest.len();
+            fed?;
+            let processed = conn.process_new_packets();
+            if conn.wants_write() {
+                self.shared.owed.notify_all();
+            }
+            if let Err(e) = processed {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+    }
+
+    /// Plaintext rustls holds, if any: `Some(0)` once the peer closed the
+    /// TLS session.
+    fn plaintext(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<Option<usize>> {
+        let mut conn = self.shared.conn.borrow_mut();
+        let mut reader = conn.reader();
+        let mut n = 0;
+        loop {
+            match reader.fill_buf() {
+                Ok([]) => return Ok(Some(n)),
+                Ok(chunk) => {
+                    let take = chunk.len().min(want - n);
+                    buf.extend_from_slice(&chunk[..take]);
+                    reader.consume(take);
+                    n += take;
+                    if n == want {
+                        return Ok(Some(n));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((n > 0).then_some(n));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The writing half: plaintext segments in, one socket write per batch.
+pub struct TlsWriter {
+    io: TcpOwnedWriteHalf,
+    shared: Rc<Shared>,
+    out: Vec<u8>,
+}
+
+impl TlsWriter {
+    /// Encrypts `segments` and writes them with what else the connection
+    /// owes; returns the plaintext bytes taken (all of them, or an error).
+    pub async fn write(&mut self, segments: &[Bytes]) -> io::Result<usize> {
+        let mut n = 0;
+        {
+            let mut conn = self.shared.conn.borrow_mut();
+            let mut writer = conn.writer();
+            for segment in segments {
+                writer.write_all(segment)?;
+                n += segment.len();
+            }
+        }
+        self.flush_owed().await?;
+        Ok(n)
+    }
+
+    /// Waits until the reader made the connection owe records.
+    pub async fn owed(&self) {
+        if !self.shared.conn.borrow().wants_write() {
+            self.shared.owed.notified().await;
+        }
+    }
+
+    /// Writes the records the connection owes.
+    pub async fn flush_owed(&mut self) -> io::Result<()> {
+        loop {
+            let out = {
+                let mut conn = self.shared.conn.borrow_mut();
+                if !conn.wants_write() {
+                    return Ok(());
+                }
+                let mut out = std::mem::take(&mut self.out);
+                out.clear();
+                conn.write_tls(&mut out)?;
+                out
+            };
+            let (written, out) = self.io.write_all(out).await;
+            self.out = out;
+            written?;
+        }
+    }
+
+    /// Ends the session (close_notify) and the socket's writing side.
+    pub async fn shutdown(&mut self) {
+        self.shared.conn.borrow_mut().send_close_notify();
+        let _ = self.flush_owed().await;
+        let _ = self.io.shutdown().await;
+    }
+}
