@@ -126,15 +126,17 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
     tracing::debug!(worker = spec.core.worker, cpu = ?spec.core.cpu, %driver, "worker started");
 
     let server = &worker.server;
+    let relay = (server.settings.frame_path == FramePath::Own).then(|| Relay::new(server.clone()));
+    let relay_tasks = relay.as_ref().map(|relay| relay.live());
     let accepting = async {
-        match server.settings.frame_path {
-            FramePath::H2 => accept(server, &listener).await,
-            FramePath::Own => {
-                let relay = Relay::new(server.clone());
-                monoio::spawn(relay.clone().run_deadlines());
+        match relay {
+            None => accept(server, &listener).await,
+            Some(relay) => {
+                relay.spawn(relay.clone().run_deadlines());
+                relay.spawn(relay.clone().run_keepers());
                 let drainer = relay.clone();
                 let drain = server.clone();
-                monoio::spawn(async move {
+                relay.spawn(async move {
                     monoio::select! {
                         _ = drain.drain.wait() => drainer.drain(),
                         _ = drain.stop.wait() => {}
@@ -165,7 +167,7 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
             }
         }
     }
-    worker.close().await;
+    worker.close(relay_tasks).await;
 }
 
 /// The parts of one core, and what only the worker does with them.
@@ -263,12 +265,18 @@ impl Worker {
     /// monoio drops only the tasks that are ready to run when a runtime
     /// ends; a task waiting on I/O would outlive it with its socket open. So
     /// every task that owns a socket watches `stop`, and the worker waits
-    /// (briefly) until they have all let go.
-    async fn close(&self) {
+    /// (briefly) until they have all let go: client connections, the h2
+    /// pool's connections, and the relay's tasks (`relay_tasks`), whose
+    /// wakers sit in values they own and would otherwise keep the worker's
+    /// state, its access log sender included, alive for good.
+    async fn close(&self, relay_tasks: Option<Rc<std::cell::Cell<usize>>>) {
         self.server.stop.set();
         let calls = self.calls();
         let deadline = Instant::now() + Duration::from_secs(1);
-        while (self.server.connections() > 0 || calls.pool.live_connections() > 0)
+        let relay_live = || relay_tasks.as_ref().map_or(0, |n| n.get());
+        while (self.server.connections() > 0
+            || calls.pool.live_connections() > 0
+            || relay_live() > 0)
             && Instant::now() < deadline
         {
             monoio::time::sleep(Duration::from_millis(1)).await;

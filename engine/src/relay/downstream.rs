@@ -29,6 +29,7 @@ use crate::http2::outbox::Outbox;
 use crate::relay::calls::{
     answer, forward_up, head_fields, open_stream, push_down, push_up, release_down, Call,
 };
+use crate::relay::keeper::Keep;
 use crate::relay::upstream::{requeue, upstream, Dial};
 use crate::relay::wire::{shrink, write_loop, Links, Reader, Side, Wire, Writer, READ_SMALL};
 use crate::relay::worker::Relay;
@@ -81,7 +82,10 @@ pub async fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) {
     let r = relay.clone();
     let drained = move |side: &Rc<Side>| act(&r, side, Later::Opened(0));
     let writing = monoio::spawn(write_loop(side.clone(), writer, stop.clone(), drained));
-    monoio::spawn(keep(relay.clone(), side.clone(), peer));
+    relay.keepers.watch(
+        &side,
+        Keep::new(settings, peer, monoio::time::Instant::now()),
+    );
     side.flush();
     run(&relay, &side, &mut reader, peer, preface_by).await;
     // Cancel what is left upstream, then let the writer flush and close.
@@ -191,75 +195,6 @@ async fn run(
         }
         if failed || (relay.draining() && side.wire.borrow().links.is_empty()) {
             return;
-        }
-    }
-}
-
-/// The connection's timers, on a task of their own (a timer in the
-/// reader's select would drop a read in flight, and the bytes with it):
-/// keepalive PINGs, whose answer must come within `ping_timeout` or the
-/// connection closes (a client behind a dead link may still ACK at the TCP
-/// level); GOAWAY after `idle_timeout` without calls (checked every
-/// `idle_timeout`) and at `max_connection_age`, closing once the last call
-/// ends.
-async fn keep(relay: Rc<Relay>, side: Rc<Side>, peer: SocketAddr) {
-    use monoio::time::{sleep_until, Instant};
-    let settings = &relay.server.settings;
-    let stop = relay.server.stop.clone();
-    let now = Instant::now();
-    let mut ping_at = settings.ping_interval.map(|every| now + every);
-    // While a PING is out: the acks seen before it, and its deadline.
-    let mut waiting: Option<(u64, Instant)> = None;
-    let mut idle_at = settings.idle_timeout.map(|idle| now + idle);
-    let mut age_at = settings.max_connection_age.map(|age| now + age);
-    loop {
-        let next = [ping_at, waiting.map(|w| w.1), idle_at, age_at]
-            .into_iter()
-            .flatten()
-            .min();
-        let Some(next) = next else {
-            return;
-        };
-        monoio::select! {
-            _ = sleep_until(next) => {}
-            _ = side.closed.wait() => return,
-            _ = stop.wait() => return,
-        }
-        let now = Instant::now();
-        if let Some((pongs, by)) = waiting {
-            if side.pongs.get() > pongs {
-                waiting = None;
-            } else if now >= by {
-                tracing::debug!(%peer, "downstream connection did not answer a keepalive PING; closing it");
-                side.closed.set();
-                return;
-            }
-        }
-        if ping_at.is_some_and(|at| now >= at) && waiting.is_none() {
-            {
-                let mut w = side.wire.borrow_mut();
-                let wire = &mut *w;
-                wire.conn.ping(*b"grpcprxy", &mut wire.out);
-            }
-            side.flush();
-            waiting = Some((side.pongs.get(), now + settings.ping_timeout));
-            ping_at = settings.ping_interval.map(|every| now + every);
-        }
-        let retire = if age_at.is_some_and(|at| now >= at) {
-            age_at = None;
-            Some("max connection age")
-        } else if idle_at.is_some_and(|at| now >= at) {
-            idle_at = settings.idle_timeout.map(|idle| now + idle);
-            let idle = !side.active.replace(false) && side.wire.borrow().links.is_empty();
-            idle.then_some("idle timeout")
-        } else {
-            None
-        };
-        if let (Some(why), false) = (retire, side.retiring.get()) {
-            tracing::debug!(%peer, why, "downstream connection retiring (GOAWAY)");
-            side.retiring.set(true);
-            idle_at = None;
-            side.go_away();
         }
     }
 }

@@ -1,20 +1,19 @@
 //! The relay: gRPC calls carried on the engine's own HTTP/2 frame layer
 //! ([`http2`](crate::http2)) on both legs, with no task, waker or buffer
-//! per stream. It is chosen with `[http2] frame_path = "own"`; the default
-//! is still the h2 path (`downstream` and `forward`).
+//! per stream. It is the default (`[http2] frame_path = "own"`); the h2
+//! path (`downstream` and `forward`) is still selectable with `"h2"`.
 //!
-//! - [`downstream`]: a client connection: read, route, forward.
-//! - [`upstream`]: an upstream connection: connect, read, forward back.
-//! - [`worker`]: the worker's calls and upstream connections.
+//! - [`downstream`]: a client connection: TLS, read, route, forward.
+//! - [`upstream`]: an upstream connection: connect, TLS, read, forward
+//!   back, retry what the upstream refused unprocessed.
+//! - [`worker`]: the worker's calls and upstream connections, deadlines.
 //! - [`calls`]: a call's two streams and what waits between them.
-//! - [`wire`]: a connection's shared state and its writer.
-//!
-//! Not yet on this path (the h2 path has them): TLS on either leg,
-//! retries, the proxy's own deadlines, the access log, keepalive PINGs,
-//! health checks and ejection, idle and age limits of client connections.
+//! - [`keeper`]: client connections' keepalive, idle and age timers.
+//! - [`wire`]: a connection's shared state, its reader and its writer.
 
 pub mod calls;
 pub mod downstream;
+pub mod keeper;
 pub mod upstream;
 pub mod wire;
 pub mod worker;

@@ -88,8 +88,9 @@ pub fn upstream(
 /// With keepalive, a connection that does not answer a PING in time is
 /// taken for dead and closed.
 pub fn connect(relay: Rc<Relay>, side: Rc<Side>, endpoint: Rc<Endpoint>, dial: Dial) {
-    monoio::spawn(async move {
-        let why = match run(&relay, &side, &endpoint, dial).await {
+    let r = relay.clone();
+    r.spawn(async move {
+        let (why, detail) = match run(&relay, &side, &endpoint, dial).await {
             Err(error) => {
                 let settings = &relay.server.settings;
                 endpoint.connect_failed(
@@ -97,14 +98,15 @@ pub fn connect(relay: Rc<Relay>, side: Rc<Side>, endpoint: Rc<Endpoint>, dial: D
                     settings.reconnect_backoff_min,
                     settings.reconnect_backoff_max,
                 );
-                error.public()
+                tracing::debug!(%error, "upstream connection failed");
+                (error.public(), Some(error.to_string()))
             }
-            Ok(()) => "upstream unavailable: the connection ended",
+            Ok(()) => ("upstream unavailable: the connection ended", None),
         };
         side.closed.set();
         side.wake.notify_all();
         relay.forget(&side);
-        fail_all(&relay, &side, why);
+        fail_all(&relay, &side, why, detail.as_deref());
     });
 }
 
@@ -158,9 +160,9 @@ async fn run(
     let _counted = Counted(endpoint);
     let r = relay.clone();
     let drained = move |side: &Rc<Side>| act(&r, side, Later::Opened(0));
-    monoio::spawn(write_loop(side.clone(), writer, stop.clone(), drained));
+    relay.spawn(write_loop(side.clone(), writer, stop.clone(), drained));
     if let Some(keepalive) = dial.keepalive {
-        monoio::spawn(keep(side.clone(), keepalive, addr, stop.clone()));
+        relay.spawn(keep(side.clone(), keepalive, addr, stop.clone()));
     }
     side.flush();
     let mut buf = BytesMut::new();
@@ -391,7 +393,7 @@ fn act(relay: &Rc<Relay>, side: &Rc<Side>, step: Later) {
                 if expired && code == ErrorCode::CANCEL {
                     relay.expire(key, DEADLINE);
                 } else {
-                    relay.fail(key, &status_of_reset(code), true);
+                    relay.fail(key, &status_of_reset(code), true, None);
                 }
             }
         }
@@ -410,7 +412,7 @@ fn act(relay: &Rc<Relay>, side: &Rc<Side>, step: Later) {
         Later::Expire(key) => relay.expire(key, DEADLINE),
         Later::Fail(u, status) => {
             if let Some(key) = key_of(u) {
-                relay.fail(key, &status, false);
+                relay.fail(key, &status, false, None);
             }
         }
         Later::GoAway(last) => {
@@ -426,7 +428,7 @@ fn act(relay: &Rc<Relay>, side: &Rc<Side>, step: Later) {
             let status = Status::new(Code::Unavailable, "the upstream is going away");
             for key in cut {
                 if !retry(relay, side, key) {
-                    relay.fail(key, &status, false);
+                    relay.fail(key, &status, false, None);
                 }
             }
         }
@@ -551,8 +553,10 @@ fn opened(relay: &Relay, side: &Rc<Side>, key: usize) {
     }
 }
 
-/// The connection is gone: every call on it or waiting for it fails.
-fn fail_all(relay: &Relay, side: &Rc<Side>, why: &'static str) {
+/// The connection is gone: every call on it or waiting for it fails, with
+/// `why` for the client and `detail` (naming the endpoint and the OS or
+/// TLS error) for the access log.
+fn fail_all(relay: &Relay, side: &Rc<Side>, why: &'static str, detail: Option<&str>) {
     let (linked, waiting): (Vec<usize>, Vec<usize>) = {
         let mut w = side.wire.borrow_mut();
         let linked = w.links.values().copied().collect();
@@ -561,6 +565,6 @@ fn fail_all(relay: &Relay, side: &Rc<Side>, why: &'static str) {
     };
     let status = Status::new(Code::Unavailable, why);
     for key in linked.into_iter().chain(waiting) {
-        relay.fail(key, &status, false);
+        relay.fail(key, &status, false, detail);
     }
 }

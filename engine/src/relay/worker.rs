@@ -22,6 +22,7 @@ use crate::http2::connection::{Connection, Limits, Role};
 use crate::http2::frame::ErrorCode;
 use crate::http2::outbox::Outbox;
 use crate::relay::calls::{answer, open_stream, Call, Calls, Hold};
+use crate::relay::keeper::Keepers;
 use crate::relay::wire::Side;
 use crate::runtime::wake::Notify;
 use crate::telemetry::access_log::Entry;
@@ -68,6 +69,10 @@ pub struct Relay {
     pub allowance: Cell<usize>,
     /// Buffers of ended retry holds, for the next.
     spare: RefCell<Vec<Vec<u8>>>,
+    /// Client connections' timers.
+    pub keepers: Keepers,
+    /// Tasks of the relay still running (see [`spawn`](Self::spawn)).
+    live: Rc<Cell<usize>>,
 }
 
 impl Relay {
@@ -108,6 +113,8 @@ impl Relay {
             serial: Cell::new(0),
             allowance: Cell::new(allowance),
             spare: RefCell::new(Vec::new()),
+            keepers: Keepers::default(),
+            live: Rc::default(),
         })
     }
 
@@ -186,6 +193,32 @@ impl Relay {
         if earliest {
             self.timer.notify_all();
         }
+    }
+
+    /// Spawns one of the relay's own tasks (its timers, an upstream
+    /// connection's reader, writer and keepalive), counted until it ends:
+    /// a worker that stops waits for them (see [`live`](Self::live)), so
+    /// none is left parked on a waker that a value it owns holds, which
+    /// would keep the worker's state alive after its thread ended.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + 'static) {
+        let live = self.live.clone();
+        live.set(live.get() + 1);
+        monoio::spawn(async move {
+            task.await;
+            live.set(live.get() - 1);
+        });
+    }
+
+    /// How many of the relay's tasks are still running.
+    pub fn live(&self) -> Rc<Cell<usize>> {
+        self.live.clone()
+    }
+
+    /// Runs client connections' timers until the worker stops (see
+    /// [`keeper`](crate::relay::keeper)).
+    pub async fn run_keepers(self: Rc<Self>) {
+        let stop = self.server.stop.clone();
+        self.keepers.run(&self.server.settings, &stop).await;
     }
 
     /// Ends calls whose deadline has passed, until the worker stops: one
@@ -492,15 +525,16 @@ impl Relay {
 
     /// The upstream stream of call `key` is gone with `status` (reset by
     /// the upstream if `reset`, else lost with its connection): the
-    /// client gets it, trailers-only or as trailers after what it has.
-    pub fn fail(&self, key: usize, status: &Status, reset: bool) {
+    /// client gets it, trailers-only or as trailers after what it has; the
+    /// access log gets `detail` if there is one, else the status message.
+    pub fn fail(&self, key: usize, status: &Status, reset: bool, detail: Option<&str>) {
         let down = {
             let mut calls = self.calls.borrow_mut();
             let Some(call) = calls.get_mut(key) else {
                 return;
             };
             call.code = status.code();
-            call.error = Some(status.message().into());
+            call.error = Some(detail.unwrap_or(status.message()).into());
             call.upstream_failed = Some(reset);
             // Its upstream stream is gone: nothing to cancel there, and
             // what it sent that still waits is dropped.

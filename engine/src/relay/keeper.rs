@@ -1,0 +1,242 @@
+//! The timers of a worker's client connections, on one heap: keepalive
+//! PINGs, whose answer must come within `ping_timeout` or the connection
+//! closes (a client behind a dead link may still ACK at the TCP level);
+//! GOAWAY after `idle_timeout` without calls (checked every
+//! `idle_timeout`) and at `max_connection_age`, closing once the last call
+//! ends.
+//!
+//! One task and one timer serve every connection of the worker, as for
+//! call deadlines: a task per connection cost about 1.8 KiB each, which an
+//! idle connection should not pay. Each connection has at most one entry
+//! on the heap, for its next timer; a connection that closed is dropped
+//! when its entry comes due.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+
+use monoio::time::Instant;
+
+use crate::config::Settings;
+use crate::relay::wire::Side;
+use crate::runtime::wake::{Latch, Notify};
+
+/// One client connection's timers.
+#[derive(Clone, Copy, Debug)]
+pub struct Keep {
+    /// For the log.
+    peer: SocketAddr,
+    /// When the next keepalive PING goes.
+    ping_at: Option<Instant>,
+    /// While a PING is out: the acknowledgements seen before it, and when
+    /// its own must have come.
+    waiting: Option<(u64, Instant)>,
+    /// When to look for idleness next.
+    idle_at: Option<Instant>,
+    /// When the connection is too old.
+    age_at: Option<Instant>,
+}
+
+impl Keep {
+    /// The timers of a connection from `peer` that opens `now`.
+    pub fn new(settings: &Settings, peer: SocketAddr, now: Instant) -> Keep {
+        Keep {
+            peer,
+            ping_at: settings.ping_interval.map(|every| now + every),
+            waiting: None,
+            idle_at: settings.idle_timeout.map(|idle| now + idle),
+            age_at: settings.max_connection_age.map(|age| now + age),
+        }
+    }
+
+    /// When the next timer is due, if any is set. While a PING is out,
+    /// the next one waits for its answer's deadline.
+    fn next(&self) -> Option<Instant> {
+        let ping = match self.waiting {
+            Some((_, by)) => Some(by),
+            None => self.ping_at,
+        };
+        [ping, self.idle_at, self.age_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// A connection's next timer on the heap, and its timers' state.
+struct Due {
+    at: Instant,
+    /// Orders entries due at the same instant.
+    seq: u64,
+    side: Weak<Side>,
+    keep: Keep,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// The timers of one worker's client connections.
+#[derive(Default)]
+pub struct Keepers {
+    heap: RefCell<BinaryHeap<Reverse<Due>>>,
+    seq: Cell<u64>,
+    /// Wakes [`run`](Self::run) when an earlier timer arrives.
+    timer: Notify,
+}
+
+impl Keepers {
+    /// Starts keeping `side` with timers `keep`.
+    pub fn watch(&self, side: &Rc<Side>, keep: Keep) {
+        if let Some(at) = keep.next() {
+            self.push(at, Rc::downgrade(side), keep);
+        }
+    }
+
+    fn push(&self, at: Instant, side: Weak<Side>, keep: Keep) {
+        let seq = self.seq.get().wrapping_add(1);
+        self.seq.set(seq);
+        let mut heap = self.heap.borrow_mut();
+        let earliest = heap.peek().is_none_or(|Reverse(first)| at < first.at);
+        heap.push(Reverse(Due {
+            at,
+            seq,
+            side,
+            keep,
+        }));
+        drop(heap);
+        if earliest {
+            self.timer.notify_all();
+        }
+    }
+
+    /// Runs the timers as they come due, until `stop`.
+    pub async fn run(&self, settings: &Settings, stop: &Latch) {
+        loop {
+            let next = self.heap.borrow().peek().map(|Reverse(due)| due.at);
+            monoio::select! {
+                _ = sleep_until(next) => {}
+                _ = self.timer.notified() => continue,
+                _ = stop.wait() => return,
+            }
+            let now = Instant::now();
+            loop {
+                let due = {
+                    let mut heap = self.heap.borrow_mut();
+                    match heap.peek() {
+                        Some(Reverse(due)) if due.at <= now => heap.pop(),
+                        _ => None,
+                    }
+                };
+                let Some(Reverse(due)) = due else {
+                    break;
+                };
+                let Some(side) = due.side.upgrade() else {
+                    continue;
+                };
+                if side.closed.is_set() {
+                    continue;
+                }
+                let mut keep = due.keep;
+                if let Some(at) = step(&side, &mut keep, settings, now) {
+                    // Never due again within this pass.
+                    let at = at.max(now + std::time::Duration::from_millis(1));
+                    self.push(at, due.side, keep);
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => monoio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs `side`'s timers (`keep`) that are due at `now`; returns when its
+/// next one is, if it has one.
+fn step(side: &Side, keep: &mut Keep, settings: &Settings, now: Instant) -> Option<Instant> {
+    let peer = keep.peer;
+    if let Some((pongs, by)) = keep.waiting {
+        if side.pongs.get() > pongs {
+            keep.waiting = None;
+        } else if now >= by {
+            tracing::debug!(%peer, "downstream connection did not answer a keepalive PING; closing it");
+            side.closed.set();
+            return None;
+        }
+    }
+    if keep.ping_at.is_some_and(|at| now >= at) && keep.waiting.is_none() {
+        {
+            let mut w = side.wire.borrow_mut();
+            let wire = &mut *w;
+            wire.conn.ping(*b"grpcprxy", &mut wire.out);
+        }
+        side.flush();
+        keep.waiting = Some((side.pongs.get(), now + settings.ping_timeout));
+        keep.ping_at = settings.ping_interval.map(|every| now + every);
+    }
+    let retire = if keep.age_at.is_some_and(|at| now >= at) {
+        keep.age_at = None;
+        Some("max connection age")
+    } else if keep.idle_at.is_some_and(|at| now >= at) {
+        keep.idle_at = settings.idle_timeout.map(|idle| now + idle);
+        let idle = !side.active.replace(false) && side.wire.borrow().links.is_empty();
+        idle.then_some("idle timeout")
+    } else {
+        None
+    };
+    if let (Some(why), false) = (retire, side.retiring.get()) {
+        tracing::debug!(%peer, why, "downstream connection retiring (GOAWAY)");
+        side.retiring.set(true);
+        keep.idle_at = None;
+        side.go_away();
+    }
+    keep.next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_ping_out_waits_for_its_deadline_before_the_next() {
+        let settings = Settings {
+            ping_interval: Some(Duration::from_millis(200)),
+            ping_timeout: Duration::from_millis(500),
+            idle_timeout: None,
+            max_connection_age: None,
+            ..Settings::default()
+        };
+        let now = Instant::now();
+        let mut keep = Keep::new(&settings, "127.0.0.1:1".parse().expect("addr"), now);
+        assert_eq!(keep.next(), Some(now + Duration::from_millis(200)));
+        // A PING went at 200 ms: the ping time passes while it is out, and
+        // the next due time is its answer's deadline, not the past.
+        let sent = now + Duration::from_millis(200);
+        keep.waiting = Some((0, sent + settings.ping_timeout));
+        keep.ping_at = Some(sent);
+        assert_eq!(keep.next(), Some(sent + Duration::from_millis(500)));
+    }
+}
