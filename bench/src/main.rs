@@ -44,7 +44,7 @@ enum Cmd {
         /// Only scenarios whose name contains this text.
         #[arg(long)]
         only: Option<String>,
-        /// Targets to run (direct, grpc-proxy, grpc-proxy-own, haproxy, nginx,
+        /// Targets to run (direct, grpc-proxy, grpc-proxy-h2, haproxy, nginx,
         /// scale).
         #[arg(
             long,
@@ -122,7 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let target = match name.as_str() {
                     "direct" => Target::Direct,
                     "grpc-proxy" => Target::GrpcProxy(1),
-                    "grpc-proxy-own" => Target::GrpcProxyOwn,
+                    "grpc-proxy-h2" => Target::GrpcProxyH2,
                     "haproxy" => Target::Haproxy,
                     "nginx" => Target::Nginx,
                     "scale" => Target::GrpcProxy(2),

@@ -18,9 +18,9 @@ pub enum Target {
     Direct,
     /// grpc-proxy with this many worker cores.
     GrpcProxy(usize),
-    /// grpc-proxy on one core with its own HTTP/2 frame path
-    /// (`--frame-path own`).
-    GrpcProxyOwn,
+    /// grpc-proxy on one core on the h2 crate's frame path
+    /// (`--frame-path h2`), the default before the own path.
+    GrpcProxyH2,
     /// HAProxy, `mode http`, `proto h2` both sides, one thread.
     Haproxy,
     /// nginx `grpc_pass`, one worker.
@@ -34,7 +34,7 @@ impl Target {
             Target::Direct => "direct".into(),
             Target::GrpcProxy(1) => "grpc-proxy".into(),
             Target::GrpcProxy(n) => format!("grpc-proxy x{n}"),
-            Target::GrpcProxyOwn => "grpc-proxy own".into(),
+            Target::GrpcProxyH2 => "grpc-proxy h2".into(),
             Target::Haproxy => "haproxy".into(),
             Target::Nginx => "nginx".into(),
         }
@@ -300,10 +300,10 @@ pub fn proxy(
     let addr = free_port()?;
     let (mut child, dir) = match target {
         Target::Direct => return Ok(None),
-        Target::GrpcProxy(_) | Target::GrpcProxyOwn => (
+        Target::GrpcProxy(_) | Target::GrpcProxyH2 => (
             Command::new(bin_dir.join("grpc-proxy"))
                 .args(match target {
-                    Target::GrpcProxyOwn => &["--frame-path", "own"][..],
+                    Target::GrpcProxyH2 => &["--frame-path", "h2"][..],
                     _ => &[],
                 })
                 .args([

@@ -98,19 +98,19 @@ pub fn proxy(driver: Driver, toml: &str) -> ProxyHandle {
 }
 
 /// The frame path every test proxy uses when `GRPC_PROXY_TEST_FRAME_PATH`
-/// says (`h2` or `own`), or `own` in the `own_frame_path*` test binaries,
-/// which run other suites again on the engine's own frame path;
-/// otherwise each test's config decides.
+/// says (`h2` or `own`), or `h2` in the `h2_frame_path*` test binaries,
+/// which run other suites again on the h2 frame path; otherwise each
+/// test's config decides (the default is the own path).
 pub fn frame_path() -> Option<grpc_proxy::config::FramePath> {
-    let own_binary = std::env::current_exe().ok().is_some_and(|exe| {
+    let h2_binary = std::env::current_exe().ok().is_some_and(|exe| {
         exe.file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("own_frame_path"))
+            .is_some_and(|n| n.starts_with("h2_frame_path"))
     });
     let var = std::env::var("GRPC_PROXY_TEST_FRAME_PATH").ok();
     let var = match var {
         Some(v) => v,
-        None if own_binary => return Some(grpc_proxy::config::FramePath::Own),
+        None if h2_binary => return Some(grpc_proxy::config::FramePath::H2),
         None => return None,
     };
     match var.as_str() {
@@ -118,6 +118,11 @@ pub fn frame_path() -> Option<grpc_proxy::config::FramePath> {
         "h2" => Some(grpc_proxy::config::FramePath::H2),
         other => panic!("GRPC_PROXY_TEST_FRAME_PATH: {other:?} is not h2 or own"),
     }
+}
+
+/// The frame path a test proxy with no `frame_path` in its config uses.
+pub fn effective_frame_path() -> grpc_proxy::config::FramePath {
+    frame_path().unwrap_or_default()
 }
 
 /// A proxy that forwards every call to one upstream.

@@ -1,11 +1,11 @@
-//! Suites of this directory run again with every proxy on the engine's own
-//! HTTP/2 frame path (`[http2] frame_path = "own"`): the harness's `proxy`
-//! sees this binary's name and sets it (see `grpc_proxy_tests::frame_path`).
+//! Suites of this directory run again with every proxy on the h2 frame
+//! path (`[http2] frame_path = "h2"`), which is no longer the default but
+//! still selectable: the harness's `proxy` sees this binary's name and
+//! sets it (see `grpc_proxy_tests::frame_path`).
 //!
-//! Every suite runs here. `fd_leak` counts the
-//! process's descriptors, so it runs in a process of its own
-//! (`own_frame_path_fd_leak`). `GRPC_PROXY_TEST_FRAME_PATH=own` runs any
-//! suite on it.
+//! Every suite runs here. `fd_leak` counts the process's descriptors, so
+//! it runs in a process of its own (`h2_frame_path_fd_leak`).
+//! `GRPC_PROXY_TEST_FRAME_PATH=h2` runs any suite on it.
 
 #[path = "cancellation.rs"]
 mod cancellation;
@@ -31,9 +31,9 @@ mod rpc_kinds;
 mod tls;
 
 #[test]
-fn this_binary_runs_the_own_frame_path() {
+fn this_binary_runs_the_h2_frame_path() {
     assert_eq!(
         grpc_proxy_tests::frame_path(),
-        Some(grpc_proxy::config::FramePath::Own)
+        Some(grpc_proxy::config::FramePath::H2)
     );
 }

@@ -55,8 +55,9 @@ struct Cli {
     #[arg(long, value_name = "LIST")]
     cpu_set: Option<CpuList>,
 
-    /// monoio driver: auto (io_uring when available; legacy with
-    /// --frame-path own, where it measured faster), io_uring, or legacy.
+    /// monoio driver: auto (legacy on the own frame path, where it
+    /// measured faster; io_uring when available with --frame-path h2),
+    /// io_uring, or legacy.
     #[arg(long, value_name = "DRIVER")]
     driver: Option<Driver>,
 
@@ -87,9 +88,8 @@ struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     drain_timeout: Option<Duration>,
 
-    /// HTTP/2 implementation: h2 (default) or own, the engine's own frame
-    /// layer (cleartext only so far); overrides the file's
-    /// [http2] frame_path.
+    /// HTTP/2 implementation: own (default), the engine's own frame layer,
+    /// or h2, the h2 crate; overrides the file's [http2] frame_path.
     #[arg(long, value_name = "PATH", value_parser = parse_frame_path)]
     frame_path: Option<grpc_proxy::config::FramePath>,
 

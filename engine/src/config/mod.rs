@@ -60,11 +60,12 @@ pub enum ConfigError {
 /// The HTTP/2 implementation that carries calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum FramePath {
-    /// The h2 crate on both legs: complete, the default.
-    #[default]
+    /// The h2 crate on both legs, as before the own path was complete;
+    /// kept for one release to compare against and fall back to.
     H2,
-    /// The engine's own frame layer on both legs ([`relay`](crate::relay)):
-    /// cleartext only so far (TLS on either leg is refused).
+    /// The engine's own frame layer on both legs ([`relay`](crate::relay)),
+    /// TLS included: the default.
+    #[default]
     Own,
 }
 
@@ -159,7 +160,7 @@ impl Default for Settings {
             max_concurrent_streams: 1024,
             max_header_list_size: 64 << 10,
             max_pending_accept_reset_streams: 100,
-            frame_path: FramePath::H2,
+            frame_path: FramePath::Own,
             max_send_buffer_size: 1 << 20,
             max_connections_per_worker: 100_000,
             max_tls_handshakes_per_worker: 1024,
