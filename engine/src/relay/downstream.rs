@@ -31,11 +31,11 @@ use crate::relay::calls::{
 };
 use crate::relay::keeper::Keep;
 use crate::relay::upstream::{requeue, upstream, Dial};
-use crate::relay::wire::{shrink, write_loop, Links, Reader, Side, Wire, Writer, READ_SMALL};
+use crate::relay::wire::{shrink, write_loop, Links, Side, Sink, Source, Wire, READ_SMALL};
 use crate::relay::worker::Relay;
 use crate::routing::director::{Call as DirectorCall, Route};
 use crate::telemetry::metrics::add;
-use crate::transport::owned_tls;
+use crate::transport::owned_tls::{self, TlsReader, TlsWriter};
 use crate::transport::tls::PeerIdentity;
 
 /// What the reader does after a pass, with no side borrowed.
@@ -55,19 +55,33 @@ pub async fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) {
     crate::transport::socket::tune(&tcp, settings);
     let preface_by = monoio::time::Instant::now() + settings.handshake_timeout;
     let tls = relay.server.snapshot().tls.clone();
-    let (mut reader, writer, identity) = match tls {
-        None => {
-            let (r, w) = tcp.into_split();
-            (Reader::Tcp(r), Writer::Tcp(w), None)
-        }
-        Some(acceptor) => {
-            let config = acceptor.config().clone();
-            match secure(&relay, tcp, config, peer, preface_by).await {
-                Some(secured) => secured,
-                None => return,
-            }
-        }
+    let Some(acceptor) = tls else {
+        let (reader, writer) = tcp.into_split();
+        return serve_on(relay, reader, writer, None, peer, preface_by).await;
     };
+    // Boxed, as the TLS connection's whole task: the handshake's state
+    // (rustls's connection among it) and TLS's reads and writes would
+    // otherwise make every connection's task larger, cleartext or not.
+    let config = acceptor.config().clone();
+    let Some((reader, writer, identity)) =
+        Box::pin(secure(&relay, tcp, config, peer, preface_by)).await
+    else {
+        return;
+    };
+    Box::pin(serve_on(relay, reader, writer, identity, peer, preface_by)).await;
+}
+
+/// Serves a client connection over its halves (TCP, or TLS after the
+/// handshake) until it ends.
+async fn serve_on<R: Source, W: Sink + 'static>(
+    relay: Rc<Relay>,
+    mut reader: R,
+    writer: W,
+    identity: Option<Rc<PeerIdentity>>,
+    peer: SocketAddr,
+    preface_by: monoio::time::Instant,
+) {
+    let settings = &relay.server.settings;
     let mut out = Outbox::new();
     let conn = Connection::new(Role::Server, relay.downstream_limits, &mut out);
     let side = Side::new(
@@ -109,7 +123,7 @@ async fn secure(
     config: std::sync::Arc<rustls::ServerConfig>,
     peer: SocketAddr,
     by: monoio::time::Instant,
-) -> Option<(Reader, Writer, Option<Rc<PeerIdentity>>)> {
+) -> Option<(TlsReader, TlsWriter, Option<Rc<PeerIdentity>>)> {
     let server = &relay.server;
     let place = server.handshakes.enter();
     let handshake = monoio::time::timeout_at(by, owned_tls::accept(&mut tcp, config));
@@ -139,13 +153,13 @@ async fn secure(
         .and_then(|chain| chain.first())
         .map(|leaf| Rc::new(PeerIdentity::from_der(leaf)));
     let (r, w) = owned_tls::split(tcp, conn, cipher);
-    Some((Reader::Tls(r), Writer::Tls(w), identity))
+    Some((r, w, identity))
 }
 
-async fn run(
+async fn run<R: Source>(
     relay: &Rc<Relay>,
     side: &Rc<Side>,
-    reader: &mut Reader,
+    reader: &mut R,
     peer: SocketAddr,
     preface_by: monoio::time::Instant,
 ) {

@@ -20,7 +20,7 @@ use crate::http2::connection::Event;
 use crate::http2::frame::ErrorCode;
 use crate::http2::headers::Kind;
 use crate::relay::calls::{forward_down, push_up, release_down, status_of_reset, Hold};
-use crate::relay::wire::{shrink, write_loop, Reader, Side, Writer, READ_SMALL};
+use crate::relay::wire::{shrink, write_loop, Side, Sink, Source, READ_SMALL};
 use crate::relay::worker::Relay;
 use crate::runtime::wake::Latch;
 use crate::telemetry::metrics::add;
@@ -131,30 +131,40 @@ async fn run(
         Err(_) => return Err(UpstreamError::ConnectTimeout { addr, timeout }),
     };
     crate::transport::socket::tune(&tcp, settings);
-    let (mut reader, writer) = match dial.tls {
-        None => {
-            let (r, w) = tcp.into_split();
-            (Reader::Tcp(r), Writer::Tcp(w))
-        }
-        Some(tls) => {
-            let config = tls.connector.config().clone();
-            let handshake = owned_tls::connect(&mut tcp, config, tls.server_name.clone());
-            let secured = monoio::select! {
-                s = monoio::time::timeout_at(deadline, handshake) => s,
-                _ = stop.wait() => return Ok(()),
-            };
-            let (conn, cipher) = match secured {
-                Ok(Ok(secured)) => secured,
-                Ok(Err(source)) => return Err(UpstreamError::Tls { addr, source }),
-                Err(_) => return Err(UpstreamError::ConnectTimeout { addr, timeout }),
-            };
-            if conn.alpn_protocol() != Some(b"h2") {
-                tracing::debug!(upstream = %addr, "upstream TLS did not negotiate ALPN h2; speaking HTTP/2 anyway");
-            }
-            let (r, w) = owned_tls::split(tcp, conn, cipher);
-            (Reader::Tls(r), Writer::Tls(w))
-        }
+    let Some(tls) = dial.tls.clone() else {
+        let (reader, writer) = tcp.into_split();
+        return serve(relay, side, endpoint, &dial, reader, writer).await;
     };
+    let config = tls.connector.config().clone();
+    let handshake = owned_tls::connect(&mut tcp, config, tls.server_name.clone());
+    let secured = monoio::select! {
+        s = monoio::time::timeout_at(deadline, Box::pin(handshake)) => s,
+        _ = stop.wait() => return Ok(()),
+    };
+    let (conn, cipher) = match secured {
+        Ok(Ok(secured)) => secured,
+        Ok(Err(source)) => return Err(UpstreamError::Tls { addr, source }),
+        Err(_) => return Err(UpstreamError::ConnectTimeout { addr, timeout }),
+    };
+    if conn.alpn_protocol() != Some(b"h2") {
+        tracing::debug!(upstream = %addr, "upstream TLS did not negotiate ALPN h2; speaking HTTP/2 anyway");
+    }
+    let (reader, writer) = owned_tls::split(tcp, conn, cipher);
+    Box::pin(serve(relay, side, endpoint, &dial, reader, writer)).await
+}
+
+/// Serves an upstream connection over its halves (TCP, or TLS after the
+/// handshake) until it ends.
+async fn serve<R: Source, W: Sink + 'static>(
+    relay: &Rc<Relay>,
+    side: &Rc<Side>,
+    endpoint: &Endpoint,
+    dial: &Dial,
+    mut reader: R,
+    writer: W,
+) -> Result<(), UpstreamError> {
+    let stop = relay.server.stop.clone();
+    let addr = endpoint.addr();
     endpoint.reachable();
     endpoint.relayed(true);
     let _counted = Counted(endpoint);

@@ -167,7 +167,7 @@ const SEGMENTS_PER_WRITE: usize = 512;
 
 /// Buffers for one vectored write, and the iovecs that point into them.
 #[derive(Default)]
-struct Segments {
+pub struct Segments {
     bufs: Vec<Bytes>,
     iovecs: Vec<libc::iovec>,
 }
@@ -222,9 +222,9 @@ unsafe impl monoio::buf::IoVecBuf for Segments {
 /// `writev`, so a pass that made frames for many streams costs one
 /// syscall. When DATA was held back for the write budget and what waits
 /// is down to half of it, `drained` pushes the connection's calls again.
-pub async fn write_loop(
+pub async fn write_loop<W: Sink>(
     side: Rc<Side>,
-    mut io: Writer,
+    mut io: W,
     stop: Rc<Latch>,
     drained: impl Fn(&Rc<Side>),
 ) {
@@ -284,84 +284,98 @@ pub async fn write_loop(
     io.shutdown().await;
 }
 
-/// A connection's reading half: TCP, or TLS over it.
-pub enum Reader {
-    /// Cleartext.
-    Tcp(TcpOwnedReadHalf),
-    /// TLS, decrypted into the read buffer.
-    Tls(TlsReader),
+/// A connection's reading half: TCP, or TLS over it. Generic rather than
+/// an enum, so that a cleartext connection's tasks carry no TLS state.
+pub trait Source {
+    /// Reads more bytes onto the end of `buf`, as [`read_more`].
+    fn read_more(
+        &mut self,
+        buf: BytesMut,
+        want: &mut usize,
+    ) -> impl std::future::Future<Output = (std::io::Result<usize>, BytesMut)>;
 }
 
-impl Reader {
-    /// Reads more bytes onto the end of `buf`, as [`read_more`].
-    pub async fn read_more(
+impl Source for TcpOwnedReadHalf {
+    async fn read_more(
         &mut self,
         buf: BytesMut,
         want: &mut usize,
     ) -> (std::io::Result<usize>, BytesMut) {
-        match self {
-            Reader::Tcp(io) => read_more(io, buf, want).await,
-            Reader::Tls(tls) => {
-                let mut buf = buf;
-                let read = tls.read_into(&mut buf, *want).await;
-                if read.as_ref().is_ok_and(|&n| n == *want) {
-                    *want = (*want * 2).min(READ_LARGE);
-                }
-                (read, buf)
-            }
+        read_more(self, buf, want).await
+    }
+}
+
+impl Source for TlsReader {
+    async fn read_more(
+        &mut self,
+        buf: BytesMut,
+        want: &mut usize,
+    ) -> (std::io::Result<usize>, BytesMut) {
+        let mut buf = buf;
+        let read = self.read_into(&mut buf, *want).await;
+        if read.as_ref().is_ok_and(|&n| n == *want) {
+            *want = (*want * 2).min(READ_LARGE);
         }
+        (read, buf)
     }
 }
 
 /// A connection's writing half: TCP, or TLS over it.
-pub enum Writer {
-    /// Cleartext.
-    Tcp(TcpOwnedWriteHalf),
-    /// TLS: what is written is encrypted first.
-    Tls(TlsWriter),
+pub trait Sink {
+    /// Writes some of `batch`: returns how much.
+    fn write(
+        &mut self,
+        batch: Segments,
+    ) -> impl std::future::Future<Output = (std::io::Result<usize>, Segments)>;
+
+    /// Completes when the connection owes records of its own (TLS), to be
+    /// written with [`flush_owed`](Self::flush_owed); never, for TCP.
+    fn owed(&self) -> impl std::future::Future<Output = ()>;
+
+    /// Writes what the connection owes.
+    fn flush_owed(&mut self) -> impl std::future::Future<Output = std::io::Result<()>>;
+
+    /// Ends the writing side.
+    fn shutdown(&mut self) -> impl std::future::Future<Output = ()>;
 }
 
-impl Writer {
-    /// Writes some of `batch`: returns how much.
+impl Sink for TcpOwnedWriteHalf {
+    // Not monoio's write_vectored_all: in 0.2.4 it does not advance within
+    // a partly written iovec, and would write those bytes twice.
     async fn write(&mut self, mut batch: Segments) -> (std::io::Result<usize>, Segments) {
-        match self {
-            // Not monoio's write_vectored_all: in 0.2.4 it does not advance
-            // within a partly written iovec, and would write those bytes
-            // twice.
-            Writer::Tcp(io) => {
-                batch.index();
-                io.writev(batch).await
-            }
-            Writer::Tls(tls) => {
-                let written = tls.write(&batch.bufs).await;
-                (written, batch)
-            }
-        }
+        batch.index();
+        self.writev(batch).await
     }
 
-    /// Waits until the connection owes TLS records of its own (never, for
-    /// TCP).
     async fn owed(&self) {
-        match self {
-            Writer::Tcp(_) => std::future::pending().await,
-            Writer::Tls(tls) => tls.owed().await,
-        }
+        std::future::pending().await
     }
 
     async fn flush_owed(&mut self) -> std::io::Result<()> {
-        match self {
-            Writer::Tcp(_) => Ok(()),
-            Writer::Tls(tls) => tls.flush_owed().await,
-        }
+        Ok(())
     }
 
     async fn shutdown(&mut self) {
-        match self {
-            Writer::Tcp(io) => {
-                let _ = io.shutdown().await;
-            }
-            Writer::Tls(tls) => tls.shutdown().await,
-        }
+        let _ = AsyncWriteRent::shutdown(self).await;
+    }
+}
+
+impl Sink for TlsWriter {
+    async fn write(&mut self, batch: Segments) -> (std::io::Result<usize>, Segments) {
+        let written = TlsWriter::write(self, &batch.bufs).await;
+        (written, batch)
+    }
+
+    async fn owed(&self) {
+        TlsWriter::owed(self).await
+    }
+
+    async fn flush_owed(&mut self) -> std::io::Result<()> {
+        TlsWriter::flush_owed(self).await
+    }
+
+    async fn shutdown(&mut self) {
+        TlsWriter::shutdown(self).await
     }
 }
 
