@@ -39,6 +39,8 @@ type UpstreamKey = (SocketAddr, u64);
 
 /// Buffers of ended retry holds a worker keeps for the next ones.
 const SPARE_HOLDS: usize = 256;
+/// The largest of them it keeps (256 of them: 1 MiB at most).
+const SPARE_CAPACITY: usize = 4096;
 
 /// The window an upstream stream starts with (HTTP/2's default).
 const INITIAL_UPSTREAM_WINDOW: u32 = 65_535;
@@ -461,11 +463,13 @@ impl Relay {
         self.spare_buffer(hold.bytes);
     }
 
-    /// Keeps a hold's buffer for the next hold.
+    /// Keeps a hold's buffer for the next hold, if it is small: what a
+    /// unary call's head and message take. A large one (a big request,
+    /// held in full) is let go, so that the spares never keep more than
+    /// `SPARE_HOLDS` x `SPARE_CAPACITY` after a burst of them.
     pub fn spare_buffer(&self, mut bytes: Vec<u8>) {
         let mut spare = self.spare.borrow_mut();
-        let limit = self.server.settings.retry_buffer;
-        if spare.len() < SPARE_HOLDS && bytes.capacity() <= 2 * limit + 4096 {
+        if spare.len() < SPARE_HOLDS && bytes.capacity() <= SPARE_CAPACITY {
             bytes.clear();
             spare.push(bytes);
         }
