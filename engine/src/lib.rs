@@ -16,8 +16,8 @@
 //! 3. [`grpc`]: status codes and trailers-only answers, `grpc-timeout`,
 //!    hop-by-hop headers.
 //! 4. [`runtime`]: cores, monoio runtimes and drivers, the SO_REUSEPORT
-//!    listeners, wake-up primitives, a room that evicts its longest stay,
-//!    the worker mailbox.
+//!    listeners, wake-up primitives, many timers on one task, a room that
+//!    evicts its longest stay, the worker mailbox.
 //! 5. [`config`]: the file's schema, parsing, units and validation.
 //! 6. [`transport`]: TLS, HTTP/2 connection set-up, write batching, the
 //!    GOAWAY frame scan.
@@ -29,7 +29,7 @@
 //! 11. [`downstream`]: client connections and calls, and the config
 //!     snapshot a call sees.
 //! 12. [`relay`]: calls on the engine's own HTTP/2 frame layer, both legs
-//!     (`[http2] frame_path = "own"`).
+//!     (the default, `[http2] frame_path = "own"`).
 //! 13. [`control`]: [`ProxyBuilder`], [`ProxyHandle`] and the
 //!     [`Controller`] (reload, scrape, drain), and the worker threads.
 //!

@@ -11,9 +11,6 @@
 //! on the heap, for its next timer; a connection that closed is dropped
 //! when its entry comes due.
 
-use std::cell::{Cell, RefCell};
-use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 
@@ -21,7 +18,8 @@ use monoio::time::Instant;
 
 use crate::config::Settings;
 use crate::relay::wire::Side;
-use crate::runtime::wake::{Latch, Notify};
+use crate::runtime::timers::Timers;
+use crate::runtime::wake::Latch;
 
 /// One client connection's timers.
 #[derive(Clone, Copy, Debug)]
@@ -65,111 +63,34 @@ impl Keep {
     }
 }
 
-/// A connection's next timer on the heap, and its timers' state.
-struct Due {
-    at: Instant,
-    /// Orders entries due at the same instant.
-    seq: u64,
-    side: Weak<Side>,
-    keep: Keep,
-}
-
-impl PartialEq for Due {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl Eq for Due {}
-
-impl PartialOrd for Due {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Due {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
-/// The timers of one worker's client connections.
+/// The timers of one worker's client connections: each connection's next
+/// one, with its timers' state.
 #[derive(Default)]
 pub struct Keepers {
-    heap: RefCell<BinaryHeap<Reverse<Due>>>,
-    seq: Cell<u64>,
-    /// Wakes [`run`](Self::run) when an earlier timer arrives.
-    timer: Notify,
+    timers: Timers<(Weak<Side>, Keep)>,
 }
 
 impl Keepers {
     /// Starts keeping `side` with timers `keep`.
     pub fn watch(&self, side: &Rc<Side>, keep: Keep) {
         if let Some(at) = keep.next() {
-            self.push(at, Rc::downgrade(side), keep);
+            self.timers.push(at, (Rc::downgrade(side), keep));
         }
     }
 
-    fn push(&self, at: Instant, side: Weak<Side>, keep: Keep) {
-        let seq = self.seq.get().wrapping_add(1);
-        self.seq.set(seq);
-        let mut heap = self.heap.borrow_mut();
-        let earliest = heap.peek().is_none_or(|Reverse(first)| at < first.at);
-        heap.push(Reverse(Due {
-            at,
-            seq,
-            side,
-            keep,
-        }));
-        drop(heap);
-        if earliest {
-            self.timer.notify_all();
-        }
-    }
-
-    /// Runs the timers as they come due, until `stop`.
+    /// Runs the timers as they come due, until `stop`; a connection that
+    /// closed is dropped when its entry comes due.
     pub async fn run(&self, settings: &Settings, stop: &Latch) {
-        loop {
-            let next = self.heap.borrow().peek().map(|Reverse(due)| due.at);
-            monoio::select! {
-                _ = sleep_until(next) => {}
-                _ = self.timer.notified() => continue,
-                _ = stop.wait() => return,
-            }
-            let now = Instant::now();
-            loop {
-                let due = {
-                    let mut heap = self.heap.borrow_mut();
-                    match heap.peek() {
-                        Some(Reverse(due)) if due.at <= now => heap.pop(),
-                        _ => None,
-                    }
-                };
-                let Some(Reverse(due)) = due else {
-                    break;
-                };
-                let Some(side) = due.side.upgrade() else {
-                    continue;
-                };
+        self.timers
+            .run(stop, |(weak, mut keep), now| {
+                let side = weak.upgrade()?;
                 if side.closed.is_set() {
-                    continue;
+                    return None;
                 }
-                let mut keep = due.keep;
-                if let Some(at) = step(&side, &mut keep, settings, now) {
-                    // Never due again within this pass.
-                    let at = at.max(now + std::time::Duration::from_millis(1));
-                    self.push(at, due.side, keep);
-                }
-            }
-        }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => monoio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+                let at = step(&side, &mut keep, settings, now)?;
+                Some((at, (weak, keep)))
+            })
+            .await;
     }
 }
 

@@ -7,8 +7,7 @@
 //! of any side when they call it.
 
 use std::cell::{Cell, RefCell};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 
@@ -24,7 +23,7 @@ use crate::http2::outbox::Outbox;
 use crate::relay::calls::{answer, open_stream, Call, Calls, Hold};
 use crate::relay::keeper::Keepers;
 use crate::relay::wire::Side;
-use crate::runtime::wake::Notify;
+use crate::runtime::timers::Timers;
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::add;
 use crate::transport::tls::PeerIdentity;
@@ -61,10 +60,9 @@ pub struct Relay {
     /// Client connections, to tell them when the worker drains.
     downstreams: RefCell<Vec<Weak<Side>>>,
     draining: Cell<bool>,
-    /// Calls with a deadline, earliest first: (when, serial, key).
-    deadlines: RefCell<BinaryHeap<Reverse<(Instant, u64, usize)>>>,
-    /// Wakes the deadline task when an earlier deadline arrives.
-    timer: Notify,
+    /// Calls to look at when their deadline (or silence) is due: (serial,
+    /// key).
+    deadlines: Timers<(u64, usize)>,
     serial: Cell<u64>,
     /// How much more upstream stream windows may grow on this worker, in
     /// all (see [`release_down`](crate::relay::calls::release_down)).
@@ -110,8 +108,7 @@ impl Relay {
             upstream_limits,
             downstreams: RefCell::new(Vec::new()),
             draining: Cell::new(false),
-            deadlines: RefCell::new(BinaryHeap::new()),
-            timer: Notify::default(),
+            deadlines: Timers::default(),
             serial: Cell::new(0),
             allowance: Cell::new(allowance),
             spare: RefCell::new(Vec::new()),
@@ -179,22 +176,15 @@ impl Relay {
     /// ends with DEADLINE_EXCEEDED if its deadline has passed or it is
     /// still silent (see [`Calls::overdue`](crate::relay::calls::Calls::overdue)).
     pub fn expire_at(&self, at: Instant, serial: u64, key: usize) {
-        let mut deadlines = self.deadlines.borrow_mut();
         // Entries of calls that ended stay until they come due; past twice
         // the calls in flight, they go, so the heap stays in proportion.
         let live = self.calls.borrow().len();
-        if deadlines.len() > 2 * live + 1024 {
+        if self.deadlines.len() > 2 * live + 1024 {
             let calls = self.calls.borrow();
-            deadlines.retain(|Reverse((_, serial, key))| calls.is_current(*key, *serial));
+            self.deadlines
+                .retain(|&(serial, key)| calls.is_current(key, serial));
         }
-        let earliest = deadlines
-            .peek()
-            .is_none_or(|Reverse((first, _, _))| at < *first);
-        deadlines.push(Reverse((at, serial, key)));
-        drop(deadlines);
-        if earliest {
-            self.timer.notify_all();
-        }
+        self.deadlines.push(at, (serial, key));
     }
 
     /// Spawns one of the relay's own tasks (its timers, an upstream
@@ -227,35 +217,15 @@ impl Relay {
     /// task and one timer for all of the worker's deadlines.
     pub async fn run_deadlines(self: Rc<Self>) {
         let stop = self.server.stop.clone();
-        loop {
-            let next = self
-                .deadlines
-                .borrow()
-                .peek()
-                .map(|Reverse((at, _, _))| *at);
-            monoio::select! {
-                _ = sleep_until(next) => {}
-                _ = self.timer.notified() => continue,
-                _ = stop.wait() => return,
-            }
-            let now = Instant::now();
-            loop {
-                let due = {
-                    let mut deadlines = self.deadlines.borrow_mut();
-                    match deadlines.peek() {
-                        Some(Reverse((at, _, _))) if *at <= now => deadlines.pop(),
-                        _ => None,
-                    }
-                };
-                let Some(Reverse((_, serial, key))) = due else {
-                    break;
-                };
+        self.deadlines
+            .run(&stop, |(serial, key), now| {
                 let overdue = self.calls.borrow().overdue(key, serial, now);
                 if let Some(why) = overdue {
                     self.expire(key, why);
                 }
-            }
-        }
+                None
+            })
+            .await;
     }
 
     /// A call's deadline passed, or it stayed silent (`why`): the client
@@ -603,14 +573,6 @@ impl Relay {
         let counters = &self.server.calls.counters;
         add(&counters.streams_active, 1);
         add(&counters.calls_started, 1);
-    }
-}
-
-/// Sleeps until `at`, or for ever.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => monoio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
