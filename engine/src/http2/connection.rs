@@ -1644,4 +1644,87 @@ mod tests {
         assert!(seen.rst().is_empty());
         assert_eq!(seen.events.len(), 1);
     }
+
+    mod hostile {
+        //! Generated frame sequences, as a fuzzer would send them (a
+        //! stable-toolchain stand-in for cargo-fuzz): any mix of frame
+        //! types, flags, stream ids and payloads, valid heads among them,
+        //! split at any byte, never panics the machine, never lets it hold
+        //! more streams than it allows, and never makes it write without
+        //! bound for what it reads.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_frame() -> impl Strategy<Value = Vec<u8>> {
+            let stream = prop_oneof![Just(0u32), 1u32..8, Just(0x7fff_ffff)];
+            let payload = prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..48),
+                Just(block(&REQUEST)),
+                Just(block(&[("grpc-status", "0")])),
+                any::<u32>().prop_map(|n| n.to_be_bytes().to_vec()),
+            ];
+            (0u8..12, any::<u8>(), stream, payload).prop_map(|(kind, flags, stream, payload)| {
+                let mut f = Vec::new();
+                frame::write_head(&mut f, payload.len(), kind, flags, stream);
+                f.extend_from_slice(&payload);
+                f
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_frames_split_anywhere_never_panic_or_overrun(
+                frames in proptest::collection::vec(any_frame(), 1..40),
+                cut in any::<usize>(),
+                release in any::<bool>(),
+            ) {
+                let limits = Limits {
+                    max_concurrent_streams: 3,
+                    stream_window: 100,
+                    stream_window_max: 400,
+                    connection_window: 65_535,
+                    max_header_list_size: 1024,
+                    max_header_block: 2048,
+                    max_continuations: 4,
+                    max_resets_per_tick: 5,
+                    max_control_frames_per_tick: 20,
+                    max_empty_data_per_tick: 5,
+                    ..Limits::default()
+                };
+                let mut s = Server::new(limits);
+                let bytes: Vec<u8> = frames.concat();
+                let cut = if bytes.is_empty() { 0 } else { cut % bytes.len() };
+                let mut buf = BytesMut::new();
+                let mut written = 0usize;
+                for piece in [&bytes[..cut], &bytes[cut..]] {
+                    buf.extend_from_slice(piece);
+                    let mut data = Vec::new();
+                    let result = s.conn.recv(&mut buf, &mut s.out, |e| {
+                        if let Event::Data { stream, data: d, .. } = e {
+                            data.push((stream, d.len() as u32));
+                        }
+                    });
+                    if release {
+                        for (stream, n) in data {
+                            s.conn.release_growing(stream, n, 1000, &mut s.out);
+                        }
+                    }
+                    prop_assert!(s.conn.streams().len() <= 3);
+                    written += s.out.take_all().len();
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                // SETTINGS and PING ACKs, resets, WINDOW_UPDATEs and one
+                // GOAWAY: bounded by what came in.
+                prop_assert!(
+                    written <= 64 + 2 * bytes.len() + 64 * frames.len(),
+                    "{written} bytes written for {} read", bytes.len()
+                );
+            }
+        }
+    }
 }
