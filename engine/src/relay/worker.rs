@@ -344,7 +344,7 @@ impl Relay {
     /// still sending is told to stop with NO_ERROR, an upstream still
     /// receiving is cancelled). A waiting call leaves its queue.
     pub fn finish(&self, key: usize) {
-        let Some(call) = self.calls.borrow_mut().remove(key) else {
+        let Some(mut call) = self.calls.borrow_mut().remove(key) else {
             return;
         };
         self.settle(&call);
@@ -353,7 +353,6 @@ impl Relay {
         } else {
             call.cluster.pending(false);
         }
-        let mut call = call;
         self.give_back_growth(&mut call);
         if let Some(hold) = call.hold.take() {
             self.unhold(hold);

@@ -65,32 +65,64 @@ async fn handshake(tcp: &mut TcpStream, mut conn: Connection) -> io::Result<(Con
     // Our own write budget bounds what waits; rustls's is not needed.
     conn.set_buffer_limit(None);
     let mut out = Vec::new();
-    let mut cipher = Vec::with_capacity(CIPHER_READ);
-    let mut start = 0;
+    let mut cipher = Cipher::new(Vec::with_capacity(CIPHER_READ));
     loop {
         // What the handshake has to say goes first, an alert included.
         out = write_owed(tcp, &mut conn, out).await?;
         if !conn.is_handshaking() {
-            cipher.drain(..start);
-            return Ok((conn, cipher));
+            return Ok((conn, cipher.into_rest()));
         }
-        if start == cipher.len() {
-            cipher.clear();
-            start = 0;
-            let (read, c) = tcp.read(cipher).await;
-            cipher = c;
-            if read? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
+        if !cipher.refill(tcp).await? {
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let mut rest = &cipher[start..];
-        let fed = conn.read_tls(&mut rest);
-        start = cipher.len() - rest.len();
-        fed?;
-        if let Err(e) = conn.process_new_packets() {
+        if let Err(e) = cipher.feed(&mut conn) {
             let _ = write_owed(tcp, &mut conn, out).await;
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            return Err(e);
         }
+    }
+}
+
+/// Ciphertext read from the socket that rustls has not taken yet.
+struct Cipher {
+    buf: Vec<u8>,
+    /// Where what rustls has not taken starts.
+    start: usize,
+}
+
+impl Cipher {
+    fn new(buf: Vec<u8>) -> Cipher {
+        Cipher { buf, start: 0 }
+    }
+
+    /// Reads more from `io` once rustls has taken all there was;
+    /// `Ok(false)` at the end of the stream.
+    async fn refill<R: AsyncReadRent>(&mut self, io: &mut R) -> io::Result<bool> {
+        if self.start < self.buf.len() {
+            return Ok(true);
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        self.start = 0;
+        let (read, buf) = io.read(buf).await;
+        self.buf = buf;
+        Ok(read? > 0)
+    }
+
+    /// Hands rustls what it takes of the ciphertext, and has it processed.
+    fn feed(&mut self, conn: &mut Connection) -> io::Result<()> {
+        let mut rest = &self.buf[self.start..];
+        let fed = conn.read_tls(&mut rest);
+        self.start = self.buf.len() - rest.len();
+        fed?;
+        conn.process_new_packets()
+            .map(drop)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// What rustls has not taken, for the reading half.
+    fn into_rest(mut self) -> Vec<u8> {
+        self.buf.drain(..self.start);
+        self.buf
     }
 }
 
@@ -125,8 +157,7 @@ pub fn split(tcp: TcpStream, conn: Connection, cipher: Vec<u8>) -> (TlsReader, T
         TlsReader {
             io: read,
             shared: shared.clone(),
-            cipher: buf,
-            start: 0,
+            cipher: Cipher::new(buf),
         },
         TlsWriter {
             io: write,
@@ -140,9 +171,7 @@ pub fn split(tcp: TcpStream, conn: Connection, cipher: Vec<u8>) -> (TlsReader, T
 pub struct TlsReader {
     io: TcpOwnedReadHalf,
     shared: Rc<Shared>,
-    cipher: Vec<u8>,
-    /// Where the ciphertext rustls has not taken yet starts.
-    start: usize,
+    cipher: Cipher,
 }
 
 impl TlsReader {
@@ -154,28 +183,15 @@ impl TlsReader {
             if let Some(n) = self.plaintext(buf, want)? {
                 return Ok(n);
             }
-            if self.start == self.cipher.len() {
-                let mut cipher = std::mem::take(&mut self.cipher);
-                cipher.clear();
-                self.start = 0;
-                let (read, c) = self.io.read(cipher).await;
-                self.cipher = c;
-                if read? == 0 {
-                    return Ok(0);
-                }
+            if !self.cipher.refill(&mut self.io).await? {
+                return Ok(0);
             }
             let mut conn = self.shared.conn.borrow_mut();
-            let mut rest = &self.cipher[self.start..];
-            let fed = conn.read_tls(&mut rest);
-            self.start = self.cipher.len() - rest.len();
-            fed?;
-            let processed = conn.process_new_packets();
+            let fed = self.cipher.feed(&mut conn);
             if conn.wants_write() {
                 self.shared.owed.notify_all();
             }
-            if let Err(e) = processed {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
+            fed?;
         }
     }
 
