@@ -9,6 +9,8 @@
 //! - [`admin`]: one HTTP/1.1 request to the admin endpoint.
 //! - [`relay`]: a TCP relay that can go silent (a dead link).
 //! - [`raw`]: a bare h2 client, for what tonic would hide.
+//! - [`peer`]: a hand-made HTTP/2 peer, frames built byte by byte, for
+//!   conformance tests of both legs.
 //! - [`proxy_test!`]: turns one async test body into two tests, one per
 //!   monoio driver (io_uring, legacy).
 //!
@@ -21,6 +23,7 @@ pub mod admin;
 pub mod client;
 pub mod codec;
 pub mod echo;
+pub mod peer;
 pub mod pki;
 pub mod raw;
 pub mod relay;

@@ -233,6 +233,10 @@ pub struct Connection {
     going_away: Option<u32>,
     /// The peer sent GOAWAY: we open nothing more.
     peer_going_away: bool,
+    /// The last few streams that closed normally, after the peer's
+    /// END_STREAM: DATA or HEADERS on one of them is the peer's mistake,
+    /// not a frame in flight past our reset (RFC 9113 5.1).
+    ended: [u32; 4],
     failed: Option<ConnectionError>,
 }
 
@@ -278,6 +282,7 @@ impl Connection {
             budget: Budget::default(),
             going_away: None,
             peer_going_away: false,
+            ended: [0; 4],
             failed: None,
         }
     }
@@ -583,14 +588,20 @@ impl Connection {
                 stream
             }
             None if self.ours(id) => {
-                // A response on a stream of ours that is gone (reset by
-                // us), or was never opened.
+                // A head on a stream of ours that is gone, or was never
+                // opened.
                 if self.is_idle(id) {
                     return Err(error(
                         ErrorCode::PROTOCOL_ERROR,
                         "HEADERS on an idle stream of ours",
                     ));
                 }
+                if self.ended_by_peer(id) {
+                    return Err(error(ErrorCode::STREAM_CLOSED, "HEADERS after END_STREAM"));
+                }
+                // Reset: by us (it may have been in flight), or by the peer
+                // before (its mistake); either way a stream error.
+                out.put(|b| frame::write_rst_stream(b, id, ErrorCode::STREAM_CLOSED));
                 return Ok(());
             }
             None => {
@@ -600,10 +611,19 @@ impl Connection {
                         "HEADERS on a stream the server opened",
                     ));
                 }
-                if id <= self.last_remote {
+                // The last stream opened is closed now (RFC 9113 5.1); an id
+                // below it cannot open a stream either (5.1.1), whether it
+                // was used or skipped.
+                if id == self.last_remote {
                     return Err(error(
                         ErrorCode::STREAM_CLOSED,
                         "HEADERS on a closed stream",
+                    ));
+                }
+                if id < self.last_remote {
+                    return Err(error(
+                        ErrorCode::PROTOCOL_ERROR,
+                        "HEADERS on a stream id below the last one opened",
                     ));
                 }
                 self.last_remote = id;
@@ -677,7 +697,7 @@ impl Connection {
             stream.recv_open = false;
         }
         if !stream.recv_open && !stream.send_open {
-            self.streams.remove(stream.id);
+            self.retire(stream.id);
         } else if let Some(slot) = self.streams.get_mut(stream.id) {
             *slot = *stream;
         }
@@ -725,7 +745,11 @@ impl Connection {
             if self.is_idle(id) {
                 return Err(error(ErrorCode::PROTOCOL_ERROR, "DATA on an idle stream"));
             }
-            // A closed stream: the credit is ours to give back at once.
+            if self.ended_by_peer(id) {
+                return Err(error(ErrorCode::STREAM_CLOSED, "DATA after END_STREAM"));
+            }
+            // A closed stream, perhaps reset by us with this DATA in
+            // flight: the credit is ours to give back at once.
             self.credit_connection(flow, out);
             self.stream_error(id, ErrorCode::STREAM_CLOSED, out, on);
             return Ok(());
@@ -965,11 +989,25 @@ impl Connection {
         Ok(())
     }
 
+    /// Removes a stream that closed both ways normally, remembering it
+    /// among the last few so ended.
+    fn retire(&mut self, id: u32) {
+        self.streams.remove(id);
+        self.ended.rotate_right(1);
+        self.ended[0] = id;
+    }
+
+    /// Whether `id` is one of the last streams the peer ended with
+    /// END_STREAM and that then closed.
+    fn ended_by_peer(&self, id: u32) -> bool {
+        id != 0 && self.ended.contains(&id)
+    }
+
     fn close_send(&mut self, id: u32) {
         if let Some(stream) = self.streams.get_mut(id) {
             stream.send_open = false;
             if !stream.recv_open {
-                self.streams.remove(id);
+                self.retire(id);
             }
         }
     }
@@ -1316,10 +1354,11 @@ mod tests {
             s.feed(&data(1, 0, b"x")).rst(),
             [(1, ErrorCode::STREAM_CLOSED)]
         );
-        // HEADERS on a closed stream: connection error STREAM_CLOSED.
+        // HEADERS that would open a stream below the last one opened:
+        // connection error PROTOCOL_ERROR (5.1.1).
         let mut s = Server::new(Limits::default());
         s.feed(&request(3, true));
-        connection_error(&s.feed(&request(1, true)), ErrorCode::STREAM_CLOSED);
+        connection_error(&s.feed(&request(1, true)), ErrorCode::PROTOCOL_ERROR);
         // An even (server) stream id from a client.
         let mut s = Server::new(Limits::default());
         connection_error(&s.feed(&request(2, true)), ErrorCode::PROTOCOL_ERROR);

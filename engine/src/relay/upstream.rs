@@ -283,9 +283,14 @@ fn pass(
             {
                 let mut dw = call.down.wire.borrow_mut();
                 let down = &mut *dw;
+                // The upstream's content-length is not passed on: the
+                // proxy ends a response that breaks it with a gRPC status,
+                // which a client holding the length would take as a
+                // protocol error instead.
+                let fields = list.all().filter(|(name, _, _)| *name != b"content-length");
                 let sent = down
                     .conn
-                    .send_headers(call.d, list.all(), end_stream, &mut down.out);
+                    .send_headers(call.d, fields, end_stream, &mut down.out);
                 if sent.is_err() {
                     later.push(Later::Finish(key));
                     return;

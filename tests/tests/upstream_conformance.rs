@@ -1,0 +1,917 @@
+//! HTTP/2 conformance of the upstream leg: a hand-made upstream
+//! ([`grpc_proxy_tests::peer`]) takes one gRPC call from the proxy and then
+//! misbehaves the way h2spec's client suite does (bad frame sizes, invalid
+//! HPACK, CONTINUATION misuse, frames on idle and closed streams, bad
+//! SETTINGS, malformed responses). For each case:
+//!
+//! - the proxy answers the upstream as RFC 9113 says: a connection error is
+//!   a GOAWAY with the named code, a stream error a RST_STREAM with it;
+//! - the client's call ends with a gRPC status (OK where the upstream only
+//!   did something unusual but allowed, and went on to answer);
+//! - the next call through the same proxy succeeds, on the same upstream
+//!   connection or a new one: one bad upstream connection harms nobody
+//!   after it.
+//!
+//! Cases keep h2spec's numbering (its client mode) where they have one.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use grpc_proxy_tests::peer::{
+    block, code, flag, frame, kind, message, priority, rst_stream, setting, settings_frame,
+    window_update, Frame, Peer, Seen, Verdict,
+};
+use grpc_proxy_tests::{proxy_test, proxy_to, Client};
+use tonic::{Code, Request};
+
+/// A case gets the upstream end of the proxy's connection and the stream
+/// id of the call it carries, whose request has arrived whole.
+type Case = fn(&mut Peer, u32) -> Verdict;
+
+/// Whether the call the case is given ends well for the client (any
+/// reply) or with a clean gRPC status.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Call {
+    Ok,
+    Fails,
+}
+
+const REPLY: &[u8] = b"upstream reply";
+
+/// Runs every case against its own proxy and upstream, and reports all
+/// that failed, by number.
+async fn run(driver: grpc_proxy::Driver, cases: &[(&str, &str, Call, Case)]) {
+    let mut failed = Vec::new();
+    for &(id, what, call, case) in cases {
+        if let Err(e) = run_case(driver, call, case).await {
+            failed.push(format!("{id} {what}: {e}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failed.len(),
+        cases.len(),
+        failed.join("\n")
+    );
+}
+
+async fn run_case(driver: grpc_proxy::Driver, call: Call, case: Case) -> Verdict {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let proxy = proxy_to(driver, listener.local_addr().expect("addr"));
+    let upstream = std::thread::spawn(move || -> Verdict {
+        let mut p = Peer::accept(&listener, &[])?;
+        let stream = request(&mut p)?;
+        case(&mut p, stream).map_err(|e| format!("the proxy's answer: {e}"))?;
+        serve_next(p, &listener).map_err(|e| format!("the next call: {e}"))
+    });
+    let mut client = Client::connect(proxy.local_addr()).await;
+    let first = unary(&mut client).await;
+    // The second call is made whatever became of the first, so that the
+    // upstream thread always ends.
+    let second = unary(&mut client).await;
+    let verdict = tokio::task::spawn_blocking(move || upstream.join())
+        .await
+        .expect("join")
+        .unwrap_or_else(|_| Err("the upstream thread panicked".into()));
+    verdict?;
+    match (call, first) {
+        (Call::Ok, Ok(_)) => {}
+        (Call::Ok, other) => return Err(format!("the call should succeed: {other:?}")),
+        (Call::Fails, Ok(reply)) => return Err(format!("the call should fail: {reply:?}")),
+        (Call::Fails, Err(status)) => clean(&status)?,
+    }
+    match second {
+        Ok(reply) if reply == REPLY => Ok(()),
+        other => Err(format!("the next call through the proxy: {other:?}")),
+    }
+}
+
+/// A failure the proxy chose, with a status a client can act on, not a
+/// broken transport.
+fn clean(status: &tonic::Status) -> Verdict {
+    let ok = matches!(
+        status.code(),
+        Code::Unavailable | Code::Internal | Code::Cancelled | Code::Unknown
+    ) && !status.message().contains("transport error")
+        && !status.message().contains("h2 protocol error");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the call failed without a clean status: {status:?}"
+        ))
+    }
+}
+
+async fn unary(client: &mut Client) -> Result<Bytes, tonic::Status> {
+    let mut request = Request::new(Bytes::from_static(b"conformance"));
+    request.set_timeout(Duration::from_secs(5));
+    client.unary("Unary", request).await.map(|r| r.into_inner())
+}
+
+/// Reads one whole request (HEADERS, then DATA to END_STREAM) and returns
+/// its stream id.
+fn request(p: &mut Peer) -> Result<u32, String> {
+    let head = next_frame(p, |f| f.kind == kind::HEADERS)?;
+    let mut ended = head.ends_stream();
+    while !ended {
+        ended = next_frame(p, |f| f.kind == kind::DATA && f.stream == head.stream)?.ends_stream();
+    }
+    Ok(head.stream)
+}
+
+/// The next frame `wanted` takes, answering PINGs and SETTINGS on the way.
+fn next_frame(p: &mut Peer, wanted: impl Fn(&Frame) -> bool) -> Result<Frame, String> {
+    loop {
+        match p.read() {
+            Seen::Frame(f) if wanted(&f) => return Ok(f),
+            Seen::Frame(f) => answer_control(p, &f),
+            other => return Err(format!("waiting for a request: {other:?}")),
+        }
+    }
+}
+
+fn answer_control(p: &mut Peer, f: &Frame) {
+    if f.kind == kind::PING && f.flags & flag::ACK == 0 {
+        p.send(&frame(kind::PING, flag::ACK, 0, &f.payload));
+    }
+    if f.kind == kind::SETTINGS && f.flags & flag::ACK == 0 {
+        p.send(&frame(kind::SETTINGS, flag::ACK, 0, &[]));
+    }
+}
+
+/// Serves the next request, on this connection or a new one.
+fn serve_next(mut p: Peer, listener: &TcpListener) -> Verdict {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok((tcp, _)) = listener.accept() {
+            tcp.set_nonblocking(false).expect("blocking");
+            p = Peer::accepted(tcp, &[])?;
+        }
+        match p.read_within(Duration::from_millis(20)) {
+            Seen::Frame(f) if f.kind == kind::HEADERS && f.flags & flag::END_STREAM == 0 => {
+                let stream = f.stream;
+                next_frame(&mut p, |d| {
+                    d.kind == kind::DATA && d.stream == stream && d.ends_stream()
+                })?;
+                respond(&mut p, stream);
+                // Stay until the proxy has read the answer.
+                let _ = p.expect_alive();
+                return Ok(());
+            }
+            Seen::Frame(f) => answer_control(&mut p, &f),
+            Seen::Closed => std::thread::sleep(Duration::from_millis(10)),
+            Seen::Timeout => {}
+        }
+    }
+    Err("no second call reached the upstream".into())
+}
+
+fn head_block() -> Vec<u8> {
+    block(&[(":status", "200"), ("content-type", "application/grpc")])
+}
+
+fn trailers_block() -> Vec<u8> {
+    block(&[("grpc-status", "0")])
+}
+
+fn head(stream: u32) -> Vec<u8> {
+    frame(kind::HEADERS, flag::END_HEADERS, stream, &head_block())
+}
+
+fn body(stream: u32) -> Vec<u8> {
+    frame(kind::DATA, 0, stream, &message(REPLY))
+}
+
+fn trailers(stream: u32) -> Vec<u8> {
+    frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        stream,
+        &trailers_block(),
+    )
+}
+
+/// A whole successful response on `stream`.
+fn respond(p: &mut Peer, stream: u32) {
+    let mut all = head(stream);
+    all.extend(body(stream));
+    all.extend(trailers(stream));
+    p.send(&all);
+}
+
+/// Responds, then checks the connection is still in good standing.
+fn respond_alive(p: &mut Peer, stream: u32) -> Verdict {
+    respond(p, stream);
+    p.expect_alive()
+}
+
+const CASES: &[(&str, &str, Call, Case)] = &[
+    ("1/1", "a response", Call::Ok, |p, s| respond_alive(p, s)),
+    (
+        "4.1/1",
+        "a frame of unknown type is ignored",
+        Call::Ok,
+        |p, s| {
+            p.send(&frame(0x16, 0, 0, b"unknown!"));
+            respond_alive(p, s)
+        },
+    ),
+    ("4.1/2", "undefined flags are ignored", Call::Ok, |p, s| {
+        p.send(&frame(kind::PING, 0x16, 0, b"flags!!!"));
+        p.expect_ping_ack(*b"flags!!!")?;
+        respond_alive(p, s)
+    }),
+    (
+        "4.1/3",
+        "the reserved bit of the stream id is ignored",
+        Call::Ok,
+        |p, s| {
+            p.send(&frame(kind::PING, 0, 0x8000_0000, b"reserved"));
+            p.expect_ping_ack(*b"reserved")?;
+            respond_alive(p, s)
+        },
+    ),
+    ("4.2/1", "a DATA frame of 2^14 octets", Call::Ok, |p, s| {
+        // One message that fills the frame: the proxy's first stream
+        // window (64 KiB) takes it whole.
+        let mut all = head(s);
+        all.extend(frame(kind::DATA, 0, s, &message(&[b'x'; 16_384 - 5])));
+        all.extend(trailers(s));
+        p.send(&all);
+        p.expect_alive()
+    }),
+    (
+        "4.2/2",
+        "DATA above the proxy's SETTINGS_MAX_FRAME_SIZE",
+        Call::Fails,
+        |p, s| {
+            let max = p.setting(setting::MAX_FRAME_SIZE).unwrap_or(16_384) as usize;
+            p.send(&head(s));
+            p.send(&frame(kind::DATA, 0, s, &vec![0u8; max + 1]));
+            p.expect_stream_error(s, code::FRAME_SIZE_ERROR)
+        },
+    ),
+    (
+        "4.2/3",
+        "HEADERS above the proxy's SETTINGS_MAX_FRAME_SIZE",
+        Call::Fails,
+        |p, s| {
+            let max = p.setting(setting::MAX_FRAME_SIZE).unwrap_or(16_384) as usize;
+            let big = "x".repeat(max);
+            let b = block(&[(":status", "200"), ("x-big", &big)]);
+            p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
+            p.expect_connection_error(code::FRAME_SIZE_ERROR)
+        },
+    ),
+    (
+        "4.3/1",
+        "an invalid header block fragment",
+        Call::Fails,
+        |p, s| {
+            p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, b"\x00\x0aabc"));
+            p.expect_connection_error(code::COMPRESSION_ERROR)
+        },
+    ),
+    (
+        "4.3/2",
+        "PRIORITY inside a header block",
+        Call::Fails,
+        |p, s| {
+            let b = head_block();
+            p.send(&frame(kind::HEADERS, 0, s, &b[..4]));
+            p.send(&priority(s, 0, 255));
+            p.send(&frame(kind::CONTINUATION, flag::END_HEADERS, s, &b[4..]));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    ("5.1/1", "idle: DATA", Call::Fails, |p, _| {
+        p.send(&frame(kind::DATA, flag::END_STREAM, 2, b"test"));
+        p.expect_connection_error(code::PROTOCOL_ERROR)
+    }),
+    ("5.1/2", "idle: RST_STREAM", Call::Fails, |p, _| {
+        p.send(&rst_stream(2, code::CANCEL));
+        p.expect_connection_error(code::PROTOCOL_ERROR)
+    }),
+    ("5.1/3", "idle: WINDOW_UPDATE", Call::Fails, |p, _| {
+        p.send(&window_update(2, 100));
+        p.expect_connection_error(code::PROTOCOL_ERROR)
+    }),
+    ("5.1/4", "idle: CONTINUATION", Call::Fails, |p, _| {
+        p.send(&frame(
+            kind::CONTINUATION,
+            flag::END_HEADERS,
+            2,
+            &head_block(),
+        ));
+        p.expect_connection_error(code::PROTOCOL_ERROR)
+    }),
+    (
+        "5.1/5",
+        "closed: DATA after RST_STREAM",
+        Call::Fails,
+        |p, s| {
+            p.send(&head(s));
+            p.send(&rst_stream(s, code::CANCEL));
+            p.send(&frame(kind::DATA, flag::END_STREAM, s, b"test"));
+            p.expect_stream_error(s, code::STREAM_CLOSED)
+        },
+    ),
+    (
+        "5.1/6",
+        "closed: HEADERS after RST_STREAM",
+        Call::Fails,
+        |p, s| {
+            p.send(&head(s));
+            p.send(&rst_stream(s, code::CANCEL));
+            p.send(&trailers(s));
+            p.expect_stream_error(s, code::STREAM_CLOSED)
+        },
+    ),
+    (
+        "5.1/7",
+        "closed: CONTINUATION after RST_STREAM",
+        Call::Fails,
+        |p, s| {
+            p.send(&head(s));
+            p.send(&rst_stream(s, code::CANCEL));
+            p.send(&frame(
+                kind::CONTINUATION,
+                flag::END_HEADERS,
+                s,
+                &trailers_block(),
+            ));
+            p.expect_stream_error_of(s, &[code::STREAM_CLOSED, code::PROTOCOL_ERROR])
+        },
+    ),
+    (
+        "5.1/8",
+        "closed: DATA after END_STREAM",
+        Call::Ok,
+        |p, s| {
+            respond(p, s);
+            p.send(&frame(kind::DATA, flag::END_STREAM, s, b"test"));
+            p.expect_connection_error(code::STREAM_CLOSED)
+        },
+    ),
+    (
+        "5.1/9",
+        "closed: HEADERS after END_STREAM",
+        Call::Ok,
+        |p, s| {
+            respond(p, s);
+            p.send(&trailers(s));
+            p.expect_connection_error(code::STREAM_CLOSED)
+        },
+    ),
+    (
+        "5.1/10",
+        "closed: CONTINUATION after END_STREAM",
+        Call::Ok,
+        |p, s| {
+            respond(p, s);
+            p.send(&frame(
+                kind::CONTINUATION,
+                flag::END_HEADERS,
+                s,
+                &trailers_block(),
+            ));
+            p.expect_connection_error_of(&[code::STREAM_CLOSED, code::PROTOCOL_ERROR])
+        },
+    ),
+    (
+        "5.1.1/1",
+        "HEADERS on an odd stream the proxy never opened",
+        Call::Fails,
+        |p, s| {
+            p.send(&frame(
+                kind::HEADERS,
+                flag::END_HEADERS,
+                s + 2,
+                &head_block(),
+            ));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "5.1.1/2",
+        "HEADERS on an even stream (a push without a promise)",
+        Call::Fails,
+        |p, _| {
+            p.send(&frame(kind::HEADERS, flag::END_HEADERS, 2, &head_block()));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    ("5.4.1/1", "an invalid PING", Call::Fails, |p, _| {
+        p.send(&frame(kind::PING, 0, 0, b"short"));
+        p.expect_connection_error(code::FRAME_SIZE_ERROR)
+    }),
+    (
+        "5.5/1",
+        "an unknown extension frame is ignored",
+        Call::Ok,
+        |p, s| {
+            p.send(&frame(0xff, 0, 0, b"extension frame"));
+            p.send(&frame(0xff, 0, s, b"extension frame"));
+            respond_alive(p, s)
+        },
+    ),
+    (
+        "5.5/2",
+        "an unknown frame inside a header block",
+        Call::Fails,
+        |p, s| {
+            let b = head_block();
+            p.send(&frame(kind::HEADERS, 0, s, &b[..4]));
+            p.send(&frame(0xff, 0, s, b"extension"));
+            p.send(&frame(kind::CONTINUATION, flag::END_HEADERS, s, &b[4..]));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    ("6.1/1", "DATA on stream 0", Call::Fails, |p, _| {
+        p.send(&frame(kind::DATA, 0, 0, b"test"));
+        p.expect_connection_error(code::PROTOCOL_ERROR)
+    }),
+    (
+        "6.1/2",
+        "DATA with a pad length past its end",
+        Call::Fails,
+        |p, s| {
+            p.send(&head(s));
+            p.send(&frame(kind::DATA, flag::PADDED, s, b"\x06test"));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "6.1/3",
+        "DATA and HEADERS with padding",
+        Call::Ok,
+        |p, s| {
+            let mut hp = vec![3u8];
+            hp.extend(head_block());
+            hp.extend([0u8; 3]);
+            p.send(&frame(
+                kind::HEADERS,
+                flag::PADDED | flag::END_HEADERS,
+                s,
+                &hp,
+            ));
+            let mut dp = vec![5u8];
+            dp.extend(message(REPLY));
+            dp.extend([0u8; 5]);
+            p.send(&frame(kind::DATA, flag::PADDED, s, &dp));
+            p.send(&trailers(s));
+            p.expect_alive()
+        },
+    ),
+    (
+        "6.2/1",
+        "HEADERS without END_HEADERS, then PRIORITY",
+        Call::Fails,
+        |p, s| {
+            p.send(&frame(kind::HEADERS, 0, s, &head_block()[..4]));
+            p.send(&priority(s, 0, 255));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    ("6.2/2", "HEADERS on stream 0", Call::Fails, |p, _| {
+        p.send(&frame(kind::HEADERS, flag::END_HEADERS, 0, &head_block()));
+        p.expect_connection_error(code::PROTOCOL_ERROR)
+    }),
+    (
+        "6.2/3",
+        "HEADERS with a pad length past its end",
+        Call::Fails,
+        |p, s| {
+            let mut hp = vec![200u8];
+            hp.extend(head_block());
+            p.send(&frame(
+                kind::HEADERS,
+                flag::PADDED | flag::END_HEADERS,
+                s,
+                &hp,
+            ));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    ("6.3/1", "PRIORITY on stream 0", Call::Fails, |p, _| {
+        p.send(&priority(0, 1, 255));
+        p.expect_connection_error(code::PROTOCOL_ERROR)
+    }),
+    ("6.3/2", "PRIORITY of 4 octets", Call::Fails, |p, s| {
+        p.send(&frame(kind::PRIORITY, 0, s, &[0, 0, 0, 0]));
+        p.expect_stream_error(s, code::FRAME_SIZE_ERROR)
+    }),
+    ("6.4/1", "RST_STREAM on stream 0", Call::Fails, |p, _| {
+        p.send(&rst_stream(0, code::CANCEL));
+        p.expect_connection_error(code::PROTOCOL_ERROR)
+    }),
+    (
+        "6.4/2",
+        "RST_STREAM on an idle stream",
+        Call::Fails,
+        |p, s| {
+            p.send(&rst_stream(s + 2, code::CANCEL));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    ("6.4/3", "RST_STREAM of 3 octets", Call::Fails, |p, s| {
+        p.send(&frame(kind::RST_STREAM, 0, s, &[0, 0, 0]));
+        p.expect_connection_error(code::FRAME_SIZE_ERROR)
+    }),
+    (
+        "6.5/1",
+        "a SETTINGS ACK with a payload",
+        Call::Fails,
+        |p, _| {
+            p.send(&frame(kind::SETTINGS, flag::ACK, 0, &[0, 4, 0, 0, 0, 1]));
+            p.expect_connection_error(code::FRAME_SIZE_ERROR)
+        },
+    ),
+    ("6.5/2", "SETTINGS on a stream", Call::Fails, |p, s| {
+        p.send(&frame(kind::SETTINGS, 0, s, &[0, 3, 0, 0, 0, 100]));
+        p.expect_connection_error(code::PROTOCOL_ERROR)
+    }),
+    (
+        "6.5/3",
+        "SETTINGS whose length is not a multiple of 6",
+        Call::Fails,
+        |p, _| {
+            p.send(&frame(kind::SETTINGS, 0, 0, &[0, 3, 0, 0]));
+            p.expect_connection_error(code::FRAME_SIZE_ERROR)
+        },
+    ),
+    (
+        "6.5.2/1",
+        "SETTINGS_ENABLE_PUSH of 2",
+        Call::Fails,
+        |p, _| {
+            p.send(&settings_frame(&[(setting::ENABLE_PUSH, 2)]));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "6.5.2/2",
+        "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1",
+        Call::Fails,
+        |p, _| {
+            p.send(&settings_frame(&[(setting::INITIAL_WINDOW_SIZE, 1 << 31)]));
+            p.expect_connection_error(code::FLOW_CONTROL_ERROR)
+        },
+    ),
+    (
+        "6.5.2/3",
+        "SETTINGS_MAX_FRAME_SIZE below 2^14",
+        Call::Fails,
+        |p, _| {
+            p.send(&settings_frame(&[(setting::MAX_FRAME_SIZE, 16_383)]));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "6.5.2/4",
+        "SETTINGS_MAX_FRAME_SIZE above 2^24-1",
+        Call::Fails,
+        |p, _| {
+            p.send(&settings_frame(&[(setting::MAX_FRAME_SIZE, 1 << 24)]));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "6.5.2/5",
+        "an unknown setting is ignored",
+        Call::Ok,
+        |p, s| {
+            p.send(&settings_frame(&[(0xff, 1)]));
+            respond_alive(p, s)
+        },
+    ),
+    ("6.5.3/1", "SETTINGS are acknowledged", Call::Ok, |p, s| {
+        p.send(&settings_frame(&[(setting::MAX_CONCURRENT_STREAMS, 50)]));
+        loop {
+            match p.read() {
+                Seen::Frame(f) if f.kind == kind::SETTINGS && f.flags & flag::ACK != 0 => break,
+                Seen::Frame(f) => answer_control(p, &f),
+                other => return Err(format!("expected a SETTINGS ACK; saw {other:?}")),
+            }
+        }
+        respond_alive(p, s)
+    }),
+    ("6.7/1", "PING is answered", Call::Ok, |p, s| {
+        p.send(&frame(kind::PING, 0, 0, b"h2spec!!"));
+        p.expect_ping_ack(*b"h2spec!!")?;
+        respond_alive(p, s)
+    }),
+    ("6.7/2", "a PING ACK is not answered", Call::Ok, |p, s| {
+        p.send(&frame(kind::PING, flag::ACK, 0, b"unwanted"));
+        p.send(&frame(kind::PING, 0, 0, b"expected"));
+        p.expect_ping_ack(*b"expected")?;
+        respond_alive(p, s)
+    }),
+    ("6.7/3", "PING on a stream", Call::Fails, |p, s| {
+        p.send(&frame(kind::PING, 0, s, b"onstream"));
+        p.expect_connection_error(code::PROTOCOL_ERROR)
+    }),
+    ("6.7/4", "PING of 6 octets", Call::Fails, |p, _| {
+        p.send(&frame(kind::PING, 0, 0, b"sixsix"));
+        p.expect_connection_error(code::FRAME_SIZE_ERROR)
+    }),
+    ("6.8/1", "GOAWAY on a stream", Call::Fails, |p, s| {
+        p.send(&frame(kind::GOAWAY, 0, s, &[0, 0, 0, 0, 0, 0, 0, 0]));
+        p.expect_connection_error(code::PROTOCOL_ERROR)
+    }),
+    (
+        "6.8/2",
+        "a GOAWAY that keeps the call lets it finish",
+        Call::Ok,
+        |p, s| {
+            let mut g = s.to_be_bytes().to_vec();
+            g.extend(code::NO_ERROR.to_be_bytes());
+            p.send(&frame(kind::GOAWAY, 0, 0, &g));
+            respond(p, s);
+            Ok(())
+        },
+    ),
+    (
+        "6.9/1",
+        "WINDOW_UPDATE of 0 on the connection",
+        Call::Fails,
+        |p, _| {
+            p.send(&window_update(0, 0));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "6.9/2",
+        "WINDOW_UPDATE of 0 on a stream",
+        Call::Fails,
+        |p, s| {
+            p.send(&window_update(s, 0));
+            p.expect_stream_error(s, code::PROTOCOL_ERROR)
+        },
+    ),
+    ("6.9/3", "WINDOW_UPDATE of 3 octets", Call::Fails, |p, _| {
+        p.send(&frame(kind::WINDOW_UPDATE, 0, 0, &[0, 0, 1]));
+        p.expect_connection_error(code::FRAME_SIZE_ERROR)
+    }),
+    (
+        "6.9.1/1",
+        "a connection window above 2^31-1",
+        Call::Fails,
+        |p, _| {
+            p.send(&window_update(0, 0x7fff_ffff));
+            p.send(&window_update(0, 0x7fff_ffff));
+            p.expect_connection_error(code::FLOW_CONTROL_ERROR)
+        },
+    ),
+    (
+        "6.9.1/2",
+        "a stream window above 2^31-1",
+        Call::Fails,
+        |p, s| {
+            p.send(&window_update(s, 0x7fff_ffff));
+            p.send(&window_update(s, 0x7fff_ffff));
+            p.expect_stream_error(s, code::FLOW_CONTROL_ERROR)
+        },
+    ),
+    (
+        "6.10/1",
+        "a response head in HEADERS and CONTINUATIONs",
+        Call::Ok,
+        |p, s| {
+            let b = head_block();
+            p.send(&frame(kind::HEADERS, 0, s, &b[..3]));
+            p.send(&frame(kind::CONTINUATION, 0, s, &b[3..8]));
+            p.send(&frame(kind::CONTINUATION, flag::END_HEADERS, s, &b[8..]));
+            p.send(&body(s));
+            p.send(&trailers(s));
+            p.expect_alive()
+        },
+    ),
+    (
+        "6.10/2",
+        "a header block followed by DATA",
+        Call::Fails,
+        |p, s| {
+            p.send(&frame(kind::HEADERS, 0, s, &head_block()[..4]));
+            p.send(&body(s));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    ("6.10/3", "CONTINUATION on stream 0", Call::Fails, |p, s| {
+        let b = head_block();
+        p.send(&frame(kind::HEADERS, 0, s, &b[..4]));
+        p.send(&frame(kind::CONTINUATION, flag::END_HEADERS, 0, &b[4..]));
+        p.expect_connection_error(code::PROTOCOL_ERROR)
+    }),
+    (
+        "6.10/4",
+        "CONTINUATION after HEADERS with END_HEADERS",
+        Call::Fails,
+        |p, s| {
+            p.send(&head(s));
+            p.send(&frame(
+                kind::CONTINUATION,
+                flag::END_HEADERS,
+                s,
+                &trailers_block(),
+            ));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "6.10/5",
+        "CONTINUATION after CONTINUATION with END_HEADERS",
+        Call::Fails,
+        |p, s| {
+            let b = head_block();
+            p.send(&frame(kind::HEADERS, 0, s, &b[..4]));
+            p.send(&frame(kind::CONTINUATION, flag::END_HEADERS, s, &b[4..]));
+            p.send(&frame(
+                kind::CONTINUATION,
+                flag::END_HEADERS,
+                s,
+                &trailers_block(),
+            ));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    ("6.10/6", "CONTINUATION after DATA", Call::Fails, |p, s| {
+        p.send(&head(s));
+        p.send(&body(s));
+        p.send(&frame(
+            kind::CONTINUATION,
+            flag::END_HEADERS,
+            s,
+            &trailers_block(),
+        ));
+        p.expect_connection_error(code::PROTOCOL_ERROR)
+    }),
+    (
+        "8.1/1",
+        "trailers without END_STREAM",
+        Call::Fails,
+        |p, s| {
+            p.send(&head(s));
+            p.send(&body(s));
+            p.send(&frame(
+                kind::HEADERS,
+                flag::END_HEADERS,
+                s,
+                &trailers_block(),
+            ));
+            p.expect_stream_error(s, code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "8.1.2/1",
+        "an uppercase header name in a response",
+        Call::Fails,
+        |p, s| {
+            let b = block(&[(":status", "200"), ("Content-Type", "application/grpc")]);
+            p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
+            p.expect_stream_error(s, code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "8.1.2.1/1",
+        "an unknown pseudo-header in a response",
+        Call::Fails,
+        |p, s| {
+            let b = block(&[(":status", "200"), (":test", "x")]);
+            p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
+            p.expect_stream_error(s, code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "8.1.2.1/2",
+        "a request pseudo-header in a response",
+        Call::Fails,
+        |p, s| {
+            let b = block(&[(":status", "200"), (":path", "/")]);
+            p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
+            p.expect_stream_error(s, code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "8.1.2.1/3",
+        "a pseudo-header in trailers",
+        Call::Fails,
+        |p, s| {
+            p.send(&head(s));
+            p.send(&body(s));
+            let b = block(&[(":status", "200"), ("grpc-status", "0")]);
+            p.send(&frame(
+                kind::HEADERS,
+                flag::END_HEADERS | flag::END_STREAM,
+                s,
+                &b,
+            ));
+            p.expect_stream_error(s, code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "8.1.2.1/4",
+        "a pseudo-header after a regular header",
+        Call::Fails,
+        |p, s| {
+            let b = block(&[("content-type", "application/grpc"), (":status", "200")]);
+            p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
+            p.expect_stream_error(s, code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "8.1.2.2/1",
+        "a connection-specific header in a response",
+        Call::Fails,
+        |p, s| {
+            let b = block(&[(":status", "200"), ("connection", "keep-alive")]);
+            p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
+            p.expect_stream_error(s, code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "8.1.2.4/1",
+        "a response without :status",
+        Call::Fails,
+        |p, s| {
+            let b = block(&[("content-type", "application/grpc")]);
+            p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
+            p.expect_stream_error(s, code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "8.1.2.6/1",
+        "content-length that the DATA does not match",
+        Call::Fails,
+        |p, s| {
+            let b = block(&[
+                (":status", "200"),
+                ("content-type", "application/grpc"),
+                ("content-length", "100"),
+            ]);
+            p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
+            p.send(&body(s));
+            p.send(&trailers(s));
+            p.expect_stream_error(s, code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "8.2/1",
+        "PUSH_PROMISE, which the proxy disabled",
+        Call::Fails,
+        |p, s| {
+            let mut pp = 2u32.to_be_bytes().to_vec();
+            pp.extend(block(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "x"),
+            ]));
+            p.send(&frame(kind::PUSH_PROMISE, flag::END_HEADERS, s, &pp));
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        },
+    ),
+    (
+        "hpack 2.3.3/1",
+        "an indexed field past the tables",
+        Call::Fails,
+        |p, s| {
+            p.send(&frame(
+                kind::HEADERS,
+                flag::END_HEADERS,
+                s,
+                &[0x88, 0x80 | 70],
+            ));
+            p.expect_connection_error(code::COMPRESSION_ERROR)
+        },
+    ),
+    (
+        "hpack 5.2/1",
+        "a Huffman string that contains EOS",
+        Call::Fails,
+        |p, s| {
+            let b = [0x88, 0x00, 0x01, b'x', 0x84, 0xff, 0xff, 0xff, 0xff];
+            p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
+            p.expect_connection_error(code::COMPRESSION_ERROR)
+        },
+    ),
+    (
+        "hpack 6.3/1",
+        "a table size update after the first field",
+        Call::Fails,
+        |p, s| {
+            p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &[0x88, 0x20]));
+            p.expect_connection_error(code::COMPRESSION_ERROR)
+        },
+    ),
+];
+
+proxy_test! {
+    async fn the_upstream_leg_answers_misbehaving_upstreams_as_the_rfc_says(driver) {
+        run(driver, CASES).await;
+    }
+}
