@@ -191,6 +191,50 @@ proxy_test! {
             .expect("join");
     }
 
+    async fn a_client_that_does_not_finish_its_preface_in_time_is_closed(driver) {
+        // Scenario: handshake timeout 300 ms. One client connects and says
+        // nothing; one sends the preface and stops before SETTINGS; one
+        // completes its preface and SETTINGS and then idles. The first two
+        // are closed when the timeout passes; the third stays and makes a
+        // call long after it.
+        let up = Upstream::start("a");
+        let proxy = grpc_proxy_tests::proxy(driver, &format!(
+            "[timeouts]\nhandshake = \"300ms\"\n{}\n[[routes]]\ncluster = \"a\"\n",
+            grpc_proxy_tests::cluster("a", up.addr())
+        ));
+        let addr = proxy.local_addr();
+        let closes = |mut s: std::net::TcpStream| {
+            s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            let mut buf = [0u8; 1024];
+            loop {
+                match s.read(&mut buf) {
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let silent = std::net::TcpStream::connect(addr).expect("connect");
+        let mut half = std::net::TcpStream::connect(addr).expect("connect");
+        half.write_all(grpc_proxy_tests::peer::PREFACE).expect("preface");
+        let mut whole = grpc_proxy_tests::peer::Peer::connect(addr, &[]);
+        let started = std::time::Instant::now();
+        // The h2 path's handshake ends with the preface: SETTINGS it leaves
+        // to the connection, which waits for them as long as it likes.
+        let own = grpc_proxy_tests::effective_frame_path() == grpc_proxy::config::FramePath::Own;
+        let (silent, half) = tokio::task::spawn_blocking(move || (closes(silent), !own || closes(half)))
+            .await
+            .expect("join");
+        assert!(silent, "the silent client is closed");
+        assert!(half, "the client without SETTINGS is closed");
+        assert!(started.elapsed() >= Duration::from_millis(250), "not before the timeout");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        whole.send(&grpc_proxy_tests::peer::grpc_call(1, b"late but welcome"));
+        let head = whole.expect_headers(1).expect("the settled connection still serves");
+        assert!(!head.ends_stream(), "a response with a body");
+        whole.expect_stream_end(1).expect("the call ends");
+    }
+
     async fn max_connection_age_sends_goaway_and_lets_streams_finish(driver) {
         let up = Upstream::start("a");
         let proxy = grpc_proxy_tests::proxy(driver, &format!(

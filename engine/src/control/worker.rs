@@ -141,6 +141,8 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
                         _ = drain.drain.wait() => drainer.drain(),
                         _ = drain.stop.wait() => {}
                     }
+                    drain.stop.wait().await;
+                    drainer.stop_all();
                 });
                 accept_with(server, &listener, move |_, tcp, peer| {
                     crate::relay::downstream::serve(relay.clone(), tcp, peer)

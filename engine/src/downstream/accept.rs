@@ -7,7 +7,10 @@
 //! see [`fds`](crate::runtime::fds)) a new connection is closed at once.
 //! Each admitted connection is served on its own task.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use crate::downstream::connection;
@@ -49,12 +52,33 @@ where
             tracing::debug!(%peer, "connection limit reached; closing new connection");
             continue;
         }
-        let served = serve(server.clone(), tcp, peer);
-        let server = server.clone();
-        monoio::spawn(async move {
-            served.await;
-            server.closed();
+        monoio::spawn(Served {
+            serving: serve(server.clone(), tcp, peer),
+            server: server.clone(),
         });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's task: its future, then the server counts it closed.
+    /// A struct, not an `async` block awaiting the future: the compiler
+    /// lays such a block out with room for the future twice (captured,
+    /// then awaited), and every connection would pay for both.
+    struct Served<F> {
+        #[pin]
+        serving: F,
+        server: Rc<Server>,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Served<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        ready!(this.serving.poll(cx));
+        this.server.closed();
+        Poll::Ready(())
     }
 }
 

@@ -89,10 +89,14 @@ impl Outbox {
         }
     }
 
-    /// Moves every waiting segment into `into`, oldest first.
+    /// Moves every waiting segment into `into`, oldest first. The
+    /// gathered small frames go straight in, not through the queue: a
+    /// connection that never queued a large payload keeps no queue.
     pub fn take_segments(&mut self, into: &mut Vec<Bytes>) {
-        self.seal();
         into.extend(self.queue.drain(..));
+        if !self.tail.is_empty() {
+            into.push(self.tail.split().freeze());
+        }
         self.len = 0;
     }
 

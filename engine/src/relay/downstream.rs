@@ -12,8 +12,11 @@
 //! or the worker stops; its calls are cancelled upstream. When the worker
 //! drains, it gets GOAWAY and closes once its calls are done.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -47,28 +50,68 @@ enum Later {
     NotGrpc(u32),
 }
 
+thread_local! {
+    /// The lists a read pass fills (steps for after it, calls to open),
+    /// one pair per worker thread and lent to each pass in turn: kept by
+    /// every connection, they would cost an idle one their capacity.
+    static SCRATCH: std::cell::RefCell<(Vec<Later>, Vec<usize>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
 /// Serves one accepted client connection until it ends: TLS first when
 /// the running config has a certificate (a reload affects only
 /// connections accepted after it).
-pub async fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) {
+///
+/// Not an `async fn`: the setup runs here, and the task holds only the
+/// future of the connection's kind, not the arguments beside it as well.
+pub fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) -> impl Future<Output = ()> {
     let settings = &relay.server.settings;
     crate::transport::socket::tune(&tcp, settings);
     let preface_by = monoio::time::Instant::now() + settings.handshake_timeout;
     let tls = relay.server.snapshot().tls.clone();
     let Some(acceptor) = tls else {
         let (reader, writer) = tcp.into_split();
-        return serve_on(relay, reader, writer, None, peer, preface_by).await;
+        return Serving::Clear {
+            serving: serve_on(relay, reader, writer, None, peer, preface_by),
+        };
     };
     // Boxed, as the TLS connection's whole task: the handshake's state
     // (rustls's connection among it) and TLS's reads and writes would
     // otherwise make every connection's task larger, cleartext or not.
     let config = acceptor.config().clone();
-    let Some((reader, writer, identity)) =
-        Box::pin(secure(&relay, tcp, config, peer, preface_by)).await
-    else {
-        return;
-    };
-    Box::pin(serve_on(relay, reader, writer, identity, peer, preface_by)).await;
+    Serving::Tls {
+        serving: Box::pin(async move {
+            let Some((reader, writer, identity)) =
+                secure(&relay, tcp, config, peer, preface_by).await
+            else {
+                return;
+            };
+            serve_on(relay, reader, writer, identity, peer, preface_by).await;
+        }),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A client connection's task: cleartext in place, TLS boxed.
+    #[project = ServingProj]
+    enum Serving<F> {
+        // A cleartext connection: its future in the task itself.
+        Clear { #[pin] serving: F },
+        // A TLS connection: its handshake and all, boxed.
+        Tls { serving: Pin<Box<dyn Future<Output = ()>>> },
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Serving<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project() {
+            ServingProj::Clear { serving } => serving.poll(cx),
+            ServingProj::Tls { serving } => serving.as_mut().poll(cx),
+        }
+    }
 }
 
 /// Serves a client connection over its halves (TCP, or TLS after the
@@ -96,12 +139,14 @@ async fn serve_on<R: Source, W: Sink + 'static>(
     let r = relay.clone();
     let drained = move |side: &Rc<Side>| act(&r, side, Later::Opened(0));
     let writing = monoio::spawn(write_loop(side.clone(), writer, stop.clone(), drained));
-    relay.keepers.watch(
-        &side,
-        Keep::new(settings, peer, monoio::time::Instant::now()),
-    );
+    // The keeper closes the connection if its preface is late: a timer
+    // in the read loop would make every connection's task larger.
+    let now = monoio::time::Instant::now();
+    relay
+        .keepers
+        .watch(&side, Keep::new(settings, peer, now, preface_by));
     side.flush();
-    run(&relay, &side, &mut reader, peer, preface_by).await;
+    run(&relay, &side, &mut reader, peer).await;
     // Cancel what is left upstream, then let the writer flush and close.
     let keys: Vec<usize> = side.wire.borrow().links.values().copied().collect();
     for key in keys {
@@ -156,29 +201,15 @@ async fn secure(
     Some((r, w, identity))
 }
 
-async fn run<R: Source>(
-    relay: &Rc<Relay>,
-    side: &Rc<Side>,
-    reader: &mut R,
-    peer: SocketAddr,
-    preface_by: monoio::time::Instant,
-) {
-    let server = &relay.server;
+async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer: SocketAddr) {
     let mut buf = BytesMut::new();
     let mut want = READ_SMALL;
-    let mut later = Vec::new();
-    let mut opens = Vec::new();
     let mut last_tick = Instant::now();
     loop {
-        let ready = side.wire.borrow().conn.ready();
         let (result, b) = monoio::select! {
             r = reader.read_more(buf, &mut want) => r,
-            _ = monoio::time::sleep_until(preface_by), if !ready => {
-                tracing::debug!(%peer, "downstream handshake timed out");
-                return;
-            }
-            _ = server.stop.wait() => return,
-            // Drained (see Relay::drain), or failed elsewhere.
+            // Drained or stopped (see Relay::drain and Relay::stop_all),
+            // timed out by the keeper, or failed elsewhere.
             _ = side.closed.wait() => return,
         };
         buf = b;
@@ -190,6 +221,9 @@ async fn run<R: Source>(
             last_tick = Instant::now();
             side.wire.borrow_mut().conn.tick();
         }
+        // The pass's scratch lists are the worker's, not the connection's:
+        // an idle connection holds none.
+        let (mut later, mut opens) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         let failed = pass(relay, side, &mut buf, &mut later, &mut opens, peer).is_err();
         for step in later.drain(..) {
             act(relay, side, step);
@@ -202,6 +236,7 @@ async fn run<R: Source>(
                 open_now(relay, side, key);
             }
         }
+        SCRATCH.with(|s| *s.borrow_mut() = (later, opens));
         side.wire.borrow_mut().heads.clear();
         side.flush();
         if side.wire.borrow().links.is_empty() {

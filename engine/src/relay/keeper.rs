@@ -1,5 +1,6 @@
-//! The timers of a worker's client connections, on one heap: keepalive
-//! PINGs, whose answer must come within `ping_timeout` or the connection
+//! The timers of a worker's client connections, on one heap: the
+//! deadline for the client's preface and SETTINGS (`handshake_timeout`),
+//! keepalive PINGs, whose answer must come within `ping_timeout` or the connection
 //! closes (a client behind a dead link may still ACK at the TCP level);
 //! GOAWAY after `idle_timeout` without calls (checked every
 //! `idle_timeout`) and at `max_connection_age`, closing once the last call
@@ -26,6 +27,9 @@ use crate::runtime::wake::Latch;
 pub struct Keep {
     /// For the log.
     peer: SocketAddr,
+    /// Until the client's preface and SETTINGS have come: when the
+    /// connection closes without them.
+    preface_by: Option<Instant>,
     /// When the next keepalive PING goes.
     ping_at: Option<Instant>,
     /// While a PING is out: the acknowledgements seen before it, and when
@@ -38,10 +42,12 @@ pub struct Keep {
 }
 
 impl Keep {
-    /// The timers of a connection from `peer` that opens `now`.
-    pub fn new(settings: &Settings, peer: SocketAddr, now: Instant) -> Keep {
+    /// The timers of a connection from `peer` that opens `now` and must
+    /// have sent its preface and SETTINGS by `preface_by`.
+    pub fn new(settings: &Settings, peer: SocketAddr, now: Instant, preface_by: Instant) -> Keep {
         Keep {
             peer,
+            preface_by: Some(preface_by),
             ping_at: settings.ping_interval.map(|every| now + every),
             waiting: None,
             idle_at: settings.idle_timeout.map(|idle| now + idle),
@@ -56,7 +62,7 @@ impl Keep {
             Some((_, by)) => Some(by),
             None => self.ping_at,
         };
-        [ping, self.idle_at, self.age_at]
+        [self.preface_by, ping, self.idle_at, self.age_at]
             .into_iter()
             .flatten()
             .min()
@@ -98,6 +104,15 @@ impl Keepers {
 /// next one is, if it has one.
 fn step(side: &Side, keep: &mut Keep, settings: &Settings, now: Instant) -> Option<Instant> {
     let peer = keep.peer;
+    if let Some(by) = keep.preface_by {
+        if side.wire.borrow().conn.ready() {
+            keep.preface_by = None;
+        } else if now >= by {
+            tracing::debug!(%peer, "downstream handshake timed out");
+            side.closed.set();
+            return None;
+        }
+    }
     if let Some((pongs, by)) = keep.waiting {
         if side.pongs.get() > pongs {
             keep.waiting = None;
@@ -151,7 +166,11 @@ mod tests {
             ..Settings::default()
         };
         let now = Instant::now();
-        let mut keep = Keep::new(&settings, "127.0.0.1:1".parse().expect("addr"), now);
+        let preface_by = now + Duration::from_millis(100);
+        let addr = "127.0.0.1:1".parse().expect("addr");
+        let mut keep = Keep::new(&settings, addr, now, preface_by);
+        assert_eq!(keep.next(), Some(preface_by));
+        keep.preface_by = None;
         assert_eq!(keep.next(), Some(now + Duration::from_millis(200)));
         // A PING went at 200 ms: the ping time passes while it is out, and
         // the next due time is its answer's deadline, not the past.

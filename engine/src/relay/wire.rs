@@ -172,7 +172,41 @@ pub struct Segments {
     iovecs: Vec<libc::iovec>,
 }
 
+thread_local! {
+    /// Batches of writers that went idle, for the next writer that has
+    /// something to write: an idle connection holds no batch, and a busy
+    /// worker allocates none per write.
+    static SPARE_BATCHES: std::cell::RefCell<Vec<Segments>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}
+
+/// Spare batches a worker keeps, and the most segments a kept one has room
+/// for (a batch that grew past it was for a rare burst).
+const SPARE_BATCH_COUNT: usize = 1024;
+const SPARE_BATCH_ROOM: usize = 64;
+
 impl Segments {
+    /// An empty batch, with room from an idle writer's if one is spare.
+    fn spare() -> Segments {
+        SPARE_BATCHES
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_default()
+    }
+
+    /// Gives an empty batch's room to the next writer.
+    fn give_back(self) {
+        if self.bufs.capacity() == 0 || self.bufs.capacity() > SPARE_BATCH_ROOM {
+            return;
+        }
+        SPARE_BATCHES.with(|s| {
+            let mut spare = s.borrow_mut();
+            if spare.len() < SPARE_BATCH_COUNT {
+                spare.push(self);
+            }
+        });
+    }
+
     /// Drops the first `n` bytes, which were written.
     fn consume(&mut self, mut n: usize) {
         let mut done = 0;
@@ -232,17 +266,25 @@ pub async fn write_loop<W: Sink>(
     loop {
         if batch.bufs.is_empty() {
             let mut w = side.wire.borrow_mut();
-            w.out.take_segments(&mut batch.bufs);
-            w.in_flight = batch.bufs.iter().map(Bytes::len).sum();
+            if w.out.is_empty() {
+                // Idle: the batch's room goes to the worker meanwhile.
+                std::mem::take(&mut batch).give_back();
+            } else {
+                if batch.bufs.capacity() == 0 {
+                    batch = Segments::spare();
+                }
+                w.out.take_segments(&mut batch.bufs);
+                w.in_flight = batch.bufs.iter().map(Bytes::len).sum();
+            }
         }
         if batch.bufs.is_empty() {
             if side.closed.is_set() || stop.is_set() {
                 break;
             }
+            // The worker's stop sets `closed` too (Relay::stop_all).
             let owed = monoio::select! {
                 _ = side.wake.notified() => false,
                 _ = side.closed.wait() => false,
-                _ = stop.wait() => false,
                 _ = io.owed() => true,
             };
             if owed && io.flush_owed().await.is_err() {

@@ -278,6 +278,29 @@ impl Relay {
         }
     }
 
+    /// The worker stops: every connection's tasks end. Their readers and
+    /// idle writers wait on their own connection's latch, which this sets,
+    /// not on the worker's: so an idle connection takes no place in a list
+    /// that every connection shares.
+    pub fn stop_all(&self) {
+        let downstreams: Vec<Rc<Side>> = self
+            .downstreams
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let upstreams: Vec<Rc<Side>> = self
+            .upstreams
+            .borrow()
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        for side in downstreams.iter().chain(&upstreams) {
+            side.closed.set();
+        }
+    }
+
     /// Whether the worker has a connection to `addr` (spoken to with TLS
     /// settings `tls`) that could take a call (open, or being opened).
     pub fn has_upstream(&self, addr: SocketAddr, tls: u64) -> bool {

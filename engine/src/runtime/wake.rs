@@ -14,51 +14,84 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
+/// Waiters held in place before the slab is used.
+const NEAR: usize = 2;
+
+/// The wakers of a latch's or notify's waiters. The first two live in
+/// place: a connection's latch and notify have one or two waiters each,
+/// and an idle connection should not pay an allocation for each. The rest
+/// live in a slab, keyed from `NEAR` up.
 #[derive(Default)]
 struct WaitList {
+    near: RefCell<[Option<Waker>; NEAR]>,
+    /// Bit `i`: near slot `i` belongs to a waiter.
+    near_taken: Cell<u8>,
     slots: RefCell<Vec<Option<Waker>>>,
     free: RefCell<Vec<usize>>,
 }
 
 impl WaitList {
     fn register(&self, key: &mut Option<usize>, waker: &Waker) {
-        let mut slots = self.slots.borrow_mut();
-        match *key {
-            Some(i) => match &mut slots[i] {
-                Some(w) if w.will_wake(waker) => {}
-                slot => *slot = Some(waker.clone()),
-            },
+        let i = match *key {
+            Some(i) => i,
             None => {
-                let i = match self.free.borrow_mut().pop() {
-                    Some(i) => {
-                        slots[i] = Some(waker.clone());
-                        i
-                    }
-                    None => {
-                        slots.push(Some(waker.clone()));
-                        slots.len() - 1
-                    }
-                };
+                let i = self.take_slot();
                 *key = Some(i);
+                i
             }
+        };
+        let mut near = self.near.borrow_mut();
+        let mut slots = self.slots.borrow_mut();
+        let slot = if i < NEAR {
+            &mut near[i]
+        } else {
+            &mut slots[i - NEAR]
+        };
+        match slot {
+            Some(w) if w.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
         }
     }
 
+    /// A slot for a new waiter: a near one if one is free.
+    fn take_slot(&self) -> usize {
+        let taken = self.near_taken.get();
+        if let Some(i) = (0..NEAR).find(|i| taken & (1 << i) == 0) {
+            self.near_taken.set(taken | 1 << i);
+            return i;
+        }
+        if let Some(i) = self.free.borrow_mut().pop() {
+            return NEAR + i;
+        }
+        let mut slots = self.slots.borrow_mut();
+        slots.push(None);
+        NEAR + slots.len() - 1
+    }
+
     fn remove(&self, key: &mut Option<usize>) {
-        if let Some(i) = key.take() {
-            self.slots.borrow_mut()[i] = None;
-            self.free.borrow_mut().push(i);
+        match key.take() {
+            Some(i) if i < NEAR => {
+                self.near.borrow_mut()[i] = None;
+                self.near_taken.set(self.near_taken.get() & !(1 << i));
+            }
+            Some(i) => {
+                self.slots.borrow_mut()[i - NEAR] = None;
+                self.free.borrow_mut().push(i - NEAR);
+            }
+            None => {}
         }
     }
 
     fn wake_all(&self) {
-        let wakers: Vec<Waker> = self
+        // Taken out before any wakes: a waker may register again.
+        let near = std::mem::take(&mut *self.near.borrow_mut());
+        let far: Vec<Waker> = self
             .slots
             .borrow_mut()
             .iter_mut()
             .filter_map(Option::take)
             .collect();
-        for w in wakers {
+        for w in near.into_iter().flatten().chain(far) {
             w.wake();
         }
     }
@@ -190,12 +223,13 @@ mod tests {
         for _ in 0..1000 {
             assert!(Pin::new(&mut wait).poll(&mut cx).is_pending());
         }
-        assert_eq!(latch.waiters.slots.borrow().len(), 1);
+        assert_eq!(latch.waiters.near_taken.get(), 1, "one near slot");
+        assert!(latch.waiters.slots.borrow().is_empty(), "no slab");
         latch.set();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(Pin::new(&mut wait).poll(&mut cx).is_ready());
         drop(wait);
-        assert_eq!(latch.waiters.free.borrow().len(), 1);
+        assert_eq!(latch.waiters.near_taken.get(), 0, "given back");
     }
 
     #[test]
@@ -209,5 +243,28 @@ mod tests {
         assert!(Pin::new(&mut n).poll(&mut cx).is_ready());
         let mut later = notify.notified();
         assert!(Pin::new(&mut later).poll(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn waiters_past_the_near_slots_use_the_slab_and_all_wake() {
+        let latch = Latch::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut waits: Vec<_> = (0..5).map(|_| latch.wait()).collect();
+        for w in &mut waits {
+            assert!(Pin::new(w).poll(&mut cx).is_pending());
+        }
+        assert_eq!(latch.waiters.slots.borrow().len(), 3);
+        // A waiter that leaves gives its slot to the next one.
+        drop(waits.remove(0));
+        drop(waits.remove(3));
+        let mut again = latch.wait();
+        assert!(Pin::new(&mut again).poll(&mut cx).is_pending());
+        let mut more = latch.wait();
+        assert!(Pin::new(&mut more).poll(&mut cx).is_pending());
+        assert_eq!(latch.waiters.slots.borrow().len(), 3, "no slot leaked");
+        latch.set();
+        assert_eq!(count.0.load(Ordering::SeqCst), 5);
     }
 }
