@@ -323,6 +323,49 @@ proxy_test! {
         assert_eq!(up.events().calls(), 3);
     }
 
+    async fn health_checks_speak_tls_to_a_tls_upstream(driver) {
+        // Scenario: a cluster reaches its upstream over TLS with a private
+        // CA, another the same upstream with a CA that does not trust it.
+        // Checks every 50 ms: the trusted cluster's endpoint follows the
+        // upstream's serving status; the other's never passes.
+        let pki = Pki::new();
+        let up = Upstream::start_tls("secure", &pki.server);
+        let checked = "health_check = { interval = \"50ms\", timeout = \"1s\", unhealthy_threshold = 1, healthy_threshold = 1 }\n";
+        let proxy = proxy(driver, &format!(
+            "{}{checked}[clusters.tls]\nca = {:?}\nserver_name = \"localhost\"\n\
+             {}{checked}[clusters.tls]\nca = {:?}\nserver_name = \"localhost\"\n\
+             [[routes]]\ncluster = \"good\"\n",
+            cluster("good", up.addr()),
+            pki.ca.cert,
+            cluster("wrong", up.addr()),
+            pki.rogue_ca.cert,
+        ));
+        let up_in = |name: &str| {
+            let series = format!("grpc_proxy_upstream_endpoints_up{{cluster=\"{name}\"}}");
+            sample(&proxy.metrics().render(), &series)
+        };
+        let settle = |name: &'static str, want: f64| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            async move {
+                while up_in(name) != Some(want) {
+                    assert!(std::time::Instant::now() < deadline, "{name}: endpoints up never became {want}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        };
+        up.set_serving(false).await;
+        settle("good", 0.0).await;
+        settle("wrong", 0.0).await;
+        up.set_serving(true).await;
+        settle("good", 1.0).await;
+        // The untrusted cluster's checks keep failing while the trusted
+        // one's pass.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(up_in("wrong"), Some(0.0));
+        let mut client = Client::connect(proxy.local_addr()).await;
+        assert_eq!(answered_by(&mut client).await.expect("call"), "secure");
+    }
+
     async fn upstream_mtls_presents_the_configured_client_certificate(driver) {
         let pki = Pki::new();
         let up = Upstream::start_mtls("strict", &pki.server, &pki.ca.cert_pem);

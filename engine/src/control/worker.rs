@@ -26,6 +26,7 @@ use crate::runtime::mailbox::Mailbox;
 use crate::runtime::wake::Latch;
 use crate::telemetry::access_log::{Logger, FLUSH_EVERY};
 use crate::telemetry::metrics::{CoreCounters, CoreReport, RouteRegistry};
+use crate::upstream::cluster::Cluster;
 use crate::upstream::health;
 use crate::upstream::pool::Pool;
 
@@ -172,6 +173,25 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
     worker.close(relay_tasks).await;
 }
 
+/// Starts the health checks of the clusters in `next` that were not in
+/// `previous`, on the worker's frame path: the own path checks over its
+/// own HTTP/2 layer, the h2 path over its pool.
+fn watch_health(
+    settings: &Rc<Settings>,
+    pool: &Rc<Pool>,
+    stop: &Rc<Latch>,
+    next: &[Rc<Cluster>],
+    previous: &[Rc<Cluster>],
+) {
+    match settings.frame_path {
+        FramePath::Own => {
+            let prober = crate::relay::probe::OwnProbe::new(settings.clone());
+            health::watch_new(&prober, stop, next, previous);
+        }
+        FramePath::H2 => health::watch_new(pool, stop, next, previous),
+    }
+}
+
 /// The parts of one core, and what only the worker does with them.
 struct Worker {
     core: CoreId,
@@ -195,7 +215,7 @@ impl Worker {
         let routes = RouteRegistry::default();
         let first = Rc::new(Snapshot::first(plan, &recipe, core, &routes));
         let pool = Rc::new(Pool::new(settings.clone(), stop.clone()));
-        health::watch_new(&pool, &first.clusters, &[]);
+        watch_health(&settings, &pool, &stop, &first.clusters, &[]);
         let calls = Rc::new(CallContext::new(
             pool,
             Rc::new(CoreCounters::default()),
@@ -232,7 +252,13 @@ impl Worker {
     fn reload(&self, plan: &Plan) {
         let previous = self.server.snapshot();
         let next = Rc::new(previous.next(plan, self.core, &self.routes));
-        health::watch_new(&self.calls().pool, &next.clusters, &previous.clusters);
+        watch_health(
+            &self.server.settings,
+            &self.calls().pool,
+            &self.server.stop,
+            &next.clusters,
+            &previous.clusters,
+        );
         self.server.swap(next);
         drop(previous);
         self.routes.forget_unused();

@@ -8,12 +8,15 @@
 //!   back, retry what the upstream refused unprocessed.
 //! - [`worker`]: the worker's calls and upstream connections, deadlines.
 //! - [`calls`]: a call's two streams and what waits between them.
-//! - [`keeper`]: client connections' keepalive, idle and age timers.
+//! - [`keeper`]: client connections' preface deadline, keepalive, idle
+//!   and age timers.
+//! - [`probe`]: health checks, each on a connection of its own.
 //! - [`wire`]: a connection's shared state, its reader and its writer.
 
 pub mod calls;
 pub mod downstream;
 pub mod keeper;
+pub mod probe;
 pub mod upstream;
 pub mod wire;
 pub mod worker;

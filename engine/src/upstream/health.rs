@@ -12,6 +12,7 @@
 //! A cluster's checks run from when a worker first builds it until a reload
 //! replaces it (its task holds only a weak reference) or the worker stops.
 
+use std::future::Future;
 use std::rc::{Rc, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -19,22 +20,52 @@ use http::Request;
 
 use crate::config::HealthCheck;
 use crate::grpc::status::Code;
+use crate::runtime::wake::Latch;
 use crate::upstream::cluster::Cluster;
 use crate::upstream::endpoint::Endpoint;
 use crate::upstream::pool::Pool;
 
-/// Starts checking, over `pool`, the clusters of `next` that have checks
-/// and were not in `previous`.
-pub fn watch_new(pool: &Rc<Pool>, next: &[Rc<Cluster>], previous: &[Rc<Cluster>]) {
+/// How one check of one endpoint is made: over the h2 pool's connections,
+/// or over the engine's own HTTP/2 layer (see `relay::probe`).
+pub trait Probe: Clone + 'static {
+    /// Whether `endpoint` of `cluster` passes `check` now (within its
+    /// timeout).
+    fn probe(
+        &self,
+        cluster: &Rc<Cluster>,
+        endpoint: &Rc<Endpoint>,
+        check: &HealthCheck,
+    ) -> impl Future<Output = bool>;
+}
+
+impl Probe for Rc<Pool> {
+    async fn probe(
+        &self,
+        cluster: &Rc<Cluster>,
+        endpoint: &Rc<Endpoint>,
+        check: &HealthCheck,
+    ) -> bool {
+        probe(self, cluster, endpoint, check).await
+    }
+}
+
+/// Starts checking, with `prober` until `stop`, the clusters of `next`
+/// that have checks and were not in `previous`.
+pub fn watch_new<P: Probe>(
+    prober: &P,
+    stop: &Rc<Latch>,
+    next: &[Rc<Cluster>],
+    previous: &[Rc<Cluster>],
+) {
     for cluster in next {
         let known = previous.iter().any(|c| Rc::ptr_eq(c, cluster));
         if cluster.health_check().is_some() && !known {
-            monoio::spawn(watch(pool.clone(), Rc::downgrade(cluster)));
+            monoio::spawn(watch(prober.clone(), stop.clone(), Rc::downgrade(cluster)));
         }
     }
 }
 
-async fn watch(pool: Rc<Pool>, cluster: Weak<Cluster>) {
+async fn watch<P: Probe>(prober: P, stop: Rc<Latch>, cluster: Weak<Cluster>) {
     loop {
         let interval = {
             let Some(cluster) = cluster.upgrade() else {
@@ -45,8 +76,8 @@ async fn watch(pool: Rc<Pool>, cluster: Weak<Cluster>) {
             };
             for endpoint in cluster.endpoints() {
                 let passed = monoio::select! {
-                    passed = probe(&pool, &cluster, endpoint, &check) => passed,
-                    _ = pool.stop().wait() => return,
+                    passed = prober.probe(&cluster, endpoint, &check) => passed,
+                    _ = stop.wait() => return,
                 };
                 match endpoint.health_result(passed, &check) {
                     Some(true) => {
@@ -62,12 +93,12 @@ async fn watch(pool: Rc<Pool>, cluster: Weak<Cluster>) {
         };
         monoio::select! {
             _ = monoio::time::sleep(interval) => {}
-            _ = pool.stop().wait() => return,
+            _ = stop.wait() => return,
         }
     }
 }
 
-/// One check of one endpoint.
+/// One check of one endpoint over the pool.
 async fn probe(
     pool: &Pool,
     cluster: &Cluster,
@@ -76,18 +107,15 @@ async fn probe(
 ) -> bool {
     let attempt = async {
         let (_conn, mut send) = pool.ready_connection(cluster, endpoint, None).await.ok()?;
-        let request = Request::post(format!(
-            "http://{}/grpc.health.v1.Health/Check",
-            endpoint.addr()
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header(
-            "grpc-timeout",
-            format!("{}m", check.timeout.as_millis().max(1)),
-        )
-        .body(())
-        .ok()?;
+        let request = Request::post(format!("http://{}{PATH}", endpoint.addr()))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header(
+                "grpc-timeout",
+                format!("{}m", check.timeout.as_millis().max(1)),
+            )
+            .body(())
+            .ok()?;
         let (response, mut body) = send.send_request(request, false).ok()?;
         body.send_data(request_message(&check.service), true).ok()?;
         let response = response.await.ok()?;
@@ -117,10 +145,13 @@ async fn probe(
 /// The most of a health response read: a `HealthCheckResponse` is a few
 /// bytes; an upstream that sends more fails the check rather than making
 /// the probe buffer it.
-const MAX_RESPONSE: usize = 4096;
+pub const MAX_RESPONSE: usize = 4096;
+
+/// The path of the check.
+pub const PATH: &str = "/grpc.health.v1.Health/Check";
 
 /// A gRPC frame of `HealthCheckRequest { service }`.
-fn request_message(service: &str) -> Bytes {
+pub fn request_message(service: &str) -> Bytes {
     let mut message = BytesMut::new();
     if !service.is_empty() {
         message.put_u8(0x0a); // field 1, length-delimited
@@ -143,7 +174,7 @@ fn put_varint(out: &mut BytesMut, mut n: u64) {
 }
 
 /// Whether a gRPC frame of `HealthCheckResponse` says `SERVING` (1).
-fn serving(frame: &[u8]) -> bool {
+pub fn serving(frame: &[u8]) -> bool {
     let Some(message) = frame.get(5..) else {
         return false;
     };

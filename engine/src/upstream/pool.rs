@@ -113,11 +113,6 @@ impl Pool {
         }
     }
 
-    /// The worker's stop signal.
-    pub(crate) fn stop(&self) -> &Latch {
-        &self.dialer.stop
-    }
-
     /// Upstream connections whose tasks are still running.
     pub fn live_connections(&self) -> usize {
         self.dialer.live.get()
