@@ -68,37 +68,20 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// Measures and prints allocations per call for a few call shapes, on the
-/// h2 path and on the own frame path.
+/// Measures and prints allocations per call for a few call shapes.
 pub fn report(calls: u64) -> anyhow::Result<()> {
-    use grpc_proxy::config::FramePath;
-    println!("| call | frame path | allocations per call | bytes allocated per call |");
-    println!("| --- | --- | ---: | ---: |");
-    for path in [FramePath::H2, FramePath::Own] {
-        report_one(calls, path)?;
-    }
-    Ok(())
-}
-
-fn report_one(calls: u64, path: grpc_proxy::config::FramePath) -> anyhow::Result<()> {
+    println!("| call | allocations per call | bytes allocated per call |");
+    println!("| --- | ---: | ---: |");
     let upstream = serve::start(ServeOptions {
         listen: "127.0.0.1:0".parse()?,
         cores: CoreSelection::Count(1),
         ..ServeOptions::default()
     })?;
-    let settings = grpc_proxy::Settings {
-        frame_path: path,
-        ..grpc_proxy::Settings::default()
-    };
     let mut builder = ProxyBuilder::new("127.0.0.1:0".parse()?)
         .cores(CoreSelection::Count(1))
-        .settings(settings);
+        .settings(grpc_proxy::Settings::default());
     let echo = builder.cluster("echo", [upstream.local_addr()]);
     let proxy = builder.start(move |_| move |_: &grpc_proxy::Call<'_>| Route::to(echo))?;
-    let path_name = match path {
-        grpc_proxy::config::FramePath::H2 => "h2",
-        grpc_proxy::config::FramePath::Own => "own",
-    };
     for (name, rpc, payload, messages) in [
         ("unary 10B", Rpc::Unary, 10, 1),
         ("unary 16KiB", Rpc::Unary, 16 << 10, 1),
@@ -115,7 +98,7 @@ fn report_one(calls: u64, path: grpc_proxy::config::FramePath) -> anyhow::Result
             warmup: Duration::ZERO,
             ..RunOptions::default()
         };
-        // Warm the pools and h2's slabs, then count a measured run.
+        // Warm the worker's pools, then count a measured run.
         let _ = run::run(&RunOptions {
             calls: Some(calls / 10),
             ..options.clone()
@@ -131,7 +114,7 @@ fn report_one(calls: u64, path: grpc_proxy::config::FramePath) -> anyhow::Result
         );
         let made = (r.calls_ok + r.calls_failed).max(1) as f64;
         println!(
-            "| {name} | {path_name} | {:.1} | {:.0} |",
+            "| {name} | {:.1} | {:.0} |",
             (a1 - a0) as f64 / made,
             (b1 - b0) as f64 / made
         );

@@ -44,8 +44,7 @@ enum Cmd {
         /// Only scenarios whose name contains this text.
         #[arg(long)]
         only: Option<String>,
-        /// Targets to run (direct, grpc-proxy, grpc-proxy-h2, haproxy, nginx,
-        /// scale).
+        /// Targets to run (direct, grpc-proxy, haproxy, nginx, scale).
         #[arg(
             long,
             value_delimiter = ',',
@@ -122,7 +121,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let target = match name.as_str() {
                     "direct" => Target::Direct,
                     "grpc-proxy" => Target::GrpcProxy(1),
-                    "grpc-proxy-h2" => Target::GrpcProxyH2,
                     "haproxy" => Target::Haproxy,
                     "nginx" => Target::Nginx,
                     "scale" => Target::GrpcProxy(2),

@@ -18,9 +18,6 @@ pub enum Target {
     Direct,
     /// grpc-proxy with this many worker cores.
     GrpcProxy(usize),
-    /// grpc-proxy on one core on the h2 crate's frame path
-    /// (`--frame-path h2`), the default before the own path.
-    GrpcProxyH2,
     /// HAProxy, `mode http`, `proto h2` both sides, one thread.
     Haproxy,
     /// nginx `grpc_pass`, one worker.
@@ -34,7 +31,6 @@ impl Target {
             Target::Direct => "direct".into(),
             Target::GrpcProxy(1) => "grpc-proxy".into(),
             Target::GrpcProxy(n) => format!("grpc-proxy x{n}"),
-            Target::GrpcProxyH2 => "grpc-proxy h2".into(),
             Target::Haproxy => "haproxy".into(),
             Target::Nginx => "nginx".into(),
         }
@@ -300,12 +296,8 @@ pub fn proxy(
     let addr = free_port()?;
     let (mut child, dir) = match target {
         Target::Direct => return Ok(None),
-        Target::GrpcProxy(_) | Target::GrpcProxyH2 => (
+        Target::GrpcProxy(_) => (
             Command::new(bin_dir.join("grpc-proxy"))
-                .args(match target {
-                    Target::GrpcProxyH2 => &["--frame-path", "h2"][..],
-                    _ => &[],
-                })
                 .args([
                     "--listen",
                     &addr.to_string(),

@@ -1,10 +1,11 @@
 //! grpc-proxy: a thread-per-core gRPC pass-through proxy.
 //!
 //! Every worker core runs its own monoio runtime with its own SO_REUSEPORT
-//! listener, director and upstream pool. For each call the [`Director`]
+//! listener, director and upstream connections. For each call the [`Director`]
 //! chooses a cluster (by method, authority, metadata, peer, TLS client
-//! identity) or answers with a status; the splice then moves HTTP/2 frames
-//! between client and upstream without decoding a single protobuf message.
+//! identity) or answers with a status; the relay then moves HTTP/2 frames
+//! between client and upstream, on the engine's own HTTP/2 layer, without
+//! decoding a single protobuf message.
 //!
 //! # Where things are
 //!
@@ -19,18 +20,16 @@
 //!    listeners, wake-up primitives, many timers on one task, a room that
 //!    evicts its longest stay, the worker mailbox.
 //! 5. [`config`]: the file's schema, parsing, units and validation.
-//! 6. [`transport`]: TLS, HTTP/2 connection set-up, write batching, the
-//!    GOAWAY frame scan.
+//! 6. [`transport`]: TLS with rustls on monoio's owned buffers,
+//!    certificates and identities, socket options.
 //! 7. [`telemetry`]: per-core metrics, the admin endpoint, the access log.
 //! 8. [`routing`]: the [`Director`] trait and the declarative routes.
-//! 9. [`upstream`]: the per-core pool, endpoints, balancing, ejection,
-//!    health checks.
-//! 10. [`forward`]: the splice, retries, deadlines, status mapping.
-//! 11. [`downstream`]: client connections and calls, and the config
-//!     snapshot a call sees.
-//! 12. [`relay`]: calls on the engine's own HTTP/2 frame layer, both legs
-//!     (the default, `[http2] frame_path = "own"`).
-//! 13. [`control`]: [`ProxyBuilder`], [`ProxyHandle`] and the
+//! 9. [`upstream`]: endpoints, clusters and balancing, ejection, health
+//!    checks, retry budgets.
+//! 10. [`downstream`]: accepting client connections, what they share, and
+//!     the config snapshot a connection and a call see.
+//! 11. [`relay`]: calls on the engine's own HTTP/2 frame layer, both legs.
+//! 12. [`control`]: [`ProxyBuilder`], [`ProxyHandle`] and the
 //!     [`Controller`] (reload, scrape, drain), and the worker threads.
 //!
 //! # A director in Rust
@@ -64,7 +63,6 @@
 pub mod config;
 pub mod control;
 pub mod downstream;
-pub mod forward;
 pub mod grpc;
 pub mod hpack;
 pub mod http2;

@@ -359,7 +359,8 @@ impl Conn {
             Some(tls) => {
                 let stream = monoio::time::timeout(
                     Duration::from_secs(5),
-                    tls.connector.connect(tls.server_name.clone(), io),
+                    tokio_rustls::TlsConnector::from(tls.config.clone())
+                        .connect(tls.server_name.clone(), io),
                 )
                 .await
                 .map_err(|_| "TLS handshake timed out".to_string())?
@@ -826,7 +827,7 @@ impl Failure {
 
     fn from_h2(e: &h2::Error) -> Failure {
         match e.reason() {
-            Some(r) if e.is_reset() => Failure::Status(Code::from_reason(r)),
+            Some(r) if e.is_reset() => Failure::Status(code_of_reset(r)),
             _ if e.is_io() || e.is_go_away() => Failure::Status(Code::Unavailable),
             _ => Failure::Status(Code::Internal),
         }
@@ -921,5 +922,17 @@ async fn one_call(
         Some(Code::Ok) => Ok(()),
         Some(code) => Err(Failure::Status(code)),
         None => Err(Failure::Protocol),
+    }
+}
+
+/// The gRPC code of a stream reset, as the gRPC spec maps them
+/// (`PROTOCOL-HTTP2.md`, "Errors").
+fn code_of_reset(reason: h2::Reason) -> Code {
+    match reason {
+        h2::Reason::REFUSED_STREAM => Code::Unavailable,
+        h2::Reason::CANCEL => Code::Cancelled,
+        h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+        h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+        _ => Code::Internal,
     }
 }

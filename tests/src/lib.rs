@@ -92,40 +92,9 @@ pub fn proxy(driver: Driver, toml: &str) -> ProxyHandle {
     let text = format!(
         "listen = \"127.0.0.1:0\"\ncores = 1\n[upstream]\nreconnect_backoff_min = \"20ms\"\nreconnect_backoff_max = \"100ms\"\n{toml}"
     );
-    let mut config = grpc_proxy::Config::parse(&text, "test").expect("valid test config");
-    if let Some(path) = frame_path() {
-        config.settings.frame_path = path;
-    }
+    let config = grpc_proxy::Config::parse(&text, "test").expect("valid test config");
     let (builder, routes) = grpc_proxy::ProxyBuilder::from_config(&config).expect("builder");
     builder.driver(driver).start(routes).expect("proxy starts")
-}
-
-/// The frame path every test proxy uses when `GRPC_PROXY_TEST_FRAME_PATH`
-/// says (`h2` or `own`), or `h2` in the `h2_frame_path*` test binaries,
-/// which run other suites again on the h2 frame path; otherwise each
-/// test's config decides (the default is the own path).
-pub fn frame_path() -> Option<grpc_proxy::config::FramePath> {
-    let h2_binary = std::env::current_exe().ok().is_some_and(|exe| {
-        exe.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("h2_frame_path"))
-    });
-    let var = std::env::var("GRPC_PROXY_TEST_FRAME_PATH").ok();
-    let var = match var {
-        Some(v) => v,
-        None if h2_binary => return Some(grpc_proxy::config::FramePath::H2),
-        None => return None,
-    };
-    match var.as_str() {
-        "own" => Some(grpc_proxy::config::FramePath::Own),
-        "h2" => Some(grpc_proxy::config::FramePath::H2),
-        other => panic!("GRPC_PROXY_TEST_FRAME_PATH: {other:?} is not h2 or own"),
-    }
-}
-
-/// The frame path a test proxy with no `frame_path` in its config uses.
-pub fn effective_frame_path() -> grpc_proxy::config::FramePath {
-    frame_path().unwrap_or_default()
 }
 
 /// A proxy that forwards every call to one upstream.

@@ -257,10 +257,8 @@ proxy_test! {
         // GOAWAY ENHANCE_YOUR_CALM; other clients go on.
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let upstream = Silent::with(Options::default()).await;
-        // h2's own limit on streams reset before they are accepted is
-        // raised out of the way: this is about the proxy's count.
         let proxy = proxy(driver, &format!(
-            "[http2]\nmax_pending_accept_reset_streams = 100000\n{}\n[[routes]]\ncluster = \"a\"\n",
+            "{}\n[[routes]]\ncluster = \"a\"\n",
             cluster("a", upstream.addr())
         ));
         let addr = proxy.local_addr();
@@ -351,12 +349,8 @@ proxy_test! {
         // bounds what it holds: the upstream must be granted little more
         // than that (plus what the kernel's socket buffers take), not the
         // 256 MiB asked for. Other clients on the same upstream connection
-        // go on. The own frame path's bound: h2 grants each stream its
-        // whole window and buffer, so the h2 path has none to test.
+        // go on.
         use tokio::io::AsyncWriteExt;
-        if grpc_proxy_tests::effective_frame_path() == grpc_proxy::config::FramePath::H2 {
-            return;
-        }
         let upstream = Silent::with(Options::default()).await;
         let proxy = proxy(driver, &format!(
             "[limits]\nbuffer_per_connection = 1048576\n\
@@ -420,8 +414,7 @@ proxy_test! {
             log.path().display(),
             cluster("a", addr)
         );
-        let mut config = grpc_proxy::Config::parse(&text, "test").expect("config");
-        config.settings.frame_path = grpc_proxy_tests::effective_frame_path();
+        let config = grpc_proxy::Config::parse(&text, "test").expect("config");
         let (builder, routes) = grpc_proxy::ProxyBuilder::from_config(&config).expect("builder");
         let proxy = builder.driver(driver).start(routes).expect("proxy starts");
         let mut client = Client::connect(proxy.local_addr()).await;
@@ -839,14 +832,8 @@ proxy_test! {
             calls.push(hang(&first).await);
         }
         upstream.wait_requests(8).await;
-        // How many fit depends on the frame path's charges: h2's counts
-        // large chunks twice (its receive buffers), so one hold fits; the
-        // own path holds copies, charged as they are, so three do.
-        let turned_away = if grpc_proxy_tests::effective_frame_path() == grpc_proxy::config::FramePath::Own {
-            5.0
-        } else {
-            7.0
-        };
+        // Holds are copies, charged as they are: three fit.
+        let turned_away = 5.0;
         wait_for(|| metric(&proxy, refused) >= turned_away, "the rest of the holds refused").await;
         let one = metric(&proxy, held);
         assert!(one > 20_000.0 && one <= 65_536.0, "one connection holds {one} bytes");

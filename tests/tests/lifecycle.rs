@@ -219,10 +219,7 @@ proxy_test! {
         half.write_all(grpc_proxy_tests::peer::PREFACE).expect("preface");
         let mut whole = grpc_proxy_tests::peer::Peer::connect(addr, &[]);
         let started = std::time::Instant::now();
-        // The h2 path's handshake ends with the preface: SETTINGS it leaves
-        // to the connection, which waits for them as long as it likes.
-        let own = grpc_proxy_tests::effective_frame_path() == grpc_proxy::config::FramePath::Own;
-        let (silent, half) = tokio::task::spawn_blocking(move || (closes(silent), !own || closes(half)))
+        let (silent, half) = tokio::task::spawn_blocking(move || (closes(silent), closes(half)))
             .await
             .expect("join");
         assert!(silent, "the silent client is closed");

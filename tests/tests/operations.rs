@@ -18,9 +18,7 @@ fn config_of(top: &str, upstream: &str, rest: &str) -> Config {
     let text = format!(
         "listen = \"127.0.0.1:0\"\ncores = 1\n{top}\n[upstream]\nreconnect_backoff_min = \"20ms\"\nreconnect_backoff_max = \"100ms\"\n{upstream}\n{rest}"
     );
-    let mut config = Config::parse(&text, "test.toml").expect("valid test config");
-    config.settings.frame_path = grpc_proxy_tests::effective_frame_path();
-    config
+    Config::parse(&text, "test.toml").expect("valid test config")
 }
 
 fn config(rest: &str) -> Config {

@@ -84,10 +84,7 @@ proxy_test! {
 
     async fn a_custom_rust_director(driver) {
         let (a, b) = (Upstream::start("a"), Upstream::start("b"));
-        let settings = grpc_proxy::config::Settings {
-            frame_path: grpc_proxy_tests::effective_frame_path(),
-            ..Default::default()
-        };
+        let settings = grpc_proxy::config::Settings::default();
         let mut builder = ProxyBuilder::new("127.0.0.1:0".parse().expect("addr"))
             .cores(grpc_proxy::CoreSelection::Count(1))
             .driver(driver)

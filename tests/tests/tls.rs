@@ -401,8 +401,7 @@ proxy_test! {
             "listen = \"127.0.0.1:0\"\ncores = 1\n[tls]\ncert = {cert:?}\nkey = {key:?}\n{}[[routes]]\ncluster = \"a\"\n",
             cluster("a", up.addr())
         );
-        let mut config = Config::parse(&text, "test").expect("config");
-        config.settings.frame_path = grpc_proxy_tests::effective_frame_path();
+        let config = Config::parse(&text, "test").expect("config");
         let (builder, routes) = ProxyBuilder::from_config(&config).expect("builder");
         let proxy = builder.driver(driver).start(routes).expect("starts");
         let addr = proxy.local_addr();

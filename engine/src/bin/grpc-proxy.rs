@@ -55,9 +55,8 @@ struct Cli {
     #[arg(long, value_name = "LIST")]
     cpu_set: Option<CpuList>,
 
-    /// monoio driver: auto (legacy on the own frame path, where it
-    /// measured faster; io_uring when available with --frame-path h2),
-    /// io_uring, or legacy.
+    /// monoio driver: auto (legacy, which measured faster; see the README's
+    /// "Drivers"), io_uring, or legacy.
     #[arg(long, value_name = "DRIVER")]
     driver: Option<Driver>,
 
@@ -87,11 +86,6 @@ struct Cli {
     /// How long in-flight calls may run after SIGTERM, e.g. 30s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     drain_timeout: Option<Duration>,
-
-    /// HTTP/2 implementation: own (default), the engine's own frame layer,
-    /// or h2, the h2 crate; overrides the file's [http2] frame_path.
-    #[arg(long, value_name = "PATH", value_parser = parse_frame_path)]
-    frame_path: Option<grpc_proxy::config::FramePath>,
 
     /// Log filter (tracing EnvFilter syntax), e.g. info or grpc_proxy=debug;
     /// RUST_LOG is used when this is not given.
@@ -251,18 +245,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
     if let Some(d) = cli.drain_timeout {
         config.settings.drain_timeout = d;
     }
-    if let Some(path) = cli.frame_path {
-        config.settings.frame_path = path;
-    }
     Ok(config)
-}
-
-fn parse_frame_path(s: &str) -> Result<grpc_proxy::config::FramePath, String> {
-    match s {
-        "h2" => Ok(grpc_proxy::config::FramePath::H2),
-        "own" => Ok(grpc_proxy::config::FramePath::Own),
-        _ => Err(format!("{s:?} is not one of h2, own")),
-    }
 }
 
 /// The config of `--upstream` alone: one cluster, one route to it.

@@ -320,23 +320,21 @@ impl Http2File {
         if let Some(v) = &self.max_header_list_size {
             s.max_header_list_size = size("http2.max_header_list_size", v, 1024, u32::MAX as u64)?;
         }
-        if let Some(v) = &self.max_send_buffer_size {
-            s.max_send_buffer_size =
-                size("http2.max_send_buffer_size", v, 16_384, u32::MAX as u64)?;
+        // Settings of the h2 frame path, which left the engine: a file that
+        // still sets them is told so rather than silently ignored.
+        let removed = "was a setting of the h2 frame path, which was removed (the engine's own HTTP/2 layer is the only one): delete the key";
+        if self.max_send_buffer_size.is_some() {
+            return Err(format!("http2.max_send_buffer_size {removed}"));
         }
-        if let Some(n) = self.max_pending_accept_reset_streams {
-            s.max_pending_accept_reset_streams = n;
+        if self.max_pending_accept_reset_streams.is_some() {
+            return Err(format!("http2.max_pending_accept_reset_streams {removed}"));
         }
-        if let Some(path) = &self.frame_path {
-            s.frame_path = match path.as_str() {
-                "h2" => crate::config::FramePath::H2,
-                "own" => crate::config::FramePath::Own,
-                other => {
-                    return Err(format!(
-                        "http2.frame_path: \"{other}\" is not one of \"h2\", \"own\""
-                    ))
-                }
-            };
+        match self.frame_path.as_deref() {
+            None | Some("own") => {}
+            Some("h2") => {
+                return Err("http2.frame_path: \"h2\": the h2 frame path was removed; the engine's own HTTP/2 layer is the only one (delete the key)".into())
+            }
+            Some(other) => return Err(format!("http2.frame_path: \"{other}\" is not \"own\", the only frame path")),
         }
         Ok(())
     }

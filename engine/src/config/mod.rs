@@ -57,18 +57,6 @@ pub enum ConfigError {
     },
 }
 
-/// The HTTP/2 implementation that carries calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum FramePath {
-    /// The h2 crate on both legs, as before the own path was complete;
-    /// kept for one release to compare against and fall back to.
-    H2,
-    /// The engine's own frame layer on both legs ([`relay`](crate::relay)),
-    /// TLS included: the default.
-    #[default]
-    Own,
-}
-
 /// HTTP/2, pool and timing limits; every one has a safe default.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -83,15 +71,9 @@ pub struct Settings {
     pub max_frame_size: u32,
     /// Concurrent streams one downstream connection may open.
     pub max_concurrent_streams: u32,
-    /// Largest request header list we accept (h2 answers 431 / resets above).
+    /// Largest request header list we accept (a larger one is answered with
+    /// RESOURCE_EXHAUSTED).
     pub max_header_list_size: u32,
-    /// Downstream streams reset by the client before we accepted them that
-    /// we tolerate per connection (rapid reset, CVE-2023-44487).
-    pub max_pending_accept_reset_streams: usize,
-    /// Which HTTP/2 implementation carries calls.
-    pub frame_path: FramePath,
-    /// Bytes buffered per stream for sending before writes wait.
-    pub max_send_buffer_size: usize,
     /// Downstream connections one worker serves at once; more are closed at
     /// accept.
     pub max_connections_per_worker: usize,
@@ -137,7 +119,7 @@ pub struct Settings {
     /// call it refuses unprocessed can be sent again; 0 turns retries off.
     pub retry_buffer: usize,
     /// What the held requests of one client connection may pin, in all
-    /// (see [`retry`](crate::forward::retry) for how it is counted).
+    /// (see [`retry_budget`](crate::upstream::retry_budget) for how it is counted).
     pub retry_buffer_per_connection: usize,
     /// What the held requests of one core may pin, in all.
     pub retry_buffer_per_worker: usize,
@@ -159,9 +141,6 @@ impl Default for Settings {
             max_frame_size: 16 << 10,
             max_concurrent_streams: 1024,
             max_header_list_size: 64 << 10,
-            max_pending_accept_reset_streams: 100,
-            frame_path: FramePath::Own,
-            max_send_buffer_size: 1 << 20,
             max_connections_per_worker: 100_000,
             max_tls_handshakes_per_worker: 1024,
             max_connections_per_endpoint: 8,
@@ -319,8 +298,8 @@ pub struct Keepalive {
 /// end behind an upstream that cannot keep up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CallLimits {
-    /// Calls with an upstream stream open (or queued by h2 at the
-    /// upstream's stream limit); `None`: no limit.
+    /// Calls with an upstream stream open (or waiting at the upstream's
+    /// stream limit); `None`: no limit.
     pub max_active: Option<usize>,
     /// Calls waiting for an upstream stream (a connect in progress, a full
     /// endpoint).
@@ -528,6 +507,11 @@ mod tests {
     }
 
     #[test]
+    fn the_own_frame_path_may_still_be_named() {
+        assert!(parse("[http2]\nframe_path = \"own\"").is_ok());
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let cases = [
             ("bogus = 1", "unknown field"),
@@ -555,6 +539,10 @@ mod tests {
             ("cores = 0", "cores"),
             ("[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\nkeepalive = { interval = \"100ms\" }", "keepalive.interval"),
             ("[timeouts]\ntcp_keepalive = \"often\"", "timeouts.tcp_keepalive"),
+            ("[http2]\nframe_path = \"h2\"", "the h2 frame path was removed"),
+            ("[http2]\nframe_path = \"fast\"", "http2.frame_path"),
+            ("[http2]\nmax_send_buffer_size = \"1MiB\"", "http2.max_send_buffer_size was a setting of the h2 frame path"),
+            ("[http2]\nmax_pending_accept_reset_streams = 100", "max_pending_accept_reset_streams"),
             ("[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\nmax_active_calls = 0", "max_active_calls"),
             ("[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\nmax_pending_calls = -1", "line 4"),
             (

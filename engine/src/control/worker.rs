@@ -1,9 +1,10 @@
 //! A worker: one pinned thread, one monoio runtime, one listener, and this
-//! core's director, upstream pool and downstream server.
+//! core's director, relay and downstream server.
 //!
 //! The worker builds the core's parts from its [`Spec`] and wires them:
-//! the [`Server`] (connections and calls, each call with a narrow
-//! [`CallContext`]), the [`Pool`] and its health checks, and the mailbox
+//! the [`Server`] (what connections and calls share, each call with a
+//! narrow [`CallContext`]), the [`Relay`] (calls on the engine's HTTP/2
+//! layer, both legs), the clusters' health checks, and the mailbox
 //! through which the control side asks for a drain, a stop, a reload or a
 //! scrape. Nothing on the per-call path crosses threads. The worker accepts
 //! until it is told to drain or stop; when draining it closes its listener,
@@ -13,10 +14,9 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::config::FramePath;
 use crate::config::Settings;
-use crate::downstream::accept::{accept, accept_with};
-use crate::downstream::call::CallContext;
+use crate::downstream::accept::accept_with;
+use crate::downstream::context::CallContext;
 use crate::downstream::server::Server;
 use crate::downstream::snapshot::{Plan, Snapshot};
 use crate::relay::worker::Relay;
@@ -28,7 +28,6 @@ use crate::telemetry::access_log::{Logger, FLUSH_EVERY};
 use crate::telemetry::metrics::{CoreCounters, CoreReport, RouteRegistry};
 use crate::upstream::cluster::Cluster;
 use crate::upstream::health;
-use crate::upstream::pool::Pool;
 
 /// What the control thread can ask of a worker.
 #[derive(Clone, Debug)]
@@ -75,12 +74,12 @@ pub fn run<R: DirectorRecipe>(spec: Spec<R>) {
             );
         }
     }
-    let driver = match (spec.driver, spec.settings.frame_path) {
-        // Measured (README, "Drivers"): the own frame path spends less
-        // kernel time per call on the legacy (epoll) driver, whose reads
-        // and writes are plain syscalls on ready sockets.
-        (Driver::Auto, FramePath::Own) => Driver::Legacy,
-        (driver, _) => driver.resolve(),
+    let driver = match spec.driver {
+        // Measured (README, "Drivers"): the relay spends less kernel time
+        // per call on the legacy (epoll) driver, whose reads and writes are
+        // plain syscalls on ready sockets.
+        Driver::Auto => Driver::Legacy,
+        driver => driver.resolve(),
     };
     let ready = spec.ready.clone();
     if let Err(e) = block_on(driver, move || serve(spec, driver)) {
@@ -127,31 +126,23 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
     tracing::debug!(worker = spec.core.worker, cpu = ?spec.core.cpu, %driver, "worker started");
 
     let server = &worker.server;
-    let relay = (server.settings.frame_path == FramePath::Own).then(|| Relay::new(server.clone()));
-    let relay_tasks = relay.as_ref().map(|relay| relay.live());
-    let accepting = async {
-        match relay {
-            None => accept(server, &listener).await,
-            Some(relay) => {
-                relay.spawn(relay.clone().run_deadlines());
-                relay.spawn(relay.clone().run_keepers());
-                let drainer = relay.clone();
-                let drain = server.clone();
-                relay.spawn(async move {
-                    monoio::select! {
-                        _ = drain.drain.wait() => drainer.drain(),
-                        _ = drain.stop.wait() => {}
-                    }
-                    drain.stop.wait().await;
-                    drainer.stop_all();
-                });
-                accept_with(server, &listener, move |_, tcp, peer| {
-                    crate::relay::downstream::serve(relay.clone(), tcp, peer)
-                })
-                .await
-            }
+    let relay = Relay::new(server.clone());
+    let relay_tasks = relay.live();
+    relay.spawn(relay.clone().run_deadlines());
+    relay.spawn(relay.clone().run_keepers());
+    let drainer = relay.clone();
+    let drain = server.clone();
+    relay.spawn(async move {
+        monoio::select! {
+            _ = drain.drain.wait() => drainer.drain(),
+            _ = drain.stop.wait() => {}
         }
-    };
+        drain.stop.wait().await;
+        drainer.stop_all();
+    });
+    let accepting = accept_with(server, &listener, move |_, tcp, peer| {
+        crate::relay::downstream::serve(relay.clone(), tcp, peer)
+    });
     monoio::select! {
         _ = accepting => {}
         _ = server.drain.wait() => {}
@@ -174,22 +165,16 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
 }
 
 /// Starts the health checks of the clusters in `next` that were not in
-/// `previous`, on the worker's frame path: the own path checks over its
-/// own HTTP/2 layer, the h2 path over its pool.
+/// `previous`, each check on a connection of its own (see
+/// [`probe`](crate::relay::probe)).
 fn watch_health(
     settings: &Rc<Settings>,
-    pool: &Rc<Pool>,
     stop: &Rc<Latch>,
     next: &[Rc<Cluster>],
     previous: &[Rc<Cluster>],
 ) {
-    match settings.frame_path {
-        FramePath::Own => {
-            let prober = crate::relay::probe::OwnProbe::new(settings.clone());
-            health::watch_new(&prober, stop, next, previous);
-        }
-        FramePath::H2 => health::watch_new(pool, stop, next, previous),
-    }
+    let prober = crate::relay::probe::OwnProbe::new(settings.clone());
+    health::watch_new(&prober, stop, next, previous);
 }
 
 /// The parts of one core, and what only the worker does with them.
@@ -201,8 +186,8 @@ struct Worker {
 }
 
 impl Worker {
-    /// Builds the core's pool, server and first snapshot, and starts the
-    /// health checks of its clusters.
+    /// Builds the core's server and first snapshot, and starts the health
+    /// checks of its clusters.
     fn new<R: DirectorRecipe>(
         core: CoreId,
         plan: &Plan,
@@ -214,10 +199,8 @@ impl Worker {
         let stop = Rc::new(Latch::default());
         let routes = RouteRegistry::default();
         let first = Rc::new(Snapshot::first(plan, &recipe, core, &routes));
-        let pool = Rc::new(Pool::new(settings.clone(), stop.clone()));
-        watch_health(&settings, &pool, &stop, &first.clusters, &[]);
+        watch_health(&settings, &stop, &first.clusters, &[]);
         let calls = Rc::new(CallContext::new(
-            pool,
             Rc::new(CoreCounters::default()),
             access_log,
             &settings,
@@ -254,7 +237,6 @@ impl Worker {
         let next = Rc::new(previous.next(plan, self.core, &self.routes));
         watch_health(
             &self.server.settings,
-            &self.calls().pool,
             &self.server.stop,
             &next.clusters,
             &previous.clusters,
@@ -293,19 +275,15 @@ impl Worker {
     /// monoio drops only the tasks that are ready to run when a runtime
     /// ends; a task waiting on I/O would outlive it with its socket open. So
     /// every task that owns a socket watches `stop`, and the worker waits
-    /// (briefly) until they have all let go: client connections, the h2
-    /// pool's connections, and the relay's tasks (`relay_tasks`), whose
-    /// wakers sit in values they own and would otherwise keep the worker's
-    /// state, its access log sender included, alive for good.
-    async fn close(&self, relay_tasks: Option<Rc<std::cell::Cell<usize>>>) {
+    /// (briefly) until they have all let go: client connections and the
+    /// relay's tasks (`relay_tasks`), whose wakers sit in values they own
+    /// and would otherwise keep the worker's state, its access log sender
+    /// included, alive for good.
+    async fn close(&self, relay_tasks: Rc<std::cell::Cell<usize>>) {
         self.server.stop.set();
         let calls = self.calls();
         let deadline = Instant::now() + Duration::from_secs(1);
-        let relay_live = || relay_tasks.as_ref().map_or(0, |n| n.get());
-        while (self.server.connections() > 0
-            || calls.pool.live_connections() > 0
-            || relay_live() > 0)
-            && Instant::now() < deadline
+        while (self.server.connections() > 0 || relay_tasks.get() > 0) && Instant::now() < deadline
         {
             monoio::time::sleep(Duration::from_millis(1)).await;
         }

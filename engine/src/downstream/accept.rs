@@ -13,17 +13,7 @@ use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use crate::downstream::connection;
 use crate::downstream::server::Server;
-
-/// Accepts connections and serves each on its own task with the h2 path,
-/// until the caller stops polling (drain or stop).
-pub async fn accept(server: &Rc<Server>, listener: &monoio::net::TcpListener) {
-    accept_with(server, listener, |server, tcp, peer| async move {
-        connection::serve(&server, tcp, peer).await;
-    })
-    .await
-}
 
 /// Accepts connections and serves each on its own task with `serve`.
 pub async fn accept_with<F, Fut>(server: &Rc<Server>, listener: &monoio::net::TcpListener, serve: F)

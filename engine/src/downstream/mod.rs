@@ -1,9 +1,8 @@
-//! The client side of one core: connections (TLS and HTTP/2 handshakes,
-//! accepting streams, retiring and draining) and the calls on them, each
-//! with the config snapshot it started under.
+//! The client side of one core: accepting connections, the server they
+//! share (settings, latches, the connection count), the config snapshot
+//! each connection and call starts under, and what every call is given.
 
 pub mod accept;
-pub mod call;
-pub(crate) mod connection;
+pub mod context;
 pub mod server;
 pub mod snapshot;

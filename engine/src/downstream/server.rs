@@ -4,8 +4,8 @@
 //! Key type: [`Server`], built once per worker and shared (`Rc`) by the
 //! core's connection tasks. It holds the config snapshot that connections
 //! and calls starting now get ([`Server::snapshot`]; a reload swaps it with
-//! [`Server::swap`]), the HTTP/2 settings, the drain and stop latches, and
-//! the narrow [`CallContext`] that each call is given.
+//! [`Server::swap`]), the settings, the drain and stop latches, and the
+//! narrow [`CallContext`] that each call is given.
 //!
 //! It counts the connections it holds, up to `max_connections_per_worker`;
 //! [`accept`](crate::downstream::accept) admits them.
@@ -14,7 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::config::Settings;
-use crate::downstream::call::CallContext;
+use crate::downstream::context::CallContext;
 use crate::downstream::snapshot::Snapshot;
 use crate::runtime::room::Room;
 use crate::runtime::wake::{Latch, Notify};
@@ -25,7 +25,6 @@ pub struct Server {
     /// Routes, clusters and TLS for connections and calls starting now.
     current: RefCell<Rc<Snapshot>>,
     pub(crate) settings: Rc<Settings>,
-    pub(crate) h2: h2::server::Builder,
     /// Set to drain: connections GOAWAY and finish their streams.
     pub(crate) drain: Latch,
     /// Set when the worker exits: every task that owns a socket watches it.
@@ -51,7 +50,6 @@ impl Server {
     ) -> Server {
         Server {
             current: RefCell::new(first),
-            h2: crate::transport::http2::server(&settings),
             handshakes: Room::new(settings.max_tls_handshakes_per_worker),
             settings,
             drain: Latch::default(),

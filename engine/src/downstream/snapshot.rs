@@ -36,7 +36,7 @@ pub struct Plan {
 pub struct Snapshot {
     pub(crate) director: Rc<dyn Director>,
     pub(crate) clusters: Vec<Rc<Cluster>>,
-    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Each named route, by the index the director returns.
     pub(crate) routes: Vec<RouteSlot>,
     /// Calls no named route decided: unmatched, or routed by a Rust

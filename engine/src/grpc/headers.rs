@@ -1,7 +1,7 @@
 //! Which request headers cross the proxy.
 //!
-//! HTTP/2 forbids connection-specific headers, and h2 refuses to send them,
-//! so they are removed before a request goes upstream: `connection`,
+//! HTTP/2 forbids connection-specific headers, so a map of headers drops
+//! them before it is sent on: `connection`,
 //! `keep-alive`, `proxy-connection`, `transfer-encoding`, `upgrade`, and `te`
 //! unless it is exactly `trailers`. Everything else (`content-type`,
 //! `grpc-*`, custom and `-bin` metadata) passes unchanged and uncopied: the

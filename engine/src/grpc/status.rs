@@ -4,8 +4,8 @@
 //! message). Every error the proxy creates reaches the client as a
 //! trailers-only response: one HEADERS frame with END_STREAM carrying
 //! `:status 200`, `content-type: application/grpc`, `grpc-status` and a
-//! percent-encoded `grpc-message`. HTTP/2 resets are mapped as the gRPC spec
-//! says (`PROTOCOL-HTTP2.md`, "Errors").
+//! percent-encoded `grpc-message`. (HTTP/2 resets are mapped to codes where
+//! the relay meets them: `relay::calls::status_of_reset`.)
 //!
 //! Cost: building a response allocates the header map; the status value is a
 //! static header and the message is encoded only when it is not empty.
@@ -14,7 +14,6 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
-use h2::Reason;
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
@@ -104,18 +103,6 @@ impl Code {
 
     fn header_value(self) -> HeaderValue {
         HeaderValue::from_static(VALUES[self as usize])
-    }
-
-    /// The gRPC code for an HTTP/2 reset or GOAWAY reason, as the gRPC spec
-    /// maps them.
-    pub fn from_reason(reason: Reason) -> Code {
-        match reason {
-            Reason::REFUSED_STREAM => Code::Unavailable,
-            Reason::CANCEL => Code::Cancelled,
-            Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
-            Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
-            _ => Code::Internal,
-        }
     }
 }
 
@@ -334,16 +321,5 @@ mod tests {
         assert_eq!(Code::from_http_status(503), Code::Unavailable);
         assert_eq!(Code::from_http_status(404), Code::Unimplemented);
         assert_eq!(Code::from_http_status(500), Code::Unknown);
-    }
-
-    #[test]
-    fn resets_map_as_the_spec_says() {
-        assert_eq!(Code::from_reason(Reason::REFUSED_STREAM), Code::Unavailable);
-        assert_eq!(Code::from_reason(Reason::CANCEL), Code::Cancelled);
-        assert_eq!(
-            Code::from_reason(Reason::ENHANCE_YOUR_CALM),
-            Code::ResourceExhausted
-        );
-        assert_eq!(Code::from_reason(Reason::PROTOCOL_ERROR), Code::Internal);
     }
 }

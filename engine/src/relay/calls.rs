@@ -17,12 +17,12 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::downstream::snapshot::RouteSlot;
-use crate::forward::retry::Charge;
 use crate::grpc::status::{Code, Status};
 use crate::http2::frame::ErrorCode;
 use crate::http2::headers::HeaderList;
 use crate::relay::wire::{Side, Wire};
 use crate::upstream::cluster::Cluster;
+use crate::upstream::retry_budget::Charge;
 
 /// One call.
 pub struct Call {
@@ -417,8 +417,8 @@ pub fn parse_code(value: &[u8]) -> Option<Code> {
 
 /// Ends the client's stream `d` with `status`: a trailers-only response,
 /// or, once the response has begun (`responded`), trailers after it. The
-/// status fields are [`Status::to_header_map`]'s, as on the h2 path (this
-/// is an error path; the map's allocation does not matter).
+/// status fields are [`Status::to_header_map`]'s (this is an error path;
+/// the map's allocation does not matter).
 pub fn answer(down: &mut Wire, d: u32, status: &Status, responded: bool) {
     let head: [(&[u8], &[u8], bool); 2] = [
         (b":status", b"200", false),
@@ -435,7 +435,7 @@ pub fn answer(down: &mut Wire, d: u32, status: &Status, responded: bool) {
 }
 
 /// The status a client gets for an upstream RST_STREAM (the gRPC spec's
-/// mapping of HTTP/2 codes), as on the h2 path.
+/// mapping of HTTP/2 codes, `PROTOCOL-HTTP2.md`, "Errors").
 pub fn status_of_reset(code: ErrorCode) -> Status {
     let grpc = match code {
         ErrorCode::REFUSED_STREAM => Code::Unavailable,

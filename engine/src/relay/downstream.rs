@@ -70,7 +70,7 @@ pub fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) -> impl Future<
     crate::transport::socket::tune(&tcp, settings);
     let preface_by = monoio::time::Instant::now() + settings.handshake_timeout;
     let tls = relay.server.snapshot().tls.clone();
-    let Some(acceptor) = tls else {
+    let Some(config) = tls else {
         let (reader, writer) = tcp.into_split();
         return Serving::Clear {
             serving: serve_on(relay, reader, writer, None, peer, preface_by),
@@ -79,7 +79,6 @@ pub fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) -> impl Future<
     // Boxed, as the TLS connection's whole task: the handshake's state
     // (rustls's connection among it) and TLS's reads and writes would
     // otherwise make every connection's task larger, cleartext or not.
-    let config = acceptor.config().clone();
     Serving::Tls {
         serving: Box::pin(async move {
             let Some((reader, writer, identity)) =

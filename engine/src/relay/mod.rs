@@ -1,7 +1,6 @@
 //! The relay: gRPC calls carried on the engine's own HTTP/2 frame layer
 //! ([`http2`](crate::http2)) on both legs, with no task, waker or buffer
-//! per stream. It is the default (`[http2] frame_path = "own"`); the h2
-//! path (`downstream` and `forward`) is still selectable with `"h2"`.
+//! per stream.
 //!
 //! - [`downstream`]: a client connection: TLS, read, route, forward.
 //! - [`upstream`]: an upstream connection: connect, TLS, read, forward

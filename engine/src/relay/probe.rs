@@ -73,7 +73,7 @@ async fn check_once(
         let (reader, writer) = tcp.into_split();
         return exchange(reader, writer, "http", &authority, check).await;
     };
-    let config = tls.connector.config().clone();
+    let config = tls.config.clone();
     let (conn, cipher) = owned_tls::connect(&mut tcp, config, tls.server_name.clone())
         .await
         .ok()?;

@@ -135,7 +135,7 @@ async fn run(
         let (reader, writer) = tcp.into_split();
         return serve(relay, side, endpoint, &dial, reader, writer).await;
     };
-    let config = tls.connector.config().clone();
+    let config = tls.config.clone();
     let handshake = owned_tls::connect(&mut tcp, config, tls.server_name.clone());
     let secured = monoio::select! {
         s = monoio::time::timeout_at(deadline, Box::pin(handshake)) => s,

@@ -21,13 +21,13 @@ use bytes::{Buf, Bytes};
 use monoio::io::AsyncWriteRent;
 use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 
-use crate::forward::retry::Budget;
 use crate::http2::connection::Connection;
 use crate::http2::outbox::Outbox;
 use crate::http2::streams::IdHasher;
 use crate::runtime::wake::{Latch, Notify};
 use crate::transport::owned_tls::{TlsReader, TlsWriter};
 use crate::transport::tls::PeerIdentity;
+use crate::upstream::retry_budget::Budget;
 
 /// Stream id to the key of the call it carries.
 pub type Links = HashMap<u32, usize, BuildHasherDefault<IdHasher>>;

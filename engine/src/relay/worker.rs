@@ -15,7 +15,6 @@ use monoio::time::Instant;
 
 use crate::downstream::server::Server;
 use crate::downstream::snapshot::RouteSlot;
-use crate::forward::retry::Charge;
 use crate::grpc::status::{Code, Status};
 use crate::http2::connection::{Connection, Limits, Role};
 use crate::http2::frame::ErrorCode;
@@ -28,6 +27,7 @@ use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::add;
 use crate::transport::tls::PeerIdentity;
 use crate::upstream::endpoint::Endpoint;
+use crate::upstream::retry_budget::Charge;
 
 /// Streams an upstream is assumed to allow before its SETTINGS say.
 const ASSUMED_STREAMS: usize = 100;

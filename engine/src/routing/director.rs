@@ -44,9 +44,9 @@ pub struct CoreId {
     pub cpu: Option<usize>,
 }
 
-/// A call's metadata: an http `HeaderMap` (the h2 path), or the decoded
-/// header list of the own frame path, turned into a `HeaderMap` only if a
-/// director asks for the whole map.
+/// A call's metadata: an http `HeaderMap` (a call made by hand, as tests
+/// and benches do), or the decoded header list of a request, turned into
+/// a `HeaderMap` only if a director asks for the whole map.
 #[derive(Debug)]
 enum Metadata<'a> {
     Map(&'a HeaderMap),

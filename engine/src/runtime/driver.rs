@@ -13,9 +13,9 @@ use monoio::{FusionDriver, IoUringDriver, LegacyDriver, RuntimeBuilder};
 /// Which monoio driver the workers use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Driver {
-    /// io_uring when the kernel allows it, otherwise legacy; with the own
-    /// frame path (`[http2] frame_path = "own"`), legacy, which measured
-    /// faster there.
+    /// For the workers, legacy, which measured faster for the relay (see
+    /// the README's "Drivers"); elsewhere, io_uring when the kernel allows
+    /// it, otherwise legacy.
     #[default]
     Auto,
     /// io_uring only; start-up fails where it is unavailable.

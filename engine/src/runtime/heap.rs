@@ -1,8 +1,8 @@
 //! Giving memory that was freed back to the system.
 //!
 //! glibc's malloc keeps freed memory in its arenas (one per worker
-//! thread) for reuse. After a burst (clients that read nothing make h2
-//! buffer megabytes, then leave) the process stays at its peak RSS though
+//! thread) for reuse. After a burst (clients that read nothing make the
+//! proxy buffer megabytes, then leave) the process stays at its peak RSS though
 //! nothing is in use: measured by `bench soak`, 7 MiB before the first
 //! slow readers, 34 MiB for the rest of the run. So the first worker
 //! asks malloc, every [`TRIM_EVERY`], to return the free pages of every

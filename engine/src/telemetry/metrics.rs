@@ -297,7 +297,7 @@ impl CoreReport {
 }
 
 /// A cluster's report from its counters; connection figures are filled by
-/// the pool.
+/// the cluster.
 pub fn cluster_report(calls: &CallStats) -> ClusterReport {
     ClusterReport {
         calls: calls.report(),

@@ -168,10 +168,10 @@ impl ServerTls {
 
     /// This worker's own config: the same certificates, its own session
     /// cache.
-    pub fn for_worker(&self) -> tokio_rustls::TlsAcceptor {
+    pub fn for_worker(&self) -> Arc<ServerConfig> {
         let mut config = (*self.config).clone();
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
-        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        Arc::new(config)
     }
 }
 
@@ -182,10 +182,10 @@ pub struct ClientTls {
     server_name: ServerName<'static>,
 }
 
-/// What a worker's pool uses to open TLS to a cluster's endpoints.
+/// What a worker uses to open TLS to a cluster's endpoints.
 pub struct Connector {
-    /// The worker's rustls client.
-    pub connector: tokio_rustls::TlsConnector,
+    /// The worker's rustls client config.
+    pub config: Arc<ClientConfig>,
     /// The name sent as SNI and verified in the upstream's certificate.
     pub server_name: ServerName<'static>,
 }
@@ -233,7 +233,7 @@ impl ClientTls {
         let mut config = (*self.config).clone();
         config.resumption = Resumption::in_memory_sessions(SESSION_CACHE);
         Connector {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            config: Arc::new(config),
             server_name: self.server_name.clone(),
         }
     }

@@ -1,8 +1,7 @@
-//! One upstream endpoint: its address, its HTTP/2 connections, and what
-//! this core knows of its health.
+//! One upstream endpoint: its address, how many connections and streams
+//! this core has to it, and what this core knows of its health.
 //!
-//! Key types: [`Endpoint`] and [`UpConn`] (one HTTP/2 connection and its
-//! stream count). An endpoint keeps two kinds of state that back off
+//! An endpoint keeps two kinds of state that back off
 //! exponentially: reconnects after a failed connect (from
 //! `reconnect_backoff_min` up to `reconnect_backoff_max`), and passive
 //! ejection after calls fail in a row (from `base_ejection` up to
@@ -14,50 +13,19 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use h2::client::SendRequest;
-
 use crate::config::{HealthCheck, Outlier};
-use crate::runtime::wake::Notify;
 use crate::upstream::error::UpstreamError;
-
-/// One HTTP/2 connection to an upstream endpoint.
-pub struct UpConn {
-    /// The connection's request handle. Each stream is opened on a clone
-    /// of it: h2 keeps one pending-open slot and one waker per handle, so
-    /// calls sharing one handle at the upstream's stream limit overwrote
-    /// each other's wake-ups and waited until their deadlines.
-    pub(super) send: SendRequest<Bytes>,
-    /// Streams open on it.
-    pub(super) active: Cell<usize>,
-    /// False once retired: it takes no new streams.
-    pub(super) usable: Cell<bool>,
-    /// The last stream id of the upstream's GOAWAY, once one came.
-    pub(super) goaway_last: crate::transport::goaway::LastStreamId,
-}
-
-impl UpConn {
-    pub(super) fn has_room(&self) -> bool {
-        self.active.get() < self.send.current_max_send_streams()
-    }
-}
 
 /// One upstream address, its connections and its state.
 pub struct Endpoint {
     addr: SocketAddr,
-    pub(super) conns: RefCell<Vec<Rc<UpConn>>>,
-    /// A connect is in progress; other calls wait for it.
-    pub(super) connecting: Cell<bool>,
-    /// Woken when a connect ends or a connection is retired.
-    pub(super) changed: Notify,
     /// Connect failures in a row (reconnect back-off).
     failures: Cell<u32>,
     retry_at: Cell<Option<Instant>>,
     last_error: RefCell<Rc<str>>,
     /// Streams open on this endpoint's connections.
     pub(super) active: Cell<usize>,
-    /// Connections of the own frame path open to it (they are not in
-    /// `conns`).
+    /// Connections open to it.
     relayed: Cell<usize>,
     /// Active health: false after `unhealthy_threshold` failed checks.
     healthy: Cell<bool>,
@@ -68,16 +36,13 @@ pub struct Endpoint {
     ejections: Cell<u32>,
     ejected_until: Cell<Option<Instant>>,
     /// Connections of this endpoint that received a GOAWAY.
-    pub(super) goaways: Rc<Cell<u64>>,
+    pub(super) goaways: Cell<u64>,
 }
 
 impl Endpoint {
     pub(super) fn new(addr: SocketAddr) -> Endpoint {
         Endpoint {
             addr,
-            conns: RefCell::new(Vec::new()),
-            connecting: Cell::new(false),
-            changed: Notify::default(),
             failures: Cell::new(0),
             retry_at: Cell::new(None),
             last_error: RefCell::new(Rc::from("")),
@@ -88,7 +53,7 @@ impl Endpoint {
             call_failures: Cell::new(0),
             ejections: Cell::new(0),
             ejected_until: Cell::new(None),
-            goaways: Rc::default(),
+            goaways: Cell::new(0),
         }
     }
 
@@ -97,27 +62,25 @@ impl Endpoint {
         self.addr
     }
 
-    /// A connection of the own frame path opened to it (`true`) or
-    /// closed, for the metrics.
+    /// A connection opened to it (`true`) or closed, for the metrics.
     pub fn relayed(&self, opened: bool) {
         let n = self.relayed.get();
         self.relayed
             .set(if opened { n + 1 } else { n.saturating_sub(1) });
     }
 
-    /// One of its own-path connections received a GOAWAY.
+    /// One of its connections received a GOAWAY.
     pub fn went_away(&self) {
         self.goaways.set(self.goaways.get() + 1);
     }
 
-    /// Connections open to it, on either frame path.
+    /// Connections open to it.
     pub(super) fn connections(&self) -> usize {
-        self.conns.borrow().len() + self.relayed.get()
+        self.relayed.get()
     }
 
     /// A stream opened on one of its connections (`true`) or closed; for
-    /// balancing, call limits and the metrics (the own frame path's
-    /// connections are not in `conns`).
+    /// balancing, call limits and the metrics.
     pub fn stream(&self, opened: bool) {
         let n = self.active.get();
         self.active
@@ -181,16 +144,6 @@ impl Endpoint {
         tracing::warn!(upstream = %self.addr, failures = n, ejected_for = ?length, "upstream endpoint ejected");
     }
 
-    /// A usable connection with the fewest streams, other than `avoid`.
-    pub(super) fn least_loaded(&self, avoid: Option<&Rc<UpConn>>) -> Option<Rc<UpConn>> {
-        self.conns
-            .borrow()
-            .iter()
-            .filter(|c| c.usable.get() && avoid.is_none_or(|a| !Rc::ptr_eq(a, c)))
-            .min_by_key(|c| c.active.get())
-            .cloned()
-    }
-
     /// The back-off error, while a failed connect's back-off lasts.
     pub(crate) fn backing_off(&self) -> Option<UpstreamError> {
         let at = self.retry_at.get()?;
@@ -202,14 +155,7 @@ impl Endpoint {
         })
     }
 
-    /// A connect succeeded: the back-off is over, the connection joins.
-    pub(super) fn connected(&self, conn: Rc<UpConn>) {
-        self.failures.set(0);
-        self.retry_at.set(None);
-        self.conns.borrow_mut().push(conn);
-    }
-
-    /// A connect of the own frame path succeeded: the back-off is over.
+    /// A connect succeeded: the back-off is over.
     pub(crate) fn reachable(&self) {
         self.failures.set(0);
         self.retry_at.set(None);
@@ -224,14 +170,6 @@ impl Endpoint {
         self.retry_at.set(Some(Instant::now() + wait));
         *self.last_error.borrow_mut() = Rc::from(error.to_string());
         tracing::warn!(upstream = %self.addr, error = %error, retry_in = ?wait, "upstream connect failed");
-    }
-}
-
-/// Takes a connection out of rotation; its open streams run on.
-pub(super) fn retire(endpoint: &Endpoint, conn: &Rc<UpConn>) {
-    if conn.usable.replace(false) {
-        endpoint.conns.borrow_mut().retain(|c| !Rc::ptr_eq(c, conn));
-        endpoint.changed.notify_all();
     }
 }
 

@@ -34,14 +34,6 @@ pub enum UpstreamError {
         /// Why.
         source: std::io::Error,
     },
-    /// The HTTP/2 handshake or stream open failed.
-    #[error("upstream {addr}: HTTP/2 error: {source}")]
-    Http2 {
-        /// The endpoint.
-        addr: SocketAddr,
-        /// h2's error.
-        source: h2::Error,
-    },
     /// The cluster has as many calls active or waiting as its limits
     /// allow on this core.
     #[error("cluster {cluster}: {what} limit of {limit} calls reached on this core")]
@@ -84,7 +76,6 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => "upstream unavailable: connect failed",
             UpstreamError::ConnectTimeout { .. } => "upstream unavailable: connect timed out",
             UpstreamError::Tls { .. } => "upstream unavailable: TLS handshake failed",
-            UpstreamError::Http2 { .. } => "upstream unavailable: HTTP/2 error",
             UpstreamError::BackingOff { .. } => {
                 "upstream unavailable: waiting to reconnect after failed connects"
             }

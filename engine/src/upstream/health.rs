@@ -1,9 +1,8 @@
 //! Active health checks: `grpc.health.v1.Health/Check` per endpoint.
 //!
-//! Each worker checks the endpoints of its own clusters, over its own pool
-//! connections (the path its calls take, TLS included), so that no health
-//! state crosses threads; the price is one check per endpoint per core per
-//! interval. An endpoint that fails `unhealthy_threshold` checks in a row
+//! Each worker checks the endpoints of its own clusters (the check itself
+//! is a [`Probe`]'s: see `relay::probe`), so that no health state crosses
+//! threads; the price is one check per endpoint per core per interval. An endpoint that fails `unhealthy_threshold` checks in a row
 //! takes no calls until it passes `healthy_threshold` in a row. A check
 //! passes when the upstream answers `status: SERVING` with gRPC status OK
 //! within the timeout; anything else (connect failure, UNIMPLEMENTED, a
@@ -16,17 +15,13 @@ use std::future::Future;
 use std::rc::{Rc, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::Request;
 
 use crate::config::HealthCheck;
-use crate::grpc::status::Code;
 use crate::runtime::wake::Latch;
 use crate::upstream::cluster::Cluster;
 use crate::upstream::endpoint::Endpoint;
-use crate::upstream::pool::Pool;
 
-/// How one check of one endpoint is made: over the h2 pool's connections,
-/// or over the engine's own HTTP/2 layer (see `relay::probe`).
+/// How one check of one endpoint is made (see `relay::probe`).
 pub trait Probe: Clone + 'static {
     /// Whether `endpoint` of `cluster` passes `check` now (within its
     /// timeout).
@@ -36,17 +31,6 @@ pub trait Probe: Clone + 'static {
         endpoint: &Rc<Endpoint>,
         check: &HealthCheck,
     ) -> impl Future<Output = bool>;
-}
-
-impl Probe for Rc<Pool> {
-    async fn probe(
-        &self,
-        cluster: &Rc<Cluster>,
-        endpoint: &Rc<Endpoint>,
-        check: &HealthCheck,
-    ) -> bool {
-        probe(self, cluster, endpoint, check).await
-    }
 }
 
 /// Starts checking, with `prober` until `stop`, the clusters of `next`
@@ -96,50 +80,6 @@ async fn watch<P: Probe>(prober: P, stop: Rc<Latch>, cluster: Weak<Cluster>) {
             _ = stop.wait() => return,
         }
     }
-}
-
-/// One check of one endpoint over the pool.
-async fn probe(
-    pool: &Pool,
-    cluster: &Cluster,
-    endpoint: &Rc<Endpoint>,
-    check: &HealthCheck,
-) -> bool {
-    let attempt = async {
-        let (_conn, mut send) = pool.ready_connection(cluster, endpoint, None).await.ok()?;
-        let request = Request::post(format!("http://{}{PATH}", endpoint.addr()))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .header(
-                "grpc-timeout",
-                format!("{}m", check.timeout.as_millis().max(1)),
-            )
-            .body(())
-            .ok()?;
-        let (response, mut body) = send.send_request(request, false).ok()?;
-        body.send_data(request_message(&check.service), true).ok()?;
-        let response = response.await.ok()?;
-        if response.status() != http::StatusCode::OK {
-            return None;
-        }
-        let mut body = response.into_body();
-        let mut message = BytesMut::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.ok()?;
-            let _ = body.flow_control().release_capacity(chunk.len());
-            if message.len() + chunk.len() > MAX_RESPONSE {
-                return None; // no HealthCheckResponse is this large
-            }
-            message.extend_from_slice(&chunk);
-        }
-        let trailers = body.trailers().await.ok()??;
-        let ok = Code::from_trailers(&trailers) == Some(Code::Ok);
-        Some(ok && serving(&message))
-    };
-    matches!(
-        monoio::time::timeout(check.timeout, attempt).await,
-        Ok(Some(true))
-    )
 }
 
 /// The most of a health response read: a `HealthCheckResponse` is a few

@@ -1,14 +1,13 @@
-//! The upstream side of one core: HTTP/2 client connections per endpoint,
-//! balancing, passive ejection and active health checks.
+//! The upstream side of one core: endpoints, clusters and balancing,
+//! passive ejection and active health checks, and what requests held for
+//! a retry may pin.
 //!
-//! In dependency order: `error` (why no stream could be opened),
-//! `endpoint` (an address, its connections, back-off and ejection),
-//! `cluster` (endpoints and balancing), `connect` (one new connection),
-//! `pool` (a stream for each call), `health` (active checks).
+//! In dependency order: `error` (why a call found no upstream),
+//! `endpoint` (an address, back-off and ejection), `cluster` (endpoints
+//! and balancing), `health` (active checks), `retry_budget`.
 
 pub mod cluster;
-pub mod connect;
 pub mod endpoint;
 pub mod error;
 pub(crate) mod health;
-pub mod pool;
+pub mod retry_budget;
