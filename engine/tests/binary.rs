@@ -1,4 +1,5 @@
-//! The `grpc-proxy` binary: start-up errors and the SIGTERM drain.
+//! The `grpc-proxy` binary: start-up errors, `check`, the SIGTERM drain,
+//! reloads.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -44,6 +45,87 @@ fn bad_flags_and_configs_are_one_line_and_exit_code_2() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `grpc-proxy check --config` on `text` written to a file in `dir`.
+fn check(dir: &std::path::Path, name: &str, text: &str) -> std::process::Output {
+    let file = dir.join(name);
+    std::fs::write(&file, text).expect("write");
+    Command::new(BIN)
+        .args(["check", "--config", file.to_str().expect("utf-8 path")])
+        .output()
+        .expect("runs")
+}
+
+#[test]
+fn check_passes_a_good_file_and_names_what_is_wrong_with_a_bad_one() {
+    let pki = grpc_proxy_tests::Pki::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).expect("logs");
+    let cluster =
+        "[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:50052\", \"127.0.0.1:50053\"]\n";
+    let good = format!(
+        "listen = \"127.0.0.1:50051\"\nadmin = \"127.0.0.1:9901\"\naccess_log = {:?}\n\
+         [tls]\ncert = {:?}\nkey = {:?}\n{cluster}[clusters.tls]\nca = {:?}\n\
+         [[routes]]\nmethod = \"/a.B/C\"\ncluster = \"a\"\n[[routes]]\ncluster = \"a\"\n",
+        logs.join("access.log"),
+        pki.server.cert,
+        pki.server.key,
+        pki.ca.cert,
+    );
+    let out = check(dir.path(), "good.toml", &good);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+    for part in [
+        "good.toml: ok",
+        "127.0.0.1:50051 (TLS)",
+        "2 routes",
+        "1 cluster (2 endpoints)",
+        "admin on 127.0.0.1:9901",
+    ] {
+        assert!(said.contains(part), "{said:?} lacks {part:?}");
+    }
+    assert!(!logs.join("access.log").exists(), "check creates nothing");
+
+    let listen = "listen = \"127.0.0.1:50051\"\n";
+    let route = "[[routes]]\ncluster = \"a\"\n";
+    let missing = dir.path().join("missing.pem");
+    let cases = [
+        ("syntax.toml", "listen = ".to_string(), "syntax.toml"),
+        ("nolisten.toml", format!("{cluster}{route}"), "no listen address"),
+        ("route.toml", format!("{listen}[[routes]]\ncluster = \"b\"\n"), "no cluster named \"b\""),
+        ("host.toml", format!("{listen}[[clusters]]\nname = \"a\"\nendpoints = [\"no-such-host.invalid:1\"]\n{route}"), "cannot resolve"),
+        ("cert.toml", format!("{listen}[tls]\ncert = {missing:?}\nkey = {:?}\n{cluster}{route}", pki.server.key), "missing.pem"),
+        ("key.toml", format!("{listen}[tls]\ncert = {:?}\nkey = {:?}\n{cluster}{route}", pki.server.cert, pki.alice.key), "key"),
+        ("ca.toml", format!("{listen}{cluster}[clusters.tls]\nca = {missing:?}\n{route}"), "missing.pem"),
+        ("log.toml", format!("{listen}access_log = {:?}\n{cluster}{route}", dir.path().join("nowhere").join("access.log")), "does not exist"),
+        ("h2.toml", format!("{listen}[http2]\nframe_path = \"h2\"\n{cluster}{route}"), "h2 frame path was removed"),
+    ];
+    for (name, text, want) in cases {
+        let out = check(dir.path(), name, &text);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(want), "{name}: {err:?} lacks {want:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{name}: {err}");
+        assert!(out.stdout.is_empty(), "{name}");
+    }
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--config",
+            dir.path().join("absent.toml").to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("absent.toml"));
 }
 
 #[test]
@@ -301,5 +383,74 @@ fn the_file_descriptor_limit_is_raised_and_caps_connections_per_worker() {
     assert_eq!(closed, 200 - 172, "connections past the limit are closed");
     drop(conns);
     signal(&child, "TERM");
+    wait_exit(&mut child, 0);
+}
+
+#[test]
+fn it_speaks_systemds_notify_protocol_and_pings_the_watchdog() {
+    // Scenario: run as a Type=notify service with a 300 ms watchdog; the
+    // test plays the service manager on a unix datagram socket.
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("notify.sock");
+    let manager = UnixDatagram::bind(&socket).expect("bind");
+    manager
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:0\"\ncores = 1\n[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\ncluster = \"a\"\n",
+    )
+    .expect("write");
+    let mut child = Command::new(BIN)
+        .args(["--config", file.to_str().expect("utf-8"), "--log", "warn"])
+        .env("NOTIFY_SOCKET", &socket)
+        .env("WATCHDOG_USEC", "300000")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let next = || {
+        let mut buf = [0u8; 512];
+        loop {
+            match manager.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                got => {
+                    let n = got.expect("a datagram in time");
+                    return String::from_utf8_lossy(&buf[..n]).into_owned();
+                }
+            }
+        }
+    };
+    // Each state in turn; watchdog pings may come between them.
+    let expect = |want: &str| loop {
+        let got = next();
+        if got.starts_with(want) {
+            return got;
+        }
+        assert_eq!(got, "WATCHDOG=1", "expected {want:?}");
+    };
+    let ready = expect("READY=1");
+    assert!(ready.contains("STATUS=serving on 127.0.0.1:"), "{ready}");
+    let pings = (0..3)
+        .filter(|_| expect("WATCHDOG=1") == "WATCHDOG=1")
+        .count();
+    assert_eq!(pings, 3);
+    signal(&child, "HUP");
+    let reloading = expect("RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    expect("READY=1");
+    // A refused reload still ends with READY=1, saying why.
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:0\"\n[[routes]]\ncluster = \"b\"\n",
+    )
+    .expect("write");
+    signal(&child, "HUP");
+    expect("RELOADING=1");
+    let refused = expect("READY=1");
+    assert!(refused.contains("reload refused"), "{refused}");
+    signal(&child, "TERM");
+    expect("STOPPING=1");
     wait_exit(&mut child, 0);
 }

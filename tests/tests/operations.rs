@@ -1,6 +1,7 @@
 //! Operations: reload with streams open, refused reloads, metrics and the
 //! admin endpoint, health checks, passive ejection, least-request
-//! balancing, transparent retries of refused streams, the access log.
+//! balancing, transparent retries of refused streams, the access log, the
+//! systemd watchdog.
 
 use std::time::Duration;
 
@@ -417,5 +418,73 @@ proxy_test! {
         assert_eq!(lines[1]["route"], "no");
         assert_eq!(lines[1]["grpc_status"], 7);
         assert!(lines[1]["upstream"].is_null());
+    }
+
+    async fn the_watchdog_stops_pinging_while_a_worker_is_stuck(driver) {
+        // Scenario: a director that blocks its worker's thread (as a stuck
+        // worker would) on calls with `x-block`, until the test lets it go.
+        // The watchdog (100 ms) pings while the worker answers its
+        // mailbox, withholds the pings while it is stuck, and resumes.
+        use grpc_proxy::control::systemd::{Notifier, Watchdog};
+        use std::os::unix::net::UnixDatagram;
+        use std::sync::{Arc, Condvar, Mutex};
+        let up = Upstream::start("a");
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let held = gate.clone();
+        let mut builder = ProxyBuilder::new("127.0.0.1:0".parse().expect("addr"))
+            .cores(grpc_proxy::CoreSelection::Count(1))
+            .driver(driver);
+        let a = builder.cluster("a", [up.addr()]);
+        let proxy = builder
+            .start(move |_core| {
+                let held = held.clone();
+                move |call: &grpc_proxy::Call<'_>| {
+                    if call.header("x-block").is_some() {
+                        let (open, changed) = &*held;
+                        let mut open = open.lock().expect("lock");
+                        while !*open {
+                            open = changed.wait(open).expect("wait");
+                        }
+                    }
+                    grpc_proxy::Route::to(a)
+                }
+            })
+            .expect("starts");
+        let dir = tempfile::tempdir().expect("dir");
+        let socket = dir.path().join("notify.sock");
+        let manager = UnixDatagram::bind(&socket).expect("bind");
+        manager.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        let notifier = Arc::new(Notifier::to(&socket).expect("notifier"));
+        let watchdog = Watchdog::start(notifier, proxy.controller(), Duration::from_millis(100));
+        let mut buf = [0u8; 64];
+        // A datagram, or the timeout; a signal's interruption is retried.
+        let ping = |manager: &UnixDatagram, buf: &mut [u8]| loop {
+            match manager.recv(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => return other.map(|n| buf[..n].to_vec()),
+            }
+        };
+        for _ in 0..3 {
+            assert_eq!(ping(&manager, &mut buf).expect("a ping"), b"WATCHDOG=1");
+        }
+        // Stick the worker: a call whose director blocks.
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let mut blocked = tonic::Request::new(Bytes::from_static(b"x"));
+        blocked.metadata_mut().insert("x-block", MetadataValue::from_static("1"));
+        let call = tokio::spawn(async move { client.unary("Unary", blocked).await });
+        // Pings already sent may arrive; then none for a while.
+        let quiet = (0..20).any(|_| ping(&manager, &mut buf).is_err());
+        assert!(quiet, "pings went on while the worker was stuck");
+        // Let it go: pings resume and the call completes.
+        {
+            let (open, changed) = &*gate;
+            *open.lock().expect("lock") = true;
+            changed.notify_all();
+        }
+        manager.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        assert_eq!(ping(&manager, &mut buf).expect("pings resume"), b"WATCHDOG=1");
+        let reply = call.await.expect("join").expect("the call completes");
+        assert_eq!(reply.into_inner(), "x");
+        drop(watchdog);
     }
 }

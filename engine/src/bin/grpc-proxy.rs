@@ -8,17 +8,29 @@
 //! SIGHUP reloads: the config file (or the flags' TLS files) is read again
 //! and, if valid, applied to new calls without dropping any connection; if
 //! not, the error is logged and the running config stays.
+//!
+//! Under systemd (`Type=notify`, `NOTIFY_SOCKET` set) it says READY=1 once
+//! every worker listens, RELOADING=1 and READY=1 around a reload, and
+//! STOPPING=1 when it drains; with `WATCHDOG_USEC` it pings the watchdog
+//! while every worker answers its mailbox.
+//!
+//! `grpc-proxy check --config FILE` (as `nginx -t` and `haproxy -c`) runs
+//! the checks a start and a reload run (the file, the hosts it names, every
+//! certificate and key, the route table, the access log's file) without
+//! serving: a one-line summary and exit code 0, or the problem in one line
+//! and exit code 2.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use grpc_proxy::config::{
     parse_duration, resolve, ClientAuth, ClusterConfig, Config, ListenerTls, RouteAction,
     RouteConfig,
 };
+use grpc_proxy::control::systemd::{watchdog_interval, Notifier, Watchdog};
 use grpc_proxy::runtime::cores::{CoreSelection, CpuList};
 use grpc_proxy::{Driver, ProxyBuilder};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -31,8 +43,11 @@ use signal_hook::iterator::Signals;
 /// with --config, routes in the file decide per call (method, service,
 /// authority, metadata) and may reject calls with a gRPC status.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "grpc-proxy", version)]
+#[command(name = "grpc-proxy", version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Address to listen on, e.g. 0.0.0.0:50051 (overrides the config file).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -93,8 +108,34 @@ struct Cli {
     log: Option<String>,
 }
 
+/// What else the binary does than serve.
+#[derive(Subcommand, Debug, Clone)]
+enum Command {
+    /// Checks a config file without serving (as nginx -t): the file, the
+    /// hosts it names, every certificate and key, the routes, the access
+    /// log's file. Prints a one-line summary and exits 0, or prints the
+    /// problem and exits 2.
+    Check {
+        /// The TOML config file to check.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Check { config }) = &cli.command {
+        return match check(config) {
+            Ok(summary) => {
+                println!("grpc-proxy: {}: ok: {summary}", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("grpc-proxy: {message}");
+                ExitCode::from(2)
+            }
+        };
+    }
     init_logging(cli.log.as_deref());
     let config = match load(&cli) {
         Ok(config) => config,
@@ -135,12 +176,31 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // systemd (Type=notify): ready once every worker listens, the
+    // watchdog while every worker answers.
+    let notifier = Notifier::from_env().map(std::sync::Arc::new);
+    let serving = format!("serving on {}", proxy.local_addr());
+    let _watchdog = match (&notifier, watchdog_interval()) {
+        (Some(n), Some(every)) => Some(Watchdog::start(n.clone(), proxy.controller(), every)),
+        _ => None,
+    };
     // What SIGHUP and the admin endpoint's POST /reload both do.
     let reload: grpc_proxy::telemetry::admin::ReloadFn = {
         let (control, cli) = (proxy.controller(), cli.clone());
+        let (notifier, serving) = (notifier.clone(), serving.clone());
         std::sync::Arc::new(move || {
-            let next = load(&cli)?;
-            control.reload(&next).map_err(|e| e.to_string())
+            if let Some(n) = &notifier {
+                n.reloading();
+            }
+            let result =
+                load(&cli).and_then(|next| control.reload(&next).map_err(|e| e.to_string()));
+            if let Some(n) = &notifier {
+                match &result {
+                    Ok(_) => n.ready(&serving),
+                    Err(e) => n.ready(&format!("{serving}; reload refused: {e}")),
+                }
+            }
+            result
         })
     };
     if let Some(addr) = config.admin {
@@ -148,6 +208,9 @@ fn main() -> ExitCode {
             eprintln!("grpc-proxy: {e}");
             return ExitCode::from(2);
         }
+    }
+    if let Some(n) = &notifier {
+        n.ready(&serving);
     }
     // Reload on SIGHUP; drain on the first SIGTERM or SIGINT, and a second
     // one stops at once.
@@ -160,6 +223,9 @@ fn main() -> ExitCode {
         }
         tracing::info!(signal, drain_timeout = ?config.settings.drain_timeout, "draining");
         break;
+    }
+    if let Some(n) = &notifier {
+        n.stopping();
     }
     proxy.drain();
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
@@ -177,6 +243,61 @@ fn main() -> ExitCode {
     let _ = waiter.join();
     tracing::info!("drained; bye");
     ExitCode::SUCCESS
+}
+
+/// The checks of a start, without serving: the summary of a good file,
+/// or what is wrong with it.
+fn check(path: &Path) -> Result<String, String> {
+    let config = Config::from_file(path).map_err(|e| e.to_string())?;
+    let Some(listen) = config.listen else {
+        return Err(format!(
+            "{}: no listen address: set `listen` in the file",
+            path.display()
+        ));
+    };
+    // Certificates and keys (listener and clusters) and the route table,
+    // as a start and a reload load them.
+    ProxyBuilder::from_config(&config).map_err(|e| e.to_string())?;
+    if let Some(grpc_proxy::config::AccessLogTarget::File(log)) = &config.access_log {
+        check_log_file(log)?;
+    }
+    let endpoints: usize = config.clusters.iter().map(|c| c.endpoints.len()).sum();
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let mut summary = format!(
+        "listens on {listen}{}, {}, {} ({})",
+        if config.tls.is_some() { " (TLS)" } else { "" },
+        plural(config.routes.len(), "route", "routes"),
+        plural(config.clusters.len(), "cluster", "clusters"),
+        plural(endpoints, "endpoint", "endpoints"),
+    );
+    if let Some(admin) = config.admin {
+        summary.push_str(&format!(", admin on {admin}"));
+    }
+    Ok(summary)
+}
+
+/// The access log's file can be written: its folder exists, and the file,
+/// if it does, opens for appending. Nothing is created.
+fn check_log_file(log: &Path) -> Result<(), String> {
+    let folder = match log.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(format!(
+            "access_log: {}: the folder {} does not exist",
+            log.display(),
+            folder.display()
+        ));
+    }
+    if log.exists() {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("access_log: {}: {e}", log.display()))?;
+    }
+    Ok(())
 }
 
 fn init_logging(filter: Option<&str>) {

@@ -95,6 +95,18 @@ impl Controller {
         }
     }
 
+    /// Whether every worker answers its mailbox within `patience`: a
+    /// worker whose runtime is stuck (or that exited) does not.
+    pub fn responsive(&self, patience: Duration) -> bool {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for p in &self.postboxes {
+            p.send(Command::Ping(tx.clone()));
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + patience;
+        (0..self.postboxes.len()).all(|_| rx.recv_deadline(deadline).is_ok())
+    }
+
     /// Every worker's counters, merged; a worker that does not answer
     /// within a second (stuck or gone) is left out.
     pub fn metrics(&self) -> Merged {

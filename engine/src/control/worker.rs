@@ -47,6 +47,8 @@ pub enum Command {
     },
     /// Report this worker's counters.
     Scrape(crossbeam_channel::Sender<CoreReport>),
+    /// Answer at once: the worker's runtime is turning (the watchdog).
+    Ping(crossbeam_channel::Sender<()>),
 }
 
 /// What a worker thread is started with; `Send`.
@@ -226,6 +228,9 @@ impl Worker {
             }
             Command::Scrape(reply) => {
                 let _ = reply.send(self.report());
+            }
+            Command::Ping(reply) => {
+                let _ = reply.send(());
             }
         }
     }
