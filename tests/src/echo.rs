@@ -302,6 +302,12 @@ impl Upstream {
         )
     }
 
+    /// Starts a server named `name` on `addr` (another loopback address,
+    /// say, or a given port).
+    pub fn start_at(name: &str, addr: SocketAddr) -> Upstream {
+        Upstream::start_on(name, addr, Arc::default(), None, Duration::ZERO)
+    }
+
     /// Starts a server whose `Unary` answers after `delay`.
     pub fn start_slow(name: &str, delay: Duration) -> Upstream {
         Upstream::start_on(

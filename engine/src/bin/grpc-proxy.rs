@@ -374,14 +374,16 @@ fn from_flags(upstreams: &[String]) -> Result<Config, String> {
     if upstreams.is_empty() {
         return Err("no upstream: pass --upstream ADDR (or --config FILE); see --help".into());
     }
-    let mut endpoints = Vec::new();
+    let mut names = Vec::new();
     for u in upstreams {
-        endpoints.extend(resolve(u).map_err(|e| format!("--upstream: {e}"))?);
+        let addrs = resolve(u, None).map_err(|e| format!("--upstream: {e}"))?;
+        names.push((u.clone(), addrs));
     }
     Ok(Config {
         clusters: vec![ClusterConfig {
             name: "default".into(),
-            endpoints,
+            endpoints: grpc_proxy::config::endpoints_of(&names),
+            names,
             tls: None,
             balance: Default::default(),
             health_check: None,

@@ -118,6 +118,8 @@ struct UpstreamFile {
     retry_buffer_per_worker: Option<SizeValue>,
     reconnect_backoff_min: Option<String>,
     reconnect_backoff_max: Option<String>,
+    dns_refresh: Option<String>,
+    hosts_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -255,9 +257,19 @@ impl File {
             None => Driver::default(),
             Some(d) => d.parse().map_err(|e| format!("driver: {e}"))?,
         };
+        let hosts_file = match self.upstream.hosts_file.as_deref() {
+            None => None,
+            Some("") => return Err("upstream.hosts_file: empty".into()),
+            Some(path) => {
+                let path = PathBuf::from(path);
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("upstream.hosts_file: {}: {e}", path.display()))?;
+                Some(path)
+            }
+        };
         let mut clusters = Vec::with_capacity(self.clusters.len());
         for (i, c) in self.clusters.into_iter().enumerate() {
-            let cluster = c.validate(i, &clusters)?;
+            let cluster = c.validate(i, &clusters, hosts_file.as_deref())?;
             clusters.push(cluster);
         }
         let routes = self
@@ -291,6 +303,7 @@ impl File {
             tls,
             admin,
             access_log,
+            hosts_file,
             source: String::new(),
             digest: String::new(),
         })
@@ -377,6 +390,9 @@ impl UpstreamFile {
                 "upstream.reconnect_backoff_min is larger than reconnect_backoff_max".into(),
             );
         }
+        if let Some(every) = duration("upstream.dns_refresh", self.dns_refresh.as_deref())? {
+            s.dns_refresh = (!every.is_zero()).then_some(every);
+        }
         Ok(())
     }
 }
@@ -459,7 +475,12 @@ impl LimitsFile {
 
 impl ClusterFile {
     /// Checks the `i`-th cluster against those before it.
-    fn validate(self, i: usize, before: &[ClusterConfig]) -> Result<ClusterConfig, String> {
+    fn validate(
+        self,
+        i: usize,
+        before: &[ClusterConfig],
+        hosts: Option<&std::path::Path>,
+    ) -> Result<ClusterConfig, String> {
         if self.name.is_empty() {
             return Err(format!("clusters[{i}]: name is empty"));
         }
@@ -473,10 +494,12 @@ impl ClusterFile {
         if self.endpoints.is_empty() {
             return Err(format!("{at}: no endpoints"));
         }
-        let mut endpoints = Vec::new();
+        let mut names = Vec::with_capacity(self.endpoints.len());
         for e in &self.endpoints {
-            endpoints.extend(resolve(e).map_err(|m| format!("{at}: {m}"))?);
+            let addrs = resolve(e, hosts).map_err(|m| format!("{at}: {m}"))?;
+            names.push((e.clone(), addrs));
         }
+        let endpoints = super::endpoints_of(&names);
         let tls = self
             .tls
             .map(|t| t.validate(&self.name, &self.endpoints[0]))
@@ -509,6 +532,7 @@ impl ClusterFile {
         Ok(ClusterConfig {
             name: self.name,
             endpoints,
+            names,
             tls,
             balance,
             health_check,

@@ -16,7 +16,7 @@ pub mod digest;
 mod file;
 mod units;
 
-pub use units::{parse_duration, parse_size, resolve};
+pub use units::{is_name, parse_duration, parse_size, resolve};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -97,6 +97,9 @@ pub struct Settings {
     pub reconnect_backoff_min: Duration,
     /// Longest wait before reconnecting to an endpoint that failed.
     pub reconnect_backoff_max: Duration,
+    /// How often endpoint names are resolved again (`[upstream]
+    /// dns_refresh`); `None`: only when the config is loaded.
+    pub dns_refresh: Option<Duration>,
     /// On shutdown, how long in-flight calls may run before they are cut.
     pub drain_timeout: Duration,
     /// A call whose request sends nothing at all (no DATA, no end) and
@@ -150,6 +153,7 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(5),
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(2),
+            dns_refresh: Some(Duration::from_secs(30)),
             drain_timeout: Duration::from_secs(30),
             silent_request_timeout: Some(Duration::from_secs(300)),
             tcp_keepalive: Some(Duration::from_secs(60)),
@@ -186,6 +190,10 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Where the access log goes; `None`: off.
     pub access_log: Option<AccessLogTarget>,
+    /// A hosts-style file consulted before the system resolver for
+    /// endpoint names (`[upstream] hosts_file`), read again at every
+    /// resolution.
+    pub hosts_file: Option<PathBuf>,
     /// Where this config came from (a file path, or what built it).
     pub source: String,
     /// SHA-256 of the config text, lower-case hex; empty when not from text.
@@ -259,13 +267,29 @@ pub struct ClientMatch {
     pub sha256: Vec<String>,
 }
 
+/// Every address of `names`' answers, in order, without repeats.
+pub fn endpoints_of(names: &[(String, Vec<SocketAddr>)]) -> Vec<SocketAddr> {
+    let mut endpoints: Vec<SocketAddr> = Vec::new();
+    for addr in names.iter().flat_map(|(_, addrs)| addrs) {
+        if !endpoints.contains(addr) {
+            endpoints.push(*addr);
+        }
+    }
+    endpoints
+}
+
 /// A named group of upstream endpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// Unique name, used by routes.
     pub name: String,
-    /// Endpoint addresses (names are resolved when the config is loaded).
+    /// Endpoint addresses: every address of every endpoint as written,
+    /// without repeats.
     pub endpoints: Vec<SocketAddr>,
+    /// Each endpoint as written and what it resolved to when the config
+    /// was loaded; names among them are resolved again in the background
+    /// (`[upstream] dns_refresh`).
+    pub names: Vec<(String, Vec<SocketAddr>)>,
     /// TLS to the endpoints; `None`: cleartext HTTP/2.
     pub tls: Option<UpstreamTls>,
     /// How calls are spread over the endpoints.
@@ -504,6 +528,36 @@ mod tests {
         assert_eq!(cfg.clusters.len(), 2);
         assert_eq!(cfg.routes.len(), 4);
         assert_eq!(cfg.settings.buffer_per_connection, 4 << 20);
+    }
+
+    #[test]
+    fn endpoint_names_come_from_the_hosts_file_first() {
+        let dir = std::env::temp_dir().join(format!("grpc-proxy-hosts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let hosts = dir.join("hosts");
+        std::fs::write(
+            &hosts,
+            "# comment\n10.0.0.7 svc.test.invalid other\n10.0.0.8 svc.test.invalid # two\n",
+        )
+        .expect("write");
+        let cfg = parse(&format!(
+            "[upstream]\nhosts_file = {hosts:?}\ndns_refresh = \"5s\"\n\
+             [[clusters]]\nname = \"a\"\nendpoints = [\"svc.test.invalid:80\", \"10.0.0.7:80\"]\n"
+        ))
+        .expect("valid");
+        let c = &cfg.clusters[0];
+        let a: SocketAddr = "10.0.0.7:80".parse().expect("addr");
+        let b: SocketAddr = "10.0.0.8:80".parse().expect("addr");
+        assert_eq!(c.endpoints, [a, b], "every address once");
+        assert_eq!(c.names[0], ("svc.test.invalid:80".to_string(), vec![a, b]));
+        assert_eq!(cfg.settings.dns_refresh, Some(Duration::from_secs(5)));
+        assert_eq!(cfg.hosts_file.as_deref(), Some(hosts.as_path()));
+        let off = parse("[upstream]\ndns_refresh = \"0s\"").expect("valid");
+        assert_eq!(off.settings.dns_refresh, None);
+        let missing = parse(&format!("[upstream]\nhosts_file = {:?}", dir.join("nope")))
+            .expect_err("missing");
+        assert!(missing.contains("upstream.hosts_file"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -43,10 +43,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {text:?} ({e}; expected e.g. 250ms, 5s, 2m)"))
 }
 
-/// Resolves `host:port` to one or more socket addresses.
-pub fn resolve(endpoint: &str) -> Result<Vec<SocketAddr>, String> {
+/// Resolves `host:port` to one or more socket addresses: an address as it
+/// is; a name from `hosts` (a hosts-style file, re-read on every call) if
+/// it names it, else from the system's resolver.
+pub fn resolve(endpoint: &str, hosts: Option<&std::path::Path>) -> Result<Vec<SocketAddr>, String> {
     if let Ok(addr) = SocketAddr::from_str(endpoint) {
         return Ok(vec![addr]);
+    }
+    if let Some(path) = hosts {
+        if let Some(addrs) = from_hosts_file(path, endpoint)? {
+            return Ok(addrs);
+        }
     }
     let addrs: Vec<SocketAddr> = endpoint
         .to_socket_addrs()
@@ -56,6 +63,43 @@ pub fn resolve(endpoint: &str) -> Result<Vec<SocketAddr>, String> {
         return Err(format!("endpoint {endpoint:?} resolves to no address"));
     }
     Ok(addrs)
+}
+
+/// Whether `endpoint` is a name to resolve, not an address.
+pub fn is_name(endpoint: &str) -> bool {
+    SocketAddr::from_str(endpoint).is_err()
+}
+
+/// The addresses a hosts-style file (`address name [name...]` per line,
+/// `#` comments) gives the host of `endpoint`, with its port; `None` if it
+/// does not name it.
+fn from_hosts_file(
+    path: &std::path::Path,
+    endpoint: &str,
+) -> Result<Option<Vec<SocketAddr>>, String> {
+    let Some((host, port)) = endpoint.rsplit_once(':') else {
+        return Err(format!("endpoint {endpoint:?} has no port"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("endpoint {endpoint:?}: {port:?} is not a port"))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("hosts file {}: {e}", path.display()))?;
+    let mut addrs = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let Some(ip) = words.next() else {
+            continue;
+        };
+        if words.any(|name| name.eq_ignore_ascii_case(host)) {
+            let ip: std::net::IpAddr = ip.parse().map_err(|_| {
+                format!("hosts file {}: {ip:?} is not an IP address", path.display())
+            })?;
+            addrs.push(SocketAddr::new(ip, port));
+        }
+    }
+    Ok((!addrs.is_empty()).then_some(addrs))
 }
 
 /// A size as written in the file: a number of bytes, or a string such as

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::{AccessLogTarget, Config, Settings};
-use crate::control::controller::Controller;
+use crate::control::controller::{Controller, Running};
+use crate::control::discovery;
 use crate::control::handle::ProxyHandle;
 use crate::control::plan::{cluster_plans, listener_tls, route_table};
 use crate::control::worker;
@@ -73,6 +74,9 @@ pub struct ProxyBuilder {
     clusters: Vec<ClusterPlan>,
     tls: Option<ServerTls>,
     access_log: Option<AccessLogTarget>,
+    /// Each cluster's endpoints as written, and their first answers.
+    names: Vec<Vec<(String, Vec<SocketAddr>)>>,
+    hosts_file: Option<std::path::PathBuf>,
     source: String,
     digest: String,
 }
@@ -88,6 +92,8 @@ impl ProxyBuilder {
             clusters: Vec::new(),
             tls: None,
             access_log: None,
+            names: Vec::new(),
+            hosts_file: None,
             source: "ProxyBuilder".into(),
             digest: String::new(),
         }
@@ -104,6 +110,8 @@ impl ProxyBuilder {
         builder.clusters = cluster_plans(config).map_err(StartError::Tls)?;
         builder.tls = listener_tls(config).map_err(StartError::Tls)?;
         builder.access_log = config.access_log.clone();
+        builder.names = config.clusters.iter().map(|c| c.names.clone()).collect();
+        builder.hosts_file = config.hosts_file.clone();
         builder.source = config.source.clone();
         builder.digest = config.digest.clone();
         let table = route_table(config, &builder.clusters).map_err(StartError::Routes)?;
@@ -158,8 +166,15 @@ impl ProxyBuilder {
         endpoints: impl IntoIterator<Item = SocketAddr>,
         tls: Option<ClientTls>,
     ) -> ClusterId {
-        self.clusters
-            .push(ClusterPlan::new(name, endpoints.into_iter().collect(), tls));
+        let endpoints: Vec<SocketAddr> = endpoints.into_iter().collect();
+        // Addresses, not names: never resolved again.
+        self.names.push(
+            endpoints
+                .iter()
+                .map(|a| (a.to_string(), vec![*a]))
+                .collect(),
+        );
+        self.clusters.push(ClusterPlan::new(name, endpoints, tls));
         ClusterId((self.clusters.len() - 1) as u32)
     }
 
@@ -234,6 +249,7 @@ impl ProxyBuilder {
             postboxes.push(postbox);
         }
         drop(ready_tx);
+        let dns_refresh = self.settings.dns_refresh;
         let controller = Controller::new(
             postboxes,
             recipe.is_route_table(),
@@ -245,13 +261,25 @@ impl ProxyBuilder {
                 digest: self.digest,
                 applied_at: std::time::SystemTime::now(),
             },
+            Running {
+                plan: Arc::new(plan),
+                names: self.names,
+                hosts_file: self.hosts_file,
+                failing: Default::default(),
+            },
         );
+        let controller = Arc::new(controller);
+        if let Some(every) = dns_refresh {
+            if controller.has_names() {
+                discovery::start(&controller, every);
+            }
+        }
         // From here on, dropping the handle stops whatever started.
         let mut handle = ProxyHandle {
             local_addr,
             driver: self.driver,
             threads,
-            control: Arc::new(controller),
+            control: controller,
             admin: None,
             access_log,
         };

@@ -4,19 +4,25 @@
 //! A reload checks everything on the calling thread first (routes, TLS
 //! files); only a valid config is sent, and the call returns once every
 //! worker has swapped it in between calls (see
-//! [`snapshot`](crate::downstream::snapshot)).
+//! [`snapshot`](crate::downstream::snapshot)). Resolving endpoint names
+//! again ([`Controller::refresh_endpoints`], every `dns_refresh`, see
+//! [`discovery`](crate::control::discovery)) sends the running plan with
+//! new endpoints the same way.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Settings};
+use crate::config::{endpoints_of, Config, Settings};
 use crate::control::plan::{cluster_plans, listener_tls, route_table};
 use crate::control::worker::Command;
 use crate::downstream::snapshot::Plan;
 use crate::runtime::mailbox::Postbox;
 use crate::telemetry::admin::{self, ConfigInfo};
-use crate::telemetry::metrics::Merged;
+use crate::telemetry::metrics::{DnsReport, Merged};
 
 /// Why a reload was refused; the running config stays.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +47,27 @@ pub struct Controller {
     /// The control side only: reloads are rare and never on a worker.
     #[allow(clippy::disallowed_types)]
     info: std::sync::Mutex<ConfigInfo>,
+    /// The plan the workers run and the names behind its endpoints; held
+    /// by a reload and a refresh from start to end, so they never cross.
+    #[allow(clippy::disallowed_types)]
+    running: std::sync::Mutex<Running>,
+    dns_failures: AtomicU64,
+    dns_failing: AtomicU64,
+    dns_updates: AtomicU64,
+}
+
+/// What the workers run, and what its endpoints came from.
+#[derive(Debug)]
+pub(super) struct Running {
+    /// The last plan sent.
+    pub plan: Arc<Plan>,
+    /// Each cluster's endpoints as written and their last answers, by
+    /// `ClusterId`.
+    pub names: Vec<Vec<(String, Vec<SocketAddr>)>>,
+    /// Where names are looked up before the system's resolver.
+    pub hosts_file: Option<PathBuf>,
+    /// Names whose last resolution failed.
+    pub failing: HashSet<String>,
 }
 
 impl Controller {
@@ -52,6 +79,7 @@ impl Controller {
         cluster_names: Vec<String>,
         settings: Settings,
         info: ConfigInfo,
+        running: Running,
     ) -> Controller {
         Controller {
             postboxes,
@@ -61,6 +89,10 @@ impl Controller {
             version: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             info: info_lock(info),
+            running: running_lock(running),
+            dns_failures: AtomicU64::new(0),
+            dns_failing: AtomicU64::new(0),
+            dns_updates: AtomicU64::new(0),
         }
     }
 
@@ -123,7 +155,13 @@ impl Controller {
                 Err(_) => break,
             }
         }
-        Merged::new(reports)
+        let mut merged = Merged::new(reports);
+        merged.dns = DnsReport {
+            failures: self.dns_failures.load(Ordering::Relaxed),
+            failing: self.dns_failing.load(Ordering::Relaxed),
+            updates: self.dns_updates.load(Ordering::Relaxed),
+        };
+        merged
     }
 
     /// Applies `config` to calls that start from now on: routes, clusters
@@ -157,6 +195,7 @@ impl Controller {
         if config.settings != self.settings {
             tracing::warn!("changed limits or timeouts take effect only after a restart");
         }
+        let mut running = self.lock_running();
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
         let plan = Arc::new(Plan {
             routes,
@@ -164,21 +203,15 @@ impl Controller {
             tls,
             version,
         });
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        for p in &self.postboxes {
-            p.send(Command::Reload {
-                plan: plan.clone(),
-                done: done_tx.clone(),
-            });
-        }
-        drop(done_tx);
-        for _ in &self.postboxes {
-            if done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
-                return Err(ReloadError(format!(
-                    "not every worker took config version {version} (exited or stuck)"
-                )));
-            }
-        }
+        self.apply(&plan)?;
+        *running = Running {
+            plan,
+            names: config.clusters.iter().map(|c| c.names.clone()).collect(),
+            hosts_file: config.hosts_file.clone(),
+            failing: HashSet::new(),
+        };
+        self.dns_failing.store(0, Ordering::Relaxed);
+        drop(running);
         let info = ConfigInfo {
             version,
             source: config.source.clone(),
@@ -194,6 +227,124 @@ impl Controller {
     }
 }
 
+impl Controller {
+    /// Sends `plan` to every worker; returns once each runs it.
+    fn apply(&self, plan: &Arc<Plan>) -> Result<(), ReloadError> {
+        let version = plan.version;
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        for p in &self.postboxes {
+            p.send(Command::Reload {
+                plan: plan.clone(),
+                done: done_tx.clone(),
+            });
+        }
+        drop(done_tx);
+        for _ in &self.postboxes {
+            if done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+                return Err(ReloadError(format!(
+                    "not every worker took config version {version} (exited or stuck)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::disallowed_types)]
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, Running> {
+        match self.running.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Whether any endpoint is a name to resolve again.
+    pub fn has_names(&self) -> bool {
+        self.lock_running()
+            .names
+            .iter()
+            .flatten()
+            .any(|(name, _)| crate::config::is_name(name))
+    }
+
+    /// Resolves every endpoint name again; where the answers changed, the
+    /// workers get the running plan with the new endpoints (added ones
+    /// take calls, removed ones take no new calls and their connections
+    /// close as their calls end). A name that fails to resolve keeps its
+    /// last answer, and says so in the log and the metrics. Returns whether
+    /// the endpoints changed.
+    pub fn refresh_endpoints(&self) -> bool {
+        let mut running = self.lock_running();
+        let hosts = running.hosts_file.clone();
+        let mut names = running.names.clone();
+        let mut answered = false;
+        for (name, addrs) in names.iter_mut().flatten() {
+            if !crate::config::is_name(name) {
+                continue;
+            }
+            match crate::config::resolve(name, hosts.as_deref()) {
+                Ok(now) => {
+                    if running.failing.remove(name.as_str()) {
+                        tracing::info!(endpoint = %name, "endpoint name resolves again");
+                    }
+                    if now != *addrs {
+                        *addrs = now;
+                        answered = true;
+                    }
+                }
+                Err(error) => {
+                    self.dns_failures.fetch_add(1, Ordering::Relaxed);
+                    if running.failing.insert(name.clone()) {
+                        tracing::warn!(endpoint = %name, %error, kept = ?addrs, "endpoint name does not resolve; keeping its last answer");
+                    }
+                }
+            }
+        }
+        self.dns_failing
+            .store(running.failing.len() as u64, Ordering::Relaxed);
+        if !answered {
+            running.names = names;
+            return false;
+        }
+        let mut clusters = running.plan.clusters.clone();
+        let mut changed = false;
+        for (cluster, its_names) in clusters.iter_mut().zip(&names) {
+            let endpoints = endpoints_of(its_names);
+            if endpoints != cluster.endpoints {
+                let added: Vec<_> = endpoints
+                    .iter()
+                    .filter(|a| !cluster.endpoints.contains(a))
+                    .collect();
+                let removed: Vec<_> = cluster
+                    .endpoints
+                    .iter()
+                    .filter(|a| !endpoints.contains(a))
+                    .collect();
+                tracing::info!(cluster = %cluster.name, ?added, ?removed, "cluster endpoints changed (DNS)");
+                cluster.endpoints = endpoints;
+                changed = true;
+            }
+        }
+        running.names = names;
+        if !changed {
+            return false;
+        }
+        let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+        let plan = Arc::new(Plan {
+            routes: None,
+            clusters,
+            tls: running.plan.tls.clone(),
+            version,
+        });
+        if let Err(e) = self.apply(&plan) {
+            tracing::error!(error = %e, "new endpoints not taken");
+            return false;
+        }
+        running.plan = plan;
+        self.dns_updates.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
 impl admin::Control for Controller {
     fn metrics(&self) -> Merged {
         Controller::metrics(self)
@@ -206,6 +357,12 @@ impl admin::Control for Controller {
     fn config_info(&self) -> ConfigInfo {
         Controller::config_info(self)
     }
+}
+
+/// The lock around what the workers run: the control side only.
+#[allow(clippy::disallowed_types)]
+fn running_lock(running: Running) -> std::sync::Mutex<Running> {
+    std::sync::Mutex::new(running)
 }
 
 /// The lock around the running config's description: the control side

@@ -4,11 +4,13 @@
 //!
 //! In dependency order: `worker` (one core's thread), `plan` (a config's
 //! files read for the workers), `controller` (drain, stop, scrape, reload,
-//! liveness), `handle` (what the starter holds), `builder` (start-up),
-//! `systemd` (READY, RELOADING, STOPPING, the watchdog).
+//! liveness, endpoints resolved again), `discovery` (the thread that
+//! resolves them), `handle` (what the starter holds), `builder`
+//! (start-up), `systemd` (READY, RELOADING, STOPPING, the watchdog).
 
 pub mod builder;
 pub mod controller;
+mod discovery;
 pub mod handle;
 mod plan;
 pub mod systemd;

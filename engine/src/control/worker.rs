@@ -129,6 +129,7 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
 
     let server = &worker.server;
     let relay = Relay::new(server.clone());
+    *worker.relay.borrow_mut() = Some(relay.clone());
     let relay_tasks = relay.live();
     relay.spawn(relay.clone().run_deadlines());
     relay.spawn(relay.clone().run_keepers());
@@ -183,6 +184,9 @@ fn watch_health(
 struct Worker {
     core: CoreId,
     server: Rc<Server>,
+    /// Set once serving: its upstream connections to addresses a new plan
+    /// no longer has are retired.
+    relay: std::cell::RefCell<Option<Rc<Relay>>>,
     /// This core's route statistics, by name, kept across reloads.
     routes: RouteRegistry,
 }
@@ -210,6 +214,7 @@ impl Worker {
         Worker {
             core,
             server: Rc::new(Server::new(first, settings, stop, calls)),
+            relay: std::cell::RefCell::new(None),
             routes,
         }
     }
@@ -246,8 +251,16 @@ impl Worker {
             &next.clusters,
             &previous.clusters,
         );
+        let keep: std::collections::HashSet<std::net::SocketAddr> = next
+            .clusters
+            .iter()
+            .flat_map(|c| c.endpoints().iter().map(|e| e.addr()))
+            .collect();
         self.server.swap(next);
         drop(previous);
+        if let Some(relay) = self.relay.borrow().as_ref() {
+            relay.retire_upstreams(&keep);
+        }
         self.routes.forget_unused();
         tracing::debug!(
             worker = self.core.worker,

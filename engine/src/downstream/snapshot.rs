@@ -113,6 +113,7 @@ impl Snapshot {
                 self.clusters
                     .iter()
                     .find_map(|c| c.reuse(p))
+                    .or_else(|| self.clusters.iter().find_map(|c| c.renew(p)))
                     .unwrap_or_else(|| Cluster::new(p))
             })
             .collect();

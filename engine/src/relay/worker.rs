@@ -313,6 +313,31 @@ impl Relay {
             })
     }
 
+    /// Upstream connections to addresses that no cluster has any more (DNS
+    /// dropped them, or a reload did): they take no new calls, and each
+    /// closes once its last call ends.
+    pub fn retire_upstreams(&self, keep: &std::collections::HashSet<SocketAddr>) {
+        let gone: Vec<Rc<Side>> = {
+            let mut upstreams = self.upstreams.borrow_mut();
+            let keys: Vec<UpstreamKey> = upstreams
+                .keys()
+                .filter(|(addr, _)| !keep.contains(addr))
+                .copied()
+                .collect();
+            keys.iter()
+                .filter_map(|k| upstreams.remove(k))
+                .flatten()
+                .collect()
+        };
+        for side in gone {
+            side.retiring.set(true);
+            if side.wire.borrow().links.is_empty() && side.wire.borrow().waiting.is_empty() {
+                side.closed.set();
+                side.wake.notify_all();
+            }
+        }
+    }
+
     /// Forgets an upstream connection that is gone.
     pub fn forget(&self, side: &Rc<Side>) {
         for list in self.upstreams.borrow_mut().values_mut() {
@@ -413,6 +438,14 @@ impl Relay {
             }
             up.flush();
             self.open_waiting(up);
+            let done = {
+                let w = up.wire.borrow();
+                up.retiring.get() && w.links.is_empty() && w.waiting.is_empty()
+            };
+            if done {
+                up.closed.set();
+                up.wake.notify_all();
+            }
         }
     }
 

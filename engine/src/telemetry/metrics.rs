@@ -311,6 +311,19 @@ pub struct Merged {
     cores: Vec<CoreReport>,
     routes: BTreeMap<String, CallReport>,
     clusters: BTreeMap<String, ClusterReport>,
+    /// Endpoint name resolution, from the control side.
+    pub dns: DnsReport,
+}
+
+/// What resolving endpoint names again has done (the control side's).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DnsReport {
+    /// Resolutions that failed (the last answer was kept).
+    pub failures: u64,
+    /// Names whose last resolution failed.
+    pub failing: u64,
+    /// Times the resolved endpoints changed and the workers took them.
+    pub updates: u64,
 }
 
 impl Merged {
@@ -331,6 +344,7 @@ impl Merged {
             cores,
             routes,
             clusters,
+            dns: DnsReport::default(),
         }
     }
 
@@ -402,11 +416,44 @@ impl prometheus_client::collector::Collector for Merged {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         self.encode_routes(&mut e)?;
         self.encode_clusters(&mut e)?;
-        self.encode_cores(&mut e)
+        self.encode_cores(&mut e)?;
+        self.encode_dns(&mut e)
     }
 }
 
 impl Merged {
+    /// Endpoint name resolution (no labels: the control side's own).
+    fn encode_dns(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let one = |e: &mut DescriptorEncoder, name: &str, help: &str, kind, value: u64| {
+            let metric = e.encode_descriptor(name, help, None, kind)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(value).encode(metric),
+                _ => ConstGauge::new(value as i64).encode(metric),
+            }
+        };
+        one(
+            e,
+            "dns_resolve_failures",
+            "Endpoint name resolutions that failed; the last answer was kept.",
+            MetricType::Counter,
+            self.dns.failures,
+        )?;
+        one(
+            e,
+            "dns_names_failing",
+            "Endpoint names whose last resolution failed.",
+            MetricType::Gauge,
+            self.dns.failing,
+        )?;
+        one(
+            e,
+            "dns_endpoint_updates",
+            "Times the resolved endpoints changed and the workers took them.",
+            MetricType::Counter,
+            self.dns.updates,
+        )
+    }
+
     /// Calls and their latency, by route.
     fn encode_routes(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let route = |n: &String| vec![("route", n.clone())];

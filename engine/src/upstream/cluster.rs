@@ -85,8 +85,9 @@ pub struct Cluster {
     pub(super) keepalive: Option<Keepalive>,
     /// State of the random choices of least-request (xorshift).
     rng: Cell<u64>,
-    /// Calls through this cluster on this core.
-    pub(crate) stats: CallStats,
+    /// Calls through this cluster on this core (shared with the cluster
+    /// it renews, see [`Cluster::renew`]).
+    pub(crate) stats: Rc<CallStats>,
     pub(super) connect_failures: Cell<u64>,
     resets: Cell<u64>,
 }
@@ -118,10 +119,44 @@ impl Cluster {
             overloaded: Cell::new(0),
             keepalive: plan.keepalive,
             rng: Cell::new(seed()),
-            stats: CallStats::default(),
+            stats: Rc::default(),
             connect_failures: Cell::new(0),
             resets: Cell::new(0),
         })
+    }
+
+    /// The cluster `plan` makes of this one when only its endpoints
+    /// changed (DNS, or a reload): the endpoints it keeps keep their state
+    /// (health, ejection, back-off, connections and streams), new ones
+    /// start afresh, and its counters carry on. `None` if more changed.
+    pub fn renew(self: &Rc<Cluster>, plan: &ClusterPlan) -> Option<Rc<Cluster>> {
+        let same = *self.name == *plan.name
+            && self.tls_config == plan.tls_config
+            && self.balance == plan.balance
+            && self.health_check == plan.health_check
+            && self.outlier == plan.outlier
+            && self.keepalive == plan.keepalive;
+        if !same {
+            return None;
+        }
+        let fresh = Cluster::new(plan);
+        let mut renewed = Rc::try_unwrap(fresh).ok()?;
+        renewed.endpoints = plan
+            .endpoints
+            .iter()
+            .map(|&addr| {
+                self.endpoints
+                    .iter()
+                    .find(|e| e.addr() == addr)
+                    .cloned()
+                    .unwrap_or_else(|| Rc::new(Endpoint::new(addr)))
+            })
+            .collect();
+        renewed.stats = self.stats.clone();
+        renewed.overloaded.set(self.overloaded.get());
+        renewed.connect_failures.set(self.connect_failures.get());
+        renewed.resets.set(self.resets.get());
+        Some(Rc::new(renewed))
     }
 
     /// This cluster, kept with its connections, if `plan` names it with the

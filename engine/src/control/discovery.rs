@@ -1,0 +1,49 @@
+//! Endpoint names resolved again in the background, on a thread of the
+//! control side (never a worker's): every `[upstream] dns_refresh`, each
+//! name an endpoint was written with is looked up again (in
+//! `[upstream] hosts_file` first, if set, then by the system's resolver),
+//! and every address it returns is an endpoint, as Envoy's STRICT_DNS
+//! does: a DNS round-robin name or a Kubernetes headless Service just
+//! works. See [`Controller::refresh_endpoints`] for what a change does and
+//! what a failure keeps.
+//!
+//! The thread holds the controller weakly and ends with the proxy (or
+//! once it drains).
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use crate::control::controller::Controller;
+
+/// How often the thread looks whether the proxy is gone, between rounds.
+const NAP: Duration = Duration::from_millis(100);
+
+/// Starts resolving `control`'s endpoint names every `every`.
+pub(super) fn start(control: &Arc<Controller>, every: Duration) {
+    let control = Arc::downgrade(control);
+    let spawned = std::thread::Builder::new()
+        .name("grpc-proxy-dns".into())
+        .spawn(move || run(control, every));
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the DNS refresh thread; endpoint names stay as resolved at load");
+    }
+}
+
+fn run(control: Weak<Controller>, every: Duration) {
+    let mut next = Instant::now() + every;
+    loop {
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep((next - now).min(NAP));
+            if control.upgrade().is_none_or(|c| c.is_draining()) {
+                return;
+            }
+            continue;
+        }
+        let Some(c) = control.upgrade() else {
+            return;
+        };
+        c.refresh_endpoints();
+        next = Instant::now() + every;
+    }
+}
