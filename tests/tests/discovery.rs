@@ -164,4 +164,32 @@ proxy_test! {
         until("the failure clears", || sample(&proxy.metrics().render(), failing) == Some(0.0)).await;
         assert_eq!(client.echo("x").await.expect("a call"), "x");
     }
+
+    async fn a_failed_connect_brings_the_next_resolution_forward(driver) {
+        // Scenario: names are resolved again only every hour, but the
+        // name's only upstream goes away and the name now points
+        // elsewhere; the failed connects make the proxy look again within
+        // about a second, and calls reach the new address.
+        let dir = tempfile::tempdir().expect("dir");
+        let hosts = dir.path().join("hosts");
+        let (mut a, b, port) = two_upstreams();
+        write_hosts(&hosts, &["127.0.0.2"]);
+        let text = config(&hosts, port).replace("dns_refresh = \"50ms\"", "dns_refresh = \"1h\"");
+        let proxy = proxy(driver, &text);
+        let mut client = Client::connect(proxy.local_addr()).await;
+        assert_eq!(client.upstream_of("Unary", &[]).await.expect("a call"), "a");
+        write_hosts(&hosts, &["127.0.0.3"]);
+        a.stop();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match client.upstream_of("Unary", &[]).await {
+                Ok(name) if name == "b" => break,
+                other => {
+                    assert!(std::time::Instant::now() < deadline, "never moved to b: {other:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        assert!(b.events().calls() >= 1);
+    }
 }

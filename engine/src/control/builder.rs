@@ -224,6 +224,7 @@ impl ProxyBuilder {
             version: 1,
         };
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        let connect_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let spec = |i: usize, cpu: usize, listener, mailbox| worker::Spec {
             core: CoreId {
                 worker: i,
@@ -236,6 +237,7 @@ impl ProxyBuilder {
             access_log: access_log.as_ref().map(Writer::logger),
             settings: settings.clone(),
             mailbox,
+            connect_failed: connect_failed.clone(),
             ready: ready_tx.clone(),
         };
         let mut postboxes = Vec::with_capacity(cpus.len());
@@ -267,6 +269,7 @@ impl ProxyBuilder {
                 hosts_file: self.hosts_file,
                 failing: Default::default(),
             },
+            connect_failed,
         );
         let controller = Arc::new(controller);
         if let Some(every) = dns_refresh {

@@ -54,6 +54,8 @@ pub struct Controller {
     dns_failures: AtomicU64,
     dns_failing: AtomicU64,
     dns_updates: AtomicU64,
+    /// Set by a worker whose upstream connect failed.
+    connect_failed: Arc<AtomicBool>,
 }
 
 /// What the workers run, and what its endpoints came from.
@@ -80,6 +82,7 @@ impl Controller {
         settings: Settings,
         info: ConfigInfo,
         running: Running,
+        connect_failed: Arc<AtomicBool>,
     ) -> Controller {
         Controller {
             postboxes,
@@ -93,7 +96,14 @@ impl Controller {
             dns_failures: AtomicU64::new(0),
             dns_failing: AtomicU64::new(0),
             dns_updates: AtomicU64::new(0),
+            connect_failed,
         }
+    }
+
+    /// Whether an upstream connect failed since the last call (and clears
+    /// it): a name's endpoints may have moved.
+    pub(super) fn take_connect_failed(&self) -> bool {
+        self.connect_failed.swap(false, Ordering::Relaxed)
     }
 
     /// The version of the config the workers run.

@@ -7,6 +7,9 @@
 //! works. See [`Controller::refresh_endpoints`] for what a change does and
 //! what a failure keeps.
 //!
+//! A failed connect to an upstream brings the next round forward (a name's
+//! endpoints may have moved), at most once per [`SOONEST`].
+//!
 //! The thread holds the controller weakly and ends with the proxy (or
 //! once it drains).
 
@@ -15,8 +18,12 @@ use std::time::{Duration, Instant};
 
 use crate::control::controller::Controller;
 
-/// How often the thread looks whether the proxy is gone, between rounds.
+/// How often the thread looks whether the proxy is gone, or a connect
+/// failed, between rounds.
 const NAP: Duration = Duration::from_millis(100);
+
+/// The least time between two rounds that failed connects bring forward.
+pub const SOONEST: Duration = Duration::from_secs(1);
 
 /// Starts resolving `control`'s endpoint names every `every`.
 pub(super) fn start(control: &Arc<Controller>, every: Duration) {
@@ -30,20 +37,20 @@ pub(super) fn start(control: &Arc<Controller>, every: Duration) {
 }
 
 fn run(control: Weak<Controller>, every: Duration) {
-    let mut next = Instant::now() + every;
+    let mut last = Instant::now();
     loop {
-        let now = Instant::now();
-        if now < next {
-            std::thread::sleep((next - now).min(NAP));
-            if control.upgrade().is_none_or(|c| c.is_draining()) {
-                return;
-            }
-            continue;
-        }
+        std::thread::sleep(NAP);
         let Some(c) = control.upgrade() else {
             return;
         };
-        c.refresh_endpoints();
-        next = Instant::now() + every;
+        if c.is_draining() {
+            return;
+        }
+        let since = last.elapsed();
+        let due = since >= every || (since >= SOONEST.min(every) && c.take_connect_failed());
+        if due {
+            c.refresh_endpoints();
+            last = Instant::now();
+        }
     }
 }

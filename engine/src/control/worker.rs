@@ -61,6 +61,8 @@ pub struct Spec<R> {
     pub access_log: Option<Logger>,
     pub settings: Settings,
     pub mailbox: Mailbox<Command>,
+    /// Shared with the control side: set when an upstream connect fails.
+    pub connect_failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Told once the runtime is up and the listener registered, or why not.
     pub ready: crossbeam_channel::Sender<Result<Driver, String>>,
 }
@@ -105,6 +107,7 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
         spec.recipe,
         spec.settings,
         spec.access_log,
+        spec.connect_failed,
     ));
     // The mailbox is polled here rather than spawned, so that it ends with
     // the worker (see `close`); a control side that is gone stops it.
@@ -200,6 +203,7 @@ impl Worker {
         recipe: R,
         settings: Settings,
         access_log: Option<Logger>,
+        connect_failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> Worker {
         let settings = Rc::new(settings);
         let stop = Rc::new(Latch::default());
@@ -210,6 +214,7 @@ impl Worker {
             Rc::new(CoreCounters::default()),
             access_log,
             &settings,
+            connect_failed,
         ));
         Worker {
             core,

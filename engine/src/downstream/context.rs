@@ -3,6 +3,8 @@
 //! requests held for a retry share.
 
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use crate::telemetry::access_log::Logger;
 use crate::telemetry::metrics::CoreCounters;
@@ -15,6 +17,9 @@ pub struct CallContext {
     /// What held requests may pin on this core, in all
     /// (`[upstream] retry_buffer_per_worker`).
     pub(crate) retry_budget: Rc<Budget>,
+    /// Set when a connect to an upstream fails: the control side resolves
+    /// endpoint names again soon, not only at the next `dns_refresh`.
+    pub(crate) connect_failed: Arc<AtomicBool>,
 }
 
 impl CallContext {
@@ -23,11 +28,13 @@ impl CallContext {
         counters: Rc<CoreCounters>,
         access_log: Option<Logger>,
         settings: &crate::config::Settings,
+        connect_failed: Arc<AtomicBool>,
     ) -> CallContext {
         CallContext {
             counters,
             access_log,
             retry_budget: Budget::new(settings.retry_buffer_per_worker),
+            connect_failed,
         }
     }
 }

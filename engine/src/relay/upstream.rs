@@ -98,6 +98,12 @@ pub fn connect(relay: Rc<Relay>, side: Rc<Side>, endpoint: Rc<Endpoint>, dial: D
                     settings.reconnect_backoff_min,
                     settings.reconnect_backoff_max,
                 );
+                // The endpoint may be gone from DNS: resolve names soon.
+                relay
+                    .server
+                    .calls
+                    .connect_failed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(%error, "upstream connection failed");
                 (error.public(), Some(error.to_string()))
             }
