@@ -139,6 +139,30 @@ fn head_with(stream: u32, change: impl FnOnce(&mut Vec<(&'static str, &'static s
     )
 }
 
+/// A request that is not gRPC, head only, is answered.
+fn plain_answered(addr: SocketAddr, method: &'static str) -> Verdict {
+    let mut p = open(addr);
+    p.send(&frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        1,
+        &plain_block(method),
+    ));
+    answered(&mut p, 1)
+}
+
+/// A request head of `block` is a connection error COMPRESSION_ERROR.
+fn compression_error(addr: SocketAddr, block: &[u8]) -> Verdict {
+    let mut p = open(addr);
+    p.send(&frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        1,
+        block,
+    ));
+    p.expect_connection_error(code::COMPRESSION_ERROR)
+}
+
 /// The head of a request that is not gRPC (what h2spec sends).
 fn plain_block(method: &'static str) -> Vec<u8> {
     block(&[
@@ -1091,30 +1115,12 @@ const MESSAGES: &[(&str, &str, Case)] = &[
     (
         "4/1",
         "a GET request that is not gRPC gets an answer",
-        |addr| {
-            let mut p = open(addr);
-            p.send(&frame(
-                kind::HEADERS,
-                flag::END_HEADERS | flag::END_STREAM,
-                1,
-                &plain_block("GET"),
-            ));
-            answered(&mut p, 1)
-        },
+        |addr| plain_answered(addr, "GET"),
     ),
     (
         "4/2",
         "a HEAD request that is not gRPC gets an answer",
-        |addr| {
-            let mut p = open(addr);
-            p.send(&frame(
-                kind::HEADERS,
-                flag::END_HEADERS | flag::END_STREAM,
-                1,
-                &plain_block("HEAD"),
-            ));
-            answered(&mut p, 1)
-        },
+        |addr| plain_answered(addr, "HEAD"),
     ),
     (
         "4/3",
@@ -1189,128 +1195,75 @@ const HPACK: &[(&str, &str, Case)] = &[
         "hpack 2.3.3/1",
         "an indexed field past the tables",
         |addr| {
-            let mut p = open(addr);
             let mut b = vec![0x83, 0x86, 0x84];
             b.push(0x80 | 70); // the dynamic table is empty
-            p.send(&frame(
-                kind::HEADERS,
-                flag::END_HEADERS | flag::END_STREAM,
-                1,
-                &b,
-            ));
-            p.expect_connection_error(code::COMPRESSION_ERROR)
+            compression_error(addr, &b)
         },
     ),
     (
         "hpack 2.3.3/2",
         "a literal whose name index is past the tables",
         |addr| {
-            let mut p = open(addr);
             let mut b = vec![0x83, 0x86, 0x84];
             b.extend([0x40 | 0x3f, 70 - 63, 1, b'x']);
-            p.send(&frame(
-                kind::HEADERS,
-                flag::END_HEADERS | flag::END_STREAM,
-                1,
-                &b,
-            ));
-            p.expect_connection_error(code::COMPRESSION_ERROR)
+            compression_error(addr, &b)
         },
     ),
     (
         "hpack 4.2/1",
         "a table size update above SETTINGS_HEADER_TABLE_SIZE",
         |addr| {
-            let mut p = open(addr);
-            let allowed = p.setting(setting::HEADER_TABLE_SIZE).unwrap_or(4096) as usize;
+            // What the proxy announces, read on a connection of its own.
+            let allowed = open(addr)
+                .setting(setting::HEADER_TABLE_SIZE)
+                .unwrap_or(4096) as usize;
             let mut b = Vec::new();
             grpc_proxy_tests::peer::hpack_int(&mut b, 0x20, 5, allowed + 1);
             b.extend(request_block());
-            p.send(&frame(
-                kind::HEADERS,
-                flag::END_HEADERS | flag::END_STREAM,
-                1,
-                &b,
-            ));
-            p.expect_connection_error(code::COMPRESSION_ERROR)
+            compression_error(addr, &b)
         },
     ),
     (
         "hpack 5.2/1",
         "a Huffman string that contains EOS",
         |addr| {
-            let mut p = open(addr);
             let mut b = request_block();
             b.extend([0x00, 0x01, b'x', 0x84, 0xff, 0xff, 0xff, 0xff]);
-            p.send(&frame(
-                kind::HEADERS,
-                flag::END_HEADERS | flag::END_STREAM,
-                1,
-                &b,
-            ));
-            p.expect_connection_error(code::COMPRESSION_ERROR)
+            compression_error(addr, &b)
         },
     ),
     (
         "hpack 5.2/2",
         "Huffman padding longer than 7 bits",
         |addr| {
-            let mut p = open(addr);
             let mut b = request_block();
             // 'a' (00011) and 11 bits of ones.
             b.extend([0x00, 0x01, b'x', 0x82, 0x1f, 0xff]);
-            p.send(&frame(
-                kind::HEADERS,
-                flag::END_HEADERS | flag::END_STREAM,
-                1,
-                &b,
-            ));
-            p.expect_connection_error(code::COMPRESSION_ERROR)
+            compression_error(addr, &b)
         },
     ),
     (
         "hpack 5.2/3",
         "Huffman padding that is not a prefix of EOS",
         |addr| {
-            let mut p = open(addr);
             let mut b = request_block();
             // 'a' (00011) and padding 000.
             b.extend([0x00, 0x01, b'x', 0x81, 0x18]);
-            p.send(&frame(
-                kind::HEADERS,
-                flag::END_HEADERS | flag::END_STREAM,
-                1,
-                &b,
-            ));
-            p.expect_connection_error(code::COMPRESSION_ERROR)
+            compression_error(addr, &b)
         },
     ),
     ("hpack 6.1/1", "an indexed field of index 0", |addr| {
-        let mut p = open(addr);
         let mut b = request_block();
         b.push(0x80);
-        p.send(&frame(
-            kind::HEADERS,
-            flag::END_HEADERS | flag::END_STREAM,
-            1,
-            &b,
-        ));
-        p.expect_connection_error(code::COMPRESSION_ERROR)
+        compression_error(addr, &b)
     }),
     (
         "hpack 6.3/1",
         "a table size update after the first field",
         |addr| {
-            let mut p = open(addr);
             let mut b = request_block();
             b.push(0x20);
-            p.send(&frame(
-                kind::HEADERS,
-                flag::END_HEADERS | flag::END_STREAM,
-                1,
-                &b,
-            ));
-            p.expect_connection_error(code::COMPRESSION_ERROR)
+            compression_error(addr, &b)
         },
     ),
 ];

@@ -267,15 +267,18 @@ impl Relay {
     /// without calls close now; the rest close as their last call ends.
     pub fn drain(&self) {
         self.draining.set(true);
-        let sides: Vec<Rc<Side>> = self
-            .downstreams
+        for side in self.client_sides() {
+            side.go_away();
+        }
+    }
+
+    /// The client connections still open.
+    fn client_sides(&self) -> Vec<Rc<Side>> {
+        self.downstreams
             .borrow()
             .iter()
             .filter_map(Weak::upgrade)
-            .collect();
-        for side in sides {
-            side.go_away();
-        }
+            .collect()
     }
 
     /// The worker stops: every connection's tasks end. Their readers and
@@ -283,12 +286,7 @@ impl Relay {
     /// not on the worker's: so an idle connection takes no place in a list
     /// that every connection shares.
     pub fn stop_all(&self) {
-        let downstreams: Vec<Rc<Side>> = self
-            .downstreams
-            .borrow()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
+        let downstreams = self.client_sides();
         let upstreams: Vec<Rc<Side>> = self
             .upstreams
             .borrow()

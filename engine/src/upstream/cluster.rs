@@ -125,18 +125,23 @@ impl Cluster {
         })
     }
 
+    /// Whether `plan` describes this cluster but for its endpoints (and its
+    /// TLS files and limits, which are taken anew in place).
+    fn same_but_endpoints(&self, plan: &ClusterPlan) -> bool {
+        *self.name == *plan.name
+            && self.tls_config == plan.tls_config
+            && self.balance == plan.balance
+            && self.health_check == plan.health_check
+            && self.outlier == plan.outlier
+            && self.keepalive == plan.keepalive
+    }
+
     /// The cluster `plan` makes of this one when only its endpoints
     /// changed (DNS, or a reload): the endpoints it keeps keep their state
     /// (health, ejection, back-off, connections and streams), new ones
     /// start afresh, and its counters carry on. `None` if more changed.
     pub fn renew(self: &Rc<Cluster>, plan: &ClusterPlan) -> Option<Rc<Cluster>> {
-        let same = *self.name == *plan.name
-            && self.tls_config == plan.tls_config
-            && self.balance == plan.balance
-            && self.health_check == plan.health_check
-            && self.outlier == plan.outlier
-            && self.keepalive == plan.keepalive;
-        if !same {
+        if !self.same_but_endpoints(plan) {
             return None;
         }
         let fresh = Cluster::new(plan);
@@ -162,12 +167,7 @@ impl Cluster {
     /// This cluster, kept with its connections, if `plan` names it with the
     /// same endpoints and TLS settings; its TLS files are taken anew.
     pub fn reuse(self: &Rc<Cluster>, plan: &ClusterPlan) -> Option<Rc<Cluster>> {
-        let same = *self.name == *plan.name
-            && self.tls_config == plan.tls_config
-            && self.balance == plan.balance
-            && self.health_check == plan.health_check
-            && self.outlier == plan.outlier
-            && self.keepalive == plan.keepalive
+        let same = self.same_but_endpoints(plan)
             && self.endpoints.len() == plan.endpoints.len()
             && self
                 .endpoints
