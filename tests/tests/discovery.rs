@@ -106,8 +106,15 @@ proxy_test! {
         write_hosts(&hosts, &["127.0.0.2"]);
         let proxy = proxy(driver, &config(&hosts, port));
         let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicUsize::new(0));
-        let loads: Vec<_> = (0..4).map(|_| load(proxy.local_addr(), stop.clone(), done.clone())).collect();
+        // Each load task counts its own calls: once every task has made two
+        // more, no call from before a change is still on its way.
+        let done: Vec<Arc<AtomicUsize>> = (0..4).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+        let loads: Vec<_> = done.iter().map(|d| load(proxy.local_addr(), stop.clone(), d.clone())).collect();
+        let settled = |done: &[Arc<AtomicUsize>]| {
+            let then: Vec<usize> = done.iter().map(|d| d.load(Ordering::Relaxed)).collect();
+            let done = done.to_vec();
+            move || done.iter().zip(&then).all(|(d, t)| d.load(Ordering::Relaxed) >= t + 2)
+        };
         until("a takes calls", || a.events().calls() > 20).await;
         assert_eq!(b.events().calls(), 0);
 
@@ -122,7 +129,7 @@ proxy_test! {
         let updates = "grpc_proxy_dns_endpoint_updates_total";
         until("the second change is taken", || sample(&proxy.metrics().render(), updates) == Some(2.0)).await;
         // Calls already under way on a when it went end there.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        until("calls from before the change have ended", settled(&done)).await;
         let a_then = a.events().calls();
         let b_then = b.events().calls();
         until("b takes more calls", || b.events().calls() > b_then + 50).await;
@@ -135,7 +142,7 @@ proxy_test! {
         for l in loads {
             l.await.expect("no call failed");
         }
-        assert!(done.load(Ordering::Relaxed) > 100);
+        assert!(done.iter().map(|d| d.load(Ordering::Relaxed)).sum::<usize>() > 100);
     }
 
     async fn a_name_that_stops_resolving_keeps_its_last_answer(driver) {

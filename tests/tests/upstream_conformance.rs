@@ -60,16 +60,21 @@ async fn run(driver: grpc_proxy::Driver, cases: &[(&str, &str, Call, Case)]) {
 async fn run_case(driver: grpc_proxy::Driver, call: Call, case: Case) -> Verdict {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let proxy = proxy_to(driver, listener.local_addr().expect("addr"));
+    let (judged, judged_rx) = std::sync::mpsc::channel::<()>();
     let upstream = std::thread::spawn(move || -> Verdict {
         let mut p = Peer::accept(&listener, &[])?;
         let stream = request(&mut p)?;
         case(&mut p, stream).map_err(|e| format!("the proxy's answer: {e}"))?;
+        let _ = judged.send(());
         serve_next(p, &listener).map_err(|e| format!("the next call: {e}"))
     });
     let mut client = Client::connect(proxy.local_addr()).await;
     let first = unary(&mut client).await;
-    // The second call is made whatever became of the first, so that the
-    // upstream thread always ends.
+    // The next call goes once the proxy has answered the misbehaviour (a
+    // call sent on a connection the upstream then breaks is lost with it,
+    // as it should be). It is made whatever became of the first, so that
+    // the upstream thread always ends.
+    let _ = tokio::task::spawn_blocking(move || judged_rx.recv()).await;
     let second = unary(&mut client).await;
     let verdict = tokio::task::spawn_blocking(move || upstream.join())
         .await
