@@ -10,8 +10,10 @@ use grpc_proxy::{CoreSelection, ProxyBuilder, Route};
 
 use crate::report::Report;
 
-/// The figures a demo row shows: calls/s and call latency, or for streams
-/// messages/s and per-message latency.
+/// The figures a demo row shows: calls/s and call latency; for bidi,
+/// messages/s and round-trip latency; for server streams, messages/s and
+/// the time to the first message (the gaps between messages get a line of
+/// their own: a stream sent at once has gaps of a microsecond or less).
 struct Headline {
     rate: f64,
     p50: f64,
@@ -19,17 +21,30 @@ struct Headline {
 }
 
 impl Headline {
-    fn of(r: &Report, streaming: bool) -> Headline {
-        let (rate, latency) = if streaming {
-            (r.messages_per_sec, r.message_latency.as_ref())
-        } else {
-            (r.calls_per_sec, r.call_latency.as_ref())
+    fn of(r: &Report, rpc: Rpc) -> Headline {
+        let (rate, latency) = match rpc {
+            Rpc::Bidi => (r.messages_per_sec, r.message_latency.as_ref()),
+            Rpc::ServerStream => (r.messages_per_sec, r.first_message_latency.as_ref()),
+            _ => (r.calls_per_sec, r.call_latency.as_ref()),
         };
         Headline {
             rate,
             p50: latency.map_or(f64::NAN, |l| l.p50_us),
             p99: latency.map_or(f64::NAN, |l| l.p99_us),
         }
+    }
+}
+
+/// Microseconds with the precision they need: 0.35us, 12.4us, 480us.
+fn us(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v < 10.0 {
+        format!("{v:.2}us")
+    } else if v < 100.0 {
+        format!("{v:.1}us")
+    } else {
+        format!("{v:.0}us")
     }
 }
 use crate::run::{self, Rpc, RunOptions};
@@ -95,22 +110,41 @@ pub fn demo(seconds: u64) -> anyhow::Result<()> {
         };
         let direct = run::run(&options(upstream.local_addr()))?;
         let proxied = run::run(&options(proxy.local_addr()))?;
-        let streaming = matches!(rpc, Rpc::Bidi | Rpc::ServerStream);
-        let (d, p) = (
-            Headline::of(&direct, streaming),
-            Headline::of(&proxied, streaming),
-        );
+        let (d, p) = (Headline::of(&direct, rpc), Headline::of(&proxied, rpc));
         println!(
-            "{:<46}{:>16.0}{:>16.0}{:>10.0}us{:>10.0}us{:>10.0}us{:>10.0}us",
-            name, d.rate, p.rate, d.p50, p.p50, d.p99, p.p99
+            "{:<46}{:>16.0}{:>16.0}{:>12}{:>12}{:>12}{:>12}",
+            name,
+            d.rate,
+            p.rate,
+            us(d.p50),
+            us(p.p50),
+            us(d.p99),
+            us(p.p99)
         );
+        if rpc == Rpc::ServerStream {
+            let gap = |r: &Report, p99: bool| {
+                r.message_latency
+                    .as_ref()
+                    .map_or(f64::NAN, |l| if p99 { l.p99_us } else { l.p50_us })
+            };
+            println!(
+                "{:<46}{:>16}{:>16}{:>12}{:>12}{:>12}{:>12}",
+                "  (the gap between its messages)",
+                "",
+                "",
+                us(gap(&direct, false)),
+                us(gap(&proxied, false)),
+                us(gap(&direct, true)),
+                us(gap(&proxied, true))
+            );
+        }
         for (which, r) in [("direct", &direct), ("proxied", &proxied)] {
             if r.calls_failed > 0 {
                 println!("  {which}: {} calls failed: {:?}", r.calls_failed, r.errors);
             }
         }
     }
-    println!("\n(streaming rows count messages/s and per-message latency; 2 loads share this machine's cores with both servers, so compare the columns, not the absolute numbers)");
+    println!("\n(streaming rows count messages/s; bidi latency is a round trip, server-stream latency the time to the first message; 2 loads share this machine's cores with both servers, so compare the columns, not the absolute numbers)");
     proxy.shutdown();
     drop(upstream);
     Ok(())

@@ -5,6 +5,7 @@
 pub mod demo;
 pub mod grpc;
 pub mod h2io;
+pub mod hdrlog;
 pub mod report;
 pub mod run;
 pub mod serve;

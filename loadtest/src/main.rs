@@ -1,5 +1,6 @@
-//! `grpc-loadtest`: load generator (`run`), echo upstream (`serve`) and the
-//! end-to-end demo (`demo`).
+//! `grpc-loadtest`: load generator (`run`), echo upstream (`serve`), the
+//! merge of several machines' interval logs (`merge`) and the end-to-end
+//! demo (`demo`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -29,6 +30,17 @@ enum Command {
     Serve(ServeArgs),
     /// Load a gRPC server or proxy and report throughput and latency.
     Run(Box<RunArgs>),
+    /// Merge the interval logs of several `run --hdr-log` (from several
+    /// machines, say) into one report.
+    Merge {
+        /// The logs.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Also write the report as JSON to this file ("-" for stdout,
+        /// which then carries only the JSON).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Start an echo upstream and grpc-proxy on loopback, load both, and
     /// print direct and proxied results side by side.
     Demo {
@@ -158,6 +170,16 @@ struct RunArgs {
     /// TLS and HTTP/2 set-up per call.
     #[arg(long)]
     connection_per_call: bool,
+    /// Write the measured window's latency histograms, a second at a time,
+    /// as HdrHistogram's interval log (for `merge`, and HdrHistogram's
+    /// own tools).
+    #[arg(long, value_name = "FILE")]
+    hdr_log: Option<PathBuf>,
+    /// Start the load (after connecting) at this wall-clock time: RFC 3339
+    /// (2026-12-01T18:00:00Z) or Unix seconds, so that several machines
+    /// start together.
+    #[arg(long, value_name = "TIME", value_parser = grpc_loadtest::hdrlog::parse_time)]
+    start_at: Option<std::time::SystemTime>,
 }
 
 /// The TLS client the flags ask for, with its files read.
@@ -203,6 +225,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Run(args) => run(*args),
+        Command::Merge { files, json } => merge(&files, json.as_deref()),
         Command::Demo { seconds } => grpc_loadtest::demo::demo(seconds.max(1)),
     };
     match result {
@@ -225,6 +248,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     eprintln!("grpc-loadtest: echo upstream on {}", handle.local_addr());
     handle.wait();
+    Ok(())
+}
+
+fn merge(files: &[PathBuf], json: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let merged = grpc_loadtest::hdrlog::merge(files).map_err(anyhow::Error::msg)?;
+    let json_only = json == Some(std::path::Path::new("-"));
+    if !json_only {
+        print!("{}", merged.text());
+    }
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&merged)?;
+        if json_only {
+            writeln!(std::io::stdout().lock(), "{text}")?;
+        } else {
+            std::fs::write(path, text + "\n")
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        }
+    }
     Ok(())
 }
 
@@ -251,6 +292,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         progress: !args.quiet && !json_only,
         tls,
         connection_per_call: args.connection_per_call,
+        hdr_log: args.hdr_log,
+        start_at: args.start_at,
     };
     let report = grpc_loadtest::run::run(&options)?;
     if !json_only {

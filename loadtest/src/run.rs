@@ -128,6 +128,11 @@ pub struct RunOptions {
     /// connection set-up (TCP, TLS handshake, HTTP/2 preface) per call.
     /// Needs one stream per connection.
     pub connection_per_call: bool,
+    /// Write HdrHistogram's interval log of the measured window here.
+    pub hdr_log: Option<std::path::PathBuf>,
+    /// Start the load (after connecting) at this wall-clock time, so that
+    /// several machines start together.
+    pub start_at: Option<std::time::SystemTime>,
 }
 
 impl Default for RunOptions {
@@ -152,6 +157,8 @@ impl Default for RunOptions {
             progress: false,
             tls: None,
             connection_per_call: false,
+            hdr_log: None,
+            start_at: None,
         }
     }
 }
@@ -178,8 +185,12 @@ pub enum RunError {
 enum FromWorker {
     Ready,
     Failed(RunError),
-    Interval(Stats),
-    Final(Stats, Duration),
+    /// One second's samples: all of them (progress), and the measured
+    /// ones (the interval log).
+    Interval(Stats, Stats),
+    /// The measured totals, the window, and the measured samples since
+    /// the last interval.
+    Final(Stats, Duration, Stats),
 }
 
 /// Runs the load and returns the merged report.
@@ -255,32 +266,77 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
             }
         }
     }
+    let mut log_file = match &options.hdr_log {
+        Some(path) => match crate::hdrlog::LogFile::create(path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                abort(threads, go_tx);
+                return Err(RunError::Options(e));
+            }
+        },
+        None => None,
+    };
+    if let Some(at) = options.start_at {
+        if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
+            std::thread::sleep(wait);
+        }
+    }
     let start = Instant::now();
+    let start_wall = std::time::SystemTime::now();
     for _ in 0..workers {
         let _ = go_tx.send(start);
     }
+    let about = format!("run: {} to {}", options.rpc.name(), options.target);
+    let mut log = match log_file
+        .as_mut()
+        .map(|f| f.begin(start_wall, &about))
+        .transpose()
+    {
+        Ok(log) => log,
+        Err(e) => {
+            abort(threads, go_tx);
+            return Err(RunError::Options(e));
+        }
+    };
+    let mut log_error = None;
+    let mut write = |stats: &Stats, from: Duration, length: Duration| {
+        if let Some(log) = log.as_mut() {
+            if let Err(e) = log.interval(stats, from, length) {
+                log_error.get_or_insert(e);
+            }
+        }
+    };
     let mut total = Stats::default();
     let mut window = Duration::ZERO;
     let mut finals = 0;
     let mut interval = Stats::default();
+    let mut measured = Stats::default();
+    let mut rest = Stats::default();
     let mut interval_reports = 0;
     let mut second = 0u64;
     while finals < workers {
         match rx.recv() {
-            Ok(FromWorker::Interval(s)) => {
+            Ok(FromWorker::Interval(s, m)) => {
                 interval.merge(&s);
+                measured.merge(&m);
                 interval_reports += 1;
                 if interval_reports == workers {
                     second += 1;
                     if options.progress {
                         eprintln!("{}", progress_line(second, options, &interval));
                     }
+                    // The measured window may start within this second.
+                    let from = Duration::from_secs(second - 1).max(options.warmup);
+                    let to = Duration::from_secs(second);
+                    write(&measured, from, to.saturating_sub(from));
                     interval.reset();
+                    measured.reset();
                     interval_reports = 0;
                 }
             }
-            Ok(FromWorker::Final(s, w)) => {
+            Ok(FromWorker::Final(s, w, m)) => {
                 total.merge(&s);
+                rest.merge(&m);
                 window = window.max(w);
                 finals += 1;
             }
@@ -293,6 +349,20 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
         }
     }
     abort(threads, go_tx);
+    // What was measured after the last whole second (and any second not
+    // every worker had reported).
+    rest.merge(&measured);
+    let from = Duration::from_secs(second).max(options.warmup);
+    write(&rest, from, start.elapsed().saturating_sub(from));
+    drop(log);
+    if let Some(f) = log_file.as_mut() {
+        if let Err(e) = f.finish() {
+            log_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = log_error {
+        return Err(RunError::Options(e));
+    }
     let setup = Setup {
         target: options.target.to_string(),
         rpc: options.rpc.name().into(),
@@ -444,6 +514,8 @@ struct Load {
     stop: Latch,
     stats: RefCell<Stats>,
     interval: RefCell<Stats>,
+    /// The measured samples of the current second (the interval log).
+    measured: RefCell<Stats>,
     measure_from: Cell<Instant>,
     last_done: Cell<Instant>,
     calls_left: Cell<Option<u64>>,
@@ -575,7 +647,8 @@ async fn worker(
             break;
         }
         let snapshot = std::mem::take(&mut *load.interval.borrow_mut());
-        let _ = tx.send(FromWorker::Interval(snapshot));
+        let measured = std::mem::take(&mut *load.measured.borrow_mut());
+        let _ = tx.send(FromWorker::Interval(snapshot, measured));
     }
     load.stop.set();
     load.queue.close();
@@ -595,7 +668,8 @@ async fn worker(
         end.saturating_duration_since(measure_from)
     };
     let stats = load.stats.borrow().clone();
-    let _ = tx.send(FromWorker::Final(stats, window));
+    let rest = std::mem::take(&mut *load.measured.borrow_mut());
+    let _ = tx.send(FromWorker::Final(stats, window, rest));
     // Close the connections before the runtime ends: monoio drops only the
     // tasks that are ready to run, so a driver waiting on its socket would
     // outlive the run with the socket open. Dropping the last handle makes
@@ -661,6 +735,7 @@ fn new_load(options: RunOptions, start: Instant) -> Load {
         stop: Latch::default(),
         stats: RefCell::new(Stats::default()),
         interval: RefCell::new(Stats::default()),
+        measured: RefCell::new(Stats::default()),
         measure_from: Cell::new(start),
         last_done: Cell::new(start),
         queue: Schedule::default(),
@@ -714,6 +789,7 @@ impl Recorder<'_> {
     fn each(&self, f: impl Fn(&mut Stats)) {
         if self.measuring {
             f(&mut self.load.stats.borrow_mut());
+            f(&mut self.load.measured.borrow_mut());
         }
         f(&mut self.load.interval.borrow_mut());
     }

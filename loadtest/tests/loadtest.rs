@@ -293,3 +293,67 @@ both_drivers! {
         assert!(refused.is_err(), "a connection per call needs one stream");
     }
 }
+
+both_drivers! {
+    interval_logs_add_up_to_their_runs_and_merge_into_one(driver) {
+        // Two runs of 200 bidi calls (5 round trips each), a log each:
+        // one log merged alone gives back its run's own report exactly
+        // (every measured sample is in one interval), and the two merged
+        // count every sample of both.
+        let s = server(driver);
+        let dir = tempfile::tempdir().expect("dir");
+        let logs = [dir.path().join("a.hlog"), dir.path().join("b.hlog")];
+        let mut reports = Vec::new();
+        for log in &logs {
+            let mut o = options(&s, driver, Rpc::Bidi);
+            o.warmup = Duration::from_millis(100);
+            o.hdr_log = Some(log.clone());
+            let r = run::run(&o).expect("run");
+            assert_eq!(r.calls_failed, 0, "{:?}", r.errors);
+            reports.push(r);
+        }
+        for (log, r) in logs.iter().zip(&reports) {
+            let alone = grpc_loadtest::hdrlog::merge(std::slice::from_ref(log)).expect("merge");
+            assert_eq!(Some(&alone.tags["call"].latency), r.call_latency.as_ref());
+            assert_eq!(Some(&alone.tags["message"].latency), r.message_latency.as_ref());
+        }
+        let both = grpc_loadtest::hdrlog::merge(&logs).expect("merge");
+        let calls = &both.tags["call"].latency;
+        let sum = |f: fn(&Report) -> u64| reports.iter().map(f).sum::<u64>();
+        assert_eq!(calls.count, sum(|r| r.call_latency.as_ref().map_or(0, |l| l.count)));
+        assert_eq!(
+            both.tags["message"].latency.count,
+            sum(|r| r.message_latency.as_ref().map_or(0, |l| l.count))
+        );
+        let maxes: Vec<f64> = reports.iter().map(|r| r.call_latency.as_ref().expect("latency").max_us).collect();
+        assert_eq!(calls.max_us, maxes.iter().cloned().fold(0.0, f64::max));
+        assert!(both.text().contains("merged 2 logs"));
+    }
+}
+
+#[test]
+fn start_at_waits_for_its_time_and_merge_names_a_bad_file() {
+    let s = server(Driver::Legacy);
+    let mut o = options(&s, Driver::Legacy, Rpc::Unary);
+    o.calls = Some(20);
+    let began = std::time::Instant::now();
+    o.start_at = Some(std::time::SystemTime::now() + Duration::from_millis(800));
+    let r = run::run(&o).expect("run");
+    assert_eq!(r.calls_ok, 20);
+    assert!(
+        began.elapsed() >= Duration::from_millis(800),
+        "started early"
+    );
+    assert!(grpc_loadtest::hdrlog::parse_time("2026-12-01T18:00:00Z").is_ok());
+    assert!(grpc_loadtest::hdrlog::parse_time("1796144201.5").is_ok());
+    assert!(grpc_loadtest::hdrlog::parse_time("soon").is_err());
+
+    let dir = tempfile::tempdir().expect("dir");
+    let junk = dir.path().join("junk.hlog");
+    std::fs::write(&junk, "not a log\n").expect("write");
+    let err = grpc_loadtest::hdrlog::merge(&[&junk]).expect_err("junk");
+    assert!(err.contains("junk.hlog"), "{err}");
+    let missing =
+        grpc_loadtest::hdrlog::merge(&[dir.path().join("none.hlog")]).expect_err("missing");
+    assert!(missing.contains("none.hlog"), "{missing}");
+}
