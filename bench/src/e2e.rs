@@ -2,7 +2,7 @@
 //! upstream and through grpc-proxy, HAProxy and nginx, each proxy alone on
 //! its own CPU with one worker; the upstream and the load on the others.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use grpc_loadtest::report::{Latency, Report};
@@ -134,6 +134,54 @@ pub struct Row {
     pub errors: u64,
     /// The full load report.
     pub report: Report,
+}
+
+/// Draws each scenario of `rows` into `dir` as `<scenario>.svg`, one line
+/// per target; returns the files written.
+pub fn plots(dir: &Path, rows: &[Row]) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut scenarios: Vec<&str> = Vec::new();
+    for r in rows {
+        if !scenarios.contains(&r.scenario.as_str()) {
+            scenarios.push(&r.scenario);
+        }
+    }
+    let mut written = Vec::new();
+    for scenario in scenarios {
+        let these: Vec<&Row> = rows.iter().filter(|r| r.scenario == scenario).collect();
+        let series: Vec<_> = these
+            .iter()
+            .map(|r| {
+                let mut s = r.report.series.clone();
+                s.name = r.target.clone();
+                s
+            })
+            .collect();
+        let (what, per) = match these[0].unit {
+            Unit::Calls => ("call latency", "calls"),
+            Unit::Messages => ("round-trip latency", "messages"),
+            Unit::Megabytes => ("time to first message", "messages"),
+        };
+        let slug: String = scenario
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect::<String>()
+            .split('-')
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join("-");
+        let path = dir.join(format!("{slug}.svg"));
+        grpc_loadtest::plot::draw(&path, scenario, what, per, &series)
+            .map_err(anyhow::Error::msg)?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 /// CPUs for each role.
@@ -380,4 +428,66 @@ pub fn markdown(rows: &[Row]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grpc_loadtest::report::{Setup, Stats};
+
+    fn row(scenario: &str, target: &str, micros: u64) -> Row {
+        let mut stats = Stats::default();
+        for i in 0..1000 {
+            stats.call.record(micros * 1000 + i).expect("record");
+            stats.calls_ok += 1;
+        }
+        let setup = Setup {
+            target: target.into(),
+            rpc: "unary".into(),
+            rate: None,
+            payload_bytes: 10,
+            cores: 1,
+            connections: 1,
+            streams_per_connection: 1,
+        };
+        let mut report = Report::new(setup, &stats, Duration::from_secs(1));
+        report.series.timeline = vec![(1.0, 1000.0, micros as f64)];
+        Row {
+            scenario: scenario.into(),
+            target: target.into(),
+            unit: Unit::Calls,
+            rate: 1000.0,
+            latency: report.call_latency.clone(),
+            cpu_us_per_unit: None,
+            peak_rss_mib: None,
+            errors: 0,
+            report,
+        }
+    }
+
+    #[test]
+    fn each_scenario_is_a_picture_with_one_line_per_target() {
+        let rows = [
+            row("unary 10B, 8x16", "direct", 100),
+            row("unary 10B, 8x16", "grpc-proxy", 200),
+            row("unary 10B, 8x16", "haproxy", 300),
+            row("bidi ping-pong 64B, 1x16", "grpc-proxy", 50),
+        ];
+        let dir = tempfile::tempdir().expect("dir");
+        let written = plots(dir.path(), &rows).expect("plots");
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["unary-10b-8x16.svg", "bidi-ping-pong-64b-1x16.svg"]);
+        let text = std::fs::read_to_string(&written[0]).expect("read");
+        let doc = roxmltree::Document::parse(&text).expect("the SVG parses");
+        let legend: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("text"))
+            .filter_map(|n| n.text().map(str::trim))
+            .filter(|t| ["direct", "grpc-proxy", "haproxy"].contains(t))
+            .collect();
+        assert_eq!(legend, ["direct", "grpc-proxy", "haproxy"]);
+    }
 }

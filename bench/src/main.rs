@@ -61,6 +61,10 @@ enum Cmd {
         /// Do not build grpc-proxy and grpc-loadtest first.
         #[arg(long)]
         no_build: bool,
+        /// Draw each scenario as an SVG in this folder, one line per
+        /// target: latency by percentile, rate and p99 over time.
+        #[arg(long, value_name = "DIR")]
+        plot: Option<PathBuf>,
         /// Clients speak TLS to the proxies (certificates made for the run;
         /// the proxies speak cleartext HTTP/2 to the upstream); adds a
         /// connection-per-call scenario that measures handshakes. Skips
@@ -102,6 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_build,
             tls,
             idle,
+            plot,
         } => {
             let bin_dir = &binaries(no_build)?;
             let plan = e2e::Plan::new(&grpc_proxy::runtime::cores::available())?;
@@ -185,6 +190,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             std::fs::write(&json, serde_json::to_string_pretty(&rows)? + "\n")?;
             eprintln!("JSON written to {}", json.display());
+            if let Some(dir) = plot {
+                for path in e2e::plots(&dir, &rows)? {
+                    eprintln!("picture written to {}", path.display());
+                }
+            }
             Ok(())
         }
     }

@@ -108,6 +108,10 @@ pub struct Merged {
     /// Per tag (`call`, `message`, `first-message`): samples, their rate
     /// over `seconds`, and latency.
     pub tags: BTreeMap<String, TagReport>,
+    /// For a picture: each log's `call` histograms, and its intervals'
+    /// rate and p99 over time (seconds from the earliest interval).
+    #[serde(skip)]
+    pub series: Vec<crate::plot::Series>,
 }
 
 /// One tag's merged figures.
@@ -124,7 +128,12 @@ pub fn merge(paths: &[impl AsRef<Path>]) -> Result<Merged, String> {
     let mut sums: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
     let mut first: Option<Duration> = None;
     let mut last: Option<Duration> = None;
+    // Per log: its call histograms, and (interval end in seconds since the
+    // epoch, count/s, p99 us), moved to the merge's origin at the end.
+    let mut series: Vec<crate::plot::Series> = Vec::new();
     for path in paths {
+        let mut own = histogram();
+        let mut points = Vec::new();
         let path = path.as_ref();
         let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut base = Duration::ZERO;
@@ -145,12 +154,20 @@ pub fn merge(paths: &[impl AsRef<Path>]) -> Result<Merged, String> {
                     let h: Histogram<u64> = Deserializer::new()
                         .deserialize(&mut bytes.as_slice())
                         .map_err(|e| format!("{}: bad histogram ({e:?})", path.display()))?;
+                    let start = base + i.start_timestamp();
+                    let end = start + i.duration();
+                    if tag == "call" {
+                        let _ = own.add(&h);
+                        let secs = i.duration().as_secs_f64();
+                        if secs > 0.0 {
+                            let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
+                            points.push((end.as_secs_f64(), h.len() as f64 / secs, p99));
+                        }
+                    }
                     let sum = sums.entry(tag).or_insert_with(histogram);
                     sum.add(&h).map_err(|e| {
                         format!("{}: histogram out of range ({e:?})", path.display())
                     })?;
-                    let start = base + i.start_timestamp();
-                    let end = start + i.duration();
                     first = Some(first.map_or(start, |f| f.min(start)));
                     last = Some(last.map_or(end, |l| l.max(end)));
                 }
@@ -159,6 +176,19 @@ pub fn merge(paths: &[impl AsRef<Path>]) -> Result<Merged, String> {
         if intervals == 0 {
             return Err(format!("{}: no interval histograms", path.display()));
         }
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        series.push(crate::plot::Series {
+            name,
+            latency: own,
+            timeline: points,
+        });
+    }
+    let origin = first.unwrap_or_default().as_secs_f64();
+    for point in series.iter_mut().flat_map(|s| s.timeline.iter_mut()) {
+        point.0 -= origin;
     }
     let seconds = match (first, last) {
         (Some(f), Some(l)) => l.saturating_sub(f).as_secs_f64(),
@@ -183,6 +213,7 @@ pub fn merge(paths: &[impl AsRef<Path>]) -> Result<Merged, String> {
             .collect(),
         seconds,
         tags,
+        series,
     })
 }
 

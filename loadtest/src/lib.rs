@@ -6,6 +6,7 @@ pub mod demo;
 pub mod grpc;
 pub mod h2io;
 pub mod hdrlog;
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod serve;

@@ -40,6 +40,9 @@ enum Command {
         /// which then carries only the JSON).
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Draw the logs as an SVG, one line per log.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
     },
     /// Start an echo upstream and grpc-proxy on loopback, load both, and
     /// print direct and proxied results side by side.
@@ -180,6 +183,10 @@ struct RunArgs {
     /// start together.
     #[arg(long, value_name = "TIME", value_parser = grpc_loadtest::hdrlog::parse_time)]
     start_at: Option<std::time::SystemTime>,
+    /// Draw the run as an SVG: latency by percentile, rate and p99 over
+    /// time.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 /// The TLS client the flags ask for, with its files read.
@@ -225,7 +232,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Run(args) => run(*args),
-        Command::Merge { files, json } => merge(&files, json.as_deref()),
+        Command::Merge { files, json, plot } => merge(&files, json.as_deref(), plot.as_deref()),
         Command::Demo { seconds } => grpc_loadtest::demo::demo(seconds.max(1)),
     };
     match result {
@@ -251,8 +258,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn merge(files: &[PathBuf], json: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn merge(
+    files: &[PathBuf],
+    json: Option<&std::path::Path>,
+    plot: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let merged = grpc_loadtest::hdrlog::merge(files).map_err(anyhow::Error::msg)?;
+    if let Some(path) = plot {
+        let title = format!("grpc-loadtest merge of {} logs", files.len());
+        grpc_loadtest::plot::draw(path, &title, "call latency", "calls", &merged.series)
+            .map_err(anyhow::Error::msg)?;
+    }
     let json_only = json == Some(std::path::Path::new("-"));
     if !json_only {
         print!("{}", merged.text());
@@ -294,6 +310,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         connection_per_call: args.connection_per_call,
         hdr_log: args.hdr_log,
         start_at: args.start_at,
+        plot: args.plot,
     };
     let report = grpc_loadtest::run::run(&options)?;
     if !json_only {

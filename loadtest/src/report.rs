@@ -175,6 +175,19 @@ pub struct Report {
     /// Open loop: release time after the intended start (part of every
     /// call latency; pacing, not the server).
     pub schedule_lag: Option<Latency>,
+    /// What a picture of the run draws: the headline latency (calls; bidi
+    /// round trips; server streams' first messages) and its timeline.
+    #[serde(skip)]
+    pub series: crate::plot::Series,
+}
+
+/// The histogram a run's picture draws, by RPC kind name.
+pub fn headline<'a>(rpc: &str, stats: &'a Stats) -> &'a hdrhistogram::Histogram<u64> {
+    match rpc {
+        "bidi" => &stats.message,
+        "server-stream" => &stats.first_message,
+        _ => &stats.call,
+    }
 }
 
 /// What a report is about, apart from the figures.
@@ -199,6 +212,11 @@ impl Report {
     /// Builds the report from merged statistics over a measured window.
     pub fn new(setup: Setup, stats: &Stats, window: Duration) -> Report {
         let secs = window.as_secs_f64().max(1e-9);
+        let series = crate::plot::Series {
+            name: String::new(),
+            latency: headline(&setup.rpc, stats).clone(),
+            timeline: Vec::new(),
+        };
         Report {
             target: setup.target,
             rpc: setup.rpc,
@@ -225,6 +243,7 @@ impl Report {
             message_latency: Latency::of(&stats.message),
             first_message_latency: Latency::of(&stats.first_message),
             schedule_lag: Latency::of(&stats.schedule_lag),
+            series,
         }
     }
 

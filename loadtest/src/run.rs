@@ -133,6 +133,9 @@ pub struct RunOptions {
     /// Start the load (after connecting) at this wall-clock time, so that
     /// several machines start together.
     pub start_at: Option<std::time::SystemTime>,
+    /// Draw the run (latency by percentile, rate and p99 over time) as an
+    /// SVG here.
+    pub plot: Option<std::path::PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -159,6 +162,7 @@ impl Default for RunOptions {
             connection_per_call: false,
             hdr_log: None,
             start_at: None,
+            plot: None,
         }
     }
 }
@@ -299,7 +303,23 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
         }
     };
     let mut log_error = None;
+    let mut timeline = Vec::new();
+    let rpc_name = options.rpc.name();
     let mut write = |stats: &Stats, from: Duration, length: Duration| {
+        let h = crate::report::headline(rpc_name, stats);
+        if !h.is_empty() && !length.is_zero() {
+            let rate = if rpc_name == "unary" || rpc_name == "client-stream" {
+                stats.calls_ok as f64
+            } else {
+                (stats.messages_sent + stats.messages_received) as f64
+            };
+            let end = (from + length).saturating_sub(options.warmup).as_secs_f64();
+            timeline.push((
+                end,
+                rate / length.as_secs_f64(),
+                h.value_at_quantile(0.99) as f64 / 1000.0,
+            ));
+        }
         if let Some(log) = log.as_mut() {
             if let Err(e) = log.interval(stats, from, length) {
                 log_error.get_or_insert(e);
@@ -363,6 +383,7 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
     if let Some(e) = log_error {
         return Err(RunError::Options(e));
     }
+    let setup_rpc = options.rpc.name();
     let setup = Setup {
         target: options.target.to_string(),
         rpc: options.rpc.name().into(),
@@ -372,7 +393,31 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
         connections: options.connections,
         streams_per_connection: options.streams,
     };
-    Ok(Report::new(setup, &total, window))
+    let mut report = Report::new(setup, &total, window);
+    report.series.name = options.target.to_string();
+    report.series.timeline = timeline;
+    if let Some(path) = &options.plot {
+        let what = match setup_rpc {
+            "bidi" => "round-trip latency",
+            "server-stream" => "time to first message",
+            _ => "call latency",
+        };
+        let per = if matches!(setup_rpc, "bidi" | "server-stream") {
+            "messages"
+        } else {
+            "calls"
+        };
+        let title = format!("grpc-loadtest {setup_rpc} to {}", options.target);
+        crate::plot::draw(
+            path,
+            &title,
+            what,
+            per,
+            std::slice::from_ref(&report.series),
+        )
+        .map_err(RunError::Options)?;
+    }
+    Ok(report)
 }
 
 fn progress_line(second: u64, options: &RunOptions, s: &Stats) -> String {

@@ -328,7 +328,33 @@ both_drivers! {
         let maxes: Vec<f64> = reports.iter().map(|r| r.call_latency.as_ref().expect("latency").max_us).collect();
         assert_eq!(calls.max_us, maxes.iter().cloned().fold(0.0, f64::max));
         assert!(both.text().contains("merged 2 logs"));
+        // The picture of the merge: one line per log.
+        let svg = dir.path().join("merge.svg");
+        grpc_loadtest::plot::draw(&svg, "merge", "call latency", "calls", &both.series).expect("draw");
+        assert_eq!(series_names(&svg), ["a.hlog", "b.hlog"]);
+        // And of a run.
+        let mut o = options(&s, driver, Rpc::Unary);
+        let run_svg = dir.path().join("run.svg");
+        o.plot = Some(run_svg.clone());
+        run::run(&o).expect("run");
+        assert_eq!(series_names(&run_svg), [s.local_addr().to_string()]);
     }
+}
+
+/// The legend's names in an SVG the plot module drew (which must parse).
+fn series_names(svg: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(svg).expect("read svg");
+    let doc = roxmltree::Document::parse(&text).expect("the SVG parses");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let known = ["a.hlog", "b.hlog", "127.0.0.1:"];
+    let mut names: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text().map(str::trim).map(str::to_string))
+        .filter(|t| known.iter().any(|k| t.starts_with(k)))
+        .collect();
+    names.sort();
+    names
 }
 
 #[test]
