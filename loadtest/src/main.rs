@@ -187,6 +187,15 @@ struct RunArgs {
     /// time.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Call this method of any service, /package.Service/Method, instead
+    /// of the echo service (--rpc says its kind; --payload, --response-size
+    /// and --delay are the echo service's and are not sent).
+    #[arg(long, value_name = "PATH")]
+    method: Option<String>,
+    /// With --method: the request message, protobuf-encoded, from this
+    /// file (default: an empty message).
+    #[arg(long, value_name = "FILE", requires = "method")]
+    data_bin: Option<PathBuf>,
 }
 
 /// The TLS client the flags ask for, with its files read.
@@ -311,6 +320,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         hdr_log: args.hdr_log,
         start_at: args.start_at,
         plot: args.plot,
+        method: args.method,
+        data: match &args.data_bin {
+            Some(path) => {
+                Some(bytes::Bytes::from(std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!("--data-bin {}: {e}", path.display())
+                })?))
+            }
+            None => None,
+        },
     };
     let report = grpc_loadtest::run::run(&options)?;
     if !json_only {

@@ -136,6 +136,13 @@ pub struct RunOptions {
     /// Draw the run (latency by percentile, rate and p99 over time) as an
     /// SVG here.
     pub plot: Option<std::path::PathBuf>,
+    /// Call this method (`/package.Service/Method`) of any service instead
+    /// of the echo service's, with `data` as every request message; `rpc`
+    /// says its kind. The echo service's request metadata is not sent.
+    pub method: Option<String>,
+    /// The request message, protobuf-encoded (with `method`); default: an
+    /// empty message.
+    pub data: Option<Bytes>,
 }
 
 impl Default for RunOptions {
@@ -163,6 +170,8 @@ impl Default for RunOptions {
             hdr_log: None,
             start_at: None,
             plot: None,
+            method: None,
+            data: None,
         }
     }
 }
@@ -208,6 +217,19 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
         return Err(RunError::Options(
             "a connection per call needs one stream per connection (--streams 1)".into(),
         ));
+    }
+    if let Some(m) = &options.method {
+        let ok = m
+            .strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(service, method)| {
+                !service.is_empty() && !method.is_empty() && !method.contains('/')
+            });
+        if !ok {
+            return Err(RunError::Options(format!(
+                "method {m:?} is not /package.Service/Method"
+            )));
+        }
     }
     if matches!(options.rate, Some(r) if !(r > 0.0 && r.is_finite())) {
         return Err(RunError::Options(
@@ -388,7 +410,10 @@ pub fn run(options: &RunOptions) -> Result<Report, RunError> {
         target: options.target.to_string(),
         rpc: options.rpc.name().into(),
         rate: options.rate,
-        payload_bytes: options.payload,
+        payload_bytes: match &options.method {
+            Some(_) => options.data.as_ref().map_or(0, Bytes::len),
+            None => options.payload,
+        },
         cores: workers,
         connections: options.connections,
         streams_per_connection: options.streams,
@@ -743,13 +768,15 @@ fn new_load(options: RunOptions, start: Instant) -> Load {
         HeaderValue::from_static("application/grpc"),
     );
     headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-    if let Some(size) = options.response_size {
+    // What the echo service is told, for it alone.
+    let echo = options.method.is_none();
+    if let Some(size) = options.response_size.filter(|_| echo) {
         headers.insert(grpc::RESPONSE_SIZE, HeaderValue::from(size));
     }
-    if options.rpc == Rpc::ServerStream {
+    if echo && options.rpc == Rpc::ServerStream {
         headers.insert(grpc::MESSAGES, HeaderValue::from(options.messages));
     }
-    if let Some(d) = options.delay {
+    if let Some(d) = options.delay.filter(|_| echo) {
         if let Ok(v) = HeaderValue::from_str(&format!("{}us", d.as_micros())) {
             headers.insert(grpc::DELAY, v);
         }
@@ -768,11 +795,15 @@ fn new_load(options: RunOptions, start: Instant) -> Load {
             "http"
         })
         .authority(authority.as_str())
-        .path_and_query(options.rpc.path())
+        .path_and_query(options.method.as_deref().unwrap_or(options.rpc.path()))
         .build()
         .unwrap_or_else(|_| Uri::from_static("http://localhost/"));
     Load {
-        request_frame: grpc::frame_zeros(options.payload),
+        request_frame: match (&options.method, &options.data) {
+            (Some(_), Some(data)) => grpc::frame(data),
+            (Some(_), None) => grpc::frame(&[]),
+            (None, _) => grpc::frame_zeros(options.payload),
+        },
         calls_left: Cell::new(options.calls),
         options,
         headers,
