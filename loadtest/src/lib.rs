@@ -7,6 +7,8 @@ pub mod grpc;
 pub mod h2io;
 pub mod hdrlog;
 pub mod plot;
+pub mod reflection;
 pub mod report;
 pub mod run;
+pub mod schema;
 pub mod serve;

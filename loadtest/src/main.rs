@@ -194,8 +194,35 @@ struct RunArgs {
     method: Option<String>,
     /// With --method: the request message, protobuf-encoded, from this
     /// file (default: an empty message).
-    #[arg(long, value_name = "FILE", requires = "method")]
+    #[arg(long, value_name = "FILE", requires = "method", conflicts_with_all = ["data", "data_file"])]
     data_bin: Option<PathBuf>,
+    /// With --method: the request message as JSON (the protobuf JSON
+    /// mapping), with its schema from --proto, --protoset or --reflection;
+    /// the schema also gives the method's kind.
+    #[arg(
+        long,
+        value_name = "JSON",
+        requires = "method",
+        conflicts_with = "data_file"
+    )]
+    data: Option<String>,
+    /// --data from this file.
+    #[arg(long, value_name = "FILE", requires = "method")]
+    data_file: Option<PathBuf>,
+    /// The schema: these .proto files (repeatable), compiled in-process.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["protoset", "reflection"])]
+    proto: Vec<PathBuf>,
+    /// Where --proto files' imports are found (repeatable).
+    #[arg(long, value_name = "DIR", requires = "proto")]
+    import_path: Vec<PathBuf>,
+    /// The schema: a descriptor set (protoc --descriptor_set_out
+    /// --include_imports).
+    #[arg(long, value_name = "FILE", conflicts_with = "reflection")]
+    protoset: Option<PathBuf>,
+    /// The schema: asked of the target's reflection service
+    /// (grpc.reflection.v1; cleartext).
+    #[arg(long)]
+    reflection: bool,
 }
 
 /// The TLS client the flags ask for, with its files read.
@@ -294,12 +321,50 @@ fn merge(
     Ok(())
 }
 
+/// With --data or --data-file: the request from JSON by the schema, and
+/// the method's kind from it.
+fn with_schema(mut options: RunOptions, args: &RunArgs) -> anyhow::Result<RunOptions> {
+    use grpc_loadtest::schema::{self, Schema};
+    let json = match (&args.data, &args.data_file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--data-file {}: {e}", path.display()))?,
+        (None, None) => return Ok(options),
+    };
+    let source = if !args.proto.is_empty() {
+        Schema::Proto {
+            files: args.proto.clone(),
+            imports: args.import_path.clone(),
+        }
+    } else if let Some(set) = &args.protoset {
+        Schema::Protoset(set.clone())
+    } else if args.reflection {
+        Schema::Reflection
+    } else {
+        anyhow::bail!("--data needs a schema: --proto FILE, --protoset FILE or --reflection");
+    };
+    let method = options.method.clone().unwrap_or_default();
+    let service = schema::service_of(&method)
+        .ok_or_else(|| anyhow::anyhow!("method {method:?} is not /package.Service/Method"))?;
+    let pool = schema::pool(
+        &source,
+        options.target,
+        options.authority.as_deref(),
+        service,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let call = schema::call(&pool, &method, &json).map_err(anyhow::Error::msg)?;
+    options.rpc = call.rpc;
+    options.data = Some(call.request);
+    Ok(options)
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let json_only = args.json.as_deref() == Some(std::path::Path::new("-"));
     let tls = client_tls(&args)?;
     let options = RunOptions {
         target: args.target,
-        authority: args.authority,
+        authority: args.authority.clone(),
         rpc: args.rpc,
         payload: args.payload,
         response_size: args.response_size,
@@ -313,14 +378,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         rate: args.rate,
         delay: args.delay,
-        metadata: args.metadata,
+        metadata: args.metadata.clone(),
         progress: !args.quiet && !json_only,
         tls,
         connection_per_call: args.connection_per_call,
-        hdr_log: args.hdr_log,
+        hdr_log: args.hdr_log.clone(),
         start_at: args.start_at,
-        plot: args.plot,
-        method: args.method,
+        plot: args.plot.clone(),
+        method: args.method.clone(),
         data: match &args.data_bin {
             Some(path) => {
                 Some(bytes::Bytes::from(std::fs::read(path).map_err(|e| {
@@ -330,6 +395,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             None => None,
         },
     };
+    let options = with_schema(options, &args)?;
     let report = grpc_loadtest::run::run(&options)?;
     if !json_only {
         print!("{}", report.to_text());

@@ -76,3 +76,87 @@ fn the_four_kinds_of_any_method_with_a_message_given_as_bytes() {
     let bad = run::run(&options(&up, "test.Echo/Unary", Rpc::Unary, message));
     assert!(bad.is_err_and(|e| e.to_string().contains("/package.Service/Method")));
 }
+
+/// The schema of the harness's `test.Echo`, as its users would write it.
+const PROTO: &str = r#"
+syntax = "proto3";
+package test;
+message Msg {
+  string text = 1;
+  int32 n = 2;
+}
+service Echo {
+  rpc Unary(Msg) returns (Msg);
+  rpc ServerStream(Msg) returns (stream Msg);
+  rpc ClientStream(stream Msg) returns (Msg);
+  rpc Bidi(stream Msg) returns (stream Msg);
+}
+"#;
+
+/// `{"text": "hi", "n": 3}` as protobuf: field 1 "hi", field 2 = 3.
+const HI3: &[u8] = &[0x0a, 0x02, b'h', b'i', 0x10, 0x03];
+
+/// Loads `path` with the JSON request by `source`'s schema: the request
+/// is the right bytes, the kind is the method's, and every call is OK.
+fn load_with_schema(up: &Upstream, source: &grpc_loadtest::schema::Schema, path: &str, rpc: Rpc) {
+    use grpc_loadtest::schema;
+    let service = schema::service_of(path).expect("service");
+    let pool = schema::pool(source, up.addr(), None, service).expect("schema");
+    let call = schema::call(&pool, path, r#"{"text": "hi", "n": 3}"#).expect("call");
+    assert_eq!(&call.request[..], HI3, "{source:?}");
+    assert_eq!(call.rpc, rpc, "the kind comes from the schema");
+    let before = up.events().calls();
+    let mut o = options(up, path, call.rpc, b"");
+    o.data = Some(call.request);
+    let r = run::run(&o).expect("run");
+    assert_eq!(
+        (r.calls_ok, r.calls_failed),
+        (100, 0),
+        "{source:?}: {:?}",
+        r.errors
+    );
+    assert_eq!(up.events().calls(), before + 100);
+}
+
+#[test]
+fn json_requests_by_proto_file_descriptor_set_and_reflection() {
+    use grpc_loadtest::schema::Schema;
+    let dir = tempfile::tempdir().expect("dir");
+    let proto = dir.path().join("echo.proto");
+    std::fs::write(&proto, PROTO).expect("write proto");
+    let set = protox::compile([&proto], [dir.path()]).expect("compile");
+    let set_bytes = prost::Message::encode_to_vec(&set);
+    let protoset = dir.path().join("echo.protoset");
+    std::fs::write(&protoset, &set_bytes).expect("write protoset");
+
+    let up = Upstream::start_with_reflection("tonic", set_bytes);
+    let by_file = Schema::Proto {
+        files: vec![proto.clone()],
+        imports: vec![],
+    };
+    load_with_schema(&up, &by_file, "/test.Echo/Unary", Rpc::Unary);
+    load_with_schema(&up, &by_file, "/test.Echo/Bidi", Rpc::Bidi);
+    let by_set = Schema::Protoset(protoset);
+    load_with_schema(&up, &by_set, "/test.Echo/Unary", Rpc::Unary);
+    load_with_schema(&up, &by_set, "/test.Echo/ServerStream", Rpc::ServerStream);
+    load_with_schema(&up, &Schema::Reflection, "/test.Echo/Unary", Rpc::Unary);
+    load_with_schema(
+        &up,
+        &Schema::Reflection,
+        "/test.Echo/ClientStream",
+        Rpc::ClientStream,
+    );
+
+    // Mistakes are named: a JSON field the message lacks, a method the
+    // service lacks, a server without reflection.
+    use grpc_loadtest::schema;
+    let pool = schema::pool(&by_file, up.addr(), None, "test.Echo").expect("schema");
+    let bad = schema::call(&pool, "/test.Echo/Unary", r#"{"nope": 1}"#).expect_err("unknown field");
+    assert!(bad.contains("test.Msg"), "{bad}");
+    let bad = schema::call(&pool, "/test.Echo/Nope", "{}").expect_err("unknown method");
+    assert!(bad.contains("no method"), "{bad}");
+    let plain = Upstream::start("plain");
+    let bad = schema::pool(&Schema::Reflection, plain.addr(), None, "test.Echo")
+        .expect_err("no reflection");
+    assert!(bad.starts_with("reflection:"), "{bad}");
+}

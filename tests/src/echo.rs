@@ -299,13 +299,28 @@ impl Upstream {
             Arc::default(),
             None,
             Duration::ZERO,
+            None,
         )
     }
 
     /// Starts a server named `name` on `addr` (another loopback address,
     /// say, or a given port).
     pub fn start_at(name: &str, addr: SocketAddr) -> Upstream {
-        Upstream::start_on(name, addr, Arc::default(), None, Duration::ZERO)
+        Upstream::start_on(name, addr, Arc::default(), None, Duration::ZERO, None)
+    }
+
+    /// Starts a server that also serves gRPC reflection
+    /// (`grpc.reflection.v1`) of the schema in `descriptor_set` (a
+    /// serialized `FileDescriptorSet`).
+    pub fn start_with_reflection(name: &str, descriptor_set: Vec<u8>) -> Upstream {
+        Upstream::start_on(
+            name,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Arc::default(),
+            None,
+            Duration::ZERO,
+            Some(descriptor_set),
+        )
     }
 
     /// Starts a server whose `Unary` answers after `delay`.
@@ -316,6 +331,7 @@ impl Upstream {
             Arc::default(),
             None,
             delay,
+            None,
         )
     }
 
@@ -339,6 +355,7 @@ impl Upstream {
             Arc::default(),
             Some((cert.cert_pem.clone(), cert.key_pem.clone(), None)),
             Duration::ZERO,
+            None,
         )
     }
 
@@ -355,6 +372,7 @@ impl Upstream {
                 Some(client_ca_pem.to_owned()),
             )),
             Duration::ZERO,
+            None,
         )
     }
 
@@ -364,6 +382,7 @@ impl Upstream {
         events: Arc<Events>,
         tls: Option<(String, String, Option<String>)>,
         delay: Duration,
+        reflection: Option<Vec<u8>>,
     ) -> Upstream {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -373,6 +392,12 @@ impl Upstream {
             delay,
         };
         let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = reflection.map(|set| {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(Box::leak(set.into_boxed_slice()))
+                .build_v1()
+                .expect("a valid descriptor set")
+        });
         let tls_config = tls.as_ref().map(|(cert, key, client_ca)| {
             let config = tonic::transport::ServerTlsConfig::new()
                 .identity(tonic::transport::Identity::from_pem(cert, key));
@@ -407,6 +432,7 @@ impl Upstream {
                         .initial_connection_window_size(16 << 20)
                         .add_service(echo)
                         .add_service(health_service)
+                        .add_optional_service(reflection)
                         .serve_with_incoming(incoming);
                     tokio::select! {
                         _ = server => {}
@@ -463,6 +489,7 @@ impl Upstream {
             self.events.clone(),
             self.tls.clone(),
             self.delay,
+            None,
         );
         *self = again;
     }
