@@ -325,6 +325,14 @@ both_drivers! {
             both.tags["message"].latency.count,
             sum(|r| r.message_latency.as_ref().map_or(0, |l| l.count))
         );
+        // Exactly one histogram of both runs: the runs' own round-trip
+        // histograms added together.
+        let mut union = reports[0].series.latency.clone();
+        union.add(&reports[1].series.latency).expect("add");
+        assert_eq!(
+            Some(&both.tags["message"].latency),
+            grpc_loadtest::report::Latency::of(&union).as_ref()
+        );
         let maxes: Vec<f64> = reports.iter().map(|r| r.call_latency.as_ref().expect("latency").max_us).collect();
         assert_eq!(calls.max_us, maxes.iter().cloned().fold(0.0, f64::max));
         assert!(both.text().contains("merged 2 logs"));
