@@ -220,7 +220,7 @@ struct RunArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "reflection")]
     protoset: Option<PathBuf>,
     /// The schema: asked of the target's reflection service
-    /// (grpc.reflection.v1; cleartext).
+    /// (grpc.reflection.v1; over TLS with --tls or --tls-ca).
     #[arg(long)]
     reflection: bool,
 }
@@ -350,6 +350,7 @@ fn with_schema(mut options: RunOptions, args: &RunArgs) -> anyhow::Result<RunOpt
         &source,
         options.target,
         options.authority.as_deref(),
+        options.tls.as_ref(),
         service,
     )
     .map_err(anyhow::Error::msg)?;

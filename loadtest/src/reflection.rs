@@ -1,6 +1,6 @@
 //! A client of gRPC server reflection (`grpc.reflection.v1`): the file
 //! that defines a service, and the files it imports, asked of the target
-//! on one stream, once, before the load (cleartext HTTP/2).
+//! on one stream, once, before the load (over TLS when the load is).
 
 use std::net::SocketAddr;
 
@@ -57,10 +57,12 @@ struct Error {
 
 const PATH: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
 
-/// The schema of `service` (and all it imports), asked of `target`.
+/// The schema of `service` (and all it imports), asked of `target`, over
+/// `tls` if given.
 pub fn pool(
     target: SocketAddr,
     authority: Option<&str>,
+    tls: Option<&grpc_proxy::ClientTls>,
     service: &str,
 ) -> Result<DescriptorPool, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -69,12 +71,25 @@ pub fn pool(
         .map_err(|e| format!("reflection: {e}"))?;
     let authority = authority.map_or_else(|| target.to_string(), str::to_string);
     let files = rt.block_on(async {
-        tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            ask(target, &authority, service),
-        )
-        .await
-        .map_err(|_| "reflection: no answer within 10 s".to_string())?
+        let asking = async {
+            let tcp = tokio::net::TcpStream::connect(target)
+                .await
+                .map_err(|x| format!("reflection: connect: {x}"))?;
+            match tls {
+                None => ask(tcp, &authority, service, "http").await,
+                Some(tls) => {
+                    let connector = tls.for_worker();
+                    let stream = tokio_rustls::TlsConnector::from(connector.config.clone())
+                        .connect(connector.server_name.clone(), tcp)
+                        .await
+                        .map_err(|x| format!("reflection: TLS handshake: {x}"))?;
+                    ask(stream, &authority, service, "https").await
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), asking)
+            .await
+            .map_err(|_| "reflection: no answer within 10 s".to_string())?
     })?;
     let mut pool = DescriptorPool::new();
     pool.add_file_descriptor_protos(files)
@@ -82,23 +97,24 @@ pub fn pool(
     Ok(pool)
 }
 
-async fn ask(
-    target: SocketAddr,
+async fn ask<T>(
+    io: T,
     authority: &str,
     service: &str,
-) -> Result<Vec<FileDescriptorProto>, String> {
+    scheme: &str,
+) -> Result<Vec<FileDescriptorProto>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let e = |what: &str, err: &dyn std::fmt::Display| format!("reflection: {what}: {err}");
-    let tcp = tokio::net::TcpStream::connect(target)
-        .await
-        .map_err(|x| e("connect", &x))?;
-    let (client, conn) = h2::client::handshake(tcp)
+    let (client, conn) = h2::client::handshake(io)
         .await
         .map_err(|x| e("HTTP/2", &x))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     let mut client = client.ready().await.map_err(|x| e("HTTP/2", &x))?;
-    let request = http::Request::post(format!("http://{authority}{PATH}"))
+    let request = http::Request::post(format!("{scheme}://{authority}{PATH}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())

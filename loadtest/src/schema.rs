@@ -40,11 +40,13 @@ pub struct Call {
     pub request: Bytes,
 }
 
-/// Reads the schema of `source` (reflection asks `target`).
+/// Reads the schema of `source` (reflection asks `target`, over `tls` if
+/// given).
 pub fn pool(
     source: &Schema,
     target: std::net::SocketAddr,
     authority: Option<&str>,
+    tls: Option<&grpc_proxy::ClientTls>,
     service: &str,
 ) -> Result<DescriptorPool, String> {
     match source {
@@ -71,7 +73,7 @@ pub fn pool(
             DescriptorPool::decode(bytes.as_slice())
                 .map_err(|e| format!("--protoset {}: not a descriptor set ({e})", path.display()))
         }
-        Schema::Reflection => crate::reflection::pool(target, authority, service),
+        Schema::Reflection => crate::reflection::pool(target, authority, tls, service),
     }
 }
 

@@ -101,7 +101,7 @@ const HI3: &[u8] = &[0x0a, 0x02, b'h', b'i', 0x10, 0x03];
 fn load_with_schema(up: &Upstream, source: &grpc_loadtest::schema::Schema, path: &str, rpc: Rpc) {
     use grpc_loadtest::schema;
     let service = schema::service_of(path).expect("service");
-    let pool = schema::pool(source, up.addr(), None, service).expect("schema");
+    let pool = schema::pool(source, up.addr(), None, None, service).expect("schema");
     let call = schema::call(&pool, path, r#"{"text": "hi", "n": 3}"#).expect("call");
     assert_eq!(&call.request[..], HI3, "{source:?}");
     assert_eq!(call.rpc, rpc, "the kind comes from the schema");
@@ -150,13 +150,54 @@ fn json_requests_by_proto_file_descriptor_set_and_reflection() {
     // Mistakes are named: a JSON field the message lacks, a method the
     // service lacks, a server without reflection.
     use grpc_loadtest::schema;
-    let pool = schema::pool(&by_file, up.addr(), None, "test.Echo").expect("schema");
+    let pool = schema::pool(&by_file, up.addr(), None, None, "test.Echo").expect("schema");
     let bad = schema::call(&pool, "/test.Echo/Unary", r#"{"nope": 1}"#).expect_err("unknown field");
     assert!(bad.contains("test.Msg"), "{bad}");
     let bad = schema::call(&pool, "/test.Echo/Nope", "{}").expect_err("unknown method");
     assert!(bad.contains("no method"), "{bad}");
     let plain = Upstream::start("plain");
-    let bad = schema::pool(&Schema::Reflection, plain.addr(), None, "test.Echo")
+    let bad = schema::pool(&Schema::Reflection, plain.addr(), None, None, "test.Echo")
         .expect_err("no reflection");
     assert!(bad.starts_with("reflection:"), "{bad}");
+}
+
+#[test]
+fn reflection_over_tls() {
+    use grpc_loadtest::schema::{self, Schema};
+    let dir = tempfile::tempdir().expect("dir");
+    let proto = dir.path().join("echo.proto");
+    std::fs::write(&proto, PROTO).expect("write proto");
+    let set = protox::compile([&proto], [dir.path()]).expect("compile");
+    let pki = grpc_proxy_tests::Pki::new();
+    let up = Upstream::start_tls_with_reflection(
+        "secure",
+        &pki.server,
+        prost::Message::encode_to_vec(&set),
+    );
+    let settings = grpc_proxy::config::UpstreamTls {
+        ca: Some(pki.ca.cert.clone()),
+        server_name: "localhost".into(),
+        cert: None,
+        key: None,
+    };
+    let tls = grpc_proxy::ClientTls::load(&settings, "localhost").expect("client TLS");
+    let pool = schema::pool(
+        &Schema::Reflection,
+        up.addr(),
+        None,
+        Some(&tls),
+        "test.Echo",
+    )
+    .expect("schema over TLS");
+    let call = schema::call(&pool, "/test.Echo/Unary", r#"{"text": "hi", "n": 3}"#).expect("call");
+    assert_eq!(&call.request[..], HI3);
+    let mut o = options(&up, "/test.Echo/Unary", call.rpc, b"");
+    o.data = Some(call.request);
+    o.tls = Some(tls.clone());
+    let r = run::run(&o).expect("run");
+    assert_eq!((r.calls_ok, r.calls_failed), (100, 0), "{:?}", r.errors);
+    // Without TLS, reflection fails with a reason, not a hang.
+    let plain = schema::pool(&Schema::Reflection, up.addr(), None, None, "test.Echo")
+        .expect_err("cleartext to a TLS server");
+    assert!(plain.starts_with("reflection:"), "{plain}");
 }

@@ -359,6 +359,23 @@ impl Upstream {
         )
     }
 
+    /// Starts a server that serves TLS with this certificate, and gRPC
+    /// reflection of `descriptor_set`.
+    pub fn start_tls_with_reflection(
+        name: &str,
+        cert: &crate::Issued,
+        descriptor_set: Vec<u8>,
+    ) -> Upstream {
+        Upstream::start_on(
+            name,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Arc::default(),
+            Some((cert.cert_pem.clone(), cert.key_pem.clone(), None)),
+            Duration::ZERO,
+            Some(descriptor_set),
+        )
+    }
+
     /// Starts a server that serves TLS and requires client certificates
     /// from `client_ca_pem`.
     pub fn start_mtls(name: &str, cert: &crate::Issued, client_ca_pem: &str) -> Upstream {
