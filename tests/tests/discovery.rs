@@ -199,4 +199,40 @@ proxy_test! {
         }
         assert!(b.events().calls() >= 1);
     }
+
+    async fn a_name_that_a_reload_brings_is_resolved_again_too(driver) {
+        // Scenario: the proxy starts with addresses only (nothing to
+        // resolve again), then a reload brings a name; its answers must be
+        // followed from then on, as if it had been there from the start.
+        let dir = tempfile::tempdir().expect("dir");
+        let hosts = dir.path().join("hosts");
+        let (a, b, port) = two_upstreams();
+        write_hosts(&hosts, &["127.0.0.2"]);
+        let text = |endpoint: String| {
+            format!(
+                "listen = \"127.0.0.1:0\"\ncores = 1\n[upstream]\nhosts_file = {hosts:?}\ndns_refresh = \"50ms\"\n\
+                 [[clusters]]\nname = \"backend\"\nendpoints = [\"{endpoint}\"]\n[[routes]]\ncluster = \"backend\"\n"
+            )
+        };
+        let first = grpc_proxy::Config::parse(&text(a.addr().to_string()), "test").expect("config");
+        let (builder, routes) = grpc_proxy::ProxyBuilder::from_config(&first).expect("builder");
+        let proxy = builder.driver(driver).start(routes).expect("starts");
+        let mut client = Client::connect(proxy.local_addr()).await;
+        assert_eq!(client.upstream_of("Unary", &[]).await.expect("call"), "a");
+        let second = grpc_proxy::Config::parse(&text(format!("backend.test.invalid:{port}")), "test").expect("config");
+        proxy.controller().reload(&second).expect("reload");
+        assert_eq!(client.upstream_of("Unary", &[]).await.expect("call"), "a");
+        write_hosts(&hosts, &["127.0.0.3"]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match client.upstream_of("Unary", &[]).await {
+                Ok(name) if name == "b" => break,
+                other => {
+                    assert!(std::time::Instant::now() < deadline, "the name was never resolved again: {other:?}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        assert!(b.events().calls() >= 1);
+    }
 }

@@ -11,7 +11,6 @@ use std::thread::JoinHandle;
 
 use crate::config::{AccessLogTarget, Config, Settings};
 use crate::control::controller::{Controller, Running};
-use crate::control::discovery;
 use crate::control::handle::ProxyHandle;
 use crate::control::plan::{cluster_plans, listener_tls, route_table};
 use crate::control::worker;
@@ -251,7 +250,6 @@ impl ProxyBuilder {
             postboxes.push(postbox);
         }
         drop(ready_tx);
-        let dns_refresh = self.settings.dns_refresh;
         let controller = Controller::new(
             postboxes,
             recipe.is_route_table(),
@@ -272,11 +270,7 @@ impl ProxyBuilder {
             connect_failed,
         );
         let controller = Arc::new(controller);
-        if let Some(every) = dns_refresh {
-            if controller.has_names() {
-                discovery::start(&controller, every);
-            }
-        }
+        controller.watch_names();
         // From here on, dropping the handle stops whatever started.
         let mut handle = ProxyHandle {
             local_addr,

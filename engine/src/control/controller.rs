@@ -56,6 +56,11 @@ pub struct Controller {
     dns_updates: AtomicU64,
     /// Set by a worker whose upstream connect failed.
     connect_failed: Arc<AtomicBool>,
+    /// Itself, for the DNS thread it starts (see
+    /// [`watch_names`](Self::watch_names)).
+    this: std::sync::OnceLock<std::sync::Weak<Controller>>,
+    /// Whether the DNS thread runs.
+    resolving: AtomicBool,
 }
 
 /// What the workers run, and what its endpoints came from.
@@ -97,6 +102,28 @@ impl Controller {
             dns_failing: AtomicU64::new(0),
             dns_updates: AtomicU64::new(0),
             connect_failed,
+            this: std::sync::OnceLock::new(),
+            resolving: AtomicBool::new(false),
+        }
+    }
+
+    /// Starts resolving endpoint names again in the background, once
+    /// there is a name to resolve and `dns_refresh` is set: at start, or
+    /// at the first reload that brings a name.
+    pub(super) fn watch_names(self: &Arc<Controller>) {
+        let _ = self.this.set(Arc::downgrade(self));
+        self.start_resolving();
+    }
+
+    fn start_resolving(&self) {
+        let Some(every) = self.settings.dns_refresh else {
+            return;
+        };
+        let Some(this) = self.this.get() else {
+            return;
+        };
+        if self.has_names() && !self.resolving.swap(true, Ordering::Relaxed) {
+            crate::control::discovery::start(this.clone(), every);
         }
     }
 
@@ -222,6 +249,7 @@ impl Controller {
         };
         self.dns_failing.store(0, Ordering::Relaxed);
         drop(running);
+        self.start_resolving();
         let info = ConfigInfo {
             version,
             source: config.source.clone(),

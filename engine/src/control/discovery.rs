@@ -13,7 +13,7 @@
 //! The thread holds the controller weakly and ends with the proxy (or
 //! once it drains).
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use crate::control::controller::Controller;
@@ -26,8 +26,7 @@ const NAP: Duration = Duration::from_millis(100);
 pub const SOONEST: Duration = Duration::from_secs(1);
 
 /// Starts resolving `control`'s endpoint names every `every`.
-pub(super) fn start(control: &Arc<Controller>, every: Duration) {
-    let control = Arc::downgrade(control);
+pub(super) fn start(control: Weak<Controller>, every: Duration) {
     let spawned = std::thread::Builder::new()
         .name("grpc-proxy-dns".into())
         .spawn(move || run(control, every));
