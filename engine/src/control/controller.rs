@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{endpoints_of, Config, Settings};
+use crate::control::discovery;
 use crate::control::plan::{cluster_plans, listener_tls, route_table};
 use crate::control::worker::Command;
 use crate::downstream::snapshot::Plan;
@@ -123,7 +124,7 @@ impl Controller {
             return;
         };
         if self.has_names() && !self.resolving.swap(true, Ordering::Relaxed) {
-            crate::control::discovery::start(this.clone(), every);
+            discovery::start(this.clone(), every);
         }
     }
 
@@ -394,6 +395,20 @@ impl admin::Control for Controller {
 
     fn config_info(&self) -> ConfigInfo {
         Controller::config_info(self)
+    }
+}
+
+impl discovery::Names for Controller {
+    fn is_draining(&self) -> bool {
+        Controller::is_draining(self)
+    }
+
+    fn take_connect_failed(&self) -> bool {
+        Controller::take_connect_failed(self)
+    }
+
+    fn refresh_endpoints(&self) {
+        Controller::refresh_endpoints(self);
     }
 }
 
