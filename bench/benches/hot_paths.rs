@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use grpc_proxy::config::Config;
-use grpc_proxy::{Call, ClusterId, Code, Director, RouteTable, Status};
+use grpc_proxy::routing::routes::RouteDirector;
+use grpc_proxy::{Call, ClusterId, Code, CoreId, Director, DirectorRecipe, RouteTable, Status};
 use http::{HeaderMap, HeaderValue};
 
-fn table(routes: usize) -> RouteTable {
+fn table(routes: usize) -> RouteDirector {
     let mut text = String::from("[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n");
     for i in 0..routes - 1 {
         text.push_str(&format!(
@@ -29,7 +30,12 @@ fn table(routes: usize) -> RouteTable {
         "a".into(),
         builder.cluster("a", ["127.0.0.1:1".parse().expect("addr")]),
     );
-    RouteTable::new(&config.routes, &ids).expect("compiles")
+    RouteTable::new(&config.routes, &ids)
+        .expect("compiles")
+        .build(CoreId {
+            worker: 0,
+            cpu: None,
+        })
 }
 
 fn request_headers() -> HeaderMap {

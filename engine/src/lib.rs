@@ -23,7 +23,8 @@
 //! 6. [`transport`]: TLS with rustls on monoio's owned buffers,
 //!    certificates and identities, socket options.
 //! 7. [`telemetry`]: per-core metrics, the admin endpoint, the access log.
-//! 8. [`routing`]: the [`Director`] trait and the declarative routes.
+//! 8. [`routing`]: the [`Director`] trait, the declarative routes, verified
+//!    bearer tokens (JWT) and header edits.
 //! 9. [`upstream`]: endpoints, clusters and balancing, ejection, health
 //!    checks, retry budgets.
 //! 10. [`downstream`]: accepting client connections, what they share, and
@@ -79,6 +80,7 @@ pub use control::controller::{Controller, ReloadError};
 pub use control::handle::ProxyHandle;
 pub use grpc::status::{Code, Status};
 pub use routing::director::{Call, ClusterId, CoreId, Director, DirectorRecipe, Route};
+pub use routing::edits::{Edits, HeaderEdits};
 pub use routing::routes::RouteTable;
 pub use runtime::cores::CoreSelection;
 pub use runtime::driver::Driver;

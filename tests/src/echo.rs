@@ -40,6 +40,7 @@ pub struct Events {
     hanging: AtomicUsize,
     cancelled: AtomicUsize,
     changed: Notify,
+    last_head: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl Events {
@@ -86,7 +87,25 @@ impl Events {
         }
     }
 
-    fn call(&self) {
+    /// The head of the last call that arrived: `:authority` (from the
+    /// URI), then every header, in order, values as text (or `?`).
+    pub fn last_head(&self) -> Vec<(String, String)> {
+        self.last_head.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// The values of `name` in the last call's head.
+    pub fn last_values(&self, name: &str) -> Vec<String> {
+        self.last_head()
+            .into_iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    fn call(&self, head: Vec<(String, String)>) {
+        if let Ok(mut last) = self.last_head.lock() {
+            *last = head;
+        }
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
     }
@@ -251,7 +270,18 @@ impl Service<http::Request<Body>> for Echo {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let echo = self.clone();
-        echo.events.call();
+        let authority = request.uri().authority().map(|a| a.to_string());
+        let head = authority
+            .map(|a| (":authority".to_owned(), a))
+            .into_iter()
+            .chain(
+                request
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("?").to_owned())),
+            )
+            .collect();
+        echo.events.call(head);
         Box::pin(async move {
             let mut grpc = Grpc::new(BytesCodec)
                 .max_decoding_message_size(usize::MAX)

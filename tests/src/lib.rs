@@ -9,6 +9,7 @@
 //! - [`admin`]: one HTTP/1.1 request to the admin endpoint.
 //! - [`relay`]: a TCP relay that can go silent (a dead link).
 //! - [`raw`]: a bare h2 client, for what tonic would hide.
+//! - [`tokens`]: JWT signing keys, their JWKS file, and signed tokens.
 //! - [`peer`]: a hand-made HTTP/2 peer, frames built byte by byte, for
 //!   conformance tests of both legs.
 //! - [`proxy_test!`]: turns one async test body into two tests, one per
@@ -28,6 +29,7 @@ pub mod pki;
 pub mod raw;
 pub mod relay;
 pub mod silent;
+pub mod tokens;
 
 use std::future::Future;
 use std::net::SocketAddr;

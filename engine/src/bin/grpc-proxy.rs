@@ -401,6 +401,9 @@ fn from_flags(upstreams: &[String]) -> Result<Config, String> {
             client: None,
             action: RouteAction::Cluster("default".into()),
             timeout: None,
+            jwt: None,
+            request_headers: None,
+            response_headers: None,
         }],
         source: "command-line flags".into(),
         ..Config::default()

@@ -14,6 +14,8 @@ use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use super::digest;
+use super::edits::HeaderEditsFile;
+use super::jwt::JwtFile;
 use super::units::{duration, host_of, parse_field, resolve, set, size, SizeValue};
 use super::{
     AccessLogTarget, Balance, CallLimits, ClientAuth, ClientMatch, ClusterConfig, Config,
@@ -217,6 +219,9 @@ struct RouteFile {
     cluster: Option<String>,
     reject: Option<RejectFile>,
     timeout: Option<String>,
+    jwt: Option<JwtFile>,
+    request_headers: Option<HeaderEditsFile>,
+    response_headers: Option<HeaderEditsFile>,
 }
 
 #[derive(Deserialize)]
@@ -743,6 +748,33 @@ impl RouteFile {
                 return Err(format!("{at}.name: is empty"));
             }
         }
+        let jwt = self
+            .jwt
+            .map(|j| j.validate(&format!("{at}.jwt")))
+            .transpose()?;
+        let request_headers = self
+            .request_headers
+            .map(|e| e.validate(&format!("{at}.request_headers"), true))
+            .transpose()?;
+        let response_headers = self
+            .response_headers
+            .map(|e| e.validate(&format!("{at}.response_headers"), false))
+            .transpose()?;
+        let edits = [&request_headers, &response_headers];
+        if jwt.is_none()
+            && edits
+                .iter()
+                .any(|e| e.as_ref().is_some_and(|e| e.uses_jwt()))
+        {
+            return Err(format!(
+                "{at}: a header value uses ${{jwt.*}} but the route has no jwt condition"
+            ));
+        }
+        if matches!(action, RouteAction::Reject(_)) && edits.iter().any(|e| e.is_some()) {
+            return Err(format!(
+                "{at}: a route that rejects forwards nothing; its header edits would do nothing"
+            ));
+        }
         Ok(RouteConfig {
             name: self.name,
             method: self.method,
@@ -753,6 +785,9 @@ impl RouteFile {
             client,
             action,
             timeout,
+            jwt,
+            request_headers,
+            response_headers,
         })
     }
 }

@@ -13,7 +13,9 @@
 //! repository for a documented example.
 
 pub mod digest;
+pub mod edits;
 mod file;
+pub mod jwt;
 mod units;
 
 pub use units::{is_name, parse_duration, parse_size, resolve};
@@ -27,6 +29,8 @@ use http::header::{HeaderName, HeaderValue};
 use crate::grpc::status::Status;
 use crate::runtime::cores::CoreSelection;
 use crate::runtime::driver::Driver;
+use edits::HeaderEditsConfig;
+use jwt::JwtConfig;
 
 /// A configuration problem, as one line naming what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -411,6 +415,12 @@ pub struct RouteConfig {
     /// A deadline the proxy enforces on calls of this route, on top of any
     /// `grpc-timeout` the client sends (the shorter wins).
     pub timeout: Option<Duration>,
+    /// The bearer token the call must carry.
+    pub jwt: Option<JwtConfig>,
+    /// What changes in the request head sent upstream.
+    pub request_headers: Option<HeaderEditsConfig>,
+    /// What changes in the response head sent to the client.
+    pub response_headers: Option<HeaderEditsConfig>,
 }
 
 /// What a route does with a call.

@@ -12,6 +12,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use crate::grpc::status::{Code, Status};
 use crate::http2::frame::ErrorCode;
 use crate::http2::headers::HeaderList;
 use crate::relay::wire::{Side, Wire};
+use crate::routing::edits::{Edits, HeaderEdits};
 use crate::upstream::cluster::Cluster;
 use crate::upstream::retry_budget::Charge;
 
@@ -106,6 +108,8 @@ pub struct Call {
     /// It was retried once (it is not retried again); the replay's charge
     /// stays until the call ends.
     pub retried: Option<Charge>,
+    /// The route's edits; those of the response head wait here for it.
+    pub edits: Option<Arc<Edits>>,
 }
 
 /// What a call holds so that it can be sent again if the upstream refuses
@@ -147,15 +151,37 @@ impl Call {
     }
 }
 
+/// The fields of a head as `edits` change them: removed keys left out, a
+/// new `:authority` in place of the old, added values at the end.
+pub fn edited<'a>(
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8], bool)> + 'a,
+    edits: Option<&'a HeaderEdits>,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8], bool)> + 'a {
+    fields
+        .filter(move |(name, _, _)| edits.is_none_or(|e| e.keeps(name)))
+        .map(move |(name, value, sensitive)| {
+            (
+                name,
+                edits.map_or(value, |e| e.value(name, value)),
+                sensitive,
+            )
+        })
+        .chain(edits.into_iter().flat_map(HeaderEdits::added))
+}
+
 /// The head a call sends upstream: the client's fields, with
-/// `grpc-timeout` replaced by `timeout` when there is one.
+/// `grpc-timeout` replaced by `timeout` when there is one, and the route's
+/// edits made.
 pub fn head_fields<'a>(
     list: &'a HeaderList,
     timeout: Option<&'a str>,
-) -> impl Iterator<Item = (&'a [u8], &'a [u8], bool)> {
-    list.all()
+    edits: Option<&'a HeaderEdits>,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8], bool)> + 'a {
+    let fields = list
+        .all()
         .filter(move |(name, _, _)| timeout.is_none() || *name != b"grpc-timeout")
-        .chain(timeout.map(|t| (&b"grpc-timeout"[..], t.as_bytes(), false)))
+        .chain(timeout.map(|t| (&b"grpc-timeout"[..], t.as_bytes(), false)));
+    edited(fields, edits)
 }
 
 /// The calls of one worker.

@@ -329,10 +329,16 @@ fn request(
     let slot = snapshot.route(index).clone();
     slot.stats.start();
     relay.started();
-    let (cluster, route_timeout) = match route {
-        Route::Forward { cluster, timeout } => {
-            (snapshot.clusters.get(cluster.index()).cloned(), timeout)
-        }
+    let (cluster, route_timeout, edits) = match route {
+        Route::Forward {
+            cluster,
+            timeout,
+            edits,
+        } => (
+            snapshot.clusters.get(cluster.index()).cloned(),
+            timeout,
+            edits,
+        ),
         Route::Reject(status) => {
             relay.unrouted(&slot, &status, peer, side.identity.as_deref(), path);
             later.push(Later::Answer(d, status));
@@ -401,7 +407,8 @@ fn request(
     // after the pass: a client that resets the stream in the same read
     // (rapid reset) costs the upstream nothing.
     let start = heads.len();
-    for (name, value, sensitive) in head_fields(list, timeout_header.as_deref()) {
+    let request_edits = edits.as_deref().map(|e| &e.request);
+    for (name, value, sensitive) in head_fields(list, timeout_header.as_deref(), request_edits) {
         encode_field(name, value, sensitive, heads);
     }
     let hold = relay.hold(side, &heads[start..]).map(|mut hold| {
@@ -453,6 +460,7 @@ fn request(
         hold,
         replayed: 0,
         retried: None,
+        edits,
     });
     links.insert(d, key);
     side.active.set(true);

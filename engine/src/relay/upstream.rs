@@ -294,6 +294,8 @@ fn pass(
                 // which a client holding the length would take as a
                 // protocol error instead.
                 let fields = list.all().filter(|(name, _, _)| *name != b"content-length");
+                let edits = call.edits.as_deref().filter(|_| head).map(|e| &e.response);
+                let fields = crate::relay::calls::edited(fields, edits);
                 let sent = down
                     .conn
                     .send_headers(call.d, fields, end_stream, &mut down.out);

@@ -13,6 +13,7 @@
 //! `Fn(CoreId) -> D + Send + Clone` closure is a recipe.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::cell::OnceCell;
@@ -21,6 +22,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::grpc::status::Status;
 use crate::http2::headers::HeaderList;
+use crate::routing::edits::Edits;
 use crate::transport::tls::PeerIdentity;
 
 /// Names a cluster of upstream endpoints; handed out by
@@ -197,6 +199,8 @@ pub enum Route {
         /// A deadline the proxy enforces, on top of the client's
         /// `grpc-timeout` (the shorter wins).
         timeout: Option<Duration>,
+        /// What changes in the request and response heads.
+        edits: Option<Arc<Edits>>,
     },
     /// Answer the call with this status, without contacting any upstream.
     Reject(Status),
@@ -208,6 +212,22 @@ impl Route {
         Route::Forward {
             cluster,
             timeout: None,
+            edits: None,
+        }
+    }
+
+    /// The same route, with these edits of the heads it forwards (a
+    /// rejection forwards nothing and stays as it is).
+    pub fn with_edits(self, with: Edits) -> Route {
+        match self {
+            Route::Forward {
+                cluster, timeout, ..
+            } => Route::Forward {
+                cluster,
+                timeout,
+                edits: (with != Edits::default()).then(|| Arc::new(with)),
+            },
+            reject => reject,
         }
     }
 }

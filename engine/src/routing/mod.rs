@@ -2,4 +2,7 @@
 //! config file's declarative route table.
 
 pub mod director;
+pub mod edits;
+pub mod jwt;
+pub mod route_edits;
 pub mod routes;

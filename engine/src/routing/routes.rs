@@ -4,11 +4,15 @@
 //! service, path prefix, authority (without case or a default port), metadata rules (present,
 //! absent, or one of an allow-list of values) and the client's verified
 //! TLS identity (common name, DNS or URI SAN, or certificate fingerprint,
-//! each an allow-list; or no certificate at all). The first match decides:
-//! forward to a cluster, or reject with a status. A call no route matches
-//! gets UNIMPLEMENTED; a route without conditions is the default route.
+//! each an allow-list; or no certificate at all), and a verified bearer
+//! token ([`jwt`](crate::routing::jwt)). The first match decides:
+//! forward to a cluster, with the route's header edits, or reject with a
+//! status. A call no route matches gets UNIMPLEMENTED, or the status of
+//! the first route it matched but for its token (UNAUTHENTICATED or
+//! PERMISSION_DENIED); a route without conditions is the default route.
 //!
-//! Each worker gets its own copy of the table (the recipe is `Clone`).
+//! Each worker gets its own copy of the table (the recipe is `Clone`), and
+//! its own caches of verified tokens ([`RouteDirector`]).
 //! Routes with an exact `method` are indexed by it: a call is checked only
 //! against the routes of its own method and the routes without one, merged
 //! in file order, so the first match is still the first in the file.
@@ -20,6 +24,8 @@ use std::collections::HashMap;
 use crate::config::{ClientMatch, HeaderMatch, HeaderRule, RouteAction, RouteConfig};
 use crate::grpc::status::{Code, Status};
 use crate::routing::director::{Call, ClusterId, CoreId, Director, DirectorRecipe, Route};
+use crate::routing::jwt::{JwtRule, TokenCache};
+use crate::routing::route_edits::RouteEdits;
 
 /// The routes of a config file, compiled against the proxy's clusters.
 #[derive(Clone, Debug)]
@@ -39,6 +45,8 @@ struct Compiled {
     authority: Option<Box<str>>,
     headers: Vec<HeaderMatch>,
     client: Option<ClientMatch>,
+    jwt: Option<JwtRule>,
+    edits: RouteEdits,
     route: Route,
     name: Box<str>,
 }
@@ -60,9 +68,18 @@ impl RouteTable {
                             .get(name)
                             .ok_or_else(|| format!("routes[{i}]: no cluster named {name:?}"))?,
                         timeout: r.timeout,
+                        edits: None,
                     },
                     RouteAction::Reject(status) => Route::Reject(status.clone()),
                 };
+                let jwt = r
+                    .jwt
+                    .as_ref()
+                    .map(JwtRule::load)
+                    .transpose()
+                    .map_err(|e| format!("routes[{i}].jwt.jwks: {e}"))?;
+                let edits =
+                    RouteEdits::new(r.request_headers.as_ref(), r.response_headers.as_ref());
                 Ok(Compiled {
                     method: r.method.as_deref().map(Into::into),
                     service: r.service.as_deref().map(Into::into),
@@ -73,6 +90,8 @@ impl RouteTable {
                         .map(|a| without_default_port(a).to_ascii_lowercase().into()),
                     headers: r.headers.clone(),
                     client: r.client.clone(),
+                    jwt,
+                    edits,
                     route,
                     name: r
                         .name
@@ -97,25 +116,21 @@ impl RouteTable {
         })
     }
 
-    /// The first route, in file order, that matches the call, and its
-    /// position.
-    fn first_match(&self, call: &Call<'_>) -> Option<(usize, &Compiled)> {
-        let indexed: &[usize] = self.by_method.get(call.path()).map_or(&[], Vec::as_slice);
+    /// The positions of the routes a call to `path` is checked against,
+    /// in file order.
+    fn candidates<'t>(&'t self, path: &str) -> impl Iterator<Item = usize> + 't {
+        let indexed: &[usize] = self.by_method.get(path).map_or(&[], Vec::as_slice);
         let (mut a, mut b) = (indexed.iter().peekable(), self.others.iter().peekable());
-        loop {
+        std::iter::from_fn(move || {
             let next = match (a.peek(), b.peek()) {
                 (Some(&&x), Some(&&y)) if x < y => a.next(),
                 (Some(_), Some(_)) => b.next(),
                 (Some(_), None) => a.next(),
                 (None, Some(_)) => b.next(),
-                (None, None) => return None,
+                (None, None) => None,
             };
-            let i = *next?;
-            let route = &self.routes[i];
-            if route.matches(call) {
-                return Some((i, route));
-            }
-        }
+            next.copied()
+        })
     }
 
     /// How many routes the table holds.
@@ -189,14 +204,63 @@ fn client_matches(rule: &ClientMatch, call: &Call<'_>) -> bool {
         && (rule.sha256.is_empty() || rule.sha256.contains(&id.sha256))
 }
 
-impl Director for RouteTable {
+/// A worker's director of a [`RouteTable`]: the table, shared, and this
+/// worker's caches of verified tokens, one per route.
+pub struct RouteDirector {
+    table: RouteTable,
+    tokens: Box<[TokenCache]>,
+}
+
+impl RouteDirector {
+    /// How many verified tokens this worker keeps for route `i`.
+    pub fn cached_tokens(&self, i: usize) -> usize {
+        self.tokens.get(i).map_or(0, TokenCache::len)
+    }
+}
+
+impl Director for RouteDirector {
     fn route(&self, call: &Call<'_>) -> Route {
         self.route_indexed(call).0
     }
 
+    /// The first route, in file order, that matches the call decides. A
+    /// route whose other conditions match but whose `jwt` does not hold
+    /// passes the call on; if no later route takes it, its status (the
+    /// first such) is the answer.
     fn route_indexed(&self, call: &Call<'_>) -> (Route, Option<usize>) {
-        match self.first_match(call) {
-            Some((i, r)) => (r.route.clone(), Some(i)),
+        let mut refused = None;
+        for i in self.table.candidates(call.path()) {
+            let r = &self.table.routes[i];
+            if !r.matches(call) {
+                continue;
+            }
+            let claims = match &r.jwt {
+                None => None,
+                Some(jwt) => match jwt.check(&self.tokens[i], call.header("authorization")) {
+                    Ok(claims) => Some(claims),
+                    Err(status) => {
+                        refused.get_or_insert((status, i));
+                        continue;
+                    }
+                },
+            };
+            let route = match (&r.route, r.edits.for_call(call, claims.as_deref())) {
+                (
+                    Route::Forward {
+                        cluster, timeout, ..
+                    },
+                    Some(edits),
+                ) => Route::Forward {
+                    cluster: *cluster,
+                    timeout: *timeout,
+                    edits: Some(edits),
+                },
+                (route, _) => route.clone(),
+            };
+            return (route, Some(i));
+        }
+        match refused {
+            Some((status, i)) => (Route::Reject(status), Some(i)),
             None => (
                 Route::Reject(Status::new(
                     Code::Unimplemented,
@@ -216,9 +280,12 @@ impl RouteTable {
 }
 
 impl DirectorRecipe for RouteTable {
-    type Director = RouteTable;
-    fn build(&self, _core: CoreId) -> RouteTable {
-        self.clone()
+    type Director = RouteDirector;
+    fn build(&self, _core: CoreId) -> RouteDirector {
+        RouteDirector {
+            table: self.clone(),
+            tokens: self.routes.iter().map(|_| TokenCache::default()).collect(),
+        }
     }
 
     fn is_route_table(&self) -> bool {
@@ -246,7 +313,7 @@ mod tests {
     use http::{HeaderMap, HeaderValue};
     use std::net::SocketAddr;
 
-    fn table(text: &str) -> RouteTable {
+    fn table(text: &str) -> RouteDirector {
         let cfg = Config::parse(text, "t").expect("valid config");
         let ids = cfg
             .clusters
@@ -254,11 +321,16 @@ mod tests {
             .enumerate()
             .map(|(i, c)| (c.name.clone(), ClusterId(i as u32)))
             .collect();
-        RouteTable::new(&cfg.routes, &ids).expect("compiles")
+        RouteTable::new(&cfg.routes, &ids)
+            .expect("compiles")
+            .build(CoreId {
+                worker: 0,
+                cpu: None,
+            })
     }
 
     fn route(
-        t: &RouteTable,
+        t: &RouteDirector,
         path: &str,
         authority: Option<&str>,
         headers: &[(&'static str, &'static str)],
@@ -396,7 +468,8 @@ mod tests {
             route(&t, "/p.S/M", None, &[]),
             Route::Forward {
                 cluster: ClusterId(0),
-                timeout: Some(std::time::Duration::from_secs(2))
+                timeout: Some(std::time::Duration::from_secs(2)),
+                edits: None,
             }
         );
     }

@@ -1,0 +1,453 @@
+//! Bearer tokens (JWT, RFC 7519) verified on the worker.
+//!
+//! A route's `jwt` condition holds when the call's `authorization` is
+//! `Bearer <token>` and the token:
+//! - is signed (RS256/384/512, PS256/384/512, ES256/384 or EdDSA; never
+//!   `none`, never HMAC) by a key of the route's JWKS file: the key its
+//!   `kid` names, or any key of the algorithm's family when it names none;
+//! - has an `exp` (and any `nbf`) within the leeway of now;
+//! - has the route's `iss`, and one of its audiences when it lists some;
+//! - has claims that meet every condition of the route.
+//!
+//! A missing, malformed, unsigned, expired or misdirected token is
+//! UNAUTHENTICATED; a good token whose claims do not meet the conditions
+//! is PERMISSION_DENIED. The route table tries the next route either way
+//! and answers with that status if no later route takes the call.
+//!
+//! Verification is what costs (a signature check), so each worker keeps
+//! the tokens it has verified, with their claims, until they expire: a
+//! client that sends the same token again pays a hash lookup. The cache
+//! holds at most [`CACHE_ENTRIES`] tokens per route and worker; past that,
+//! the oldest goes. Failures are not kept. The JOSE work is the
+//! `jsonwebtoken` crate's, on ring.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use crate::config::jwt::{ClaimMatch, ClaimRule, JwtConfig};
+use crate::grpc::status::{Code, Status};
+
+/// The longest bearer token read; a longer one is refused unread.
+pub const MAX_TOKEN: usize = 8 * 1024;
+
+/// Verified tokens kept per route and worker.
+pub const CACHE_ENTRIES: usize = 4096;
+
+/// The kinds of key a token may be signed with: asymmetric only, and
+/// the algorithms of each (never `none`, never HMAC).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Rsa,
+    Ec,
+    Ed,
+}
+
+impl Family {
+    const ALL: [Family; 3] = [Family::Rsa, Family::Ec, Family::Ed];
+
+    fn of(alg: Algorithm) -> Option<Family> {
+        Family::ALL
+            .into_iter()
+            .find(|f| f.algorithms().contains(&alg))
+    }
+
+    fn algorithms(self) -> &'static [Algorithm] {
+        use Algorithm::*;
+        match self {
+            Family::Rsa => &[RS256, RS384, RS512, PS256, PS384, PS512],
+            Family::Ec => &[ES256, ES384],
+            Family::Ed => &[EdDSA],
+        }
+    }
+}
+
+/// A verified token's claims.
+pub type Claims = Arc<Value>;
+
+/// One route's `jwt` condition, compiled: its keys read, its checks set.
+/// Shared by the workers; each keeps its own [`TokenCache`].
+#[derive(Clone)]
+pub struct JwtRule {
+    keys: Arc<Vec<Key>>,
+    /// The checks, by key family (`jsonwebtoken` wants every algorithm a
+    /// validation allows to be of the key's family).
+    validation: Arc<[Validation; 3]>,
+    leeway: u64,
+    claims: Arc<[ClaimMatch]>,
+}
+
+/// The tokens one worker has verified for one route, with their claims:
+/// at most [`CACHE_ENTRIES`].
+pub struct TokenCache {
+    cache: RefCell<Cache>,
+    bound: usize,
+}
+
+impl Default for TokenCache {
+    fn default() -> TokenCache {
+        TokenCache::bounded(CACHE_ENTRIES)
+    }
+}
+
+impl TokenCache {
+    /// A cache of at most `bound` tokens.
+    pub fn bounded(bound: usize) -> TokenCache {
+        TokenCache {
+            cache: RefCell::default(),
+            bound: bound.max(1),
+        }
+    }
+
+    /// How many tokens it holds.
+    pub fn len(&self) -> usize {
+        self.cache.borrow().tokens.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for JwtRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtRule")
+            .field("keys", &self.keys.len())
+            .field("claims", &self.claims)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Key {
+    kid: Option<String>,
+    family: Family,
+    key: DecodingKey,
+}
+
+#[derive(Default)]
+struct Cache {
+    tokens: HashMap<Box<str>, (u64, Claims)>,
+    order: VecDeque<Box<str>>,
+}
+
+impl JwtRule {
+    /// Reads the JWKS file and sets the checks; the error is one line.
+    pub fn load(config: &JwtConfig) -> Result<JwtRule, String> {
+        let path = config.jwks.display();
+        let text = std::fs::read_to_string(&config.jwks).map_err(|e| format!("{path}: {e}"))?;
+        let set: JwkSet =
+            serde_json::from_str(&text).map_err(|e| format!("{path}: not a JWKS: {e}"))?;
+        let mut keys = Vec::with_capacity(set.keys.len());
+        for (i, jwk) in set.keys.iter().enumerate() {
+            let family = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Family::Rsa,
+                AlgorithmParameters::EllipticCurve(_) => Family::Ec,
+                AlgorithmParameters::OctetKeyPair(_) => Family::Ed,
+                AlgorithmParameters::OctetKey(_) => {
+                    return Err(format!(
+                        "{path}: keys[{i}] is a shared secret (oct); only public keys verify tokens"
+                    ))
+                }
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("{path}: keys[{i}]: {e}"))?;
+            keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                family,
+                key,
+            });
+        }
+        if keys.is_empty() {
+            return Err(format!("{path}: has no keys"));
+        }
+        let validation = Family::ALL.map(|family| {
+            let mut v = Validation::new(family.algorithms()[0]);
+            v.algorithms = family.algorithms().to_vec();
+            v.leeway = config.leeway.as_secs();
+            v.set_issuer(&[&config.issuer]);
+            v.set_required_spec_claims(&["exp", "iss"]);
+            v.validate_nbf = true;
+            if config.audiences.is_empty() {
+                v.validate_aud = false;
+            } else {
+                v.set_audience(&config.audiences);
+            }
+            v
+        });
+        Ok(JwtRule {
+            keys: Arc::new(keys),
+            validation: Arc::new(validation),
+            leeway: config.leeway.as_secs(),
+            claims: config.claims.clone().into(),
+        })
+    }
+
+    /// The claims of the call's token, if it is good and they meet the
+    /// conditions; else the status to answer with.
+    pub fn check(&self, cache: &TokenCache, authorization: Option<&str>) -> Result<Claims, Status> {
+        let claims = self.verified(cache, authorization)?;
+        if self.claims.iter().all(|c| claim_holds(&claims, c)) {
+            Ok(claims)
+        } else {
+            Err(Status::new(
+                Code::PermissionDenied,
+                "the token's claims do not allow this call",
+            ))
+        }
+    }
+
+    fn verified(&self, cache: &TokenCache, authorization: Option<&str>) -> Result<Claims, Status> {
+        let bound = cache.bound;
+        let cache = &cache.cache;
+        let unauthenticated = |why: &'static str| Status::new(Code::Unauthenticated, why);
+        let header = authorization.ok_or_else(|| unauthenticated("missing bearer token"))?;
+        let token = header
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+            .map(|_| header[7..].trim())
+            .ok_or_else(|| unauthenticated("missing bearer token"))?;
+        if token.len() > MAX_TOKEN {
+            return Err(unauthenticated("bearer token too large"));
+        }
+        let now = now();
+        {
+            let mut cache = cache.borrow_mut();
+            if let Some((expires, claims)) = cache.tokens.get(token) {
+                if now <= expires.saturating_add(self.leeway) {
+                    return Ok(claims.clone());
+                }
+                cache.tokens.remove(token);
+            }
+        }
+        let claims = self.verify(token)?;
+        let expires = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        let mut cache = cache.borrow_mut();
+        if cache.tokens.len() >= bound {
+            cache.evict();
+        }
+        if cache.order.len() >= 2 * bound {
+            // Tokens dropped as expired leave their place in the order.
+            let Cache { tokens, order } = &mut *cache;
+            order.retain(|k| tokens.contains_key(k));
+        }
+        let key: Box<str> = token.into();
+        cache.order.push_back(key.clone());
+        cache.tokens.insert(key, (expires, claims.clone()));
+        Ok(claims)
+    }
+
+    fn verify(&self, token: &str) -> Result<Claims, Status> {
+        use jsonwebtoken::errors::ErrorKind;
+        let unauthenticated = |why: &'static str| Status::new(Code::Unauthenticated, why);
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| unauthenticated("malformed token"))?;
+        let family =
+            Family::of(header.alg).ok_or_else(|| unauthenticated("token algorithm not allowed"))?;
+        let validation =
+            &self.validation[Family::ALL.iter().position(|f| *f == family).unwrap_or(0)];
+        let mut last = unauthenticated("no key for the token");
+        let candidates = self.keys.iter().filter(|k| {
+            k.family == family
+                && header
+                    .kid
+                    .as_ref()
+                    .is_none_or(|kid| k.kid.as_ref() == Some(kid))
+        });
+        for key in candidates {
+            match jsonwebtoken::decode::<Value>(token, &key.key, validation) {
+                Ok(data) => return Ok(Arc::new(data.claims)),
+                Err(e) => {
+                    last = unauthenticated(match e.kind() {
+                        ErrorKind::ExpiredSignature => "token expired",
+                        ErrorKind::ImmatureSignature => "token not yet valid",
+                        ErrorKind::InvalidIssuer => "token from another issuer",
+                        ErrorKind::InvalidAudience => "token for another audience",
+                        ErrorKind::MissingRequiredClaim(_) => "token lacks exp or iss",
+                        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                            "bad token signature"
+                        }
+                        _ => "malformed token",
+                    });
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+impl Cache {
+    /// Drops the oldest token (and any the order still names that were
+    /// dropped as expired).
+    fn evict(&mut self) {
+        while let Some(oldest) = self.order.pop_front() {
+            if self.tokens.remove(&oldest).is_some() {
+                return;
+            }
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A claim by its dotted name.
+pub fn claim<'a>(claims: &'a Value, name: &str) -> Option<&'a Value> {
+    name.split('.').try_fold(claims, |v, part| v.get(part))
+}
+
+/// A claim as header text: a string as it is, a number or boolean
+/// written out, a list of those joined by commas.
+pub fn claim_text(claims: &Value, name: &str) -> Option<String> {
+    fn scalar(v: &Value) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+    match claim(claims, name)? {
+        Value::Array(items) => items
+            .iter()
+            .map(scalar)
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join(",")),
+        v => scalar(v),
+    }
+}
+
+fn claim_holds(claims: &Value, rule: &ClaimMatch) -> bool {
+    let Some(value) = claim(claims, &rule.name) else {
+        return false;
+    };
+    let is = |v: &Value, want: &str| match v {
+        Value::String(s) => s == want,
+        Value::Number(n) => n.to_string() == want,
+        Value::Bool(b) => b.to_string() == want,
+        _ => false,
+    };
+    match &rule.rule {
+        ClaimRule::OneOf(wanted) => wanted.iter().any(|w| is(value, w)),
+        ClaimRule::Contains(want) => match value {
+            Value::Array(items) => items.iter().any(|v| is(v, want)),
+            Value::String(s) => s.split(' ').any(|word| word == want),
+            _ => false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn claim_conditions() {
+        let claims = json!({
+            "sub": "alice",
+            "scope": "users.read users.write",
+            "roles": ["admin", "dev"],
+            "realm": { "tier": 3, "beta": true },
+        });
+        let rule = |name: &str, rule: ClaimRule| ClaimMatch {
+            name: name.into(),
+            rule,
+        };
+        let one = |v: &str| ClaimRule::OneOf(vec![v.into()]);
+        let has = |v: &str| ClaimRule::Contains(v.into());
+        assert!(claim_holds(&claims, &rule("sub", one("alice"))));
+        assert!(!claim_holds(&claims, &rule("sub", one("bob"))));
+        assert!(claim_holds(&claims, &rule("scope", has("users.write"))));
+        assert!(!claim_holds(&claims, &rule("scope", has("users"))));
+        assert!(claim_holds(&claims, &rule("roles", has("dev"))));
+        assert!(claim_holds(&claims, &rule("realm.tier", one("3"))));
+        assert!(claim_holds(&claims, &rule("realm.beta", one("true"))));
+        assert!(!claim_holds(&claims, &rule("missing", one("x"))));
+        assert_eq!(claim_text(&claims, "roles").as_deref(), Some("admin,dev"));
+        assert_eq!(claim_text(&claims, "realm.tier").as_deref(), Some("3"));
+        assert_eq!(claim_text(&claims, "realm"), None);
+    }
+
+    /// A rule with one fresh P-256 key, and a way to sign with it.
+    fn rule() -> (JwtRule, impl Fn(&Value) -> String, tempfile::TempDir) {
+        use base64::Engine as _;
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING as P256};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&P256, &rng).expect("key");
+        let pair = EcdsaKeyPair::from_pkcs8(&P256, pkcs8.as_ref(), &rng).expect("pair");
+        let point = pair.public_key().as_ref().to_vec();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = json!({ "keys": [{ "kty": "EC", "crv": "P-256", "kid": "k", "x": b64(&point[1..33]), "y": b64(&point[33..]) }] });
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, jwks.to_string()).expect("write");
+        let config = JwtConfig {
+            issuer: "iss".into(),
+            audiences: vec![],
+            jwks: path,
+            claims: vec![],
+            leeway: std::time::Duration::from_secs(30),
+        };
+        let rule = JwtRule::load(&config).expect("loads");
+        let key = jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref());
+        let sign = move |claims: &Value| {
+            let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+            header.kid = Some("k".into());
+            jsonwebtoken::encode(&header, claims, &key).expect("signs")
+        };
+        (rule, sign, dir)
+    }
+
+    #[test]
+    fn a_flood_of_distinct_tokens_keeps_the_cache_bounded() {
+        let (rule, sign, _dir) = rule();
+        let cache = TokenCache::bounded(64);
+        let exp = now() + 600;
+        let first = format!(
+            "Bearer {}",
+            sign(&json!({ "iss": "iss", "exp": exp, "sub": "first" }))
+        );
+        assert!(rule.check(&cache, Some(&first)).is_ok());
+        for i in 0..500 {
+            let token = sign(&json!({ "iss": "iss", "exp": exp, "sub": i }));
+            let claims = rule
+                .check(&cache, Some(&format!("Bearer {token}")))
+                .expect("valid");
+            assert_eq!(claims["sub"], i);
+            assert!(cache.len() <= 64, "{} tokens kept", cache.len());
+            assert!(cache.cache.borrow().order.len() <= 128);
+        }
+        assert_eq!(cache.len(), 64);
+        // The first went long ago; it verifies again and comes back.
+        assert!(rule.check(&cache, Some(&first)).is_ok());
+        // Bad tokens are not kept.
+        let before = cache.len();
+        let expired = sign(&json!({ "iss": "iss", "exp": now() - 600 }));
+        assert!(rule
+            .check(&cache, Some(&format!("Bearer {expired}")))
+            .is_err());
+        assert_eq!(cache.len(), before);
+    }
+
+    #[test]
+    fn the_cache_drops_the_oldest() {
+        let mut cache = Cache::default();
+        for i in 0..3 {
+            let key: Box<str> = format!("t{i}").into();
+            cache.order.push_back(key.clone());
+            cache.tokens.insert(key, (0, Arc::new(Value::Null)));
+        }
+        cache.tokens.remove("t0"); // expired meanwhile
+        cache.evict();
+        assert!(!cache.tokens.contains_key("t1"));
+        assert!(cache.tokens.contains_key("t2"));
+    }
+}
