@@ -8,6 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use grpc_proxy::config::Config;
 use grpc_proxy::routing::routes::RouteDirector;
 use grpc_proxy::{Call, ClusterId, Code, CoreId, Director, DirectorRecipe, RouteTable, Status};
+use grpc_proxy_tests::tokens::{self, SigningKey};
 use http::{HeaderMap, HeaderValue};
 
 fn table(routes: usize) -> RouteDirector {
@@ -154,5 +155,79 @@ fn hpack(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, director, headers, timeout, status, hpack);
+/// A director of one route to `a`, with `route` keys added, and the
+/// directory its JWKS lives in.
+fn jwt_director(route: &str, keys: &[&SigningKey]) -> (RouteDirector, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    let jwks = tokens::jwks_file(&dir, keys);
+    let text = format!(
+        "[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\ncluster = \"a\"\n{}\n",
+        route.replace("JWKS", &jwks.display().to_string())
+    );
+    let config = Config::parse(&text, "bench").expect("valid config");
+    let mut builder = grpc_proxy::ProxyBuilder::new("127.0.0.1:0".parse().expect("addr"));
+    let id = builder.cluster("a", ["127.0.0.1:1".parse().expect("addr")]);
+    let ids = HashMap::from([("a".to_owned(), id)]);
+    let table = RouteTable::new(&config.routes, &ids).expect("compiles");
+    let core = CoreId {
+        worker: 0,
+        cpu: None,
+    };
+    (table.build(core), dir)
+}
+
+/// The director's cost with a JWT route: a token it has verified before
+/// (cache hit), a token it has not (a signature check), next to the same
+/// route without `jwt`; and with edits that use a claim.
+fn jwt(c: &mut Criterion) {
+    const JWT: &str = r#"jwt = { issuer = "https://auth.test", audiences = ["api"], jwks = "JWKS", claims = [{ name = "scope", contains = "echo" }] }"#;
+    let (es, rs, ed) = (
+        SigningKey::ec("ec"),
+        SigningKey::rsa("rsa"),
+        SigningKey::ed("ed"),
+    );
+    let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+    let claims = |sub: usize| {
+        let mut c = tokens::claims(&format!("user-{sub}"));
+        c["scope"] = serde_json::json!("read echo");
+        c
+    };
+    let head = |token: &str| {
+        let mut h = request_headers();
+        h.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("ASCII"),
+        );
+        h
+    };
+    let (plain, _d0) = jwt_director("", &[]);
+    let one = head(&es.sign(&claims(0)));
+    c.bench_function("director/jwt: plain route", |b| {
+        b.iter(|| black_box(plain.route(&Call::new("/pkg.S/M", Some("api"), &one, peer))))
+    });
+    let (with_jwt, _d1) = jwt_director(JWT, &[&es, &rs, &ed]);
+    c.bench_function("director/jwt: ES256 token, cache hit", |b| {
+        b.iter(|| black_box(with_jwt.route(&Call::new("/pkg.S/M", Some("api"), &one, peer))))
+    });
+    let edits = format!(
+        "{JWT}\nrequest_headers = {{ remove = [\"authorization\"], set = {{ \"x-user-id\" = \"${{jwt.sub}}\" }} }}"
+    );
+    let (with_edits, _d2) = jwt_director(&edits, &[&es]);
+    c.bench_function("director/jwt: cache hit, x-user-id from the claims", |b| {
+        b.iter(|| black_box(with_edits.route(&Call::new("/pkg.S/M", Some("api"), &one, peer))))
+    });
+    // Misses: more distinct tokens than a worker keeps, taken in turn.
+    for (name, key) in [("ES256", &es), ("RS256", &rs), ("EdDSA", &ed)] {
+        let heads: Vec<HeaderMap> = (0..5000).map(|i| head(&key.sign(&claims(i)))).collect();
+        let mut i = 0;
+        c.bench_function(&format!("director/jwt: {name} token, cache miss"), |b| {
+            b.iter(|| {
+                i = (i + 1) % heads.len();
+                black_box(with_jwt.route(&Call::new("/pkg.S/M", Some("api"), &heads[i], peer)))
+            })
+        });
+    }
+}
+
+criterion_group!(benches, director, headers, timeout, status, hpack, jwt);
 criterion_main!(benches);

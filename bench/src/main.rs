@@ -8,6 +8,7 @@
 mod allocs;
 mod e2e;
 mod idle;
+mod jwt;
 mod procs;
 mod soak;
 
@@ -81,6 +82,9 @@ enum Cmd {
     /// Minutes of mixed load through grpc-proxy while upstream restarts,
     /// slow readers, client resets and config reloads come and go.
     Soak(soak::SoakArgs),
+    /// CPU per call of a JWT route (cache hit), with and without header
+    /// edits, next to a plain route.
+    Jwt(jwt::JwtArgs),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Allocs { calls } => allocs::report(calls),
         Cmd::Soak(args) => soak::run(&args, &binaries(args.no_build)?),
+        Cmd::Jwt(args) => jwt::run(&args, &binaries(args.no_build)?),
         Cmd::E2e {
             seconds,
             warmup,

@@ -143,6 +143,11 @@ impl TempDir {
         fs::create_dir_all(&dir)?;
         Ok(TempDir(dir))
     }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
 }
 
 impl Drop for TempDir {
