@@ -122,7 +122,26 @@ fn first_block() -> Vec<u8> {
 }
 
 fn hpack(c: &mut Criterion) {
-    use grpc_proxy::hpack::{encode_field, Decoder};
+    use grpc_proxy::hpack::{encode_field, huffman, Decoder};
+    // A bearer token: h2 and most clients never index `authorization`, so
+    // every call's head carries it Huffman-coded.
+    let token = format!(
+        "Bearer eyJhbGciOiJFUzI1NiIsImtpZCI6ImJlbmNoIiwidHlwIjoiSldUIn0.{}",
+        "eyJzdWIiOiJ1c2VyLTEiLCJzY29wZSI6InJlYWQgZWNobyJ9x".repeat(4)
+    );
+    let mut coded = Vec::new();
+    huffman::encode(token.as_bytes(), &mut coded);
+    let mut out = Vec::with_capacity(token.len());
+    c.bench_function(
+        &format!("hpack/huffman decode a {}-byte bearer token", token.len()),
+        |b| {
+            b.iter(|| {
+                out.clear();
+                huffman::decode(black_box(&coded), &mut out).expect("valid");
+                out.len()
+            })
+        },
+    );
     let first = first_block();
     c.bench_function("hpack/decode first request head (Huffman, inserts)", |b| {
         b.iter(|| {

@@ -164,10 +164,7 @@ impl<'a> Call<'a> {
                     .fields()
                     .find(|(n, _, _)| n.eq_ignore_ascii_case(name.as_bytes()))?
                     .1;
-                let text = value
-                    .iter()
-                    .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
-                if text {
+                if is_text(value) {
                     std::str::from_utf8(value).ok()
                 } else {
                     None
@@ -187,6 +184,14 @@ impl<'a> Call<'a> {
     pub fn identity(&self) -> Option<&'a PeerIdentity> {
         self.identity
     }
+}
+
+/// Whether a value is text: visible ASCII, spaces and tabs. Without a
+/// short cut, so that it runs a word at a time over a bearer token.
+fn is_text(value: &[u8]) -> bool {
+    value.iter().fold(true, |ok, &b| {
+        ok & ((b == b'\t') | (0x20..0x7f).contains(&b))
+    })
 }
 
 /// Where a call goes.
