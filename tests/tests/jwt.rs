@@ -211,6 +211,71 @@ proxy_test! {
     }
 }
 
+proxy_test! {
+    async fn a_rust_director_reads_the_verified_claims_from_the_call(driver) {
+        use grpc_proxy::config::jwt::JwtConfig;
+        use grpc_proxy::routing::bearer::WithBearer;
+        use grpc_proxy::routing::jwt::JwtRule;
+        use grpc_proxy::{Call, Edits, HeaderEdits, Route};
+        let k = keys();
+        let dir = tempfile::tempdir().expect("dir");
+        let jwks = jwks_file(&dir, &[&k.ec, &k.ed]);
+        let (blue, green) = (Upstream::start("blue"), Upstream::start("green"));
+        let mut builder = ProxyBuilder::new("127.0.0.1:0".parse().expect("addr"));
+        let (to_blue, to_green) = (builder.cluster("blue", [blue.addr()]), builder.cluster("green", [green.addr()]));
+        let rule = JwtRule::load(&JwtConfig {
+            issuer: ISSUER.into(),
+            audiences: vec!["api".into()],
+            jwks,
+            claims: vec![],
+            leeway: std::time::Duration::from_secs(5),
+        })
+        .expect("keys load");
+        let recipe = move |_core: grpc_proxy::CoreId| {
+            move |call: &Call<'_>| {
+                if let Some(refused) = call.token_refused() {
+                    return Route::Reject(refused.clone());
+                }
+                let claims = call.claims().expect("a verdict either way");
+                let sub = claims["sub"].as_str().unwrap_or("?");
+                let route = match claims["tenant"].as_str() {
+                    Some("blue") => Route::to(to_blue),
+                    _ => Route::to(to_green),
+                };
+                route.with_edits(Edits {
+                    request: HeaderEdits::new()
+                        .remove("authorization")
+                        .and_then(|e| e.set("x-echo-user", sub))
+                        .expect("valid edits"),
+                    response: HeaderEdits::new(),
+                })
+            }
+        };
+        let proxy = builder
+            .driver(driver)
+            .cores(grpc_proxy::CoreSelection::Count(1))
+            .start(WithBearer::new(rule, recipe))
+            .expect("proxy starts");
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let token = |sub: &str, tenant: &str| {
+            let mut c = claims(sub);
+            c["tenant"] = json!(tenant);
+            format!("Bearer {}", k.ed.sign(&c))
+        };
+        assert_eq!(call(&mut client, Some(&token("ann", "blue"))).await.expect("blue"), "ann");
+        assert_eq!(blue.events().last_values("x-echo-user"), ["ann"]);
+        assert_eq!(blue.events().last_values("authorization"), Vec::<String>::new());
+        assert_eq!(call(&mut client, Some(&token("gus", "green"))).await.expect("green"), "gus");
+        assert_eq!(green.events().calls(), 1);
+        let status = call(&mut client, None).await.expect_err("no token");
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let forged = hs256(&k.ec.public, "ec-1", &claims("mallory"));
+        let status = call(&mut client, Some(&format!("Bearer {forged}"))).await.expect_err("forged");
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(blue.events().calls() + green.events().calls(), 2, "refused calls went nowhere");
+    }
+}
+
 #[test]
 fn a_config_with_a_bad_jwks_is_one_line_naming_it() {
     let dir = tempfile::tempdir().expect("dir");

@@ -23,6 +23,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::grpc::status::Status;
 use crate::http2::headers::HeaderList;
 use crate::routing::edits::Edits;
+use crate::routing::jwt::Claims;
 use crate::transport::tls::PeerIdentity;
 
 /// Names a cluster of upstream endpoints; handed out by
@@ -63,6 +64,7 @@ pub struct Call<'a> {
     headers: Metadata<'a>,
     pub(crate) peer: SocketAddr,
     pub(crate) identity: Option<&'a PeerIdentity>,
+    bearer: Option<&'a Result<Claims, Status>>,
 }
 
 impl<'a> Call<'a> {
@@ -80,6 +82,7 @@ impl<'a> Call<'a> {
             headers: Metadata::Map(headers),
             peer,
             identity: None,
+            bearer: None,
         }
     }
 
@@ -97,6 +100,7 @@ impl<'a> Call<'a> {
             headers: Metadata::List(list, OnceCell::new()),
             peer,
             identity: None,
+            bearer: None,
         }
     }
 
@@ -183,6 +187,42 @@ impl<'a> Call<'a> {
     /// verified against the client CA; `None` otherwise.
     pub fn identity(&self) -> Option<&'a PeerIdentity> {
         self.identity
+    }
+
+    /// The claims of the call's bearer token, verified, when the director
+    /// is wrapped in [`WithBearer`](crate::routing::bearer::WithBearer)
+    /// and the token is good.
+    pub fn claims(&self) -> Option<&'a serde_json::Value> {
+        match self.bearer {
+            Some(Ok(claims)) => Some(claims),
+            _ => None,
+        }
+    }
+
+    /// Why the call's bearer token was refused (UNAUTHENTICATED: missing
+    /// or bad; PERMISSION_DENIED: its claims are not as required), when
+    /// the director is wrapped in
+    /// [`WithBearer`](crate::routing::bearer::WithBearer).
+    pub fn token_refused(&self) -> Option<&'a Status> {
+        match self.bearer {
+            Some(Err(status)) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// The same call, with the verdict on its bearer token.
+    pub(crate) fn with_bearer<'b>(&'b self, verdict: &'b Result<Claims, Status>) -> Call<'b> {
+        Call {
+            path: self.path,
+            authority: self.authority,
+            headers: match &self.headers {
+                Metadata::Map(map) => Metadata::Map(map),
+                Metadata::List(list, _) => Metadata::List(list, OnceCell::new()),
+            },
+            peer: self.peer,
+            identity: self.identity,
+            bearer: Some(verdict),
+        }
     }
 }
 
