@@ -128,6 +128,10 @@ proxy_test! {
             ("no exp", Some(with(&|c| { c.as_object_mut().map(|o| o.remove("exp")); })), Code::Unauthenticated, "lacks exp"),
             ("another issuer", Some(with(&|c| c["iss"] = json!("https://evil.test"))), Code::Unauthenticated, "another issuer"),
             ("another audience", Some(with(&|c| c["aud"] = json!("other-api"))), Code::Unauthenticated, "another audience"),
+            ("no audience", Some(with(&|c| { c.as_object_mut().map(|o| o.remove("aud")); })), Code::Unauthenticated, "lacks"),
+            ("audience not a string", Some(with(&|c| c["aud"] = json!(5))), Code::Unauthenticated, "token"),
+            ("issuer as a list", Some(with(&|c| c["iss"] = json!([ISSUER, "https://evil.test"]))), Code::Unauthenticated, "malformed"),
+            ("exp not a number", Some(with(&|c| c["exp"] = json!("tomorrow"))), Code::Unauthenticated, "token"),
             ("signed by a key not in the JWKS", Some(k.stranger.sign(&scoped("mallory"))), Code::Unauthenticated, "signature"),
             ("alg none", Some(unsigned(&scoped("mallory"))), Code::Unauthenticated, "token"),
             ("HS256 with the RSA public key as secret", Some(hs256(&k.rsa.public, "rsa-1", &scoped("mallory"))), Code::Unauthenticated, "not allowed"),
@@ -150,6 +154,14 @@ proxy_test! {
         let altered = String::from_utf8(altered).expect("ASCII");
         let status = call(&mut client, Some(&format!("Bearer {altered}"))).await.expect_err("altered");
         assert_eq!(status.code(), Code::Unauthenticated);
+        // Two authorization fields: the upstream could read the other one.
+        let mut request = Request::new(Bytes::from("m"));
+        for value in [format!("Bearer {good}"), "Bearer forged".to_owned()] {
+            request.metadata_mut().append("authorization", MetadataValue::try_from(value).expect("ASCII"));
+        }
+        let status = client.unary("Unary", request).await.expect_err("two tokens");
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(status.message().contains("more than one"), "{}", status.message());
         assert_eq!(a.events().calls(), 0, "no refused call reached the upstream");
         // The same connection still carries good calls.
         assert_eq!(call(&mut client, Some(&format!("Bearer {good}"))).await.expect("allowed"), "alice");
@@ -284,7 +296,7 @@ fn a_config_with_a_bad_jwks_is_one_line_naming_it() {
     for (body, want) in [
         (None, "missing.json"),
         (Some("[]"), "not a JWKS"),
-        (Some(r#"{"keys": []}"#), "has no keys"),
+        (Some(r#"{"keys": []}"#), "has no signing keys"),
         (
             Some(r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#),
             "shared secret",

@@ -20,7 +20,8 @@ use serde::Deserialize;
 /// Keys no edit may name: HTTP/2 forbids the connection-specific ones,
 /// `host` is `:authority`'s (see `authority`), and the proxy itself reads
 /// or writes the rest.
-const FORBIDDEN: [&str; 11] = [
+const FORBIDDEN: [&str; 12] = [
+    "content-type",
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -151,6 +152,20 @@ pub fn is_value_byte(b: u8) -> bool {
     b == b'\t' || (0x20..0x7f).contains(&b)
 }
 
+/// Whether a header value may be sent as it is: its bytes are text and it
+/// neither starts nor ends with a space or tab (RFC 9113, 8.2.1).
+pub fn is_value(v: &str) -> bool {
+    v.bytes().all(is_value_byte) && v.trim_matches([' ', '\t']).len() == v.len()
+}
+
+/// Whether a value may be an `:authority`: a host and optional port, in
+/// the characters RFC 3986 allows there, without user information.
+pub fn is_authority(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+}
+
 fn variable(name: &str) -> Option<Var> {
     Some(match name {
         "peer" => Var::Peer,
@@ -241,7 +256,17 @@ impl HeaderEditsFile {
             map.into_iter()
                 .map(|(k, v)| {
                     let name = key(&format!("{at}.{what}"), &k)?;
-                    let value = v.parse().map_err(|e| format!("{at}.{what}.{k}: {e}"))?;
+                    let value: Template = v.parse().map_err(|e| format!("{at}.{what}.{k}: {e}"))?;
+                    if v.trim_matches([' ', '\t']).len() != v.len() {
+                        return Err(format!(
+                            "{at}.{what}.{k}: a value cannot start or end with a space or tab"
+                        ));
+                    }
+                    if k.ends_with("-bin") && value.literal().is_none() {
+                        return Err(format!(
+                            "{at}.{what}.{k}: a -bin value is base64 and cannot use variables"
+                        ));
+                    }
                     Ok((name, value))
                 })
                 .collect::<Result<Vec<_>, String>>()
@@ -251,10 +276,13 @@ impl HeaderEditsFile {
         let authority = self
             .authority
             .map(|a| {
-                if a.is_empty() {
-                    return Err(format!("{at}.authority: empty"));
+                let template: Template = a.parse().map_err(|e| format!("{at}.authority: {e}"))?;
+                if template.literal().is_some_and(|l| !is_authority(&l)) {
+                    return Err(format!(
+                        "{at}.authority: {a:?} is not a host and port such as users.internal:443"
+                    ));
                 }
-                a.parse().map_err(|e| format!("{at}.authority: {e}"))
+                Ok(template)
             })
             .transpose()?;
         let forward_peer = self
@@ -333,6 +361,15 @@ mod tests {
         assert!(e(":path").contains("pseudo-header"));
         assert!(e("connection").contains("cannot be edited"));
         assert!(e("grpc-status").contains("cannot be edited"));
+        assert!(e("content-type").contains("cannot be edited"));
+        assert!(is_authority("users.internal:8443") && is_authority("[::1]:50051"));
+        assert!(
+            !is_authority("")
+                && !is_authority("a b")
+                && !is_authority("u@h")
+                && !is_authority("h/p")
+        );
+        assert!(is_value("a b") && !is_value(" a") && !is_value("a\t") && !is_value("a\nb"));
         assert!(e("X-Up").contains("lower case"));
         assert!(e("bad key").contains("not a valid"));
         assert_eq!(key("at", "x-user-id").expect("valid"), "x-user-id");

@@ -73,7 +73,7 @@ impl<R: DirectorRecipe> DirectorRecipe for WithBearer<R> {
 
 impl<D: Director> Director for BearerDirector<D> {
     fn route(&self, call: &Call<'_>) -> Route {
-        let verdict = self.rule.check(&self.tokens, call.header("authorization"));
+        let verdict = self.rule.check_call(&self.tokens, call);
         self.inner.route(&call.with_bearer(&verdict))
     }
 }

@@ -23,8 +23,10 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::grpc::status::Status;
 use crate::http2::headers::HeaderList;
 use crate::routing::edits::Edits;
-use crate::routing::jwt::Claims;
 use crate::transport::tls::PeerIdentity;
+
+/// A verified bearer token's claims.
+pub type Claims = Arc<serde_json::Value>;
 
 /// Names a cluster of upstream endpoints; handed out by
 /// [`ProxyBuilder::cluster`](crate::ProxyBuilder::cluster).
@@ -174,6 +176,18 @@ impl<'a> Call<'a> {
                     None
                 }
             }
+        }
+    }
+
+    /// Whether the call carries `name` more than once.
+    pub(crate) fn repeats(&self, name: &str) -> bool {
+        match &self.headers {
+            Metadata::Map(map) => map.get_all(name).iter().nth(1).is_some(),
+            Metadata::List(list, _) => list
+                .fields()
+                .filter(|(n, _, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+                .nth(1)
+                .is_some(),
         }
     }
 

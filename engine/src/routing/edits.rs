@@ -10,7 +10,7 @@
 
 use http::header::{HeaderName, HeaderValue};
 
-use crate::config::edits::{is_value_byte, key};
+use crate::config::edits::{is_authority, is_value, key};
 
 /// A header edit the proxy cannot make, and why.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -55,8 +55,10 @@ impl HeaderEdits {
 
     /// A new `:authority` (requests only; a response has none).
     pub fn authority(mut self, value: &str) -> Result<HeaderEdits, EditError> {
-        if value.is_empty() {
-            return Err(EditError("authority: empty".into()));
+        if !is_authority(value) {
+            return Err(EditError(format!(
+                "authority: {value:?} is not a host and port such as users.internal:443"
+            )));
         }
         self.authority = Some(header_value(value)?);
         Ok(self)
@@ -90,9 +92,9 @@ impl HeaderEdits {
 }
 
 fn header_value(value: &str) -> Result<HeaderValue, EditError> {
-    if !value.bytes().all(is_value_byte) {
+    if !is_value(value) {
         return Err(EditError(format!(
-            "{value:?} is not a valid metadata value (visible ASCII, spaces and tabs)"
+            "{value:?} is not a valid metadata value (visible ASCII, spaces and tabs, none at either end)"
         )));
     }
     HeaderValue::from_str(value)
@@ -126,5 +128,7 @@ mod tests {
         assert!(HeaderEdits::new().set(":path", "/x").is_err());
         assert!(HeaderEdits::new().add("te", "trailers").is_err());
         assert!(HeaderEdits::new().add("x-a", "new\nline").is_err());
+        assert!(HeaderEdits::new().add("x-a", " padded").is_err());
+        assert!(HeaderEdits::new().authority("user@host").is_err());
     }
 }

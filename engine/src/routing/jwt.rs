@@ -5,21 +5,24 @@
 //! - is signed (RS256/384/512, PS256/384/512, ES256/384 or EdDSA; never
 //!   `none`, never HMAC) by a key of the route's JWKS file: the key its
 //!   `kid` names, or any key of the algorithm's family when it names none;
-//! - has an `exp` (and any `nbf`) within the leeway of now;
-//! - has the route's `iss`, and one of its audiences when it lists some;
+//! - has a numeric `exp` (and any `nbf`) within the leeway of now;
+//! - has the route's `iss` (a string), and an `aud` naming one of its
+//!   audiences when it lists some;
 //! - has claims that meet every condition of the route.
 //!
-//! A missing, malformed, unsigned, expired or misdirected token is
-//! UNAUTHENTICATED; a good token whose claims do not meet the conditions
+//! A missing, repeated, malformed, unsigned, expired or misdirected token
+//! is UNAUTHENTICATED; a good token whose claims do not meet the conditions
 //! is PERMISSION_DENIED. The route table tries the next route either way
 //! and answers with that status if no later route takes the call.
 //!
 //! Verification is what costs (a signature check), so each worker keeps
 //! the tokens it has verified, with their claims, until they expire: a
-//! client that sends the same token again pays a hash lookup. The cache
-//! holds at most [`CACHE_ENTRIES`] tokens per route and worker; past that,
-//! the oldest goes. Failures are not kept. The JOSE work is the
-//! `jsonwebtoken` crate's, on ring.
+//! client that sends the same token again pays a hash lookup. Tokens the
+//! issuer signed that are refused for good (expired, for another
+//! audience) are kept too, so a client that repeats an expired token pays
+//! once; bad signatures are not. The cache holds at most
+//! [`CACHE_ENTRIES`] tokens, and [`CACHE_BYTES`] of token text, per route
+//! and worker; past that, the oldest goes. The JOSE work is the `jsonwebtoken` crate's, on ring.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -32,12 +35,17 @@ use serde_json::Value;
 
 use crate::config::jwt::{ClaimMatch, ClaimRule, JwtConfig};
 use crate::grpc::status::{Code, Status};
+use crate::routing::director::Call;
 
 /// The longest bearer token read; a longer one is refused unread.
 pub const MAX_TOKEN: usize = 8 * 1024;
 
 /// Verified tokens kept per route and worker.
 pub const CACHE_ENTRIES: usize = 4096;
+
+/// The bytes of token text kept per route and worker (their claims take
+/// about as much again).
+pub const CACHE_BYTES: usize = 4 << 20;
 
 /// The kinds of key a token may be signed with: asymmetric only, and
 /// the algorithms of each (never `none`, never HMAC).
@@ -67,8 +75,7 @@ impl Family {
     }
 }
 
-/// A verified token's claims.
-pub type Claims = Arc<Value>;
+pub use crate::routing::director::Claims;
 
 /// One route's `jwt` condition, compiled: its keys read, its checks set.
 /// Shared by the workers; each keeps its own [`TokenCache`].
@@ -130,10 +137,14 @@ struct Key {
     key: DecodingKey,
 }
 
+/// Tokens by their text: until when the verdict holds (a good token's
+/// `exp`), and the verdict.
 #[derive(Default)]
 struct Cache {
-    tokens: HashMap<Box<str>, (u64, Claims)>,
+    tokens: HashMap<Box<str>, (u64, Result<Claims, Status>)>,
     order: VecDeque<Box<str>>,
+    /// The length of the tokens in `tokens`.
+    bytes: usize,
 }
 
 impl JwtRule {
@@ -145,6 +156,12 @@ impl JwtRule {
             serde_json::from_str(&text).map_err(|e| format!("{path}: not a JWKS: {e}"))?;
         let mut keys = Vec::with_capacity(set.keys.len());
         for (i, jwk) in set.keys.iter().enumerate() {
+            if matches!(
+                jwk.common.public_key_use,
+                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+            ) {
+                continue; // an encryption key never verifies a signature
+            }
             let family = match &jwk.algorithm {
                 AlgorithmParameters::RSA(_) => Family::Rsa,
                 AlgorithmParameters::EllipticCurve(_) => Family::Ec,
@@ -163,14 +180,20 @@ impl JwtRule {
             });
         }
         if keys.is_empty() {
-            return Err(format!("{path}: has no keys"));
+            return Err(format!("{path}: has no signing keys"));
         }
         let validation = Family::ALL.map(|family| {
             let mut v = Validation::new(family.algorithms()[0]);
             v.algorithms = family.algorithms().to_vec();
             v.leeway = config.leeway.as_secs();
             v.set_issuer(&[&config.issuer]);
-            v.set_required_spec_claims(&["exp", "iss"]);
+            // jsonwebtoken lets a token without `aud` pass an audience
+            // check unless `aud` is required.
+            if config.audiences.is_empty() {
+                v.set_required_spec_claims(&["exp", "iss"]);
+            } else {
+                v.set_required_spec_claims(&["exp", "iss", "aud"]);
+            }
             v.validate_nbf = true;
             if config.audiences.is_empty() {
                 v.validate_aud = false;
@@ -187,8 +210,22 @@ impl JwtRule {
         })
     }
 
-    /// The claims of the call's token, if it is good and they meet the
-    /// conditions; else the status to answer with.
+    /// The claims of the call's bearer token, if it is good and they meet
+    /// the conditions; else the status to answer with. A call with more
+    /// than one `authorization` is refused: an upstream could read the
+    /// other one.
+    pub fn check_call(&self, cache: &TokenCache, call: &Call<'_>) -> Result<Claims, Status> {
+        if call.repeats("authorization") {
+            return Err(Status::new(
+                Code::Unauthenticated,
+                "more than one authorization header",
+            ));
+        }
+        self.check(cache, call.header("authorization"))
+    }
+
+    /// The claims of the token in this `authorization` value, if it is
+    /// good and they meet the conditions; else the status to answer with.
     pub fn check(&self, cache: &TokenCache, authorization: Option<&str>) -> Result<Claims, Status> {
         let claims = self.verified(cache, authorization)?;
         if self.claims.iter().all(|c| claim_holds(&claims, c)) {
@@ -217,40 +254,61 @@ impl JwtRule {
         let now = now();
         {
             let mut cache = cache.borrow_mut();
-            if let Some((expires, claims)) = cache.tokens.get(token) {
-                if now <= expires.saturating_add(self.leeway) {
-                    return Ok(claims.clone());
+            if let Some((until, verdict)) = cache.tokens.get(token) {
+                if now <= until.saturating_add(self.leeway) {
+                    return verdict.clone();
                 }
-                cache.tokens.remove(token);
+                cache.forget(token);
             }
         }
-        let claims = self.verify(token)?;
-        let expires = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        let (verdict, keep) = match self.verify(token) {
+            Ok(claims) => {
+                // exp is a number (see `strict`), perhaps with a fraction.
+                let expires = claims.get("exp").and_then(Value::as_f64).map(|e| e as u64);
+                (Ok(claims), expires)
+            }
+            // A token its issuer signed stays refused (expired, for
+            // another audience, ...) for as long as the keys stay: kept,
+            // so that a client that repeats it pays one check. Bad
+            // signatures are not kept (anyone can make them, and they
+            // would push good tokens out), nor tokens not valid yet.
+            Err(Refused { status, signed }) => {
+                let keep = signed && status.message() != NOT_YET;
+                (Err(status), keep.then_some(u64::MAX))
+            }
+        };
+        let Some(until) = keep else {
+            return verdict;
+        };
         let mut cache = cache.borrow_mut();
-        if cache.tokens.len() >= bound {
+        while !cache.tokens.is_empty()
+            && (cache.tokens.len() >= bound || cache.bytes + token.len() > CACHE_BYTES)
+        {
             cache.evict();
         }
         if cache.order.len() >= 2 * bound {
             // Tokens dropped as expired leave their place in the order.
-            let Cache { tokens, order } = &mut *cache;
+            let Cache { tokens, order, .. } = &mut *cache;
             order.retain(|k| tokens.contains_key(k));
         }
         let key: Box<str> = token.into();
         cache.order.push_back(key.clone());
-        cache.tokens.insert(key, (expires, claims.clone()));
-        Ok(claims)
+        cache.bytes += key.len();
+        cache.tokens.insert(key, (until, verdict.clone()));
+        verdict
     }
 
-    fn verify(&self, token: &str) -> Result<Claims, Status> {
+    fn verify(&self, token: &str) -> Result<Claims, Refused> {
         use jsonwebtoken::errors::ErrorKind;
-        let unauthenticated = |why: &'static str| Status::new(Code::Unauthenticated, why);
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|_| unauthenticated("malformed token"))?;
+        let unsigned = |why: &'static str| Refused {
+            status: Status::new(Code::Unauthenticated, why),
+            signed: false,
+        };
+        let header = jsonwebtoken::decode_header(token).map_err(|_| unsigned("malformed token"))?;
         let family =
-            Family::of(header.alg).ok_or_else(|| unauthenticated("token algorithm not allowed"))?;
+            Family::of(header.alg).ok_or_else(|| unsigned("token algorithm not allowed"))?;
         let validation =
             &self.validation[Family::ALL.iter().position(|f| *f == family).unwrap_or(0)];
-        let mut last = unauthenticated("no key for the token");
         let candidates = self.keys.iter().filter(|k| {
             k.family == family
                 && header
@@ -258,25 +316,55 @@ impl JwtRule {
                     .as_ref()
                     .is_none_or(|kid| k.kid.as_ref() == Some(kid))
         });
+        let mut last = unsigned("no key for the token");
         for key in candidates {
-            match jsonwebtoken::decode::<Value>(token, &key.key, validation) {
-                Ok(data) => return Ok(Arc::new(data.claims)),
-                Err(e) => {
-                    last = unauthenticated(match e.kind() {
-                        ErrorKind::ExpiredSignature => "token expired",
-                        ErrorKind::ImmatureSignature => "token not yet valid",
-                        ErrorKind::InvalidIssuer => "token from another issuer",
-                        ErrorKind::InvalidAudience => "token for another audience",
-                        ErrorKind::MissingRequiredClaim(_) => "token lacks exp or iss",
-                        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
-                            "bad token signature"
-                        }
-                        _ => "malformed token",
-                    });
+            let e = match jsonwebtoken::decode::<Value>(token, &key.key, validation) {
+                Ok(data) => return strict(data.claims).map(Arc::new),
+                Err(e) => e,
+            };
+            // The signature is checked first: any other error is from a
+            // token this key signed.
+            let why = match e.kind() {
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    last = unsigned("bad token signature");
+                    continue;
                 }
-            }
+                ErrorKind::ExpiredSignature => "token expired",
+                ErrorKind::ImmatureSignature => NOT_YET,
+                ErrorKind::InvalidIssuer => "token from another issuer",
+                ErrorKind::InvalidAudience => "token for another audience",
+                ErrorKind::MissingRequiredClaim(_) => "token lacks exp, iss or aud",
+                _ => "malformed token",
+            };
+            return Err(Refused {
+                status: Status::new(Code::Unauthenticated, why),
+                signed: true,
+            });
         }
         Err(last)
+    }
+}
+
+/// Why a token was refused, and whether a key of the issuer signed it.
+struct Refused {
+    status: Status,
+    signed: bool,
+}
+
+const NOT_YET: &str = "token not yet valid";
+
+/// What jsonwebtoken lets pass and a proxy should not: an `iss` that is a
+/// list (it checks only that the lists overlap), an `nbf` or `exp` that is
+/// not a number (it skips the check).
+fn strict(claims: Value) -> Result<Value, Refused> {
+    let number = |name| claims.get(name).is_none_or(Value::is_number);
+    if claims.get("iss").is_some_and(Value::is_string) && number("nbf") && number("exp") {
+        Ok(claims)
+    } else {
+        Err(Refused {
+            status: Status::new(Code::Unauthenticated, "malformed token"),
+            signed: true,
+        })
     }
 }
 
@@ -285,10 +373,19 @@ impl Cache {
     /// dropped as expired).
     fn evict(&mut self) {
         while let Some(oldest) = self.order.pop_front() {
-            if self.tokens.remove(&oldest).is_some() {
+            if self.forget(&oldest) {
                 return;
             }
         }
+    }
+
+    /// Drops a token; whether it was there.
+    fn forget(&mut self, token: &str) -> bool {
+        let found = self.tokens.remove(token).is_some();
+        if found {
+            self.bytes -= token.len();
+        }
+        found
     }
 }
 
@@ -443,11 +540,13 @@ mod tests {
         for i in 0..3 {
             let key: Box<str> = format!("t{i}").into();
             cache.order.push_back(key.clone());
-            cache.tokens.insert(key, (0, Arc::new(Value::Null)));
+            cache.bytes += key.len();
+            cache.tokens.insert(key, (0, Ok(Arc::new(Value::Null))));
         }
-        cache.tokens.remove("t0"); // expired meanwhile
+        cache.forget("t0"); // expired meanwhile
         cache.evict();
         assert!(!cache.tokens.contains_key("t1"));
         assert!(cache.tokens.contains_key("t2"));
+        assert_eq!(cache.bytes, 2);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::header::HeaderValue;
 use serde_json::Value;
 
-use crate::config::edits::{is_value_byte, HeaderEditsConfig, Part, Template, Var};
+use crate::config::edits::{is_authority, is_value, HeaderEditsConfig, Part, Template, Var};
 use crate::routing::director::Call;
 use crate::routing::edits::{Edits, HeaderEdits};
 use crate::routing::jwt::claim_text;
@@ -87,10 +87,13 @@ impl Vars<'_, '_> {
                 Part::Var(var) => text.push_str(&self.get(var, claims)?),
             }
         }
-        if !text.bytes().all(is_value_byte) {
+        // A variable's value is trimmed: a field value cannot start or
+        // end with a space or tab; one that ends up empty is left out.
+        let text = text.trim_matches([' ', '\t']);
+        if !is_value(text) || (text.is_empty() && template.literal().is_none()) {
             return None;
         }
-        HeaderValue::from_str(&text).ok()
+        HeaderValue::from_str(text).ok()
     }
 
     fn get(&self, var: &Var, claims: Option<&Value>) -> Option<String> {
@@ -128,7 +131,13 @@ fn render(config: &HeaderEditsConfig, vars: &Vars<'_, '_>, claims: Option<&Value
             edits.add.push((name.clone(), value));
         }
     }
-    edits.authority = config.authority.as_ref().and_then(|t| vars.fill(t, claims));
+    // An authority made from a variable that is not a host and port is
+    // left as the client sent it.
+    edits.authority = config
+        .authority
+        .as_ref()
+        .and_then(|t| vars.fill(t, claims))
+        .filter(|a| a.to_str().is_ok_and(is_authority));
     if let (Some(name), Some(call)) = (&config.forward_peer, vars.call) {
         let ip = call.peer().ip().to_string();
         let sent = config

@@ -236,7 +236,7 @@ impl Director for RouteDirector {
             }
             let claims = match &r.jwt {
                 None => None,
-                Some(jwt) => match jwt.check(&self.tokens[i], call.header("authorization")) {
+                Some(jwt) => match jwt.check_call(&self.tokens[i], call) {
                     Ok(claims) => Some(claims),
                     Err(status) => {
                         refused.get_or_insert((status, i));
