@@ -82,8 +82,8 @@ enum Cmd {
     /// Minutes of mixed load through grpc-proxy while upstream restarts,
     /// slow readers, client resets and config reloads come and go.
     Soak(soak::SoakArgs),
-    /// CPU per call of a JWT route (cache hit), with and without header
-    /// edits, next to a plain route.
+    /// CPU per call of a JWT route (cache hit, with and without header
+    /// edits; cache miss), next to a plain route.
     Jwt(jwt::JwtArgs),
 }
 

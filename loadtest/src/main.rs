@@ -143,6 +143,10 @@ struct RunArgs {
     /// Extra request metadata, key=value; repeatable.
     #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = metadata)]
     metadata: Vec<(HeaderName, HeaderValue)>,
+    /// Request metadata that changes per call: each call sends the next
+    /// line of FILE as KEY's value (many users' bearer tokens, say).
+    #[arg(long = "metadata-file", value_name = "KEY=FILE", value_parser = metadata_file)]
+    metadata_file: Option<(HeaderName, Vec<HeaderValue>)>,
     /// :authority to send (default: the target address).
     #[arg(long)]
     authority: Option<String>,
@@ -254,6 +258,28 @@ fn metadata(text: &str) -> Result<(HeaderName, HeaderValue), String> {
         .map_err(|_| format!("invalid metadata key {k:?}"))?;
     let v = HeaderValue::try_from(v).map_err(|_| format!("invalid metadata value {v:?}"))?;
     Ok((k, v))
+}
+
+fn metadata_file(text: &str) -> Result<(HeaderName, Vec<HeaderValue>), String> {
+    let (k, path) = text
+        .split_once('=')
+        .ok_or_else(|| format!("metadata file {text:?} is not KEY=FILE"))?;
+    let k = HeaderName::try_from(k.to_ascii_lowercase())
+        .map_err(|_| format!("invalid metadata key {k:?}"))?;
+    let lines = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let values = lines
+        .lines()
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            HeaderValue::try_from(l)
+                .map_err(|_| format!("{path}: line {}: not a valid metadata value", i + 1))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if values.is_empty() {
+        return Err(format!("{path}: no values"));
+    }
+    Ok((k, values))
 }
 
 fn main() -> ExitCode {
@@ -380,6 +406,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         rate: args.rate,
         delay: args.delay,
         metadata: args.metadata.clone(),
+        rotating: args
+            .metadata_file
+            .clone()
+            .and_then(|(k, v)| grpc_loadtest::run::Rotating::new(k, v))
+            .map(std::sync::Arc::new),
         progress: !args.quiet && !json_only,
         tls,
         connection_per_call: args.connection_per_call,
@@ -479,5 +510,29 @@ mod tests {
         ])
         .is_err());
         assert!(parse(&["serve", "--cores", "1", "--cpu-set", "0"]).is_err());
+    }
+
+    #[test]
+    fn a_metadata_file_gives_one_value_per_line() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "Bearer a\nBearer b\n\nBearer c\n").expect("write");
+        let arg = format!("Authorization={}", path.display());
+        let (name, values) = metadata_file(&arg).expect("valid file");
+        assert_eq!(name, "authorization");
+        assert_eq!(values, ["Bearer a", "Bearer b", "Bearer c"]);
+        let rotating = grpc_loadtest::run::Rotating::new(name, values).expect("values");
+        let taken: Vec<_> = (0..4).map(|_| rotating.take().clone()).collect();
+        assert_eq!(taken, ["Bearer a", "Bearer b", "Bearer c", "Bearer a"]);
+        std::fs::write(&path, "\n").expect("write");
+        assert!(metadata_file(&arg)
+            .expect_err("empty")
+            .contains("no values"));
+        std::fs::write(&path, "ok\nbad\u{1}\n").expect("write");
+        assert!(metadata_file(&arg).expect_err("bad").contains("line 2"));
+        assert!(metadata_file("k=/no/such/file")
+            .expect_err("missing")
+            .contains("/no/such/file"));
+        assert!(metadata_file("no-equals").is_err());
     }
 }

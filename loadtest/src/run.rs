@@ -20,6 +20,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -120,6 +121,10 @@ pub struct RunOptions {
     pub delay: Option<Duration>,
     /// Extra request metadata.
     pub metadata: Vec<(HeaderName, HeaderValue)>,
+    /// Request metadata whose value changes from call to call: each call
+    /// takes the next value, round robin over every load thread (many
+    /// users' tokens, say).
+    pub rotating: Option<Arc<Rotating>>,
     /// Print a progress line every second (to stderr).
     pub progress: bool,
     /// Speak TLS (ALPN h2) to the target with this client config.
@@ -145,6 +150,31 @@ pub struct RunOptions {
     pub data: Option<Bytes>,
 }
 
+/// A metadata key whose value changes from call to call.
+#[derive(Debug)]
+pub struct Rotating {
+    name: HeaderName,
+    values: Vec<HeaderValue>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Rotating {
+    /// `name` takes each of `values` in turn; `None` if there are none.
+    pub fn new(name: HeaderName, values: Vec<HeaderValue>) -> Option<Rotating> {
+        (!values.is_empty()).then(|| Rotating {
+            name,
+            values,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// The next value.
+    pub fn take(&self) -> &HeaderValue {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.values[i % self.values.len()]
+    }
+}
+
 impl Default for RunOptions {
     fn default() -> RunOptions {
         RunOptions {
@@ -164,6 +194,7 @@ impl Default for RunOptions {
             rate: None,
             delay: None,
             metadata: Vec::new(),
+            rotating: None,
             progress: false,
             tls: None,
             connection_per_call: false,
@@ -1007,6 +1038,11 @@ async fn one_call(
     *request.method_mut() = Method::POST;
     *request.uri_mut() = load.uri.clone();
     *request.headers_mut() = load.headers.clone();
+    if let Some(rotating) = &opts.rotating {
+        request
+            .headers_mut()
+            .insert(rotating.name.clone(), rotating.take().clone());
+    }
     let (response, mut stream) = send_request.send_request(request, false).map_err(h2err)?;
     let frame = &load.request_frame;
     let sends = match opts.rpc {
