@@ -137,6 +137,7 @@ fn main() -> ExitCode {
         };
     }
     init_logging(cli.log.as_deref());
+    grpc_proxy::runtime::heap::keep_freed_memory();
     let config = match load(&cli) {
         Ok(config) => config,
         Err(message) => {
