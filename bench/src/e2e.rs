@@ -363,9 +363,17 @@ pub fn run_target(
             report,
         });
     }
-    let idle = match (&proxy, timing.idle) {
-        (Some(p), n) if n > 0 && tls.is_none() => {
-            let row = crate::idle::measure(&target.name(), p, addr, n)?;
+    // Idle memory on a process of its own: after the loads, an allocator
+    // keeps memory they freed (grpc-proxy up to 32 MiB a heap between its
+    // trims, HAProxy its pools), and new connections would take that
+    // without the process growing.
+    let had_proxy = proxy.is_some();
+    drop(proxy);
+    let idle = match timing.idle {
+        n if had_proxy && n > 0 && tls.is_none() => {
+            let fresh = procs::proxy(target, bin_dir, &proxy_cpus, upstream, None)?
+                .ok_or_else(|| anyhow::anyhow!("{} started no process", target.name()))?;
+            let row = crate::idle::measure(&target.name(), &fresh, fresh.addr, n)?;
             eprintln!(
                 "  {:<28} {:<14} {:>8.1} KiB per connection ({n} connections)",
                 "idle connections",

@@ -1,6 +1,7 @@
 //! Memory per idle client connection: each proxy's resident memory before
 //! and after N client connections that sent the HTTP/2 preface and an
-//! empty SETTINGS frame and then nothing.
+//! empty SETTINGS frame and then nothing, on a proxy process that served
+//! nothing before them.
 //!
 //! Every connection waits for the proxy's first frame (its SETTINGS), so
 //! each has been accepted and served before the second reading. The
