@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use grpc_proxy::{Config, ProxyBuilder, ProxyHandle};
+use grpc_proxy_tests::admin::{request as admin, sample};
 use grpc_proxy_tests::tokens::{self, claims, hs256, jwks_file, unsigned, SigningKey, ISSUER};
 use grpc_proxy_tests::{cluster, proxy_test, Client, Driver, Upstream};
 use serde_json::json;
@@ -104,6 +105,57 @@ proxy_test! {
         let token = k.ec.sign(&c);
         assert_eq!(call(&mut client, Some(&format!("bearer {token}"))).await.expect("allowed"), "list-aud");
         assert_eq!(a.events().calls(), 7);
+    }
+
+    async fn token_checks_cache_hits_and_refusals_by_reason_show_in_the_metrics(driver) {
+        let k = keys();
+        let dir = tempfile::tempdir().expect("dir");
+        let jwks = jwks_file(&dir, &[&k.ec]);
+        let a = Upstream::start("a");
+        let mut proxy = start(driver, &config(&a, &jwks));
+        let admin_addr = proxy
+            .serve_admin("127.0.0.1:0".parse().expect("addr"), None)
+            .expect("admin serves");
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let bearer = |c: &serde_json::Value| format!("Bearer {}", k.ec.sign(c));
+        // A good token: checked once, then from the cache.
+        let good = bearer(&scoped("alice"));
+        for _ in 0..3 {
+            call(&mut client, Some(&good)).await.expect("allowed");
+        }
+        // An expired one the issuer signed: checked once, kept, refused twice.
+        let mut c = scoped("bob");
+        c["exp"] = json!(tokens::now() - 3600);
+        let expired = bearer(&c);
+        // A forged one: checked each time (anyone can make them: never kept).
+        let forged = format!("Bearer {}", k.stranger.sign(&scoped("mallory")));
+        // A good token whose claims do not allow the call: checked once.
+        let mut c = scoped("carol");
+        c["scope"] = json!("read");
+        let narrow = bearer(&c);
+        for (authorization, code) in [
+            (Some(expired.as_str()), Code::Unauthenticated),
+            (Some(expired.as_str()), Code::Unauthenticated),
+            (Some(forged.as_str()), Code::Unauthenticated),
+            (Some(forged.as_str()), Code::Unauthenticated),
+            (Some(narrow.as_str()), Code::PermissionDenied),
+            (None, Code::Unauthenticated),
+        ] {
+            let status = call(&mut client, authorization).await.expect_err("refused");
+            assert_eq!(status.code(), code, "{status:?}");
+        }
+        assert_eq!(a.events().calls(), 3);
+
+        let (status, text) = admin(admin_addr, "GET", "/metrics");
+        assert_eq!(status, 200);
+        let value = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        assert_eq!(value("grpc_proxy_jwt_checks_total{core=\"0\"}"), 5.0);
+        assert_eq!(value("grpc_proxy_jwt_cache_hits_total{core=\"0\"}"), 3.0);
+        assert_eq!(value("grpc_proxy_jwt_refusals_total{reason=\"expired\"}"), 2.0);
+        assert_eq!(value("grpc_proxy_jwt_refusals_total{reason=\"bad_signature\"}"), 2.0);
+        assert_eq!(value("grpc_proxy_jwt_refusals_total{reason=\"claims\"}"), 1.0);
+        assert_eq!(value("grpc_proxy_jwt_refusals_total{reason=\"missing\"}"), 1.0);
+        assert_eq!(sample(&text, "grpc_proxy_jwt_refusals_total{reason=\"malformed\"}"), None);
     }
 
     async fn every_bad_token_is_refused_and_nothing_reaches_the_upstream(driver) {

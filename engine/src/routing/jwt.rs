@@ -36,6 +36,7 @@ use serde_json::Value;
 use crate::config::jwt::{ClaimMatch, ClaimRule, JwtConfig};
 use crate::grpc::status::{Code, Status};
 use crate::routing::director::Call;
+use crate::telemetry::metrics::{add, TOKENS};
 
 /// The longest bearer token read; a longer one is refused unread.
 pub const MAX_TOKEN: usize = 8 * 1024;
@@ -141,7 +142,7 @@ struct Key {
 /// `exp`), and the verdict.
 #[derive(Default)]
 struct Cache {
-    tokens: HashMap<Box<str>, (u64, Result<Claims, Status>)>,
+    tokens: HashMap<Box<str>, (u64, Result<Claims, Reason>)>,
     order: VecDeque<Box<str>>,
     /// The length of the tokens in `tokens`.
     bytes: usize,
@@ -216,10 +217,7 @@ impl JwtRule {
     /// other one.
     pub fn check_call(&self, cache: &TokenCache, call: &Call<'_>) -> Result<Claims, Status> {
         if call.repeats("authorization") {
-            return Err(Status::new(
-                Code::Unauthenticated,
-                "more than one authorization header",
-            ));
+            return Err(Reason::Repeated.refuse());
         }
         self.check(cache, call.header("authorization"))
     }
@@ -227,40 +225,40 @@ impl JwtRule {
     /// The claims of the token in this `authorization` value, if it is
     /// good and they meet the conditions; else the status to answer with.
     pub fn check(&self, cache: &TokenCache, authorization: Option<&str>) -> Result<Claims, Status> {
-        let claims = self.verified(cache, authorization)?;
+        let claims = self
+            .verified(cache, authorization)
+            .map_err(Reason::refuse)?;
         if self.claims.iter().all(|c| claim_holds(&claims, c)) {
             Ok(claims)
         } else {
-            Err(Status::new(
-                Code::PermissionDenied,
-                "the token's claims do not allow this call",
-            ))
+            Err(Reason::Claims.refuse())
         }
     }
 
-    fn verified(&self, cache: &TokenCache, authorization: Option<&str>) -> Result<Claims, Status> {
+    fn verified(&self, cache: &TokenCache, authorization: Option<&str>) -> Result<Claims, Reason> {
         let bound = cache.bound;
         let cache = &cache.cache;
-        let unauthenticated = |why: &'static str| Status::new(Code::Unauthenticated, why);
-        let header = authorization.ok_or_else(|| unauthenticated("missing bearer token"))?;
+        let header = authorization.ok_or(Reason::Missing)?;
         let token = header
             .get(..7)
             .filter(|scheme| scheme.eq_ignore_ascii_case("bearer "))
             .map(|_| header[7..].trim())
-            .ok_or_else(|| unauthenticated("missing bearer token"))?;
+            .ok_or(Reason::Missing)?;
         if token.len() > MAX_TOKEN {
-            return Err(unauthenticated("bearer token too large"));
+            return Err(Reason::TooLarge);
         }
         let now = now();
         {
             let mut cache = cache.borrow_mut();
             if let Some((until, verdict)) = cache.tokens.get(token) {
                 if now <= until.saturating_add(self.leeway) {
+                    TOKENS.with(|t| add(&t.cache_hits, 1));
                     return verdict.clone();
                 }
                 cache.forget(token);
             }
         }
+        TOKENS.with(|t| add(&t.checks, 1));
         let (verdict, keep) = match self.verify(token) {
             Ok(claims) => {
                 // exp is a number (see `strict`), perhaps with a fraction.
@@ -272,9 +270,9 @@ impl JwtRule {
             // so that a client that repeats it pays one check. Bad
             // signatures are not kept (anyone can make them, and they
             // would push good tokens out), nor tokens not valid yet.
-            Err(Refused { status, signed }) => {
-                let keep = signed && status.message() != NOT_YET;
-                (Err(status), keep.then_some(u64::MAX))
+            Err(Refused { reason, signed }) => {
+                let keep = signed && reason != Reason::NotYetValid;
+                (Err(reason), keep.then_some(u64::MAX))
             }
         };
         let Some(until) = keep else {
@@ -300,13 +298,12 @@ impl JwtRule {
 
     fn verify(&self, token: &str) -> Result<Claims, Refused> {
         use jsonwebtoken::errors::ErrorKind;
-        let unsigned = |why: &'static str| Refused {
-            status: Status::new(Code::Unauthenticated, why),
+        let unsigned = |reason| Refused {
+            reason,
             signed: false,
         };
-        let header = jsonwebtoken::decode_header(token).map_err(|_| unsigned("malformed token"))?;
-        let family =
-            Family::of(header.alg).ok_or_else(|| unsigned("token algorithm not allowed"))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| unsigned(Reason::Malformed))?;
+        let family = Family::of(header.alg).ok_or_else(|| unsigned(Reason::Algorithm))?;
         let validation =
             &self.validation[Family::ALL.iter().position(|f| *f == family).unwrap_or(0)];
         let candidates = self.keys.iter().filter(|k| {
@@ -316,7 +313,7 @@ impl JwtRule {
                     .as_ref()
                     .is_none_or(|kid| k.kid.as_ref() == Some(kid))
         });
-        let mut last = unsigned("no key for the token");
+        let mut last = unsigned(Reason::NoKey);
         for key in candidates {
             let e = match jsonwebtoken::decode::<Value>(token, &key.key, validation) {
                 Ok(data) => return strict(data.claims).map(Arc::new),
@@ -324,20 +321,20 @@ impl JwtRule {
             };
             // The signature is checked first: any other error is from a
             // token this key signed.
-            let why = match e.kind() {
+            let reason = match e.kind() {
                 ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
-                    last = unsigned("bad token signature");
+                    last = unsigned(Reason::BadSignature);
                     continue;
                 }
-                ErrorKind::ExpiredSignature => "token expired",
-                ErrorKind::ImmatureSignature => NOT_YET,
-                ErrorKind::InvalidIssuer => "token from another issuer",
-                ErrorKind::InvalidAudience => "token for another audience",
-                ErrorKind::MissingRequiredClaim(_) => "token lacks exp, iss or aud",
-                _ => "malformed token",
+                ErrorKind::ExpiredSignature => Reason::Expired,
+                ErrorKind::ImmatureSignature => Reason::NotYetValid,
+                ErrorKind::InvalidIssuer => Reason::Issuer,
+                ErrorKind::InvalidAudience => Reason::Audience,
+                ErrorKind::MissingRequiredClaim(_) => Reason::LacksClaims,
+                _ => Reason::Malformed,
             };
             return Err(Refused {
-                status: Status::new(Code::Unauthenticated, why),
+                reason,
                 signed: true,
             });
         }
@@ -347,11 +344,80 @@ impl JwtRule {
 
 /// Why a token was refused, and whether a key of the issuer signed it.
 struct Refused {
-    status: Status,
+    reason: Reason,
     signed: bool,
 }
 
-const NOT_YET: &str = "token not yet valid";
+/// Why a call's bearer token was refused: its status, and its label in
+/// `grpc_proxy_jwt_refusals_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    Missing,
+    Repeated,
+    TooLarge,
+    Malformed,
+    Algorithm,
+    NoKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    Issuer,
+    Audience,
+    LacksClaims,
+    Claims,
+}
+
+impl Reason {
+    /// The metric's label.
+    fn label(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Repeated => "repeated",
+            Reason::TooLarge => "too_large",
+            Reason::Malformed => "malformed",
+            Reason::Algorithm => "algorithm",
+            Reason::NoKey => "no_key",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::Issuer => "issuer",
+            Reason::Audience => "audience",
+            Reason::LacksClaims => "lacks_claims",
+            Reason::Claims => "claims",
+        }
+    }
+
+    /// The status's message.
+    fn message(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing bearer token",
+            Reason::Repeated => "more than one authorization header",
+            Reason::TooLarge => "bearer token too large",
+            Reason::Malformed => "malformed token",
+            Reason::Algorithm => "token algorithm not allowed",
+            Reason::NoKey => "no key for the token",
+            Reason::BadSignature => "bad token signature",
+            Reason::Expired => "token expired",
+            Reason::NotYetValid => "token not yet valid",
+            Reason::Issuer => "token from another issuer",
+            Reason::Audience => "token for another audience",
+            Reason::LacksClaims => "token lacks exp, iss or aud",
+            Reason::Claims => "the token's claims do not allow this call",
+        }
+    }
+
+    /// Counts the refusal and gives its status: PERMISSION_DENIED for a
+    /// good token whose claims do not allow the call, UNAUTHENTICATED
+    /// otherwise.
+    fn refuse(self) -> Status {
+        TOKENS.with(|t| t.refused(self.label()));
+        let code = match self {
+            Reason::Claims => Code::PermissionDenied,
+            _ => Code::Unauthenticated,
+        };
+        Status::new(code, self.message())
+    }
+}
 
 /// What jsonwebtoken lets pass and a proxy should not: an `iss` that is a
 /// list (it checks only that the lists overlap), an `nbf` or `exp` that is
@@ -362,7 +428,7 @@ fn strict(claims: Value) -> Result<Value, Refused> {
         Ok(claims)
     } else {
         Err(Refused {
-            status: Status::new(Code::Unauthenticated, "malformed token"),
+            reason: Reason::Malformed,
             signed: true,
         })
     }

@@ -112,6 +112,54 @@ pub struct CoreCounters {
     pub reset_floods: Cell<u64>,
 }
 
+/// What one core's bearer-token checks did (the `jwt` routes' and Rust
+/// directors' [`JwtRule`](crate::routing::jwt::JwtRule)s). Kept by the
+/// thread, as the checks run inside directors, which see no core state.
+#[derive(Default)]
+pub struct TokenCounters {
+    /// Verdicts taken from a worker's cache of checked tokens.
+    pub cache_hits: Cell<u64>,
+    /// Tokens checked (decoded, signature verified): what costs.
+    pub checks: Cell<u64>,
+    /// Refusals by reason, in the order first seen.
+    refusals: std::cell::RefCell<Vec<(&'static str, u64)>>,
+}
+
+impl TokenCounters {
+    /// Counts a refusal for `reason` (a label: a few fixed words).
+    pub fn refused(&self, reason: &'static str) {
+        let mut refusals = self.refusals.borrow_mut();
+        match refusals.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => refusals.push((reason, 1)),
+        }
+    }
+
+    fn report(&self) -> TokenReport {
+        TokenReport {
+            cache_hits: self.cache_hits.get(),
+            checks: self.checks.get(),
+            refusals: self.refusals.borrow().clone(),
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's (a worker's) token counters.
+    pub static TOKENS: TokenCounters = TokenCounters::default();
+}
+
+/// A core's token counters, as of a scrape.
+#[derive(Clone, Debug, Default)]
+pub struct TokenReport {
+    /// Verdicts from the cache.
+    pub cache_hits: u64,
+    /// Tokens checked.
+    pub checks: u64,
+    /// Refusals by reason.
+    pub refusals: Vec<(&'static str, u64)>,
+}
+
 /// Route statistics of one core, by route name, kept across reloads so
 /// that a route that stays keeps counting; a route no config snapshot
 /// uses any more is let go ([`RouteRegistry::forget_unused`]), so that
@@ -268,11 +316,13 @@ pub struct CoreReport {
     pub retry_held_bytes: u64,
     /// Calls not held for a retry for want of budget (filled by the worker).
     pub retry_holds_refused: u64,
+    /// Bearer-token checks.
+    pub tokens: TokenReport,
 }
 
 impl CoreReport {
-    /// The core's own counters and its routes; clusters are added by the
-    /// worker.
+    /// The core's own counters, its routes and its thread's token checks
+    /// (so: on the worker's thread); clusters are added by the worker.
     pub fn new(core: usize, c: &CoreCounters, routes: &RouteRegistry) -> CoreReport {
         CoreReport {
             core,
@@ -292,6 +342,7 @@ impl CoreReport {
             tls_handshakes_evicted: 0,
             retry_held_bytes: 0,
             retry_holds_refused: 0,
+            tokens: TOKENS.with(TokenCounters::report),
         }
     }
 }
@@ -417,11 +468,44 @@ impl prometheus_client::collector::Collector for Merged {
         self.encode_routes(&mut e)?;
         self.encode_clusters(&mut e)?;
         self.encode_cores(&mut e)?;
+        self.encode_tokens(&mut e)?;
         self.encode_dns(&mut e)
     }
 }
 
 impl Merged {
+    /// Bearer-token checks: cache hits and checks by core, refusals by
+    /// reason (all cores together).
+    fn encode_tokens(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let core = |c: &CoreReport| vec![("core", c.core.to_string())];
+        counter(
+            e,
+            "jwt_cache_hits",
+            "Bearer tokens whose verdict a worker had kept from an earlier check, by core.",
+            self.cores.iter().map(|c| (core(c), c.tokens.cache_hits)),
+        )?;
+        counter(
+            e,
+            "jwt_checks",
+            "Bearer tokens checked (signature verified), by core.",
+            self.cores.iter().map(|c| (core(c), c.tokens.checks)),
+        )?;
+        let mut refusals: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for c in &self.cores {
+            for (reason, n) in &c.tokens.refusals {
+                *refusals.entry(reason).or_default() += n;
+            }
+        }
+        counter(
+            e,
+            "jwt_refusals",
+            "Bearer tokens a check refused (a later route may still take the call), by reason.",
+            refusals
+                .into_iter()
+                .map(|(reason, n)| (vec![("reason", reason.to_owned())], n)),
+        )
+    }
+
     /// Endpoint name resolution (no labels: the control side's own).
     fn encode_dns(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let one = |e: &mut DescriptorEncoder, name: &str, help: &str, kind, value: u64| {
