@@ -134,6 +134,8 @@ pub struct Row {
     pub errors: u64,
     /// The full load report.
     pub report: Report,
+    /// Which round of the run (from 1).
+    pub round: usize,
 }
 
 /// Draws each scenario of `rows` into `dir` as `<scenario>.svg`, one line
@@ -361,6 +363,7 @@ pub fn run_target(
             peak_rss_mib,
             errors: report.calls_failed,
             report,
+            round: 1,
         });
     }
     // Idle memory on a process of its own: after the loads, an allocator
@@ -438,6 +441,90 @@ pub fn markdown(rows: &[Row]) -> String {
     out
 }
 
+/// Across the rounds of a run: per scenario and target, the range of
+/// each figure, and of its ratio to HAProxy's in the same round.
+pub fn ranges(rows: &[Row]) -> String {
+    let mut scenarios: Vec<&str> = Vec::new();
+    for r in rows {
+        if !scenarios.contains(&r.scenario.as_str()) {
+            scenarios.push(&r.scenario);
+        }
+    }
+    let mut out = String::new();
+    for name in scenarios {
+        let these: Vec<&Row> = rows.iter().filter(|r| r.scenario == name).collect();
+        let mut targets: Vec<&str> = Vec::new();
+        for r in &these {
+            if !targets.contains(&r.target.as_str()) {
+                targets.push(&r.target);
+            }
+        }
+        let unit = match these[0].unit {
+            Unit::Calls => "calls/s",
+            Unit::Messages => "msgs/s",
+            Unit::Megabytes => "MB/s",
+        };
+        let per = if these[0].unit == Unit::Calls {
+            "call"
+        } else {
+            "msg"
+        };
+        out.push_str(&format!(
+            "\n**{name}** (ranges over rounds)\n\n| target | rounds | {unit} | vs HAProxy | p99 us | CPU us/{per} | CPU vs HAProxy | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        ));
+        for target in targets {
+            let mine: Vec<&Row> = these
+                .iter()
+                .copied()
+                .filter(|r| r.target == target)
+                .collect();
+            let haproxy = |round: usize| {
+                these
+                    .iter()
+                    .find(|r| r.target == "haproxy" && r.round == round)
+            };
+            let ratio = |get: &dyn Fn(&Row) -> Option<f64>| {
+                mine.iter()
+                    .filter_map(|r| {
+                        let (a, b) = (get(r)?, get(haproxy(r.round)?)?);
+                        (b > 0.0).then(|| a / b)
+                    })
+                    .collect::<Vec<f64>>()
+            };
+            let rate: Vec<f64> = mine.iter().map(|r| r.rate).collect();
+            let p99: Vec<f64> = mine
+                .iter()
+                .filter_map(|r| r.latency.as_ref().map(|l| l.p99_us))
+                .collect();
+            let cpu: Vec<f64> = mine.iter().filter_map(|r| r.cpu_us_per_unit).collect();
+            out.push_str(&format!(
+                "| {target} | {} | {} | {} | {} | {} | {} | {} |\n",
+                mine.len(),
+                span(&rate, 0, ""),
+                span(&ratio(&|r| Some(r.rate)), 2, "x"),
+                span(&p99, 0, ""),
+                span(&cpu, 2, ""),
+                span(&ratio(&|r| r.cpu_us_per_unit), 2, "x"),
+                mine.iter().map(|r| r.errors).sum::<u64>()
+            ));
+        }
+    }
+    out
+}
+
+/// `low-high` (or the one value) with `digits` decimals; `-` for none.
+fn span(values: &[f64], digits: usize, suffix: &str) -> String {
+    let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if values.is_empty() {
+        "-".into()
+    } else if format!("{low:.digits$}") == format!("{high:.digits$}") {
+        format!("{low:.digits$}{suffix}")
+    } else {
+        format!("{low:.digits$}-{high:.digits$}{suffix}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,7 +557,36 @@ mod tests {
             peak_rss_mib: None,
             errors: 0,
             report,
+            round: 1,
         }
+    }
+
+    #[test]
+    fn ranges_span_the_rounds_with_ratios_to_haproxy_in_the_same_round() {
+        let at = |target: &str, round: usize, rate: f64, cpu: f64| Row {
+            rate,
+            cpu_us_per_unit: Some(cpu),
+            round,
+            ..row("unary 10B, 8x16", target, 100)
+        };
+        let rows = [
+            at("grpc-proxy", 1, 1000.0, 4.0),
+            at("haproxy", 1, 800.0, 8.0),
+            // A slower round for both.
+            at("haproxy", 2, 500.0, 10.0),
+            at("grpc-proxy", 2, 600.0, 6.0),
+        ];
+        let table = ranges(&rows);
+        assert!(
+            table.contains(
+                "| grpc-proxy | 2 | 600-1000 | 1.20-1.25x | 101 | 4.00-6.00 | 0.50-0.60x | 0 |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("| haproxy | 2 | 500-800 | 1.00x | 101 | 8.00-10.00 | 1.00x | 0 |"),
+            "{table}"
+        );
     }
 
     #[test]

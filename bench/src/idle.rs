@@ -77,3 +77,34 @@ pub fn markdown(rows: &[IdleRow]) -> String {
     }
     out
 }
+
+/// Across rounds: per target, the range of KiB per connection.
+pub fn ranges(rows: &[IdleRow]) -> String {
+    let mut out = String::from(
+        "**memory per idle client connection** (ranges over rounds)\n\n| target | rounds | connections | KiB per connection |\n| --- | ---: | ---: | ---: |\n",
+    );
+    let mut targets: Vec<&str> = Vec::new();
+    for r in rows {
+        if !targets.contains(&r.target.as_str()) {
+            targets.push(&r.target);
+        }
+    }
+    for target in targets {
+        let kib: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.target == target)
+            .map(|r| r.kib_per_connection)
+            .collect();
+        let low = kib.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = kib.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let connections = rows
+            .iter()
+            .find(|r| r.target == target)
+            .map_or(0, |r| r.connections);
+        out.push_str(&format!(
+            "| {target} | {} | {connections} | {low:.1}-{high:.1} |\n",
+            kib.len()
+        ));
+    }
+    out
+}

@@ -72,6 +72,12 @@ enum Cmd {
         /// direct, whose upstream has no TLS.
         #[arg(long)]
         tls: bool,
+        /// Run everything this many times, the targets in a different
+        /// order each round, and end with the range of every figure (a
+        /// shared machine's weather moves single runs by a fifth). The
+        /// pictures are the first round's.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=20))]
+        rounds: u64,
     },
     /// Allocations per proxied call on the proxy's worker thread.
     Allocs {
@@ -112,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls,
             idle,
             plot,
+            rounds,
         } => {
             let bin_dir = &binaries(no_build)?;
             let plan = e2e::Plan::new(&grpc_proxy::runtime::cores::available())?;
@@ -127,68 +134,91 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let mut rows = Vec::new();
             let mut idle_rows = Vec::new();
-            for name in &targets {
-                let target = match name.as_str() {
-                    "direct" => Target::Direct,
-                    "grpc-proxy" => Target::GrpcProxy(1),
-                    "haproxy" => Target::Haproxy,
-                    "nginx" => Target::Nginx,
-                    "scale" => Target::GrpcProxy(2),
-                    other => anyhow::bail!("unknown target {other:?}"),
-                };
-                let program = match target {
-                    Target::Haproxy => Some("haproxy"),
-                    Target::Nginx => Some("nginx"),
-                    _ => None,
-                };
-                if let Some(p) = program {
-                    if !procs::installed(p) {
-                        eprintln!("{p} is not installed (apt-get install {p}); skipping it");
+            for round in 1..=rounds as usize {
+                if rounds > 1 {
+                    eprintln!("round {round} of {rounds}:");
+                }
+                let mut these_targets = targets.clone();
+                these_targets.rotate_left((round - 1) % targets.len().max(1));
+                let mut round_rows = Vec::new();
+                let mut round_idle = Vec::new();
+                for name in &these_targets {
+                    let target = match name.as_str() {
+                        "direct" => Target::Direct,
+                        "grpc-proxy" => Target::GrpcProxy(1),
+                        "haproxy" => Target::Haproxy,
+                        "nginx" => Target::Nginx,
+                        "scale" => Target::GrpcProxy(2),
+                        other => anyhow::bail!("unknown target {other:?}"),
+                    };
+                    let program = match target {
+                        Target::Haproxy => Some("haproxy"),
+                        Target::Nginx => Some("nginx"),
+                        _ => None,
+                    };
+                    if let Some(p) = program {
+                        if !procs::installed(p) {
+                            eprintln!("{p} is not installed (apt-get install {p}); skipping it");
+                            continue;
+                        }
+                    }
+                    if tls && target == Target::Direct {
+                        eprintln!("direct: the echo upstream has no TLS; skipping it");
                         continue;
                     }
-                }
-                if tls && target == Target::Direct {
-                    eprintln!("direct: the echo upstream has no TLS; skipping it");
-                    continue;
-                }
-                let these: Vec<_> = if target == Target::GrpcProxy(2) {
-                    scenarios
-                        .iter()
-                        .filter(|s| {
-                            s.name.starts_with("unary 10B")
-                                || s.name.starts_with("fan-in")
-                                || s.name.starts_with("new TLS")
-                        })
-                        .cloned()
-                        .collect()
-                } else {
-                    scenarios.clone()
-                };
-                eprintln!("{}:", target.name());
-                let (these_rows, idle) = e2e::run_target(
-                    target,
-                    bin_dir,
-                    &plan,
-                    upstream.addr,
-                    &e2e::Timing {
-                        seconds,
-                        warmup,
-                        tls: tls_files.as_ref(),
-                        idle: if target == Target::Direct || target == Target::GrpcProxy(2) {
-                            0
-                        } else {
-                            idle
+                    let these: Vec<_> = if target == Target::GrpcProxy(2) {
+                        scenarios
+                            .iter()
+                            .filter(|s| {
+                                s.name.starts_with("unary 10B")
+                                    || s.name.starts_with("fan-in")
+                                    || s.name.starts_with("new TLS")
+                            })
+                            .cloned()
+                            .collect()
+                    } else {
+                        scenarios.clone()
+                    };
+                    eprintln!("{}:", target.name());
+                    let (these_rows, idle) = e2e::run_target(
+                        target,
+                        bin_dir,
+                        &plan,
+                        upstream.addr,
+                        &e2e::Timing {
+                            seconds,
+                            warmup,
+                            tls: tls_files.as_ref(),
+                            idle: if target == Target::Direct || target == Target::GrpcProxy(2) {
+                                0
+                            } else {
+                                idle
+                            },
                         },
-                    },
-                    &these,
-                )?;
-                rows.extend(these_rows);
-                idle_rows.extend(idle);
+                        &these,
+                    )?;
+                    round_rows.extend(these_rows.into_iter().map(|r| e2e::Row { round, ..r }));
+                    round_idle.extend(idle);
+                }
+                // A round's tables in the order of the targets given.
+                round_rows.sort_by_key(|r| targets.iter().position(|t| target_of(t) == r.target));
+                round_idle.sort_by_key(|r| targets.iter().position(|t| target_of(t) == r.target));
+                if rounds > 1 {
+                    println!("\n### Round {round} of {rounds}");
+                }
+                println!("{}", e2e::markdown(&round_rows));
+                if !round_idle.is_empty() {
+                    println!("{}", idle::markdown(&round_idle));
+                }
+                rows.extend(round_rows);
+                idle_rows.extend(round_idle);
             }
-            let table = e2e::markdown(&rows);
-            println!("{table}");
-            if !idle_rows.is_empty() {
-                println!("{}", idle::markdown(&idle_rows));
+            if rounds > 1 {
+                println!("\n### All {rounds} rounds");
+                println!("{}", e2e::ranges(&rows));
+                if !idle_rows.is_empty() {
+                    println!("{}", idle::ranges(&idle_rows));
+                }
             }
             if let Some(dir) = json.parent() {
                 std::fs::create_dir_all(dir)?;
@@ -196,12 +226,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::write(&json, serde_json::to_string_pretty(&rows)? + "\n")?;
             eprintln!("JSON written to {}", json.display());
             if let Some(dir) = plot {
-                for path in e2e::plots(&dir, &rows)? {
+                let first: Vec<_> = rows.iter().filter(|r| r.round == 1).cloned().collect();
+                for path in e2e::plots(&dir, &first)? {
                     eprintln!("picture written to {}", path.display());
                 }
             }
             Ok(())
         }
+    }
+}
+
+/// The name a target's rows carry, from its name on the command line.
+fn target_of(name: &str) -> String {
+    match name {
+        "scale" => "grpc-proxy x2".into(),
+        other => other.into(),
     }
 }
 
