@@ -136,6 +136,10 @@ pub struct Row {
     pub report: Report,
     /// Which round of the run (from 1).
     pub round: usize,
+    /// The share of the run's CPUs' time (proxy, upstream and load) that
+    /// the hypervisor gave to others, in percent: a row with much of it
+    /// measured a disturbed machine.
+    pub steal_pct: Option<f64>,
 }
 
 /// Draws each scenario of `rows` into `dir` as `<scenario>.svg`, one line
@@ -277,6 +281,14 @@ pub fn run_target(
         })
         .transpose()?;
     let addr = proxy.as_ref().map_or(upstream, |p| p.addr);
+    let mut all_cpus: Vec<usize> = proxy_cpus
+        .iter()
+        .chain(&plan.upstream)
+        .chain(&plan.load)
+        .copied()
+        .collect();
+    all_cpus.sort_unstable();
+    all_cpus.dedup();
     let mut rows = Vec::new();
     let mut peak = None;
     for scenario in only {
@@ -305,8 +317,16 @@ pub fn run_target(
             ..RunOptions::default()
         };
         let cpu0 = proxy.as_ref().map(|p| p.cpu_seconds()).transpose()?;
+        let steal0 = procs::steal_seconds(&all_cpus).ok();
+        let wall = std::time::Instant::now();
         let report = run::run(&options)?;
         let cpu1 = proxy.as_ref().map(|p| p.cpu_seconds()).transpose()?;
+        let steal_pct = match (steal0, procs::steal_seconds(&all_cpus).ok()) {
+            (Some(a), Some(b)) => {
+                Some((b - a) * 100.0 / (wall.elapsed().as_secs_f64() * all_cpus.len() as f64))
+            }
+            _ => None,
+        };
         // CPU over warm-up and measurement, divided by the units of both
         // (the warm-up's units are estimated at the measured rate).
         let (rate, latency, units) = match scenario.unit {
@@ -364,6 +384,7 @@ pub fn run_target(
             errors: report.calls_failed,
             report,
             round: 1,
+            steal_pct,
         });
     }
     // Idle memory on a process of its own: after the loads, an allocator
@@ -413,7 +434,7 @@ pub fn markdown(rows: &[Row]) -> String {
         };
         let haproxy = these.iter().copied().find(|r| r.target == "haproxy");
         out.push_str(&format!(
-            "\n**{name}**\n\n| target | {unit} | vs HAProxy | p50 us | p99 us | p99.9 us | CPU us/{per} | CPU vs HAProxy | peak RSS MiB | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+            "\n**{name}**\n\n| target | {unit} | vs HAProxy | p50 us | p99 us | p99.9 us | CPU us/{per} | CPU vs HAProxy | peak RSS MiB | errors | steal % |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
         ));
         for r in &these {
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -424,7 +445,7 @@ pub fn markdown(rows: &[Row]) -> String {
             let f =
                 |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
             out.push_str(&format!(
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.target,
                 r.rate,
                 ratio(Some(r.rate), haproxy.map(|h| h.rate)),
@@ -434,7 +455,8 @@ pub fn markdown(rows: &[Row]) -> String {
                 f(r.cpu_us_per_unit, 2),
                 ratio(r.cpu_us_per_unit, haproxy.and_then(|h| h.cpu_us_per_unit)),
                 f(r.peak_rss_mib, 1),
-                r.errors
+                r.errors,
+                f(r.steal_pct, 1)
             ));
         }
     }
@@ -470,7 +492,7 @@ pub fn ranges(rows: &[Row]) -> String {
             "msg"
         };
         out.push_str(&format!(
-            "\n**{name}** (ranges over rounds)\n\n| target | rounds | {unit} | vs HAProxy | p99 us | CPU us/{per} | CPU vs HAProxy | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+            "\n**{name}** (ranges over rounds)\n\n| target | rounds | {unit} | vs HAProxy | p99 us | CPU us/{per} | CPU vs HAProxy | errors | steal % |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
         ));
         for target in targets {
             let mine: Vec<&Row> = these
@@ -497,15 +519,17 @@ pub fn ranges(rows: &[Row]) -> String {
                 .filter_map(|r| r.latency.as_ref().map(|l| l.p99_us))
                 .collect();
             let cpu: Vec<f64> = mine.iter().filter_map(|r| r.cpu_us_per_unit).collect();
+            let steal: Vec<f64> = mine.iter().filter_map(|r| r.steal_pct).collect();
             out.push_str(&format!(
-                "| {target} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {target} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 mine.len(),
                 span(&rate, 0, ""),
                 span(&ratio(&|r| Some(r.rate)), 2, "x"),
                 span(&p99, 0, ""),
                 span(&cpu, 2, ""),
                 span(&ratio(&|r| r.cpu_us_per_unit), 2, "x"),
-                mine.iter().map(|r| r.errors).sum::<u64>()
+                mine.iter().map(|r| r.errors).sum::<u64>(),
+                span(&steal, 1, "")
             ));
         }
     }
@@ -558,6 +582,7 @@ mod tests {
             errors: 0,
             report,
             round: 1,
+            steal_pct: None,
         }
     }
 
@@ -579,12 +604,12 @@ mod tests {
         let table = ranges(&rows);
         assert!(
             table.contains(
-                "| grpc-proxy | 2 | 600-1000 | 1.20-1.25x | 101 | 4.00-6.00 | 0.50-0.60x | 0 |"
+                "| grpc-proxy | 2 | 600-1000 | 1.20-1.25x | 101 | 4.00-6.00 | 0.50-0.60x | 0 | - |"
             ),
             "{table}"
         );
         assert!(
-            table.contains("| haproxy | 2 | 500-800 | 1.00x | 101 | 8.00-10.00 | 1.00x | 0 |"),
+            table.contains("| haproxy | 2 | 500-800 | 1.00x | 101 | 8.00-10.00 | 1.00x | 0 | - |"),
             "{table}"
         );
     }

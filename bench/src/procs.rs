@@ -119,6 +119,32 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks as f64 / clock_ticks_per_second())
 }
 
+/// Time the hypervisor gave these CPUs to others ("steal", from
+/// `/proc/stat`), in seconds since boot, summed.
+pub fn steal_seconds(cpus: &[usize]) -> anyhow::Result<f64> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    steal_in(&stat, cpus).map(|ticks| ticks as f64 / clock_ticks_per_second())
+}
+
+/// The steal ticks of these CPUs in a `/proc/stat` text.
+fn steal_in(stat: &str, cpus: &[usize]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for cpu in cpus {
+        let line = stat
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&format!("cpu{cpu}")))
+            .with_context(|| format!("no cpu{cpu} in /proc/stat"))?;
+        // cpuN user nice system idle iowait irq softirq steal ...
+        let steal = line
+            .split_whitespace()
+            .nth(8)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        total += steal;
+    }
+    Ok(total)
+}
+
 fn clock_ticks_per_second() -> f64 {
     // sysconf(_SC_CLK_TCK) is 100 on every Linux we run on; read it from
     // getconf to be sure without unsafe code.
@@ -445,4 +471,15 @@ http {{
 }}
 "
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn steal_is_the_eighth_figure_of_each_cpu_line() {
+        let stat = "cpu  10 0 5 100 1 0 2 9 0 0\ncpu0 5 0 2 50 1 0 1 4 0 0\ncpu1 5 0 3 50 0 0 1 5 0 0\nintr 1\n";
+        assert_eq!(super::steal_in(stat, &[0]).expect("cpu0"), 4);
+        assert_eq!(super::steal_in(stat, &[0, 1]).expect("both"), 9);
+        assert!(super::steal_in(stat, &[2]).is_err());
+    }
 }
