@@ -23,6 +23,40 @@ pub enum Unit {
     Megabytes,
 }
 
+impl Unit {
+    /// The rate's unit.
+    pub fn rate(self) -> &'static str {
+        match self {
+            Unit::Calls => "calls/s",
+            Unit::Messages => "msgs/s",
+            Unit::Megabytes => "MB/s",
+        }
+    }
+
+    /// What CPU time is divided by.
+    fn per(self) -> &'static str {
+        match self {
+            Unit::Calls => "call",
+            _ => "msg",
+        }
+    }
+}
+
+/// The distinct keys of `items`, in the order first seen.
+pub fn first_seen<'a, T: 'a>(
+    items: impl IntoIterator<Item = &'a T>,
+    key: impl Fn(&'a T) -> &'a str,
+) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = Vec::new();
+    for item in items {
+        let k = key(item);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys
+}
+
 /// One load shape.
 #[derive(Clone, Debug)]
 pub struct Scenario {
@@ -146,12 +180,7 @@ pub struct Row {
 /// per target; returns the files written.
 pub fn plots(dir: &Path, rows: &[Row]) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
-    let mut scenarios: Vec<&str> = Vec::new();
-    for r in rows {
-        if !scenarios.contains(&r.scenario.as_str()) {
-            scenarios.push(&r.scenario);
-        }
-    }
+    let scenarios = first_seen(rows, |r| &r.scenario);
     let mut written = Vec::new();
     for scenario in scenarios {
         let these: Vec<&Row> = rows.iter().filter(|r| r.scenario == scenario).collect();
@@ -364,11 +393,7 @@ pub fn run_target(
             scenario.name,
             target.name(),
             rate,
-            match scenario.unit {
-                Unit::Calls => "calls/s",
-                Unit::Messages => "msgs/s",
-                Unit::Megabytes => "MB/s",
-            },
+            scenario.unit.rate(),
             latency.as_ref().map_or(f64::NAN, |l| l.p99_us),
             cpu_us_per_unit.map_or("-".into(), |c| format!("{c:.2}us")),
             report.calls_failed
@@ -414,24 +439,9 @@ pub fn run_target(
 /// The markdown tables: one per scenario, with ratios to HAProxy.
 pub fn markdown(rows: &[Row]) -> String {
     let mut out = String::new();
-    let mut names: Vec<&str> = Vec::new();
-    for r in rows {
-        if !names.contains(&r.scenario.as_str()) {
-            names.push(&r.scenario);
-        }
-    }
-    for name in names {
+    for name in first_seen(rows, |r| &r.scenario) {
         let these: Vec<&Row> = rows.iter().filter(|r| r.scenario == name).collect();
-        let unit = match these[0].unit {
-            Unit::Calls => "calls/s",
-            Unit::Messages => "msgs/s",
-            Unit::Megabytes => "MB/s",
-        };
-        let per = if these[0].unit == Unit::Calls {
-            "call"
-        } else {
-            "msg"
-        };
+        let (unit, per) = (these[0].unit.rate(), these[0].unit.per());
         let haproxy = these.iter().copied().find(|r| r.target == "haproxy");
         out.push_str(&format!(
             "\n**{name}**\n\n| target | {unit} | vs HAProxy | p50 us | p99 us | p99.9 us | CPU us/{per} | CPU vs HAProxy | peak RSS MiB | errors | steal % |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
@@ -466,31 +476,11 @@ pub fn markdown(rows: &[Row]) -> String {
 /// Across the rounds of a run: per scenario and target, the range of
 /// each figure, and of its ratio to HAProxy's in the same round.
 pub fn ranges(rows: &[Row]) -> String {
-    let mut scenarios: Vec<&str> = Vec::new();
-    for r in rows {
-        if !scenarios.contains(&r.scenario.as_str()) {
-            scenarios.push(&r.scenario);
-        }
-    }
     let mut out = String::new();
-    for name in scenarios {
+    for name in first_seen(rows, |r| &r.scenario) {
         let these: Vec<&Row> = rows.iter().filter(|r| r.scenario == name).collect();
-        let mut targets: Vec<&str> = Vec::new();
-        for r in &these {
-            if !targets.contains(&r.target.as_str()) {
-                targets.push(&r.target);
-            }
-        }
-        let unit = match these[0].unit {
-            Unit::Calls => "calls/s",
-            Unit::Messages => "msgs/s",
-            Unit::Megabytes => "MB/s",
-        };
-        let per = if these[0].unit == Unit::Calls {
-            "call"
-        } else {
-            "msg"
-        };
+        let targets = first_seen(these.iter().copied(), |r| &r.target);
+        let (unit, per) = (these[0].unit.rate(), these[0].unit.per());
         out.push_str(&format!(
             "\n**{name}** (ranges over rounds)\n\n| target | rounds | {unit} | vs HAProxy | p99 us | CPU us/{per} | CPU vs HAProxy | errors | steal % |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
         ));
@@ -537,7 +527,7 @@ pub fn ranges(rows: &[Row]) -> String {
 }
 
 /// `low-high` (or the one value) with `digits` decimals; `-` for none.
-fn span(values: &[f64], digits: usize, suffix: &str) -> String {
+pub fn span(values: &[f64], digits: usize, suffix: &str) -> String {
     let low = values.iter().copied().fold(f64::INFINITY, f64::min);
     let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if values.is_empty() {

@@ -83,27 +83,20 @@ pub fn ranges(rows: &[IdleRow]) -> String {
     let mut out = String::from(
         "**memory per idle client connection** (ranges over rounds)\n\n| target | rounds | connections | KiB per connection |\n| --- | ---: | ---: | ---: |\n",
     );
-    let mut targets: Vec<&str> = Vec::new();
-    for r in rows {
-        if !targets.contains(&r.target.as_str()) {
-            targets.push(&r.target);
-        }
-    }
-    for target in targets {
+    for target in crate::e2e::first_seen(rows, |r| &r.target) {
         let kib: Vec<f64> = rows
             .iter()
             .filter(|r| r.target == target)
             .map(|r| r.kib_per_connection)
             .collect();
-        let low = kib.iter().copied().fold(f64::INFINITY, f64::min);
-        let high = kib.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let connections = rows
             .iter()
             .find(|r| r.target == target)
             .map_or(0, |r| r.connections);
         out.push_str(&format!(
-            "| {target} | {} | {connections} | {low:.1}-{high:.1} |\n",
-            kib.len()
+            "| {target} | {} | {connections} | {} |\n",
+            kib.len(),
+            crate::e2e::span(&kib, 1, "")
         ));
     }
     out

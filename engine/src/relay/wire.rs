@@ -154,6 +154,22 @@ impl Side {
         }
     }
 
+    /// Closes a retiring connection that has no call left, linked or
+    /// waiting for a stream.
+    pub fn close_if_retired(&self) {
+        if !self.retiring.get() {
+            return;
+        }
+        let idle = {
+            let w = self.wire.borrow();
+            w.links.is_empty() && w.waiting.is_empty()
+        };
+        if idle {
+            self.closed.set();
+            self.wake.notify_all();
+        }
+    }
+
     /// Wakes the writer if anything waits.
     pub fn flush(&self) {
         if !self.wire.borrow().out.is_empty() {

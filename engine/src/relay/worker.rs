@@ -329,10 +329,7 @@ impl Relay {
         };
         for side in gone {
             side.retiring.set(true);
-            if side.wire.borrow().links.is_empty() && side.wire.borrow().waiting.is_empty() {
-                side.closed.set();
-                side.wake.notify_all();
-            }
+            side.close_if_retired();
         }
     }
 
@@ -436,14 +433,7 @@ impl Relay {
             }
             up.flush();
             self.open_waiting(up);
-            let done = {
-                let w = up.wire.borrow();
-                up.retiring.get() && w.links.is_empty() && w.waiting.is_empty()
-            };
-            if done {
-                up.closed.set();
-                up.wake.notify_all();
-            }
+            up.close_if_retired();
         }
     }
 
