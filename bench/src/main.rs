@@ -3,11 +3,13 @@
 //! `cargo run --release -p bench -- e2e` compares direct, grpc-proxy,
 //! HAProxy and nginx end to end; `-- allocs` counts allocations per proxied
 //! call; `-- soak` runs grpc-proxy for minutes under load while faults come
-//! and go. Micro-benches of hot paths: `cargo bench -p bench`.
+//! and go; `-- instructions` counts the proxy's own instructions per call
+//! under callgrind. Micro-benches of hot paths: `cargo bench -p bench`.
 
 mod allocs;
 mod e2e;
 mod idle;
+mod instructions;
 mod jwt;
 mod procs;
 mod soak;
@@ -88,6 +90,9 @@ enum Cmd {
     /// Minutes of mixed load through grpc-proxy while upstream restarts,
     /// slow readers, client resets and config reloads come and go.
     Soak(soak::SoakArgs),
+    /// The proxy's own instructions per call, counted by callgrind: the
+    /// same figure on a busy machine as on a quiet one.
+    Instructions(instructions::InstructionsArgs),
     /// CPU per call of a JWT route (cache hit, with and without header
     /// edits; cache miss), next to a plain route.
     Jwt(jwt::JwtArgs),
@@ -108,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Allocs { calls } => allocs::report(calls),
         Cmd::Soak(args) => soak::run(&args, &binaries(args.no_build)?),
         Cmd::Jwt(args) => jwt::run(&args, &binaries(args.no_build)?),
+        Cmd::Instructions(args) => instructions::run(&args, &binaries(args.no_build)?),
         Cmd::E2e {
             seconds,
             warmup,

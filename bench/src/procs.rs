@@ -229,7 +229,16 @@ pub fn free_port() -> anyhow::Result<SocketAddr> {
 }
 
 fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_listening_for(addr, child, what, Duration::from_secs(10))
+}
+
+fn wait_listening_for(
+    addr: SocketAddr,
+    child: &mut Child,
+    what: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
             bail!("{what} exited at start-up ({status})");
@@ -239,7 +248,7 @@ fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) -> anyhow::Re
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("{what} did not listen on {addr} within 10 s")
+    bail!("{what} did not listen on {addr} within {limit:?}")
 }
 
 fn cpu_list(cpus: &[usize]) -> String {
@@ -304,6 +313,46 @@ pub fn grpc_proxy_with_config(
         child,
         addr: listen,
         _dir: Some(dir),
+    })
+}
+
+/// Starts grpc-proxy (one worker, on `cpus`) in front of `upstream` under
+/// valgrind's callgrind, which writes its counts to `out` (numbered dumps
+/// `out.1`, `out.2`, ... on each `callgrind_control -d`), with function
+/// names in full in every dump.
+pub fn grpc_proxy_under_callgrind(
+    bin_dir: &Path,
+    cpus: &[usize],
+    upstream: SocketAddr,
+    out: &Path,
+) -> anyhow::Result<Running> {
+    let addr = free_port()?;
+    let mut child = Command::new("valgrind")
+        .args([
+            "--tool=callgrind",
+            "--compress-strings=no",
+            "--compress-pos=no",
+        ])
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(bin_dir.join("grpc-proxy"))
+        .args(["--listen", &addr.to_string(), "--upstream"])
+        .arg(upstream.to_string())
+        .args(["--cpu-set", &cpu_list(cpus), "--log", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start valgrind")?;
+    // Valgrind translates the program as it first runs: start-up is slow.
+    wait_listening_for(
+        addr,
+        &mut child,
+        "grpc-proxy under callgrind",
+        Duration::from_secs(120),
+    )?;
+    Ok(Running {
+        child,
+        addr,
+        _dir: None,
     })
 }
 
