@@ -40,8 +40,6 @@ pub mod pseudo {
     pub const AUTHORITY: usize = 2;
     pub const PATH: usize = 3;
     pub const STATUS: usize = 4;
-    pub(super) const NAMES: [&[u8]; 5] =
-        [b":method", b":scheme", b":authority", b":path", b":status"];
 }
 
 /// The fields of one header block.
@@ -96,10 +94,13 @@ impl HeaderList {
         if self.malformed.is_some() {
             return;
         }
-        if let Err(why) = self.check(name, value) {
-            self.malformed = Some(why);
-            return;
-        }
+        let pseudo = match self.check(name, value) {
+            Ok(pseudo) => pseudo,
+            Err(why) => {
+                self.malformed = Some(why);
+                return;
+            }
+        };
         let slot = Slot {
             at: self.bytes.len() as u32,
             name: name.len() as u32,
@@ -108,14 +109,14 @@ impl HeaderList {
         };
         self.bytes.extend_from_slice(name);
         self.bytes.extend_from_slice(value);
-        if let Some(index) = pseudo_index(name) {
-            self.pseudo[index] = Some(slot);
-        } else {
-            self.fields.push(slot);
+        match pseudo {
+            Some(index) => self.pseudo[index] = Some(slot),
+            None => self.fields.push(slot),
         }
     }
 
-    fn check(&mut self, name: &[u8], value: &[u8]) -> Result<(), Malformed> {
+    /// The rules of one field; for a pseudo-header, which one it is.
+    fn check(&mut self, name: &[u8], value: &[u8]) -> Result<Option<usize>, Malformed> {
         check_value(value)?;
         if name.first() == Some(&b':') {
             if !self.fields.is_empty() {
@@ -135,7 +136,7 @@ impl HeaderList {
             if self.pseudo[index].is_some() {
                 return Err("pseudo-header repeated");
             }
-            return Ok(());
+            return Ok(Some(index));
         }
         check_name(name)?;
         match name {
@@ -152,9 +153,9 @@ impl HeaderList {
                     return Err("content-length repeated with another value");
                 }
                 self.content_length = Some(parsed);
-                Ok(())
+                Ok(None)
             }
-            _ => Ok(()),
+            _ => Ok(None),
         }
     }
 
@@ -240,33 +241,46 @@ impl HeaderList {
 }
 
 fn pseudo_index(name: &[u8]) -> Option<usize> {
-    pseudo::NAMES.iter().position(|p| *p == name)
+    match name {
+        b":method" => Some(pseudo::METHOD),
+        b":scheme" => Some(pseudo::SCHEME),
+        b":authority" => Some(pseudo::AUTHORITY),
+        b":path" => Some(pseudo::PATH),
+        b":status" => Some(pseudo::STATUS),
+        _ => None,
+    }
 }
+
+/// The bytes a field name may hold: RFC 9110's `tchar`, less upper case
+/// (section 8.2.1).
+const TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = matches!(b as u8,
+            b'a'..=b'z' | b'0'..=b'9' | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*'
+            | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~');
+        b += 1;
+    }
+    table
+};
 
 /// A field name: a non-empty token in lower case (section 8.2.1).
 fn check_name(name: &[u8]) -> Result<(), Malformed> {
     if name.is_empty() {
         return Err("empty field name");
     }
-    for &b in name {
-        let token = matches!(b,
-            b'a'..=b'z' | b'0'..=b'9' | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*'
-            | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~');
-        if !token {
-            return Err(if b.is_ascii_uppercase() {
-                "upper-case field name"
-            } else {
-                "invalid character in a field name"
-            });
-        }
+    match name.iter().find(|&&b| !TOKEN[usize::from(b)]) {
+        None => Ok(()),
+        Some(b) if b.is_ascii_uppercase() => Err("upper-case field name"),
+        Some(_) => Err("invalid character in a field name"),
     }
-    Ok(())
 }
 
 /// A field value: no NUL, CR or LF, and no white space at either end
 /// (section 8.2.1).
 fn check_value(value: &[u8]) -> Result<(), Malformed> {
-    if value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+    if has_nul_cr_or_lf(value) {
         return Err("NUL, CR or LF in a field value");
     }
     let space = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
@@ -274,6 +288,31 @@ fn check_value(value: &[u8]) -> Result<(), Malformed> {
         return Err("white space around a field value");
     }
     Ok(())
+}
+
+/// Whether `value` holds a NUL, CR or LF byte. Eight bytes at a time: a
+/// word has a zero byte if subtracting 1 from each byte borrows into a
+/// high bit that the byte itself did not have (exact for "any byte";
+/// only which byte can be wrong, and that is not asked). Values are
+/// mostly shorter than a SIMD register, where a search library falls
+/// back to a byte at a time.
+fn has_nul_cr_or_lf(value: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS != 0;
+    let mut words = value.chunks_exact(8);
+    for word in &mut words {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(word);
+        let x = u64::from_le_bytes(bytes);
+        if zero_byte(x) | zero_byte(x ^ (ONES * 0x0d)) | zero_byte(x ^ (ONES * 0x0a)) {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b == 0 || b == b'\r' || b == b'\n')
 }
 
 #[cfg(test)]
@@ -294,6 +333,25 @@ mod tests {
         (":path", "/a.B/C"),
         (":authority", "x"),
     ];
+
+    #[test]
+    fn nul_cr_and_lf_are_found_at_every_position_and_nothing_else_is() {
+        let clean: Vec<u8> = (0..=255u8)
+            .filter(|b| ![0, b'\r', b'\n'].contains(b))
+            .collect();
+        for len in 0..40 {
+            // Every other byte value, across word boundaries.
+            let value: Vec<u8> = clean.iter().cycle().skip(len * 7).take(len).copied().collect();
+            assert!(!has_nul_cr_or_lf(&value), "{value:?}");
+            for at in 0..len {
+                for bad in [0, b'\r', b'\n'] {
+                    let mut v = value.clone();
+                    v[at] = bad;
+                    assert!(has_nul_cr_or_lf(&v), "{bad} at {at} of {len}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_grpc_request_is_well_formed() {

@@ -7,11 +7,11 @@
 //! of any side when they call it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 
 use monoio::time::Instant;
+use rustc_hash::FxHashMap;
 
 use crate::downstream::server::Server;
 use crate::downstream::snapshot::RouteSlot;
@@ -52,7 +52,7 @@ pub struct Relay {
     pub calls: RefCell<Calls>,
     /// Upstream connections by endpoint and the way they speak TLS (see
     /// [`Cluster::tls`](crate::upstream::cluster::Cluster::tls)).
-    upstreams: RefCell<HashMap<UpstreamKey, Vec<Rc<Side>>>>,
+    upstreams: RefCell<FxHashMap<UpstreamKey, Vec<Rc<Side>>>>,
     /// What client connections allow.
     pub downstream_limits: Limits,
     /// What upstream connections allow.
@@ -103,7 +103,7 @@ impl Relay {
         Rc::new(Relay {
             server,
             calls: RefCell::new(Calls::default()),
-            upstreams: RefCell::new(HashMap::new()),
+            upstreams: RefCell::default(),
             downstream_limits,
             upstream_limits,
             downstreams: RefCell::new(Vec::new()),
