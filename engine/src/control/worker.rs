@@ -136,6 +136,7 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
     let relay_tasks = relay.live();
     relay.spawn(relay.clone().run_deadlines());
     relay.spawn(relay.clone().run_keepers());
+    relay.spawn(relay.clone().run_clock());
     let drainer = relay.clone();
     let drain = server.clone();
     relay.spawn(async move {

@@ -341,7 +341,13 @@ mod tests {
             .collect();
         for len in 0..40 {
             // Every other byte value, across word boundaries.
-            let value: Vec<u8> = clean.iter().cycle().skip(len * 7).take(len).copied().collect();
+            let value: Vec<u8> = clean
+                .iter()
+                .cycle()
+                .skip(len * 7)
+                .take(len)
+                .copied()
+                .collect();
             assert!(!has_nul_cr_or_lf(&value), "{value:?}");
             for at in 0..len {
                 for bad in [0, b'\r', b'\n'] {

@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use monoio::io::Splitable;
@@ -203,7 +202,7 @@ async fn secure(
 async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer: SocketAddr) {
     let mut buf = BytesMut::new();
     let mut want = READ_SMALL;
-    let mut last_tick = Instant::now();
+    let mut second = relay.second();
     loop {
         let (result, b) = monoio::select! {
             r = reader.read_more(buf, &mut want) => r,
@@ -216,8 +215,8 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        if last_tick.elapsed().as_secs() >= 1 {
-            last_tick = Instant::now();
+        if relay.second() != second {
+            second = relay.second();
             side.wire.borrow_mut().conn.tick();
         }
         // The pass's scratch lists are the worker's, not the connection's:
@@ -442,7 +441,7 @@ fn request(
         responded: false,
         route: slot,
         cluster,
-        started: Instant::now(),
+        started: now.into_std(),
         code: Code::Unknown,
         serial,
         deadline,

@@ -8,7 +8,6 @@
 //! yet, a reset to one that has.
 
 use std::rc::Rc;
-use std::time::Instant;
 
 use bytes::BytesMut;
 use monoio::io::Splitable;
@@ -184,7 +183,7 @@ async fn serve<R: Source, W: Sink + 'static>(
     let mut buf = BytesMut::new();
     let mut want = READ_SMALL;
     let mut later = Vec::new();
-    let mut last_tick = Instant::now();
+    let mut second = relay.second();
     loop {
         let (result, b) = monoio::select! {
             r = reader.read_more(buf, &mut want) => r,
@@ -203,8 +202,8 @@ async fn serve<R: Source, W: Sink + 'static>(
             }
             Ok(_) => {}
         }
-        if last_tick.elapsed().as_secs() >= 1 {
-            last_tick = Instant::now();
+        if relay.second() != second {
+            second = relay.second();
             side.wire.borrow_mut().conn.tick();
         }
         let (was_ready, was_going) = {
@@ -270,7 +269,8 @@ fn pass(
             let code = list
                 .get(b"grpc-status")
                 .and_then(crate::relay::calls::parse_code);
-            let expired = call.past_deadline(monoio::time::Instant::now());
+            let expired =
+                call.deadline.is_some() && call.past_deadline(monoio::time::Instant::now());
             if end_stream
                 && expired
                 && matches!(code, Some(Code::Cancelled | Code::DeadlineExceeded))

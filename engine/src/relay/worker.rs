@@ -73,6 +73,8 @@ pub struct Relay {
     pub keepers: Keepers,
     /// Tasks of the relay still running (see [`spawn`](Self::spawn)).
     live: Rc<Cell<usize>>,
+    /// Seconds the worker has counted (see [`run_clock`](Self::run_clock)).
+    second: Cell<u64>,
 }
 
 impl Relay {
@@ -114,6 +116,7 @@ impl Relay {
             spare: RefCell::new(Vec::new()),
             keepers: Keepers::default(),
             live: Rc::default(),
+            second: Cell::new(0),
         })
     }
 
@@ -204,6 +207,26 @@ impl Relay {
     /// How many of the relay's tasks are still running.
     pub fn live(&self) -> Rc<Cell<usize>> {
         self.live.clone()
+    }
+
+    /// Counts seconds until the worker stops. A connection's read loop
+    /// starts a new second of its flood budgets when the count moves,
+    /// which costs it no clock read per pass.
+    pub async fn run_clock(self: Rc<Self>) {
+        let stop = self.server.stop.clone();
+        loop {
+            monoio::select! {
+                _ = monoio::time::sleep(std::time::Duration::from_secs(1)) => {
+                    self.second.set(self.second.get() + 1);
+                }
+                _ = stop.wait() => return,
+            }
+        }
+    }
+
+    /// The worker's count of seconds.
+    pub fn second(&self) -> u64 {
+        self.second.get()
     }
 
     /// Runs client connections' timers until the worker stops (see

@@ -40,16 +40,14 @@ impl WaitList {
                 i
             }
         };
-        let mut near = self.near.borrow_mut();
-        let mut slots = self.slots.borrow_mut();
-        let slot = if i < NEAR {
-            &mut near[i]
-        } else {
-            &mut slots[i - NEAR]
-        };
-        match slot {
+        let store = |slot: &mut Option<Waker>| match slot {
             Some(w) if w.will_wake(waker) => {}
             slot => *slot = Some(waker.clone()),
+        };
+        if i < NEAR {
+            store(&mut self.near.borrow_mut()[i]);
+        } else {
+            store(&mut self.slots.borrow_mut()[i - NEAR]);
         }
     }
 
@@ -85,13 +83,18 @@ impl WaitList {
     fn wake_all(&self) {
         // Taken out before any wakes: a waker may register again.
         let near = std::mem::take(&mut *self.near.borrow_mut());
-        let far: Vec<Waker> = self
-            .slots
-            .borrow_mut()
-            .iter_mut()
-            .filter_map(Option::take)
-            .collect();
-        for w in near.into_iter().flatten().chain(far) {
+        let far: Vec<Waker> = {
+            let mut slots = self.slots.borrow_mut();
+            if slots.is_empty() {
+                Vec::new()
+            } else {
+                slots.iter_mut().filter_map(Option::take).collect()
+            }
+        };
+        for w in near.into_iter().flatten() {
+            w.wake();
+        }
+        for w in far {
             w.wake();
         }
     }
