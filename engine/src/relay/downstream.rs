@@ -203,12 +203,15 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
     let mut buf = BytesMut::new();
     let mut want = READ_SMALL;
     let mut second = relay.second();
+    // One wait for the whole loop: its waker stays registered, instead of
+    // being registered and removed again on every read.
+    let mut closed = std::pin::pin!(side.closed.wait());
     loop {
         let (result, b) = monoio::select! {
             r = reader.read_more(buf, &mut want) => r,
             // Drained or stopped (see Relay::drain and Relay::stop_all),
             // timed out by the keeper, or failed elsewhere.
-            _ = side.closed.wait() => return,
+            _ = closed.as_mut() => return,
         };
         buf = b;
         match result {

@@ -184,11 +184,15 @@ async fn serve<R: Source, W: Sink + 'static>(
     let mut want = READ_SMALL;
     let mut later = Vec::new();
     let mut second = relay.second();
+    // Waits for the whole loop: their wakers stay registered, instead of
+    // being registered and removed again on every read.
+    let mut stopped = std::pin::pin!(stop.wait());
+    let mut closed = std::pin::pin!(side.closed.wait());
     loop {
         let (result, b) = monoio::select! {
             r = reader.read_more(buf, &mut want) => r,
-            _ = stop.wait() => return Ok(()),
-            _ = side.closed.wait() => return Ok(()),
+            _ = stopped.as_mut() => return Ok(()),
+            _ = closed.as_mut() => return Ok(()),
         };
         buf = b;
         match result {

@@ -279,6 +279,10 @@ pub async fn write_loop<W: Sink>(
     drained: impl Fn(&Rc<Side>),
 ) {
     let mut batch = Segments::default();
+    // One wait for the whole loop (see the read loops). Not the worker's
+    // `stop`, per write below: every connection would then hold a slot of
+    // that one latch for its whole life.
+    let mut closed = std::pin::pin!(side.closed.wait());
     loop {
         if batch.bufs.is_empty() {
             let mut w = side.wire.borrow_mut();
@@ -300,7 +304,7 @@ pub async fn write_loop<W: Sink>(
             // The worker's stop sets `closed` too (Relay::stop_all).
             let owed = monoio::select! {
                 _ = side.wake.notified() => false,
-                _ = side.closed.wait() => false,
+                _ = closed.as_mut() => false,
                 _ = io.owed() => true,
             };
             if owed && io.flush_owed().await.is_err() {
