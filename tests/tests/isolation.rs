@@ -58,6 +58,104 @@ fn headers_block(addr: SocketAddr, path: &str) -> Vec<u8> {
     b
 }
 
+/// `n` streams opened with `block` (HEADERS, END_HEADERS, no END_STREAM)
+/// and each reset at once (RST_STREAM CANCEL), from `*stream_id` on.
+fn opened_and_reset(block: &[u8], stream_id: &mut u32, n: usize) -> Vec<u8> {
+    let mut burst = Vec::new();
+    for _ in 0..n {
+        let id = stream_id.to_be_bytes();
+        let len = block.len();
+        burst.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, 1, 4]);
+        burst.extend_from_slice(&id);
+        burst.extend_from_slice(block);
+        burst.extend_from_slice(&[0, 0, 4, 3, 0]);
+        burst.extend_from_slice(&id);
+        burst.extend_from_slice(&[0, 0, 0, 8]);
+        *stream_id += 2;
+    }
+    burst
+}
+
+/// An HTTP/2 client on a raw socket, past the preface and an empty
+/// SETTINGS: what it sends is up to the test; of what the proxy sends, it
+/// acknowledges SETTINGS and reports the first GOAWAY's code and the
+/// first PING ACK.
+struct RawClient {
+    write: tokio::net::tcp::OwnedWriteHalf,
+    acks: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    goaway: tokio::sync::oneshot::Receiver<u32>,
+    pong: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl RawClient {
+    async fn connect(addr: SocketAddr) -> RawClient {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut read, mut write) = tcp.into_split();
+        write
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("preface");
+        write
+            .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+            .await
+            .expect("settings");
+        let (goaway_tx, goaway) = tokio::sync::oneshot::channel();
+        let (pong_tx, pong) = tokio::sync::oneshot::channel();
+        let (ack_tx, acks) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            let mut goaway_tx = Some(goaway_tx);
+            let mut pong_tx = Some(pong_tx);
+            loop {
+                let mut head = [0u8; 9];
+                if read.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len =
+                    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let mut payload = vec![0u8; len];
+                if read.read_exact(&mut payload).await.is_err() {
+                    return;
+                }
+                match head[3] {
+                    4 if head[4] & 1 == 0 => {
+                        let _ = ack_tx.send(vec![0, 0, 0, 4, 1, 0, 0, 0, 0]);
+                    }
+                    6 if head[4] & 1 == 1 => {
+                        if let Some(tx) = pong_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    7 if payload.len() >= 8 => {
+                        let code =
+                            u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                        if let Some(tx) = goaway_tx.take() {
+                            let _ = tx.send(code);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        RawClient {
+            write,
+            acks,
+            goaway,
+            pong,
+        }
+    }
+
+    /// Writes `bytes` after any SETTINGS ACK owed; false if the
+    /// connection is gone.
+    async fn send(&mut self, bytes: &[u8]) -> bool {
+        use tokio::io::AsyncWriteExt;
+        while let Ok(ack) = self.acks.try_recv() {
+            let _ = self.write.write_all(&ack).await;
+        }
+        self.write.write_all(bytes).await.is_ok()
+    }
+}
+
 /// The value of a metric of the proxy's only core.
 fn metric(proxy: &grpc_proxy::ProxyHandle, series: &str) -> f64 {
     sample(&proxy.metrics().render(), series).unwrap_or(0.0)
@@ -255,71 +353,22 @@ proxy_test! {
         // RST_STREAM. No reset stream may cost an upstream stream, and a
         // connection that resets most of what it opens is closed with
         // GOAWAY ENHANCE_YOUR_CALM; other clients go on.
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let upstream = Silent::with(Options::default()).await;
         let proxy = proxy(driver, &format!(
             "{}\n[[routes]]\ncluster = \"a\"\n",
             cluster("a", upstream.addr())
         ));
         let addr = proxy.local_addr();
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (mut read, mut write) = tcp.into_split();
-        write.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("preface");
-        write.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.expect("settings");
-        // What the proxy says: SETTINGS are acknowledged, GOAWAY noted.
-        let (goaway_tx, goaway) = tokio::sync::oneshot::channel();
-        let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-        tokio::spawn(async move {
-            let mut goaway_tx = Some(goaway_tx);
-            loop {
-                let mut head = [0u8; 9];
-                if read.read_exact(&mut head).await.is_err() {
-                    return;
-                }
-                let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-                let mut payload = vec![0u8; len];
-                if read.read_exact(&mut payload).await.is_err() {
-                    return;
-                }
-                match head[3] {
-                    4 if head[4] & 1 == 0 => {
-                        let _ = ack_tx.send(vec![0, 0, 0, 4, 1, 0, 0, 0, 0]);
-                    }
-                    7 if payload.len() >= 8 => {
-                        let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
-                        if let Some(tx) = goaway_tx.take() {
-                            let _ = tx.send(code);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        });
+        let mut raw = RawClient::connect(addr).await;
         let block = headers_block(addr, "/test.Echo/Echo");
         let mut stream_id: u32 = 1;
         for _ in 0..30 {
-            while let Ok(ack) = acks.try_recv() {
-                let _ = write.write_all(&ack).await;
-            }
-            let mut burst = Vec::new();
-            for _ in 0..20 {
-                let id = stream_id.to_be_bytes();
-                let len = block.len();
-                // HEADERS, END_HEADERS, no END_STREAM.
-                burst.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, 1, 4]);
-                burst.extend_from_slice(&id);
-                burst.extend_from_slice(&block);
-                // RST_STREAM CANCEL (8).
-                burst.extend_from_slice(&[0, 0, 4, 3, 0]);
-                burst.extend_from_slice(&id);
-                burst.extend_from_slice(&[0, 0, 0, 8]);
-                stream_id += 2;
-            }
-            if write.write_all(&burst).await.is_err() {
+            if !raw.send(&opened_and_reset(&block, &mut stream_id, 20)).await {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let goaway = raw.goaway;
         let code = tokio::time::timeout(Duration::from_secs(5), goaway)
             .await
             .expect("a GOAWAY within 5 s")
@@ -337,6 +386,39 @@ proxy_test! {
         let mut other = Client::connect(addr).await;
         let reply = echo_within(&mut other, "Echo", Duration::from_secs(3)).await;
         assert!(reply.is_ok(), "another client goes on: {reply:?}");
+    }
+
+    async fn resets_spread_over_seconds_are_counted_per_second(driver) {
+        // Scenario: a client that cancels calls now and then, for longer
+        // than a second. 300 resets in five bursts 1.2 s apart is more
+        // than one second's budget (200) in all, but at most three bursts
+        // (180) fall within any second the worker counts, even one that
+        // runs long: the connection stays open and still answers.
+        let upstream = Silent::with(Options::default()).await;
+        let proxy = proxy(driver, &format!(
+            "{}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", upstream.addr())
+        ));
+        let addr = proxy.local_addr();
+        let mut raw = RawClient::connect(addr).await;
+        let block = headers_block(addr, "/test.Echo/Echo");
+        let mut stream_id: u32 = 1;
+        for burst in 0..5 {
+            if burst > 0 {
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+            }
+            assert!(raw.send(&opened_and_reset(&block, &mut stream_id, 60)).await, "burst {burst} written");
+        }
+        // A PING after the last burst: its ACK comes after every GOAWAY
+        // the bursts could have caused.
+        assert!(raw.send(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]).await, "PING written");
+        let pong = tokio::time::timeout(Duration::from_secs(5), raw.pong)
+            .await
+            .expect("a PING ACK within 5 s");
+        assert!(pong.is_ok(), "the connection answered the PING");
+        assert!(raw.goaway.try_recv().is_err(), "no GOAWAY");
+        let floods = "grpc_proxy_downstream_reset_floods_total{core=\"0\"}";
+        assert_eq!(metric(&proxy, floods), 0.0);
     }
 
     async fn a_client_that_opens_huge_windows_and_reads_nothing_holds_only_its_budget(driver) {
