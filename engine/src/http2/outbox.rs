@@ -4,14 +4,18 @@
 //!
 //! A payload under [`COPY_BELOW`] is copied in behind its frame header
 //! instead: for small messages one more memcpy is cheaper than one more
-//! segment in the write and one more buffer kept alive.
+//! segment in the write and one more buffer kept alive (a read buffer that
+//! a payload still holds is replaced, not reused, on the next read).
 
 use std::collections::VecDeque;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-/// Payloads shorter than this are copied into the gathering buffer.
-pub const COPY_BELOW: usize = 1024;
+/// Payloads shorter than this are copied into the gathering buffer. At
+/// 1 KiB calls (1,029 bytes with gRPC's prefix), copying rather than
+/// holding took 9% off the proxy's instructions per call one at a time,
+/// and 8x16 of them ran 5-7% faster at the same CPU per call.
+pub const COPY_BELOW: usize = 4096;
 
 /// Frames waiting to be written to one connection.
 #[derive(Debug, Default)]
