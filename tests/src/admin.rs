@@ -26,6 +26,12 @@ pub fn request(addr: impl ToSocketAddrs, method: &str, path: &str) -> (u16, Stri
     (status, body)
 }
 
+/// The value of one sample line of a Prometheus text exposition; panics,
+/// showing the exposition, if there is none.
+pub fn must_sample(metrics: &str, series: &str) -> f64 {
+    sample(metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
+
 /// The value of one sample line of a Prometheus text exposition.
 pub fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics

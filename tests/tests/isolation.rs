@@ -354,10 +354,7 @@ proxy_test! {
         // connection that resets most of what it opens is closed with
         // GOAWAY ENHANCE_YOUR_CALM; other clients go on.
         let upstream = Silent::with(Options::default()).await;
-        let proxy = proxy(driver, &format!(
-            "{}\n[[routes]]\ncluster = \"a\"\n",
-            cluster("a", upstream.addr())
-        ));
+        let proxy = proxy_to(driver, upstream.addr());
         let addr = proxy.local_addr();
         let mut raw = RawClient::connect(addr).await;
         let block = headers_block(addr, "/test.Echo/Echo");
@@ -395,10 +392,7 @@ proxy_test! {
         // (180) fall within any second the worker counts, even one that
         // runs long: the connection stays open and still answers.
         let upstream = Silent::with(Options::default()).await;
-        let proxy = proxy(driver, &format!(
-            "{}\n[[routes]]\ncluster = \"a\"\n",
-            cluster("a", upstream.addr())
-        ));
+        let proxy = proxy_to(driver, upstream.addr());
         let addr = proxy.local_addr();
         let mut raw = RawClient::connect(addr).await;
         let block = headers_block(addr, "/test.Echo/Echo");

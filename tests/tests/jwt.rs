@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use grpc_proxy::{Config, ProxyBuilder, ProxyHandle};
-use grpc_proxy_tests::admin::{request as admin, sample};
+use grpc_proxy_tests::admin::{must_sample, request as admin, sample};
 use grpc_proxy_tests::tokens::{self, claims, hs256, jwks_file, unsigned, SigningKey, ISSUER};
 use grpc_proxy_tests::{cluster, proxy_test, Client, Driver, Upstream};
 use serde_json::json;
@@ -148,7 +148,7 @@ proxy_test! {
 
         let (status, text) = admin(admin_addr, "GET", "/metrics");
         assert_eq!(status, 200);
-        let value = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        let value = |series: &str| must_sample(&text, series);
         assert_eq!(value("grpc_proxy_jwt_checks_total{core=\"0\"}"), 5.0);
         assert_eq!(value("grpc_proxy_jwt_cache_hits_total{core=\"0\"}"), 3.0);
         assert_eq!(value("grpc_proxy_jwt_refusals_total{reason=\"expired\"}"), 2.0);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use grpc_proxy::{Code as ProxyCode, Config, ProxyBuilder, ProxyHandle};
-use grpc_proxy_tests::admin::{request as admin, sample};
+use grpc_proxy_tests::admin::{must_sample, request as admin, sample};
 use grpc_proxy_tests::silent::{Options, Silent};
 use grpc_proxy_tests::{cluster, proxy_test, Client, Driver, Upstream};
 use tonic::metadata::MetadataValue;
@@ -160,7 +160,7 @@ proxy_test! {
 
         let (status, text) = admin(admin_addr, "GET", "/metrics");
         assert_eq!(status, 200);
-        let value = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        let value = |series: &str| must_sample(&text, series);
         assert_eq!(value("grpc_proxy_route_calls_started_total{route=\"echo\"}"), 5.0);
         assert_eq!(value("grpc_proxy_route_calls_finished_total{route=\"echo\",grpc_code=\"OK\"}"), 3.0);
         assert_eq!(value("grpc_proxy_route_calls_finished_total{route=\"echo\",grpc_code=\"NOT_FOUND\"}"), 2.0);

@@ -218,8 +218,9 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        if relay.second() != second {
-            second = relay.second();
+        let this_second = relay.second();
+        if this_second != second {
+            second = this_second;
             side.wire.borrow_mut().conn.tick();
         }
         // The pass's scratch lists are the worker's, not the connection's:

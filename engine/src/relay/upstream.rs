@@ -206,8 +206,9 @@ async fn serve<R: Source, W: Sink + 'static>(
             }
             Ok(_) => {}
         }
-        if relay.second() != second {
-            second = relay.second();
+        let this_second = relay.second();
+        if this_second != second {
+            second = this_second;
             side.wire.borrow_mut().conn.tick();
         }
         let (was_ready, was_going) = {
