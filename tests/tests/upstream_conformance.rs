@@ -920,3 +920,82 @@ proxy_test! {
         run(driver, CASES).await;
     }
 }
+
+/// Makes one call through a proxy configured with `upstream` (lines of the
+/// `[upstream]` table) whose upstream answers with one DATA frame carrying
+/// a `len`-byte message. Returns the SETTINGS_MAX_FRAME_SIZE the proxy
+/// announced to the upstream, what the client got, and what the upstream
+/// saw after its answer (`answered`).
+async fn one_frame_reply(
+    driver: grpc_proxy::Driver,
+    upstream: &str,
+    len: usize,
+    answered: Case,
+) -> (u32, Result<Bytes, tonic::Status>, Verdict) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let proxy = grpc_proxy_tests::proxy(
+        driver,
+        &format!(
+            "{upstream}\n{}\n[[routes]]\ncluster = \"a\"\n",
+            grpc_proxy_tests::cluster("a", addr)
+        ),
+    );
+    let upstream = std::thread::spawn(move || -> Result<(u32, Verdict), String> {
+        let mut p = Peer::accept(&listener, &[])?;
+        let s = request(&mut p)?;
+        let max = p.setting(setting::MAX_FRAME_SIZE).unwrap_or(16_384);
+        let mut all = head(s);
+        all.extend(frame(kind::DATA, 0, s, &message(&pattern(len))));
+        all.extend(trailers(s));
+        p.send(&all);
+        Ok((max, answered(&mut p, s)))
+    });
+    let mut client = Client::connect(proxy.local_addr()).await;
+    let reply = unary(&mut client).await;
+    let (max, verdict) = tokio::task::spawn_blocking(move || upstream.join())
+        .await
+        .expect("join")
+        .expect("the upstream thread panicked")
+        .expect("the upstream took the call");
+    (max, reply, verdict)
+}
+
+/// `len` bytes that differ from their neighbours, so that a slice out of
+/// place shows.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+proxy_test! {
+    // Upstreams may send DATA frames of up to 1 MiB (`upstream.max_frame_size`):
+    // an upstream then writes a large message in a few frames rather than
+    // one per 16 KiB, which is most of its cost of streaming through the
+    // proxy. The client, which announced no frame size (16 KiB), gets the
+    // message split into frames it takes, whole and in order.
+    async fn an_upstream_may_send_frames_above_16_kib_and_the_client_gets_them_split(driver) {
+        // 60 KiB: within the first window of an upstream stream (64 KiB).
+        let len = 60 << 10;
+        let (max, reply, verdict) =
+            one_frame_reply(driver, "", len, |p, _| p.expect_alive()).await;
+        let reply = reply.expect("the call");
+        assert!(reply[..] == pattern(len)[..], "the message arrived changed");
+        verdict.expect("the upstream connection goes on");
+        assert_eq!(max, 1 << 20, "the frame size announced to upstreams");
+    }
+
+    // The limit is the configured one: a frame above it is a FRAME_SIZE_ERROR
+    // for the upstream and a clean status for the client.
+    async fn a_frame_above_the_configured_upstream_frame_size_is_refused(driver) {
+        let (max, reply, verdict) = one_frame_reply(
+            driver,
+            "max_frame_size = \"32KiB\"",
+            32 << 10,
+            |p, s| p.expect_stream_error(s, code::FRAME_SIZE_ERROR),
+        )
+        .await;
+        assert_eq!(max, 32 << 10, "the frame size announced to upstreams");
+        verdict.expect("FRAME_SIZE_ERROR");
+        clean(&reply.expect_err("the call fails")).expect("a clean status");
+    }
+}

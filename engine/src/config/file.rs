@@ -114,6 +114,7 @@ struct Http2File {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct UpstreamFile {
+    max_frame_size: Option<SizeValue>,
     max_connections_per_endpoint: Option<usize>,
     retry_buffer: Option<SizeValue>,
     retry_buffer_per_connection: Option<SizeValue>,
@@ -360,6 +361,9 @@ impl Http2File {
 
 impl UpstreamFile {
     fn apply(&self, s: &mut Settings) -> Result<(), String> {
+        if let Some(v) = &self.max_frame_size {
+            s.upstream_max_frame_size = size("upstream.max_frame_size", v, 16_384, 16_777_215)?;
+        }
         if let Some(n) = self.max_connections_per_endpoint {
             if n == 0 {
                 return Err("upstream.max_connections_per_endpoint: must be at least 1".into());

@@ -71,8 +71,16 @@ pub struct Settings {
     /// Upstream connections, shared by many clients' calls, always open
     /// the largest window (2^31 - 1) and are bounded by stream windows.
     pub connection_window: u32,
-    /// Largest HTTP/2 frame payload we accept.
+    /// Largest HTTP/2 frame payload we accept from clients: what a client
+    /// connection may make us buffer before its frame can be read.
     pub max_frame_size: u32,
+    /// Largest HTTP/2 frame payload we accept from upstreams. Larger than
+    /// the clients' by default: an upstream then sends a large message in
+    /// a few frames instead of one per 16 KiB (fewer writes on its side,
+    /// and fewer wake-ups of the proxy), and the proxy cuts them to each
+    /// client's frame size. Upstreams are the configured backends, and
+    /// few connections per core, so the buffer this allows is bounded.
+    pub upstream_max_frame_size: u32,
     /// Concurrent streams one downstream connection may open.
     pub max_concurrent_streams: u32,
     /// Largest request header list we accept (a larger one is answered with
@@ -146,6 +154,7 @@ impl Default for Settings {
             stream_window: 1 << 20,
             connection_window: 16 << 20,
             max_frame_size: 16 << 10,
+            upstream_max_frame_size: 1 << 20,
             max_concurrent_streams: 1024,
             max_header_list_size: 64 << 10,
             max_connections_per_worker: 100_000,
@@ -639,7 +648,7 @@ mod tests {
             fn any_value_of_a_key_is_accepted_or_named(
                 key in prop::sample::select(vec![
                     "http2.stream_window", "http2.max_frame_size", "timeouts.idle",
-                    "timeouts.tcp_keepalive", "upstream.retry_buffer", "limits.max_connections_per_worker",
+                    "timeouts.tcp_keepalive", "upstream.retry_buffer", "upstream.max_frame_size", "limits.max_connections_per_worker",
                     "limits.buffer_per_connection", "upstream.retry_buffer_per_worker",
                 ]),
                 value in prop_oneof![any::<i64>().prop_map(|n| n.to_string()), "\"[0-9a-zA-Z. ]{0,12}\""],

@@ -97,6 +97,7 @@ impl Relay {
         // as its client connection's allowance goes (see `release_down`).
         let upstream_limits = Limits {
             connection_window: (1 << 31) - 1,
+            max_frame_size: s.upstream_max_frame_size,
             stream_window: s.stream_window.min(INITIAL_UPSTREAM_WINDOW),
             stream_window_max: s.stream_window,
             ..downstream_limits
