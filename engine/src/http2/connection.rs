@@ -192,6 +192,28 @@ struct Pending {
     continuations: u32,
 }
 
+/// DATA frames with a payload longer than this are handed on as their
+/// bytes arrive, not once whole (see [`PartialData`]); shorter ones, and
+/// every other frame, are read whole.
+const CUT_THROUGH_ABOVE: u32 = 16_384;
+
+/// A DATA frame whose payload is still arriving. Its checks were made,
+/// and the whole frame charged to the windows, when its header arrived;
+/// its bytes are handed on as they come, so a large frame is neither
+/// waited for nor moved into a buffer of its size.
+#[derive(Debug, Clone, Copy)]
+struct PartialData {
+    stream: u32,
+    /// Payload still to come.
+    data: u32,
+    /// Padding still to come, after the payload; dropped.
+    padding: u32,
+    end_stream: bool,
+    /// The frame failed its stream's checks: what comes is dropped (its
+    /// credit went back when it began).
+    dropped: bool,
+}
+
 /// Per-tick counters of frames that cost us without moving a call on.
 #[derive(Debug, Default)]
 struct Budget {
@@ -226,6 +248,8 @@ pub struct Connection {
     decoder: Decoder,
     block: Vec<u8>,
     pending: Option<Pending>,
+    /// A large DATA frame part read (see [`PartialData`]).
+    partial: Option<PartialData>,
     list: HeaderList,
     encoded: Vec<u8>,
     budget: Budget,
@@ -277,6 +301,7 @@ impl Connection {
             decoder: Decoder::new(4096),
             block: Vec::new(),
             pending: None,
+            partial: None,
             list: HeaderList::new(Kind::Request),
             encoded: Vec::new(),
             budget: Budget::default(),
@@ -313,7 +338,8 @@ impl Connection {
         self.budget = Budget::default();
     }
 
-    /// Parses every whole frame in `buf`, leaving a partial one there.
+    /// Parses every whole frame in `buf`, leaving a partial one there; the
+    /// payload of a DATA frame above 16 KiB is handed on as it arrives.
     pub fn recv(
         &mut self,
         buf: &mut BytesMut,
@@ -351,12 +377,34 @@ impl Connection {
             buf.advance(n);
             self.preface = false;
         }
-        while buf.len() >= HEAD_LEN {
+        loop {
+            if self.partial.is_some() {
+                self.recv_partial(buf, out, on);
+                if let Some(p) = self.partial {
+                    // The rest of the frame, and the next header, can come
+                    // in one read.
+                    buf.reserve((p.data + p.padding) as usize + HEAD_LEN);
+                    break;
+                }
+            }
+            if buf.len() < HEAD_LEN {
+                break;
+            }
             let head = Head::parse(buf[..HEAD_LEN].try_into().map_err(|_| internal())?);
             head.check_size(self.limits.max_frame_size)
                 .map_err(from_frame)?;
             let total = HEAD_LEN + head.length as usize;
             if buf.len() < total {
+                let padded = head.flags & flag::PADDED != 0;
+                let cut_through = head.kind == kind::DATA
+                    && head.length > CUT_THROUGH_ABOVE
+                    && self.settings_seen
+                    && self.pending.is_none()
+                    && buf.len() > HEAD_LEN + usize::from(padded);
+                if cut_through {
+                    self.start_data(head, buf, out, on)?;
+                    continue;
+                }
                 buf.reserve(total - buf.len());
                 break;
             }
@@ -721,7 +769,123 @@ impl Connection {
             Ok(_) => return Err(internal()),
             Err(e) => return Err(from_frame(e)),
         };
+        let start = data.as_ptr() as usize - bytes.as_ptr() as usize;
+        let data = bytes.slice(start..start + data.len());
         let id = head.stream;
+        let Some(mut stream) = self.admit_data(id, flow, data.len() as u32, end_stream, out, on)?
+        else {
+            return Ok(());
+        };
+        self.close_recv(&mut stream, end_stream);
+        on(Event::Data {
+            stream: id,
+            data,
+            end_stream,
+        });
+        Ok(())
+    }
+
+    /// Begins a DATA frame of which only the start has arrived (see
+    /// [`PartialData`]); `buf` starts with its header, and holds its pad
+    /// length if it is padded.
+    fn start_data(
+        &mut self,
+        head: Head,
+        buf: &mut BytesMut,
+        out: &mut Outbox,
+        on: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), ConnectionError> {
+        if head.stream == 0 {
+            return Err(error(ErrorCode::PROTOCOL_ERROR, "DATA on stream 0"));
+        }
+        let padded = head.flags & flag::PADDED != 0;
+        let (lead, padding) = if padded {
+            (1, u32::from(buf[HEAD_LEN]))
+        } else {
+            (0, 0)
+        };
+        let Some(data) = head.length.checked_sub(lead + padding) else {
+            return Err(error(
+                ErrorCode::PROTOCOL_ERROR,
+                "padding longer than the frame",
+            ));
+        };
+        buf.advance(HEAD_LEN + lead as usize);
+        let end_stream = head.flags & flag::END_STREAM != 0;
+        let admitted = self.admit_data(head.stream, head.length, data, end_stream, out, on)?;
+        if let Some(mut stream) = admitted {
+            self.close_recv(&mut stream, false);
+        }
+        self.partial = Some(PartialData {
+            stream: head.stream,
+            data,
+            padding,
+            end_stream,
+            dropped: admitted.is_none(),
+        });
+        Ok(())
+    }
+
+    /// Hands on what `buf` holds of the DATA frame under way, and ends it
+    /// if it is all there.
+    fn recv_partial(
+        &mut self,
+        buf: &mut BytesMut,
+        out: &mut Outbox,
+        on: &mut impl FnMut(Event<'_>),
+    ) {
+        let Some(mut p) = self.partial.take() else {
+            return;
+        };
+        let take = buf.len().min(p.data as usize);
+        let piece = buf.split_to(take).freeze();
+        p.data -= take as u32;
+        let pad = buf.len().min(p.padding as usize);
+        buf.advance(pad);
+        p.padding -= pad as u32;
+        let done = p.data == 0 && p.padding == 0;
+        if !done {
+            self.partial = Some(p);
+        }
+        if p.dropped {
+            return;
+        }
+        let Some(mut stream) = self.streams.get(p.stream).copied().filter(|s| s.recv_open) else {
+            // Reset since the frame began (for the other leg's sake, say):
+            // nobody will release these bytes, so their credit goes back.
+            if take > 0 {
+                self.credit_connection(take as u32, out);
+            }
+            return;
+        };
+        let end_stream = done && p.end_stream;
+        if end_stream {
+            self.close_recv(&mut stream, true);
+        }
+        if take > 0 || end_stream {
+            on(Event::Data {
+                stream: p.stream,
+                data: piece,
+                end_stream,
+            });
+        }
+    }
+
+    /// The checks of a DATA frame on `id` of `flow` bytes, `data` of them
+    /// payload, made when its header is read: windows, the empty-DATA
+    /// budget, the stream's state and content-length. Returns the stream,
+    /// charged and not yet stored back, if the payload is to be handed
+    /// on; `None` if the frame was a stream error (answered here, its
+    /// credit returned).
+    fn admit_data(
+        &mut self,
+        id: u32,
+        flow: u32,
+        data: u32,
+        end_stream: bool,
+        out: &mut Outbox,
+        on: &mut impl FnMut(Event<'_>),
+    ) -> Result<Option<Stream>, ConnectionError> {
         self.recv_window -= i64::from(flow);
         if self.recv_window < 0 {
             return Err(error(
@@ -729,7 +893,7 @@ impl Connection {
                 "DATA past the connection window",
             ));
         }
-        if data.is_empty() && !end_stream {
+        if data == 0 && !end_stream {
             self.budget.empty_data += 1;
             if self.budget.empty_data > self.limits.max_empty_data_per_tick {
                 return Err(error(
@@ -738,9 +902,7 @@ impl Connection {
                 ));
             }
         }
-        let start = data.as_ptr() as usize - bytes.as_ptr() as usize;
-        let data = bytes.slice(start..start + data.len());
-        let padding = flow - data.len() as u32;
+        let padding = flow - data;
         let Some(mut stream) = self.streams.get(id).copied() else {
             if self.is_idle(id) {
                 return Err(error(ErrorCode::PROTOCOL_ERROR, "DATA on an idle stream"));
@@ -752,39 +914,33 @@ impl Connection {
             // flight: the credit is ours to give back at once.
             self.credit_connection(flow, out);
             self.stream_error(id, ErrorCode::STREAM_CLOSED, out, on);
-            return Ok(());
+            return Ok(None);
         };
         if !stream.recv_open || !stream.head_received {
             self.credit_connection(flow, out);
             self.stream_error(id, ErrorCode::STREAM_CLOSED, out, on);
-            return Ok(());
+            return Ok(None);
         }
         stream.recv_window -= i64::from(flow);
         if stream.recv_window < 0 {
             self.credit_connection(flow, out);
             self.stream_error(id, ErrorCode::FLOW_CONTROL_ERROR, out, on);
-            return Ok(());
+            return Ok(None);
         }
-        stream.received += data.len() as u64;
+        stream.received += u64::from(data);
         let too_long = stream.content_length.is_some_and(|c| stream.received > c);
         let too_short = end_stream && stream.content_length.is_some_and(|c| stream.received != c);
         if too_long || too_short {
             self.credit_connection(flow, out);
             self.stream_error(id, ErrorCode::PROTOCOL_ERROR, out, on);
-            return Ok(());
+            return Ok(None);
         }
         // Padding is never handed on: its credit returns now.
         if padding > 0 {
             self.credit_connection(padding, out);
             credit_stream(&mut stream, padding, 0, out);
         }
-        self.close_recv(&mut stream, end_stream);
-        on(Event::Data {
-            stream: id,
-            data,
-            end_stream,
-        });
-        Ok(())
+        Ok(Some(stream))
     }
 
     fn apply_settings(&mut self, params: &[u8]) -> Result<(), ConnectionError> {
@@ -1340,6 +1496,163 @@ mod tests {
                 .expect("valid");
         }
         assert_eq!(events, ["Headers { stre", "Data { stream:"]);
+    }
+
+    /// What one read's bytes gave: DATA as (stream, payload, end), the
+    /// rest by name.
+    #[derive(Debug, Default)]
+    struct Read {
+        data: Vec<(u32, Bytes, bool)>,
+        other: Vec<String>,
+    }
+
+    impl Server {
+        /// Feeds `bytes` in reads of `chunk` bytes through one buffer, as
+        /// a socket would; `between(n, conn, out)` runs before read `n`.
+        fn reads(
+            &mut self,
+            bytes: &[u8],
+            chunk: usize,
+            mut between: impl FnMut(usize, &mut Connection, &mut Outbox),
+        ) -> Vec<Read> {
+            let mut buf = BytesMut::new();
+            let mut reads = Vec::new();
+            for (n, piece) in bytes.chunks(chunk).enumerate() {
+                between(n, &mut self.conn, &mut self.out);
+                buf.extend_from_slice(piece);
+                let mut read = Read::default();
+                self.conn
+                    .recv(&mut buf, &mut self.out, |e| match e {
+                        Event::Data {
+                            stream,
+                            data,
+                            end_stream,
+                        } => read.data.push((stream, data, end_stream)),
+                        other => read
+                            .other
+                            .push(format!("{other:?}").chars().take(14).collect()),
+                    })
+                    .expect("valid");
+                reads.push(read);
+            }
+            reads
+        }
+    }
+
+    fn large() -> Limits {
+        Limits {
+            max_frame_size: 1 << 20,
+            stream_window: 1 << 20,
+            stream_window_max: 1 << 20,
+            ..Limits::default()
+        }
+    }
+
+    fn payload(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_large_data_frame_is_handed_on_as_it_arrives() {
+        let mut s = Server::new(large());
+        s.feed(&request(1, false));
+        let body = payload(100_000);
+        let reads = s.reads(&data(1, flag::END_STREAM, &body), 7_001, |_, _, _| {});
+        // Every read that brought payload handed it on at once.
+        assert!(reads.iter().all(|r| r.data.len() == 1), "{reads:?}");
+        let all: Vec<(u32, Bytes, bool)> = reads.into_iter().flat_map(|r| r.data).collect();
+        let joined: Vec<u8> = all.iter().flat_map(|d| d.1.to_vec()).collect();
+        assert!(joined == body, "the payload arrived changed");
+        assert!(all.iter().all(|d| d.0 == 1));
+        let ends: Vec<bool> = all.iter().map(|d| d.2).collect();
+        assert_eq!(ends.iter().filter(|e| **e).count(), 1);
+        assert_eq!(
+            ends.last(),
+            Some(&true),
+            "END_STREAM comes with the last bytes"
+        );
+    }
+
+    #[test]
+    fn a_large_padded_frame_hands_on_its_payload_only() {
+        let mut s = Server::new(large());
+        s.feed(&request(1, false));
+        let body = payload(50_000);
+        let mut padded = vec![200u8];
+        padded.extend_from_slice(&body);
+        padded.extend(std::iter::repeat_n(0u8, 200));
+        let mut bytes = data(1, flag::PADDED | flag::END_STREAM, &padded);
+        // The frame's last read brings only padding; a PING follows it.
+        frame::write_ping(&mut bytes, false, [3; 8]);
+        let chunk = HEAD_LEN + 1 + body.len() - 30_000;
+        let reads = s.reads(&bytes[..HEAD_LEN + 1 + body.len()], chunk, |_, _, _| {});
+        let rest = s.reads(&bytes[HEAD_LEN + 1 + body.len()..], 1 << 20, |_, _, _| {});
+        let all: Vec<(u32, Bytes, bool)> = reads.into_iter().flat_map(|r| r.data).collect();
+        let joined: Vec<u8> = all.iter().flat_map(|d| d.1.to_vec()).collect();
+        assert!(joined == body, "the payload arrived changed");
+        assert!(all.iter().all(|d| !d.2), "no end before the padding");
+        // The end comes with the padding, as an empty DATA event; the PING
+        // after it is answered.
+        assert_eq!(rest[0].data.len(), 1);
+        assert!(rest[0].data[0].1.is_empty() && rest[0].data[0].2);
+        let written = frames_of(&s.out.take_all());
+        assert!(written
+            .iter()
+            .any(|f| f.0 == kind::PING && f.1 & flag::ACK != 0));
+    }
+
+    #[test]
+    fn a_stream_reset_during_a_large_frame_drops_the_rest_and_its_credit_returns() {
+        let limits = Limits {
+            connection_window: 200_000,
+            ..large()
+        };
+        let mut s = Server::new(limits);
+        s.feed(&request(1, false));
+        s.out.take_all();
+        let body = payload(150_000);
+        let mut bytes = data(1, 0, &body);
+        frame::write_ping(&mut bytes, false, [5; 8]);
+        let reads = s.reads(&bytes, 10_000, |n, conn, out| {
+            if n == 2 {
+                conn.reset(1, ErrorCode::CANCEL, out);
+            }
+        });
+        let handed: usize = reads
+            .iter()
+            .flat_map(|r| r.data.iter())
+            .map(|d| d.1.len())
+            .sum();
+        assert_eq!(handed, 20_000 - HEAD_LEN, "only what came before the reset");
+        let written = frames_of(&s.out.take_all());
+        // The dropped bytes' credit went back to the connection, and the
+        // frames after the DATA were read in step.
+        assert!(
+            written
+                .iter()
+                .any(|f| f.0 == kind::WINDOW_UPDATE && f.2 == 0),
+            "{written:?}"
+        );
+        assert!(written
+            .iter()
+            .any(|f| f.0 == kind::PING && f.1 & flag::ACK != 0));
+    }
+
+    #[test]
+    fn a_large_frame_on_a_closed_stream_is_one_stream_error() {
+        let mut s = Server::new(large());
+        s.feed(&request(1, true));
+        s.out.take_all();
+        let mut bytes = data(1, 0, &payload(60_000));
+        frame::write_ping(&mut bytes, false, [9; 8]);
+        let reads = s.reads(&bytes, 8_000, |_, _, _| {});
+        assert!(reads.iter().all(|r| r.data.is_empty()), "{reads:?}");
+        let written = frames_of(&s.out.take_all());
+        let resets: Vec<_> = written.iter().filter(|f| f.0 == kind::RST_STREAM).collect();
+        assert_eq!(resets.len(), 1, "{written:?}");
+        assert!(written
+            .iter()
+            .any(|f| f.0 == kind::PING && f.1 & flag::ACK != 0));
     }
 
     #[test]
