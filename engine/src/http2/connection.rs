@@ -5,7 +5,8 @@
 //! [`Connection::recv`] takes the read buffer, parses every whole frame in
 //! it, checks each against the connection's state, and hands the consumer
 //! what matters to a call: a decoded head, DATA as a `Bytes` slice of the
-//! read buffer (no copy), resets, window openings, GOAWAY. Answers the
+//! read buffer (no copy; a DATA frame above 16 KiB in pieces, as its bytes
+//! arrive), resets, window openings, GOAWAY. Answers the
 //! protocol needs (SETTINGS and PING acknowledgements, RST_STREAM for
 //! stream errors, GOAWAY for connection errors) go straight into the
 //! [`Outbox`]. The send half ([`Connection::send_headers`],
@@ -123,7 +124,9 @@ pub enum Event<'a> {
         /// The stream.
         stream: u32,
     },
-    /// DATA, padding removed.
+    /// DATA, padding removed: a frame's payload, or, for a frame above
+    /// 16 KiB, the part of it that has arrived (then the last part, or an
+    /// empty one, carries `end_stream`).
     Data {
         /// The stream.
         stream: u32,
@@ -326,6 +329,12 @@ impl Connection {
     /// The peer sent GOAWAY: no new streams.
     pub fn going_away(&self) -> bool {
         self.peer_going_away
+    }
+
+    /// A large DATA frame is part read: the read buffer may be empty, but
+    /// the rest of the frame is on its way.
+    pub fn mid_frame(&self) -> bool {
+        self.partial.is_some()
     }
 
     /// The open streams.

@@ -241,7 +241,11 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
         SCRATCH.with(|s| *s.borrow_mut() = (later, opens));
         side.wire.borrow_mut().heads.clear();
         side.flush();
-        if side.wire.borrow().links.is_empty() {
+        let idle = {
+            let w = side.wire.borrow();
+            w.links.is_empty() && !w.conn.mid_frame()
+        };
+        if idle {
             shrink(&mut buf, &mut want);
         }
         if failed || (relay.draining() && side.wire.borrow().links.is_empty()) {

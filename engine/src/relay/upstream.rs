@@ -230,7 +230,11 @@ async fn serve<R: Source, W: Sink + 'static>(
             act(relay, side, step);
         }
         side.flush();
-        if side.wire.borrow().links.is_empty() {
+        let idle = {
+            let w = side.wire.borrow();
+            w.links.is_empty() && !w.conn.mid_frame()
+        };
+        if idle {
             shrink(&mut buf, &mut want);
         }
     }

@@ -468,7 +468,10 @@ pub async fn read_more<R: monoio::io::AsyncReadRent>(
     (result, slice.into_inner())
 }
 
-/// Lets an idle connection's read buffer go, if it holds no partial frame.
+/// Lets an idle connection's read buffer go, if it is empty. The caller
+/// checks that no large DATA frame is part read
+/// ([`Connection::mid_frame`](crate::http2::connection::Connection::mid_frame)):
+/// its buffer is empty between pieces but has room kept for the rest.
 pub fn shrink(buf: &mut bytes::BytesMut, want: &mut usize) {
     if buf.is_empty() && buf.capacity() > 4 * READ_SMALL {
         *buf = bytes::BytesMut::new();
