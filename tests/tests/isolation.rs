@@ -58,22 +58,49 @@ fn headers_block(addr: SocketAddr, path: &str) -> Vec<u8> {
     b
 }
 
-/// `n` streams opened with `block` (HEADERS, END_HEADERS, no END_STREAM)
-/// and each reset at once (RST_STREAM CANCEL), from `*stream_id` on.
-fn opened_and_reset(block: &[u8], stream_id: &mut u32, n: usize) -> Vec<u8> {
-    let mut burst = Vec::new();
-    for _ in 0..n {
-        let id = stream_id.to_be_bytes();
-        let len = block.len();
-        burst.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, 1, 4]);
-        burst.extend_from_slice(&id);
-        burst.extend_from_slice(block);
-        burst.extend_from_slice(&[0, 0, 4, 3, 0]);
-        burst.extend_from_slice(&id);
-        burst.extend_from_slice(&[0, 0, 0, 8]);
-        *stream_id += 2;
+/// A proxy in front of a silent upstream, and a raw client of it that
+/// opens streams and resets them at once.
+struct Resets {
+    upstream: Silent,
+    proxy: grpc_proxy::ProxyHandle,
+    raw: RawClient,
+    block: Vec<u8>,
+    /// The next stream id.
+    next: u32,
+}
+
+impl Resets {
+    async fn start(driver: grpc_proxy::Driver) -> Resets {
+        let upstream = Silent::with(Options::default()).await;
+        let proxy = proxy_to(driver, upstream.addr());
+        let addr = proxy.local_addr();
+        Resets {
+            upstream,
+            raw: RawClient::connect(addr).await,
+            block: headers_block(addr, "/test.Echo/Echo"),
+            proxy,
+            next: 1,
+        }
     }
-    burst
+
+    /// Writes `n` streams (HEADERS, END_HEADERS, no END_STREAM), each
+    /// followed at once by RST_STREAM CANCEL; false if the connection is
+    /// gone.
+    async fn burst(&mut self, n: usize) -> bool {
+        let mut burst = Vec::new();
+        for _ in 0..n {
+            let id = self.next.to_be_bytes();
+            let len = self.block.len();
+            burst.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, 1, 4]);
+            burst.extend_from_slice(&id);
+            burst.extend_from_slice(&self.block);
+            burst.extend_from_slice(&[0, 0, 4, 3, 0]);
+            burst.extend_from_slice(&id);
+            burst.extend_from_slice(&[0, 0, 0, 8]);
+            self.next += 2;
+        }
+        self.raw.send(&burst).await
+    }
 }
 
 /// An HTTP/2 client on a raw socket, past the preface and an empty
@@ -353,20 +380,14 @@ proxy_test! {
         // RST_STREAM. No reset stream may cost an upstream stream, and a
         // connection that resets most of what it opens is closed with
         // GOAWAY ENHANCE_YOUR_CALM; other clients go on.
-        let upstream = Silent::with(Options::default()).await;
-        let proxy = proxy_to(driver, upstream.addr());
-        let addr = proxy.local_addr();
-        let mut raw = RawClient::connect(addr).await;
-        let block = headers_block(addr, "/test.Echo/Echo");
-        let mut stream_id: u32 = 1;
+        let mut r = Resets::start(driver).await;
         for _ in 0..30 {
-            if !raw.send(&opened_and_reset(&block, &mut stream_id, 20)).await {
+            if !r.burst(20).await {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let goaway = raw.goaway;
-        let code = tokio::time::timeout(Duration::from_secs(5), goaway)
+        let code = tokio::time::timeout(Duration::from_secs(5), r.raw.goaway)
             .await
             .expect("a GOAWAY within 5 s")
             .expect("a GOAWAY");
@@ -375,12 +396,12 @@ proxy_test! {
         // upstream; one whose HEADERS and RST_STREAM a read boundary split
         // (the first read of a burst is 512 bytes on the own path) may.
         // Without the protection every stream did.
-        let sent = (stream_id / 2) as usize;
-        let reached = upstream.requests();
+        let sent = (r.next / 2) as usize;
+        let reached = r.upstream.requests();
         assert!(reached * 10 < sent, "{reached} of {sent} reset streams reached the upstream");
         let floods = "grpc_proxy_downstream_reset_floods_total{core=\"0\"}";
-        assert_eq!(metric(&proxy, floods), 1.0, "the proxy's own reset count closed it");
-        let mut other = Client::connect(addr).await;
+        assert_eq!(metric(&r.proxy, floods), 1.0, "the proxy's own reset count closed it");
+        let mut other = Client::connect(r.proxy.local_addr()).await;
         let reply = echo_within(&mut other, "Echo", Duration::from_secs(3)).await;
         assert!(reply.is_ok(), "another client goes on: {reply:?}");
     }
@@ -391,28 +412,23 @@ proxy_test! {
         // than one second's budget (200) in all, but at most three bursts
         // (180) fall within any second the worker counts, even one that
         // runs long: the connection stays open and still answers.
-        let upstream = Silent::with(Options::default()).await;
-        let proxy = proxy_to(driver, upstream.addr());
-        let addr = proxy.local_addr();
-        let mut raw = RawClient::connect(addr).await;
-        let block = headers_block(addr, "/test.Echo/Echo");
-        let mut stream_id: u32 = 1;
+        let mut r = Resets::start(driver).await;
         for burst in 0..5 {
             if burst > 0 {
                 tokio::time::sleep(Duration::from_millis(1200)).await;
             }
-            assert!(raw.send(&opened_and_reset(&block, &mut stream_id, 60)).await, "burst {burst} written");
+            assert!(r.burst(60).await, "burst {burst} written");
         }
         // A PING after the last burst: its ACK comes after every GOAWAY
         // the bursts could have caused.
-        assert!(raw.send(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]).await, "PING written");
-        let pong = tokio::time::timeout(Duration::from_secs(5), raw.pong)
+        assert!(r.raw.send(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]).await, "PING written");
+        let pong = tokio::time::timeout(Duration::from_secs(5), r.raw.pong)
             .await
             .expect("a PING ACK within 5 s");
         assert!(pong.is_ok(), "the connection answered the PING");
-        assert!(raw.goaway.try_recv().is_err(), "no GOAWAY");
+        assert!(r.raw.goaway.try_recv().is_err(), "no GOAWAY");
         let floods = "grpc_proxy_downstream_reset_floods_total{core=\"0\"}";
-        assert_eq!(metric(&proxy, floods), 0.0);
+        assert_eq!(metric(&r.proxy, floods), 0.0);
     }
 
     async fn a_client_that_opens_huge_windows_and_reads_nothing_holds_only_its_budget(driver) {

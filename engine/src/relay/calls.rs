@@ -149,6 +149,13 @@ impl Call {
     pub fn past_deadline(&self, now: monoio::time::Instant) -> bool {
         self.deadline.is_some_and(|d| now >= d)
     }
+
+    /// [`past_deadline`](Self::past_deadline) now; reads the clock only
+    /// for a call that has a deadline.
+    pub fn past_deadline_now(&self) -> bool {
+        self.deadline
+            .is_some_and(|d| monoio::time::Instant::now() >= d)
+    }
 }
 
 /// The fields of a head as `edits` change them: removed keys left out, a

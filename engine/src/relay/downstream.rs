@@ -218,11 +218,7 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let this_second = relay.second();
-        if this_second != second {
-            second = this_second;
-            side.wire.borrow_mut().conn.tick();
-        }
+        side.tick(relay.second(), &mut second);
         // The pass's scratch lists are the worker's, not the connection's:
         // an idle connection holds none.
         let (mut later, mut opens) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
@@ -241,13 +237,7 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
         SCRATCH.with(|s| *s.borrow_mut() = (later, opens));
         side.wire.borrow_mut().heads.clear();
         side.flush();
-        let idle = {
-            let w = side.wire.borrow();
-            w.links.is_empty() && !w.conn.mid_frame()
-        };
-        if idle {
-            shrink(&mut buf, &mut want);
-        }
+        shrink(side, &mut buf, &mut want);
         if failed || (relay.draining() && side.wire.borrow().links.is_empty()) {
             return;
         }

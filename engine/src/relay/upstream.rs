@@ -206,11 +206,7 @@ async fn serve<R: Source, W: Sink + 'static>(
             }
             Ok(_) => {}
         }
-        let this_second = relay.second();
-        if this_second != second {
-            second = this_second;
-            side.wire.borrow_mut().conn.tick();
-        }
+        side.tick(relay.second(), &mut second);
         let (was_ready, was_going) = {
             let w = side.wire.borrow();
             (w.conn.ready(), w.conn.going_away())
@@ -230,13 +226,7 @@ async fn serve<R: Source, W: Sink + 'static>(
             act(relay, side, step);
         }
         side.flush();
-        let idle = {
-            let w = side.wire.borrow();
-            w.links.is_empty() && !w.conn.mid_frame()
-        };
-        if idle {
-            shrink(&mut buf, &mut want);
-        }
+        shrink(side, &mut buf, &mut want);
     }
 }
 
@@ -278,8 +268,7 @@ fn pass(
             let code = list
                 .get(b"grpc-status")
                 .and_then(crate::relay::calls::parse_code);
-            let expired =
-                call.deadline.is_some() && call.past_deadline(monoio::time::Instant::now());
+            let expired = call.past_deadline_now();
             if end_stream
                 && expired
                 && matches!(code, Some(Code::Cancelled | Code::DeadlineExceeded))

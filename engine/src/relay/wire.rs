@@ -103,6 +103,17 @@ pub struct Side {
 }
 
 impl Side {
+    /// Starts a new tick of the connection's flood budgets if the
+    /// worker's count of seconds (`now`, see
+    /// [`Relay::second`](crate::relay::worker::Relay::second)) moved on
+    /// from `seen`.
+    pub fn tick(&self, now: u64, seen: &mut u64) {
+        if now != *seen {
+            *seen = now;
+            self.wire.borrow_mut().conn.tick();
+        }
+    }
+
     /// A side for a new connection, whose first frames `out` holds; at
     /// most `budget` bytes wait to be written to it (DATA waits in its
     /// calls beyond that), and its calls' windows may grow by `budget`;
@@ -468,12 +479,16 @@ pub async fn read_more<R: monoio::io::AsyncReadRent>(
     (result, slice.into_inner())
 }
 
-/// Lets an idle connection's read buffer go, if it is empty. The caller
-/// checks that no large DATA frame is part read
-/// ([`Connection::mid_frame`](crate::http2::connection::Connection::mid_frame)):
-/// its buffer is empty between pieces but has room kept for the rest.
-pub fn shrink(buf: &mut bytes::BytesMut, want: &mut usize) {
-    if buf.is_empty() && buf.capacity() > 4 * READ_SMALL {
+/// Lets the read buffer of a connection without calls go, if it is empty
+/// and no large DATA frame is part read (see
+/// [`Connection::mid_frame`](crate::http2::connection::Connection::mid_frame):
+/// between pieces its buffer is empty but keeps room for the rest).
+pub fn shrink(side: &Side, buf: &mut bytes::BytesMut, want: &mut usize) {
+    let idle = {
+        let w = side.wire.borrow();
+        w.links.is_empty() && !w.conn.mid_frame()
+    };
+    if idle && buf.is_empty() && buf.capacity() > 4 * READ_SMALL {
         *buf = bytes::BytesMut::new();
         *want = READ_SMALL;
     }
