@@ -83,13 +83,16 @@ impl WaitList {
     fn wake_all(&self) {
         // Taken out before any wakes: a waker may register again.
         let near = std::mem::take(&mut *self.near.borrow_mut());
-        // Allocates only if a waker sits beyond the first NEAR slots.
-        let far: Vec<Waker> = self
-            .slots
-            .borrow_mut()
-            .iter_mut()
-            .filter_map(Option::take)
-            .collect();
+        // The empty case first: collecting nothing still costs about 55
+        // instructions per wake (callgrind, `bench instructions`).
+        let far: Vec<Waker> = {
+            let mut slots = self.slots.borrow_mut();
+            if slots.is_empty() {
+                Vec::new()
+            } else {
+                slots.iter_mut().filter_map(Option::take).collect()
+            }
+        };
         for w in near.into_iter().flatten() {
             w.wake();
         }
