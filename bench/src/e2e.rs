@@ -162,6 +162,9 @@ pub struct Row {
     pub latency: Option<Latency>,
     /// The proxy's CPU microseconds per call (or message); none for direct.
     pub cpu_us_per_unit: Option<f64>,
+    /// The part of that CPU spent in the kernel (system calls, and the
+    /// network stack's work in them), in percent.
+    pub kernel_pct: Option<f64>,
     /// The proxy's peak RSS in MiB.
     pub peak_rss_mib: Option<f64>,
     /// Failed calls.
@@ -174,6 +177,10 @@ pub struct Row {
     /// the hypervisor gave to others, in percent: a row with much of it
     /// measured a disturbed machine.
     pub steal_pct: Option<f64>,
+    /// How busy the upstream's and the load's CPUs were, in percent of
+    /// their time: near 100, the rate was set by the load side, not by the
+    /// proxy.
+    pub load_busy_pct: Option<f64>,
 }
 
 /// Draws each scenario of `rows` into `dir` as `<scenario>.svg`, one line
@@ -318,6 +325,12 @@ pub fn run_target(
         .collect();
     all_cpus.sort_unstable();
     all_cpus.dedup();
+    // The upstream's and the load's CPUs, where the proxy does not run.
+    let load_cpus: Vec<usize> = all_cpus
+        .iter()
+        .copied()
+        .filter(|c| !proxy_cpus.contains(c))
+        .collect();
     let mut rows = Vec::new();
     let mut peak = None;
     for scenario in only {
@@ -345,14 +358,20 @@ pub fn run_target(
             connection_per_call: scenario.connection_per_call,
             ..RunOptions::default()
         };
-        let cpu0 = proxy.as_ref().map(|p| p.cpu_seconds()).transpose()?;
-        let steal0 = procs::steal_seconds(&all_cpus).ok();
+        let cpu0 = proxy.as_ref().map(|p| p.cpu_time()).transpose()?;
+        let all0 = procs::cpus_time(&all_cpus).ok();
+        let load0 = procs::cpus_time(&load_cpus).ok();
         let wall = std::time::Instant::now();
         let report = run::run(&options)?;
-        let cpu1 = proxy.as_ref().map(|p| p.cpu_seconds()).transpose()?;
-        let steal_pct = match (steal0, procs::steal_seconds(&all_cpus).ok()) {
-            (Some(a), Some(b)) => {
-                Some((b - a) * 100.0 / (wall.elapsed().as_secs_f64() * all_cpus.len() as f64))
+        let cpu1 = proxy.as_ref().map(|p| p.cpu_time()).transpose()?;
+        let seconds_of = |cpus: &[usize]| wall.elapsed().as_secs_f64() * cpus.len() as f64;
+        let steal_pct = match (all0, procs::cpus_time(&all_cpus).ok()) {
+            (Some(a), Some(b)) => Some((b.steal - a.steal) * 100.0 / seconds_of(&all_cpus)),
+            _ => None,
+        };
+        let load_busy_pct = match (load0, procs::cpus_time(&load_cpus).ok()) {
+            (Some(a), Some(b)) if !load_cpus.is_empty() => {
+                Some((b.busy - a.busy) * 100.0 / seconds_of(&load_cpus))
             }
             _ => None,
         };
@@ -376,10 +395,13 @@ pub fn run_target(
             ),
         };
         let total_units = units * (report.seconds + warmup.as_secs_f64());
-        let cpu_us_per_unit = match (cpu0, cpu1) {
-            (Some(a), Some(b)) if total_units > 0.0 => Some((b - a) * 1e6 / total_units),
-            _ => None,
-        };
+        let used = cpu0.zip(cpu1).map(|(a, b)| b - a);
+        let cpu_us_per_unit = used
+            .filter(|_| total_units > 0.0)
+            .map(|u| u.total() * 1e6 / total_units);
+        let kernel_pct = used
+            .filter(|u| u.total() > 0.0)
+            .map(|u| u.system * 100.0 / u.total());
         if scenario.name.starts_with("unary 10B") {
             peak = Some(report.calls_per_sec);
         }
@@ -405,11 +427,13 @@ pub fn run_target(
             rate,
             latency,
             cpu_us_per_unit,
+            kernel_pct,
             peak_rss_mib,
             errors: report.calls_failed,
             report,
             round: 1,
             steal_pct,
+            load_busy_pct,
         });
     }
     // Idle memory on a process of its own: after the loads, an allocator
@@ -444,7 +468,7 @@ pub fn markdown(rows: &[Row]) -> String {
         let (unit, per) = (these[0].unit.rate(), these[0].unit.per());
         let haproxy = these.iter().copied().find(|r| r.target == "haproxy");
         out.push_str(&format!(
-            "\n**{name}**\n\n| target | {unit} | vs HAProxy | p50 us | p99 us | p99.9 us | CPU us/{per} | CPU vs HAProxy | peak RSS MiB | errors | steal % |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+            "\n**{name}**\n\n| target | {unit} | vs HAProxy | p50 us | p99 us | p99.9 us | CPU us/{per} | CPU vs HAProxy | kernel % | peak RSS MiB | errors | load CPUs busy % | steal % |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
         ));
         for r in &these {
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -455,7 +479,7 @@ pub fn markdown(rows: &[Row]) -> String {
             let f =
                 |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
             out.push_str(&format!(
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.target,
                 r.rate,
                 ratio(Some(r.rate), haproxy.map(|h| h.rate)),
@@ -464,8 +488,10 @@ pub fn markdown(rows: &[Row]) -> String {
                 f(l.map(|l| l.p999_us), 0),
                 f(r.cpu_us_per_unit, 2),
                 ratio(r.cpu_us_per_unit, haproxy.and_then(|h| h.cpu_us_per_unit)),
+                f(r.kernel_pct, 0),
                 f(r.peak_rss_mib, 1),
                 r.errors,
+                f(r.load_busy_pct, 0),
                 f(r.steal_pct, 1)
             ));
         }
@@ -482,7 +508,7 @@ pub fn ranges(rows: &[Row]) -> String {
         let targets = first_seen(these.iter().copied(), |r| &r.target);
         let (unit, per) = (these[0].unit.rate(), these[0].unit.per());
         out.push_str(&format!(
-            "\n**{name}** (ranges over rounds)\n\n| target | rounds | {unit} | vs HAProxy | p99 us | CPU us/{per} | CPU vs HAProxy | errors | steal % |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+            "\n**{name}** (ranges over rounds)\n\n| target | rounds | {unit} | vs HAProxy | p99 us | CPU us/{per} | CPU vs HAProxy | kernel % | errors | load CPUs busy % | steal % |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
         ));
         for target in targets {
             let mine: Vec<&Row> = these
@@ -510,15 +536,19 @@ pub fn ranges(rows: &[Row]) -> String {
                 .collect();
             let cpu: Vec<f64> = mine.iter().filter_map(|r| r.cpu_us_per_unit).collect();
             let steal: Vec<f64> = mine.iter().filter_map(|r| r.steal_pct).collect();
+            let kernel: Vec<f64> = mine.iter().filter_map(|r| r.kernel_pct).collect();
+            let busy: Vec<f64> = mine.iter().filter_map(|r| r.load_busy_pct).collect();
             out.push_str(&format!(
-                "| {target} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 mine.len(),
                 span(&rate, 0, ""),
                 span(&ratio(&|r| Some(r.rate)), 2, "x"),
                 span(&p99, 0, ""),
                 span(&cpu, 2, ""),
                 span(&ratio(&|r| r.cpu_us_per_unit), 2, "x"),
+                span(&kernel, 0, ""),
                 mine.iter().map(|r| r.errors).sum::<u64>(),
+                span(&busy, 0, ""),
                 span(&steal, 1, "")
             ));
         }
@@ -568,38 +598,44 @@ mod tests {
             rate: 1000.0,
             latency: report.call_latency.clone(),
             cpu_us_per_unit: None,
+            kernel_pct: None,
             peak_rss_mib: None,
             errors: 0,
             report,
             round: 1,
             steal_pct: None,
+            load_busy_pct: None,
         }
     }
 
     #[test]
     fn ranges_span_the_rounds_with_ratios_to_haproxy_in_the_same_round() {
-        let at = |target: &str, round: usize, rate: f64, cpu: f64| Row {
+        let at = |target: &str, round: usize, rate: f64, cpu: f64, busy: f64| Row {
             rate,
             cpu_us_per_unit: Some(cpu),
+            kernel_pct: Some(50.0 + cpu),
+            load_busy_pct: Some(busy),
             round,
             ..row("unary 10B, 8x16", target, 100)
         };
         let rows = [
-            at("grpc-proxy", 1, 1000.0, 4.0),
-            at("haproxy", 1, 800.0, 8.0),
+            at("grpc-proxy", 1, 1000.0, 4.0, 99.6),
+            at("haproxy", 1, 800.0, 8.0, 97.0),
             // A slower round for both.
-            at("haproxy", 2, 500.0, 10.0),
-            at("grpc-proxy", 2, 600.0, 6.0),
+            at("haproxy", 2, 500.0, 10.0, 88.0),
+            at("grpc-proxy", 2, 600.0, 6.0, 91.2),
         ];
         let table = ranges(&rows);
         assert!(
             table.contains(
-                "| grpc-proxy | 2 | 600-1000 | 1.20-1.25x | 101 | 4.00-6.00 | 0.50-0.60x | 0 | - |"
+                "| grpc-proxy | 2 | 600-1000 | 1.20-1.25x | 101 | 4.00-6.00 | 0.50-0.60x | 54-56 | 0 | 91-100 | - |"
             ),
             "{table}"
         );
         assert!(
-            table.contains("| haproxy | 2 | 500-800 | 1.00x | 101 | 8.00-10.00 | 1.00x | 0 | - |"),
+            table.contains(
+                "| haproxy | 2 | 500-800 | 1.00x | 101 | 8.00-10.00 | 1.00x | 58-60 | 0 | 88-97 | - |"
+            ),
             "{table}"
         );
     }

@@ -53,7 +53,12 @@ impl Running {
 
     /// CPU seconds (user + system) used so far.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        cpu_seconds(self.pid())
+        self.cpu_time().map(CpuTime::total)
+    }
+
+    /// CPU seconds used so far, in user space and in the kernel.
+    pub fn cpu_time(&self) -> anyhow::Result<CpuTime> {
+        cpu_time(self.pid())
     }
 
     /// Peak resident memory so far, in KiB.
@@ -106,7 +111,35 @@ fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {field} in /proc status"))
 }
 
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+/// A process's CPU seconds, in user space and in the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuTime {
+    /// User space.
+    pub user: f64,
+    /// The kernel, on the process's behalf (its system calls, and the
+    /// network stack's work done in them).
+    pub system: f64,
+}
+
+impl CpuTime {
+    /// User and kernel together.
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = CpuTime;
+
+    fn sub(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
+fn cpu_time(pid: u32) -> anyhow::Result<CpuTime> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may contain spaces) start at ')'.
     let rest = stat
@@ -115,34 +148,56 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
         .context("malformed stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat; 12 and 13 here.
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(ticks as f64 / clock_ticks_per_second())
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        let field = fields.get(i).context("malformed stat")?;
+        Ok(field.parse::<u64>()? as f64 / clock_ticks_per_second())
+    };
+    Ok(CpuTime {
+        user: ticks(11)?,
+        system: ticks(12)?,
+    })
 }
 
-/// Time the hypervisor gave these CPUs to others ("steal", from
-/// `/proc/stat`), in seconds since boot, summed.
-pub fn steal_seconds(cpus: &[usize]) -> anyhow::Result<f64> {
+/// What some CPUs did since boot (`/proc/stat`), in seconds, summed over
+/// them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpusTime {
+    /// Running anything: user, nice, system, irq and softirq time.
+    pub busy: f64,
+    /// Time the hypervisor gave these CPUs to others ("steal").
+    pub steal: f64,
+}
+
+/// What these CPUs did since boot, summed.
+pub fn cpus_time(cpus: &[usize]) -> anyhow::Result<CpusTime> {
     let stat = fs::read_to_string("/proc/stat")?;
-    steal_in(&stat, cpus).map(|ticks| ticks as f64 / clock_ticks_per_second())
+    let (busy, steal) = ticks_in(&stat, cpus)?;
+    let hz = clock_ticks_per_second();
+    Ok(CpusTime {
+        busy: busy as f64 / hz,
+        steal: steal as f64 / hz,
+    })
 }
 
-/// The steal ticks of these CPUs in a `/proc/stat` text.
-fn steal_in(stat: &str, cpus: &[usize]) -> anyhow::Result<u64> {
-    let mut total = 0;
+/// The busy and steal ticks of these CPUs in a `/proc/stat` text.
+fn ticks_in(stat: &str, cpus: &[usize]) -> anyhow::Result<(u64, u64)> {
+    let (mut busy, mut steal) = (0, 0);
     for cpu in cpus {
         let line = stat
             .lines()
             .find(|l| l.split_whitespace().next() == Some(&format!("cpu{cpu}")))
             .with_context(|| format!("no cpu{cpu} in /proc/stat"))?;
         // cpuN user nice system idle iowait irq softirq steal ...
-        let steal = line
+        let figures: Vec<u64> = line
             .split_whitespace()
-            .nth(8)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        total += steal;
+            .skip(1)
+            .map(|v| v.parse::<u64>().unwrap_or(0))
+            .collect();
+        let at = |i: usize| figures.get(i).copied().unwrap_or(0);
+        busy += at(0) + at(1) + at(2) + at(5) + at(6);
+        steal += at(7);
     }
-    Ok(total)
+    Ok((busy, steal))
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -525,10 +580,11 @@ http {{
 #[cfg(test)]
 mod tests {
     #[test]
-    fn steal_is_the_eighth_figure_of_each_cpu_line() {
-        let stat = "cpu  10 0 5 100 1 0 2 9 0 0\ncpu0 5 0 2 50 1 0 1 4 0 0\ncpu1 5 0 3 50 0 0 1 5 0 0\nintr 1\n";
-        assert_eq!(super::steal_in(stat, &[0]).expect("cpu0"), 4);
-        assert_eq!(super::steal_in(stat, &[0, 1]).expect("both"), 9);
-        assert!(super::steal_in(stat, &[2]).is_err());
+    fn busy_is_user_nice_system_irq_softirq_and_steal_the_eighth_figure() {
+        let stat = "cpu  10 0 5 100 1 0 2 9 0 0\ncpu0 5 1 2 50 7 3 1 4 0 0\ncpu1 5 0 3 50 0 0 1 5 0 0\nintr 1\n";
+        // Idle (50) and iowait (7) are not busy.
+        assert_eq!(super::ticks_in(stat, &[0]).expect("cpu0"), (12, 4));
+        assert_eq!(super::ticks_in(stat, &[0, 1]).expect("both"), (21, 9));
+        assert!(super::ticks_in(stat, &[2]).is_err());
     }
 }
