@@ -573,7 +573,7 @@ fn trailers(relay: &Relay, links: &Links, d: u32, list: &HeaderList) {
     let Some(call) = calls.get_mut(key) else {
         return;
     };
-    call.up_trailers = Some(list.clone());
+    call.up_trailers = Some(Box::new(list.clone()));
     call.up_end = true;
     call.silent_by = None;
     // A replay could not carry trailers: no retry from here on.

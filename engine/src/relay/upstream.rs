@@ -278,7 +278,7 @@ fn pass(
             }
             if !head && !call.to_down.is_empty() {
                 // Trailers wait for the DATA before them.
-                call.down_trailers = Some(list.clone());
+                call.down_trailers = Some(Box::new(list.clone()));
                 return;
             }
             if let Some(code) = code {
