@@ -163,6 +163,9 @@ pub struct DynamicTable {
     /// The sum of the entries' sizes.
     size: usize,
     max_size: usize,
+    /// Inserts and size changes so far: while it stays the same, so does
+    /// the table.
+    changes: u64,
 }
 
 impl std::fmt::Debug for Entry {
@@ -190,6 +193,13 @@ impl DynamicTable {
         self.entries.is_empty()
     }
 
+    /// How many times the table has changed (an insert, or a size
+    /// update, even to the same size): two equal counts mean an unchanged
+    /// table between them.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     /// The sum of the entries' sizes.
     pub fn size(&self) -> usize {
         self.size
@@ -211,6 +221,7 @@ impl DynamicTable {
     /// Adds an entry, evicting the oldest to make room; an entry larger
     /// than the whole table empties it and is not added (section 4.4).
     pub fn insert(&mut self, name: &[u8], value: &[u8]) {
+        self.changes += 1;
         let size = entry_size(name, value);
         if size > self.max_size {
             self.entries.clear();
@@ -234,6 +245,7 @@ impl DynamicTable {
 
     /// Changes the maximum size, evicting what no longer fits.
     pub fn set_max_size(&mut self, max_size: usize) {
+        self.changes += 1;
         self.max_size = max_size;
         self.evict_to(max_size);
         self.compact();

@@ -36,6 +36,7 @@ use super::frame::{
     self, flag, kind, ErrorCode, Frame, FrameError, Head, Settings, HEAD_LEN, MAX_ID,
 };
 use super::headers::{HeaderList, Kind};
+use super::kept::KeptBlock;
 use super::outbox::Outbox;
 use super::streams::{Stream, Streams};
 use crate::hpack::{encode_field, Decoder};
@@ -253,7 +254,10 @@ pub struct Connection {
     pending: Option<Pending>,
     /// A large DATA frame part read (see [`PartialData`]).
     partial: Option<PartialData>,
-    list: HeaderList,
+    /// The last request or response head, and the last trailers (boxed:
+    /// most client connections never send trailers).
+    heads: KeptBlock,
+    trailers: Option<Box<KeptBlock>>,
     encoded: Vec<u8>,
     budget: Budget,
     /// We sent GOAWAY: new streams above this id are ignored.
@@ -305,7 +309,8 @@ impl Connection {
             block: Vec::new(),
             pending: None,
             partial: None,
-            list: HeaderList::new(Kind::Request),
+            heads: KeptBlock::default(),
+            trailers: None,
             encoded: Vec::new(),
             budget: Budget::default(),
             going_away: None,
@@ -623,14 +628,16 @@ impl Connection {
             (_, Role::Server) => Kind::Request,
             (_, Role::Client) => Kind::Response,
         };
-        self.list.reset(kind);
-        let list = &mut self.list;
-        let decoded = self
-            .decoder
+        let kept = match kind {
+            Kind::Trailers => self.trailers.get_or_insert_with(Box::default),
+            Kind::Request | Kind::Response => &mut self.heads,
+        };
+        let decoded = kept
             .decode(
-                &self.block,
+                kind,
+                &mut self.block,
+                &mut self.decoder,
                 self.limits.max_header_list_size as usize,
-                |f| list.push(f.name, f.value, f.sensitive),
             )
             .map_err(|_| error(ErrorCode::COMPRESSION_ERROR, "invalid header block"))?;
         // The consumer hears of a stream first from its head: a new stream
@@ -717,13 +724,13 @@ impl Connection {
             on(Event::HeadersTooLarge { stream: id });
             return Ok(());
         }
-        if self.list.finish().is_err() {
+        if self.list(kind).finish().is_err() {
             self.fail_stream(id, ErrorCode::PROTOCOL_ERROR, known, out, on);
             return Ok(());
         }
         let informational = kind == Kind::Response
             && self
-                .list
+                .list(kind)
                 .pseudo(super::headers::pseudo::STATUS)
                 .is_some_and(|s| s[0] == b'1');
         if informational && end_stream {
@@ -731,7 +738,7 @@ impl Connection {
             return Ok(());
         }
         if kind != Kind::Trailers {
-            stream.content_length = self.list.content_length();
+            stream.content_length = self.list(kind).content_length();
             stream.head_received = !informational;
         }
         if end_stream && stream.content_length.is_some_and(|c| c != stream.received) {
@@ -741,10 +748,18 @@ impl Connection {
         self.close_recv(&mut stream, end_stream);
         on(Event::Headers {
             stream: id,
-            list: &self.list,
+            list: self.list(kind),
             end_stream,
         });
         Ok(())
+    }
+
+    /// The list the last block of `kind` decoded to.
+    fn list(&self, kind: Kind) -> &HeaderList {
+        match (kind, &self.trailers) {
+            (Kind::Trailers, Some(kept)) => &kept.list,
+            _ => &self.heads.list,
+        }
     }
 
     /// Stores `stream` back, closing its receiving half if `end`; forgets
