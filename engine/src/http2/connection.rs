@@ -254,9 +254,11 @@ pub struct Connection {
     pending: Option<Pending>,
     /// A large DATA frame part read (see [`PartialData`]).
     partial: Option<PartialData>,
-    /// The last request or response head, and the last trailers (boxed:
-    /// most client connections never send trailers).
+    /// The last header block; as a client, the last head (see [`KeptBlock`]).
     heads: KeptBlock,
+    /// As a client, the last trailers: an upstream ends every call with
+    /// them. A server takes the rare request trailers in `heads`, so that
+    /// its many connections keep one list each, as before.
     trailers: Option<Box<KeptBlock>>,
     encoded: Vec<u8>,
     budget: Budget,
@@ -628,14 +630,14 @@ impl Connection {
             (_, Role::Server) => Kind::Request,
             (_, Role::Client) => Kind::Response,
         };
-        let kept = match kind {
-            Kind::Trailers => self.trailers.get_or_insert_with(Box::default),
-            Kind::Request | Kind::Response => &mut self.heads,
+        let kept = match (kind, self.role) {
+            (Kind::Trailers, Role::Client) => self.trailers.get_or_insert_with(Box::default),
+            _ => &mut self.heads,
         };
         let decoded = kept
             .decode(
                 kind,
-                &mut self.block,
+                &self.block,
                 &mut self.decoder,
                 self.limits.max_header_list_size as usize,
             )
@@ -756,8 +758,8 @@ impl Connection {
 
     /// The list the last block of `kind` decoded to.
     fn list(&self, kind: Kind) -> &HeaderList {
-        match (kind, &self.trailers) {
-            (Kind::Trailers, Some(kept)) => &kept.list,
+        match (kind, self.role, &self.trailers) {
+            (Kind::Trailers, Role::Client, Some(kept)) => &kept.list,
             _ => &self.heads.list,
         }
     }

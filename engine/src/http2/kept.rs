@@ -12,11 +12,17 @@
 //!
 //! A block that changed the table (an insert, a size update) is never
 //! kept: decoding it again would change the table again, so skipping it
-//! would leave the table out of step with the peer's.
+//! would leave the table out of step with the peer's. Nor is a block
+//! above [`KEEP_AT_MOST`]: what a connection keeps stays small whatever
+//! its peer sends.
 
 use crate::hpack::decoder::{DecodeError, Decoded, Decoder};
 
 use super::headers::{HeaderList, Kind};
+
+/// The largest block kept (a gRPC head with a bearer token is about
+/// 1 KiB).
+pub const KEEP_AT_MOST: usize = 4096;
 
 /// The last block of one kind on a connection, and its list.
 #[derive(Debug, Default)]
@@ -35,13 +41,11 @@ pub struct KeptBlock {
 
 impl KeptBlock {
     /// Decodes `block` into [`list`](Self::list) for a block of `kind`,
-    /// or finds it there already. A block that can be reused is kept by
-    /// swapping buffers with `block` (which the caller clears before the
-    /// next block), so keeping costs no copy.
+    /// or finds it there already.
     pub fn decode(
         &mut self,
         kind: Kind,
-        block: &mut Vec<u8>,
+        block: &[u8],
         decoder: &mut Decoder,
         max_list_size: usize,
     ) -> Result<Decoded, DecodeError> {
@@ -55,8 +59,12 @@ impl KeptBlock {
         let decoded = decoder.decode(block, max_list_size, |f| {
             list.push(f.name, f.value, f.sensitive)
         })?;
-        if decoder.table().changes() == changes && !decoded.over_limit {
-            std::mem::swap(&mut self.raw, block);
+        if decoder.table().changes() == changes
+            && !decoded.over_limit
+            && block.len() <= KEEP_AT_MOST
+        {
+            self.raw.clear();
+            self.raw.extend_from_slice(block);
             self.decoded = decoded;
             self.changes = changes;
             self.valid = true;
@@ -98,26 +106,22 @@ mod tests {
     #[test]
     fn the_same_block_on_an_unchanged_table_is_not_decoded_again() {
         let (mut decoder, mut kept) = fresh();
-        let mut raw = block(HEAD);
+        let raw = block(HEAD);
         let first = kept
-            .decode(Kind::Request, &mut raw, &mut decoder, 1 << 16)
+            .decode(Kind::Request, &raw, &mut decoder, 1 << 16)
             .expect("decodes");
         assert!(kept.valid);
         let listed = fields(&kept.list);
-        // The block's bytes moved into the kept block; the caller's buffer
-        // is the spare one now.
-        assert!(raw.is_empty());
         // A second block, byte for byte the same: the list as it was.
-        let mut again = block(HEAD);
+        let again = block(HEAD);
         let second = kept
-            .decode(Kind::Request, &mut again, &mut decoder, 1 << 16)
+            .decode(Kind::Request, &again, &mut decoder, 1 << 16)
             .expect("decodes");
         assert_eq!(first, second);
         assert_eq!(fields(&kept.list), listed);
-        assert_eq!(again, block(HEAD), "a reused block keeps its buffer");
         // Another path: decoded afresh.
-        let mut other = block(&[(b":method", b"POST"), (b":path", b"/pkg.Svc/Other")]);
-        kept.decode(Kind::Request, &mut other, &mut decoder, 1 << 16)
+        let other = block(&[(b":method", b"POST"), (b":path", b"/pkg.Svc/Other")]);
+        kept.decode(Kind::Request, &other, &mut decoder, 1 << 16)
             .expect("decodes");
         assert_eq!(
             kept.list.pseudo(super::super::headers::pseudo::PATH),
@@ -131,8 +135,7 @@ mod tests {
         let inserting = [0x40, 4, b'x', b'-', b'i', b'd', 1, b'7'];
         let (mut decoder, mut kept) = fresh();
         for round in 1..=3 {
-            let mut raw = inserting.to_vec();
-            kept.decode(Kind::Trailers, &mut raw, &mut decoder, 1 << 16)
+            kept.decode(Kind::Trailers, &inserting, &mut decoder, 1 << 16)
                 .expect("decodes");
             assert!(!kept.valid);
             // Each decoding inserted again, as the peer's encoder did.
@@ -144,15 +147,14 @@ mod tests {
     fn the_same_bytes_after_the_table_changed_are_decoded_again() {
         let (mut decoder, mut kept) = fresh();
         let insert = |value: u8, kept: &mut KeptBlock, decoder: &mut Decoder| {
-            let mut raw = vec![0x40, 4, b'x', b'-', b'i', b'd', 1, value];
-            kept.decode(Kind::Trailers, &mut raw, decoder, 1 << 16)
+            let raw = [0x40, 4, b'x', b'-', b'i', b'd', 1, value];
+            kept.decode(Kind::Trailers, &raw, decoder, 1 << 16)
                 .expect("decodes");
         };
         // The newest entry of the dynamic table: index 62.
         let newest = [0x80 | 62];
         insert(b'7', &mut kept, &mut decoder);
-        let mut raw = newest.to_vec();
-        kept.decode(Kind::Trailers, &mut raw, &mut decoder, 1 << 16)
+        kept.decode(Kind::Trailers, &newest, &mut decoder, 1 << 16)
             .expect("decodes");
         assert!(kept.valid);
         assert_eq!(fields(&kept.list), [(b"x-id".to_vec(), b"7".to_vec())]);
@@ -160,8 +162,7 @@ mod tests {
         // same one byte now means another field.
         let mut heads = KeptBlock::default();
         insert(b'8', &mut heads, &mut decoder);
-        let mut raw = newest.to_vec();
-        kept.decode(Kind::Trailers, &mut raw, &mut decoder, 1 << 16)
+        kept.decode(Kind::Trailers, &newest, &mut decoder, 1 << 16)
             .expect("decodes");
         assert_eq!(fields(&kept.list), [(b"x-id".to_vec(), b"8".to_vec())]);
     }
@@ -170,24 +171,35 @@ mod tests {
     fn a_kept_list_is_not_reused_for_a_block_of_another_kind() {
         let (mut decoder, mut kept) = fresh();
         let status: &[(&[u8], &[u8])] = &[(b":status", b"200")];
-        let mut raw = block(status);
-        kept.decode(Kind::Response, &mut raw, &mut decoder, 1 << 16)
+        let raw = block(status);
+        kept.decode(Kind::Response, &raw, &mut decoder, 1 << 16)
             .expect("decodes");
         assert!(kept.list.finish().is_ok());
         // The same bytes as trailers: a pseudo-header there is malformed,
         // which only a fresh decoding finds.
-        let mut raw = block(status);
-        kept.decode(Kind::Trailers, &mut raw, &mut decoder, 1 << 16)
+        let raw = block(status);
+        kept.decode(Kind::Trailers, &raw, &mut decoder, 1 << 16)
             .expect("decodes");
         assert!(kept.list.finish().is_err());
     }
 
     #[test]
+    fn a_large_block_is_not_kept() {
+        let (mut decoder, mut kept) = fresh();
+        let long = vec![b'a'; KEEP_AT_MOST];
+        let raw = block(&[(b"x-long", &long)]);
+        kept.decode(Kind::Trailers, &raw, &mut decoder, 1 << 16)
+            .expect("decodes");
+        assert!(!kept.valid);
+        assert_eq!(kept.raw.capacity(), 0);
+    }
+
+    #[test]
     fn a_list_over_the_limit_is_not_kept() {
         let (mut decoder, mut kept) = fresh();
-        let mut raw = block(HEAD);
+        let raw = block(HEAD);
         let decoded = kept
-            .decode(Kind::Request, &mut raw, &mut decoder, 40)
+            .decode(Kind::Request, &raw, &mut decoder, 40)
             .expect("decodes");
         assert!(decoded.over_limit);
         assert!(!kept.valid);
