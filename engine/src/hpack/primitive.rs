@@ -50,6 +50,7 @@ pub fn decode_integer(n: u8, src: &[u8], pos: &mut usize) -> Result<usize, Primi
 
 /// Writes `value` with an `n`-bit prefix; `flags` fills the first byte's
 /// bits above the prefix.
+#[inline]
 pub fn encode_integer(n: u8, flags: u8, value: usize, dst: &mut impl BufMut) {
     let mask = (1usize << n) - 1;
     if value < mask {
@@ -97,6 +98,7 @@ pub fn decode_string(
 }
 
 /// Writes `text` as a raw (not Huffman-coded) string literal.
+#[inline]
 pub fn encode_raw_string(text: &[u8], dst: &mut impl BufMut) {
     encode_integer(7, 0, text.len(), dst);
     dst.put_slice(text);
