@@ -80,9 +80,26 @@ pub fn entry_size(name: &[u8], value: &[u8]) -> usize {
     name.len() + value.len() + 32
 }
 
+/// Which bytes begin a name of the static table. Most of what a gRPC
+/// peer sends that is not there (`grpc-status`, `grpc-timeout`, ...)
+/// is ruled out by its first byte, before any name of its length is
+/// compared with it.
+const FIRST_BYTES: [bool; 256] = {
+    let mut first = [false; 256];
+    let mut i = 0;
+    while i < STATIC.len() {
+        first[STATIC[i].0[0] as usize] = true;
+        i += 1;
+    }
+    first
+};
+
 /// Where `name` (and, if it matches too, `value`) sits in the static table:
 /// the index, and whether the value matched.
 pub fn find_static(name: &[u8], value: &[u8]) -> Option<(u8, bool)> {
+    if !FIRST_BYTES[usize::from(*name.first()?)] {
+        return None;
+    }
     let (first, values): (u8, &[&[u8]]) = match name {
         b":authority" => (1, &[]),
         b":method" => (2, &[b"GET", b"POST"]),
@@ -301,6 +318,33 @@ mod tests {
         }
         assert_eq!(find_static(b":method", b"PUT"), Some((2, false)));
         assert_eq!(find_static(b"grpc-timeout", b"1S"), None);
+        assert_eq!(find_static(b"", b""), None);
+    }
+
+    proptest! {
+        #[test]
+        fn find_static_agrees_with_a_search_of_the_table(
+            name in prop_oneof![
+                (0..STATIC.len()).prop_map(|i| STATIC[i].0.to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..30),
+                "[a-z:-]{1,28}".prop_map(String::into_bytes),
+            ],
+            value in prop_oneof![
+                (0..STATIC.len()).prop_map(|i| STATIC[i].1.to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..8),
+            ],
+        ) {
+            let first = STATIC.iter().position(|(n, _)| *n == name.as_slice());
+            let exact = STATIC
+                .iter()
+                .position(|(n, v)| *n == name.as_slice() && *v == value.as_slice() && !v.is_empty());
+            let want = match (first, exact) {
+                (_, Some(i)) => Some((i as u8 + 1, true)),
+                (Some(i), None) => Some((i as u8 + 1, false)),
+                (None, None) => None,
+            };
+            prop_assert_eq!(find_static(&name, &value), want);
+        }
     }
 
     #[test]
