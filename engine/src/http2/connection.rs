@@ -756,10 +756,11 @@ impl Connection {
         Ok(())
     }
 
-    /// The list the last block of `kind` decoded to.
+    /// The list the last block of `kind` decoded to (`trailers` is only
+    /// ever there for a client; see [`end_block`](Self::end_block)).
     fn list(&self, kind: Kind) -> &HeaderList {
-        match (kind, self.role, &self.trailers) {
-            (Kind::Trailers, Role::Client, Some(kept)) => &kept.list,
+        match (kind, &self.trailers) {
+            (Kind::Trailers, Some(kept)) => &kept.list,
             _ => &self.heads.list,
         }
     }
