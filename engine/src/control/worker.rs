@@ -137,6 +137,7 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
     relay.spawn(relay.clone().run_deadlines());
     relay.spawn(relay.clone().run_keepers());
     relay.spawn(relay.clone().run_clock());
+    relay.spawn(crate::relay::wire::Flusher::run(server.stop.clone()));
     let drainer = relay.clone();
     let drain = server.clone();
     relay.spawn(async move {

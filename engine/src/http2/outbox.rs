@@ -69,19 +69,22 @@ impl Outbox {
         }
     }
 
-    /// The segments to write, oldest first; call [`advance`](Self::advance)
-    /// with what the write took.
-    pub fn segments(&mut self) -> impl Iterator<Item = &Bytes> {
-        self.seal();
-        self.queue.iter()
+    /// The waiting bytes, oldest first, for a write that may take only
+    /// part of them; then [`advance`](Self::advance) by what it took. The
+    /// gathered small frames are the last slice, not sealed: a writer
+    /// that writes them whole leaves their buffer to be written into
+    /// again, with no queue and no new buffer.
+    pub fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        let tail = (!self.tail.is_empty()).then_some(&self.tail[..]);
+        self.queue.iter().map(|b| &b[..]).chain(tail)
     }
 
-    /// Drops the first `n` bytes, which were written.
+    /// Drops the first `n` waiting bytes, which were written.
     pub fn advance(&mut self, mut n: usize) {
-        self.seal();
         self.len -= n.min(self.len);
         while n > 0 {
             let Some(front) = self.queue.front_mut() else {
+                self.tail.advance(n.min(self.tail.len()));
                 return;
             };
             if n < front.len() {
@@ -130,14 +133,44 @@ mod tests {
         out.put_payload(big.clone());
         out.put(|b| b.put_slice(b"after"));
         assert_eq!(out.len(), 14 + COPY_BELOW + 5);
-        let segments: Vec<Bytes> = out.segments().cloned().collect();
-        assert_eq!(segments.len(), 3);
-        assert_eq!(&segments[0][..], b"head1tinyhead2");
-        assert_eq!(segments[1].as_ptr(), big.as_ptr(), "not copied");
+        let slices: Vec<&[u8]> = out.slices().collect();
+        assert_eq!(slices.len(), 3);
+        assert_eq!(slices[0], b"head1tinyhead2");
+        assert_eq!(slices[1].as_ptr(), big.as_ptr(), "not copied");
+        assert_eq!(slices[2], b"after");
         out.advance(10);
         out.advance(4 + COPY_BELOW);
         let rest = out.take_all();
         assert_eq!(&rest[..], b"after");
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_partial_write_leaves_the_rest_in_order() {
+        let mut out = Outbox::new();
+        out.put(|b| b.put_slice(b"abcdef"));
+        out.advance(2);
+        assert_eq!(out.slices().collect::<Vec<_>>(), [&b"cdef"[..]]);
+        out.put(|b| b.put_slice(b"gh"));
+        let big = Bytes::from(vec![7u8; COPY_BELOW]);
+        out.put_payload(big);
+        out.put(|b| b.put_slice(b"ij"));
+        assert_eq!(out.len(), 6 + COPY_BELOW + 2);
+        out.advance(7);
+        assert_eq!(out.len(), COPY_BELOW - 1 + 2);
+        let mut segments = Vec::new();
+        out.take_segments(&mut segments);
+        assert_eq!(segments.len(), 2);
+        assert_eq!(segments[0].len(), COPY_BELOW - 1);
+        assert_eq!(&segments[1][..], b"ij");
+        // Small frames written from their gathering buffer need no queue.
+        let mut small = Outbox::new();
+        small.put(|b| b.put_slice(b"kl"));
+        small.advance(1);
+        small.put(|b| b.put_slice(b"mn"));
+        assert_eq!(small.slices().collect::<Vec<_>>(), [&b"lmn"[..]]);
+        small.advance(3);
+        assert!(small.is_empty() && small.slices().next().is_none());
+        assert_eq!(small.queue.capacity(), 0);
     }
 }

@@ -14,6 +14,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -70,9 +71,10 @@ pub fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) -> impl Future<
     let preface_by = monoio::time::Instant::now() + settings.handshake_timeout;
     let tls = relay.server.snapshot().tls.clone();
     let Some(config) = tls else {
+        let fd = tcp.as_raw_fd();
         let (reader, writer) = tcp.into_split();
         return Serving::Clear {
-            serving: serve_on(relay, reader, writer, None, peer, preface_by),
+            serving: serve_on(relay, reader, writer, Some(fd), None, peer, preface_by),
         };
     };
     // Boxed, as the TLS connection's whole task: the handshake's state
@@ -85,7 +87,7 @@ pub fn serve(relay: Rc<Relay>, tcp: TcpStream, peer: SocketAddr) -> impl Future<
             else {
                 return;
             };
-            serve_on(relay, reader, writer, identity, peer, preface_by).await;
+            serve_on(relay, reader, writer, None, identity, peer, preface_by).await;
         }),
     }
 }
@@ -113,11 +115,13 @@ impl<F: Future<Output = ()>> Future for Serving<F> {
 }
 
 /// Serves a client connection over its halves (TCP, or TLS after the
-/// handshake) until it ends.
+/// handshake; `direct` is the socket of a cleartext one, see
+/// [`Side::flush`]) until it ends.
 async fn serve_on<R: Source, W: Sink + 'static>(
     relay: Rc<Relay>,
     mut reader: R,
     writer: W,
+    direct: Option<RawFd>,
     identity: Option<Rc<PeerIdentity>>,
     peer: SocketAddr,
     preface_by: monoio::time::Instant,
@@ -136,7 +140,13 @@ async fn serve_on<R: Source, W: Sink + 'static>(
     let stop = relay.server.stop.clone();
     let r = relay.clone();
     let drained = move |side: &Rc<Side>| act(&r, side, Later::Opened(0));
-    let writing = monoio::spawn(write_loop(side.clone(), writer, stop.clone(), drained));
+    let writing = monoio::spawn(write_loop(
+        side.clone(),
+        writer,
+        direct,
+        stop.clone(),
+        drained,
+    ));
     // The keeper closes the connection if its preface is late: a timer
     // in the read loop would make every connection's task larger.
     let now = monoio::time::Instant::now();

@@ -102,7 +102,7 @@ impl Keepers {
 
 /// Runs `side`'s timers (`keep`) that are due at `now`; returns when its
 /// next one is, if it has one.
-fn step(side: &Side, keep: &mut Keep, settings: &Settings, now: Instant) -> Option<Instant> {
+fn step(side: &Rc<Side>, keep: &mut Keep, settings: &Settings, now: Instant) -> Option<Instant> {
     let peer = keep.peer;
     if let Some(by) = keep.preface_by {
         if side.wire.borrow().conn.ready() {

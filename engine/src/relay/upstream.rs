@@ -7,6 +7,7 @@
 //! fails every call on it: UNAVAILABLE to a client that has no response
 //! yet, a reset to one that has.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 
 use bytes::BytesMut;
@@ -137,8 +138,9 @@ async fn run(
     };
     crate::transport::socket::tune(&tcp, settings);
     let Some(tls) = dial.tls.clone() else {
+        let fd = tcp.as_raw_fd();
         let (reader, writer) = tcp.into_split();
-        return serve(relay, side, endpoint, &dial, reader, writer).await;
+        return serve(relay, side, endpoint, &dial, reader, writer, Some(fd)).await;
     };
     let config = tls.config.clone();
     let handshake = owned_tls::connect(&mut tcp, config, tls.server_name.clone());
@@ -155,11 +157,12 @@ async fn run(
         tracing::debug!(upstream = %addr, "upstream TLS did not negotiate ALPN h2; speaking HTTP/2 anyway");
     }
     let (reader, writer) = owned_tls::split(tcp, conn, cipher);
-    Box::pin(serve(relay, side, endpoint, &dial, reader, writer)).await
+    Box::pin(serve(relay, side, endpoint, &dial, reader, writer, None)).await
 }
 
 /// Serves an upstream connection over its halves (TCP, or TLS after the
-/// handshake) until it ends.
+/// handshake; `direct` is the socket of a cleartext one, see
+/// [`Side::flush`]) until it ends.
 async fn serve<R: Source, W: Sink + 'static>(
     relay: &Rc<Relay>,
     side: &Rc<Side>,
@@ -167,6 +170,7 @@ async fn serve<R: Source, W: Sink + 'static>(
     dial: &Dial,
     mut reader: R,
     writer: W,
+    direct: Option<RawFd>,
 ) -> Result<(), UpstreamError> {
     let stop = relay.server.stop.clone();
     let addr = endpoint.addr();
@@ -175,7 +179,13 @@ async fn serve<R: Source, W: Sink + 'static>(
     let _counted = Counted(endpoint);
     let r = relay.clone();
     let drained = move |side: &Rc<Side>| act(&r, side, Later::Opened(0));
-    relay.spawn(write_loop(side.clone(), writer, stop.clone(), drained));
+    relay.spawn(write_loop(
+        side.clone(),
+        writer,
+        direct,
+        stop.clone(),
+        drained,
+    ));
     if let Some(keepalive) = dial.keepalive {
         relay.spawn(keep(side.clone(), keepalive, addr, stop.clone()));
     }

@@ -3,17 +3,21 @@
 //!
 //! A [`Side`] is shared (`Rc`) by the connection's reader task, its writer
 //! task, and the calls linked to it: a call on another connection writes
-//! frames into this side's outbox and wakes its writer. Borrows of a side
+//! frames into this side's outbox and has them written. Borrows of a side
 //! never live across an await, and a side's reader never borrows it while
 //! another side's callback runs, so the `RefCell` never fails on one core.
 //!
-//! The writer writes whatever is waiting, oldest first, a segment per
-//! write: small frames are gathered into one segment, and a large payload
-//! is its own segment, never copied.
+//! What waits is written oldest first, in one vectored write: small frames
+//! are gathered into one segment, and a large payload is its own segment,
+//! never copied. While a cleartext connection's writer waits with nothing
+//! to write, the worker's [`Flusher`] writes for it, one task for all such
+//! connections; the writer takes over what a socket does not take at once,
+//! and every TLS connection's writes.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use bytes::BytesMut;
@@ -100,6 +104,12 @@ pub struct Side {
     /// For a client connection over TLS: who the client is, from the
     /// certificate it presented.
     pub identity: Option<Rc<PeerIdentity>>,
+    /// The socket, while the writer waits with nothing to write on a
+    /// cleartext connection: what waits is then written by the worker's
+    /// [`flusher`], not by waking the writer (see [`flush`](Self::flush)).
+    direct: Cell<Option<RawFd>>,
+    /// In the flusher's queue.
+    queued: Cell<bool>,
 }
 
 impl Side {
@@ -145,13 +155,15 @@ impl Side {
             allowance: Cell::new(u32::try_from(budget).unwrap_or(u32::MAX)),
             retry: Budget::new(retry),
             identity,
+            direct: Cell::new(None),
+            queued: Cell::new(false),
         })
     }
 
     /// Sends GOAWAY (no new streams): a connection without calls closes
     /// now, one with calls once the last ends (the caller says why, with
     /// `retiring` or the worker's drain).
-    pub fn go_away(&self) {
+    pub fn go_away(self: &Rc<Self>) {
         let idle = {
             let mut w = self.wire.borrow_mut();
             let wire = &mut *w;
@@ -181,10 +193,141 @@ impl Side {
         }
     }
 
-    /// Wakes the writer if anything waits.
-    pub fn flush(&self) {
-        if !self.wire.borrow().out.is_empty() {
+    /// Has what waits written: by the worker's flusher when the writer
+    /// waits idle on a cleartext connection, else by waking the writer.
+    ///
+    /// The flusher runs once the tasks woken before it have run, and
+    /// writes every connection that has something waiting: a read pass
+    /// that answers calls of many client connections costs one task
+    /// switch, not one per connection.
+    pub fn flush(self: &Rc<Self>) {
+        if self.wire.borrow().out.is_empty() {
+            return;
+        }
+        if self.direct.get().is_some() && Flusher::enqueue(self) {
+            return;
+        }
+        self.wake.notify_all();
+    }
+
+    /// Writes what waits, as far as the socket takes it without waiting;
+    /// the writer gets the rest.
+    fn write_now(&self, iovecs: &mut Vec<libc::iovec>) {
+        let Some(fd) = self.direct.get() else {
+            // The writer woke meanwhile: it writes what waits.
             self.wake.notify_all();
+            return;
+        };
+        let left = {
+            let mut w = self.wire.borrow_mut();
+            iovecs.clear();
+            iovecs.extend(
+                w.out
+                    .slices()
+                    .take(SEGMENTS_PER_WRITE)
+                    .map(|s| libc::iovec {
+                        iov_base: s.as_ptr() as *mut libc::c_void,
+                        iov_len: s.len(),
+                    }),
+            );
+            if !iovecs.is_empty() {
+                if let Some(n) = send(fd, iovecs) {
+                    w.out.advance(n);
+                }
+            }
+            // A failed write is the writer's to find; held-back DATA is
+            // the writer's to resume.
+            !w.out.is_empty() || w.held
+        };
+        if left {
+            self.direct.set(None);
+            self.wake.notify_all();
+        }
+    }
+}
+
+/// One `sendmsg` of `iovecs` that does not wait: how much it took, if
+/// anything.
+#[allow(unsafe_code)]
+fn send(fd: RawFd, iovecs: &mut [libc::iovec]) -> Option<usize> {
+    // SAFETY: the message points at `iovecs`, and each iovec at bytes of
+    // the outbox borrowed for the whole call; `fd` is the connection's
+    // socket, open while its writer waits (see `write_loop`).
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iovecs.as_mut_ptr();
+        msg.msg_iovlen = iovecs.len() as _;
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    usize::try_from(n).ok().filter(|&n| n > 0)
+}
+
+/// The worker's flusher: writes the connections whose writers wait idle,
+/// one after another in one task (see [`Side::flush`]).
+#[derive(Default)]
+pub struct Flusher {
+    queue: RefCell<Vec<Rc<Side>>>,
+    wake: Notify,
+}
+
+thread_local! {
+    /// The flusher of the worker on this thread, while it runs.
+    static FLUSHER: RefCell<Option<Rc<Flusher>>> = const { RefCell::new(None) };
+}
+
+impl Flusher {
+    /// Queues `side` for the flusher; false if this thread has none.
+    fn enqueue(side: &Rc<Side>) -> bool {
+        FLUSHER.with(|f| {
+            let f = f.borrow();
+            let Some(f) = f.as_ref() else {
+                return false;
+            };
+            if !side.queued.replace(true) {
+                let mut queue = f.queue.borrow_mut();
+                if queue.is_empty() {
+                    f.wake.notify_all();
+                }
+                queue.push(side.clone());
+            }
+            true
+        })
+    }
+
+    /// Runs the worker's flusher until `stop`.
+    pub async fn run(stop: Rc<Latch>) {
+        /// Takes the flusher off its thread when its task ends or is
+        /// dropped: what is queued after that goes to the writers.
+        struct Registered;
+        impl Drop for Registered {
+            fn drop(&mut self) {
+                let _ = FLUSHER.try_with(|f| f.borrow_mut().take());
+            }
+        }
+        let flusher = Rc::new(Flusher::default());
+        FLUSHER.with(|f| *f.borrow_mut() = Some(flusher.clone()));
+        let registered = Registered;
+        let mut sides = Vec::new();
+        let mut iovecs = Vec::new();
+        loop {
+            let notified = flusher.wake.notified();
+            std::mem::swap(&mut sides, &mut *flusher.queue.borrow_mut());
+            if sides.is_empty() {
+                monoio::select! {
+                    _ = notified => continue,
+                    _ = stop.wait() => break,
+                }
+            }
+            for side in sides.drain(..) {
+                side.queued.set(false);
+                side.write_now(&mut iovecs);
+            }
+        }
+        drop(registered);
+        // What was queued since goes to the writers.
+        for side in flusher.queue.borrow_mut().drain(..) {
+            side.queued.set(false);
+            side.wake.notify_all();
         }
     }
 }
@@ -286,9 +429,19 @@ unsafe impl monoio::buf::IoVecBuf for Segments {
 pub async fn write_loop<W: Sink>(
     side: Rc<Side>,
     mut io: W,
+    direct: Option<RawFd>,
     stop: Rc<Latch>,
     drained: impl Fn(&Rc<Side>),
 ) {
+    /// The flusher writes for this writer only while it waits, alive:
+    /// never to a socket it has closed, or whose number was reused.
+    struct Direct<'a>(&'a Side);
+    impl Drop for Direct<'_> {
+        fn drop(&mut self) {
+            self.0.direct.set(None);
+        }
+    }
+    let _direct = Direct(&side);
     let mut batch = Segments::default();
     // One wait for the whole loop (see the read loops). Not the worker's
     // `stop`, per write below: every connection would then hold a slot of
@@ -313,11 +466,18 @@ pub async fn write_loop<W: Sink>(
                 break;
             }
             // The worker's stop sets `closed` too (Relay::stop_all).
+            // Meanwhile the flusher may write for it: it waits with
+            // nothing taken, so what the flusher writes is in order.
+            side.direct.set(direct);
             let owed = monoio::select! {
                 _ = side.wake.notified() => false,
                 _ = closed.as_mut() => false,
                 _ = io.owed() => true,
             };
+            side.direct.set(None);
+            if resume(&side) {
+                drained(&side);
+            }
             if owed && io.flush_owed().await.is_err() {
                 side.closed.set();
                 return;
@@ -334,16 +494,11 @@ pub async fn write_loop<W: Sink>(
         match result {
             Ok(n) if n > 0 => {
                 batch.consume(n);
-                let resume = {
+                {
                     let mut w = side.wire.borrow_mut();
                     w.in_flight -= n.min(w.in_flight);
-                    let low = w.held && 2 * (w.out.len() + w.in_flight) < w.write_budget;
-                    if low {
-                        w.held = false;
-                    }
-                    low
-                };
-                if resume {
+                }
+                if resume(&side) {
                     drained(&side);
                 }
             }
@@ -355,6 +510,17 @@ pub async fn write_loop<W: Sink>(
         }
     }
     io.shutdown().await;
+}
+
+/// Whether DATA held back for the write budget may go again: what waits
+/// is down to half of it.
+fn resume(side: &Side) -> bool {
+    let mut w = side.wire.borrow_mut();
+    let low = w.held && 2 * (w.out.len() + w.in_flight) < w.write_budget;
+    if low {
+        w.held = false;
+    }
+    low
 }
 
 /// A connection's reading half: TCP, or TLS over it. Generic rather than
@@ -491,5 +657,96 @@ pub fn shrink(side: &Side, buf: &mut bytes::BytesMut, want: &mut usize) {
     if idle && buf.is_empty() && buf.capacity() > 4 * READ_SMALL {
         *buf = bytes::BytesMut::new();
         *want = READ_SMALL;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http2::connection::{Limits, Role};
+    use crate::runtime::driver::{block_on, Driver};
+    use monoio::io::{AsyncReadRent, Splitable};
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    /// What was put in a side's outbox reaches its peer byte for byte and
+    /// in order, whether the flusher wrote it (the writer waiting), the
+    /// socket took only part of a write (the writer then takes the rest),
+    /// or the writer was busy when more came.
+    fn reaches_the_peer_in_order(driver: Driver) {
+        block_on(driver, || async {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let mut peer = monoio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect");
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let stop = Rc::new(Latch::default());
+            let flusher = monoio::spawn(Flusher::run(stop.clone()));
+            let mut out = Outbox::new();
+            let conn = Connection::new(Role::Server, Limits::default(), &mut out);
+            // Its SETTINGS go first.
+            let mut expected = out.slices().flatten().copied().collect::<Vec<u8>>();
+            let side = Side::new(conn, out, usize::MAX, 0, None);
+            let fd = tcp.as_raw_fd();
+            let (_reader, writer) = tcp.into_split();
+            let writing = monoio::spawn(write_loop(
+                side.clone(),
+                writer,
+                Some(fd),
+                stop.clone(),
+                |_| {},
+            ));
+            let mut got = Vec::new();
+            // Pieces from 1 byte to 1 MiB, 24 MiB in all: more than the
+            // sockets hold, so writes go part way while the peer waits.
+            for i in 0..48u32 {
+                let len = if i % 2 == 0 { 1 + i as usize } else { 1 << 20 };
+                let piece: Vec<u8> = (0..len).map(|j| (j as u32 ^ i) as u8).collect();
+                expected.extend_from_slice(&piece);
+                side.wire
+                    .borrow_mut()
+                    .out
+                    .put(|b| b.extend_from_slice(&piece));
+                side.flush();
+                monoio::time::sleep(Duration::ZERO).await;
+                if i % 8 == 7 {
+                    // Read a little, so the writer may go idle again.
+                    let (r, buf) = peer.read(vec![0u8; 256 << 10]).await;
+                    let n = r.expect("read");
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+            while got.len() < expected.len() {
+                let (r, buf) = peer.read(vec![0u8; 1 << 20]).await;
+                let n = r.expect("read");
+                assert!(
+                    n > 0,
+                    "closed after {} of {} bytes",
+                    got.len(),
+                    expected.len()
+                );
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got.len(), expected.len());
+            assert!(got == expected, "bytes changed or out of order");
+            side.closed.set();
+            writing.await;
+            stop.set();
+            flusher.await;
+        })
+        .expect("runtime");
+    }
+
+    #[test]
+    fn reaches_the_peer_in_order_on_epoll() {
+        reaches_the_peer_in_order(Driver::Legacy);
+    }
+
+    #[test]
+    fn reaches_the_peer_in_order_on_io_uring() {
+        if monoio::utils::detect_uring() {
+            reaches_the_peer_in_order(Driver::IoUring);
+        }
     }
 }
