@@ -40,6 +40,9 @@ pub struct Options {
     /// Refuse this many requests in all (RST_STREAM REFUSED_STREAM, before
     /// reading anything), then serve.
     pub refuse_first: usize,
+    /// Read each refused request to its end before refusing it: the
+    /// proxy has then sent all of it, whatever the timing.
+    pub refuse_after_body: bool,
     /// Reset every request with this reason instead of answering.
     pub reset_all: Option<h2::Reason>,
     /// On the first connection only, answer the first request's HEADERS
@@ -201,7 +204,17 @@ async fn serve(
             continue;
         }
         if counts.refused.fetch_add(1, Ordering::SeqCst) < options.refuse_first {
-            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            if options.refuse_after_body {
+                tokio::spawn(async move {
+                    let mut body = request.into_body();
+                    while let Some(Ok(chunk)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                });
+            } else {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+            }
             continue;
         }
         if request.uri().path() == "/test.Echo/Echo" {

@@ -362,7 +362,14 @@ proxy_test! {
     }
 
     async fn a_request_larger_than_the_retry_buffer_is_not_retried(driver) {
-        let upstream = Silent::with(Options { refuse_first: 1, ..Options::default() }).await;
+        // Refused once all of it has reached the upstream: a refusal that
+        // came before the DATA left the proxy would rightly be retried.
+        let upstream = Silent::with(Options {
+            refuse_first: 1,
+            refuse_after_body: true,
+            ..Options::default()
+        })
+        .await;
         let cfg = config_of(
             "",
             "retry_buffer = \"1KiB\"",
