@@ -16,9 +16,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 
 use bytes::BytesMut;
 use bytes::{Buf, Bytes};
@@ -267,7 +269,8 @@ fn send(fd: RawFd, iovecs: &mut [libc::iovec]) -> Option<usize> {
 #[derive(Default)]
 pub struct Flusher {
     queue: RefCell<Vec<Rc<Side>>>,
-    wake: Notify,
+    /// The flusher task's waker, once it has waited.
+    waker: RefCell<Option<Waker>>,
 }
 
 thread_local! {
@@ -286,7 +289,9 @@ impl Flusher {
             if !side.queued.replace(true) {
                 let mut queue = f.queue.borrow_mut();
                 if queue.is_empty() {
-                    f.wake.notify_all();
+                    if let Some(waker) = f.waker.borrow().as_ref() {
+                        waker.wake_by_ref();
+                    }
                 }
                 queue.push(side.clone());
             }
@@ -309,15 +314,28 @@ impl Flusher {
         let registered = Registered;
         let mut sides = Vec::new();
         let mut iovecs = Vec::new();
+        // One wait for the whole loop (see the read loops).
+        let mut stopped = std::pin::pin!(stop.wait());
         loop {
-            let notified = flusher.wake.notified();
-            std::mem::swap(&mut sides, &mut *flusher.queue.borrow_mut());
-            if sides.is_empty() {
-                monoio::select! {
-                    _ = notified => continue,
-                    _ = stop.wait() => break,
+            // Until something is queued, or the worker stops.
+            let queued = std::future::poll_fn(|cx| {
+                if !flusher.queue.borrow().is_empty() {
+                    return Poll::Ready(true);
                 }
+                if stopped.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                let mut waker = flusher.waker.borrow_mut();
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            })
+            .await;
+            if !queued {
+                break;
             }
+            std::mem::swap(&mut sides, &mut *flusher.queue.borrow_mut());
             for side in sides.drain(..) {
                 side.queued.set(false);
                 side.write_now(&mut iovecs);
