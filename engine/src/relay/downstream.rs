@@ -217,11 +217,14 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
     // being registered and removed again on every read.
     let mut closed = std::pin::pin!(side.closed.wait());
     loop {
+        // In this order, with no random pick of the first (a cost on
+        // every read): a client that sends without pause is still closed.
         let (result, b) = monoio::select! {
-            r = reader.read_more(buf, &mut want) => r,
+            biased;
             // Drained or stopped (see Relay::drain and Relay::stop_all),
             // timed out by the keeper, or failed elsewhere.
             _ = closed.as_mut() => return,
+            r = reader.read_more(buf, &mut want) => r,
         };
         buf = b;
         match result {

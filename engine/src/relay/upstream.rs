@@ -199,10 +199,12 @@ async fn serve<R: Source, W: Sink + 'static>(
     let mut stopped = std::pin::pin!(stop.wait());
     let mut closed = std::pin::pin!(side.closed.wait());
     loop {
+        // In this order, with no random pick (see the client's read loop).
         let (result, b) = monoio::select! {
-            r = reader.read_more(buf, &mut want) => r,
+            biased;
             _ = stopped.as_mut() => return Ok(()),
             _ = closed.as_mut() => return Ok(()),
+            r = reader.read_more(buf, &mut want) => r,
         };
         buf = b;
         match result {
