@@ -1172,6 +1172,27 @@ impl Connection {
         Ok(())
     }
 
+    /// As [`send_headers`](Self::send_headers), with the fields already
+    /// encoded (see [`HeaderList::encoded`](super::headers::HeaderList::encoded)).
+    pub fn send_encoded(
+        &mut self,
+        id: u32,
+        block: &[u8],
+        end_stream: bool,
+        out: &mut Outbox,
+    ) -> Result<(), SendError> {
+        let stream = self.streams.get_mut(id).ok_or(SendError::Closed)?;
+        if !stream.send_open {
+            return Err(SendError::Closed);
+        }
+        let max = self.remote.max_frame_size as usize;
+        write_encoded(out, max, id, block, end_stream);
+        if end_stream {
+            self.close_send(id);
+        }
+        Ok(())
+    }
+
     /// Removes a stream that closed both ways normally, remembering it
     /// among the last few so ended.
     fn retire(&mut self, id: u32) {

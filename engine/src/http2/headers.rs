@@ -7,7 +7,13 @@
 //! allocation once the buffers have grown to the connection's usual size.
 //! Every rule a field can break is found as it is pushed, so the block
 //! is never walked twice; [`HeaderList::finish`] checks what only the
-//! whole block can tell (required pseudo-headers).
+//! whole block can tell (required pseudo-headers). A list also keeps its
+//! fields as last encoded ([`HeaderList::encoded`]): a kept list that
+//! serves call after call (see `kept`) is encoded once.
+
+use std::cell::{Ref, RefCell};
+
+use crate::hpack::encode_field;
 
 /// What a header block is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +57,35 @@ pub struct HeaderList {
     pseudo: [Option<Slot>; 5],
     content_length: Option<u64>,
     malformed: Option<Malformed>,
+    encoded: Memo,
+}
+
+/// Which of a list's fields an encoding holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// Every field, pseudo-headers first.
+    All,
+    /// Every field but `content-length`.
+    WithoutContentLength,
+}
+
+/// A list's fields as last encoded, and which of them.
+#[derive(Debug, Default)]
+struct Encoded {
+    which: Option<Which>,
+    bytes: Vec<u8>,
+}
+
+/// Where a list keeps its encoding: boxed, as most lists are never
+/// encoded and an idle connection's list should not carry the room; not
+/// cloned with the list (a copy is made to wait, not to be sent again).
+#[derive(Debug, Default)]
+struct Memo(RefCell<Option<Box<Encoded>>>);
+
+impl Clone for Memo {
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
 }
 
 impl Default for HeaderList {
@@ -69,6 +104,7 @@ impl HeaderList {
             pseudo: [None; 5],
             content_length: None,
             malformed: None,
+            encoded: Memo::default(),
         }
     }
 
@@ -80,6 +116,7 @@ impl HeaderList {
         self.pseudo = [None; 5];
         self.content_length = None;
         self.malformed = None;
+        self.forget_encoded();
     }
 
     /// The kind of block.
@@ -91,6 +128,7 @@ impl HeaderList {
     /// one) and reported by [`finish`](Self::finish); the field is not
     /// kept then.
     pub fn push(&mut self, name: &[u8], value: &[u8], sensitive: bool) {
+        self.forget_encoded();
         if self.malformed.is_some() {
             return;
         }
@@ -220,6 +258,37 @@ impl HeaderList {
             .flatten()
             .map(|&slot| (self.name_of(slot), self.value_of(slot), slot.sensitive))
             .chain(self.fields())
+    }
+
+    /// The fields `which` picks, HPACK-encoded as
+    /// [`encode_field`] does (static table and raw literals, so the bytes
+    /// suit any connection): encoded on the first call, then kept until
+    /// the list changes.
+    pub fn encoded(&self, which: Which) -> Ref<'_, [u8]> {
+        {
+            let mut encoded = self.encoded.0.borrow_mut();
+            let encoded = encoded.get_or_insert_with(Box::default);
+            if encoded.which != Some(which) {
+                let bytes = &mut encoded.bytes;
+                bytes.clear();
+                let fields = self
+                    .all()
+                    .filter(|(name, _, _)| which == Which::All || *name != b"content-length");
+                for (name, value, sensitive) in fields {
+                    encode_field(name, value, sensitive, bytes);
+                }
+                encoded.which = Some(which);
+            }
+        }
+        Ref::map(self.encoded.0.borrow(), |e| {
+            e.as_ref().map_or(&[][..], |e| &e.bytes[..])
+        })
+    }
+
+    fn forget_encoded(&mut self) {
+        if let Some(encoded) = self.encoded.0.get_mut() {
+            encoded.which = None;
+        }
     }
 
     /// The first value of a regular field.
@@ -445,5 +514,40 @@ mod tests {
         assert_eq!(l.bytes.capacity(), capacity);
         l.push(b"grpc-status", b"0", false);
         assert_eq!(l.finish(), Ok(()));
+    }
+
+    #[test]
+    fn a_lists_encoding_follows_its_fields_and_which_of_them() {
+        let mut l = list(
+            Kind::Response,
+            &[(":status", "200"), ("content-length", "5"), ("x-a", "1")],
+        );
+        let by_hand = |fields: &[(&str, &str)]| {
+            let mut out = Vec::new();
+            for (n, v) in fields {
+                encode_field(n.as_bytes(), v.as_bytes(), false, &mut out);
+            }
+            out
+        };
+        let all = by_hand(&[(":status", "200"), ("content-length", "5"), ("x-a", "1")]);
+        let without = by_hand(&[(":status", "200"), ("x-a", "1")]);
+        assert_eq!(&*l.encoded(Which::All), &all[..]);
+        assert_eq!(&*l.encoded(Which::All), &all[..]);
+        assert_eq!(&*l.encoded(Which::WithoutContentLength), &without[..]);
+        // A new field, or a new block, is encoded afresh.
+        l.push(b"x-b", b"2", false);
+        let more = by_hand(&[(":status", "200"), ("x-a", "1"), ("x-b", "2")]);
+        assert_eq!(&*l.encoded(Which::WithoutContentLength), &more[..]);
+        l.reset(Kind::Trailers);
+        l.push(b"grpc-status", b"0", false);
+        assert_eq!(
+            &*l.encoded(Which::All),
+            &by_hand(&[("grpc-status", "0")])[..]
+        );
+        // A never-indexed field stays never-indexed.
+        l.push(b"authorization", b"secret", true);
+        let mut sensitive = by_hand(&[("grpc-status", "0")]);
+        encode_field(b"authorization", b"secret", true, &mut sensitive);
+        assert_eq!(&*l.encoded(Which::All), &sensitive[..]);
     }
 }

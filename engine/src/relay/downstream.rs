@@ -27,7 +27,7 @@ use crate::grpc::status::{Code, Status};
 use crate::grpc::timeout;
 use crate::hpack::encode_field;
 use crate::http2::connection::{Connection, Event, Role, TOO_MANY_RESETS};
-use crate::http2::headers::{pseudo, HeaderList, Kind};
+use crate::http2::headers::{pseudo, HeaderList, Kind, Which};
 use crate::http2::outbox::Outbox;
 use crate::relay::calls::{
     answer, forward_up, head_fields, open_stream, push_down, push_up, release_down, Call,
@@ -418,8 +418,14 @@ fn request(
     // (rapid reset) costs the upstream nothing.
     let start = heads.len();
     let request_edits = edits.as_deref().map(|e| &e.request);
-    for (name, value, sensitive) in head_fields(list, timeout_header.as_deref(), request_edits) {
-        encode_field(name, value, sensitive, heads);
+    if timeout_header.is_none() && request_edits.is_none() {
+        // The client's head as it is: encoded once while its block repeats.
+        heads.extend_from_slice(&list.encoded(Which::All));
+    } else {
+        let fields = head_fields(list, timeout_header.as_deref(), request_edits);
+        for (name, value, sensitive) in fields {
+            encode_field(name, value, sensitive, heads);
+        }
     }
     let hold = relay.hold(side, &heads[start..]).map(|mut hold| {
         hold.ended = end;

@@ -18,7 +18,7 @@ use crate::config::Keepalive;
 use crate::grpc::status::{Code, Status};
 use crate::http2::connection::Event;
 use crate::http2::frame::ErrorCode;
-use crate::http2::headers::Kind;
+use crate::http2::headers::{Kind, Which};
 use crate::relay::calls::{forward_down, push_up, release_down, status_of_reset, Hold};
 use crate::relay::wire::{shrink, write_loop, Side, Sink, Source, READ_SMALL};
 use crate::relay::worker::Relay;
@@ -303,12 +303,21 @@ fn pass(
                 // proxy ends a response that breaks it with a gRPC status,
                 // which a client holding the length would take as a
                 // protocol error instead.
-                let fields = list.all().filter(|(name, _, _)| *name != b"content-length");
                 let edits = call.edits.as_deref().filter(|_| head).map(|e| &e.response);
-                let fields = crate::relay::calls::edited(fields, edits);
-                let sent = down
-                    .conn
-                    .send_headers(call.d, fields, end_stream, &mut down.out);
+                let sent = match edits {
+                    // Encoded once while the upstream's block repeats.
+                    None => {
+                        let block = list.encoded(Which::WithoutContentLength);
+                        down.conn
+                            .send_encoded(call.d, &block, end_stream, &mut down.out)
+                    }
+                    Some(edits) => {
+                        let fields = list.all().filter(|(name, _, _)| *name != b"content-length");
+                        let fields = crate::relay::calls::edited(fields, Some(edits));
+                        down.conn
+                            .send_headers(call.d, fields, end_stream, &mut down.out)
+                    }
+                };
                 if sent.is_err() {
                     later.push(Later::Finish(key));
                     return;
