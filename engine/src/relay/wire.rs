@@ -203,7 +203,8 @@ impl Side {
     /// that answers calls of many client connections costs one task
     /// switch, not one per connection.
     pub fn flush(self: &Rc<Self>) {
-        if self.wire.borrow().out.is_empty() {
+        // Queued already: the flusher writes what waits when it comes.
+        if self.queued.get() || self.wire.borrow().out.is_empty() {
             return;
         }
         if self.direct.get().is_some() && Flusher::enqueue(self) {
