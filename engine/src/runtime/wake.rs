@@ -12,7 +12,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, RawWakerVTable, Waker};
 
 /// Waiters held in place before the slab is used.
 const NEAR: usize = 2;
@@ -127,6 +127,7 @@ impl Latch {
         LatchWait {
             latch: self,
             key: None,
+            holds: None,
         }
     }
 }
@@ -135,6 +136,11 @@ impl Latch {
 pub struct LatchWait<'a> {
     latch: &'a Latch,
     key: Option<usize>,
+    /// The waker last registered (its data and vtable). A wait kept for
+    /// a whole loop is polled by the same task on every turn, and then
+    /// has nothing to register: its slot keeps that waker until the
+    /// latch is set.
+    holds: Option<(*const (), *const RawWakerVTable)>,
 }
 
 impl Future for LatchWait<'_> {
@@ -144,7 +150,12 @@ impl Future for LatchWait<'_> {
         if this.latch.is_set() {
             return Poll::Ready(());
         }
-        this.latch.waiters.register(&mut this.key, cx.waker());
+        let waker = cx.waker();
+        let id = (waker.data(), std::ptr::from_ref(waker.vtable()));
+        if this.key.is_none() || this.holds != Some(id) {
+            this.latch.waiters.register(&mut this.key, waker);
+            this.holds = Some(id);
+        }
         Poll::Pending
     }
 }
@@ -235,6 +246,32 @@ mod tests {
         assert!(Pin::new(&mut wait).poll(&mut cx).is_ready());
         drop(wait);
         assert_eq!(latch.waiters.near_taken.get(), 0, "given back");
+    }
+
+    #[test]
+    fn a_latch_wait_polled_by_another_task_wakes_that_one() {
+        let latch = Latch::default();
+        let (a, b) = (
+            Arc::new(Count(AtomicUsize::new(0))),
+            Arc::new(Count(AtomicUsize::new(0))),
+        );
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let mut wait = latch.wait();
+        for _ in 0..3 {
+            assert!(Pin::new(&mut wait)
+                .poll(&mut Context::from_waker(&wa))
+                .is_pending());
+        }
+        assert!(Pin::new(&mut wait)
+            .poll(&mut Context::from_waker(&wb))
+            .is_pending());
+        latch.set();
+        assert_eq!(
+            a.0.load(Ordering::SeqCst),
+            0,
+            "the first task no longer waits"
+        );
+        assert_eq!(b.0.load(Ordering::SeqCst), 1);
     }
 
     #[test]
