@@ -1161,15 +1161,10 @@ impl Connection {
         end_stream: bool,
         out: &mut Outbox,
     ) -> Result<(), SendError> {
-        let stream = self.streams.get_mut(id).ok_or(SendError::Closed)?;
-        if !stream.send_open {
-            return Err(SendError::Closed);
-        }
-        self.write_block(id, fields, end_stream, out);
-        if end_stream {
-            self.close_send(id);
-        }
-        Ok(())
+        let block = self.encode(fields);
+        let sent = self.send_encoded(id, &block, end_stream, out);
+        self.encoded = block;
+        sent
     }
 
     /// As [`send_headers`](Self::send_headers), with the fields already
@@ -1223,17 +1218,26 @@ impl Connection {
         end_stream: bool,
         out: &mut Outbox,
     ) {
-        self.encoded.clear();
-        for (name, value, sensitive) in fields {
-            encode_field(name, value, sensitive, &mut self.encoded);
-        }
+        let block = self.encode(fields);
         write_encoded(
             out,
             self.remote.max_frame_size as usize,
             id,
-            &self.encoded,
+            &block,
             end_stream,
         );
+        self.encoded = block;
+    }
+
+    /// `fields`, HPACK-encoded into the connection's scratch buffer, which
+    /// the caller gives back (`self.encoded`) once it has sent them.
+    fn encode<'f>(&mut self, fields: impl Iterator<Item = (&'f [u8], &'f [u8], bool)>) -> Vec<u8> {
+        let mut block = std::mem::take(&mut self.encoded);
+        block.clear();
+        for (name, value, sensitive) in fields {
+            encode_field(name, value, sensitive, &mut block);
+        }
+        block
     }
 
     /// How many DATA bytes `stream` may send now.

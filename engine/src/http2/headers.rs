@@ -260,6 +260,12 @@ impl HeaderList {
             .chain(self.fields())
     }
 
+    /// The fields `which` picks, in the order of [`all`](Self::all).
+    pub fn picked(&self, which: Which) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
+        self.all()
+            .filter(move |(name, _, _)| which == Which::All || *name != b"content-length")
+    }
+
     /// The fields `which` picks, HPACK-encoded as
     /// [`encode_field`] does (static table and raw literals, so the bytes
     /// suit any connection): encoded on the first call, then kept until
@@ -271,10 +277,7 @@ impl HeaderList {
             if encoded.which != Some(which) {
                 let bytes = &mut encoded.bytes;
                 bytes.clear();
-                let fields = self
-                    .all()
-                    .filter(|(name, _, _)| which == Which::All || *name != b"content-length");
-                for (name, value, sensitive) in fields {
+                for (name, value, sensitive) in self.picked(which) {
                     encode_field(name, value, sensitive, bytes);
                 }
                 encoded.which = Some(which);

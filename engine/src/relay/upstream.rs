@@ -312,7 +312,7 @@ fn pass(
                             .send_encoded(call.d, &block, end_stream, &mut down.out)
                     }
                     Some(edits) => {
-                        let fields = list.all().filter(|(name, _, _)| *name != b"content-length");
+                        let fields = list.picked(Which::WithoutContentLength);
                         let fields = crate::relay::calls::edited(fields, Some(edits));
                         down.conn
                             .send_headers(call.d, fields, end_stream, &mut down.out)

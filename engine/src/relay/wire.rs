@@ -224,15 +224,7 @@ impl Side {
         let left = {
             let mut w = self.wire.borrow_mut();
             iovecs.clear();
-            iovecs.extend(
-                w.out
-                    .slices()
-                    .take(SEGMENTS_PER_WRITE)
-                    .map(|s| libc::iovec {
-                        iov_base: s.as_ptr() as *mut libc::c_void,
-                        iov_len: s.len(),
-                    }),
-            );
+            iovecs.extend(w.out.slices().take(SEGMENTS_PER_WRITE).map(iovec));
             if !iovecs.is_empty() {
                 if let Some(n) = send(fd, iovecs) {
                     w.out.advance(n);
@@ -412,15 +404,16 @@ impl Segments {
 
     fn index(&mut self) {
         self.iovecs.clear();
-        self.iovecs.extend(
-            self.bufs
-                .iter()
-                .take(SEGMENTS_PER_WRITE)
-                .map(|b| libc::iovec {
-                    iov_base: b.as_ptr() as *mut libc::c_void,
-                    iov_len: b.len(),
-                }),
-        );
+        let bufs = self.bufs.iter().take(SEGMENTS_PER_WRITE);
+        self.iovecs.extend(bufs.map(|b| iovec(b)));
+    }
+}
+
+/// An iovec over `bytes`, for a write (the kernel only reads through it).
+fn iovec(bytes: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
     }
 }
 
