@@ -42,8 +42,12 @@ async fn call_as(
     answered_by(&mut client).await.map_err(|s| format!("{s:?}"))
 }
 
-/// The leaf certificate a TLS server at `addr` presents.
-async fn served_certificate(addr: std::net::SocketAddr, pki: &Pki) -> Vec<u8> {
+/// A TLS connection to `addr` that offers h2, trusting `pki`'s CA, for a
+/// client that writes its own bytes.
+async fn raw_tls(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     let ca = rustls_pki_types::CertificateDer::from(
         der_of_pem(&pki.ca.cert_pem).expect("CA PEM decodes"),
@@ -58,10 +62,15 @@ async fn served_certificate(addr: std::net::SocketAddr, pki: &Pki) -> Vec<u8> {
     .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").expect("name"), tcp)
         .await
-        .expect("TLS handshake");
+        .expect("TLS handshake")
+}
+
+/// The leaf certificate a TLS server at `addr` presents.
+async fn served_certificate(addr: std::net::SocketAddr, pki: &Pki) -> Vec<u8> {
+    let tls = raw_tls(addr, pki).await;
     let (_, session) = tls.get_ref();
     assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]), "ALPN h2");
     session.peer_certificates().expect("a certificate")[0].to_vec()
@@ -200,23 +209,7 @@ proxy_test! {
         let read = tokio::time::timeout(std::time::Duration::from_secs(5), garbage.read_to_end(&mut rest)).await;
         assert!(read.is_ok(), "the proxy closes a connection that speaks no TLS");
 
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls_pki_types::CertificateDer::from(der_of_pem(&pki.ca.cert_pem).expect("PEM")))
-            .expect("CA");
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").expect("name"), tcp)
-            .await
-            .expect("TLS handshake");
+        let tls = raw_tls(addr, &pki).await;
         let (mut tcp, _) = tls.into_inner();
         // An application_data record of 32 bytes the client never sealed.
         let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x20];
@@ -229,6 +222,47 @@ proxy_test! {
         assert_eq!(answered_by(&mut bystander).await.expect("the bystander goes on"), "a");
         assert_eq!(call_as(addr, &pki, None).await.expect("a new client is served"), "a");
         assert_eq!(up.events().calls(), 3);
+    }
+
+    async fn plaintext_held_past_a_read_is_served_without_new_bytes(driver) {
+        // One TLS record carries the preface and SETTINGS, an extension
+        // frame (which HTTP/2 ignores) that brings them to exactly one
+        // first read of the proxy (512 bytes), then PINGs. The pass of
+        // that read ends with no calls and nothing part read, so the
+        // connection lets its read buffer go and waits for more to
+        // read: it must find the PINGs rustls already decrypted, not
+        // wait for the socket, on which nothing more comes.
+        use grpc_proxy_tests::peer::{frame, kind, settings_frame, PREFACE};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pki = Pki::new();
+        let up = Upstream::start("a");
+        let proxy = proxy(driver, &format!("{}{}", listener_tls(&pki, "off"), cluster("a", up.addr())));
+        let mut tls = raw_tls(proxy.local_addr(), &pki).await;
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend_from_slice(&settings_frame(&[]));
+        let filler = 512 - bytes.len() - 9;
+        bytes.extend_from_slice(&frame(0x20, 0, 0, &vec![0; filler]));
+        assert_eq!(bytes.len(), 512);
+        const PINGS: u8 = 40;
+        for i in 0..PINGS {
+            bytes.extend_from_slice(&frame(kind::PING, 0, 0, &[i; 8]));
+        }
+        tls.write_all(&bytes).await.expect("write");
+        let mut acked = Vec::new();
+        let patience = std::time::Duration::from_secs(5);
+        while acked.len() < usize::from(PINGS) {
+            let mut head = [0u8; 9];
+            let read = tokio::time::timeout(patience, tls.read_exact(&mut head)).await;
+            read.expect("every PING is answered without more bytes from the client")
+                .expect("the connection stays open");
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0; len];
+            tls.read_exact(&mut payload).await.expect("payload");
+            if head[3] == kind::PING && head[4] & 1 == 1 {
+                acked.push(payload[0]);
+            }
+        }
+        assert_eq!(acked, (0..PINGS).collect::<Vec<_>>(), "acknowledged in order");
     }
 
     async fn routes_by_san_send_two_identities_to_two_upstreams(driver) {

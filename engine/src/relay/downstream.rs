@@ -34,7 +34,7 @@ use crate::relay::calls::{
 };
 use crate::relay::keeper::Keep;
 use crate::relay::upstream::{requeue, upstream, Dial};
-use crate::relay::wire::{shrink, write_loop, Links, Side, Sink, Source, Wire, READ_SMALL};
+use crate::relay::wire::{lend, let_go, write_loop, Links, Side, Sink, Source, Wire, READ_SMALL};
 use crate::relay::worker::Relay;
 use crate::routing::director::{Call as DirectorCall, Route};
 use crate::telemetry::metrics::add;
@@ -217,6 +217,19 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
     // being registered and removed again on every read.
     let mut closed = std::pin::pin!(side.closed.wait());
     loop {
+        if buf.capacity() == 0 {
+            // New, or idle with its buffer let go (see `let_go`): it
+            // borrows one once there is something to read.
+            let ready = monoio::select! {
+                biased;
+                _ = closed.as_mut() => return,
+                r = reader.ready() => r,
+            };
+            if ready.is_err() {
+                return;
+            }
+            buf = lend();
+        }
         // In this order, with no random pick of the first (a cost on
         // every read): a client that sends without pause is still closed.
         let (result, b) = monoio::select! {
@@ -250,7 +263,7 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
         SCRATCH.with(|s| *s.borrow_mut() = (later, opens));
         side.wire.borrow_mut().heads.clear();
         side.flush();
-        shrink(side, &mut buf, &mut want);
+        let_go(side, &mut buf, &mut want);
         if failed || (relay.draining() && side.wire.borrow().links.is_empty()) {
             return;
         }

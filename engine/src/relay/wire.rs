@@ -544,6 +544,10 @@ pub trait Source {
         buf: BytesMut,
         want: &mut usize,
     ) -> impl std::future::Future<Output = (std::io::Result<usize>, BytesMut)>;
+
+    /// Waits until bytes may be read, holding no buffer meanwhile: the
+    /// wait of an idle client connection (see [`let_go`]).
+    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>>;
 }
 
 impl Source for TcpOwnedReadHalf {
@@ -553,6 +557,10 @@ impl Source for TcpOwnedReadHalf {
         want: &mut usize,
     ) -> (std::io::Result<usize>, BytesMut) {
         read_more(self, buf, want).await
+    }
+
+    async fn ready(&mut self) -> std::io::Result<()> {
+        crate::transport::socket::readable(self).await
     }
 }
 
@@ -568,6 +576,10 @@ impl Source for TlsReader {
             *want = (*want * 2).min(READ_LARGE);
         }
         (read, buf)
+    }
+
+    async fn ready(&mut self) -> std::io::Result<()> {
+        self.ready().await
     }
 }
 
@@ -660,16 +672,51 @@ pub async fn read_more<R: monoio::io::AsyncReadRent>(
 /// Lets the read buffer of a connection without calls go, if it is empty
 /// and no large DATA frame is part read (see
 /// [`Connection::mid_frame`](crate::http2::connection::Connection::mid_frame):
-/// between pieces its buffer is empty but keeps room for the rest).
+/// between pieces its buffer is empty but keeps room for the rest). A
+/// client connection that a pass leaves so waits for its next bytes
+/// holding no buffer ([`Source::ready`]), and its buffer is the worker's
+/// spare for the next connection that has something to read ([`lend`]):
+/// thousands of idle clients hold none, and waking one allocates nothing.
+/// Upstream connections, few and busy, only [`shrink`].
+pub fn let_go(side: &Side, buf: &mut bytes::BytesMut, want: &mut usize) {
+    if !idle(side, buf) {
+        return;
+    }
+    let buf = std::mem::take(buf);
+    *want = READ_SMALL;
+    SPARE.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.capacity() == 0 {
+            *spare = buf;
+        }
+    });
+}
+
+/// A read buffer for a client connection that holds none: the worker's
+/// spare, or a new one.
+pub fn lend() -> bytes::BytesMut {
+    SPARE.with(|spare| std::mem::take(&mut *spare.borrow_mut()))
+}
+
+/// Lets the read buffer of a connection without calls go, if it is empty
+/// and grew past a few small reads; an idle one keeps a small buffer.
 pub fn shrink(side: &Side, buf: &mut bytes::BytesMut, want: &mut usize) {
-    let idle = {
-        let w = side.wire.borrow();
-        w.links.is_empty() && !w.conn.mid_frame()
-    };
-    if idle && buf.is_empty() && buf.capacity() > 4 * READ_SMALL {
+    if buf.capacity() > 4 * READ_SMALL && idle(side, buf) {
         *buf = bytes::BytesMut::new();
         *want = READ_SMALL;
     }
+}
+
+/// Whether a connection's read buffer holds nothing it needs: it is
+/// empty, the connection has no calls, and no DATA frame is part read.
+fn idle(side: &Side, buf: &bytes::BytesMut) -> bool {
+    let w = side.wire.borrow();
+    buf.is_empty() && w.links.is_empty() && !w.conn.mid_frame()
+}
+
+thread_local! {
+    /// The read buffer a client connection let go (see [`let_go`]).
+    static SPARE: RefCell<bytes::BytesMut> = RefCell::new(bytes::BytesMut::new());
 }
 
 #[cfg(test)]

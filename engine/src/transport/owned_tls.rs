@@ -195,6 +195,21 @@ impl TlsReader {
         }
     }
 
+    /// Waits until [`read_into`](Self::read_into) has something to give:
+    /// ciphertext rustls has not taken, plaintext it holds, the end of
+    /// the session, or bytes on the socket. Holds no plaintext buffer.
+    pub async fn ready(&mut self) -> io::Result<()> {
+        let held = self.cipher.start < self.cipher.buf.len() || {
+            let mut conn = self.shared.conn.borrow_mut();
+            let state = conn.reader().fill_buf().map(|chunk| chunk.len());
+            !matches!(state, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        };
+        if held {
+            return Ok(());
+        }
+        crate::transport::socket::readable(&self.io).await
+    }
+
     /// Plaintext rustls holds, if any: `Some(0)` once the peer closed the
     /// TLS session.
     fn plaintext(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<Option<usize>> {

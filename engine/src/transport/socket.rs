@@ -1,5 +1,6 @@
 //! TCP options of every connection, on both legs: no Nagle delay, and the
-//! kernel's own watch for a peer that vanished without a FIN.
+//! kernel's own watch for a peer that vanished without a FIN; and the wait
+//! for bytes of a connection that holds no read buffer.
 //!
 //! With `SO_KEEPALIVE` an idle connection whose peer is gone is found by
 //! probes (after `tcp_keepalive` of silence, one every 10 s, 3 unanswered
@@ -35,4 +36,17 @@ fn set_user_timeout(tcp: &monoio::net::TcpStream, timeout: Duration) {
     // whole time `fd` is used, so it stays open and is not reused.
     let fd = unsafe { BorrowedFd::borrow_raw(tcp.as_raw_fd()) };
     let _ = socket2::SockRef::from(&fd).set_tcp_user_timeout(Some(timeout));
+}
+
+/// Waits until the socket under `half` has bytes to read, or its end or
+/// an error: a poll on io_uring; on epoll, the readiness the driver
+/// knows, confirmed by a `poll` of the socket (a readiness left from an
+/// earlier read may be stale).
+#[allow(unsafe_code)]
+pub async fn readable(half: &monoio::net::tcp::TcpOwnedReadHalf) -> std::io::Result<()> {
+    // SAFETY: monoio's halves share the stream through this cell, and
+    // each takes a reference to it for its own operations, as its
+    // `into_split` does; `readable` only submits a poll of the socket.
+    let stream = unsafe { &*half.0.get() };
+    stream.readable(false).await
 }
