@@ -191,6 +191,33 @@ proxy_test! {
             .expect("join");
     }
 
+    async fn a_connection_quiet_after_its_calls_lets_its_buffer_go_and_serves_on(driver) {
+        // Scenario: idle_buffer 50 ms. One client sends a large request
+        // (its connection's reads grow to 64 KiB), then is quiet across
+        // several of the keeper's looks, which give up its pending read
+        // and the buffer with it; another keeps a bidi stream open and
+        // idle across them (a connection with a call is not asked). Both
+        // go on as before.
+        let up = Upstream::start("a");
+        let proxy = grpc_proxy_tests::proxy(driver, &format!(
+            "[timeouts]\nidle_buffer = \"50ms\"\n{}\n[[routes]]\ncluster = \"a\"\n",
+            grpc_proxy_tests::cluster("a", up.addr())
+        ));
+        let addr = proxy.local_addr();
+        let big = Bytes::from(vec![7u8; 512 << 10]);
+        let mut quiet = Client::connect(addr).await;
+        assert_eq!(quiet.echo(big.clone()).await.expect("a large call"), big);
+        let mut streaming = Client::connect(addr).await;
+        let (tx, mut replies) = streaming.open_bidi(4).await;
+        ping(&tx, &mut replies, "before").await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        ping(&tx, &mut replies, "after").await;
+        assert_eq!(quiet.echo(big.clone()).await.expect("a large call after"), big);
+        assert_eq!(quiet.echo("small").await.expect("a small call after"), "small");
+        drop(tx);
+        assert!(replies.next().await.is_none(), "the stream ends cleanly");
+    }
+
     async fn a_client_that_does_not_finish_its_preface_in_time_is_closed(driver) {
         // Scenario: handshake timeout 300 ms. One client connects and says
         // nothing; one sends the preface and stops before SETTINGS; one

@@ -265,6 +265,27 @@ proxy_test! {
         assert_eq!(acked, (0..PINGS).collect::<Vec<_>>(), "acknowledged in order");
     }
 
+    async fn a_tls_connection_quiet_after_its_calls_lets_its_buffers_go_and_serves_on(driver) {
+        // idle_buffer 50 ms: the keeper gives up the pending read of a TLS
+        // connection without calls (its ciphertext read with it); the
+        // next read starts a new buffer and the session goes on.
+        let pki = Pki::new();
+        let up = Upstream::start("a");
+        let proxy = proxy(driver, &format!(
+            "[timeouts]\nidle_buffer = \"50ms\"\n{}{}[[routes]]\ncluster = \"a\"\n",
+            listener_tls(&pki, "off"),
+            cluster("a", up.addr())
+        ));
+        let mut client = Client::connect_tls(proxy.local_addr(), &pki.ca.cert_pem, None)
+            .await
+            .expect("connects");
+        let big = Bytes::from(vec![7u8; 256 << 10]);
+        assert_eq!(client.echo(big.clone()).await.expect("a large call"), big);
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert_eq!(client.echo(big.clone()).await.expect("a large call after"), big);
+        assert_eq!(answered_by(&mut client).await.expect("a small call after"), "a");
+    }
+
     async fn routes_by_san_send_two_identities_to_two_upstreams(driver) {
         let pki = Pki::new();
         let (a, b) = (Upstream::start("a"), Upstream::start("b"));

@@ -130,6 +130,7 @@ struct UpstreamFile {
 struct TimeoutsFile {
     handshake: Option<String>,
     idle: Option<String>,
+    idle_buffer: Option<String>,
     max_connection_age: Option<String>,
     connect: Option<String>,
     drain: Option<String>,
@@ -445,6 +446,9 @@ impl TimeoutsFile {
         }
         if let Some(d) = duration("timeouts.idle", self.idle.as_deref())? {
             s.idle_timeout = off_at_zero(d);
+        }
+        if let Some(d) = duration("timeouts.idle_buffer", self.idle_buffer.as_deref())? {
+            s.idle_buffer = off_at_zero(d);
         }
         if let Some(d) = duration(
             "timeouts.max_connection_age",

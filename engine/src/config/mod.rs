@@ -99,6 +99,12 @@ pub struct Settings {
     /// A downstream connection without calls for this long (one to two
     /// times it) gets a graceful GOAWAY; `None` keeps idle connections.
     pub idle_timeout: Option<Duration>,
+    /// A downstream connection without calls lets its read buffer go
+    /// within one to two times this (checked every this long), and reads
+    /// into the worker's spare when bytes come; `None`: a connection that
+    /// had calls keeps its buffer while it waits (one that never had a
+    /// call holds none either way).
+    pub idle_buffer: Option<Duration>,
     /// A downstream connection this old gets a graceful GOAWAY, so that
     /// long-lived clients reconnect and spread over the cores; `None`: no
     /// limit.
@@ -162,6 +168,7 @@ impl Default for Settings {
             max_connections_per_endpoint: 8,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(3600)),
+            idle_buffer: Some(Duration::from_secs(10)),
             max_connection_age: None,
             connect_timeout: Duration::from_secs(5),
             reconnect_backoff_min: Duration::from_millis(100),

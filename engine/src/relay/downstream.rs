@@ -229,15 +229,25 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
                 return;
             }
             buf = lend();
+            side.holds_buffer(true);
         }
         // In this order, with no random pick of the first (a cost on
         // every read): a client that sends without pause is still closed.
-        let (result, b) = monoio::select! {
+        let read = monoio::select! {
             biased;
             // Drained or stopped (see Relay::drain and Relay::stop_all),
             // timed out by the keeper, or failed elsewhere.
             _ = closed.as_mut() => return,
-            r = reader.read_more(buf, &mut want) => r,
+            // Quiet for a while (the keeper asks): the read goes, and its
+            // buffer with it.
+            _ = side.let_go_asked() => None,
+            r = reader.read_more(buf, &mut want) => Some(r),
+        };
+        let Some((result, b)) = read else {
+            buf = BytesMut::new();
+            want = READ_SMALL;
+            side.holds_buffer(false);
+            continue;
         };
         buf = b;
         match result {
@@ -264,6 +274,9 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
         side.wire.borrow_mut().heads.clear();
         side.flush();
         let_go(side, &mut buf, &mut want);
+        if buf.capacity() == 0 {
+            side.holds_buffer(false);
+        }
         if failed || (relay.draining() && side.wire.borrow().links.is_empty()) {
             return;
         }

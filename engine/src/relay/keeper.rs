@@ -4,7 +4,8 @@
 //! closes (a client behind a dead link may still ACK at the TCP level);
 //! GOAWAY after `idle_timeout` without calls (checked every
 //! `idle_timeout`) and at `max_connection_age`, closing once the last call
-//! ends.
+//! ends; and the read buffer of a connection without calls let go (checked
+//! every `idle_buffer`).
 //!
 //! One task and one timer serve every connection of the worker, as for
 //! call deadlines: a task per connection cost about 1.8 KiB each, which an
@@ -37,6 +38,8 @@ pub struct Keep {
     waiting: Option<(u64, Instant)>,
     /// When to look for idleness next.
     idle_at: Option<Instant>,
+    /// When to ask a connection without calls to let its read buffer go.
+    quiet_at: Option<Instant>,
     /// When the connection is too old.
     age_at: Option<Instant>,
 }
@@ -51,6 +54,7 @@ impl Keep {
             ping_at: settings.ping_interval.map(|every| now + every),
             waiting: None,
             idle_at: settings.idle_timeout.map(|idle| now + idle),
+            quiet_at: settings.idle_buffer.map(|quiet| now + quiet),
             age_at: settings.max_connection_age.map(|age| now + age),
         }
     }
@@ -62,10 +66,16 @@ impl Keep {
             Some((_, by)) => Some(by),
             None => self.ping_at,
         };
-        [self.preface_by, ping, self.idle_at, self.age_at]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.preface_by,
+            ping,
+            self.idle_at,
+            self.quiet_at,
+            self.age_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -131,6 +141,10 @@ fn step(side: &Rc<Side>, keep: &mut Keep, settings: &Settings, now: Instant) -> 
         side.flush();
         keep.waiting = Some((side.pongs.get(), now + settings.ping_timeout));
         keep.ping_at = settings.ping_interval.map(|every| now + every);
+    }
+    if keep.quiet_at.is_some_and(|at| now >= at) {
+        keep.quiet_at = settings.idle_buffer.map(|quiet| now + quiet);
+        side.ask_let_go();
     }
     let retire = if keep.age_at.is_some_and(|at| now >= at) {
         keep.age_at = None;

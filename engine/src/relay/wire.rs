@@ -112,6 +112,21 @@ pub struct Side {
     direct: Cell<Option<RawFd>>,
     /// In the flusher's queue.
     queued: Cell<bool>,
+    /// Whether a client connection's reader holds a read buffer, and
+    /// whether it was asked to let it go (see [`ask_let_go`](Self::ask_let_go)).
+    buffer: Cell<Buffer>,
+}
+
+/// A client connection's read buffer, for the keeper (see
+/// [`Side::ask_let_go`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Buffer {
+    /// It holds none: it waits for bytes with none ([`Source::ready`]).
+    None,
+    /// It reads into one of its own.
+    Held,
+    /// It holds one and was asked to let it go.
+    Asked,
 }
 
 impl Side {
@@ -159,7 +174,37 @@ impl Side {
             identity,
             direct: Cell::new(None),
             queued: Cell::new(false),
+            buffer: Cell::new(Buffer::None),
         })
+    }
+
+    /// Asks the reader of a client connection without calls to let its
+    /// read buffer go, if it holds one: a connection that went quiet
+    /// after its calls waits in a read that holds the buffer (grown to
+    /// what its busiest reads took, up to 64 KiB), where one that never
+    /// had a call holds none (see [`let_go`]). The keeper asks.
+    pub fn ask_let_go(&self) {
+        if self.buffer.get() == Buffer::Held && self.wire.borrow().links.is_empty() {
+            self.buffer.set(Buffer::Asked);
+            // The reader waits on `closed` beside its read.
+            self.closed.nudge();
+        }
+    }
+
+    /// Completes when the reader was asked to let its buffer go; it
+    /// registers no waker of its own, and is polled beside a wait on
+    /// `closed`, which [`ask_let_go`](Self::ask_let_go) nudges.
+    pub fn let_go_asked(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|_| match self.buffer.get() {
+            Buffer::Asked => Poll::Ready(()),
+            _ => Poll::Pending,
+        })
+    }
+
+    /// Records whether the reader holds a read buffer.
+    pub fn holds_buffer(&self, holds: bool) {
+        self.buffer
+            .set(if holds { Buffer::Held } else { Buffer::None });
     }
 
     /// Sends GOAWAY (no new streams): a connection without calls closes

@@ -102,6 +102,21 @@ impl WaitList {
     }
 }
 
+impl WaitList {
+    /// Wakes every waiter and keeps its slot and waker: each is polled
+    /// again, still registered.
+    fn wake_in_place(&self) {
+        let near: [Option<Waker>; NEAR] = self.near.borrow().clone();
+        let far: Vec<Waker> = {
+            let slots = self.slots.borrow();
+            slots.iter().flatten().cloned().collect()
+        };
+        for w in near.iter().flatten().chain(&far) {
+            w.wake_by_ref();
+        }
+    }
+}
+
 /// A flag that is set once; every waiter wakes when it is.
 #[derive(Default)]
 pub struct Latch {
@@ -115,6 +130,14 @@ impl Latch {
         if !self.set.replace(true) {
             self.waiters.wake_all();
         }
+    }
+
+    /// Wakes every waiter without setting the flag: each task polls its
+    /// wait again, finds it pending and still registered, and looks at
+    /// whatever else it waits on beside it (see
+    /// [`Side::ask_let_go`](crate::relay::wire::Side::ask_let_go)).
+    pub fn nudge(&self) {
+        self.waiters.wake_in_place();
     }
 
     /// Whether the flag is set.
@@ -272,6 +295,30 @@ mod tests {
             "the first task no longer waits"
         );
         assert_eq!(b.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_nudged_latch_wait_stays_registered_for_the_set() {
+        let latch = Latch::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut waits: Vec<_> = (0..3).map(|_| latch.wait()).collect();
+        for w in &mut waits {
+            assert!(Pin::new(w).poll(&mut cx).is_pending());
+        }
+        latch.nudge();
+        assert_eq!(count.0.load(Ordering::SeqCst), 3, "each waiter woke");
+        // Polled again by the same task, a wait registers nothing: the
+        // nudge must have left its waker in place for the set.
+        for w in &mut waits {
+            assert!(Pin::new(w).poll(&mut cx).is_pending());
+        }
+        latch.set();
+        assert_eq!(count.0.load(Ordering::SeqCst), 6, "and each woke again");
+        for w in &mut waits {
+            assert!(Pin::new(w).poll(&mut cx).is_ready());
+        }
     }
 
     #[test]

@@ -100,8 +100,14 @@ impl Cipher {
         if self.start < self.buf.len() {
             return Ok(true);
         }
+        // Taken for the read: a read given up (its future dropped) takes
+        // the buffer with it, and the next one starts a new buffer, as
+        // one let go while idle does (see `TlsReader::ready`).
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
+        if buf.capacity() == 0 {
+            buf.reserve(CIPHER_READ);
+        }
         self.start = 0;
         let (read, buf) = io.read(buf).await;
         self.buf = buf;
@@ -197,7 +203,9 @@ impl TlsReader {
 
     /// Waits until [`read_into`](Self::read_into) has something to give:
     /// ciphertext rustls has not taken, plaintext it holds, the end of
-    /// the session, or bytes on the socket. Holds no plaintext buffer.
+    /// the session, or bytes on the socket. Waiting on the socket, it
+    /// holds no buffer: the ciphertext buffer (16.5 KiB) goes, and the
+    /// next read takes a new one.
     pub async fn ready(&mut self) -> io::Result<()> {
         let held = self.cipher.start < self.cipher.buf.len() || {
             let mut conn = self.shared.conn.borrow_mut();
@@ -207,6 +215,7 @@ impl TlsReader {
         if held {
             return Ok(());
         }
+        self.cipher = Cipher::new(Vec::new());
         crate::transport::socket::readable(&self.io).await
     }
 
