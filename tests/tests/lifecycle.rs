@@ -218,6 +218,31 @@ proxy_test! {
         assert!(replies.next().await.is_none(), "the stream ends cleanly");
     }
 
+    async fn a_frame_part_read_survives_the_quiet_looks(driver) {
+        // A client with no calls sends half a PING and pauses across
+        // several of the keeper's looks (idle_buffer 50 ms): the half it
+        // sent is held, not given up with the pending read, and the
+        // PING is answered once the rest comes.
+        use grpc_proxy_tests::peer::{frame, kind, Peer};
+        let up = Upstream::start("a");
+        let proxy = grpc_proxy_tests::proxy(driver, &format!(
+            "[timeouts]\nidle_buffer = \"50ms\"\n{}\n[[routes]]\ncluster = \"a\"\n",
+            grpc_proxy_tests::cluster("a", up.addr())
+        ));
+        let addr = proxy.local_addr();
+        let ping = frame(kind::PING, 0, 0, b"halfway!");
+        tokio::task::spawn_blocking(move || {
+            let mut peer = Peer::connect(addr, &[]);
+            peer.send_raw(&ping[..5]);
+            std::thread::sleep(Duration::from_millis(400));
+            peer.send_raw(&ping[5..]);
+            peer.expect_ping_ack(*b"halfway!")
+        })
+        .await
+        .expect("join")
+        .expect("the PING split across the pause is answered");
+    }
+
     async fn a_client_that_does_not_finish_its_preface_in_time_is_closed(driver) {
         // Scenario: handshake timeout 300 ms. One client connects and says
         // nothing; one sends the preface and stops before SETTINGS; one

@@ -34,7 +34,9 @@ use crate::relay::calls::{
 };
 use crate::relay::keeper::Keep;
 use crate::relay::upstream::{requeue, upstream, Dial};
-use crate::relay::wire::{lend, let_go, write_loop, Links, Side, Sink, Source, Wire, READ_SMALL};
+use crate::relay::wire::{
+    lend, let_go, write_loop, Buffer, Links, Side, Sink, Source, Wire, READ_SMALL,
+};
 use crate::relay::worker::Relay;
 use crate::routing::director::{Call as DirectorCall, Route};
 use crate::telemetry::metrics::add;
@@ -229,7 +231,7 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
                 return;
             }
             buf = lend();
-            side.holds_buffer(true);
+            side.holds_buffer(Buffer::Empty);
         }
         // In this order, with no random pick of the first (a cost on
         // every read): a client that sends without pause is still closed.
@@ -246,7 +248,7 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
         let Some((result, b)) = read else {
             buf = BytesMut::new();
             want = READ_SMALL;
-            side.holds_buffer(false);
+            side.holds_buffer(Buffer::None);
             continue;
         };
         buf = b;
@@ -274,9 +276,6 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
         side.wire.borrow_mut().heads.clear();
         side.flush();
         let_go(side, &mut buf, &mut want);
-        if buf.capacity() == 0 {
-            side.holds_buffer(false);
-        }
         if failed || (relay.draining() && side.wire.borrow().links.is_empty()) {
             return;
         }

@@ -123,9 +123,12 @@ pub struct Side {
 pub enum Buffer {
     /// It holds none: it waits for bytes with none ([`Source::ready`]).
     None,
-    /// It reads into one of its own.
-    Held,
-    /// It holds one and was asked to let it go.
+    /// It holds an empty one, which it may give up with its read.
+    Empty,
+    /// It holds one with what it needs: part of a frame, or room for the
+    /// rest of a large one.
+    Needed,
+    /// It holds an empty one and was asked to let it go.
     Asked,
 }
 
@@ -184,7 +187,7 @@ impl Side {
     /// what its busiest reads took, up to 64 KiB), where one that never
     /// had a call holds none (see [`let_go`]). The keeper asks.
     pub fn ask_let_go(&self) {
-        if self.buffer.get() == Buffer::Held && self.wire.borrow().links.is_empty() {
+        if self.buffer.get() == Buffer::Empty && self.wire.borrow().links.is_empty() {
             self.buffer.set(Buffer::Asked);
             // The reader waits on `closed` beside its read.
             self.closed.nudge();
@@ -201,10 +204,9 @@ impl Side {
         })
     }
 
-    /// Records whether the reader holds a read buffer.
-    pub fn holds_buffer(&self, holds: bool) {
-        self.buffer
-            .set(if holds { Buffer::Held } else { Buffer::None });
+    /// Records what the reader's buffer holds.
+    pub fn holds_buffer(&self, buffer: Buffer) {
+        self.buffer.set(buffer);
     }
 
     /// Sends GOAWAY (no new streams): a connection without calls closes
@@ -722,13 +724,26 @@ pub async fn read_more<R: monoio::io::AsyncReadRent>(
 /// holding no buffer ([`Source::ready`]), and its buffer is the worker's
 /// spare for the next connection that has something to read ([`lend`]):
 /// thousands of idle clients hold none, and waking one allocates nothing.
-/// Upstream connections, few and busy, only [`shrink`].
+/// Otherwise it records for the keeper whether the buffer holds what the
+/// connection needs, which a read given up would lose (see
+/// [`Side::ask_let_go`]). Upstream connections, few and busy, only
+/// [`shrink`].
 pub fn let_go(side: &Side, buf: &mut bytes::BytesMut, want: &mut usize) {
-    if !idle(side, buf) {
+    let (needed, calls) = {
+        let w = side.wire.borrow();
+        (!buf.is_empty() || w.conn.mid_frame(), !w.links.is_empty())
+    };
+    if needed || calls {
+        side.holds_buffer(if needed {
+            Buffer::Needed
+        } else {
+            Buffer::Empty
+        });
         return;
     }
     let buf = std::mem::take(buf);
     *want = READ_SMALL;
+    side.holds_buffer(Buffer::None);
     SPARE.with(|spare| {
         let mut spare = spare.borrow_mut();
         if spare.capacity() == 0 {
