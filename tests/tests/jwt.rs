@@ -240,7 +240,7 @@ proxy_test! {
         let token = old.clone();
         let runner = tokio::spawn(async move {
             let mut client = Client::connect(addr).await;
-            let (mut allowed, mut refused_after) = (0u32, false);
+            let (mut allowed, mut refused_after, mut stopping) = (0u32, false, false);
             loop {
                 match call(&mut client, Some(&token)).await {
                     Ok(_) => {
@@ -252,7 +252,11 @@ proxy_test! {
                         refused_after = true;
                     }
                 }
-                if stop_rx.try_recv().is_ok() {
+                // The reload is done when the stop comes: the runner's call
+                // under way then may still have been allowed, and the next
+                // is refused.
+                stopping = stopping || stop_rx.try_recv().is_ok();
+                if stopping && refused_after {
                     return (allowed, refused_after);
                 }
             }
