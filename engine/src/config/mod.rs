@@ -103,7 +103,8 @@ pub struct Settings {
     /// within one to two times this (checked every this long), and reads
     /// into the worker's spare when bytes come; `None`: a connection that
     /// had calls keeps its buffer while it waits (one that never had a
-    /// call holds none either way).
+    /// call holds none either way). On the epoll driver only: on io_uring
+    /// a read given up could lose what the kernel already read into it.
     pub idle_buffer: Option<Duration>,
     /// A downstream connection this old gets a graceful GOAWAY, so that
     /// long-lived clients reconnect and spread over the cores; `None`: no

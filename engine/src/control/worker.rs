@@ -135,7 +135,7 @@ async fn serve<R: DirectorRecipe>(spec: Spec<R>, driver: Driver) {
     *worker.relay.borrow_mut() = Some(relay.clone());
     let relay_tasks = relay.live();
     relay.spawn(relay.clone().run_deadlines());
-    relay.spawn(relay.clone().run_keepers());
+    relay.spawn(relay.clone().run_keepers(driver == Driver::Legacy));
     relay.spawn(relay.clone().run_clock());
     relay.spawn(crate::relay::wire::Flusher::run(server.stop.clone()));
     let drainer = relay.clone();

@@ -97,6 +97,12 @@ impl Decoder {
         }
     }
 
+    /// Frees the scratch buffer (see the module's notes); the dynamic
+    /// table, which is the connection's state, stays.
+    pub fn release_scratch(&mut self) {
+        self.scratch = Vec::new();
+    }
+
     /// The dynamic table (for tests and metrics).
     pub fn table(&self) -> &DynamicTable {
         &self.table

@@ -344,6 +344,19 @@ impl Connection {
         self.partial.is_some()
     }
 
+    /// Frees the room a quiet connection's busiest moment left in its
+    /// stream slab, its header block buffers and its HPACK scratch, where
+    /// nothing is held; its state stays.
+    pub fn release_idle(&mut self) {
+        self.streams.release_if_empty();
+        if self.pending.is_none() {
+            self.block = Vec::new();
+        }
+        // A scratch buffer between a pass's encodings (see `send_encoded`).
+        self.encoded = Vec::new();
+        self.decoder.release_scratch();
+    }
+
     /// The open streams.
     pub fn streams(&self) -> &Streams {
         &self.streams

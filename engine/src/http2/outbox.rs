@@ -53,6 +53,14 @@ impl Outbox {
         self.queue.push_back(payload);
     }
 
+    /// Frees the queue's and the gathering buffer's room if nothing
+    /// waits: they keep that of the connection's busiest moment otherwise.
+    pub fn release_if_empty(&mut self) {
+        if self.is_empty() {
+            *self = Self::default();
+        }
+    }
+
     /// Bytes waiting.
     pub fn len(&self) -> usize {
         self.len

@@ -142,6 +142,14 @@ impl Streams {
         self.slots.iter_mut().flatten()
     }
 
+    /// Frees the slab and map of a connection with no open stream: they
+    /// keep the room of its busiest moment otherwise.
+    pub fn release_if_empty(&mut self) {
+        if self.is_empty() {
+            *self = Self::default();
+        }
+    }
+
     /// The ids of every open stream.
     pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.by_id.keys().copied()

@@ -249,6 +249,7 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
             buf = BytesMut::new();
             want = READ_SMALL;
             side.holds_buffer(Buffer::None);
+            side.wire.borrow_mut().release_idle();
             continue;
         };
         buf = b;

@@ -13,6 +13,7 @@
 //! on the heap, for its next timer; a connection that closed is dropped
 //! when its entry comes due.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 
@@ -84,19 +85,31 @@ impl Keep {
 #[derive(Default)]
 pub struct Keepers {
     timers: Timers<(Weak<Side>, Keep)>,
+    /// Whether quiet connections are asked to let their read buffers go
+    /// (see [`run`](Self::run)).
+    quiet_looks: Cell<bool>,
 }
 
 impl Keepers {
     /// Starts keeping `side` with timers `keep`.
-    pub fn watch(&self, side: &Rc<Side>, keep: Keep) {
+    pub fn watch(&self, side: &Rc<Side>, mut keep: Keep) {
+        if !self.quiet_looks.get() {
+            keep.quiet_at = None;
+        }
         if let Some(at) = keep.next() {
             self.timers.push(at, (Rc::downgrade(side), keep));
         }
     }
 
     /// Runs the timers as they come due, until `stop`; a connection that
-    /// closed is dropped when its entry comes due.
-    pub async fn run(&self, settings: &Settings, stop: &Latch) {
+    /// closed is dropped when its entry comes due. With `quiet_looks`,
+    /// connections without calls are asked to give up their pending read
+    /// and its buffer ([`Side::ask_let_go`]); only where that loses
+    /// nothing: on epoll a read takes bytes only when it completes, but
+    /// on io_uring the kernel may have read into the buffer of a read
+    /// given up, and monoio 0.2.4 drops that result.
+    pub async fn run(&self, settings: &Settings, stop: &Latch, quiet_looks: bool) {
+        self.quiet_looks.set(quiet_looks);
         self.timers
             .run(stop, |(weak, mut keep), now| {
                 let side = weak.upgrade()?;

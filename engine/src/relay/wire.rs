@@ -76,6 +76,23 @@ impl Wire {
         self.conn.send_capacity(stream)
     }
 
+    /// Frees the room a quiet connection's busiest moment left in its
+    /// protocol state, write list, call links and scratch lists, where
+    /// nothing is held (see [`Side::ask_let_go`]).
+    pub fn release_idle(&mut self) {
+        self.conn.release_idle();
+        self.out.release_if_empty();
+        if self.links.is_empty() {
+            self.links = Links::default();
+        }
+        if self.waiting.is_empty() {
+            self.waiting = VecDeque::new();
+        }
+        if self.heads.is_empty() {
+            self.heads = Vec::new();
+        }
+    }
+
     /// Gives the peer back the credit of `n` bytes of `stream`'s DATA.
     pub fn release(&mut self, stream: u32, n: u32) {
         self.conn.release(stream, n, &mut self.out);

@@ -231,10 +231,13 @@ impl Relay {
     }
 
     /// Runs client connections' timers until the worker stops (see
-    /// [`keeper`](crate::relay::keeper)).
-    pub async fn run_keepers(self: Rc<Self>) {
+    /// [`keeper`](crate::relay::keeper)); `quiet_looks` on the epoll
+    /// driver only (see [`Keepers::run`](crate::relay::keeper::Keepers::run)).
+    pub async fn run_keepers(self: Rc<Self>, quiet_looks: bool) {
         let stop = self.server.stop.clone();
-        self.keepers.run(&self.server.settings, &stop).await;
+        self.keepers
+            .run(&self.server.settings, &stop, quiet_looks)
+            .await;
     }
 
     /// Ends calls whose deadline has passed, until the worker stops: one
