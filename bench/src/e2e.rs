@@ -271,6 +271,9 @@ pub struct Timing<'a> {
     /// Idle connections to hold after the loads, to measure memory per
     /// connection; 0: none.
     pub idle: usize,
+    /// With `idle`: also as many connections quiet after one call each,
+    /// measured right after the calls and this long later.
+    pub quiet_after_call: Option<Duration>,
 }
 
 /// Runs every scenario against one target; `peak` is filled from the first
@@ -446,13 +449,30 @@ pub fn run_target(
         n if had_proxy && n > 0 && tls.is_none() => {
             let fresh = procs::proxy(target, bin_dir, &proxy_cpus, upstream, None)?
                 .ok_or_else(|| anyhow::anyhow!("{} started no process", target.name()))?;
-            let row = crate::idle::measure(&target.name(), &fresh, fresh.addr, n)?;
+            let mut row = crate::idle::measure(&target.name(), &fresh, fresh.addr, n)?;
             eprintln!(
                 "  {:<28} {:<14} {:>8.1} KiB per connection ({n} connections)",
                 "idle connections",
                 target.name(),
                 row.kib_per_connection
             );
+            drop(fresh);
+            if let Some(settle) = timing.quiet_after_call {
+                let fresh = procs::proxy(target, bin_dir, &proxy_cpus, upstream, None)?
+                    .ok_or_else(|| anyhow::anyhow!("{} started no process", target.name()))?;
+                let (after, settled) = crate::idle::measure_quiet(&fresh, fresh.addr, n, settle)?;
+                eprintln!(
+                    "  {:<28} {:<14} {:>8.1} KiB per connection, {:.1} after {} s",
+                    "quiet after one call",
+                    target.name(),
+                    after,
+                    settled,
+                    settle.as_secs()
+                );
+                row.after_call_kib = Some(after);
+                row.settled_kib = Some(settled);
+                row.settle_secs = Some(settle.as_secs());
+            }
             Some(row)
         }
         _ => None,

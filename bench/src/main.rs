@@ -61,6 +61,13 @@ enum Cmd {
         /// loads, to measure memory per connection (0: skip).
         #[arg(long, default_value_t = 5000)]
         idle: usize,
+        /// Also as many connections that each make one unary call of 32
+        /// KiB and then go quiet, on another fresh process: memory per
+        /// connection right after the calls and this many seconds later
+        /// (a proxy may hold what a call grew until it looks again;
+        /// grpc-proxy's `[timeouts] idle_buffer` is 10 s). 0: skip.
+        #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+        quiet_after_call: u64,
         /// Do not build grpc-proxy and grpc-loadtest first.
         #[arg(long)]
         no_build: bool,
@@ -123,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_build,
             tls,
             idle,
+            quiet_after_call,
             plot,
             rounds,
         } => {
@@ -200,6 +208,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             } else {
                                 idle
                             },
+                            quiet_after_call: (quiet_after_call > 0)
+                                .then(|| Duration::from_secs(quiet_after_call)),
                         },
                         &these,
                     )?;
