@@ -286,6 +286,28 @@ proxy_test! {
         assert_eq!(answered_by(&mut client).await.expect("a small call after"), "a");
     }
 
+    async fn a_large_call_ending_gives_back_its_buffers_at_once(driver) {
+        // idle_buffer 1 h: the keeper does not look during the test, but
+        // a connection whose last call ends with a large read buffer gives
+        // up its pending read at once (on epoll), the ciphertext read with
+        // it; the next calls find the session whole.
+        let pki = Pki::new();
+        let up = Upstream::start("a");
+        let proxy = proxy(driver, &format!(
+            "[timeouts]\nidle_buffer = \"1h\"\n{}{}[[routes]]\ncluster = \"a\"\n",
+            listener_tls(&pki, "off"),
+            cluster("a", up.addr())
+        ));
+        let mut client = Client::connect_tls(proxy.local_addr(), &pki.ca.cert_pem, None)
+            .await
+            .expect("connects");
+        let big = Bytes::from(vec![9u8; 256 << 10]);
+        for _ in 0..3 {
+            assert_eq!(client.echo(big.clone()).await.expect("a large call"), big);
+        }
+        assert_eq!(answered_by(&mut client).await.expect("a small call after"), "a");
+    }
+
     async fn routes_by_san_send_two_identities_to_two_upstreams(driver) {
         let pki = Pki::new();
         let (a, b) = (Upstream::start("a"), Upstream::start("b"));

@@ -246,8 +246,9 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
             r = reader.read_more(buf, &mut want) => Some(r),
         };
         let Some((result, b)) = read else {
+            // `want` stays: the next read takes a buffer of the size the
+            // last ones grew to, once, rather than growing one again.
             buf = BytesMut::new();
-            want = READ_SMALL;
             side.holds_buffer(Buffer::None);
             side.wire.borrow_mut().release_idle();
             continue;

@@ -91,6 +91,11 @@ pub struct Keepers {
 }
 
 impl Keepers {
+    /// Whether quiet connections are asked to let their read buffers go.
+    pub fn quiet_looks(&self) -> bool {
+        self.quiet_looks.get()
+    }
+
     /// Starts keeping `side` with timers `keep`.
     pub fn watch(&self, side: &Rc<Side>, mut keep: Keep) {
         if !self.quiet_looks.get() {
@@ -109,7 +114,8 @@ impl Keepers {
     /// on io_uring the kernel may have read into the buffer of a read
     /// given up, and monoio 0.2.4 drops that result.
     pub async fn run(&self, settings: &Settings, stop: &Latch, quiet_looks: bool) {
-        self.quiet_looks.set(quiet_looks);
+        self.quiet_looks
+            .set(quiet_looks && settings.idle_buffer.is_some());
         self.timers
             .run(stop, |(weak, mut keep), now| {
                 let side = weak.upgrade()?;

@@ -142,6 +142,9 @@ pub enum Buffer {
     None,
     /// It holds an empty one, which it may give up with its read.
     Empty,
+    /// It holds an empty one grown past a few small reads, which it gives
+    /// up as soon as its last call ends (see [`Side::calls_ended`]).
+    Large,
     /// It holds one with what it needs: part of a frame, or room for the
     /// rest of a large one.
     Needed,
@@ -204,10 +207,22 @@ impl Side {
     /// what its busiest reads took, up to 64 KiB), where one that never
     /// had a call holds none (see [`let_go`]). The keeper asks.
     pub fn ask_let_go(&self) {
-        if self.buffer.get() == Buffer::Empty && self.wire.borrow().links.is_empty() {
+        let empty = matches!(self.buffer.get(), Buffer::Empty | Buffer::Large);
+        if empty && self.wire.borrow().links.is_empty() {
             self.buffer.set(Buffer::Asked);
             // The reader waits on `closed` beside its read.
             self.closed.nudge();
+        }
+    }
+
+    /// The last call of a client connection ended: a large read buffer
+    /// goes now, not at the keeper's next look (a client that calls now
+    /// and then with large messages would otherwise hold one for each
+    /// quiet spell, where a small one waits for the look). Epoll only, as
+    /// the keeper's looks (see [`Keepers::run`](crate::relay::keeper::Keepers::run)).
+    pub fn calls_ended(&self) {
+        if self.buffer.get() == Buffer::Large {
+            self.ask_let_go();
         }
     }
 
@@ -753,6 +768,9 @@ pub fn let_go(side: &Side, buf: &mut bytes::BytesMut, want: &mut usize) {
     if needed || calls {
         side.holds_buffer(if needed {
             Buffer::Needed
+        } else if buf.capacity().max(*want) > 4 * READ_SMALL {
+            // Its next read reserves `want` if there is less room.
+            Buffer::Large
         } else {
             Buffer::Empty
         });

@@ -444,6 +444,8 @@ impl Relay {
         call.down.flush();
         if idle && (self.draining.get() || call.down.retiring.get()) {
             call.down.closed.set();
+        } else if idle && self.keepers.quiet_looks() {
+            call.down.calls_ended();
         }
         if let Some(waiting_on) = &call.waiting_on {
             waiting_on.wire.borrow_mut().waiting.retain(|k| *k != key);
