@@ -42,7 +42,8 @@ pub use grpc_proxy::{Driver, ProxyHandle};
 pub use pki::{Issued, Pki};
 
 /// Runs one test body on a fresh tokio runtime with the proxy on `driver`;
-/// a hang fails after 60 s instead of blocking the suite.
+/// a hang fails after 60 s instead of blocking the suite, and prints what
+/// this process's sockets and threads were doing (see [`hang_report`]).
 pub fn run_on<F, Fut>(driver: Driver, body: F)
 where
     F: FnOnce(Driver) -> Fut,
@@ -58,9 +59,16 @@ where
         .build()
         .expect("tokio runtime");
     rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(60), body(driver))
+        // Pinned here, not moved into the timeout: a hung body (its proxy
+        // and peers among it) is still alive while the report is taken.
+        let body = std::pin::pin!(body(driver));
+        if tokio::time::timeout(Duration::from_secs(60), body)
             .await
-            .expect("test timed out (hang guard)");
+            .is_err()
+        {
+            eprintln!("{}", hang_report());
+            panic!("test timed out (hang guard)");
+        }
     });
 }
 
@@ -117,4 +125,129 @@ pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// What a hung test leaves to read: every TCP socket this process holds
+/// (both ends of its loopback connections, the proxy's and the clients'),
+/// with state and queued bytes, and every thread with its state and the
+/// kernel function it sleeps in. It tells a client waiting on a connection
+/// the proxy closed from a proxy that never closed it.
+pub fn hang_report() -> String {
+    use std::collections::HashSet;
+    use std::fmt::Write;
+    let ours: HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
+        .collect();
+    let mut out =
+        String::from("hang report: TCP sockets of this process (local remote state tx rx)\n");
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || !ours.contains(f[9]) {
+                continue;
+            }
+            let (tx, rx) = f[4].split_once(':').unwrap_or((f[4], ""));
+            let _ = writeln!(
+                out,
+                "  {} {} {} tx={} rx={}",
+                tcp_endpoint(f[1]),
+                tcp_endpoint(f[2]),
+                tcp_state(f[3]),
+                u64::from_str_radix(tx, 16).unwrap_or(0),
+                u64::from_str_radix(rx, 16).unwrap_or(0),
+            );
+        }
+    }
+    out.push_str("threads (name state wchan)\n");
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = task.path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat.rsplit_once(") ").map_or("?", |(_, r)| &r[..1]);
+        let _ = writeln!(
+            out,
+            "  {} {} {}",
+            read("comm").trim(),
+            state,
+            read("wchan").trim()
+        );
+    }
+    out
+}
+
+/// `0100007F:1F90` (as /proc/net/tcp writes an IPv4 endpoint) as
+/// `127.0.0.1:8080`; other forms as they are.
+fn tcp_endpoint(hex: &str) -> String {
+    let Some((ip, port)) = hex.split_once(':') else {
+        return hex.to_owned();
+    };
+    let port = u16::from_str_radix(port, 16).unwrap_or(0);
+    match u32::from_str_radix(ip, 16) {
+        Ok(ip) if ip_len_is_v4(hex) => {
+            format!("{}:{port}", std::net::Ipv4Addr::from(ip.swap_bytes()))
+        }
+        _ => format!("[{ip}]:{port}"),
+    }
+}
+
+fn ip_len_is_v4(hex: &str) -> bool {
+    hex.find(':') == Some(8)
+}
+
+/// A TCP state as /proc/net/tcp numbers it.
+fn tcp_state(hex: &str) -> &'static str {
+    const STATES: [&str; 12] = [
+        "?",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+    ];
+    STATES[u8::from_str_radix(hex, 16).map_or(0, usize::from).min(11)]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_hang_report_lists_both_ends_of_a_loopback_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = std::net::TcpStream::connect(addr).expect("connect");
+        let (_server, _) = listener.accept().expect("accept");
+        let local = client.local_addr().expect("local");
+        let report = super::hang_report();
+        assert!(
+            report.contains(&format!("{addr} 0.0.0.0:0 LISTEN")),
+            "{report}"
+        );
+        assert!(
+            report.contains(&format!("{local} {addr} ESTABLISHED")),
+            "{report}"
+        );
+        assert!(
+            report.contains(&format!("{addr} {local} ESTABLISHED")),
+            "{report}"
+        );
+    }
 }
