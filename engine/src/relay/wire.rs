@@ -726,6 +726,9 @@ impl Sink for TlsWriter {
 pub const READ_SMALL: usize = 512;
 /// The largest read size.
 const READ_LARGE: usize = 64 << 10;
+/// A read buffer past this grew beyond a few small reads: a connection
+/// without calls lets it go rather than keep it.
+const READ_GROWN: usize = 4 * READ_SMALL;
 
 /// Reads more bytes onto the end of `buf`, into at least `*want` bytes of
 /// room; a read that fills the room doubles `*want` (up to 64 KiB), so a
@@ -768,7 +771,7 @@ pub fn let_go(side: &Side, buf: &mut bytes::BytesMut, want: &mut usize) {
     if needed || calls {
         side.holds_buffer(if needed {
             Buffer::Needed
-        } else if buf.capacity().max(*want) > 4 * READ_SMALL {
+        } else if buf.capacity().max(*want) > READ_GROWN {
             // Its next read reserves `want` if there is less room.
             Buffer::Large
         } else {
@@ -796,7 +799,7 @@ pub fn lend() -> bytes::BytesMut {
 /// Lets the read buffer of a connection without calls go, if it is empty
 /// and grew past a few small reads; an idle one keeps a small buffer.
 pub fn shrink(side: &Side, buf: &mut bytes::BytesMut, want: &mut usize) {
-    if buf.capacity() > 4 * READ_SMALL && idle(side, buf) {
+    if buf.capacity() > READ_GROWN && idle(side, buf) {
         *buf = bytes::BytesMut::new();
         *want = READ_SMALL;
     }
