@@ -114,13 +114,11 @@ pub fn measure_quiet(
 }
 
 /// The preface, SETTINGS, and a unary call on stream 1 whose message is
-/// `CALL` bytes, in frames of 16 KiB at most.
+/// `CALL` bytes, in frames of 16 KiB at most, written with the engine's
+/// frame and HPACK writers.
 fn one_call() -> Vec<u8> {
-    let frame = |out: &mut Vec<u8>, kind: u8, flags: u8, payload: &[u8]| {
-        out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-        out.extend_from_slice(&[kind, flags, 0, 0, 0, 1]);
-        out.extend_from_slice(payload);
-    };
+    use grpc_proxy::hpack::encoder::encode_field;
+    use grpc_proxy::http2::frame::{flag, kind, write_head};
     let mut block = Vec::new();
     for (name, value) in [
         (":method", "POST"),
@@ -130,23 +128,23 @@ fn one_call() -> Vec<u8> {
         ("content-type", "application/grpc"),
         ("te", "trailers"),
     ] {
-        // A literal without indexing, new name, raw strings (all < 127).
-        block.push(0);
-        block.push(name.len() as u8);
-        block.extend_from_slice(name.as_bytes());
-        block.push(value.len() as u8);
-        block.extend_from_slice(value.as_bytes());
+        encode_field(name.as_bytes(), value.as_bytes(), false, &mut block);
     }
     let mut message = vec![0u8];
     message.extend_from_slice(&(CALL as u32).to_be_bytes());
     message.resize(5 + CALL, 7);
     let mut out = HELLO.to_vec();
-    // Stream 1 in the frame helper: the SETTINGS in HELLO are stream 0.
-    frame(&mut out, 0x1, 0x4, &block);
+    write_head(&mut out, block.len(), kind::HEADERS, flag::END_HEADERS, 1);
+    out.extend_from_slice(&block);
     let chunks: Vec<&[u8]> = message.chunks(16 << 10).collect();
     for (i, chunk) in chunks.iter().enumerate() {
-        let end = if i + 1 == chunks.len() { 0x1 } else { 0 };
-        frame(&mut out, 0x0, end, chunk);
+        let end = if i + 1 == chunks.len() {
+            flag::END_STREAM
+        } else {
+            0
+        };
+        write_head(&mut out, chunk.len(), kind::DATA, end, 1);
+        out.extend_from_slice(chunk);
     }
     out
 }
@@ -154,18 +152,18 @@ fn one_call() -> Vec<u8> {
 /// Reads frames until stream 1 ends; an error if the connection closes
 /// or goes away first.
 fn answered(tcp: &mut TcpStream) -> anyhow::Result<()> {
+    use grpc_proxy::http2::frame::{flag, kind, Head, HEAD_LEN};
     loop {
-        let mut head = [0u8; 9];
+        let mut head = [0u8; HEAD_LEN];
         tcp.read_exact(&mut head)?;
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; len];
+        let head = Head::parse(&head);
+        let mut payload = vec![0u8; head.length as usize];
         tcp.read_exact(&mut payload)?;
-        let (kind, flags) = (head[3], head[4]);
-        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        if kind == 0x7 {
+        if head.kind == kind::GOAWAY {
             anyhow::bail!("the proxy sent GOAWAY instead of answering the call");
         }
-        if stream == 1 && kind <= 0x1 && flags & 0x1 != 0 {
+        let ends = head.kind == kind::DATA || head.kind == kind::HEADERS;
+        if head.stream == 1 && ends && head.flags & flag::END_STREAM != 0 {
             return Ok(());
         }
     }
