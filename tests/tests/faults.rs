@@ -698,7 +698,10 @@ proxy_test! {
         for (reason, code) in UPSTREAM_RESETS {
             let reason_code = u32::from(reason).to_string();
             let (response, mut body) = open(&client, addr, "Reset", &[("x-reset", &reason_code)]).await;
-            body.send_data(frame(b"x"), true).expect("data");
+            // The upstream resets on the headers alone: the proxy's answer
+            // (with RST_STREAM NO_ERROR, the request being unfinished) may
+            // close the stream before this goes, and h2 then refuses it.
+            let _ = body.send_data(frame(b"x"), true);
             let response = head(response).await;
             let headers = response.headers();
             assert_eq!(headers["grpc-status"], (code as i32).to_string(), "{reason:?}: {headers:?}");
