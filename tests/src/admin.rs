@@ -39,3 +39,16 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// Polls `proxy`'s merged counters (every 10 ms, for up to 20 s) until
+/// `done` holds for their exposition; panics naming `what` if it never
+/// does.
+pub async fn wait_until(proxy: &grpc_proxy::ProxyHandle, what: &str, done: impl Fn(&str) -> bool) {
+    for _ in 0..2000 {
+        if done(&proxy.metrics().render()) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("never: {what}");
+}

@@ -197,15 +197,11 @@ fn tcp_endpoint(hex: &str) -> String {
     };
     let port = u16::from_str_radix(port, 16).unwrap_or(0);
     match u32::from_str_radix(ip, 16) {
-        Ok(ip) if ip_len_is_v4(hex) => {
-            format!("{}:{port}", std::net::Ipv4Addr::from(ip.swap_bytes()))
+        Ok(v4) if ip.len() == 8 => {
+            format!("{}:{port}", std::net::Ipv4Addr::from(v4.swap_bytes()))
         }
         _ => format!("[{ip}]:{port}"),
     }
-}
-
-fn ip_len_is_v4(hex: &str) -> bool {
-    hex.find(':') == Some(8)
 }
 
 /// A TCP state as /proc/net/tcp numbers it.

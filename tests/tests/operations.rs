@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use grpc_proxy::{Code as ProxyCode, Config, ProxyBuilder, ProxyHandle};
-use grpc_proxy_tests::admin::{must_sample, request as admin, sample};
+use grpc_proxy_tests::admin::{must_sample, request as admin, sample, wait_until};
 use grpc_proxy_tests::silent::{Options, Silent};
 use grpc_proxy_tests::{cluster, proxy_test, Client, Driver, Upstream};
 use tonic::metadata::MetadataValue;
@@ -37,17 +37,6 @@ async fn answered_by(
     metadata: &[(&'static str, &'static str)],
 ) -> Result<String, tonic::Status> {
     client.upstream_of("Unary", metadata).await
-}
-
-/// Polls the proxy's merged counters until `done` holds for them.
-async fn wait_until(proxy: &ProxyHandle, what: &str, done: impl Fn(&str) -> bool) {
-    for _ in 0..2000 {
-        if done(&proxy.metrics().render()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never: {what}");
 }
 
 proxy_test! {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use grpc_proxy::{Config, ProxyBuilder};
-use grpc_proxy_tests::admin::sample;
+use grpc_proxy_tests::admin::{sample, wait_until};
 use grpc_proxy_tests::echo::collect;
 use grpc_proxy_tests::{cluster, proxy, proxy_test, Client, Issued, Pki, Upstream};
 use rustls_pki_types::ServerName;
@@ -61,7 +61,7 @@ async fn raw_tls_as(
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
-    let ca = CertificateDer::from(der_of_pem(&pki.ca.cert_pem).expect("CA PEM decodes"));
+    let ca = CertificateDer::from_pem_slice(pki.ca.cert_pem.as_bytes()).expect("CA PEM decodes");
     roots.add(ca).expect("CA");
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -130,13 +130,6 @@ async fn served_certificate(addr: std::net::SocketAddr, pki: &Pki) -> Vec<u8> {
     session.peer_certificates().expect("a certificate")[0].to_vec()
 }
 
-fn der_of_pem(pem: &str) -> Option<Vec<u8>> {
-    use rustls_pki_types::pem::PemObject;
-    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-        .ok()
-        .map(|c| c.to_vec())
-}
-
 proxy_test! {
     async fn stalled_tls_handshakes_give_way_to_new_ones(driver) {
         // Scenario: clients connect and never finish TLS. At the core's
@@ -153,16 +146,12 @@ proxy_test! {
             cluster("a", up.addr())
         ));
         let addr = proxy.local_addr();
-        let under_way = || sample(&proxy.metrics().render(), "grpc_proxy_downstream_tls_handshakes{core=\"0\"}");
         let mut stalled = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let _second = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        for _ in 0..500 {
-            if under_way() == Some(2.0) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert_eq!(under_way(), Some(2.0), "both stalled handshakes are under way");
+        wait_until(&proxy, "both stalled handshakes are under way", |m| {
+            sample(m, "grpc_proxy_downstream_tls_handshakes{core=\"0\"}") == Some(2.0)
+        })
+        .await;
 
         assert_eq!(call_as(addr, &pki, None).await.expect("an honest client is served"), "a");
         let mut byte = [0u8; 1];
@@ -239,14 +228,10 @@ proxy_test! {
         assert_eq!(refusal_of(addr, &pki, None).await, "CertificateRequired");
         assert_eq!(refusal_of(addr, &pki, Some(&pki.mallory)).await, "UnknownCA");
         // Counted once its alert is written, which the client may see first.
-        let failures = "grpc_proxy_downstream_tls_handshake_failures_total{core=\"0\"}";
-        for _ in 0..1000 {
-            if sample(&proxy.metrics().render(), failures) == Some(2.0) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert_eq!(sample(&proxy.metrics().render(), failures), Some(2.0));
+        wait_until(&proxy, "both refusals counted", |m| {
+            sample(m, "grpc_proxy_downstream_tls_handshake_failures_total{core=\"0\"}") == Some(2.0)
+        })
+        .await;
         // Neither reached the upstream, and the proxy still serves.
         assert_eq!(call_as(addr, &pki, Some(&pki.bob)).await.expect("bob is served"), "a");
         assert_eq!(up.events().calls(), 2);
