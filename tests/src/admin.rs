@@ -40,6 +40,12 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The value of a counter or gauge in `proxy`'s merged counters; 0 if it
+/// has no sample yet.
+pub fn metric(proxy: &grpc_proxy::ProxyHandle, series: &str) -> f64 {
+    sample(&proxy.metrics().render(), series).unwrap_or(0.0)
+}
+
 /// Polls `proxy`'s merged counters (every 10 ms, for up to 20 s) until
 /// `done` holds for their exposition; panics naming `what` if it never
 /// does.

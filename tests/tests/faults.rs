@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use grpc_proxy::{Code as ProxyCode, ProxyHandle};
-use grpc_proxy_tests::admin::sample;
+use grpc_proxy_tests::admin::{metric, must_sample};
 use grpc_proxy_tests::echo::collect;
 use grpc_proxy_tests::raw::{client as h2_client, frame, read_body, request};
 use grpc_proxy_tests::relay::Relay;
@@ -51,10 +51,7 @@ async fn wait_no_streams(proxy: &ProxyHandle, clusters: &[&str]) {
         let text = proxy.metrics().render();
         let open: Vec<(&String, f64)> = series
             .iter()
-            .map(|s| {
-                let v = sample(&text, s).unwrap_or_else(|| panic!("no {s} in\n{text}"));
-                (s, v)
-            })
+            .map(|s| (s, must_sample(&text, s)))
             .filter(|(_, v)| *v != 0.0)
             .collect();
         if open.is_empty() {
@@ -63,11 +60,6 @@ async fn wait_no_streams(proxy: &ProxyHandle, clusters: &[&str]) {
         assert!(Instant::now() < until, "streams left open: {open:?}");
         sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// The value of a counter or gauge of the proxy.
-fn metric(proxy: &ProxyHandle, series: &str) -> f64 {
-    sample(&proxy.metrics().render(), series).unwrap_or(0.0)
 }
 
 // ---------------------------------------------------------------------

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use grpc_proxy_tests::admin::sample;
+use grpc_proxy_tests::admin::{metric, sample, wait_until};
 use grpc_proxy_tests::raw::{client as h2_client, frame, read_body, request};
 use grpc_proxy_tests::silent::{Options, Silent};
 use grpc_proxy_tests::{cluster, proxy, proxy_test, proxy_to, Client, Upstream};
@@ -181,11 +181,6 @@ impl RawClient {
         }
         self.write.write_all(bytes).await.is_ok()
     }
-}
-
-/// The value of a metric of the proxy's only core.
-fn metric(proxy: &grpc_proxy::ProxyHandle, series: &str) -> f64 {
-    sample(&proxy.metrics().render(), series).unwrap_or(0.0)
 }
 
 /// A call with the client's own deadline, so that a stuck proxy fails the
@@ -926,19 +921,28 @@ proxy_test! {
         upstream.wait_requests(8).await;
         // Holds are copies, charged as they are: three fit.
         let turned_away = 5.0;
-        wait_for(|| metric(&proxy, refused) >= turned_away, "the rest of the holds refused").await;
+        wait_until(&proxy, "the rest of the holds refused", |m| {
+            sample(m, refused).unwrap_or(0.0) >= turned_away
+        })
+        .await;
         let one = metric(&proxy, held);
         assert!(one > 20_000.0 && one <= 65_536.0, "one connection holds {one} bytes");
 
         let second = h2_client(addr, 65_535).await;
         let other = hang(&second).await;
         upstream.wait_requests(9).await;
-        wait_for(|| metric(&proxy, held) > one, "the second connection holds its call").await;
+        wait_until(&proxy, "the second connection holds its call", |m| {
+            sample(m, held).unwrap_or(0.0) > one
+        })
+        .await;
         assert!(metric(&proxy, held) <= 2.0 * 65_536.0);
 
         drop(calls);
         drop(other);
-        wait_for(|| metric(&proxy, held) == 0.0, "the holds end with their calls").await;
+        wait_until(&proxy, "the holds end with their calls", |m| {
+            sample(m, held).unwrap_or(0.0) == 0.0
+        })
+        .await;
 
         // A stream whose response has begun holds nothing, though it lasts.
         let echo = Upstream::start("echo");
@@ -953,15 +957,4 @@ proxy_test! {
         assert!(replies.message().await.expect("reply").is_some());
         assert_eq!(metric(&proxy, held), 0.0, "nothing held after the answer began");
     }
-}
-
-/// Waits (up to 10 s) until `condition` holds.
-async fn wait_for(condition: impl Fn() -> bool, what: &str) {
-    for _ in 0..1000 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("gave up waiting: {what}");
 }
