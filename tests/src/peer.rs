@@ -334,6 +334,22 @@ impl Peer {
     /// PINGs on the way; fails with what was seen when the connection
     /// closes or nothing comes. Stream frames passed over are read again
     /// by the next reads (a request that overtook a PING ACK is not lost).
+    /// The frames read while waiting for something else: the first and
+    /// last few of a long run (a burst of a thousand answers would
+    /// otherwise fill a failure's message).
+    fn seen_so_far(&self) -> String {
+        const ENDS: usize = 8;
+        if self.seen.len() <= 2 * ENDS {
+            return format!("{:?}", self.seen);
+        }
+        format!(
+            "{:?} ... {} more ... {:?}",
+            &self.seen[..ENDS],
+            self.seen.len() - 2 * ENDS,
+            &self.seen[self.seen.len() - ENDS..]
+        )
+    }
+
     fn until(
         &mut self,
         what: &str,
@@ -354,8 +370,8 @@ impl Peer {
                 }
                 other => {
                     break Err(format!(
-                        "expected {what}; saw {:?} then {}",
-                        self.seen,
+                        "expected {what}; saw {} then {}",
+                        self.seen_so_far(),
                         other.describe()
                     ))
                 }
@@ -381,8 +397,8 @@ impl Peer {
                 Seen::Frame(f) => self.seen.push(f.describe()),
                 Seen::Timeout => {
                     return Err(format!(
-                        "expected the connection to close; saw {:?}",
-                        self.seen
+                        "expected the connection to close; saw {}",
+                        self.seen_so_far()
                     ))
                 }
             }
@@ -404,8 +420,8 @@ impl Peer {
             Some(c) if codes.contains(&c) && f.kind == kind::GOAWAY => self.expect_closed(),
             Some(c) if codes.contains(&c) => Ok(()),
             _ => Err(format!(
-                "expected RST_STREAM {codes:x?} on stream {stream}; saw {:?} then {}",
-                self.seen,
+                "expected RST_STREAM {codes:x?} on stream {stream}; saw {} then {}",
+                self.seen_so_far(),
                 f.describe()
             )),
         }
@@ -478,8 +494,8 @@ impl Peer {
         })?;
         if f.kind != kind::PING || f.payload != data {
             return Err(format!(
-                "expected the connection to go on; saw {:?} then {}",
-                self.seen,
+                "expected the connection to go on; saw {} then {}",
+                self.seen_so_far(),
                 f.describe()
             ));
         }

@@ -2,7 +2,8 @@
 //! custom Rust director, rejections, and unknown methods.
 
 use grpc_proxy::{Call, Code as ProxyCode, ProxyBuilder, Route, Status as ProxyStatus};
-use grpc_proxy_tests::{cluster, proxy, proxy_test, Client, Upstream};
+use grpc_proxy_tests::raw::{client as h2_client, read_body, request};
+use grpc_proxy_tests::{cluster, proxy, proxy_test, proxy_to, Client, Upstream};
 use tonic::Code;
 
 async fn upstream_of(
@@ -14,6 +15,46 @@ async fn upstream_of(
 }
 
 proxy_test! {
+    async fn a_request_that_is_not_grpc_is_told_why_in_a_body(driver) {
+        let upstream = Upstream::start("a");
+        let proxy = proxy_to(driver, upstream.addr());
+        let addr = proxy.local_addr();
+        let mut h2 = h2_client(addr, 65_535).await;
+        for method in ["GET", "POST", "HEAD"] {
+            let plain = http::Request::builder()
+                .method(method)
+                .uri(format!("http://{addr}/"))
+                .body(())
+                .expect("request");
+            h2 = h2.ready().await.expect("ready");
+            let (response, _) = h2.send_request(plain, true).expect("send");
+            let mut response = response.await.expect("response");
+            assert_eq!(response.status(), 415, "{method}");
+            let header = |name: &str| {
+                response.headers().get(name).map(|v| v.to_str().expect("text").to_owned())
+            };
+            assert_eq!(header("content-type").as_deref(), Some("text/plain; charset=utf-8"));
+            let length: usize = header("content-length").expect("a length").parse().expect("a number");
+            let body = read_body(response.body_mut()).await;
+            if method == "HEAD" {
+                assert!(body.is_empty(), "a HEAD answer has no body");
+            } else {
+                assert_eq!(body.len(), length, "{method}");
+                let text = String::from_utf8(body).expect("text");
+                assert!(text.contains("application/grpc"), "says why: {text}");
+            }
+        }
+        // The connection still carries gRPC calls.
+        h2 = h2.ready().await.expect("ready");
+        let (response, mut body) = h2.send_request(request(addr, "Unary"), false).expect("send");
+        body.send_data(grpc_proxy_tests::raw::frame(b"hi"), true).expect("data");
+        let mut response = response.await.expect("response");
+        assert_eq!(response.status(), 200);
+        assert!(!read_body(response.body_mut()).await.is_empty(), "the echo's reply");
+        let trailers = response.body_mut().trailers().await.expect("trailers").expect("some");
+        assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+    }
+
     async fn routes_by_method_and_by_header_to_two_upstreams(driver) {
         let (a, b) = (Upstream::start("a"), Upstream::start("b"));
         let proxy = proxy(driver, &format!(

@@ -33,6 +33,7 @@ use crate::relay::calls::{
     answer, forward_up, head_fields, open_stream, push_down, push_up, release_down, Call,
 };
 use crate::relay::keeper::Keep;
+use crate::relay::not_grpc;
 use crate::relay::upstream::{requeue, upstream, Dial};
 use crate::relay::wire::{
     lend, let_go, write_loop, Buffer, Links, Side, Sink, Source, Wire, READ_SMALL,
@@ -49,7 +50,8 @@ enum Later {
     Reset(u32),
     Opened(u32),
     Answer(u32, Status),
-    NotGrpc(u32),
+    /// A request that is not gRPC, and whether it asked for the head only.
+    NotGrpc(u32, bool),
 }
 
 thread_local! {
@@ -353,7 +355,8 @@ fn request(
         .get(b"content-type")
         .is_some_and(|c| c.starts_with(b"application/grpc"));
     if !grpc {
-        later.push(Later::NotGrpc(d));
+        let head_only = list.pseudo(pseudo::METHOD) == Some(b"HEAD");
+        later.push(Later::NotGrpc(d, head_only));
         return;
     }
     let path = text(list.pseudo(pseudo::PATH)).unwrap_or("");
@@ -636,32 +639,26 @@ fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
     let key_of = |d: u32| side.wire.borrow().links.get(&d).copied();
     match step {
         Later::Release(d, n) => side.wire.borrow_mut().release(d, n),
-        Later::Reset(d) => {
-            if let Some(key) = key_of(d) {
-                relay.cancel(key);
-            }
-        }
+        Later::Reset(d) => match key_of(d) {
+            Some(key) => relay.cancel(key),
+            None => not_grpc::forget(&mut side.wire.borrow_mut(), d),
+        },
         Later::Opened(0) => {
             let keys: Vec<usize> = side.wire.borrow().links.values().copied().collect();
             for key in keys {
                 opened(relay, side, key);
             }
+            not_grpc::push(&mut side.wire.borrow_mut(), 0);
         }
-        Later::Opened(d) => {
-            if let Some(key) = key_of(d) {
-                opened(relay, side, key);
-            }
-        }
+        Later::Opened(d) => match key_of(d) {
+            Some(key) => opened(relay, side, key),
+            None => not_grpc::push(&mut side.wire.borrow_mut(), d),
+        },
         Later::Answer(d, status) => {
             answer(&mut side.wire.borrow_mut(), d, &status, false);
         }
-        Later::NotGrpc(d) => {
-            let mut w = side.wire.borrow_mut();
-            let wire = &mut *w;
-            let head: [(&[u8], &[u8], bool); 1] = [(b":status", b"415", false)];
-            let _ = wire
-                .conn
-                .send_headers(d, head.into_iter(), true, &mut wire.out);
+        Later::NotGrpc(d, head_only) => {
+            not_grpc::answer(&mut side.wire.borrow_mut(), d, head_only);
         }
     }
 }

@@ -9,12 +9,14 @@
 //! - [`calls`]: a call's two streams and what waits between them.
 //! - [`keeper`]: client connections' preface deadline, keepalive, idle
 //!   and age timers.
+//! - [`not_grpc`]: the proxy's own answer to a request that is not gRPC.
 //! - [`probe`]: health checks, each on a connection of its own.
 //! - [`wire`]: a connection's shared state, its reader and its writer.
 
 pub mod calls;
 pub mod downstream;
 pub mod keeper;
+pub mod not_grpc;
 pub mod probe;
 pub mod upstream;
 pub mod wire;

@@ -59,6 +59,10 @@ pub struct Wire {
     /// DATA was held back for the write budget: once the writer is down
     /// to half of it, the calls are pushed again.
     pub held: bool,
+    /// Streams of this (client) connection answered as not gRPC whose
+    /// body waits for credit, and how much of it went (see
+    /// [`not_grpc`](crate::relay::not_grpc)).
+    pub not_grpc: Vec<(u32, usize)>,
 }
 
 impl Wire {
@@ -90,6 +94,9 @@ impl Wire {
         }
         if self.heads.is_empty() {
             self.heads = Vec::new();
+        }
+        if self.not_grpc.is_empty() {
+            self.not_grpc = Vec::new();
         }
     }
 
@@ -186,6 +193,7 @@ impl Side {
                 in_flight: 0,
                 write_budget: budget,
                 held: false,
+                not_grpc: Vec::new(),
             }),
             wake: Notify::default(),
             closed: Latch::default(),

@@ -1,0 +1,75 @@
+//! The proxy's own answer to a request that is not gRPC (a browser, `curl`
+//! without `application/grpc`, a health checker speaking plain HTTP/2): HTTP
+//! 415 and one line of text that says why. The text is a response body like
+//! any other: it goes as the client's credit allows, and its stream stays
+//! open, counted against the client's stream limit, until all of it went.
+
+use bytes::Bytes;
+
+use crate::http2::connection::Connection;
+use crate::relay::wire::Wire;
+
+/// The body of the answer.
+pub const BODY: &[u8] =
+    b"grpc-proxy: not a gRPC request: the content-type must be application/grpc\n";
+
+/// Answers `stream`: the head, and the body unless the request was `HEAD`.
+pub fn answer(wire: &mut Wire, stream: u32, head_only: bool) {
+    let length = BODY.len().to_string();
+    let head: [(&[u8], &[u8], bool); 3] = [
+        (b":status", b"415", false),
+        (b"content-type", b"text/plain; charset=utf-8", false),
+        (b"content-length", length.as_bytes(), false),
+    ];
+    let sent = wire
+        .conn
+        .send_headers(stream, head.into_iter(), head_only, &mut wire.out);
+    if sent.is_err() || head_only {
+        return;
+    }
+    if wire.not_grpc.len() == wire.not_grpc.capacity() {
+        // Streams the client reset leave their entries behind: drop them
+        // before the list grows, so that it stays within twice the
+        // streams open.
+        let conn = &wire.conn;
+        wire.not_grpc.retain(|&(id, _)| sending(conn, id));
+    }
+    wire.not_grpc.push((stream, 0));
+    push(wire, stream);
+}
+
+/// Sends what the client's credit allows of the bodies that wait:
+/// `stream`'s, or every stream's (0).
+pub fn push(wire: &mut Wire, stream: u32) {
+    let mut i = 0;
+    while i < wire.not_grpc.len() {
+        let (id, sent) = wire.not_grpc[i];
+        if stream != 0 && id != stream {
+            i += 1;
+            continue;
+        }
+        let n = wire.room(id).min(BODY.len() - sent);
+        if n > 0 {
+            let chunk = Bytes::from_static(&BODY[sent..sent + n]);
+            let end = sent + n == BODY.len();
+            if wire.conn.send_data(id, chunk, end, &mut wire.out).is_ok() {
+                wire.not_grpc[i].1 += n;
+            }
+        }
+        // Whole, or the stream is gone (reset, or the connection's error).
+        if sending(&wire.conn, id) {
+            i += 1;
+        } else {
+            wire.not_grpc.swap_remove(i);
+        }
+    }
+}
+
+/// Forgets `stream`'s body: the client reset it.
+pub fn forget(wire: &mut Wire, stream: u32) {
+    wire.not_grpc.retain(|&(id, _)| id != stream);
+}
+
+fn sending(conn: &Connection, id: u32) -> bool {
+    conn.streams().get(id).is_some_and(|s| s.send_open)
+}
