@@ -28,9 +28,9 @@ pub fn answer(wire: &mut Wire, stream: u32, head_only: bool) {
         return;
     }
     if wire.not_grpc.len() == wire.not_grpc.capacity() {
-        // Streams the client reset leave their entries behind: drop them
-        // before the list grows, so that it stays within twice the
-        // streams open.
+        // A stream that ended unseen (not by a reset the relay was told
+        // of) would leave its entry behind: drop such entries before the
+        // list grows, so that it stays within twice the streams open.
         let conn = &wire.conn;
         wire.not_grpc.retain(|&(id, _)| sending(conn, id));
     }
@@ -39,35 +39,44 @@ pub fn answer(wire: &mut Wire, stream: u32, head_only: bool) {
 }
 
 /// Sends what the client's credit allows of the bodies that wait:
-/// `stream`'s, or every stream's (0).
+/// `stream`'s, or every stream's (0). The list is in stream order (a
+/// client's new streams have ever higher ids), so one is found by halving.
 pub fn push(wire: &mut Wire, stream: u32) {
-    let mut i = 0;
-    while i < wire.not_grpc.len() {
-        let (id, sent) = wire.not_grpc[i];
-        if stream != 0 && id != stream {
-            i += 1;
-            continue;
-        }
-        let n = wire.room(id).min(BODY.len() - sent);
-        if n > 0 {
-            let chunk = Bytes::from_static(&BODY[sent..sent + n]);
-            let end = sent + n == BODY.len();
-            if wire.conn.send_data(id, chunk, end, &mut wire.out).is_ok() {
-                wire.not_grpc[i].1 += n;
+    if stream != 0 {
+        if let Ok(i) = wire.not_grpc.binary_search_by_key(&stream, |&(id, _)| id) {
+            send_more(wire, i);
+            if !sending(&wire.conn, stream) {
+                wire.not_grpc.remove(i);
             }
         }
-        // Whole, or the stream is gone (reset, or the connection's error).
-        if sending(&wire.conn, id) {
-            i += 1;
-        } else {
-            wire.not_grpc.swap_remove(i);
-        }
+        return;
+    }
+    for i in 0..wire.not_grpc.len() {
+        send_more(wire, i);
+    }
+    let conn = &wire.conn;
+    wire.not_grpc.retain(|&(id, _)| sending(conn, id));
+}
+
+/// Sends what credit allows of the body of entry `i`.
+fn send_more(wire: &mut Wire, i: usize) {
+    let (id, sent) = wire.not_grpc[i];
+    let n = wire.room(id).min(BODY.len() - sent);
+    if n == 0 {
+        return;
+    }
+    let chunk = Bytes::from_static(&BODY[sent..sent + n]);
+    let end = sent + n == BODY.len();
+    if wire.conn.send_data(id, chunk, end, &mut wire.out).is_ok() {
+        wire.not_grpc[i].1 += n;
     }
 }
 
 /// Forgets `stream`'s body: the client reset it.
 pub fn forget(wire: &mut Wire, stream: u32) {
-    wire.not_grpc.retain(|&(id, _)| id != stream);
+    if let Ok(i) = wire.not_grpc.binary_search_by_key(&stream, |&(id, _)| id) {
+        wire.not_grpc.remove(i);
+    }
 }
 
 fn sending(conn: &Connection, id: u32) -> bool {
