@@ -865,8 +865,17 @@ const FRAMES: &[(&str, &str, Case)] = &[
         "6.9.2/3",
         "SETTINGS_INITIAL_WINDOW_SIZE that overflows a window",
         |addr| {
+            // The window must be whole when the SETTINGS comes: a gRPC
+            // call still sending gets no answer yet, and in plain mode
+            // HEAD's answer has no body (GET's might take some of the
+            // window first, or not, as the reads fall).
+            let head = if plain() {
+                frame(kind::HEADERS, flag::END_HEADERS, 1, &plain_block("HEAD"))
+            } else {
+                request_head(1, false)
+            };
             let mut p = open(addr);
-            p.send(&request_head(1, false));
+            p.send(&head);
             p.send(&window_update(1, 0x7fff_ffff - 65_535));
             p.send(&settings_frame(&[(setting::INITIAL_WINDOW_SIZE, 65_536)]));
             p.expect_connection_error(code::FLOW_CONTROL_ERROR)
