@@ -318,8 +318,6 @@ impl Worker {
     }
 }
 
-/// Hands the access log's buffer to its writer now and then, so that a
-/// quiet core's lines do not wait for a full batch.
 /// Returns freed memory to the system now and then, until `stop`.
 async fn trim_heap(stop: Rc<Latch>) {
     loop {
@@ -333,6 +331,8 @@ async fn trim_heap(stop: Rc<Latch>) {
     }
 }
 
+/// Hands the access log's buffer to its writer now and then, so that a
+/// quiet core's lines do not wait for a full batch.
 async fn flush_access_log(calls: Rc<CallContext>, stop: Rc<Latch>) {
     loop {
         monoio::select! {

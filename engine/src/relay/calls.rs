@@ -194,15 +194,29 @@ pub fn head_fields<'a>(
     edited(fields, edits)
 }
 
-/// The calls of one worker.
-#[derive(Default)]
-pub struct Calls {
-    slots: Vec<Option<Call>>,
+/// The calls of one worker, by key: a key stays its call's until the call
+/// is removed. (Generic only so that the slots can be tested alone.)
+pub struct Calls<C = Call> {
+    slots: Vec<Option<C>>,
     free: Vec<usize>,
     len: usize,
 }
 
-impl Calls {
+/// Slots a worker keeps when it has no call left; a burst of calls grows
+/// more, and they go when its last call ends.
+const SLOTS_KEPT: usize = 64;
+
+impl<C> Default for Calls<C> {
+    fn default() -> Self {
+        Calls {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<C> Calls<C> {
     /// Calls in flight.
     pub fn len(&self) -> usize {
         self.len
@@ -213,6 +227,49 @@ impl Calls {
         self.len == 0
     }
 
+    /// Adds a call; returns its key.
+    pub fn insert(&mut self, call: C) -> usize {
+        self.len += 1;
+        match self.free.pop() {
+            Some(key) => {
+                self.slots[key] = Some(call);
+                key
+            }
+            None => {
+                self.slots.push(Some(call));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// The call with this key.
+    pub fn get(&self, key: usize) -> Option<&C> {
+        self.slots.get(key)?.as_ref()
+    }
+
+    /// The call with this key, to change.
+    pub fn get_mut(&mut self, key: usize) -> Option<&mut C> {
+        self.slots.get_mut(key)?.as_mut()
+    }
+
+    /// Forgets a call. When the last one goes, the slots a burst grew past
+    /// [`SLOTS_KEPT`] go too (a slot is a few hundred bytes: 100,000 calls
+    /// at once would otherwise keep tens of megabytes for good).
+    pub fn remove(&mut self, key: usize) -> Option<C> {
+        let call = self.slots.get_mut(key)?.take()?;
+        self.free.push(key);
+        self.len -= 1;
+        if self.len == 0 && self.slots.len() > SLOTS_KEPT {
+            self.slots.clear();
+            self.slots.shrink_to(SLOTS_KEPT);
+            self.free.clear();
+            self.free.shrink_to(SLOTS_KEPT);
+        }
+        Some(call)
+    }
+}
+
+impl Calls {
     /// Whether call `key` has a deadline that has passed by `now`.
     pub fn deadline_passed(&self, key: usize, now: monoio::time::Instant) -> bool {
         matches!(self.slots.get(key), Some(Some(c)) if c.past_deadline(now))
@@ -243,39 +300,6 @@ impl Calls {
     /// Whether `key` is still call `serial`.
     pub fn is_current(&self, key: usize, serial: u64) -> bool {
         matches!(self.slots.get(key), Some(Some(c)) if c.serial == serial)
-    }
-
-    /// Adds a call; returns its key.
-    pub fn insert(&mut self, call: Call) -> usize {
-        self.len += 1;
-        match self.free.pop() {
-            Some(key) => {
-                self.slots[key] = Some(call);
-                key
-            }
-            None => {
-                self.slots.push(Some(call));
-                self.slots.len() - 1
-            }
-        }
-    }
-
-    /// The call with this key.
-    pub fn get(&self, key: usize) -> Option<&Call> {
-        self.slots.get(key)?.as_ref()
-    }
-
-    /// The call with this key, to change.
-    pub fn get_mut(&mut self, key: usize) -> Option<&mut Call> {
-        self.slots.get_mut(key)?.as_mut()
-    }
-
-    /// Forgets a call.
-    pub fn remove(&mut self, key: usize) -> Option<Call> {
-        let call = self.slots.get_mut(key)?.take()?;
-        self.free.push(key);
-        self.len -= 1;
-        Some(call)
     }
 }
 
@@ -481,4 +505,38 @@ pub fn status_of_reset(code: ErrorCode) -> Status {
         _ => Code::Internal,
     };
     Status::new(grpc, "upstream reset the stream")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Calls, SLOTS_KEPT};
+
+    #[test]
+    fn keys_are_reused_and_a_burst_gives_its_slots_back_when_it_ends() {
+        let mut calls: Calls<u32> = Calls::default();
+        let a = calls.insert(1);
+        let b = calls.insert(2);
+        assert_eq!(calls.remove(a), Some(1));
+        assert_eq!(calls.remove(a), None, "a key is forgotten once");
+        assert_eq!(calls.insert(3), a, "a freed key is taken again");
+        assert_eq!(calls.get(b), Some(&2));
+        calls.remove(a);
+        calls.remove(b);
+        assert!(calls.is_empty());
+
+        let keys: Vec<usize> = (0..10_000).map(|i| calls.insert(i)).collect();
+        assert_eq!(calls.len(), 10_000);
+        for &key in &keys[1..] {
+            calls.remove(key);
+        }
+        // One call is left: its key still holds it, so nothing moves.
+        assert_eq!(calls.get(keys[0]), Some(&0));
+        assert!(calls.slots.capacity() >= 10_000);
+        calls.remove(keys[0]);
+        assert!(calls.slots.capacity() <= SLOTS_KEPT);
+        assert!(calls.free.capacity() <= SLOTS_KEPT);
+        assert_eq!(calls.get(keys[9_999]), None, "an old key finds nothing");
+        assert_eq!(calls.insert(7), 0);
+        assert_eq!(calls.get(0), Some(&7));
+    }
 }
