@@ -30,11 +30,14 @@ use tonic::{Code, Request};
 type Case = fn(&mut Peer, u32) -> Verdict;
 
 /// Whether the call the case is given ends well for the client (any
-/// reply) or with a clean gRPC status.
+/// reply) or with a clean gRPC status; and when the proxy itself ends the
+/// call's upstream stream for a stream error, whether the client is told
+/// so (INTERNAL, naming the error), not that the upstream reset it.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Call {
     Ok,
     Fails,
+    BrokeStream,
 }
 
 const REPLY: &[u8] = b"upstream reply";
@@ -84,8 +87,11 @@ async fn run_case(driver: grpc_proxy::Driver, call: Call, case: Case) -> Verdict
     match (call, first) {
         (Call::Ok, Ok(_)) => {}
         (Call::Ok, other) => return Err(format!("the call should succeed: {other:?}")),
-        (Call::Fails, Ok(reply)) => return Err(format!("the call should fail: {reply:?}")),
+        (Call::Fails | Call::BrokeStream, Ok(reply)) => {
+            return Err(format!("the call should fail: {reply:?}"))
+        }
         (Call::Fails, Err(status)) => clean(&status)?,
+        (Call::BrokeStream, Err(status)) => broke_stream(&status)?,
     }
     match second {
         Ok(reply) if reply == REPLY => Ok(()),
@@ -106,6 +112,26 @@ fn clean(status: &tonic::Status) -> Verdict {
     } else {
         Err(format!(
             "the call failed without a clean status: {status:?}"
+        ))
+    }
+}
+
+/// The status of a call whose upstream stream the proxy reset because
+/// the upstream broke a rule on it (a stream error the proxy found; a
+/// GOAWAY for it, which the RFC always allows, ends the call as `clean`
+/// says).
+fn broke_stream(status: &tonic::Status) -> Verdict {
+    if status.code() == Code::Unavailable {
+        return clean(status);
+    }
+    let named = status.message().contains("upstream broke HTTP/2")
+        && status.message().contains("_ERROR")
+        || status.message().contains("STREAM_CLOSED");
+    if status.code() == Code::Internal && named {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected INTERNAL saying how the upstream broke HTTP/2: {status:?}"
         ))
     }
 }
@@ -252,7 +278,7 @@ const CASES: &[(&str, &str, Call, Case)] = &[
     (
         "4.2/2",
         "DATA above the proxy's SETTINGS_MAX_FRAME_SIZE",
-        Call::Fails,
+        Call::BrokeStream,
         |p, s| {
             let max = p.setting(setting::MAX_FRAME_SIZE).unwrap_or(16_384) as usize;
             p.send(&head(s));
@@ -506,10 +532,15 @@ const CASES: &[(&str, &str, Call, Case)] = &[
         p.send(&priority(0, 1, 255));
         p.expect_connection_error(code::PROTOCOL_ERROR)
     }),
-    ("6.3/2", "PRIORITY of 4 octets", Call::Fails, |p, s| {
-        p.send(&frame(kind::PRIORITY, 0, s, &[0, 0, 0, 0]));
-        p.expect_stream_error(s, code::FRAME_SIZE_ERROR)
-    }),
+    (
+        "6.3/2",
+        "PRIORITY of 4 octets",
+        Call::BrokeStream,
+        |p, s| {
+            p.send(&frame(kind::PRIORITY, 0, s, &[0, 0, 0, 0]));
+            p.expect_stream_error(s, code::FRAME_SIZE_ERROR)
+        },
+    ),
     ("6.4/1", "RST_STREAM on stream 0", Call::Fails, |p, _| {
         p.send(&rst_stream(0, code::CANCEL));
         p.expect_connection_error(code::PROTOCOL_ERROR)
@@ -652,7 +683,7 @@ const CASES: &[(&str, &str, Call, Case)] = &[
     (
         "6.9/2",
         "WINDOW_UPDATE of 0 on a stream",
-        Call::Fails,
+        Call::BrokeStream,
         |p, s| {
             p.send(&window_update(s, 0));
             p.expect_stream_error(s, code::PROTOCOL_ERROR)
@@ -675,7 +706,7 @@ const CASES: &[(&str, &str, Call, Case)] = &[
     (
         "6.9.1/2",
         "a stream window above 2^31-1",
-        Call::Fails,
+        Call::BrokeStream,
         |p, s| {
             p.send(&window_update(s, 0x7fff_ffff));
             p.send(&window_update(s, 0x7fff_ffff));
@@ -758,7 +789,7 @@ const CASES: &[(&str, &str, Call, Case)] = &[
     (
         "8.1/1",
         "trailers without END_STREAM",
-        Call::Fails,
+        Call::BrokeStream,
         |p, s| {
             p.send(&head(s));
             p.send(&body(s));
@@ -774,7 +805,7 @@ const CASES: &[(&str, &str, Call, Case)] = &[
     (
         "8.1.2/1",
         "an uppercase header name in a response",
-        Call::Fails,
+        Call::BrokeStream,
         |p, s| {
             let b = block(&[(":status", "200"), ("Content-Type", "application/grpc")]);
             p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
@@ -784,7 +815,7 @@ const CASES: &[(&str, &str, Call, Case)] = &[
     (
         "8.1.2.1/1",
         "an unknown pseudo-header in a response",
-        Call::Fails,
+        Call::BrokeStream,
         |p, s| {
             let b = block(&[(":status", "200"), (":test", "x")]);
             p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
@@ -794,7 +825,7 @@ const CASES: &[(&str, &str, Call, Case)] = &[
     (
         "8.1.2.1/2",
         "a request pseudo-header in a response",
-        Call::Fails,
+        Call::BrokeStream,
         |p, s| {
             let b = block(&[(":status", "200"), (":path", "/")]);
             p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
@@ -804,7 +835,7 @@ const CASES: &[(&str, &str, Call, Case)] = &[
     (
         "8.1.2.1/3",
         "a pseudo-header in trailers",
-        Call::Fails,
+        Call::BrokeStream,
         |p, s| {
             p.send(&head(s));
             p.send(&body(s));
@@ -821,7 +852,7 @@ const CASES: &[(&str, &str, Call, Case)] = &[
     (
         "8.1.2.1/4",
         "a pseudo-header after a regular header",
-        Call::Fails,
+        Call::BrokeStream,
         |p, s| {
             let b = block(&[("content-type", "application/grpc"), (":status", "200")]);
             p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
@@ -831,7 +862,7 @@ const CASES: &[(&str, &str, Call, Case)] = &[
     (
         "8.1.2.2/1",
         "a connection-specific header in a response",
-        Call::Fails,
+        Call::BrokeStream,
         |p, s| {
             let b = block(&[(":status", "200"), ("connection", "keep-alive")]);
             p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
@@ -841,7 +872,7 @@ const CASES: &[(&str, &str, Call, Case)] = &[
     (
         "8.1.2.4/1",
         "a response without :status",
-        Call::Fails,
+        Call::BrokeStream,
         |p, s| {
             let b = block(&[("content-type", "application/grpc")]);
             p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
@@ -851,7 +882,7 @@ const CASES: &[(&str, &str, Call, Case)] = &[
     (
         "8.1.2.6/1",
         "content-length that the DATA does not match",
-        Call::Fails,
+        Call::BrokeStream,
         |p, s| {
             let b = block(&[
                 (":status", "200"),

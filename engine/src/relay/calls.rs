@@ -507,6 +507,17 @@ pub fn status_of_reset(code: ErrorCode) -> Status {
     Status::new(grpc, "upstream reset the stream")
 }
 
+/// The status a client gets when the proxy resets the call's upstream
+/// stream because the upstream broke a rule of RFC 9113 on it (a
+/// malformed response, a bad WINDOW_UPDATE, ...): the upstream did not
+/// reset it, and the message says which error the proxy sent.
+pub fn status_of_broken_stream(code: ErrorCode) -> Status {
+    Status::new(
+        Code::Internal,
+        format!("upstream broke HTTP/2 on the call's stream ({code})"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Calls, SLOTS_KEPT};

@@ -19,7 +19,9 @@ use crate::grpc::status::{Code, Status};
 use crate::http2::connection::Event;
 use crate::http2::frame::ErrorCode;
 use crate::http2::headers::{Kind, Which};
-use crate::relay::calls::{forward_down, push_up, release_down, status_of_reset, Hold};
+use crate::relay::calls::{
+    forward_down, push_up, release_down, status_of_broken_stream, status_of_reset, Hold,
+};
 use crate::relay::wire::{shrink, write_loop, Side, Sink, Source, READ_SMALL};
 use crate::relay::worker::Relay;
 use crate::runtime::wake::Latch;
@@ -39,7 +41,9 @@ enum Later {
     /// Response bytes of call `.0`'s stream `.1` handed on (`.2`).
     Credit(usize, u32, u32),
     Expire(usize),
-    Reset(u32, ErrorCode),
+    /// A stream reset: by the upstream, or by the proxy (`.2`) for a rule
+    /// the upstream broke on it.
+    Reset(u32, ErrorCode, bool),
     Opened(u32),
     Finish(usize),
     Fail(u32, Status),
@@ -362,7 +366,11 @@ fn pass(
                 later.push(Later::Finish(key));
             }
         }
-        Event::Reset { stream, code, .. } => later.push(Later::Reset(stream, code)),
+        Event::Reset {
+            stream,
+            code,
+            local,
+        } => later.push(Later::Reset(stream, code, local)),
         Event::WindowOpened { stream } => later.push(Later::Opened(stream)),
         Event::GoAway { last_stream, code } => {
             tracing::debug!(last_stream, %code, "upstream GOAWAY");
@@ -423,8 +431,12 @@ fn act(relay: &Rc<Relay>, side: &Rc<Side>, step: Later) {
             Some(call) => release_down(call, &mut side.wire.borrow_mut(), u, n, &relay.allowance),
             None => side.wire.borrow_mut().release(u, n),
         },
-        Later::Reset(u, code) => {
+        Later::Reset(u, code, local) => {
             if let Some(key) = key_of(u) {
+                if local {
+                    relay.fail(key, &status_of_broken_stream(code), true, None);
+                    return;
+                }
                 if code == ErrorCode::REFUSED_STREAM && retry(relay, side, key) {
                     return;
                 }
