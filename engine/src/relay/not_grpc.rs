@@ -35,7 +35,7 @@ pub fn answer(wire: &mut Wire, stream: u32, head_only: bool) {
         wire.not_grpc.retain(|&(id, _)| sending(conn, id));
     }
     wire.not_grpc.push((stream, 0));
-    push(wire, stream);
+    send_or_drop(wire, wire.not_grpc.len() - 1);
 }
 
 /// Sends what the client's credit allows of the bodies that wait:
@@ -44,10 +44,7 @@ pub fn answer(wire: &mut Wire, stream: u32, head_only: bool) {
 pub fn push(wire: &mut Wire, stream: u32) {
     if stream != 0 {
         if let Ok(i) = wire.not_grpc.binary_search_by_key(&stream, |&(id, _)| id) {
-            send_more(wire, i);
-            if !sending(&wire.conn, stream) {
-                wire.not_grpc.remove(i);
-            }
+            send_or_drop(wire, i);
         }
         return;
     }
@@ -56,6 +53,16 @@ pub fn push(wire: &mut Wire, stream: u32) {
     }
     let conn = &wire.conn;
     wire.not_grpc.retain(|&(id, _)| sending(conn, id));
+}
+
+/// Sends what credit allows of entry `i`'s body, and drops the entry once
+/// its stream sends no more (the body went whole, or the stream is gone).
+fn send_or_drop(wire: &mut Wire, i: usize) {
+    let id = wire.not_grpc[i].0;
+    send_more(wire, i);
+    if !sending(&wire.conn, id) {
+        wire.not_grpc.remove(i);
+    }
 }
 
 /// Sends what credit allows of the body of entry `i`.
