@@ -87,6 +87,12 @@ impl Resets {
     /// followed at once by RST_STREAM CANCEL; false if the connection is
     /// gone.
     async fn burst(&mut self, n: usize) -> bool {
+        self.burst_then(n, [3, 0], [0, 0, 0, 8]).await
+    }
+
+    /// The same, each HEADERS followed by a frame of this type and flags
+    /// with a 4-byte payload on its stream.
+    async fn burst_then(&mut self, n: usize, kind_flags: [u8; 2], payload: [u8; 4]) -> bool {
         let mut burst = Vec::new();
         for _ in 0..n {
             let id = self.next.to_be_bytes();
@@ -94,9 +100,10 @@ impl Resets {
             burst.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, 1, 4]);
             burst.extend_from_slice(&id);
             burst.extend_from_slice(&self.block);
-            burst.extend_from_slice(&[0, 0, 4, 3, 0]);
+            burst.extend_from_slice(&[0, 0, 4]);
+            burst.extend_from_slice(&kind_flags);
             burst.extend_from_slice(&id);
-            burst.extend_from_slice(&[0, 0, 0, 8]);
+            burst.extend_from_slice(&payload);
             self.next += 2;
         }
         self.raw.send(&burst).await
@@ -394,6 +401,31 @@ proxy_test! {
         let sent = (r.next / 2) as usize;
         let reached = r.upstream.requests();
         assert!(reached * 10 < sent, "{reached} of {sent} reset streams reached the upstream");
+        let floods = "grpc_proxy_downstream_reset_floods_total{core=\"0\"}";
+        assert_eq!(metric(&r.proxy, floods), 1.0, "the proxy's own reset count closed it");
+        let mut other = Client::connect(r.proxy.local_addr()).await;
+        let reply = echo_within(&mut other, "Echo", Duration::from_secs(3)).await;
+        assert!(reply.is_ok(), "another client goes on: {reply:?}");
+    }
+
+    async fn streams_the_client_makes_the_proxy_reset_count_as_its_resets(driver) {
+        // Scenario ("MadeYouReset", CVE-2025-8671): instead of resetting
+        // its streams, a client follows each HEADERS with a frame that is
+        // a stream error (a WINDOW_UPDATE of 0), so that the proxy resets
+        // them. That must cost the client the same as resetting them
+        // itself: GOAWAY ENHANCE_YOUR_CALM, and other clients go on.
+        let mut r = Resets::start(driver).await;
+        for _ in 0..30 {
+            if !r.burst_then(20, [8, 0], [0, 0, 0, 0]).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let code = tokio::time::timeout(Duration::from_secs(5), r.raw.goaway)
+            .await
+            .expect("a GOAWAY within 5 s")
+            .expect("a GOAWAY");
+        assert_eq!(code, 0xb, "ENHANCE_YOUR_CALM");
         let floods = "grpc_proxy_downstream_reset_floods_total{core=\"0\"}";
         assert_eq!(metric(&r.proxy, floods), 1.0, "the proxy's own reset count closed it");
         let mut other = Client::connect(r.proxy.local_addr()).await;

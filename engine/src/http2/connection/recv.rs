@@ -5,7 +5,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::{
     error, from_frame, internal, Connection, ConnectionError, Event, PartialData, Pending, Role,
-    CUT_THROUGH_ABOVE,
+    CUT_THROUGH_ABOVE, TOO_MANY_RESETS,
 };
 use crate::http2::frame::{self, flag, kind, ErrorCode, Frame, FrameError, Head, HEAD_LEN, MAX_ID};
 use crate::http2::headers::{HeaderList, Kind};
@@ -102,9 +102,19 @@ impl Connection {
             let parsed = frame::parse(head, &buf[HEAD_LEN..total]);
             let result = match parsed {
                 Ok(frame) => self.recv_frame(frame, out, on),
+                // A zero increment on an idle stream: only HEADERS and
+                // PRIORITY may come there (RFC 9113 5.1), and no
+                // RST_STREAM may go there (6.4).
+                Err(FrameError::Stream(stream, ..))
+                    if head.kind == kind::WINDOW_UPDATE && self.is_idle(stream) =>
+                {
+                    Err(error(
+                        ErrorCode::PROTOCOL_ERROR,
+                        "WINDOW_UPDATE on an idle stream",
+                    ))
+                }
                 Err(FrameError::Stream(stream, code, _)) => {
-                    self.stream_error(stream, code, out, on);
-                    Ok(())
+                    self.stream_error(stream, code, out, on)
                 }
                 Err(e) => Err(from_frame(e)),
             };
@@ -165,13 +175,7 @@ impl Connection {
             }
             Frame::Priority { .. } => self.control()?,
             Frame::RstStream { stream, code } => {
-                self.budget.resets += 1;
-                if self.budget.resets > self.limits.max_resets_per_tick {
-                    return Err(error(
-                        ErrorCode::ENHANCE_YOUR_CALM,
-                        "too many stream resets",
-                    ));
-                }
+                self.count_reset()?;
                 if self.is_idle(stream) {
                     return Err(error(
                         ErrorCode::PROTOCOL_ERROR,
@@ -203,10 +207,10 @@ impl Connection {
                 ));
             }
             Frame::Ping { ack, data } => {
+                self.control()?;
                 if ack {
                     on(Event::PingAck { data });
                 } else {
-                    self.control()?;
                     out.put(|b| frame::write_ping(b, true, data));
                 }
             }
@@ -239,6 +243,19 @@ impl Connection {
                 ErrorCode::ENHANCE_YOUR_CALM,
                 "too many control frames",
             ));
+        }
+        Ok(())
+    }
+
+    /// A stream reset by the peer, or by us for the peer's stream error
+    /// on a stream it had opened: either way a stream begun and ended
+    /// for nothing, and past the tick's budget the pattern of rapid reset
+    /// (CVE-2023-44487) or of the resets a peer provokes ("MadeYouReset",
+    /// CVE-2025-8671).
+    fn count_reset(&mut self) -> Result<(), ConnectionError> {
+        self.budget.resets += 1;
+        if self.budget.resets > self.limits.max_resets_per_tick {
+            return Err(error(ErrorCode::ENHANCE_YOUR_CALM, TOO_MANY_RESETS));
         }
         Ok(())
     }
@@ -307,7 +324,7 @@ impl Connection {
         let mut stream = match open {
             Some(stream) => {
                 if !stream.recv_open {
-                    self.stream_error(id, ErrorCode::STREAM_CLOSED, out, on);
+                    self.stream_error(id, ErrorCode::STREAM_CLOSED, out, on)?;
                     return Ok(());
                 }
                 stream
@@ -369,16 +386,16 @@ impl Connection {
             }
         };
         if self_dependent {
-            self.fail_stream(id, ErrorCode::PROTOCOL_ERROR, known, out, on);
+            self.fail_stream(id, ErrorCode::PROTOCOL_ERROR, known, out, on)?;
             return Ok(());
         }
         if kind == Kind::Trailers && !end_stream {
-            self.fail_stream(id, ErrorCode::PROTOCOL_ERROR, known, out, on);
+            self.fail_stream(id, ErrorCode::PROTOCOL_ERROR, known, out, on)?;
             return Ok(());
         }
         if decoded.over_limit {
             if kind == Kind::Trailers {
-                self.fail_stream(id, ErrorCode::ENHANCE_YOUR_CALM, known, out, on);
+                self.fail_stream(id, ErrorCode::ENHANCE_YOUR_CALM, known, out, on)?;
                 return Ok(());
             }
             self.close_recv(&mut stream, end_stream);
@@ -386,7 +403,7 @@ impl Connection {
             return Ok(());
         }
         if self.list(kind).finish().is_err() {
-            self.fail_stream(id, ErrorCode::PROTOCOL_ERROR, known, out, on);
+            self.fail_stream(id, ErrorCode::PROTOCOL_ERROR, known, out, on)?;
             return Ok(());
         }
         let informational = kind == Kind::Response
@@ -395,7 +412,7 @@ impl Connection {
                 .pseudo(crate::http2::headers::pseudo::STATUS)
                 .is_some_and(|s| s[0] == b'1');
         if informational && end_stream {
-            self.fail_stream(id, ErrorCode::PROTOCOL_ERROR, known, out, on);
+            self.fail_stream(id, ErrorCode::PROTOCOL_ERROR, known, out, on)?;
             return Ok(());
         }
         if kind != Kind::Trailers {
@@ -403,7 +420,7 @@ impl Connection {
             stream.head_received = !informational;
         }
         if end_stream && stream.content_length.is_some_and(|c| c != stream.received) {
-            self.fail_stream(id, ErrorCode::PROTOCOL_ERROR, known, out, on);
+            self.fail_stream(id, ErrorCode::PROTOCOL_ERROR, known, out, on)?;
             return Ok(());
         }
         self.close_recv(&mut stream, end_stream);
@@ -599,18 +616,18 @@ impl Connection {
             // A closed stream, perhaps reset by us with this DATA in
             // flight: the credit is ours to give back at once.
             self.credit_connection(flow, out);
-            self.stream_error(id, ErrorCode::STREAM_CLOSED, out, on);
+            self.stream_error(id, ErrorCode::STREAM_CLOSED, out, on)?;
             return Ok(None);
         };
         if !stream.recv_open || !stream.head_received {
             self.credit_connection(flow, out);
-            self.stream_error(id, ErrorCode::STREAM_CLOSED, out, on);
+            self.stream_error(id, ErrorCode::STREAM_CLOSED, out, on)?;
             return Ok(None);
         }
         stream.recv_window -= i64::from(flow);
         if stream.recv_window < 0 {
             self.credit_connection(flow, out);
-            self.stream_error(id, ErrorCode::FLOW_CONTROL_ERROR, out, on);
+            self.stream_error(id, ErrorCode::FLOW_CONTROL_ERROR, out, on)?;
             return Ok(None);
         }
         stream.received += u64::from(data);
@@ -618,7 +635,7 @@ impl Connection {
         let too_short = end_stream && stream.content_length.is_some_and(|c| stream.received != c);
         if too_long || too_short {
             self.credit_connection(flow, out);
-            self.stream_error(id, ErrorCode::PROTOCOL_ERROR, out, on);
+            self.stream_error(id, ErrorCode::PROTOCOL_ERROR, out, on)?;
             return Ok(None);
         }
         // Padding is never handed on: its credit returns now.
@@ -676,7 +693,7 @@ impl Connection {
         };
         stream.send_window += i64::from(increment);
         if stream.send_window > i64::from(MAX_ID) {
-            self.stream_error(id, ErrorCode::FLOW_CONTROL_ERROR, out, on);
+            self.stream_error(id, ErrorCode::FLOW_CONTROL_ERROR, out, on)?;
             return Ok(());
         }
         on(Event::WindowOpened { stream: id });
@@ -684,7 +701,7 @@ impl Connection {
     }
 
     /// A stream error on a head: the consumer is told only if it has heard
-    /// of the stream before.
+    /// of the stream before. Counted as the peer's reset.
     fn fail_stream(
         &mut self,
         id: u32,
@@ -692,24 +709,28 @@ impl Connection {
         known: bool,
         out: &mut Outbox,
         on: &mut impl FnMut(Event<'_>),
-    ) {
+    ) -> Result<(), ConnectionError> {
         if known {
-            self.stream_error(id, code, out, on);
-        } else {
-            out.put(|b| frame::write_rst_stream(b, id, code));
-            self.streams.remove(id);
+            return self.stream_error(id, code, out, on);
         }
+        out.put(|b| frame::write_rst_stream(b, id, code));
+        if self.streams.remove(id).is_some() {
+            self.count_reset()?;
+        }
+        Ok(())
     }
 
     /// Ends a stream with RST_STREAM and tells the consumer, if it knew
-    /// the stream.
+    /// the stream; a stream that was still open counts as the peer's
+    /// reset. An answer to a frame on a stream already closed ends
+    /// nothing and is not counted.
     fn stream_error(
         &mut self,
         id: u32,
         code: ErrorCode,
         out: &mut Outbox,
         on: &mut impl FnMut(Event<'_>),
-    ) {
+    ) -> Result<(), ConnectionError> {
         out.put(|b| frame::write_rst_stream(b, id, code));
         if self.streams.remove(id).is_some() {
             on(Event::Reset {
@@ -717,7 +738,9 @@ impl Connection {
                 code,
                 local: true,
             });
+            self.count_reset()?;
         }
+        Ok(())
     }
 
     /// The consumer is done with `n` bytes of `stream`'s DATA (passed on,

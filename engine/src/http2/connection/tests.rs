@@ -598,6 +598,107 @@ fn floods_end_with_enhance_your_calm() {
     connection_error(&s.feed(&bytes), ErrorCode::ENHANCE_YOUR_CALM);
 }
 
+/// A WINDOW_UPDATE with an increment of 0, which our writer never makes.
+fn zero_window_update(stream: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    frame::write_head(&mut b, 4, kind::WINDOW_UPDATE, 0, stream);
+    b.extend_from_slice(&[0, 0, 0, 0]);
+    b
+}
+
+#[test]
+fn resets_the_peer_provokes_count_as_its_resets() {
+    // "MadeYouReset" (CVE-2025-8671): frames that are stream errors on
+    // streams just opened make us reset them, each one a call begun and
+    // cancelled, without one RST_STREAM from the peer.
+    let limits = Limits {
+        max_resets_per_tick: 10,
+        ..Limits::default()
+    };
+    type Provoke = fn(u32) -> Vec<u8>;
+    let provokes: [(&str, Provoke); 3] = [
+        ("WINDOW_UPDATE of 0", zero_window_update),
+        ("PRIORITY of 4 bytes", |id| {
+            let mut b = Vec::new();
+            frame::write_head(&mut b, 4, kind::PRIORITY, 0, id);
+            b.extend_from_slice(&[0, 0, 0, 0]);
+            b
+        }),
+        ("DATA past the content-length", |id| {
+            data(id, 0, b"too long")
+        }),
+    ];
+    for (what, provoke) in provokes {
+        let mut s = Server::new(limits);
+        let mut bytes = Vec::new();
+        for i in 0..11 {
+            let id = 2 * i + 1;
+            if what.starts_with("DATA") {
+                bytes.extend(headers(
+                    id,
+                    flag::END_HEADERS,
+                    &block(&[REQUEST.as_slice(), &[("content-length", "1")]].concat()),
+                ));
+            } else {
+                bytes.extend(request(id, false));
+            }
+            bytes.extend(provoke(id));
+        }
+        let seen = s.feed(&bytes);
+        assert_eq!(seen.rst().len(), 11, "{what}: each stream reset");
+        connection_error(&seen, ErrorCode::ENHANCE_YOUR_CALM);
+        // Spread over ticks, the same is fine.
+        let mut s = Server::new(limits);
+        for i in 0..30 {
+            let id = 2 * i + 1;
+            let mut bytes = request(id, false);
+            bytes.extend(provoke(id));
+            assert_eq!(s.feed(&bytes).result, Some(Ok(())), "{what}");
+            s.conn.tick();
+        }
+    }
+    // Resets that answer frames on streams already closed end nothing:
+    // they are not counted.
+    let mut s = Server::new(limits);
+    let mut bytes = request(1, true);
+    bytes.extend(request(3, false));
+    frame::write_rst_stream(&mut bytes, 3, ErrorCode::CANCEL);
+    assert_eq!(s.feed(&bytes).result, Some(Ok(())));
+    s.conn.reset(1, ErrorCode::CANCEL, &mut s.out);
+    s.conn.tick();
+    let mut bytes = Vec::new();
+    for id in [1, 3].repeat(10) {
+        bytes.extend(data(id, 0, b"late"));
+    }
+    let seen = s.feed(&bytes);
+    assert_eq!(seen.rst().len(), 21, "ours on 1, then one per late DATA");
+    assert_eq!(seen.result, Some(Ok(())));
+}
+
+#[test]
+fn a_window_update_of_zero_on_an_idle_stream_is_a_connection_error() {
+    // RFC 9113 5.1: only HEADERS and PRIORITY may arrive on an idle
+    // stream; an RST_STREAM there is forbidden (6.4), so the zero
+    // increment cannot be a stream error.
+    let mut s = Server::new(Limits::default());
+    let seen = s.feed(&zero_window_update(99));
+    assert!(seen.rst().is_empty(), "{:?}", seen.frames);
+    connection_error(&seen, ErrorCode::PROTOCOL_ERROR);
+}
+
+#[test]
+fn ping_acknowledgements_are_control_frames() {
+    let mut s = Server::new(Limits {
+        max_control_frames_per_tick: 10,
+        ..Limits::default()
+    });
+    let mut bytes = Vec::new();
+    for _ in 0..10 {
+        frame::write_ping(&mut bytes, true, [7; 8]);
+    }
+    connection_error(&s.feed(&bytes), ErrorCode::ENHANCE_YOUR_CALM);
+}
+
 #[test]
 fn limits_on_streams_and_header_sizes() {
     let mut s = Server::new(Limits {
