@@ -190,6 +190,64 @@ impl RawClient {
     }
 }
 
+/// What a client that never reads managed to write before its writes
+/// stalled for 2 s, up to `limit` bytes: HEAD requests without a
+/// content-type (not gRPC: each is answered with a 415 head), a thousand
+/// at a time, on a socket with a small receive buffer. `Err` if the
+/// proxy closed the connection; the socket is handed back.
+fn head_requests_without_reading(
+    addr: SocketAddr,
+    limit: usize,
+) -> Result<(usize, bool, std::net::TcpStream), String> {
+    use socket2::{Domain, Socket, Type};
+    use std::io::Write;
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
+    socket
+        .set_recv_buffer_size(4096)
+        .map_err(|e| e.to_string())?;
+    socket
+        .set_send_buffer_size(65536)
+        .map_err(|e| e.to_string())?;
+    socket.connect(&addr.into()).map_err(|e| e.to_string())?;
+    let mut tcp: std::net::TcpStream = socket.into();
+    tcp.set_write_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // Our SETTINGS, and the acknowledgement of the proxy's.
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0]);
+    tcp.write_all(&hello).map_err(|e| e.to_string())?;
+    // :method HEAD (a literal, name 2), :path / (4), :scheme http (6),
+    // :authority x (a literal, name 1): no content-type.
+    let block = [0x02, 4, b'H', b'E', b'A', b'D', 0x84, 0x86, 0x01, 1, b'x'];
+    let (mut id, mut written) = (1u32, 0usize);
+    while written < limit {
+        let mut chunk = Vec::new();
+        for _ in 0..1000 {
+            chunk.extend_from_slice(&[0, 0, block.len() as u8, 1, 5]);
+            chunk.extend_from_slice(&id.to_be_bytes());
+            chunk.extend_from_slice(&block);
+            id += 2;
+        }
+        let mut at = 0;
+        while at < chunk.len() {
+            match tcp.write(&chunk[at..]) {
+                Ok(n) => at += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok((written + at, true, tcp));
+                }
+                Err(e) => return Err(format!("after {} bytes: {e}", written + at)),
+            }
+        }
+        written += chunk.len();
+    }
+    Ok((written, false, tcp))
+}
+
 /// A call with the client's own deadline, so that a stuck proxy fails the
 /// test instead of hanging it.
 async fn echo_within(
@@ -456,6 +514,56 @@ proxy_test! {
         assert!(r.raw.goaway.try_recv().is_err(), "no GOAWAY");
         let floods = "grpc_proxy_downstream_reset_floods_total{core=\"0\"}";
         assert_eq!(metric(&r.proxy, floods), 0.0);
+    }
+
+    async fn a_client_that_never_reads_its_answers_is_read_no_further(driver) {
+        // Scenario: on a raw socket, a client sends requests that are not
+        // gRPC as fast as it can and never reads the 415s it is answered
+        // with (RST_STREAMs for stream errors or PING ACKs would do the
+        // same, as long as their budgets allow). Once what waits to be
+        // written to it reaches its budget (`[limits]
+        // buffer_per_connection`), the proxy must stop reading it, so
+        // that its writes stall, rather than queue answers without end.
+        // Once it reads again, so does the proxy; other clients go on.
+        let upstream = Silent::with(Options::default()).await;
+        let proxy = proxy(driver, &format!(
+            "[limits]\nbuffer_per_connection = 65536\n\
+             {}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", upstream.addr())
+        ));
+        let addr = proxy.local_addr();
+        // Without the limit all of it would go in: the proxy's receive
+        // buffer and what it answers in the kernel take a few MiB.
+        let limit = 48 << 20;
+        let (written, stalled, tcp) =
+            tokio::task::spawn_blocking(move || head_requests_without_reading(addr, limit))
+                .await
+                .expect("the flood's thread")
+                .expect("the proxy keeps the connection");
+        assert!(stalled, "the proxy read all {written} bytes of requests whose answers wait unread");
+
+        let mut other = Client::connect(addr).await;
+        let reply = echo_within(&mut other, "Echo", Duration::from_secs(5)).await;
+        assert!(reply.is_ok(), "another client goes on: {reply:?}");
+
+        // The client reads again: the proxy must read its requests again.
+        let resumed = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut reader = tcp.try_clone().expect("clone");
+            std::thread::spawn(move || {
+                let mut sink = vec![0u8; 1 << 16];
+                while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+            });
+            let mut tcp = tcp;
+            tcp.set_write_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            // The socket's buffers are full: even a few PINGs go only if
+            // the proxy reads.
+            let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8].repeat(100);
+            tcp.write_all(&ping).map_err(|e| e.to_string())
+        })
+        .await
+        .expect("the reading thread");
+        assert!(resumed.is_ok(), "the proxy reads the client again: {resumed:?}");
     }
 
     async fn a_client_that_opens_huge_windows_and_reads_nothing_holds_only_its_budget(driver) {

@@ -283,6 +283,15 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
         if failed || (relay.draining() && side.wire.borrow().links.is_empty()) {
             return;
         }
+        // A client that does not read what it is answered is read no
+        // further (see Side::backed_up).
+        while side.backed_up() {
+            monoio::select! {
+                biased;
+                _ = closed.as_mut() => return,
+                _ = side.wake.notified() => {}
+            }
+        }
     }
 }
 

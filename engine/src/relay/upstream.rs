@@ -243,6 +243,16 @@ async fn serve<R: Source, W: Sink + 'static>(
         }
         side.flush();
         shrink(side, &mut buf, &mut want);
+        // An upstream that does not read what it is sent is read no
+        // further (see Side::backed_up).
+        while side.backed_up() {
+            monoio::select! {
+                biased;
+                _ = stopped.as_mut() => return Ok(()),
+                _ = closed.as_mut() => return Ok(()),
+                _ = side.wake.notified() => {}
+            }
+        }
     }
 }
 

@@ -110,7 +110,8 @@ impl Wire {
 pub struct Side {
     /// Its state.
     pub wire: RefCell<Wire>,
-    /// Wakes the writer.
+    /// Wakes the writer, and a reader stopped while what waits to be
+    /// written is at the write budget (see [`backed_up`](Self::backed_up)).
     pub wake: Notify,
     /// Set when the connection is done: the writer flushes and closes.
     pub closed: Latch,
@@ -298,6 +299,21 @@ impl Side {
             return;
         }
         self.wake.notify_all();
+    }
+
+    /// Whether what waits to be written to this connection is at its
+    /// write budget. Its reader then reads no more until the writer is
+    /// down to half of it (see [`resume`]): a peer that sends without
+    /// reading what it is answered (heads, RST_STREAMs, PING and SETTINGS
+    /// acknowledgements) holds at most that much of the proxy's memory,
+    /// as one that does not read its DATA does.
+    pub fn backed_up(&self) -> bool {
+        let mut w = self.wire.borrow_mut();
+        let full = w.out.len() + w.in_flight >= w.write_budget;
+        if full {
+            w.held = true;
+        }
+        full
     }
 
     /// Writes what waits, as far as the socket takes it without waiting;
@@ -611,13 +627,20 @@ pub async fn write_loop<W: Sink>(
     io.shutdown().await;
 }
 
-/// Whether DATA held back for the write budget may go again: what waits
-/// is down to half of it.
+/// Whether what was held back for the write budget (DATA, or a reader,
+/// see [`Side::backed_up`]) may go again: what waits is down to half of
+/// it. A stopped reader is woken.
 fn resume(side: &Side) -> bool {
-    let mut w = side.wire.borrow_mut();
-    let low = w.held && 2 * (w.out.len() + w.in_flight) < w.write_budget;
+    let low = {
+        let mut w = side.wire.borrow_mut();
+        let low = w.held && 2 * (w.out.len() + w.in_flight) < w.write_budget;
+        if low {
+            w.held = false;
+        }
+        low
+    };
     if low {
-        w.held = false;
+        side.wake.notify_all();
     }
     low
 }
