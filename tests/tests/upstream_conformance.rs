@@ -944,6 +944,21 @@ const CASES: &[(&str, &str, Call, Case)] = &[
             p.expect_connection_error(code::COMPRESSION_ERROR)
         },
     ),
+    (
+        "own/1",
+        "a response head past the announced header list size, the stream left open",
+        Call::Fails,
+        |p, s| {
+            // 70 KB decoded, past the 64 KiB announced; the block itself
+            // is within what the proxy takes. The proxy fails the call and
+            // must end the stream, which the upstream keeps open: else it
+            // holds a slot of the connection's stream limit for good.
+            let big = "x".repeat(70_000);
+            let b = block(&[(":status", "200"), ("x-big", &big)]);
+            p.send(&frame(kind::HEADERS, flag::END_HEADERS, s, &b));
+            p.expect_stream_error(s, code::CANCEL)
+        },
+    ),
 ];
 
 proxy_test! {

@@ -46,7 +46,9 @@ enum Later {
     Reset(u32, ErrorCode, bool),
     Opened(u32),
     Finish(usize),
-    Fail(u32, Status),
+    /// A response head past the header list size: the stream, still
+    /// open, is reset and the call fails.
+    HeadTooLarge(u32),
     GoAway(u32),
 }
 
@@ -343,10 +345,7 @@ fn pass(
                 later.push(Later::Finish(key));
             }
         }
-        Event::HeadersTooLarge { stream } => later.push(Later::Fail(
-            stream,
-            Status::new(Code::Internal, "the upstream's response head is too large"),
-        )),
+        Event::HeadersTooLarge { stream } => later.push(Later::HeadTooLarge(stream)),
         // Inline, so that DATA reaches the client before trailers read in
         // the same pass; only the credit waits for the end of the pass.
         Event::Data {
@@ -474,10 +473,24 @@ fn act(relay: &Rc<Relay>, side: &Rc<Side>, step: Later) {
         }
         Later::Finish(key) => relay.finish(key),
         Later::Expire(key) => relay.expire(key, DEADLINE),
-        Later::Fail(u, status) => {
+        Later::HeadTooLarge(u) => {
+            // The upstream may keep the stream open for good: it is ended
+            // here (CANCEL: a client may discard a response it cannot
+            // process, RFC 9113 10.5.1), or it would hold a slot of the
+            // connection's stream limit.
+            {
+                let mut w = side.wire.borrow_mut();
+                let w = &mut *w;
+                if w.conn.streams().get(u).is_some() {
+                    w.conn.reset(u, ErrorCode::CANCEL, &mut w.out);
+                }
+            }
             if let Some(key) = key_of(u) {
+                let status =
+                    Status::new(Code::Internal, "the upstream's response head is too large");
                 relay.fail(key, &status, false, None);
             }
+            side.flush();
         }
         Later::GoAway(last) => {
             // Streams above `last` were never processed.
