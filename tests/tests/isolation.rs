@@ -287,6 +287,36 @@ proxy_test! {
         assert!(upstream.connections() >= 1);
     }
 
+    async fn an_upstream_that_accepts_and_never_speaks_http2_fails_calls_at_the_connect_timeout(driver) {
+        // Scenario: an upstream whose process hangs while its kernel still
+        // accepts connections: the TCP connect succeeds and nothing comes,
+        // not even SETTINGS. A call without a deadline must not wait for
+        // it forever: the connect timeout runs until the upstream's
+        // SETTINGS, and the call fails UNAVAILABLE. A call to another
+        // cluster goes on.
+        let mute = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let other = Silent::with(Options::default()).await;
+        let proxy = proxy(driver, &format!(
+            "[timeouts]\nconnect = \"300ms\"\n{}\n{}\n\
+             [[routes]]\nheaders = [{{ name = \"x-other\" }}]\ncluster = \"b\"\n\
+             [[routes]]\ncluster = \"a\"\n",
+            cluster("a", mute.local_addr().expect("addr")),
+            cluster("b", other.addr())
+        ));
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let call = client.unary("Echo", Request::new(Bytes::from_static(b"x")));
+        let status = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the call ends within 10 s")
+            .expect_err("the upstream never answers");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let mut request = Request::new(Bytes::from_static(b"x"));
+        request.metadata_mut().insert("x-other", "1".parse().expect("value"));
+        request.set_timeout(Duration::from_secs(5));
+        let reply = client.unary("Echo", request).await;
+        assert!(reply.is_ok(), "a call to another cluster goes on: {reply:?}");
+    }
+
     async fn a_health_check_that_times_out_during_a_connect_does_not_block_the_endpoint(driver) {
         // The same, with the health probe (timeout 200 ms) giving up.
         let (listener, _fillers) = full_listener();

@@ -146,7 +146,17 @@ async fn run(
     let Some(tls) = dial.tls.clone() else {
         let fd = tcp.as_raw_fd();
         let (reader, writer) = tcp.into_split();
-        return serve(relay, side, endpoint, &dial, reader, writer, Some(fd)).await;
+        return serve(
+            relay,
+            side,
+            endpoint,
+            &dial,
+            deadline,
+            reader,
+            writer,
+            Some(fd),
+        )
+        .await;
     };
     let config = tls.config.clone();
     let handshake = owned_tls::connect(&mut tcp, config, tls.server_name.clone());
@@ -163,24 +173,29 @@ async fn run(
         tracing::debug!(upstream = %addr, "upstream TLS did not negotiate ALPN h2; speaking HTTP/2 anyway");
     }
     let (reader, writer) = owned_tls::split(tcp, conn, cipher);
-    Box::pin(serve(relay, side, endpoint, &dial, reader, writer, None)).await
+    Box::pin(serve(
+        relay, side, endpoint, &dial, deadline, reader, writer, None,
+    ))
+    .await
 }
 
 /// Serves an upstream connection over its halves (TCP, or TLS after the
 /// handshake; `direct` is the socket of a cleartext one, see
-/// [`Side::flush`]) until it ends.
+/// [`Side::flush`]) until it ends. The upstream's SETTINGS must come by
+/// the connect's `deadline`.
+#[allow(clippy::too_many_arguments)]
 async fn serve<R: Source, W: Sink + 'static>(
     relay: &Rc<Relay>,
     side: &Rc<Side>,
     endpoint: &Endpoint,
     dial: &Dial,
+    deadline: monoio::time::Instant,
     mut reader: R,
     writer: W,
     direct: Option<RawFd>,
 ) -> Result<(), UpstreamError> {
     let stop = relay.server.stop.clone();
     let addr = endpoint.addr();
-    endpoint.reachable();
     endpoint.relayed(true);
     let _counted = Counted(endpoint);
     let r = relay.clone();
@@ -204,12 +219,21 @@ async fn serve<R: Source, W: Sink + 'static>(
     // being registered and removed again on every read.
     let mut stopped = std::pin::pin!(stop.wait());
     let mut closed = std::pin::pin!(side.closed.wait());
+    // Until the upstream's SETTINGS, the connect's deadline runs: calls
+    // wait for them, and a process that hangs while its kernel accepts
+    // connections would hold them for good.
+    let mut handshake = std::pin::pin!(monoio::time::sleep_until(deadline));
+    let mut settled = false;
     loop {
         // In this order, with no random pick (see the client's read loop).
         let (result, b) = monoio::select! {
             biased;
             _ = stopped.as_mut() => return Ok(()),
             _ = closed.as_mut() => return Ok(()),
+            _ = handshake.as_mut(), if !settled => {
+                let timeout = relay.server.settings.connect_timeout;
+                return Err(UpstreamError::NoSettings { addr, timeout });
+            }
             r = reader.read_more(buf, &mut want) => r,
         };
         buf = b;
@@ -237,6 +261,8 @@ async fn serve<R: Source, W: Sink + 'static>(
             endpoint.went_away();
         }
         if !was_ready && side.wire.borrow().conn.ready() {
+            settled = true;
+            endpoint.reachable();
             relay.open_waiting(side);
             spill(relay, side);
         }

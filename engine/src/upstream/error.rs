@@ -26,6 +26,16 @@ pub enum UpstreamError {
         /// The configured limit.
         timeout: Duration,
     },
+    /// Connected, but the upstream's HTTP/2 SETTINGS did not come within
+    /// `connect_timeout` of the start (a hung process whose kernel still
+    /// accepts connections, or a peer that does not speak HTTP/2).
+    #[error("upstream {addr}: no HTTP/2 SETTINGS within {timeout:?} of connecting")]
+    NoSettings {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The configured limit.
+        timeout: Duration,
+    },
     /// The TLS handshake failed (certificate not trusted, wrong name...).
     #[error("upstream {addr}: TLS handshake failed: {source}")]
     Tls {
@@ -74,7 +84,9 @@ impl UpstreamError {
     pub fn public(&self) -> &'static str {
         match self {
             UpstreamError::Connect { .. } => "upstream unavailable: connect failed",
-            UpstreamError::ConnectTimeout { .. } => "upstream unavailable: connect timed out",
+            UpstreamError::ConnectTimeout { .. } | UpstreamError::NoSettings { .. } => {
+                "upstream unavailable: connect timed out"
+            }
             UpstreamError::Tls { .. } => "upstream unavailable: TLS handshake failed",
             UpstreamError::BackingOff { .. } => {
                 "upstream unavailable: waiting to reconnect after failed connects"
