@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use grpc_proxy_tests::raw::{client, request};
 use grpc_proxy_tests::silent::{Options, Silent};
-use grpc_proxy_tests::{proxy_test, proxy_to};
+use grpc_proxy_tests::{cluster, proxy, proxy_test, proxy_to};
 
 /// A bare h2 client with h2's default window.
 async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
@@ -78,6 +78,46 @@ proxy_test! {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert_eq!(goaways(), 3);
+    }
+
+    async fn calls_waiting_on_a_connection_that_goes_away_move_to_a_fresh_one(driver) {
+        // The upstream takes one stream per connection, sends GOAWAY once
+        // it has its first request and answers that one after 300 ms; the
+        // proxy may open one connection to it at a time. Two calls come
+        // together: the second waits for the first one's stream when the
+        // GOAWAY comes. It was never sent, so it must go on a fresh
+        // connection, not wait for the old one to close and fail with it.
+        let upstream = Silent::with(Options {
+            max_concurrent_streams: Some(1),
+            goaway_after: Some(1),
+            delay: Some(std::time::Duration::from_millis(300)),
+            ..Options::default()
+        })
+        .await;
+        let proxy = proxy(driver, &format!(
+            "max_connections_per_endpoint = 1\n{}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", upstream.addr())
+        ));
+        let addr = proxy.local_addr();
+        let client = h2_client(addr).await;
+        let mut responses = Vec::new();
+        for _ in 0..2 {
+            let mut ready = client.clone().ready().await.expect("ready");
+            let (response, mut body) = ready.send_request(request(addr, "Unary"), false).expect("send");
+            body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("data");
+            responses.push(response);
+        }
+        let mut connections = Vec::new();
+        for response in responses {
+            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                .await
+                .expect("answered within 10 s")
+                .expect("response");
+            let headers = response.headers();
+            assert_eq!(headers["grpc-status"], "0", "{headers:?}");
+            connections.push(headers["x-connection"].to_str().expect("text").to_owned());
+        }
+        assert_eq!(connections, ["1", "2"], "the second call on a fresh connection");
     }
 
     async fn flow_control_bounds_what_a_fast_upstream_can_push(driver) {

@@ -259,6 +259,9 @@ async fn serve<R: Source, W: Sink + 'static>(
         }
         if !was_going && side.wire.borrow().conn.going_away() {
             endpoint.went_away();
+            // Calls waiting for a stream here were never sent: they go
+            // to another connection rather than wait for this one to end.
+            spill(relay, side);
         }
         if !was_ready && side.wire.borrow().conn.ready() {
             settled = true;
@@ -610,8 +613,9 @@ fn retry(relay: &Rc<Relay>, old: &Rc<Side>, key: usize) -> bool {
 }
 
 /// Calls that waited for `side` to be ready and found its stream limit
-/// (which its SETTINGS just told) too low for them all go elsewhere (see
-/// [`requeue`]) instead of queueing behind it.
+/// (which its SETTINGS just told) too low for them all, or that waited
+/// on it when it got GOAWAY, go elsewhere (see [`requeue`]) instead of
+/// queueing behind it.
 fn spill(relay: &Rc<Relay>, side: &Rc<Side>) {
     let left: Vec<usize> = side.wire.borrow_mut().waiting.drain(..).collect();
     for key in left {
