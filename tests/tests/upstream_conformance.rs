@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use grpc_proxy_tests::peer::{
-    block, code, flag, frame, kind, message, priority, rst_stream, setting, settings_frame,
-    window_update, Frame, Peer, Seen, Verdict,
+    block, code, flag, frame, grpc_call, grpc_headers, kind, message, priority, rst_stream,
+    setting, settings_frame, window_update, Frame, Peer, Seen, Verdict,
 };
 use grpc_proxy_tests::{proxy_test, proxy_to, Client};
 use tonic::{Code, Request};
@@ -1043,5 +1043,84 @@ proxy_test! {
         assert_eq!(max, 32 << 10, "the frame size announced to upstreams");
         verdict.expect("FRAME_SIZE_ERROR");
         clean(&reply.expect_err("the call fails")).expect("a clean status");
+    }
+}
+
+proxy_test! {
+    // A call refused unprocessed (REFUSED_STREAM after its whole request)
+    // is retried on a new connection, its request replayed from the retry
+    // hold. That connection's upstream opens no window, so the replay
+    // waits; then the client resets the call. The bytes replayed were
+    // credited to the client when first sent: they must not be credited
+    // again when the call ends, or the client's connection window drifts
+    // past what the proxy holds for it (and past 2^31 - 1 in time).
+    async fn a_replay_dropped_when_its_call_ends_is_not_credited_twice(driver) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let proxy = grpc_proxy_tests::proxy(
+            driver,
+            &format!(
+                "[http2]\nconnection_window = 65535\n{}\n[[routes]]\ncluster = \"a\"\n",
+                grpc_proxy_tests::cluster("a", addr)
+            ),
+        );
+        let (retried, retried_rx) = std::sync::mpsc::channel::<()>();
+        let upstream = std::thread::spawn(move || -> Verdict {
+            let mut first = Peer::accept(&listener, &[])?;
+            let s = request(&mut first)?;
+            first.send(&rst_stream(s, code::REFUSED_STREAM));
+            let mut second = Peer::accept(&listener, &[(setting::INITIAL_WINDOW_SIZE, 0)])?;
+            next_frame(&mut second, |f| f.kind == kind::HEADERS)?;
+            let _ = retried.send(());
+            // The next call, after the reset, goes on the first connection.
+            let s = request(&mut first)?;
+            respond(&mut first, s);
+            let _ = first.expect_alive();
+            Ok(())
+        });
+        let client = tokio::task::spawn_blocking(move || -> Result<(u32, u32), String> {
+            let mut c = Peer::connect(proxy.local_addr(), &[]);
+            let msg = message(&vec![7u8; 20_000]);
+            let (a, b) = msg.split_at(10_000);
+            c.send(&grpc_headers(1, false));
+            c.send(&frame(kind::DATA, 0, 1, a));
+            c.send(&frame(kind::DATA, flag::END_STREAM, 1, b));
+            retried_rx
+                .recv_timeout(Duration::from_secs(10))
+                .map_err(|_| "the call was never retried".to_string())?;
+            c.send(&rst_stream(1, code::CANCEL));
+            // A second call: its answer comes after all the proxy wrote
+            // for the first one's end.
+            let second = grpc_call(3, b"x");
+            c.send(&second);
+            let sent = (msg.len() + message(b"x").len()) as u32;
+            let mut credited = 0u32;
+            loop {
+                match c.read() {
+                    Seen::Frame(f) if f.kind == kind::WINDOW_UPDATE && f.stream == 0 => {
+                        credited += u32::from_be_bytes([
+                            f.payload[0], f.payload[1], f.payload[2], f.payload[3],
+                        ]);
+                    }
+                    Seen::Frame(f) if f.stream == 3 && f.ends_stream() => break,
+                    Seen::Frame(_) => {}
+                    other => return Err(format!("the second call: {other:?}")),
+                }
+            }
+            drop(proxy);
+            Ok((sent, credited))
+        })
+        .await
+        .expect("the client thread");
+        let verdict = tokio::task::spawn_blocking(move || upstream.join())
+            .await
+            .expect("join")
+            .unwrap_or_else(|_| Err("the upstream thread panicked".into()));
+        let (sent, credited) = client.expect("the client");
+        verdict.expect("the upstream");
+        assert!(
+            credited <= sent,
+            "the client's connection was credited {credited} bytes for {sent} sent"
+        );
     }
 }

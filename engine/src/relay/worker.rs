@@ -427,7 +427,8 @@ impl Relay {
         if let Some(hold) = call.hold.take() {
             self.unhold(hold);
         }
-        // Bytes still waiting are dropped: their credit goes back.
+        // Bytes still waiting are dropped: their credit goes back, but
+        // for a retry's replay at the front, credited when first sent.
         let unsent = |q: &std::collections::VecDeque<bytes::Bytes>| {
             q.iter().map(|b| b.len() as u32).sum::<u32>()
         };
@@ -435,7 +436,7 @@ impl Relay {
             let mut w = call.down.wire.borrow_mut();
             let wire = &mut *w;
             wire.links.remove(&call.d);
-            wire.release(call.d, unsent(&call.to_up));
+            wire.release(call.d, unsent(&call.to_up).saturating_sub(call.replayed));
             if wire.conn.streams().get(call.d).is_some() {
                 wire.conn.reset(call.d, ErrorCode::NO_ERROR, &mut wire.out);
             }
