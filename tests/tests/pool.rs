@@ -120,6 +120,43 @@ proxy_test! {
         assert_eq!(connections, ["1", "2"], "the second call on a fresh connection");
     }
 
+    async fn a_stream_the_upstream_resets_makes_room_for_the_next_waiting_call(driver) {
+        // The upstream takes one stream per connection and resets every
+        // request (INTERNAL_ERROR); the proxy may open one connection to
+        // it. Two calls come together: the second waits for the first
+        // one's stream. The reset frees it: the second call must get it
+        // (and be reset in turn), not wait for good behind a stream that
+        // is gone, with every later call queued behind it.
+        let upstream = Silent::with(Options {
+            max_concurrent_streams: Some(1),
+            reset_all: Some(h2::Reason::INTERNAL_ERROR),
+            ..Options::default()
+        })
+        .await;
+        let proxy = proxy(driver, &format!(
+            "max_connections_per_endpoint = 1\n{}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", upstream.addr())
+        ));
+        let addr = proxy.local_addr();
+        let client = h2_client(addr).await;
+        let mut responses = Vec::new();
+        for _ in 0..3 {
+            let mut ready = client.clone().ready().await.expect("ready");
+            let (response, mut body) = ready.send_request(request(addr, "Unary"), false).expect("send");
+            body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("data");
+            responses.push(response);
+        }
+        for (i, response) in responses.into_iter().enumerate() {
+            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                .await
+                .unwrap_or_else(|_| panic!("call {i} answered within 10 s"))
+                .expect("response");
+            let headers = response.headers();
+            assert_eq!(headers["grpc-status"], "13", "call {i}: the upstream's reset: {headers:?}");
+        }
+        assert_eq!(upstream.requests(), 3, "each call reached the upstream");
+    }
+
     async fn flow_control_bounds_what_a_fast_upstream_can_push(driver) {
         // The upstream wants to send 16 MiB; the client reads nothing. With
         // end-to-end flow control the proxy takes from the upstream only

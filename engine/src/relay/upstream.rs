@@ -494,6 +494,8 @@ fn act(relay: &Rc<Relay>, side: &Rc<Side>, step: Later) {
             for key in keys {
                 opened(relay, side, key);
             }
+            // New SETTINGS may have raised the stream limit.
+            relay.open_waiting(side);
         }
         Later::Opened(u) => {
             if let Some(key) = key_of(u) {
@@ -609,6 +611,7 @@ fn retry(relay: &Rc<Relay>, old: &Rc<Side>, key: usize) -> bool {
     add(&relay.server.calls.counters.retries, 1);
     tracing::debug!("upstream refused a call unprocessed: retrying it on another stream");
     relay.open_waiting(&up);
+    relay.stream_freed(old);
     true
 }
 

@@ -462,9 +462,16 @@ impl Relay {
                 }
             }
             up.flush();
-            self.open_waiting(up);
-            up.close_if_retired();
+            self.stream_freed(up);
         }
+    }
+
+    /// A call left its stream on `up` (it ended, failed, or went to be
+    /// retried elsewhere): a call waiting for a stream there takes the
+    /// slot, and a retiring connection with no call left closes.
+    pub fn stream_freed(&self, up: &Rc<Side>) {
+        self.open_waiting(up);
+        up.close_if_retired();
     }
 
     /// The growth of the call's upstream stream window (see
@@ -575,7 +582,7 @@ impl Relay {
     /// client gets it, trailers-only or as trailers after what it has; the
     /// access log gets `detail` if there is one, else the status message.
     pub fn fail(&self, key: usize, status: &Status, reset: bool, detail: Option<&str>) {
-        let down = {
+        let (down, up) = {
             let mut calls = self.calls.borrow_mut();
             let Some(call) = calls.get_mut(key) else {
                 return;
@@ -585,24 +592,28 @@ impl Relay {
             call.upstream_failed = Some(reset);
             // Its upstream stream is gone: nothing to cancel there, and
             // what it sent that still waits is dropped.
-            if let Some((up, u)) = call.up.take() {
+            let up = call.up.take().map(|(up, u)| {
                 let mut w = up.wire.borrow_mut();
                 w.links.remove(&u);
                 let n = call.to_down.drain(..).map(|b| b.len() as u32).sum();
                 w.release(u, n);
                 drop(w);
                 up.flush();
-            }
+                up
+            });
             answer(
                 &mut call.down.wire.borrow_mut(),
                 call.d,
                 status,
                 call.responded,
             );
-            call.down.clone()
+            (call.down.clone(), up)
         };
         down.flush();
         self.finish(key);
+        if let Some(up) = up {
+            self.stream_freed(&up);
+        }
     }
 
     /// A call that ends without an upstream (the director refused it):
