@@ -1124,3 +1124,46 @@ proxy_test! {
         );
     }
 }
+
+proxy_test! {
+    // The upstream answers a call whole (head, message, trailers ending
+    // the stream) and, in the same write, breaks the connection (DATA on
+    // stream 0). The client has its answer; the proxy must count the call
+    // as answered, not as failed with the connection (which would also
+    // count against the endpoint for outlier ejection).
+    async fn a_call_answered_whole_before_a_connection_error_in_the_same_read_counts_as_answered(driver) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let proxy = proxy_to(driver, listener.local_addr().expect("addr"));
+        let upstream = std::thread::spawn(move || -> Verdict {
+            let mut p = Peer::accept(&listener, &[])?;
+            let s = request(&mut p)?;
+            let mut all = head(s);
+            all.extend(frame(kind::DATA, 0, s, &message(REPLY)));
+            all.extend(trailers(s));
+            all.extend(frame(kind::DATA, 0, 0, b"x"));
+            p.send(&all);
+            p.expect_connection_error(code::PROTOCOL_ERROR)
+        });
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let reply = unary(&mut client).await;
+        let verdict = tokio::task::spawn_blocking(move || upstream.join())
+            .await
+            .expect("join")
+            .unwrap_or_else(|_| Err("the upstream thread panicked".into()));
+        verdict.expect("the upstream");
+        assert_eq!(reply.expect("the call").as_ref(), REPLY);
+        let counted = |m: &str| m.contains("cluster_calls_finished_total{");
+        grpc_proxy_tests::admin::wait_until(&proxy, "the call counted", counted).await;
+        let finished: Vec<String> = proxy
+            .metrics()
+            .render()
+            .lines()
+            .filter(|l| l.contains("cluster_calls_finished") && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            finished.len() == 1 && finished[0].contains("grpc_code=\"OK\""),
+            "{finished:?}"
+        );
+    }
+}

@@ -254,6 +254,12 @@ async fn serve<R: Source, W: Sink + 'static>(
             (w.conn.ready(), w.conn.going_away())
         };
         if pass(relay, side, &mut buf, &mut later).is_err() {
+            // What the pass read before the error stands: calls it ended
+            // end as answered, and calls cut by a GOAWAY are retried,
+            // before the connection fails the rest.
+            for step in later.drain(..) {
+                act(relay, side, step);
+            }
             side.flush();
             return Ok(());
         }
