@@ -145,14 +145,21 @@ impl<'a> Call<'a> {
     pub fn headers(&self) -> &HeaderMap {
         match &self.headers {
             Metadata::Map(map) => map,
+            // `http` holds at most 32,768 entries and panics past them; a
+            // client may send more under a raised `max_header_list_size`
+            // (an indexed field costs a byte). The map then holds those
+            // that fit.
             Metadata::List(list, map) => map.get_or_init(|| {
-                let mut map = HeaderMap::with_capacity(list.fields().count());
+                let count = list.fields().count();
+                let mut map = HeaderMap::try_with_capacity(count).unwrap_or_default();
                 for (name, value, sensitive) in list.fields() {
                     let name = HeaderName::from_bytes(name);
                     let value = HeaderValue::from_bytes(value);
                     if let (Ok(name), Ok(mut value)) = (name, value) {
                         value.set_sensitive(sensitive);
-                        map.append(name, value);
+                        if map.try_append(name, value).is_err() {
+                            break;
+                        }
                     }
                 }
                 map
@@ -360,6 +367,21 @@ mod tests {
         assert_eq!((call.service(), call.method()), ("pkg.Svc", "Do"));
         let odd = Call::new("nopath", None, &headers, peer);
         assert_eq!((odd.service(), odd.method()), ("", ""));
+    }
+
+    #[test]
+    fn more_fields_than_a_header_map_holds_do_not_panic() {
+        // Past `http`'s most entries (a client can send that many under a
+        // raised `max_header_list_size`: an indexed field costs a byte).
+        use crate::http2::headers::{HeaderList, Kind};
+        let mut list = HeaderList::new(Kind::Request);
+        for _ in 0..40_000 {
+            list.push(b"a", b"", false);
+        }
+        let peer = "127.0.0.1:1".parse().expect("addr");
+        let call = Call::from_list("/pkg.Svc/Do", None, &list, peer);
+        let map = call.headers();
+        assert!(map.len() > 10_000, "as many as fit: {}", map.len());
     }
 
     #[test]
