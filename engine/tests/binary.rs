@@ -107,6 +107,10 @@ fn check_passes_a_good_file_and_names_what_is_wrong_with_a_bad_one() {
         ("ca.toml", format!("{listen}{cluster}[clusters.tls]\nca = {missing:?}\n{route}"), "missing.pem"),
         ("log.toml", format!("{listen}access_log = {:?}\n{cluster}{route}", dir.path().join("nowhere").join("access.log")), "does not exist"),
         ("h2.toml", format!("{listen}[http2]\nframe_path = \"h2\"\n{cluster}{route}"), "h2 frame path was removed"),
+        ("forever.toml", format!("{listen}[timeouts]\nhandshake = \"10000000000000000000s\"\n{cluster}{route}"), "timeouts.handshake: duration \"10000000000000000000s\" is longer than 10 years"),
+        ("connect0.toml", format!("{listen}[timeouts]\nconnect = \"0s\"\n{cluster}{route}"), "timeouts.connect: must be more than 0"),
+        ("pending0.toml", format!("{listen}{cluster}max_pending_calls = 0\n{route}"), "max_pending_calls: must be at least 1"),
+        ("route0.toml", format!("{listen}{cluster}{route}timeout = \"0s\"\n"), "routes[0].timeout: must be more than 0"),
     ];
     for (name, text, want) in cases {
         let out = check(dir.path(), name, &text);

@@ -407,15 +407,25 @@ impl UpstreamFile {
     }
 }
 
+/// A duration field that has no "off" at 0: 0 would fail everything it
+/// times (every handshake, connect or call).
+fn positive(field: &str, text: Option<&str>) -> Result<Option<Duration>, String> {
+    let d = duration(field, text)?;
+    if d.is_some_and(|d| d.is_zero()) {
+        return Err(format!("{field}: must be more than 0"));
+    }
+    Ok(d)
+}
+
 impl TimeoutsFile {
     fn apply(&self, s: &mut Settings) -> Result<(), String> {
         set(
             &mut s.handshake_timeout,
-            duration("timeouts.handshake", self.handshake.as_deref())?,
+            positive("timeouts.handshake", self.handshake.as_deref())?,
         );
         set(
             &mut s.connect_timeout,
-            duration("timeouts.connect", self.connect.as_deref())?,
+            positive("timeouts.connect", self.connect.as_deref())?,
         );
         set(
             &mut s.drain_timeout,
@@ -539,6 +549,11 @@ impl ClusterFile {
             return Err(format!("{at}.max_active_calls: must be at least 1"));
         }
         if let Some(n) = self.max_pending_calls {
+            if n == 0 {
+                return Err(format!(
+                    "{at}.max_pending_calls: must be at least 1 (every call is pending until its upstream stream opens)"
+                ));
+            }
             limits.max_pending = n;
         }
         let keepalive = self.keepalive.map(|k| k.validate(&at)).transpose()?;
@@ -750,7 +765,7 @@ impl RouteFile {
             .map(|(j, h)| h.validate(&format!("{at}.headers[{j}]")))
             .collect::<Result<_, _>>()?;
         let client = self.client.map(|c| c.validate(&at)).transpose()?;
-        let timeout = duration(&format!("{at}.timeout"), self.timeout.as_deref())?;
+        let timeout = positive(&format!("{at}.timeout"), self.timeout.as_deref())?;
         if let Some(name) = &self.name {
             if name.is_empty() {
                 return Err(format!("{at}.name: is empty"));

@@ -37,10 +37,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
-/// Parses a duration such as `250ms`, `5s`, `2m`.
+/// The longest duration a setting takes: far past any timeout, and far
+/// from the end of the clock's range, which a deadline computed from a
+/// longer one could pass (a panic on the worker that computes it).
+const DURATION_MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses a duration such as `250ms`, `5s`, `2m` (at most 10 years).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("invalid duration {text:?} ({e}; expected e.g. 250ms, 5s, 2m)"))
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?} ({e}; expected e.g. 250ms, 5s, 2m)"))?;
+    if d > DURATION_MAX {
+        return Err(format!("duration {text:?} is longer than 10 years"));
+    }
+    Ok(d)
 }
 
 /// Resolves `host:port` to one or more socket addresses: an address as it
@@ -155,6 +164,13 @@ pub(super) fn host_of(endpoint: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_past_ten_years_are_refused() {
+        assert_eq!(parse_duration("3650days"), Ok(DURATION_MAX));
+        let e = parse_duration("10000000000000000000s").expect_err("too long");
+        assert!(e.contains("longer than 10 years"), "{e}");
+    }
 
     #[test]
     fn sizes_parse() {

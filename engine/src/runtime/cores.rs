@@ -83,6 +83,10 @@ impl std::str::FromStr for CpuList {
     }
 }
 
+/// The highest CPU number a list may name (Linux's own limit is 8,191):
+/// a range up to it is still a small list, one past `usize` is not.
+const CPU_MAX: usize = 8191;
+
 /// Parses a CPU list such as `0,2,4` or `0-3,8`.
 pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
     let mut cpus = Vec::new();
@@ -94,6 +98,11 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
                     (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
                 if a > b {
                     return Err(bad());
+                }
+                if b > CPU_MAX {
+                    return Err(format!(
+                        "invalid CPU list {text:?} (CPU {b} is above {CPU_MAX})"
+                    ));
                 }
                 cpus.extend(a..=b);
             }
@@ -143,6 +152,8 @@ mod tests {
         assert!(parse_cpu_list("3-1").is_err());
         assert!(parse_cpu_list("a").is_err());
         assert!(parse_cpu_list("1,1").is_err());
+        let e = parse_cpu_list("0-18446744073709551615").expect_err("too many");
+        assert!(e.contains("above 8191"), "{e}");
     }
 
     #[test]
