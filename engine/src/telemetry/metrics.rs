@@ -421,6 +421,22 @@ impl Merged {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A route's or cluster's name as a label value in the text exposition
+/// format, which needs `\`, `"` and line feeds escaped (the encoder writes
+/// values as they are): else one name breaks every scrape.
+fn label_value(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn counter(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -456,7 +472,10 @@ fn by_code<'a>(
         for (code, n) in r.finished.iter().enumerate() {
             if *n > 0 {
                 let code = Code::from_u8(code as u8).map_or("UNKNOWN", Code::name);
-                out.push((vec![(key, name.clone()), ("grpc_code", code.into())], *n));
+                out.push((
+                    vec![(key, label_value(name)), ("grpc_code", code.into())],
+                    *n,
+                ));
             }
         }
     }
@@ -540,7 +559,7 @@ impl Merged {
 
     /// Calls and their latency, by route.
     fn encode_routes(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let route = |n: &String| vec![("route", n.clone())];
+        let route = |n: &String| vec![("route", label_value(n))];
         counter(
             e,
             "route_calls_started",
@@ -588,7 +607,7 @@ impl Merged {
 
     /// Calls, connections, streams and failures, by upstream cluster.
     fn encode_clusters(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let cluster = |n: &String| vec![("cluster", n.clone())];
+        let cluster = |n: &String| vec![("cluster", label_value(n))];
         counter(
             e,
             "cluster_calls_started",
@@ -750,6 +769,12 @@ impl Merged {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_escaped_as_label_values() {
+        assert_eq!(label_value("plain-name.v1"), "plain-name.v1");
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 
     #[test]
     fn routes_no_snapshot_uses_are_forgotten_and_the_others_keep_counting() {
