@@ -26,7 +26,10 @@ fn documented_order() -> Vec<String> {
         .collect()
 }
 
-/// `folder/file` for every source file of the library outside lib.rs.
+/// `folder/file` for every source file of the library outside lib.rs; a
+/// module split into a folder of its own (`http2/connection/`) counts as
+/// one file, its files' text together (their `super::` paths name items
+/// of the module or, from its `mod.rs`, files beside it).
 fn files() -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for folder in fs::read_dir(src()).expect("src") {
@@ -46,7 +49,21 @@ fn files() -> Vec<(String, String, String)> {
                 .expect("a name")
                 .to_string_lossy()
                 .into_owned();
-            out.push((name.clone(), stem, fs::read_to_string(&file).expect("read")));
+            let text = if file.is_dir() {
+                let mut parts: Vec<PathBuf> = fs::read_dir(&file)
+                    .expect("module folder")
+                    .map(|e| e.expect("entry").path())
+                    .collect();
+                parts.sort();
+                parts
+                    .iter()
+                    .map(|p| fs::read_to_string(p).expect("read"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            } else {
+                fs::read_to_string(&file).expect("read")
+            };
+            out.push((name.clone(), stem, text));
         }
     }
     out
