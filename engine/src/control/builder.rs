@@ -135,7 +135,8 @@ impl ProxyBuilder {
         self
     }
 
-    /// Which monoio driver the workers use (default: io_uring if possible).
+    /// Which monoio driver the workers use (default: `Auto`, which is the
+    /// legacy epoll driver for the workers: it measured faster).
     pub fn driver(mut self, driver: Driver) -> ProxyBuilder {
         self.driver = driver;
         self
