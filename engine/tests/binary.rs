@@ -15,8 +15,25 @@ fn bad_flags_and_configs_are_one_line_and_exit_code_2() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[[routes]]\ncluster = \"missing\"\n").expect("write");
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &[
+                "--log",
+                "info,[",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:1",
+            ],
+            "invalid --log filter",
+        ),
         (&["--listen", "127.0.0.1:0"], "no upstream"),
+        (&["--nonsense"], "unexpected argument '--nonsense'"),
+        (
+            &["--listen", "nowhere", "--upstream", "127.0.0.1:1"],
+            "invalid value 'nowhere'",
+        ),
+        (&["--cpu-set", "0-99999999999999"], "above 8191"),
         (&["--upstream", "127.0.0.1:1"], "no listen address"),
         (
             &[

@@ -283,7 +283,10 @@ fn metadata_file(text: &str) -> Result<(HeaderName, Vec<HeaderValue>), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match grpc_proxy::config::flags::parse::<Cli>("grpc-loadtest") {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -123,7 +123,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match grpc_proxy::config::flags::parse::<Cli>("grpc-proxy") {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     if let Some(Command::Check { config }) = &cli.command {
         return match check(config) {
             Ok(summary) => {
@@ -136,7 +139,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging(cli.log.as_deref());
+    if let Err(message) = init_logging(cli.log.as_deref()) {
+        eprintln!("grpc-proxy: {message}");
+        return ExitCode::from(2);
+    }
     grpc_proxy::runtime::heap::keep_freed_memory();
     let config = match load(&cli) {
         Ok(config) => config,
@@ -301,13 +307,10 @@ fn check_log_file(log: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn init_logging(filter: Option<&str>) {
+fn init_logging(filter: Option<&str>) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = match filter {
-        Some(f) => EnvFilter::try_new(f).unwrap_or_else(|e| {
-            eprintln!("grpc-proxy: invalid --log filter {f:?}: {e}; using info");
-            EnvFilter::new("info")
-        }),
+        Some(f) => EnvFilter::try_new(f).map_err(|e| format!("invalid --log filter {f:?}: {e}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     tracing_subscriber::fmt()
@@ -316,6 +319,7 @@ fn init_logging(filter: Option<&str>) {
         // Colours only for a terminal: log files and collectors get text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    Ok(())
 }
 
 /// The config to run: the file's, or one built from flags, with flag

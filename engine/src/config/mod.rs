@@ -15,6 +15,7 @@
 pub mod digest;
 pub mod edits;
 mod file;
+pub mod flags;
 pub mod jwt;
 mod units;
 
