@@ -54,23 +54,29 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Resolves `host:port` to one or more socket addresses: an address as it
 /// is; a name from `hosts` (a hosts-style file, re-read on every call) if
-/// it names it, else from the system's resolver.
+/// it names it, else from the system's resolver. The addresses come
+/// sorted and once each: resolvers rotate their answers, and the same
+/// set in another order is no change of endpoints.
 pub fn resolve(endpoint: &str, hosts: Option<&std::path::Path>) -> Result<Vec<SocketAddr>, String> {
     if let Ok(addr) = SocketAddr::from_str(endpoint) {
         return Ok(vec![addr]);
     }
-    if let Some(path) = hosts {
-        if let Some(addrs) = from_hosts_file(path, endpoint)? {
-            return Ok(addrs);
-        }
-    }
-    let addrs: Vec<SocketAddr> = endpoint
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve endpoint {endpoint:?}: {e}"))?
-        .collect();
+    let named = match hosts {
+        Some(path) => from_hosts_file(path, endpoint)?,
+        None => None,
+    };
+    let mut addrs: Vec<SocketAddr> = match named {
+        Some(addrs) => addrs,
+        None => endpoint
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve endpoint {endpoint:?}: {e}"))?
+            .collect(),
+    };
     if addrs.is_empty() {
         return Err(format!("endpoint {endpoint:?} resolves to no address"));
     }
+    addrs.sort_unstable();
+    addrs.dedup();
     Ok(addrs)
 }
 
@@ -164,6 +170,20 @@ pub(super) fn host_of(endpoint: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_same_addresses_in_another_order_resolve_the_same() {
+        let dir = std::env::temp_dir().join(format!("grpc-proxy-hosts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let hosts = dir.join("hosts");
+        std::fs::write(&hosts, "10.0.0.2 svc\n10.0.0.1 svc\n10.0.0.2 svc\n").expect("write");
+        let a = resolve("svc:80", Some(&hosts)).expect("resolves");
+        std::fs::write(&hosts, "10.0.0.1 svc\n10.0.0.2 svc\n").expect("write");
+        let b = resolve("svc:80", Some(&hosts)).expect("resolves");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 2, "once each: {a:?}");
+    }
 
     #[test]
     fn durations_past_ten_years_are_refused() {
