@@ -58,6 +58,16 @@ async fn raw_tls_as(
     pki: &Pki,
     who: Option<&Issued>,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    raw_tls_on(tcp, pki, who).await
+}
+
+/// [`raw_tls_as`] on a TCP connection already made.
+async fn raw_tls_on(
+    tcp: tokio::net::TcpStream,
+    pki: &Pki,
+    who: Option<&Issued>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
@@ -81,7 +91,6 @@ async fn raw_tls_as(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").expect("name"), tcp)
         .await
@@ -131,6 +140,55 @@ async fn served_certificate(addr: std::net::SocketAddr, pki: &Pki) -> Vec<u8> {
 }
 
 proxy_test! {
+    async fn a_tls_handshake_under_way_when_the_drain_starts_still_gets_goaway(driver) {
+        // Scenario: a client has connected and not yet sent its TLS hello
+        // when the proxy starts to drain, while another client's stream
+        // keeps the drain going. It is served once its handshake is done,
+        // but must get GOAWAY like every connection open at the drain:
+        // else it could open calls until the drain timeout.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pki = Pki::new();
+        let up = Upstream::start("a");
+        let proxy = proxy(driver, &format!(
+            "{}{}[[routes]]\ncluster = \"a\"\n",
+            listener_tls(&pki, "off"),
+            cluster("a", up.addr())
+        ));
+        let addr = proxy.local_addr();
+        let mut other = Client::connect_tls(addr, &pki.ca.cert_pem, None).await.expect("TLS");
+        let (tx, mut replies) = other.open_bidi(1).await;
+        tx.send(Bytes::from_static(b"open")).await.expect("send");
+        assert_eq!(replies.next().await.expect("reply").expect("ok"), "open");
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        wait_until(&proxy, "the handshake is under way", |m| {
+            sample(m, "grpc_proxy_downstream_tls_handshakes{core=\"0\"}") == Some(1.0)
+        })
+        .await;
+        proxy.drain();
+        let mut tls = raw_tls_on(tcp, &pki, None).await.expect("the handshake under way completes");
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        tls.write_all(&hello).await.expect("preface");
+        let goaway = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                let mut head = [0u8; 9];
+                tls.read_exact(&mut head).await?;
+                let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let mut payload = vec![0u8; len];
+                tls.read_exact(&mut payload).await?;
+                if head[3] == 7 {
+                    return Ok::<_, std::io::Error>(payload);
+                }
+            }
+        })
+        .await
+        .expect("a GOAWAY within 5 s")
+        .expect("read");
+        assert_eq!(&goaway[4..8], &[0, 0, 0, 0], "NO_ERROR");
+        drop(tx);
+        assert!(replies.next().await.is_none(), "the other stream ends with OK");
+    }
+
     async fn stalled_tls_handshakes_give_way_to_new_ones(driver) {
         // Scenario: clients connect and never finish TLS. At the core's
         // limit of handshakes under way (2 here), they must not lock

@@ -280,9 +280,16 @@ impl Relay {
 
     /// Notes a new client connection.
     pub fn serving(&self, side: &Rc<Side>) {
-        let mut list = self.downstreams.borrow_mut();
-        list.retain(|s| s.strong_count() > 0);
-        list.push(Rc::downgrade(side));
+        {
+            let mut list = self.downstreams.borrow_mut();
+            list.retain(|s| s.strong_count() > 0);
+            list.push(Rc::downgrade(side));
+        }
+        // One whose TLS handshake was under way when the drain began: it
+        // gets its GOAWAY now, as the others did then.
+        if self.draining.get() {
+            side.go_away();
+        }
     }
 
     /// Whether the worker drains.
