@@ -32,6 +32,12 @@ use crate::upstream::retry_budget::Charge;
 /// Streams an upstream is assumed to allow before its SETTINGS say.
 const ASSUMED_STREAMS: usize = 100;
 
+/// Stream ids an upstream connection keeps for the calls it has, linked
+/// or waiting, once it takes no new ones: each then gets an id, and the
+/// connection closes when the last ends (ids run out after about a
+/// billion streams, hours for a busy connection).
+const SPARE_STREAM_IDS: u32 = 1 << 20;
+
 /// An endpoint's address, and what tells the TLS settings of the
 /// clusters that reach it apart (0: cleartext).
 type UpstreamKey = (SocketAddr, u64);
@@ -136,7 +142,15 @@ impl Relay {
         let addr = endpoint.addr();
         let mut upstreams = self.upstreams.borrow_mut();
         let list = upstreams.entry((addr, tls)).or_default();
-        list.retain(|s| !s.closed.is_set() && !s.wire.borrow().conn.going_away());
+        // Those near the end of their stream ids retire: they serve what
+        // they have and close, and the pool opens a fresh one.
+        for side in list.iter().filter(|s| !serves_new_calls(s)) {
+            if !side.closed.is_set() && !side.wire.borrow().conn.going_away() {
+                side.retiring.set(true);
+                side.close_if_retired();
+            }
+        }
+        list.retain(|s| serves_new_calls(s));
         let load = |s: &Rc<Side>| {
             let w = s.wire.borrow();
             w.conn.streams().len() + w.waiting.len()
@@ -667,6 +681,13 @@ impl Relay {
     }
 }
 
+/// Whether upstream connection `up` takes new calls: not closed, not
+/// told to go away, and with more than [`SPARE_STREAM_IDS`] left.
+fn serves_new_calls(up: &Side) -> bool {
+    let w = up.wire.borrow();
+    !up.closed.is_set() && !w.conn.going_away() && w.conn.streams_left() > SPARE_STREAM_IDS
+}
+
 /// The streams `up` may carry: its SETTINGS_MAX_CONCURRENT_STREAMS, or
 /// what is assumed until they arrive.
 fn capacity(up: &Rc<Side>) -> usize {
@@ -674,5 +695,35 @@ fn capacity(up: &Rc<Side>) -> usize {
     match w.conn.remote_settings().max_concurrent_streams {
         Some(n) if w.conn.ready() => n as usize,
         _ => ASSUMED_STREAMS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream_side() -> Rc<Side> {
+        let mut out = Outbox::new();
+        let conn = Connection::new(Role::Client, Limits::default(), &mut out);
+        Side::new(conn, out, usize::MAX, 0, None)
+    }
+
+    #[test]
+    fn a_connection_near_the_end_of_its_stream_ids_takes_no_new_calls() {
+        let fresh = upstream_side();
+        assert!(serves_new_calls(&fresh));
+        let spent = upstream_side();
+        spent
+            .wire
+            .borrow_mut()
+            .conn
+            .spend_stream_ids_for_test(SPARE_STREAM_IDS);
+        assert!(
+            !serves_new_calls(&spent),
+            "its last ids are for the calls it has"
+        );
+        let closed = upstream_side();
+        closed.closed.set();
+        assert!(!serves_new_calls(&closed));
     }
 }

@@ -340,6 +340,21 @@ impl Connection {
         self.peer_going_away
     }
 
+    /// How many more streams we may open: stream ids end at 2^31 - 1, and
+    /// a busy client connection runs through them in hours.
+    pub fn streams_left(&self) -> u32 {
+        if self.next_local > frame::MAX_ID {
+            return 0;
+        }
+        (frame::MAX_ID - self.next_local) / 2 + 1
+    }
+
+    /// Uses up stream ids as if `left_at_most` were all that is left.
+    #[cfg(test)]
+    pub fn spend_stream_ids_for_test(&mut self, left_at_most: u32) {
+        self.next_local = self.next_local.max(frame::MAX_ID - 2 * (left_at_most - 1));
+    }
+
     /// A large DATA frame is part read: the read buffer may be empty, but
     /// the rest of the frame is on its way.
     pub fn mid_frame(&self) -> bool {

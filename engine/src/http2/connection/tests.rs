@@ -700,6 +700,28 @@ fn ping_acknowledgements_are_control_frames() {
 }
 
 #[test]
+fn a_client_counts_the_stream_ids_it_has_left() {
+    let mut out = Outbox::new();
+    let mut c = Connection::new(Role::Client, Limits::default(), &mut out);
+    assert_eq!(
+        c.streams_left(),
+        (MAX_ID - 1) / 2 + 1,
+        "1, 3, ... up to 2^31 - 1"
+    );
+    c.next_local = MAX_ID - 2;
+    assert_eq!(c.streams_left(), 2);
+    let fields = || {
+        REQUEST
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes(), false))
+    };
+    assert_eq!(c.open(fields(), true, &mut out), Ok(MAX_ID - 2));
+    assert_eq!(c.open(fields(), true, &mut out), Ok(MAX_ID));
+    assert_eq!(c.streams_left(), 0);
+    assert_eq!(c.open(fields(), true, &mut out), Err(SendError::Refused));
+}
+
+#[test]
 fn limits_on_streams_and_header_sizes() {
     let mut s = Server::new(Limits {
         max_concurrent_streams: 2,
