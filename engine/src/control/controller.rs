@@ -206,7 +206,9 @@ impl Controller {
     /// and TLS files (re-read). Connections and calls in flight are not
     /// touched; clusters whose endpoints and TLS settings did not change
     /// keep their upstream connections. Returns once every worker uses the
-    /// new config, with its version (1 is the config at start).
+    /// new config (or 10 s have passed: a worker that has not confirmed it
+    /// by then is logged, and takes it when it runs again), with its
+    /// version (1 is the config at start).
     ///
     /// Everything is checked first; on error nothing changes. The listener,
     /// cores, driver, limits, admin endpoint and access log need a restart:
@@ -241,7 +243,9 @@ impl Controller {
             tls,
             version,
         });
-        self.apply(&plan)?;
+        // Sent to every worker: those that take it run it from now on, so
+        // it is the running config, even if one has not said so in time.
+        let unconfirmed = self.apply(&plan);
         *running = Running {
             plan,
             names: config.clusters.iter().map(|c| c.names.clone()).collect(),
@@ -249,8 +253,8 @@ impl Controller {
             failing: HashSet::new(),
         };
         self.dns_failing.store(0, Ordering::Relaxed);
-        drop(running);
-        self.start_resolving();
+        // Under the same lock, so that two reloads at once leave the
+        // version and digest of the later one.
         let info = ConfigInfo {
             version,
             source: config.source.clone(),
@@ -261,13 +265,21 @@ impl Controller {
             Ok(mut current) => *current = info,
             Err(poisoned) => *poisoned.into_inner() = info,
         }
-        tracing::info!(version, source = %config.source, routes = self.routes_reload, "config reloaded");
+        drop(running);
+        self.start_resolving();
+        if let Err(e) = unconfirmed {
+            tracing::error!(version, error = %e, "config reloaded, but a worker did not confirm it");
+        } else {
+            tracing::info!(version, source = %config.source, routes = self.routes_reload, "config reloaded");
+        }
         Ok(version)
     }
 }
 
 impl Controller {
-    /// Sends `plan` to every worker; returns once each runs it.
+    /// Sends `plan` to every worker; returns once each runs it, or with
+    /// an error if one did not say so within 10 s (it has exited, or is
+    /// stuck and takes the plan when it runs again).
     fn apply(&self, plan: &Arc<Plan>) -> Result<(), ReloadError> {
         let version = plan.version;
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
@@ -374,9 +386,9 @@ impl Controller {
             tls: running.plan.tls.clone(),
             version,
         });
+        // As for a reload: the workers that take it run it.
         if let Err(e) = self.apply(&plan) {
-            tracing::error!(error = %e, "new endpoints not taken");
-            return false;
+            tracing::error!(error = %e, "new endpoints sent, but a worker did not confirm them");
         }
         running.plan = plan;
         self.dns_updates.fetch_add(1, Ordering::Relaxed);
