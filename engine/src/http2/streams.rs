@@ -23,6 +23,9 @@ pub struct Stream {
     pub send_open: bool,
     /// Its head has arrived: the next HEADERS are trailers.
     pub head_received: bool,
+    /// Its head was over the header list size: the stream waits for its
+    /// answer, and the DATA that follows is dropped.
+    pub head_refused: bool,
     /// Credit the peer has to send DATA; never below zero.
     pub recv_window: i64,
     /// The stream's window size: what the peer may have in flight on it,
@@ -49,6 +52,7 @@ impl Stream {
             recv_open: true,
             send_open: true,
             head_received: false,
+            head_refused: false,
             recv_window: i64::from(recv_window),
             window: recv_window,
             credit: 0,

@@ -398,6 +398,7 @@ impl Connection {
                 self.fail_stream(id, ErrorCode::ENHANCE_YOUR_CALM, known, out, on)?;
                 return Ok(());
             }
+            stream.head_refused = true;
             self.close_recv(&mut stream, end_stream);
             on(Event::HeadersTooLarge { stream: id });
             return Ok(());
@@ -619,6 +620,16 @@ impl Connection {
             self.stream_error(id, ErrorCode::STREAM_CLOSED, out, on)?;
             return Ok(None);
         };
+        if stream.head_refused && stream.recv_open {
+            // The body of a head refused for its size: the peer sends it
+            // as it should, and its call is answered for the head. It is
+            // dropped, its credit back, until the peer's side ends.
+            self.credit_connection(flow, out);
+            if end_stream {
+                self.close_recv(&mut stream, true);
+            }
+            return Ok(None);
+        }
         if !stream.recv_open || !stream.head_received {
             self.credit_connection(flow, out);
             self.stream_error(id, ErrorCode::STREAM_CLOSED, out, on)?;

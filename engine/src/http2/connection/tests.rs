@@ -762,6 +762,49 @@ fn limits_on_streams_and_header_sizes() {
 }
 
 #[test]
+fn the_body_of_a_head_refused_for_its_size_is_dropped_not_reset() {
+    // A client whose metadata outgrew the limit sends its message as
+    // usual: the proxy answers the call (RESOURCE_EXHAUSTED) and drops the
+    // DATA, with its credit. That DATA is no mistake of the client's: no
+    // RST_STREAM for it, and none of it counts as the client's resets.
+    let limits = Limits {
+        max_header_list_size: 200,
+        max_header_block: 300,
+        max_resets_per_tick: 10,
+        ..Limits::default()
+    };
+    let long = "v".repeat(150);
+    let mut fields = REQUEST.to_vec();
+    fields.push(("x-long", &long));
+    let mut s = Server::new(limits);
+    let mut bytes = Vec::new();
+    for i in 0..20 {
+        let id = 2 * i + 1;
+        bytes.extend(headers(id, flag::END_HEADERS, &block(&fields)));
+        bytes.extend(data(id, 0, b"message"));
+        bytes.extend(data(id, flag::END_STREAM, b"more"));
+    }
+    let seen = s.feed(&bytes);
+    assert_eq!(seen.result, Some(Ok(())), "{:?}", seen.frames);
+    assert!(seen.rst().is_empty(), "{:?}", seen.rst());
+    assert_eq!(
+        seen.events.len(),
+        20,
+        "one HeadersTooLarge each: {:?}",
+        seen.events
+    );
+    for i in 0..20 {
+        let stream = s
+            .conn
+            .streams()
+            .get(2 * i + 1)
+            .copied()
+            .expect("open for its answer");
+        assert!(!stream.recv_open, "the client's side ended");
+    }
+}
+
+#[test]
 fn pings_are_answered_and_frames_checked_by_the_codec() {
     let mut s = Server::new(Limits::default());
     let mut ping = Vec::new();
