@@ -73,11 +73,16 @@ impl Wire {
     /// this connection's writes; the rest waits in its calls, bounded by
     /// their windows, and holds back their senders' credit).
     pub fn room(&mut self, stream: u32) -> usize {
-        if self.out.len() + self.in_flight >= self.write_budget {
+        let waiting = self.out.len() + self.in_flight;
+        if waiting >= self.write_budget {
             self.held = true;
             return 0;
         }
-        self.conn.send_capacity(stream)
+        // Never past the budget: DATA alone must not reach the mark at
+        // which the reader stops (see `Side::backed_up`).
+        self.conn
+            .send_capacity(stream)
+            .min(self.write_budget - waiting)
     }
 
     /// Frees the room a quiet connection's busiest moment left in its
@@ -301,15 +306,17 @@ impl Side {
         self.wake.notify_all();
     }
 
-    /// Whether what waits to be written to this connection is at its
-    /// write budget. Its reader then reads no more until the writer is
-    /// down to half of it (see [`resume`]): a peer that sends without
-    /// reading what it is answered (heads, RST_STREAMs, PING and SETTINGS
-    /// acknowledgements) holds at most that much of the proxy's memory,
-    /// as one that does not read its DATA does.
+    /// Whether what waits to be written to this connection is half as
+    /// much again as its write budget, a mark DATA alone never reaches
+    /// (see [`Wire::room`]): the rest are answers the peer does not read
+    /// (heads, RST_STREAMs, PING and SETTINGS acknowledgements). Its
+    /// reader then reads no more until the writer is down to half the
+    /// budget (see [`resume`]), so such a peer holds a bounded share of
+    /// the proxy's memory, and a peer that merely reads slowly is still
+    /// read.
     pub fn backed_up(&self) -> bool {
         let mut w = self.wire.borrow_mut();
-        let full = w.out.len() + w.in_flight >= w.write_budget;
+        let full = w.out.len() + w.in_flight >= w.write_budget + w.write_budget / 2;
         if full {
             w.held = true;
         }
@@ -856,6 +863,49 @@ mod tests {
     use monoio::io::{AsyncReadRent, Splitable};
     use std::os::fd::AsRawFd;
     use std::time::Duration;
+
+    /// DATA alone, handed on as far as `room` allows, never stops the
+    /// connection's reader: a peer that reads slower than the other leg
+    /// sends keeps its budget of DATA waiting, which is no reason to stop
+    /// reading its WINDOW_UPDATEs, PINGs and new calls. Only answers the
+    /// peer does not read, on top of that, stop it.
+    #[test]
+    fn data_alone_never_stops_the_reader() {
+        let mut out = Outbox::new();
+        let conn = Connection::new(Role::Client, Limits::default(), &mut out);
+        let side = Side::new(conn, Outbox::new(), 16 << 10, 0, None);
+        let mut w = side.wire.borrow_mut();
+        let wire = &mut *w;
+        let fields = [(b":method".as_slice(), b"POST".as_slice(), false)];
+        let id = wire
+            .conn
+            .open(fields.into_iter(), false, &mut wire.out)
+            .expect("open");
+        let chunk = Bytes::from(vec![0u8; 1000]);
+        loop {
+            let room = wire.room(id);
+            if room == 0 {
+                break;
+            }
+            let piece = chunk.slice(..room.min(chunk.len()));
+            wire.conn
+                .send_data(id, piece, false, &mut wire.out)
+                .expect("sent");
+        }
+        assert!(
+            wire.out.len() >= 15 << 10,
+            "the budget filled: {}",
+            wire.out.len()
+        );
+        drop(w);
+        assert!(!side.backed_up(), "DATA stopped the reader");
+        // Answers on top of it, past half the budget again, do.
+        side.wire
+            .borrow_mut()
+            .out
+            .put(|b| b.extend_from_slice(&[0; 9 << 10]));
+        assert!(side.backed_up());
+    }
 
     /// What was put in a side's outbox reaches its peer byte for byte and
     /// in order, whether the flusher wrote it (the writer waiting), the
