@@ -27,12 +27,18 @@ pub fn parse<C: clap::Parser>(program: &str) -> Result<C, ExitCode> {
     })
 }
 
-/// The first line of clap's message (the rest is tips and usage), for
-/// `program`.
+/// The first paragraph of clap's message, on one line (the rest is tips
+/// and usage), for `program`: a missing argument's name and a value's
+/// possible values are on the lines after the first.
 fn one_line(program: &str, e: &clap::Error) -> String {
     let text = e.render().to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
-    let what = first.strip_prefix("error: ").unwrap_or(first);
+    let what: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let what = what.join(" ");
+    let what = what.strip_prefix("error: ").unwrap_or(&what);
     format!("{program}: {what} (see --help)")
 }
 
@@ -64,5 +70,9 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with("(see --help)"), "{line}");
+        let e = Flags::try_parse_from(["x"]).expect_err("missing");
+        let line = one_line("x", &e);
+        assert!(line.contains("not provided: --listen <LISTEN>"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
     }
 }
