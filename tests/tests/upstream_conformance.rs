@@ -1167,3 +1167,37 @@ proxy_test! {
         );
     }
 }
+
+proxy_test! {
+    // The upstream refuses a call (REFUSED_STREAM: unprocessed, safe to
+    // retry) and breaks the connection in the same write. With one
+    // connection allowed per endpoint, the retry must go on a new
+    // connection, not be queued on the one that just failed.
+    async fn a_call_refused_as_its_connection_fails_is_retried_on_a_new_one(driver) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let proxy = grpc_proxy_tests::proxy(
+            driver,
+            &format!(
+                "max_connections_per_endpoint = 1\n{}\n[[routes]]\ncluster = \"a\"\n",
+                grpc_proxy_tests::cluster("a", listener.local_addr().expect("addr"))
+            ),
+        );
+        let upstream = std::thread::spawn(move || -> Verdict {
+            let mut p = Peer::accept(&listener, &[])?;
+            let s = request(&mut p)?;
+            let mut all = rst_stream(s, code::REFUSED_STREAM);
+            all.extend(frame(kind::DATA, 0, 0, b"x"));
+            p.send(&all);
+            p.expect_connection_error(code::PROTOCOL_ERROR)?;
+            serve_next(p, &listener)
+        });
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let reply = unary(&mut client).await;
+        let verdict = tokio::task::spawn_blocking(move || upstream.join())
+            .await
+            .expect("join")
+            .unwrap_or_else(|_| Err("the upstream thread panicked".into()));
+        verdict.expect("the upstream");
+        assert_eq!(reply.expect("the retried call").as_ref(), REPLY);
+    }
+}

@@ -256,7 +256,9 @@ async fn serve<R: Source, W: Sink + 'static>(
         if pass(relay, side, &mut buf, &mut later).is_err() {
             // What the pass read before the error stands: calls it ended
             // end as answered, and calls cut by a GOAWAY are retried,
-            // before the connection fails the rest.
+            // before the connection fails the rest. Closed first, so that
+            // no step puts a call on it again.
+            side.closed.set();
             for step in later.drain(..) {
                 act(relay, side, step);
             }

@@ -394,7 +394,10 @@ impl Relay {
         loop {
             let room = {
                 let w = up.wire.borrow();
-                w.conn.ready() && !w.conn.going_away() && w.conn.streams().len() < capacity(up)
+                !up.closed.is_set()
+                    && w.conn.ready()
+                    && !w.conn.going_away()
+                    && w.conn.streams().len() < capacity(up)
             };
             if !room {
                 return;
