@@ -79,10 +79,14 @@ impl Wire {
             return 0;
         }
         // Never past the budget: DATA alone must not reach the mark at
-        // which the reader stops (see `Side::backed_up`).
-        self.conn
-            .send_capacity(stream)
-            .min(self.write_budget - waiting)
+        // which the reader stops (see `Side::backed_up`). Held back by
+        // it, the rest goes when the writer has drained.
+        let left = self.write_budget - waiting;
+        let capacity = self.conn.send_capacity(stream);
+        if capacity > left {
+            self.held = true;
+        }
+        capacity.min(left)
     }
 
     /// Frees the room a quiet connection's busiest moment left in its
@@ -905,6 +909,29 @@ mod tests {
             .out
             .put(|b| b.extend_from_slice(&[0; 9 << 10]));
         assert!(side.backed_up());
+    }
+
+    /// Room cut short by the budget holds the rest back, as no room does:
+    /// whoever asked is pushed again once the writer drains (a body sent
+    /// in one go, such as a 415's, would otherwise wait for good).
+    #[test]
+    fn room_cut_short_by_the_budget_is_held() {
+        let mut out = Outbox::new();
+        let conn = Connection::new(Role::Client, Limits::default(), &mut out);
+        let side = Side::new(conn, Outbox::new(), 16 << 10, 0, None);
+        let mut w = side.wire.borrow_mut();
+        let wire = &mut *w;
+        let fields = [(b":method".as_slice(), b"POST".as_slice(), false)];
+        let id = wire
+            .conn
+            .open(fields.into_iter(), false, &mut wire.out)
+            .expect("open");
+        let waiting = wire.out.len();
+        wire.out
+            .put(|b| b.extend_from_slice(&vec![0; (16 << 10) - waiting - 10]));
+        assert!(!wire.held);
+        assert_eq!(wire.room(id), 10);
+        assert!(wire.held, "the rest is held for the writer's drain");
     }
 
     /// What was put in a side's outbox reaches its peer byte for byte and
