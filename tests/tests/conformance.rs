@@ -1415,3 +1415,54 @@ proxy_test! {
         run(driver, GENERIC);
     }
 }
+
+proxy_test! {
+    // RFC 9113 8.1: a server that answers before the request has ended
+    // may tell the client to stop sending with RST_STREAM NO_ERROR. The
+    // proxy answers some calls itself (here: metadata past the header
+    // list size, RESOURCE_EXHAUSTED) while the client's side is open;
+    // unless it ends the stream, a client that keeps sending, or keeps
+    // its side open, holds the stream against the connection's limit.
+    // Trailers that follow such a head are the client's right too.
+    async fn a_call_the_proxy_answers_before_its_request_ends_is_reset_with_no_error(driver) {
+        let upstream = Upstream::start("a");
+        let proxy = grpc_proxy_tests::proxy(
+            driver,
+            &format!(
+                "[http2]\nmax_header_list_size = 1024\n{}\n[[routes]]\ncluster = \"a\"\n",
+                grpc_proxy_tests::cluster("a", upstream.addr())
+            ),
+        );
+        let addr = proxy.local_addr();
+        let verdict = tokio::task::spawn_blocking(move || -> Verdict {
+            let mut p = open(addr);
+            // Past the list size (1 KiB), within what a block may take
+            // raw (twice that).
+            let big = "x".repeat(1100);
+            let mut fields = fields();
+            fields.push(("x-big", &big));
+            let mut all = frame(kind::HEADERS, flag::END_HEADERS, 1, &block(&fields));
+            all.extend(data(1, 0, &message(b"hello")));
+            all.extend(frame(
+                kind::HEADERS,
+                flag::END_HEADERS | flag::END_STREAM,
+                1,
+                &block(&[("x-trailer", "1")]),
+            ));
+            all.extend(frame(kind::HEADERS, flag::END_HEADERS, 3, &block(&fields)));
+            p.send(&all);
+            let head = p.expect_headers(1)?;
+            if !head.ends_stream() {
+                return Err("the answer should be trailers-only".into());
+            }
+            p.expect_headers(3)?;
+            p.expect_stream_error(3, code::NO_ERROR)?;
+            // Nothing of it was the client's mistake: the connection
+            // still serves calls.
+            call_answered(&mut p, 5)
+        })
+        .await
+        .expect("the client thread");
+        verdict.expect("the proxy's answers");
+    }
+}

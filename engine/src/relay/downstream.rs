@@ -27,6 +27,7 @@ use crate::grpc::status::{Code, Status};
 use crate::grpc::timeout;
 use crate::hpack::encode_field;
 use crate::http2::connection::{Connection, Event, Role, TOO_MANY_RESETS};
+use crate::http2::frame::ErrorCode;
 use crate::http2::headers::{pseudo, HeaderList, Kind, Which};
 use crate::http2::outbox::Outbox;
 use crate::relay::calls::{
@@ -664,7 +665,15 @@ fn act(relay: &Relay, side: &Rc<Side>, step: Later) {
             None => not_grpc::push(&mut side.wire.borrow_mut(), d),
         },
         Later::Answer(d, status) => {
-            answer(&mut side.wire.borrow_mut(), d, &status, false);
+            let mut w = side.wire.borrow_mut();
+            let w = &mut *w;
+            answer(w, d, &status, false);
+            // The answer is whole, the request may not be: a client still
+            // sending is told to stop (RST_STREAM NO_ERROR, RFC 9113 8.1),
+            // so that a call never made holds no stream.
+            if w.conn.streams().get(d).is_some() {
+                w.conn.reset(d, ErrorCode::NO_ERROR, &mut w.out);
+            }
         }
         Later::NotGrpc(d, head_only) => {
             not_grpc::answer(&mut side.wire.borrow_mut(), d, head_only);

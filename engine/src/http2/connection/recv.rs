@@ -302,7 +302,7 @@ impl Connection {
         };
         let open = self.streams.get(id).copied();
         let kind = match (open, self.role) {
-            (Some(s), _) if s.head_received => Kind::Trailers,
+            (Some(s), _) if s.head_received || s.head_refused => Kind::Trailers,
             (_, Role::Server) => Kind::Request,
             (_, Role::Client) => Kind::Response,
         };
@@ -325,6 +325,13 @@ impl Connection {
             Some(stream) => {
                 if !stream.recv_open {
                     self.stream_error(id, ErrorCode::STREAM_CLOSED, out, on)?;
+                    return Ok(());
+                }
+                if stream.head_refused {
+                    // Trailers after a head refused for its size: dropped
+                    // with the body (see `admit_data`).
+                    let mut stream = stream;
+                    self.close_recv(&mut stream, end_stream);
                     return Ok(());
                 }
                 stream
