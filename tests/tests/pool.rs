@@ -35,6 +35,36 @@ async fn call(
     Some(response.await.expect("response").headers().clone())
 }
 
+/// A proxy to `upstream` that may open one connection to it at a time.
+fn one_connection_per_endpoint(
+    driver: grpc_proxy::Driver,
+    upstream: &Silent,
+) -> grpc_proxy::ProxyHandle {
+    proxy(
+        driver,
+        &format!(
+            "max_connections_per_endpoint = 1\n{}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", upstream.addr())
+        ),
+    )
+}
+
+/// `n` unary calls on one connection, sent together before any answer.
+async fn unary_calls_at_once(addr: SocketAddr, n: usize) -> Vec<h2::client::ResponseFuture> {
+    let client = h2_client(addr).await;
+    let mut responses = Vec::new();
+    for _ in 0..n {
+        let mut ready = client.clone().ready().await.expect("ready");
+        let (response, mut body) = ready
+            .send_request(request(addr, "Unary"), false)
+            .expect("send");
+        body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .expect("data");
+        responses.push(response);
+    }
+    responses
+}
+
 proxy_test! {
     async fn more_connections_open_when_an_upstream_limits_streams(driver) {
         // The upstream allows 2 streams per connection; 6 calls that never
@@ -94,19 +124,9 @@ proxy_test! {
             ..Options::default()
         })
         .await;
-        let proxy = proxy(driver, &format!(
-            "max_connections_per_endpoint = 1\n{}\n[[routes]]\ncluster = \"a\"\n",
-            cluster("a", upstream.addr())
-        ));
+        let proxy = one_connection_per_endpoint(driver, &upstream);
         let addr = proxy.local_addr();
-        let client = h2_client(addr).await;
-        let mut responses = Vec::new();
-        for _ in 0..2 {
-            let mut ready = client.clone().ready().await.expect("ready");
-            let (response, mut body) = ready.send_request(request(addr, "Unary"), false).expect("send");
-            body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("data");
-            responses.push(response);
-        }
+        let responses = unary_calls_at_once(addr, 2).await;
         let mut connections = Vec::new();
         for response in responses {
             let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
@@ -133,19 +153,9 @@ proxy_test! {
             ..Options::default()
         })
         .await;
-        let proxy = proxy(driver, &format!(
-            "max_connections_per_endpoint = 1\n{}\n[[routes]]\ncluster = \"a\"\n",
-            cluster("a", upstream.addr())
-        ));
+        let proxy = one_connection_per_endpoint(driver, &upstream);
         let addr = proxy.local_addr();
-        let client = h2_client(addr).await;
-        let mut responses = Vec::new();
-        for _ in 0..3 {
-            let mut ready = client.clone().ready().await.expect("ready");
-            let (response, mut body) = ready.send_request(request(addr, "Unary"), false).expect("send");
-            body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("data");
-            responses.push(response);
-        }
+        let responses = unary_calls_at_once(addr, 3).await;
         for (i, response) in responses.into_iter().enumerate() {
             let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
                 .await

@@ -99,6 +99,14 @@ async fn run_case(driver: grpc_proxy::Driver, call: Call, case: Case) -> Verdict
     }
 }
 
+/// What a scripted upstream's thread concluded, once it ends.
+async fn joined(upstream: std::thread::JoinHandle<Verdict>) -> Verdict {
+    tokio::task::spawn_blocking(move || upstream.join())
+        .await
+        .expect("join")
+        .unwrap_or_else(|_| Err("the upstream thread panicked".into()))
+}
+
 /// A failure the proxy chose, with a status a client can act on, not a
 /// broken transport.
 fn clean(status: &tonic::Status) -> Verdict {
@@ -1112,10 +1120,7 @@ proxy_test! {
         })
         .await
         .expect("the client thread");
-        let verdict = tokio::task::spawn_blocking(move || upstream.join())
-            .await
-            .expect("join")
-            .unwrap_or_else(|_| Err("the upstream thread panicked".into()));
+        let verdict = joined(upstream).await;
         let (sent, credited) = client.expect("the client");
         verdict.expect("the upstream");
         assert!(
@@ -1146,10 +1151,7 @@ proxy_test! {
         });
         let mut client = Client::connect(proxy.local_addr()).await;
         let reply = unary(&mut client).await;
-        let verdict = tokio::task::spawn_blocking(move || upstream.join())
-            .await
-            .expect("join")
-            .unwrap_or_else(|_| Err("the upstream thread panicked".into()));
+        let verdict = joined(upstream).await;
         verdict.expect("the upstream");
         assert_eq!(reply.expect("the call").as_ref(), REPLY);
         let counted = |m: &str| m.contains("cluster_calls_finished_total{");
@@ -1193,10 +1195,7 @@ proxy_test! {
         });
         let mut client = Client::connect(proxy.local_addr()).await;
         let reply = unary(&mut client).await;
-        let verdict = tokio::task::spawn_blocking(move || upstream.join())
-            .await
-            .expect("join")
-            .unwrap_or_else(|_| Err("the upstream thread panicked".into()));
+        let verdict = joined(upstream).await;
         verdict.expect("the upstream");
         assert_eq!(reply.expect("the retried call").as_ref(), REPLY);
     }

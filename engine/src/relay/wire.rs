@@ -868,6 +868,23 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::time::Duration;
 
+    /// An upstream side with a write budget of `budget` and one stream
+    /// open on it.
+    fn side_with_a_stream(budget: usize) -> (Rc<Side>, u32) {
+        let mut out = Outbox::new();
+        let conn = Connection::new(Role::Client, Limits::default(), &mut out);
+        let side = Side::new(conn, Outbox::new(), budget, 0, None);
+        let id = {
+            let mut w = side.wire.borrow_mut();
+            let wire = &mut *w;
+            let fields = [(b":method".as_slice(), b"POST".as_slice(), false)];
+            wire.conn
+                .open(fields.into_iter(), false, &mut wire.out)
+                .expect("open")
+        };
+        (side, id)
+    }
+
     /// DATA alone, handed on as far as `room` allows, never stops the
     /// connection's reader: a peer that reads slower than the other leg
     /// sends keeps its budget of DATA waiting, which is no reason to stop
@@ -875,16 +892,9 @@ mod tests {
     /// peer does not read, on top of that, stop it.
     #[test]
     fn data_alone_never_stops_the_reader() {
-        let mut out = Outbox::new();
-        let conn = Connection::new(Role::Client, Limits::default(), &mut out);
-        let side = Side::new(conn, Outbox::new(), 16 << 10, 0, None);
+        let (side, id) = side_with_a_stream(16 << 10);
         let mut w = side.wire.borrow_mut();
         let wire = &mut *w;
-        let fields = [(b":method".as_slice(), b"POST".as_slice(), false)];
-        let id = wire
-            .conn
-            .open(fields.into_iter(), false, &mut wire.out)
-            .expect("open");
         let chunk = Bytes::from(vec![0u8; 1000]);
         loop {
             let room = wire.room(id);
@@ -916,16 +926,9 @@ mod tests {
     /// in one go, such as a 415's, would otherwise wait for good).
     #[test]
     fn room_cut_short_by_the_budget_is_held() {
-        let mut out = Outbox::new();
-        let conn = Connection::new(Role::Client, Limits::default(), &mut out);
-        let side = Side::new(conn, Outbox::new(), 16 << 10, 0, None);
+        let (side, id) = side_with_a_stream(16 << 10);
         let mut w = side.wire.borrow_mut();
         let wire = &mut *w;
-        let fields = [(b":method".as_slice(), b"POST".as_slice(), false)];
-        let id = wire
-            .conn
-            .open(fields.into_iter(), false, &mut wire.out)
-            .expect("open");
         let waiting = wire.out.len();
         wire.out
             .put(|b| b.extend_from_slice(&vec![0; (16 << 10) - waiting - 10]));
