@@ -72,6 +72,7 @@ impl Wire {
     /// reads slowly, holds at most that much of the proxy's memory in
     /// this connection's writes; the rest waits in its calls, bounded by
     /// their windows, and holds back their senders' credit).
+    #[inline]
     pub fn room(&mut self, stream: u32) -> usize {
         let waiting = self.out.len() + self.in_flight;
         if waiting >= self.write_budget {
