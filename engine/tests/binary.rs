@@ -127,6 +127,7 @@ fn check_passes_a_good_file_and_names_what_is_wrong_with_a_bad_one() {
         ("forever.toml", format!("{listen}[timeouts]\nhandshake = \"10000000000000000000s\"\n{cluster}{route}"), "timeouts.handshake: duration \"10000000000000000000s\" is longer than 10 years"),
         ("connect0.toml", format!("{listen}[timeouts]\nconnect = \"0s\"\n{cluster}{route}"), "timeouts.connect: must be more than 0"),
         ("pending0.toml", format!("{listen}{cluster}max_pending_calls = 0\n{route}"), "max_pending_calls: must be at least 1"),
+        ("keepalive.toml", format!("{listen}[timeouts]\ntcp_keepalive = \"500ms\"\n{cluster}{route}"), "timeouts.tcp_keepalive: must be 0 (off) or from 1s to 32767s"),
         ("route0.toml", format!("{listen}{cluster}{route}timeout = \"0s\"\n"), "routes[0].timeout: must be more than 0"),
     ];
     for (name, text, want) in cases {

@@ -437,12 +437,22 @@ impl TimeoutsFile {
             s.silent_request_timeout = off_at_zero(d);
         }
         if let Some(d) = duration("timeouts.tcp_keepalive", self.tcp_keepalive.as_deref())? {
+            // What Linux takes (TCP_KEEPIDLE, whole seconds); else the
+            // socket option fails and the kernel's default (2 h) stays.
+            if !d.is_zero() && !(Duration::from_secs(1)..=Duration::from_secs(32_767)).contains(&d)
+            {
+                return Err("timeouts.tcp_keepalive: must be 0 (off) or from 1s to 32767s".into());
+            }
             s.tcp_keepalive = off_at_zero(d);
         }
         if let Some(d) = duration(
             "timeouts.tcp_user_timeout",
             self.tcp_user_timeout.as_deref(),
         )? {
+            // TCP_USER_TIMEOUT is milliseconds in 32 bits.
+            if d.as_millis() > u128::from(u32::MAX) {
+                return Err("timeouts.tcp_user_timeout: must be at most 49 days".into());
+            }
             s.tcp_user_timeout = off_at_zero(d);
         }
         if let Some(d) = duration("timeouts.ping_interval", self.ping_interval.as_deref())? {
