@@ -577,6 +577,37 @@ proxy_test! {
         assert_eq!(up.events().calls(), 1);
     }
 
+    async fn a_reload_turns_the_listeners_tls_on_and_off_for_new_connections(driver) {
+        // The README says so: new client connections take the listener's
+        // TLS as the reloaded file has it; open ones stay as they are.
+        let pki = Pki::new();
+        let up = Upstream::start("a");
+        let plain_text = format!(
+            "listen = \"127.0.0.1:0\"\ncores = 1\n{}[[routes]]\ncluster = \"a\"\n",
+            cluster("a", up.addr())
+        );
+        let tls_text = format!(
+            "listen = \"127.0.0.1:0\"\ncores = 1\n{}{}[[routes]]\ncluster = \"a\"\n",
+            listener_tls(&pki, "off"),
+            cluster("a", up.addr())
+        );
+        let plain = Config::parse(&plain_text, "test").expect("config");
+        let secured = Config::parse(&tls_text, "test").expect("config");
+        let (builder, routes) = ProxyBuilder::from_config(&plain).expect("builder");
+        let proxy = builder.driver(driver).start(routes).expect("starts");
+        let addr = proxy.local_addr();
+        let mut before = Client::connect(addr).await;
+        assert_eq!(before.echo("plain").await.expect("cleartext"), "plain");
+
+        proxy.reload(&secured).expect("reload to TLS");
+        assert_eq!(call_as(addr, &pki, None).await.expect("a TLS client is served"), "a");
+        assert_eq!(before.echo("still").await.expect("the open connection stays"), "still");
+
+        proxy.reload(&plain).expect("reload to cleartext");
+        let mut after = Client::connect(addr).await;
+        assert_eq!(after.echo("plain again").await.expect("cleartext again"), "plain again");
+    }
+
     async fn reload_serves_a_new_certificate_and_keeps_open_connections(driver) {
         let pki = Pki::new();
         let up = Upstream::start("a");
