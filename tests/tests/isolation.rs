@@ -596,6 +596,45 @@ proxy_test! {
         assert!(resumed.is_ok(), "the proxy reads the client again: {resumed:?}");
     }
 
+    async fn acknowledgements_of_pings_never_read_do_not_keep_a_connection(driver) {
+        // Scenario: a client that reads nothing keeps sending PING ACKs,
+        // with the payload the proxy's keepalive PINGs used to carry.
+        // Only an acknowledgement of a PING the client read may count as
+        // an answer: the keepalive must close the connection.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = Silent::with(Options::default()).await;
+        let proxy = proxy(driver, &format!(
+            "[timeouts]\nping_interval = \"200ms\"\nping_timeout = \"300ms\"\n{}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", upstream.addr())
+        ));
+        let tcp = tokio::net::TcpStream::connect(proxy.local_addr()).await.expect("connect");
+        let (mut read, mut write) = tcp.into_split();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0]);
+        write.write_all(&hello).await.expect("preface");
+        let fakes = tokio::spawn(async move {
+            let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+            ack.extend_from_slice(b"grpcprxy");
+            while write.write_all(&ack).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        // Wait, reading nothing, then see whether the proxy closed.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut sink = vec![0u8; 1 << 16];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match read.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        fakes.abort();
+        assert!(closed.is_ok(), "the connection is still open after fake acknowledgements");
+    }
+
     async fn a_client_that_opens_huge_windows_and_reads_nothing_holds_only_its_budget(driver) {
         // Scenario: on a raw socket, a client announces the largest
         // windows HTTP/2 allows, opens 16 streams that each want 16 MiB

@@ -334,7 +334,7 @@ fn pass(
         } => request_data(relay, links, stream, data, end_stream, later),
         Event::Reset { stream, .. } => later.push(Later::Reset(stream)),
         Event::WindowOpened { stream } => later.push(Later::Opened(stream)),
-        Event::PingAck { .. } => side.pongs.set(side.pongs.get() + 1),
+        Event::PingAck { data } => side.pong(data),
         Event::GoAway { .. } => {}
     });
     result.map_err(|e| {

@@ -155,7 +155,7 @@ fn step(side: &Rc<Side>, keep: &mut Keep, settings: &Settings, now: Instant) -> 
         {
             let mut w = side.wire.borrow_mut();
             let wire = &mut *w;
-            wire.conn.ping(*b"grpcprxy", &mut wire.out);
+            wire.conn.ping(side.ping_data(), &mut wire.out);
         }
         side.flush();
         keep.waiting = Some((side.pongs.get(), now + settings.ping_timeout));

@@ -422,7 +422,7 @@ fn pass(
             tracing::debug!(last_stream, %code, "upstream GOAWAY");
             later.push(Later::GoAway(last_stream));
         }
-        Event::PingAck { .. } => side.pongs.set(side.pongs.get() + 1),
+        Event::PingAck { data } => side.pong(data),
     });
     result.map_err(|e| {
         tracing::debug!(error = %e, "upstream connection error");
@@ -453,7 +453,7 @@ async fn keep(side: Rc<Side>, keepalive: Keepalive, addr: std::net::SocketAddr, 
         {
             let mut w = side.wire.borrow_mut();
             let wire = &mut *w;
-            wire.conn.ping(*b"grpcprxy", &mut wire.out);
+            wire.conn.ping(side.ping_data(), &mut wire.out);
         }
         side.flush();
         monoio::select! {

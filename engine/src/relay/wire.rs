@@ -125,7 +125,8 @@ pub struct Side {
     pub wake: Notify,
     /// Set when the connection is done: the writer flushes and closes.
     pub closed: Latch,
-    /// PING acknowledgements received (the keeper compares).
+    /// Acknowledgements of our keepalive PINGs received (the keeper
+    /// compares; see [`ping_data`](Self::ping_data)).
     pub pongs: Cell<u64>,
     /// A call started since the keeper last looked (idle timeout).
     pub active: Cell<bool>,
@@ -309,6 +310,23 @@ impl Side {
             return;
         }
         self.wake.notify_all();
+    }
+
+    /// The payload of this connection's keepalive PING: it differs per
+    /// connection and per answer, so only an acknowledgement of a PING
+    /// the peer read counts (see [`pong`](Self::pong)), not one a peer
+    /// that reads nothing sends on its own.
+    pub fn ping_data(&self) -> [u8; 8] {
+        let at = std::ptr::from_ref(self) as u64;
+        (at ^ self.pongs.get().wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_be_bytes()
+    }
+
+    /// A PING acknowledgement with `data`: an answer to our keepalive if
+    /// it carries its payload.
+    pub fn pong(&self, data: [u8; 8]) {
+        if data == self.ping_data() {
+            self.pongs.set(self.pongs.get() + 1);
+        }
     }
 
     /// Whether what waits to be written to this connection is half as
