@@ -40,6 +40,46 @@ async fn answered_by(
 }
 
 proxy_test! {
+    async fn live_fails_once_a_worker_has_panicked(driver) {
+        // Scenario: a director written in Rust panics on one call, which
+        // takes its worker's thread down. The process lives on with a
+        // core fewer, so `/live` must say so (503), and a supervisor
+        // restarts it; `/ready` follows.
+        let up = Upstream::start("a");
+        let mut builder = ProxyBuilder::new("127.0.0.1:0".parse().expect("addr"))
+            .cores(grpc_proxy::CoreSelection::Count(1))
+            .driver(driver);
+        let a = builder.cluster("a", [up.addr()]);
+        let mut proxy = builder
+            .start(move |_core| {
+                move |call: &grpc_proxy::Call<'_>| {
+                    assert!(call.header("x-panic").is_none(), "a director's bug");
+                    grpc_proxy::Route::to(a)
+                }
+            })
+            .expect("starts");
+        let admin_addr = proxy
+            .serve_admin("127.0.0.1:0".parse().expect("addr"), None)
+            .expect("admin serves");
+        assert_eq!(admin(admin_addr, "GET", "/live").0, 200);
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let mut request = Request::new(Bytes::from_static(b"x"));
+        request.metadata_mut().insert("x-panic", MetadataValue::from_static("1"));
+        request.set_timeout(Duration::from_secs(5));
+        assert!(client.unary("Unary", request).await.is_err(), "its worker is gone");
+        let mut live = admin(admin_addr, "GET", "/live");
+        for _ in 0..200 {
+            if live.0 != 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            live = admin(admin_addr, "GET", "/live");
+        }
+        assert_eq!(live.0, 503, "{live:?}");
+        assert!(live.1.contains("panicked"), "{live:?}");
+        assert_eq!(admin(admin_addr, "GET", "/ready").0, 503);
+    }
+
     async fn reload_changes_a_route_while_a_bidi_stream_stays_open(driver) {
         let (a, b) = (Upstream::start("a"), Upstream::start("b"));
         let clusters = format!("{}{}", cluster("a", a.addr()), cluster("b", b.addr()));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::{AccessLogTarget, Config, Settings};
-use crate::control::controller::{Controller, Running};
+use crate::control::controller::{Controller, Running, Signals};
 use crate::control::handle::ProxyHandle;
 use crate::control::plan::{cluster_plans, listener_tls, route_table};
 use crate::control::worker;
@@ -224,7 +224,7 @@ impl ProxyBuilder {
             version: 1,
         };
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
-        let connect_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let signals = Signals::default();
         let spec = |i: usize, cpu: usize, listener, mailbox| worker::Spec {
             core: CoreId {
                 worker: i,
@@ -237,7 +237,7 @@ impl ProxyBuilder {
             access_log: access_log.as_ref().map(Writer::logger),
             settings: settings.clone(),
             mailbox,
-            connect_failed: connect_failed.clone(),
+            connect_failed: signals.connect_failed.clone(),
             ready: ready_tx.clone(),
         };
         let mut postboxes = Vec::with_capacity(cpus.len());
@@ -247,7 +247,11 @@ impl ProxyBuilder {
                 worker: i,
                 message: format!("cannot create control channel: {e}"),
             })?;
-            threads.push(spawn(i, spec(i, cpu, listener, mailbox))?);
+            threads.push(spawn(
+                i,
+                spec(i, cpu, listener, mailbox),
+                signals.lost.clone(),
+            )?);
             postboxes.push(postbox);
         }
         drop(ready_tx);
@@ -268,7 +272,7 @@ impl ProxyBuilder {
                 hosts_file: self.hosts_file,
                 failing: Default::default(),
             },
-            connect_failed,
+            signals,
         );
         let controller = Arc::new(controller);
         controller.watch_names();
@@ -308,11 +312,27 @@ fn wait_ready(
     Ok(driver)
 }
 
-/// Starts worker `i`'s thread.
-fn spawn<R: DirectorRecipe>(i: usize, spec: worker::Spec<R>) -> Result<JoinHandle<()>, StartError> {
+/// Starts worker `i`'s thread; a panic that ends it counts in `lost`.
+fn spawn<R: DirectorRecipe>(
+    i: usize,
+    spec: worker::Spec<R>,
+    lost: Arc<std::sync::atomic::AtomicUsize>,
+) -> Result<JoinHandle<()>, StartError> {
+    /// Counts the thread as lost if it unwinds.
+    struct Lost(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Lost {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
     std::thread::Builder::new()
         .name(format!("grpc-proxy-w{i}"))
-        .spawn(move || worker::run(spec))
+        .spawn(move || {
+            let _lost = Lost(lost);
+            worker::run(spec)
+        })
         .map_err(|e| StartError::Worker {
             worker: i,
             message: format!("cannot spawn thread: {e}"),

@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,8 +55,8 @@ pub struct Controller {
     dns_failures: AtomicU64,
     dns_failing: AtomicU64,
     dns_updates: AtomicU64,
-    /// Set by a worker whose upstream connect failed.
-    connect_failed: Arc<AtomicBool>,
+    /// What the workers tell it without a message.
+    signals: Signals,
     /// Itself, for the DNS thread it starts (see
     /// [`watch_names`](Self::watch_names)).
     this: std::sync::OnceLock<std::sync::Weak<Controller>>,
@@ -78,6 +78,15 @@ pub(super) struct Running {
     pub failing: HashSet<String>,
 }
 
+/// What the workers tell the controller without a message.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Signals {
+    /// Set by a worker whose upstream connect failed.
+    pub connect_failed: Arc<AtomicBool>,
+    /// Workers whose thread ended in a panic.
+    pub lost: Arc<AtomicUsize>,
+}
+
 impl Controller {
     /// The controller of workers reached through `postboxes`, started with
     /// this config.
@@ -88,7 +97,7 @@ impl Controller {
         settings: Settings,
         info: ConfigInfo,
         running: Running,
-        connect_failed: Arc<AtomicBool>,
+        signals: Signals,
     ) -> Controller {
         Controller {
             postboxes,
@@ -102,7 +111,7 @@ impl Controller {
             dns_failures: AtomicU64::new(0),
             dns_failing: AtomicU64::new(0),
             dns_updates: AtomicU64::new(0),
-            connect_failed,
+            signals,
             this: std::sync::OnceLock::new(),
             resolving: AtomicBool::new(false),
         }
@@ -131,7 +140,7 @@ impl Controller {
     /// Whether an upstream connect failed since the last call (and clears
     /// it): a name's endpoints may have moved.
     pub(super) fn take_connect_failed(&self) -> bool {
-        self.connect_failed.swap(false, Ordering::Relaxed)
+        self.signals.connect_failed.swap(false, Ordering::Relaxed)
     }
 
     /// The version of the config the workers run.
@@ -407,6 +416,10 @@ impl admin::Control for Controller {
 
     fn config_info(&self) -> ConfigInfo {
         Controller::config_info(self)
+    }
+
+    fn workers_lost(&self) -> usize {
+        self.signals.lost.load(Ordering::Relaxed)
     }
 }
 

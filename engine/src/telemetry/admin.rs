@@ -5,7 +5,8 @@
 //!   for its counters through its mailbox and merges them here (see
 //!   [`metrics`](crate::telemetry::metrics)), so workers never share a counter.
 //! - `GET /ready`: 200 while serving, 503 once draining.
-//! - `GET /live`: 200 while the process runs.
+//! - `GET /live`: 200 while the process runs with all its workers; 503
+//!   once a worker's thread has panicked.
 //! - `GET /config`: JSON with the running config's version, source, SHA-256
 //!   and when it was applied.
 //! - `POST /reload`: re-reads the config (as SIGHUP does); 200 with the new
@@ -74,6 +75,9 @@ pub trait Control: Send + Sync + 'static {
     fn is_draining(&self) -> bool;
     /// The running config's version and source.
     fn config_info(&self) -> ConfigInfo;
+    /// Workers whose thread ended in a panic: `/live` and `/ready` answer
+    /// 503, so that a supervisor restarts the process.
+    fn workers_lost(&self) -> usize;
 }
 
 /// What `POST /reload` runs: re-read the config and apply it, returning the
@@ -223,6 +227,14 @@ impl Handler {
                 200,
                 control.metrics().render(),
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+            (&Method::GET, "/live" | "/ready") if control.workers_lost() > 0 => text(
+                503,
+                format!(
+                    "{} worker thread(s) panicked: restart the process\n",
+                    control.workers_lost()
+                ),
+                "text/plain",
             ),
             (&Method::GET, "/live") => text(200, "live\n", "text/plain"),
             (&Method::GET, "/ready") if control.is_draining() => {
