@@ -596,6 +596,62 @@ proxy_test! {
         assert!(resumed.is_ok(), "the proxy reads the client again: {resumed:?}");
     }
 
+    async fn acknowledgements_of_pings_guessed_from_one_read_do_not_keep_a_connection(driver) {
+        // Scenario: a client reads the proxy's first keepalive PING, then
+        // stops reading and keeps sending ACKs for the payloads it guesses
+        // the next PINGs carry (the first's, and what a simple count on
+        // top of it would give). Payloads must not be guessable: the
+        // keepalive must close the connection.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = Silent::with(Options::default()).await;
+        let proxy = proxy(driver, &format!(
+            "[timeouts]\nping_interval = \"200ms\"\nping_timeout = \"300ms\"\n{}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", upstream.addr())
+        ));
+        let tcp = tokio::net::TcpStream::connect(proxy.local_addr()).await.expect("connect");
+        let (mut read, mut write) = tcp.into_split();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0]);
+        write.write_all(&hello).await.expect("preface");
+        // Frames until the first PING (not an ACK): its payload.
+        let first = loop {
+            let mut head = [0u8; 9];
+            read.read_exact(&mut head).await.expect("a frame");
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            read.read_exact(&mut payload).await.expect("its payload");
+            if head[3] == 6 && head[4] & 1 == 0 {
+                break u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
+            }
+        };
+        let fakes = tokio::spawn(async move {
+            let mut n = 0u64;
+            loop {
+                let guess = first ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                ack.extend_from_slice(&guess.to_be_bytes());
+                if write.write_all(&ack).await.is_err() {
+                    return;
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut sink = vec![0u8; 1 << 16];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match read.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        fakes.abort();
+        assert!(closed.is_ok(), "the connection is still open after guessed acknowledgements");
+    }
+
     async fn acknowledgements_of_pings_never_read_do_not_keep_a_connection(driver) {
         // Scenario: a client that reads nothing keeps sending PING ACKs,
         // with the payload the proxy's keepalive PINGs used to carry.

@@ -312,13 +312,21 @@ impl Side {
         self.wake.notify_all();
     }
 
-    /// The payload of this connection's keepalive PING: it differs per
-    /// connection and per answer, so only an acknowledgement of a PING
-    /// the peer read counts (see [`pong`](Self::pong)), not one a peer
-    /// that reads nothing sends on its own.
+    /// The payload of this connection's keepalive PING: a keyed hash (the
+    /// key is the worker's, random) of the connection and of the answers
+    /// so far, so that only an acknowledgement of a PING the peer read
+    /// counts (see [`pong`](Self::pong)): a peer that reads nothing, or
+    /// read one PING, cannot tell what the next carries. No address
+    /// shows in it.
     pub fn ping_data(&self) -> [u8; 8] {
-        let at = std::ptr::from_ref(self) as u64;
-        (at ^ self.pongs.get().wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_be_bytes()
+        use std::hash::BuildHasher;
+        thread_local! {
+            static PING_KEY: std::hash::RandomState = std::hash::RandomState::new();
+        }
+        let at = std::ptr::from_ref(self) as usize;
+        PING_KEY
+            .with(|key| key.hash_one((at, self.pongs.get())))
+            .to_be_bytes()
     }
 
     /// A PING acknowledgement with `data`: an answer to our keepalive if
