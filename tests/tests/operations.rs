@@ -303,6 +303,43 @@ proxy_test! {
         assert_eq!(sample(&text, "grpc_proxy_upstream_resets_total{cluster=\"both\"}"), Some(2.0), "{text}");
     }
 
+    async fn deadlines_a_client_chooses_do_not_eject_an_endpoint(driver) {
+        // Scenario: a client sends calls with a deadline no upstream could
+        // meet (1 ms, to an upstream that takes 200 ms). They end
+        // DEADLINE_EXCEEDED, but that says nothing about the endpoint:
+        // it must not be ejected, and other clients' calls keep going to
+        // it. (The route's own timeout passing does count.)
+        let slow = Upstream::start_slow("slow", Duration::from_millis(200));
+        let cfg = config(&format!(
+            "[[clusters]]
+            name = \"a\"
+            endpoints = [\"{}\"]
+            outlier = {{ consecutive_failures = 2, base_ejection = \"1m\" }}
+            [[routes]]
+            cluster = \"a\"
+            ",
+            slow.addr()
+        ));
+        let proxy = start(driver, &cfg);
+        let addr = proxy.local_addr();
+        // A bare h2 client: tonic would give up on its own first.
+        let client = grpc_proxy_tests::raw::client(addr, 65_535).await;
+        for _ in 0..5 {
+            let mut head = grpc_proxy_tests::raw::request(addr, "Unary");
+            head.headers_mut()
+                .insert("grpc-timeout", http::HeaderValue::from_static("1m"));
+            let mut ready = client.clone().ready().await.expect("ready");
+            let (response, mut body) = ready.send_request(head, false).expect("send");
+            body.send_data(grpc_proxy_tests::raw::frame(b"x"), true).expect("data");
+            let response = response.await.expect("response");
+            let status = response.headers().get("grpc-status").cloned();
+            assert_eq!(status.as_ref().map(|s| s.as_bytes()), Some(&b"4"[..]), "DEADLINE_EXCEEDED: {response:?}");
+        }
+        let text = proxy.metrics().render();
+        let up = sample(&text, "grpc_proxy_upstream_endpoints_up{cluster=\"a\"}");
+        assert_eq!(up, Some(1.0), "{text}");
+    }
+
     async fn least_request_sends_fewer_calls_to_a_slow_endpoint_than_round_robin(driver) {
         let fast = Upstream::start("fast");
         // Slow enough that, even with both cores busy, the fast endpoint

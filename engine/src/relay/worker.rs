@@ -562,9 +562,14 @@ impl Relay {
         let endpoint = &call.endpoint;
         match call.upstream_failed {
             Some(reset) => call.cluster.call_result(endpoint, true, reset),
-            // A deadline the upstream let pass without answering counts
-            // against it; a client that went away does not.
-            None if call.code == Code::DeadlineExceeded && !call.responded => {
+            // The route's timeout passing without an answer counts
+            // against the upstream. A deadline the client chose does not
+            // (a client could pick 1 ns, and eject every endpoint), nor
+            // does a client that went away.
+            None if call.code == Code::DeadlineExceeded
+                && !call.responded
+                && call.timeout_header.is_some() =>
+            {
                 call.cluster.call_result(endpoint, true, false)
             }
             None if call.code == Code::Cancelled || call.code == Code::DeadlineExceeded => {}

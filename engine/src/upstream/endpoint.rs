@@ -131,6 +131,17 @@ impl Endpoint {
             self.ejections.set(0);
             return;
         }
+        // Calls that were under way when it was ejected end one after
+        // another (an upstream restart fails them all at once): they are
+        // the same fault, not one more ejection each, which would double
+        // the ejection's length up to its maximum in one burst.
+        if self
+            .ejected_until
+            .get()
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return;
+        }
         let n = self.call_failures.get() + 1;
         self.call_failures.set(n);
         if outlier.consecutive_failures == 0 || n < outlier.consecutive_failures {
@@ -181,6 +192,20 @@ pub(super) fn doubling(first: Duration, step: u32, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_while_ejected_do_not_lengthen_the_ejection() {
+        let e = Endpoint::new("127.0.0.1:1".parse().expect("addr"));
+        let outlier = Outlier::default();
+        for _ in 0..35 {
+            e.call_result(true, &outlier);
+        }
+        let left = e.ejected_until.get().expect("ejected") - Instant::now();
+        assert!(
+            left <= outlier.base_ejection,
+            "{left:?}: ejected once, not seven times"
+        );
+    }
 
     #[test]
     fn back_off_doubles_up_to_its_cap() {
