@@ -166,6 +166,10 @@ fn edits_that_cannot_be_made_are_config_errors() {
             "request_headers = { set = { \"X-Up\" = \"1\" } }",
             "lower case",
         ),
+        (
+            "request_headers = { forward_peer = \"x-peer-bin\" }",
+            "forward_peer: a -bin key",
+        ),
     ] {
         let text = format!("{base}{edit}\n");
         let e = grpc_proxy::Config::parse(&text, "t.toml")

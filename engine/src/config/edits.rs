@@ -287,7 +287,14 @@ impl HeaderEditsFile {
             .transpose()?;
         let forward_peer = self
             .forward_peer
-            .map(|k| key(&format!("{at}.forward_peer"), &k))
+            .map(|k| {
+                if k.ends_with("-bin") {
+                    return Err(format!(
+                        "{at}.forward_peer: a -bin key carries base64, and the peer's address is text"
+                    ));
+                }
+                key(&format!("{at}.forward_peer"), &k)
+            })
             .transpose()?;
         Ok(HeaderEditsConfig {
             remove,
