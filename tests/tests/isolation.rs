@@ -248,6 +248,54 @@ fn head_requests_without_reading(
     Ok((written, false, tcp))
 }
 
+/// A proxy whose keepalive PINGs every 200 ms and gives up after 300 ms.
+async fn quick_keepalive(driver: grpc_proxy::Driver) -> (Silent, grpc_proxy::ProxyHandle) {
+    let upstream = Silent::with(Options::default()).await;
+    let proxy = proxy(
+        driver,
+        &format!(
+            "[timeouts]\nping_interval = \"200ms\"\nping_timeout = \"300ms\"\n{}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", upstream.addr())
+        ),
+    );
+    (upstream, proxy)
+}
+
+/// A raw connection to `addr` past the preface, an empty SETTINGS and the
+/// acknowledgement of the proxy's.
+async fn raw_past_preface(
+    addr: SocketAddr,
+) -> (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
+    use tokio::io::AsyncWriteExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (read, mut write) = tcp.into_split();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0]);
+    write.write_all(&hello).await.expect("preface");
+    (read, write)
+}
+
+/// Whether the proxy closes a connection that has read nothing for
+/// 1.5 s, within 5 s more of reading what it sent.
+async fn closes_after_a_while(read: &mut tokio::net::tcp::OwnedReadHalf) -> bool {
+    use tokio::io::AsyncReadExt;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut sink = vec![0u8; 1 << 16];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match read.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// A call with the client's own deadline, so that a stuck proxy fails the
 /// test instead of hanging it.
 async fn echo_within(
@@ -603,16 +651,8 @@ proxy_test! {
         // top of it would give). Payloads must not be guessable: the
         // keepalive must close the connection.
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let upstream = Silent::with(Options::default()).await;
-        let proxy = proxy(driver, &format!(
-            "[timeouts]\nping_interval = \"200ms\"\nping_timeout = \"300ms\"\n{}\n[[routes]]\ncluster = \"a\"\n",
-            cluster("a", upstream.addr())
-        ));
-        let tcp = tokio::net::TcpStream::connect(proxy.local_addr()).await.expect("connect");
-        let (mut read, mut write) = tcp.into_split();
-        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0]);
-        write.write_all(&hello).await.expect("preface");
+        let (_upstream, proxy) = quick_keepalive(driver).await;
+        let (mut read, mut write) = raw_past_preface(proxy.local_addr()).await;
         // Frames until the first PING (not an ACK): its payload.
         let first = loop {
             let mut head = [0u8; 9];
@@ -637,19 +677,9 @@ proxy_test! {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         });
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let mut sink = vec![0u8; 1 << 16];
-        let closed = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match read.read(&mut sink).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
+        let closed = closes_after_a_while(&mut read).await;
         fakes.abort();
-        assert!(closed.is_ok(), "the connection is still open after guessed acknowledgements");
+        assert!(closed, "the connection is still open after guessed acknowledgements");
     }
 
     async fn acknowledgements_of_pings_never_read_do_not_keep_a_connection(driver) {
@@ -657,17 +687,9 @@ proxy_test! {
         // with the payload the proxy's keepalive PINGs used to carry.
         // Only an acknowledgement of a PING the client read may count as
         // an answer: the keepalive must close the connection.
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let upstream = Silent::with(Options::default()).await;
-        let proxy = proxy(driver, &format!(
-            "[timeouts]\nping_interval = \"200ms\"\nping_timeout = \"300ms\"\n{}\n[[routes]]\ncluster = \"a\"\n",
-            cluster("a", upstream.addr())
-        ));
-        let tcp = tokio::net::TcpStream::connect(proxy.local_addr()).await.expect("connect");
-        let (mut read, mut write) = tcp.into_split();
-        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0]);
-        write.write_all(&hello).await.expect("preface");
+        use tokio::io::AsyncWriteExt;
+        let (_upstream, proxy) = quick_keepalive(driver).await;
+        let (mut read, mut write) = raw_past_preface(proxy.local_addr()).await;
         let fakes = tokio::spawn(async move {
             let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
             ack.extend_from_slice(b"grpcprxy");
@@ -675,20 +697,9 @@ proxy_test! {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        // Wait, reading nothing, then see whether the proxy closed.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let mut sink = vec![0u8; 1 << 16];
-        let closed = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match read.read(&mut sink).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
+        let closed = closes_after_a_while(&mut read).await;
         fakes.abort();
-        assert!(closed.is_ok(), "the connection is still open after fake acknowledgements");
+        assert!(closed, "the connection is still open after fake acknowledgements");
     }
 
     async fn a_client_that_opens_huge_windows_and_reads_nothing_holds_only_its_budget(driver) {
