@@ -180,11 +180,8 @@ impl KeepaliveFile {
                 "{at}.interval: at least 1s (servers limit how often they may be pinged)"
             ));
         }
-        let timeout = duration(&format!("{at}.timeout"), self.timeout.as_deref())?
+        let timeout = positive(&format!("{at}.timeout"), self.timeout.as_deref())?
             .unwrap_or(Duration::from_secs(10));
-        if timeout.is_zero() {
-            return Err(format!("{at}.timeout: must be more than 0"));
-        }
         Ok(Keepalive { interval, timeout })
     }
 }
@@ -458,10 +455,7 @@ impl TimeoutsFile {
         if let Some(d) = duration("timeouts.ping_interval", self.ping_interval.as_deref())? {
             s.ping_interval = off_at_zero(d);
         }
-        if let Some(d) = duration("timeouts.ping_timeout", self.ping_timeout.as_deref())? {
-            if d.is_zero() {
-                return Err("timeouts.ping_timeout: must be more than 0s".into());
-            }
+        if let Some(d) = positive("timeouts.ping_timeout", self.ping_timeout.as_deref())? {
             s.ping_timeout = d;
         }
         if let Some(d) = duration("timeouts.idle", self.idle.as_deref())? {
@@ -585,11 +579,7 @@ impl HealthCheckFile {
     fn validate(self, at: &str) -> Result<HealthCheck, String> {
         let at = format!("{at}.health_check");
         let positive = |field: &str, v: Option<&str>, default: Duration| {
-            let d = duration(&format!("{at}.{field}"), v)?.unwrap_or(default);
-            if d.is_zero() {
-                return Err(format!("{at}.{field}: must be more than 0"));
-            }
-            Ok(d)
+            positive(&format!("{at}.{field}"), v).map(|d| d.unwrap_or(default))
         };
         let threshold = |field: &str, v: Option<u32>, default: u32| match v.unwrap_or(default) {
             0 => Err(format!("{at}.{field}: must be at least 1")),
