@@ -142,15 +142,18 @@ impl Relay {
         let addr = endpoint.addr();
         let mut upstreams = self.upstreams.borrow_mut();
         let list = upstreams.entry((addr, tls)).or_default();
-        // Those near the end of their stream ids retire: they serve what
-        // they have and close, and the pool opens a fresh one.
-        for side in list.iter().filter(|s| !serves_new_calls(s)) {
-            if !side.closed.is_set() && !side.wire.borrow().conn.going_away() {
-                side.retiring.set(true);
-                side.close_if_retired();
+        list.retain(|s| {
+            if serves_new_calls(s) {
+                return true;
             }
-        }
-        list.retain(|s| serves_new_calls(s));
+            // Near the end of its stream ids: it retires, serving what it
+            // has, and the pool opens a fresh one.
+            if !s.closed.is_set() && !s.wire.borrow().conn.going_away() {
+                s.retiring.set(true);
+                s.close_if_retired();
+            }
+            false
+        });
         let load = |s: &Rc<Side>| {
             let w = s.wire.borrow();
             w.conn.streams().len() + w.waiting.len()
@@ -563,9 +566,11 @@ impl Relay {
         match call.upstream_failed {
             Some(reset) => call.cluster.call_result(endpoint, true, reset),
             // The route's timeout passing without an answer counts
-            // against the upstream. A deadline the client chose does not
-            // (a client could pick 1 ns, and eject every endpoint), nor
-            // does a client that went away.
+            // against the upstream (the route's timeout is the call's
+            // when it is the grpc-timeout told upstream, `timeout_header`).
+            // A deadline the client chose does not (a client could pick
+            // 1 ns, and eject every endpoint), nor does a client that went
+            // away.
             None if call.code == Code::DeadlineExceeded
                 && !call.responded
                 && call.timeout_header.is_some() =>
