@@ -303,6 +303,41 @@ proxy_test! {
         assert_eq!(sample(&text, "grpc_proxy_upstream_resets_total{cluster=\"both\"}"), Some(2.0), "{text}");
     }
 
+    async fn an_endpoint_waiting_to_reconnect_gets_no_calls_while_another_is_up(driver) {
+        // Scenario: one of two endpoints refuses connections. The first
+        // call sent to it fails ("connect failed"), and the endpoint
+        // waits out its reconnect back-off (a minute here). Meanwhile
+        // the other endpoint is up: calls must go there, not fail at once
+        // with "waiting to reconnect" every other time. (Passive ejection
+        // is off, so only the back-off keeps calls away.)
+        let good = Upstream::start("good");
+        let refused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let refused_addr = refused.local_addr().expect("addr");
+        drop(refused);
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ncores = 1\n\
+             [upstream]\nreconnect_backoff_min = \"1m\"\nreconnect_backoff_max = \"1m\"\n\
+             [[clusters]]\nname = \"both\"\nendpoints = [\"{refused_addr}\", \"{}\"]\n\
+             outlier = {{ consecutive_failures = 0 }}\n\
+             [[routes]]\ncluster = \"both\"\n",
+            good.addr()
+        );
+        let cfg = Config::parse(&text, "test.toml").expect("valid test config");
+        let proxy = start(driver, &cfg);
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let mut failed = 0;
+        for _ in 0..2 {
+            if answered_by(&mut client, &[]).await.is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 1, "round robin sent one of the first two calls to the refusing endpoint");
+        for i in 0..20 {
+            let answer = answered_by(&mut client, &[]).await;
+            assert_eq!(answer.as_deref().ok(), Some("good"), "call {i}: {answer:?}");
+        }
+    }
+
     async fn deadlines_a_client_chooses_do_not_eject_an_endpoint(driver) {
         // Scenario: a client sends calls with a deadline no upstream could
         // meet (1 ms, to an upstream that takes 200 ms). They end

@@ -404,10 +404,11 @@ fn request(
         later.push(Later::Answer(d, status));
         return;
     };
-    let endpoint = cluster.pick().clone();
-    // An endpoint backing off after failed connects, with no connection
-    // to use, fails the call at once and says when to retry.
     let dial = Dial::of(&cluster);
+    let endpoint = cluster.pick(|e| relay.reachable(e, dial.tag)).clone();
+    // An endpoint backing off after failed connects, with no connection
+    // to use (all are, or the others are down), fails the call at once
+    // and says when to retry.
     if !relay.has_upstream(endpoint.addr(), dial.tag) {
         if let Some(error) = endpoint.backing_off() {
             let mut status = Status::new(Code::Unavailable, error.public());

@@ -603,11 +603,9 @@ fn retry(relay: &Rc<Relay>, old: &Rc<Side>, key: usize) -> bool {
         call.retried = Some(charge);
         let encoded = bytes[..head].to_vec();
         relay.spare_buffer(bytes);
-        (
-            call.cluster.pick().clone(),
-            Dial::of(&call.cluster),
-            encoded,
-        )
+        let dial = Dial::of(&call.cluster);
+        let endpoint = call.cluster.pick(|e| relay.reachable(e, dial.tag)).clone();
+        (endpoint, dial, encoded)
     };
     let up = upstream(relay, &endpoint, &dial, Some(old));
     if let Some(call) = relay.calls.borrow_mut().get_mut(key) {

@@ -362,6 +362,13 @@ impl Relay {
             })
     }
 
+    /// Whether a call on `endpoint` (spoken to with TLS settings `tls`)
+    /// could go now: it is not waiting out a reconnect back-off, or it
+    /// has a connection to use meanwhile.
+    pub fn reachable(&self, endpoint: &Endpoint, tls: u64) -> bool {
+        !endpoint.waiting_to_reconnect() || self.has_upstream(endpoint.addr(), tls)
+    }
+
     /// Upstream connections to addresses that no cluster has any more (DNS
     /// dropped them, or a reload did): they take no new calls, and each
     /// closes once its last call ends.

@@ -8,7 +8,9 @@
 //! random, the one with fewer calls in flight). Endpoints that failed their
 //! health checks, or were ejected after failing calls in a row, are
 //! skipped while any other is up; when none is, all are tried (a down
-//! cluster should not also be an idle one).
+//! cluster should not also be an idle one). Among those up, an endpoint
+//! waiting out its reconnect back-off without a connection is skipped
+//! while another can take the call.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -266,21 +268,33 @@ impl Cluster {
         r
     }
 
-    /// The endpoint to try first for a call, by the balancing policy,
-    /// among those that are up (or all, when none is).
     /// The endpoint a new call should use: the balancing policy's choice
-    /// among the endpoints that are up (all of them if none is).
-    pub(crate) fn pick(&self) -> &Rc<Endpoint> {
-        let any_up = self.endpoints.iter().any(|e| e.is_up());
+    /// among the endpoints that are up and `reachable` (to the worker:
+    /// not waiting out a reconnect back-off without a connection to
+    /// use); failing that, among those up; failing that, among all (a
+    /// down cluster should not also be an idle one).
+    pub(crate) fn pick(&self, reachable: impl Fn(&Endpoint) -> bool) -> &Rc<Endpoint> {
+        let ready = |e: &Endpoint| e.is_up() && reachable(e);
+        let up = |e: &Endpoint| e.is_up();
+        let all = |_: &Endpoint| true;
+        let fit: &dyn Fn(&Endpoint) -> bool = if self.endpoints.iter().any(|e| ready(e)) {
+            &ready
+        } else if self.endpoints.iter().any(|e| up(e)) {
+            &up
+        } else {
+            &all
+        };
         let n = self.endpoints.len();
-        let first = self.first_choice(any_up);
+        let first = self.first_choice(fit);
         (0..n)
             .map(|i| &self.endpoints[(first + i) % n])
-            .find(|e| !any_up || e.is_up())
+            .find(|e| fit(e))
             .unwrap_or(&self.endpoints[first])
     }
 
-    pub(super) fn first_choice(&self, any_up: bool) -> usize {
+    /// The balancing policy's first choice among the endpoints that `fit`
+    /// (at least one does).
+    fn first_choice(&self, fit: &dyn Fn(&Endpoint) -> bool) -> usize {
         let n = self.endpoints.len();
         match self.balance {
             Balance::RoundRobin => {
@@ -289,19 +303,15 @@ impl Cluster {
                 start % n
             }
             Balance::LeastRequest => {
-                let candidates = |i: usize| !any_up || self.endpoints[i].is_up();
-                let up = if any_up {
-                    self.endpoints.iter().filter(|e| e.is_up()).count()
-                } else {
-                    n
-                };
-                // The k-th endpoint that is a candidate.
-                let nth = |k: usize| (0..n).filter(|&i| candidates(i)).nth(k).unwrap_or(0);
-                if up <= 1 {
+                let fits = |i: &usize| fit(&self.endpoints[*i]);
+                let count = (0..n).filter(fits).count();
+                // The k-th endpoint that fits.
+                let nth = |k: usize| (0..n).filter(fits).nth(k).unwrap_or(0);
+                if count <= 1 {
                     return nth(0);
                 }
-                let a = self.random(up);
-                let b = (a + 1 + self.random(up - 1)) % up;
+                let a = self.random(count);
+                let b = (a + 1 + self.random(count - 1)) % count;
                 let (a, b) = (nth(a), nth(b));
                 if self.endpoints[b].active.get() < self.endpoints[a].active.get() {
                     b
@@ -329,4 +339,52 @@ fn seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(0x9e37_79b9_7f4a_7c15);
     h.finish() | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cluster(balance: Balance) -> Rc<Cluster> {
+        let addrs = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+        let mut plan = ClusterPlan::new(
+            "c",
+            addrs.iter().map(|a| a.parse().expect("addr")).collect(),
+            None,
+        );
+        plan.balance = balance;
+        Cluster::new(&plan)
+    }
+
+    #[test]
+    fn endpoints_waiting_to_reconnect_are_picked_only_when_no_other_is_up() {
+        for balance in [Balance::RoundRobin, Balance::LeastRequest] {
+            let c = cluster(balance);
+            let refused = UpstreamError::NoSettings {
+                addr: c.endpoints[1].addr(),
+                timeout: Duration::from_secs(1),
+            };
+            let minute = Duration::from_secs(60);
+            c.endpoints[1].connect_failed(&refused, minute, minute);
+            let reachable = |e: &Endpoint| !e.waiting_to_reconnect();
+            for _ in 0..30 {
+                assert_ne!(c.pick(reachable).addr().port(), 2, "{balance:?}");
+            }
+            // The other two down: the one waiting is all that is up.
+            for e in [0, 2] {
+                let check = HealthCheck {
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_secs(1),
+                    healthy_threshold: 1,
+                    unhealthy_threshold: 1,
+                    service: String::new(),
+                };
+                c.endpoints[e].health_result(false, &check);
+            }
+            for _ in 0..10 {
+                assert_eq!(c.pick(reachable).addr().port(), 2, "{balance:?}");
+            }
+        }
+    }
 }

@@ -155,6 +155,12 @@ impl Endpoint {
         tracing::warn!(upstream = %self.addr, failures = n, ejected_for = ?length, "upstream endpoint ejected");
     }
 
+    /// Whether a failed connect's back-off lasts: no new connection to
+    /// it is tried until it ends.
+    pub(crate) fn waiting_to_reconnect(&self) -> bool {
+        self.retry_at.get().is_some_and(|at| Instant::now() < at)
+    }
+
     /// The back-off error, while a failed connect's back-off lasts.
     pub(crate) fn backing_off(&self) -> Option<UpstreamError> {
         let at = self.retry_at.get()?;
