@@ -248,6 +248,99 @@ fn head_requests_without_reading(
     Ok((written, false, tcp))
 }
 
+/// What [`slow_download`] read.
+#[derive(Debug, Default)]
+struct Download {
+    /// DATA payload bytes of stream 1.
+    data: usize,
+    /// PINGs read (and acknowledged).
+    pings: usize,
+}
+
+/// One `/test.Echo/Flood` call on a raw socket with the largest windows
+/// and a 16 KiB receive buffer: read at about 250 KB/s for 2.5 s, then
+/// at full speed until stream 1 ends (trailers or a reset),
+/// acknowledging every PING read. `Err` if the connection ends first.
+fn slow_download(addr: SocketAddr, block: &[u8]) -> Result<Download, String> {
+    use socket2::{Domain, Socket, Type};
+    use std::io::{Read, Write};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
+    socket
+        .set_recv_buffer_size(16 << 10)
+        .map_err(|e| e.to_string())?;
+    socket.connect(&addr.into()).map_err(|e| e.to_string())?;
+    let mut tcp: std::net::TcpStream = socket.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE (4) = 2^31 - 1, the connection window
+    // as large, and the acknowledgement of the proxy's SETTINGS.
+    hello.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0x7f, 0xff, 0xff, 0xff]);
+    hello.extend_from_slice(&[0, 0, 4, 8, 0, 0, 0, 0, 0]);
+    hello.extend_from_slice(&(0x7fff_ffff_u32 - 65_535).to_be_bytes());
+    hello.extend_from_slice(&[0, 0, 0, 4, 1, 0, 0, 0, 0]);
+    let len = block.len();
+    hello.extend_from_slice(&[
+        (len >> 16) as u8,
+        (len >> 8) as u8,
+        len as u8,
+        1,
+        4,
+        0,
+        0,
+        0,
+        1,
+    ]);
+    hello.extend_from_slice(block);
+    // An empty message, END_STREAM.
+    hello.extend_from_slice(&[0, 0, 5, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0]);
+    tcp.write_all(&hello).map_err(|e| e.to_string())?;
+    let slow_until = std::time::Instant::now() + Duration::from_millis(2500);
+    let mut seen = Download::default();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 << 10];
+    loop {
+        let slow = std::time::Instant::now() < slow_until;
+        let n = tcp
+            .read(&mut chunk)
+            .map_err(|e| format!("{e} after {seen:?}"))?;
+        if n == 0 {
+            return Err(format!("the connection ended after {seen:?}"));
+        }
+        pending.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        while pending.len() - at >= 9 {
+            let head = &pending[at..at + 9];
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            if pending.len() - at < 9 + len {
+                break;
+            }
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let payload = &pending[at + 9..at + 9 + len];
+            match kind {
+                0 if stream == 1 => seen.data += len,
+                // The flood ends with a reset (h2 drops its stream).
+                1 if stream == 1 && flags & 1 == 1 && seen.data > 0 => return Ok(seen),
+                3 if stream == 1 => return Ok(seen),
+                6 if flags & 1 == 0 => {
+                    seen.pings += 1;
+                    let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                    ack.extend_from_slice(payload);
+                    tcp.write_all(&ack).map_err(|e| e.to_string())?;
+                }
+                7 => return Err(format!("GOAWAY after {seen:?}")),
+                _ => {}
+            }
+            at += 9 + len;
+        }
+        pending.drain(..at);
+        if slow {
+            std::thread::sleep(Duration::from_micros(n as u64 * 4));
+        }
+    }
+}
+
 /// A proxy whose keepalive PINGs every 200 ms and gives up after 300 ms.
 async fn quick_keepalive(driver: grpc_proxy::Driver) -> (Silent, grpc_proxy::ProxyHandle) {
     let upstream = Silent::with(Options::default()).await;
@@ -967,6 +1060,33 @@ proxy_test! {
         let reply = echo_within(&mut client, "Unary", Duration::from_secs(5)).await;
         assert!(reply.is_ok(), "the next call connects afresh: {reply:?}");
         assert_eq!(relay.connections(), 2);
+    }
+
+    async fn a_client_that_reads_slowly_is_not_closed_by_keepalive(driver) {
+        // Scenario: a client downloads a large stream at about 250 KB/s
+        // (it announced the largest windows, so the proxy queues up to
+        // its budget for it, and the kernel's buffers more). It answers
+        // every PING it reads, but a keepalive PING waits behind all
+        // that (about 5 MB): many seconds, where the proxy gives 1 s for
+        // an answer. The client is reading, so the connection must stay:
+        // once it reads at full speed, the stream comes to its end (16
+        // MiB; the flood ends with a reset, which may drop the last of
+        // what the proxy held).
+        let upstream = Silent::with(Options::default()).await;
+        let proxy = proxy(driver, &format!(
+            "[timeouts]\nping_interval = \"200ms\"\nping_timeout = \"1s\"\n\
+             [limits]\nbuffer_per_connection = 1048576\n\
+             {}\n[[routes]]\ncluster = \"a\"\n",
+            cluster("a", upstream.addr())
+        ));
+        let addr = proxy.local_addr();
+        let block = headers_block(addr, "/test.Echo/Flood");
+        let seen = tokio::task::spawn_blocking(move || slow_download(addr, &block))
+            .await
+            .expect("the reading thread");
+        let seen = seen.expect("the download");
+        assert!(seen.pings >= 1, "the keepalive ran: {seen:?}");
+        assert!(seen.data > 12 << 20, "the stream went on to its end: {seen:?}");
     }
 
     async fn connections_on_both_legs_have_tcp_keepalive(driver) {

@@ -1,7 +1,9 @@
 //! The timers of a worker's client connections, on one heap: the
 //! deadline for the client's preface and SETTINGS (`handshake_timeout`),
 //! keepalive PINGs, whose answer must come within `ping_timeout` or the connection
-//! closes (a client behind a dead link may still ACK at the TCP level);
+//! closes (a client behind a dead link may still ACK at the TCP level),
+//! unless the client is still reading what was queued ahead of the PING
+//! (see [`Side::reading`]);
 //! GOAWAY after `idle_timeout` without calls (checked every
 //! `idle_timeout`) and at `max_connection_age`, closing once the last call
 //! ends; and the read buffer of a connection without calls let go (checked
@@ -20,7 +22,7 @@ use std::rc::{Rc, Weak};
 use monoio::time::Instant;
 
 use crate::config::Settings;
-use crate::relay::wire::Side;
+use crate::relay::wire::{PingOut, Side};
 use crate::runtime::timers::Timers;
 use crate::runtime::wake::Latch;
 
@@ -34,9 +36,9 @@ pub struct Keep {
     preface_by: Option<Instant>,
     /// When the next keepalive PING goes.
     ping_at: Option<Instant>,
-    /// While a PING is out: the acknowledgements seen before it, and when
-    /// its own must have come.
-    waiting: Option<(u64, Instant)>,
+    /// While a PING is out: what tells whether the peer lives, and when
+    /// its answer must have come (or the peer shown it still reads).
+    waiting: Option<(PingOut, Instant)>,
     /// When to look for idleness next.
     idle_at: Option<Instant>,
     /// When to ask a connection without calls to let its read buffer go.
@@ -142,23 +144,20 @@ fn step(side: &Rc<Side>, keep: &mut Keep, settings: &Settings, now: Instant) -> 
             return None;
         }
     }
-    if let Some((pongs, by)) = keep.waiting {
-        if side.pongs.get() > pongs {
+    if let Some((mut ping, by)) = keep.waiting {
+        if side.answered(&ping) {
             keep.waiting = None;
         } else if now >= by {
-            tracing::debug!(%peer, "downstream connection did not answer a keepalive PING; closing it");
-            side.closed.set();
-            return None;
+            if !side.reading(&mut ping) {
+                tracing::debug!(%peer, "downstream connection did not answer a keepalive PING; closing it");
+                side.closed.set();
+                return None;
+            }
+            keep.waiting = Some((ping, now + settings.ping_timeout));
         }
     }
     if keep.ping_at.is_some_and(|at| now >= at) && keep.waiting.is_none() {
-        {
-            let mut w = side.wire.borrow_mut();
-            let wire = &mut *w;
-            wire.conn.ping(side.ping_data(), &mut wire.out);
-        }
-        side.flush();
-        keep.waiting = Some((side.pongs.get(), now + settings.ping_timeout));
+        keep.waiting = Some((side.ping(), now + settings.ping_timeout));
         keep.ping_at = settings.ping_interval.map(|every| now + every);
     }
     if keep.quiet_at.is_some_and(|at| now >= at) {
@@ -208,7 +207,7 @@ mod tests {
         // A PING went at 200 ms: the ping time passes while it is out, and
         // the next due time is its answer's deadline, not the past.
         let sent = now + Duration::from_millis(200);
-        keep.waiting = Some((0, sent + settings.ping_timeout));
+        keep.waiting = Some((PingOut::default(), sent + settings.ping_timeout));
         keep.ping_at = Some(sent);
         assert_eq!(keep.next(), Some(sent + Duration::from_millis(500)));
     }

@@ -441,7 +441,8 @@ impl Drop for Counted<'_> {
 /// Keepalive: a PING every interval; one not acknowledged within the
 /// timeout means the upstream (or the path to it) is gone, though TCP
 /// may not know yet: the connection closes, failing its calls, and the
-/// next call connects afresh.
+/// next call connects afresh. An upstream still reading what waited
+/// ahead of the PING (see [`Side::reading`]) gets another timeout.
 async fn keep(side: Rc<Side>, keepalive: Keepalive, addr: std::net::SocketAddr, stop: Rc<Latch>) {
     loop {
         monoio::select! {
@@ -449,22 +450,22 @@ async fn keep(side: Rc<Side>, keepalive: Keepalive, addr: std::net::SocketAddr, 
             _ = side.closed.wait() => return,
             _ = stop.wait() => return,
         }
-        let before = side.pongs.get();
-        {
-            let mut w = side.wire.borrow_mut();
-            let wire = &mut *w;
-            wire.conn.ping(side.ping_data(), &mut wire.out);
-        }
-        side.flush();
-        monoio::select! {
-            _ = monoio::time::sleep(keepalive.timeout) => {}
-            _ = side.closed.wait() => return,
-            _ = stop.wait() => return,
-        }
-        if side.pongs.get() == before {
-            tracing::warn!(upstream = %addr, "upstream connection did not answer a keepalive PING; closing it");
-            side.closed.set();
-            return;
+        let mut ping = side.ping();
+        loop {
+            monoio::select! {
+                _ = monoio::time::sleep(keepalive.timeout) => {}
+                _ = side.closed.wait() => return,
+                _ = stop.wait() => return,
+            }
+            if side.answered(&ping) {
+                break;
+            }
+            // Still reading what waited ahead of the PING: it waits on.
+            if !side.reading(&mut ping) {
+                tracing::warn!(upstream = %addr, "upstream connection did not answer a keepalive PING; closing it");
+                side.closed.set();
+                return;
+            }
         }
     }
 }

@@ -32,6 +32,7 @@ use crate::http2::outbox::Outbox;
 use crate::http2::streams::IdHasher;
 use crate::runtime::wake::{Latch, Notify};
 use crate::transport::owned_tls::{TlsReader, TlsWriter};
+use crate::transport::socket;
 use crate::transport::tls::PeerIdentity;
 use crate::upstream::retry_budget::Budget;
 
@@ -146,11 +147,25 @@ pub struct Side {
     /// cleartext connection: what waits is then written by the worker's
     /// [`flusher`], not by waking the writer (see [`flush`](Self::flush)).
     direct: Cell<Option<RawFd>>,
+    /// The TCP socket, while the writer (which holds it open) runs: for
+    /// what the kernel knows of the bytes sent (see [`reading`](Self::reading)).
+    socket: Cell<Option<RawFd>>,
     /// In the flusher's queue.
     queued: Cell<bool>,
     /// Whether a client connection's reader holds a read buffer, and
     /// whether it was asked to let it go (see [`ask_let_go`](Self::ask_let_go)).
     buffer: Cell<Buffer>,
+}
+
+/// A keepalive PING sent (see [`Side::ping`]): what tells, at its
+/// deadline, whether the peer lives though it has not answered yet.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PingOut {
+    /// Answers received before it.
+    pongs: u64,
+    /// When bytes waited to be written ahead of it: how many the peer's
+    /// TCP had acknowledged at the last look.
+    acked: Option<u64>,
 }
 
 /// A client connection's read buffer, for the keeper (see
@@ -216,6 +231,7 @@ impl Side {
             retry: Budget::new(retry),
             identity,
             direct: Cell::new(None),
+            socket: Cell::new(None),
             queued: Cell::new(false),
             buffer: Cell::new(Buffer::None),
         })
@@ -335,6 +351,49 @@ impl Side {
         if data == self.ping_data() {
             self.pongs.set(self.pongs.get() + 1);
         }
+    }
+
+    /// Sends a keepalive PING.
+    pub fn ping(self: &Rc<Self>) -> PingOut {
+        let ahead = {
+            let mut w = self.wire.borrow_mut();
+            let wire = &mut *w;
+            let ahead = wire.out.len() + wire.in_flight;
+            wire.conn.ping(self.ping_data(), &mut wire.out);
+            ahead
+        };
+        let sent = self.socket.get().and_then(socket::sent);
+        let acked = sent
+            .filter(|sent| ahead > 0 || sent.waiting)
+            .map(|sent| sent.acked);
+        self.flush();
+        PingOut {
+            pongs: self.pongs.get(),
+            acked,
+        }
+    }
+
+    /// Whether the peer answered `ping`.
+    pub fn answered(&self, ping: &PingOut) -> bool {
+        self.pongs.get() > ping.pongs
+    }
+
+    /// At the deadline of `ping`, unanswered: whether the peer is still
+    /// reading what was written ahead of it, so that the PING may wait
+    /// one timeout more. It is if its TCP acknowledged more bytes since
+    /// the PING went (or since the last look): a slow reader's PING waits
+    /// behind up to `buffer_per_connection` and the kernel's buffers.
+    /// A PING that nothing waited ahead of counts only its answer: a
+    /// peer's kernel acknowledges bytes its process never reads.
+    pub fn reading(&self, ping: &mut PingOut) -> bool {
+        let Some(before) = ping.acked else {
+            return false;
+        };
+        let Some(now) = self.socket.get().and_then(socket::sent) else {
+            return false;
+        };
+        ping.acked = Some(now.acked);
+        now.acked > before
     }
 
     /// Whether what waits to be written to this connection is half as
@@ -588,12 +647,16 @@ pub async fn write_loop<W: Sink>(
 ) {
     /// The flusher writes for this writer only while it waits, alive:
     /// never to a socket it has closed, or whose number was reused.
+    /// Nor is the socket looked at once the writer, which holds it
+    /// open, is gone.
     struct Direct<'a>(&'a Side);
     impl Drop for Direct<'_> {
         fn drop(&mut self) {
             self.0.direct.set(None);
+            self.0.socket.set(None);
         }
     }
+    side.socket.set(Some(io.socket()));
     let _direct = Direct(&side);
     let mut batch = Segments::default();
     // One wait for the whole loop (see the read loops). Not the worker's
@@ -748,9 +811,16 @@ pub trait Sink {
 
     /// Ends the writing side.
     fn shutdown(&mut self) -> impl std::future::Future<Output = ()>;
+
+    /// The TCP socket it writes to.
+    fn socket(&self) -> RawFd;
 }
 
 impl Sink for TcpOwnedWriteHalf {
+    fn socket(&self) -> RawFd {
+        crate::transport::socket::write_fd(self)
+    }
+
     // Not monoio's write_vectored_all: in 0.2.4 it does not advance within
     // a partly written iovec, and would write those bytes twice.
     async fn write(&mut self, mut batch: Segments) -> (std::io::Result<usize>, Segments) {
@@ -772,6 +842,10 @@ impl Sink for TcpOwnedWriteHalf {
 }
 
 impl Sink for TlsWriter {
+    fn socket(&self) -> RawFd {
+        TlsWriter::socket(self)
+    }
+
     async fn write(&mut self, batch: Segments) -> (std::io::Result<usize>, Segments) {
         let written = TlsWriter::write(self, &batch.bufs).await;
         (written, batch)

@@ -254,6 +254,11 @@ pub struct TlsWriter {
 }
 
 impl TlsWriter {
+    /// The TCP socket under it.
+    pub fn socket(&self) -> std::os::fd::RawFd {
+        crate::transport::socket::write_fd(&self.io)
+    }
+
     /// Encrypts `segments` and writes them with what else the connection
     /// owes; returns the plaintext bytes taken (all of them, or an error).
     pub async fn write(&mut self, segments: &[Bytes]) -> io::Result<usize> {

@@ -9,8 +9,12 @@
 //! kernel's ~15 minutes of retransmissions. Both are per socket and cost
 //! nothing while the peer answers. Failures to set them are ignored: they
 //! only narrow how long a dead peer can hold a connection.
+//!
+//! [`sent`] reads what the kernel knows of a connection's sent bytes: how
+//! many the peer acknowledged, for keepalive PINGs that wait behind
+//! bytes a slow peer is still reading.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
 use crate::config::Settings;
@@ -36,6 +40,53 @@ fn set_user_timeout(tcp: &monoio::net::TcpStream, timeout: Duration) {
     // whole time `fd` is used, so it stays open and is not reused.
     let fd = unsafe { BorrowedFd::borrow_raw(tcp.as_raw_fd()) };
     let _ = socket2::SockRef::from(&fd).set_tcp_user_timeout(Some(timeout));
+}
+
+/// What the kernel knows of a connection's sent bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// Bytes the peer acknowledged so far.
+    pub acked: u64,
+    /// Whether bytes wait in the kernel: not sent yet, or not
+    /// acknowledged yet.
+    pub waiting: bool,
+}
+
+/// What the kernel knows of the sent bytes of the TCP socket `fd`
+/// (`TCP_INFO`); `None` if it does not say.
+#[allow(unsafe_code)]
+pub fn sent(fd: RawFd) -> Option<Sent> {
+    // SAFETY: `info` is a plain C struct for which zeroes are valid, and
+    // the kernel writes at most `len` bytes of it; a descriptor that is
+    // not a TCP socket makes the call fail, nothing else.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            std::ptr::from_mut(&mut info).cast(),
+            &mut len,
+        )
+    };
+    // Kernels before 4.6 give a shorter struct, without these fields.
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_notsent_bytes) + 4;
+    if r != 0 || (len as usize) < needed {
+        return None;
+    }
+    Some(Sent {
+        acked: info.tcpi_bytes_acked,
+        waiting: info.tcpi_unacked > 0 || info.tcpi_notsent_bytes > 0,
+    })
+}
+
+/// The socket under a write half: it stays open while `half` lives.
+#[allow(unsafe_code)]
+pub fn write_fd(half: &monoio::net::tcp::TcpOwnedWriteHalf) -> RawFd {
+    // SAFETY: as in `readable`: the halves share the stream through this
+    // cell; only its descriptor's number is read.
+    unsafe { &*half.0.get() }.as_raw_fd()
 }
 
 /// Waits until the socket under `half` has bytes to read, or its end or
