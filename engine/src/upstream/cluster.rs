@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use crate::config::{Balance, CallLimits, HealthCheck, Keepalive, Outlier, UpstreamTls};
+use crate::runtime::wake::Latch;
 use crate::telemetry::metrics::{add, cluster_report, CallStats, ClusterReport};
 use crate::transport::tls::{ClientTls, Connector};
 use crate::upstream::endpoint::Endpoint;
@@ -92,6 +93,8 @@ pub struct Cluster {
     pub(crate) stats: Rc<CallStats>,
     pub(super) connect_failures: Cell<u64>,
     resets: Cell<u64>,
+    /// Set when a new snapshot replaced it: its health checks stop.
+    retired: Rc<Latch>,
 }
 
 impl Cluster {
@@ -124,6 +127,7 @@ impl Cluster {
             stats: Rc::default(),
             connect_failures: Cell::new(0),
             resets: Cell::new(0),
+            retired: Rc::default(),
         })
     }
 
@@ -192,6 +196,17 @@ impl Cluster {
     /// The cluster's endpoints.
     pub fn endpoints(&self) -> &[Rc<Endpoint>] {
         &self.endpoints
+    }
+
+    /// A new snapshot replaced it: its health checks stop (calls under
+    /// way may hold it for long).
+    pub fn retire(&self) {
+        self.retired.set();
+    }
+
+    /// Set once it is retired.
+    pub(super) fn retired(&self) -> Rc<Latch> {
+        self.retired.clone()
     }
 
     /// Its active health checks, if on.

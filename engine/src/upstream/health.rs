@@ -8,11 +8,15 @@
 //! within the timeout; anything else (connect failure, UNIMPLEMENTED, a
 //! reset, NOT_SERVING, slowness) fails it.
 //!
-//! A cluster's checks run from when a worker first builds it until a reload
-//! replaces it (its task holds only a weak reference) or the worker stops.
+//! Each endpoint is checked on its own schedule, so that a check that
+//! hangs until its timeout delays no other endpoint's. A cluster's checks
+//! run from when a worker first builds it until a reload or a DNS change
+//! replaces it (retires it: calls under way may still hold it) or the
+//! worker stops.
 
 use std::future::Future;
 use std::rc::{Rc, Weak};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -34,51 +38,83 @@ pub trait Probe: Clone + 'static {
 }
 
 /// Starts checking, with `prober` until `stop`, the clusters of `next`
-/// that have checks and were not in `previous`.
+/// that have checks and were not in `previous`; stops checking those of
+/// `previous` that `next` replaced (a reload, or a DNS change: calls
+/// under way may hold them for long, and the endpoints they share with
+/// `next` would be checked twice).
 pub fn watch_new<P: Probe>(
     prober: &P,
     stop: &Rc<Latch>,
     next: &[Rc<Cluster>],
     previous: &[Rc<Cluster>],
 ) {
+    for cluster in previous {
+        if !next.iter().any(|c| Rc::ptr_eq(c, cluster)) {
+            cluster.retire();
+        }
+    }
     for cluster in next {
         let known = previous.iter().any(|c| Rc::ptr_eq(c, cluster));
-        if cluster.health_check().is_some() && !known {
-            monoio::spawn(watch(prober.clone(), stop.clone(), Rc::downgrade(cluster)));
+        let Some(check) = cluster.health_check().filter(|_| !known) else {
+            continue;
+        };
+        // Each endpoint on its own schedule, so that one whose checks
+        // hang until their timeout delays no other's; the first checks
+        // spread over an interval, so that they do not all connect at once.
+        let endpoints = cluster.endpoints();
+        let step = check.interval / endpoints.len().max(1) as u32;
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            monoio::spawn(watch(
+                prober.clone(),
+                stop.clone(),
+                Rc::downgrade(cluster),
+                endpoint.clone(),
+                step * i as u32,
+            ));
         }
     }
 }
 
-async fn watch<P: Probe>(prober: P, stop: Rc<Latch>, cluster: Weak<Cluster>) {
+/// Checks `endpoint` of `cluster`, the first time after `first`, until
+/// `stop` or until the cluster is retired or gone.
+async fn watch<P: Probe>(
+    prober: P,
+    stop: Rc<Latch>,
+    cluster: Weak<Cluster>,
+    endpoint: Rc<Endpoint>,
+    first: Duration,
+) {
+    let Some(retired) = cluster.upgrade().map(|c| c.retired()) else {
+        return;
+    };
+    let mut wait = first;
     loop {
-        let interval = {
-            let Some(cluster) = cluster.upgrade() else {
-                return;
-            };
-            let Some(check) = cluster.health_check().cloned() else {
-                return;
-            };
-            for endpoint in cluster.endpoints() {
-                let passed = monoio::select! {
-                    passed = prober.probe(&cluster, endpoint, &check) => passed,
-                    _ = stop.wait() => return,
-                };
-                match endpoint.health_result(passed, &check) {
-                    Some(true) => {
-                        tracing::info!(cluster = cluster.name(), upstream = %endpoint.addr(), "upstream endpoint healthy again")
-                    }
-                    Some(false) => {
-                        tracing::warn!(cluster = cluster.name(), upstream = %endpoint.addr(), "upstream endpoint unhealthy: taking it out")
-                    }
-                    None => {}
-                }
-            }
-            check.interval
-        };
         monoio::select! {
-            _ = monoio::time::sleep(interval) => {}
+            _ = monoio::time::sleep(wait) => {}
             _ = stop.wait() => return,
+            _ = retired.wait() => return,
         }
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        let Some(check) = cluster.health_check().cloned() else {
+            return;
+        };
+        let passed = monoio::select! {
+            passed = prober.probe(&cluster, &endpoint, &check) => passed,
+            _ = stop.wait() => return,
+            _ = retired.wait() => return,
+        };
+        match endpoint.health_result(passed, &check) {
+            Some(true) => {
+                tracing::info!(cluster = cluster.name(), upstream = %endpoint.addr(), "upstream endpoint healthy again")
+            }
+            Some(false) => {
+                tracing::warn!(cluster = cluster.name(), upstream = %endpoint.addr(), "upstream endpoint unhealthy: taking it out")
+            }
+            None => {}
+        }
+        wait = check.interval;
     }
 }
 
@@ -155,6 +191,125 @@ fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::cluster::ClusterPlan;
+    use std::cell::RefCell;
+
+    /// Passes every check at once, but hangs those of the endpoint on
+    /// port `hang`; records which cluster checked which endpoint's port.
+    #[derive(Clone, Default)]
+    struct Counting {
+        seen: Rc<RefCell<Vec<(*const Cluster, u16)>>>,
+        hang: Option<u16>,
+    }
+
+    impl Counting {
+        fn count(&self, cluster: &Rc<Cluster>) -> usize {
+            let seen = self.seen.borrow();
+            seen.iter()
+                .filter(|(c, _)| *c == Rc::as_ptr(cluster))
+                .count()
+        }
+
+        fn of_port(&self, port: u16) -> usize {
+            self.seen
+                .borrow()
+                .iter()
+                .filter(|(_, p)| *p == port)
+                .count()
+        }
+    }
+
+    impl Probe for Counting {
+        async fn probe(
+            &self,
+            cluster: &Rc<Cluster>,
+            endpoint: &Rc<Endpoint>,
+            _: &HealthCheck,
+        ) -> bool {
+            let port = endpoint.addr().port();
+            self.seen.borrow_mut().push((Rc::as_ptr(cluster), port));
+            if self.hang == Some(port) {
+                std::future::pending::<()>().await;
+            }
+            true
+        }
+    }
+
+    fn plan(ports: &[u16]) -> ClusterPlan {
+        let addrs = ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
+        let mut plan = ClusterPlan::new("c", addrs, None);
+        plan.health_check = Some(HealthCheck {
+            interval: Duration::from_millis(5),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+            service: String::new(),
+        });
+        plan
+    }
+
+    fn on_runtime(test: impl std::future::Future<Output = ()>) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let limit = Duration::from_secs(10);
+            monoio::time::timeout(limit, test)
+                .await
+                .expect("within 10 s");
+        });
+    }
+
+    async fn until(done: impl Fn() -> bool) {
+        while !done() {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[test]
+    fn a_renewed_clusters_checks_replace_the_old_ones_that_calls_still_hold() {
+        on_runtime(async {
+            let probe = Counting::default();
+            let stop = Rc::new(Latch::default());
+            let old = Cluster::new(&plan(&[1]));
+            watch_new(&probe, &stop, std::slice::from_ref(&old), &[]);
+            until(|| probe.count(&old) >= 2).await;
+            // DNS adds an endpoint; a long call still holds `old`.
+            let new = old.renew(&plan(&[1, 2])).expect("renewed");
+            watch_new(
+                &probe,
+                &stop,
+                std::slice::from_ref(&new),
+                std::slice::from_ref(&old),
+            );
+            let before = probe.count(&old);
+            until(|| probe.count(&new) >= 10).await;
+            let after = probe.count(&old);
+            assert!(
+                after <= before + 1,
+                "the old cluster checked {} times more",
+                after - before
+            );
+            stop.set();
+        });
+    }
+
+    #[test]
+    fn an_endpoint_whose_checks_hang_delays_no_others() {
+        on_runtime(async {
+            let probe = Counting {
+                hang: Some(1),
+                ..Counting::default()
+            };
+            let stop = Rc::new(Latch::default());
+            let cluster = Cluster::new(&plan(&[1, 2]));
+            watch_new(&probe, &stop, std::slice::from_ref(&cluster), &[]);
+            until(|| probe.of_port(2) >= 3).await;
+            assert_eq!(probe.of_port(1), 1, "the hanging check is still under way");
+            stop.set();
+        });
+    }
 
     #[test]
     fn health_messages_encode_and_decode() {
