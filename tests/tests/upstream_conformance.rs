@@ -1200,3 +1200,88 @@ proxy_test! {
         assert_eq!(reply.expect("the retried call").as_ref(), REPLY);
     }
 }
+
+/// A listener whose connections have a 16 KiB receive buffer.
+fn small_buffer_listener() -> TcpListener {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket
+        .set_recv_buffer_size(16 << 10)
+        .expect("receive buffer");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    socket.bind(&any.into()).expect("bind");
+    socket.listen(16).expect("listen");
+    socket.into()
+}
+
+/// Reads one request at about 250 KB/s for 3.5 s, then at full speed,
+/// answering every PING it reads; then answers it. The bytes of DATA
+/// read, and the PINGs.
+fn read_slowly_and_respond(p: &mut Peer) -> Result<(usize, usize), String> {
+    let slow_until = Instant::now() + Duration::from_millis(3500);
+    let (mut data, mut pings, mut stream) = (0, 0, None);
+    loop {
+        let f = match p.read() {
+            Seen::Frame(f) => f,
+            other => return Err(format!("{other:?} after {data} bytes and {pings} PINGs")),
+        };
+        match f.kind {
+            kind::HEADERS => stream = Some(f.stream),
+            kind::DATA => data += f.payload.len(),
+            kind::PING if f.flags & flag::ACK == 0 => pings += 1,
+            kind::GOAWAY | kind::RST_STREAM => {
+                return Err(format!("{f:?} after {data} bytes and {pings} PINGs"))
+            }
+            _ => {}
+        }
+        answer_control(p, &f);
+        if let (Some(stream), true) = (stream, f.kind == kind::DATA && f.ends_stream()) {
+            respond(p, stream);
+            let _ = p.expect_alive();
+            return Ok((data, pings));
+        }
+        if Instant::now() < slow_until {
+            std::thread::sleep(Duration::from_micros(4 * f.payload.len() as u64));
+        }
+    }
+}
+
+proxy_test! {
+    async fn an_upstream_that_reads_a_large_request_slowly_is_not_closed_by_keepalive(driver) {
+        // Scenario: the upstream announces the largest windows, then reads
+        // an 8 MiB request at about 250 KB/s, answering every PING it
+        // reads. The proxy's keepalive PINGs (every second, a second for
+        // an answer) wait behind the request's bytes, for seconds: the
+        // upstream is reading, so its connection must stay and the call
+        // end OK.
+        let listener = small_buffer_listener();
+        let addr = listener.local_addr().expect("addr");
+        let upstream = std::thread::spawn(move || -> Verdict {
+            let mut p = Peer::accept(&listener, &[(setting::INITIAL_WINDOW_SIZE, 0x7fff_ffff)])?;
+            p.send(&window_update(0, 0x7fff_ffff - 65_535));
+            let (data, pings) = read_slowly_and_respond(&mut p)?;
+            if data < 8 << 20 || pings == 0 {
+                return Err(format!("{data} bytes and {pings} PINGs"));
+            }
+            Ok(())
+        });
+        let proxy = grpc_proxy_tests::proxy(driver, &format!(
+            "[[clusters]]\nname = \"a\"\nendpoints = [\"{addr}\"]\n\
+             keepalive = {{ interval = \"1s\", timeout = \"1s\" }}\n\
+             [[routes]]\ncluster = \"a\"\n"
+        ));
+        let client = grpc_proxy_tests::raw::client(proxy.local_addr(), 65_535).await;
+        let head = grpc_proxy_tests::raw::request(proxy.local_addr(), "Unary");
+        let mut ready = client.ready().await.expect("ready");
+        let (response, mut body) = ready.send_request(head, false).expect("send");
+        body.send_data(grpc_proxy_tests::raw::frame(&vec![7u8; (8 << 20) - 5]), true)
+            .expect("data");
+        let verdict = joined(upstream).await;
+        verdict.expect("the upstream");
+        let response = response.await.expect("response");
+        let mut answer = response.into_body();
+        let _ = grpc_proxy_tests::raw::read_body(&mut answer).await;
+        let trailers = answer.trailers().await.expect("trailers").expect("some");
+        assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+    }
+}

@@ -3,7 +3,7 @@
 //! keepalive PINGs, whose answer must come within `ping_timeout` or the connection
 //! closes (a client behind a dead link may still ACK at the TCP level),
 //! unless the client is still reading what was queued ahead of the PING
-//! (see [`Side::reading`]);
+//! and does not have the PING yet (see [`Side::reading`]);
 //! GOAWAY after `idle_timeout` without calls (checked every
 //! `idle_timeout`) and at `max_connection_age`, closing once the last call
 //! ends; and the read buffer of a connection without calls let go (checked

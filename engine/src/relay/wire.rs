@@ -164,8 +164,43 @@ pub struct PingOut {
     /// Answers received before it.
     pongs: u64,
     /// When bytes waited to be written ahead of it: how many the peer's
-    /// TCP had acknowledged at the last look.
-    acked: Option<u64>,
+    /// TCP had acknowledged at the last look, and how many it will have
+    /// acknowledged once it has the PING.
+    behind: Option<(u64, u64)>,
+}
+
+impl PingOut {
+    /// The length of a PING frame.
+    const LEN: u64 = 17;
+
+    /// A PING sent when `pongs` answers had come, behind `ahead` bytes
+    /// still to be written and what the kernel had (`sent`).
+    pub fn new(pongs: u64, ahead: u64, sent: Option<socket::Sent>) -> PingOut {
+        let behind = sent.filter(|sent| ahead + sent.queued > 0).map(|sent| {
+            // TLS adds its records' overhead to what waits to be
+            // written (29 bytes in 16 KiB): counted generously.
+            let margin = ahead / 256 + 64;
+            let at = sent.acked + sent.queued + ahead + margin + Self::LEN;
+            (sent.acked, at)
+        });
+        PingOut { pongs, behind }
+    }
+
+    /// Whether the PING may wait one timeout more, the kernel saying
+    /// `now`: the peer's TCP acknowledged more bytes since the PING went
+    /// (or since the last look), and at the last look it did not have
+    /// the PING yet. So a slow reader's PING waits behind up to
+    /// `buffer_per_connection` and the kernel's buffers; once the peer
+    /// has it, the answer must come within the timeout, as for a PING
+    /// that nothing waited ahead of: a peer's kernel (or a middlebox)
+    /// acknowledges bytes its process never reads.
+    pub fn waits_on(&mut self, now: socket::Sent) -> bool {
+        let Some((before, at)) = self.behind else {
+            return false;
+        };
+        self.behind = Some((now.acked, at));
+        now.acked > before && before < at
+    }
 }
 
 /// A client connection's read buffer, for the keeper (see
@@ -363,14 +398,8 @@ impl Side {
             ahead
         };
         let sent = self.socket.get().and_then(socket::sent);
-        let acked = sent
-            .filter(|sent| ahead > 0 || sent.waiting)
-            .map(|sent| sent.acked);
         self.flush();
-        PingOut {
-            pongs: self.pongs.get(),
-            acked,
-        }
+        PingOut::new(self.pongs.get(), ahead as u64, sent)
     }
 
     /// Whether the peer answered `ping`.
@@ -378,22 +407,14 @@ impl Side {
         self.pongs.get() > ping.pongs
     }
 
-    /// At the deadline of `ping`, unanswered: whether the peer is still
-    /// reading what was written ahead of it, so that the PING may wait
-    /// one timeout more. It is if its TCP acknowledged more bytes since
-    /// the PING went (or since the last look): a slow reader's PING waits
-    /// behind up to `buffer_per_connection` and the kernel's buffers.
-    /// A PING that nothing waited ahead of counts only its answer: a
-    /// peer's kernel acknowledges bytes its process never reads.
+    /// At the deadline of `ping`, unanswered: whether it may wait one
+    /// timeout more, as the peer is still reading what was written ahead
+    /// of it (see [`PingOut::waits_on`]).
     pub fn reading(&self, ping: &mut PingOut) -> bool {
-        let Some(before) = ping.acked else {
-            return false;
-        };
-        let Some(now) = self.socket.get().and_then(socket::sent) else {
-            return false;
-        };
-        ping.acked = Some(now.acked);
-        now.acked > before
+        self.socket
+            .get()
+            .and_then(socket::sent)
+            .is_some_and(|now| ping.waits_on(now))
     }
 
     /// Whether what waits to be written to this connection is half as
@@ -968,6 +989,30 @@ mod tests {
     use monoio::io::{AsyncReadRent, Splitable};
     use std::os::fd::AsRawFd;
     use std::time::Duration;
+
+    #[test]
+    fn a_ping_waits_on_while_the_peer_acknowledges_what_was_ahead_of_it() {
+        let sent = |acked, queued| socket::Sent { acked, queued };
+        // 1 MB waited ahead of the PING, 4 MB in the kernel.
+        let mut ping = PingOut::new(0, 1 << 20, Some(sent(1000, 4 << 20)));
+        assert!(ping.waits_on(sent(2000, 0)), "acknowledging what was ahead");
+        assert!(!ping.waits_on(sent(2000, 0)), "acknowledging nothing more");
+        let mut ping = PingOut::new(0, 1 << 20, Some(sent(1000, 4 << 20)));
+        let past = 1000 + (5 << 20) + 10_000;
+        assert!(
+            ping.waits_on(sent(past, 0)),
+            "got the PING since the last look"
+        );
+        assert!(
+            !ping.waits_on(sent(past + 100_000, 0)),
+            "bytes after the PING acknowledged: it had it a timeout ago"
+        );
+        // Nothing ahead: only the answer counts.
+        let mut ping = PingOut::new(0, 0, Some(sent(1000, 0)));
+        assert!(!ping.waits_on(sent(5000, 0)));
+        let mut ping = PingOut::new(0, 1 << 20, None);
+        assert!(!ping.waits_on(sent(5000, 0)), "the kernel said nothing");
+    }
 
     /// An upstream side with a write budget of `budget` and one stream
     /// open on it.

@@ -43,22 +43,23 @@ fn set_user_timeout(tcp: &monoio::net::TcpStream, timeout: Duration) {
 }
 
 /// What the kernel knows of a connection's sent bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sent {
     /// Bytes the peer acknowledged so far.
     pub acked: u64,
-    /// Whether bytes wait in the kernel: not sent yet, or not
+    /// Bytes in the kernel's send queue: not sent yet, or not
     /// acknowledged yet.
-    pub waiting: bool,
+    pub queued: u64,
 }
 
 /// What the kernel knows of the sent bytes of the TCP socket `fd`
-/// (`TCP_INFO`); `None` if it does not say.
+/// (`TCP_INFO` and `SIOCOUTQ`); `None` if it does not say.
 #[allow(unsafe_code)]
 pub fn sent(fd: RawFd) -> Option<Sent> {
     // SAFETY: `info` is a plain C struct for which zeroes are valid, and
-    // the kernel writes at most `len` bytes of it; a descriptor that is
-    // not a TCP socket makes the call fail, nothing else.
+    // the kernel writes at most `len` bytes of it, and an int to
+    // `queued`; a descriptor that is not a TCP socket makes the calls
+    // fail, nothing else.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     let r = unsafe {
@@ -70,14 +71,19 @@ pub fn sent(fd: RawFd) -> Option<Sent> {
             &mut len,
         )
     };
-    // Kernels before 4.6 give a shorter struct, without these fields.
-    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_notsent_bytes) + 4;
+    // Old kernels (before 4.1) give a shorter struct, without the count.
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
     if r != 0 || (len as usize) < needed {
+        return None;
+    }
+    let mut queued: libc::c_int = 0;
+    // SIOCOUTQ, which is TIOCOUTQ's number.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) } != 0 {
         return None;
     }
     Some(Sent {
         acked: info.tcpi_bytes_acked,
-        waiting: info.tcpi_unacked > 0 || info.tcpi_notsent_bytes > 0,
+        queued: u64::try_from(queued).unwrap_or(0),
     })
 }
 
