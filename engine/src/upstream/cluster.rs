@@ -8,7 +8,7 @@
 //! random, the one with fewer calls in flight). Endpoints that failed their
 //! health checks, or were ejected after failing calls in a row, are
 //! skipped while any other is up; when none is, all are tried (a down
-//! cluster should not also be an idle one). Among those up, an endpoint
+//! cluster should not also be an idle one). Among those, an endpoint
 //! waiting out its reconnect back-off without a connection is skipped
 //! while another can take the call.
 
@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use crate::config::{Balance, CallLimits, HealthCheck, Keepalive, Outlier, UpstreamTls};
-use crate::runtime::wake::Latch;
 use crate::telemetry::metrics::{add, cluster_report, CallStats, ClusterReport};
 use crate::transport::tls::{ClientTls, Connector};
 use crate::upstream::endpoint::Endpoint;
@@ -93,8 +92,6 @@ pub struct Cluster {
     pub(crate) stats: Rc<CallStats>,
     pub(super) connect_failures: Cell<u64>,
     resets: Cell<u64>,
-    /// Set when a new snapshot replaced it: its health checks stop.
-    retired: Rc<Latch>,
 }
 
 impl Cluster {
@@ -127,7 +124,6 @@ impl Cluster {
             stats: Rc::default(),
             connect_failures: Cell::new(0),
             resets: Cell::new(0),
-            retired: Rc::default(),
         })
     }
 
@@ -196,17 +192,6 @@ impl Cluster {
     /// The cluster's endpoints.
     pub fn endpoints(&self) -> &[Rc<Endpoint>] {
         &self.endpoints
-    }
-
-    /// A new snapshot replaced it: its health checks stop (calls under
-    /// way may hold it for long).
-    pub fn retire(&self) {
-        self.retired.set();
-    }
-
-    /// Set once it is retired.
-    pub(super) fn retired(&self) -> Rc<Latch> {
-        self.retired.clone()
     }
 
     /// Its active health checks, if on.
@@ -286,42 +271,42 @@ impl Cluster {
     /// The endpoint a new call should use: the balancing policy's choice
     /// among the endpoints that are up and `reachable` (to the worker:
     /// not waiting out a reconnect back-off without a connection to
-    /// use); failing that, among those up; failing that, among all (a
-    /// down cluster should not also be an idle one).
+    /// use); failing that, among those up; failing that, among those
+    /// reachable, then all (a down cluster should not also be an idle
+    /// one).
     pub(crate) fn pick(&self, reachable: impl Fn(&Endpoint) -> bool) -> &Rc<Endpoint> {
         let ready = |e: &Endpoint| e.is_up() && reachable(e);
         let up = |e: &Endpoint| e.is_up();
         let all = |_: &Endpoint| true;
-        let fit: &dyn Fn(&Endpoint) -> bool = if self.endpoints.iter().any(|e| ready(e)) {
-            &ready
-        } else if self.endpoints.iter().any(|e| up(e)) {
-            &up
-        } else {
-            &all
-        };
-        let n = self.endpoints.len();
-        let first = self.first_choice(fit);
-        (0..n)
-            .map(|i| &self.endpoints[(first + i) % n])
-            .find(|e| fit(e))
-            .unwrap_or(&self.endpoints[first])
+        let tiers: [&dyn Fn(&Endpoint) -> bool; 3] = [&ready, &up, &reachable];
+        let fit = tiers
+            .into_iter()
+            .find(|fit| self.endpoints.iter().any(|e| fit(e)))
+            .unwrap_or(&all);
+        &self.endpoints[self.first_choice(fit)]
     }
 
-    /// The balancing policy's first choice among the endpoints that `fit`
-    /// (at least one does).
+    /// The balancing policy's choice among the endpoints that `fit` (at
+    /// least one does). Round robin takes those that fit in turn, so
+    /// that the one after an endpoint left out does not take its turns
+    /// as well.
     fn first_choice(&self, fit: &dyn Fn(&Endpoint) -> bool) -> usize {
         let n = self.endpoints.len();
+        let fits = |i: &usize| fit(&self.endpoints[*i]);
+        let count = (0..n).filter(fits).count();
+        // The k-th endpoint that fits.
+        let nth = |k: usize| (0..n).filter(fits).nth(k).unwrap_or(0);
         match self.balance {
             Balance::RoundRobin => {
-                let start = self.next.get();
-                self.next.set(start.wrapping_add(1));
-                start % n
+                let turn = self.next.get();
+                self.next.set(turn.wrapping_add(1));
+                if count == n {
+                    turn % n
+                } else {
+                    nth(turn % count.max(1))
+                }
             }
             Balance::LeastRequest => {
-                let fits = |i: &usize| fit(&self.endpoints[*i]);
-                let count = (0..n).filter(fits).count();
-                // The k-th endpoint that fits.
-                let nth = |k: usize| (0..n).filter(fits).nth(k).unwrap_or(0);
                 if count <= 1 {
                     return nth(0);
                 }
@@ -383,8 +368,13 @@ mod tests {
             let minute = Duration::from_secs(60);
             c.endpoints[1].connect_failed(&refused, minute, minute);
             let reachable = |e: &Endpoint| !e.waiting_to_reconnect();
+            let mut seen = [0; 4];
             for _ in 0..30 {
-                assert_ne!(c.pick(reachable).addr().port(), 2, "{balance:?}");
+                seen[usize::from(c.pick(reachable).addr().port())] += 1;
+            }
+            assert_eq!(seen[2], 0, "{balance:?}");
+            if balance == Balance::RoundRobin {
+                assert_eq!(seen, [0, 15, 0, 15], "the other two take turns");
             }
             // The other two down: the one waiting is all that is up.
             for e in [0, 2] {

@@ -8,11 +8,11 @@
 //! within the timeout; anything else (connect failure, UNIMPLEMENTED, a
 //! reset, NOT_SERVING, slowness) fails it.
 //!
-//! Each endpoint is checked on its own schedule, so that a check that
-//! hangs until its timeout delays no other endpoint's. A cluster's checks
-//! run from when a worker first builds it until a reload or a DNS change
-//! replaces it (retires it: calls under way may still hold it) or the
-//! worker stops.
+//! Each endpoint is checked by a task of its own, on its own schedule, so
+//! that a check that hangs until its timeout delays no other endpoint's.
+//! The task runs from when a worker first builds the endpoint's cluster
+//! until a reload or a DNS change leaves the endpoint out, or the worker
+//! stops; a cluster renewed with the endpoint keeps its task.
 
 use std::future::Future;
 use std::rc::{Rc, Weak};
@@ -37,25 +37,31 @@ pub trait Probe: Clone + 'static {
     ) -> impl Future<Output = bool>;
 }
 
-/// Starts checking, with `prober` until `stop`, the clusters of `next`
-/// that have checks and were not in `previous`; stops checking those of
-/// `previous` that `next` replaced (a reload, or a DNS change: calls
-/// under way may hold them for long, and the endpoints they share with
-/// `next` would be checked twice).
+/// Checks, with `prober` until `stop`, the endpoints of the clusters of
+/// `next` that have checks, and stops checking the endpoints of
+/// `previous` that `next` no longer has. An endpoint a renewed cluster
+/// kept (a DNS change, a reload that changed only endpoints) keeps its
+/// schedule and the check under way, now on behalf of the new cluster:
+/// calls under way may hold the old one for long, and it must not check
+/// its endpoints as well.
 pub fn watch_new<P: Probe>(
     prober: &P,
     stop: &Rc<Latch>,
     next: &[Rc<Cluster>],
     previous: &[Rc<Cluster>],
 ) {
-    for cluster in previous {
-        if !next.iter().any(|c| Rc::ptr_eq(c, cluster)) {
-            cluster.retire();
+    let kept: std::collections::HashSet<*const Endpoint> = next
+        .iter()
+        .flat_map(|c| c.endpoints())
+        .map(Rc::as_ptr)
+        .collect();
+    for endpoint in previous.iter().flat_map(|c| c.endpoints()) {
+        if !kept.contains(&Rc::as_ptr(endpoint)) {
+            endpoint.check_for(Weak::new());
         }
     }
     for cluster in next {
-        let known = previous.iter().any(|c| Rc::ptr_eq(c, cluster));
-        let Some(check) = cluster.health_check().filter(|_| !known) else {
+        let Some(check) = cluster.health_check() else {
             continue;
         };
         // Each endpoint on its own schedule, so that one whose checks
@@ -64,46 +70,40 @@ pub fn watch_new<P: Probe>(
         let endpoints = cluster.endpoints();
         let step = check.interval / endpoints.len().max(1) as u32;
         for (i, endpoint) in endpoints.iter().enumerate() {
-            monoio::spawn(watch(
-                prober.clone(),
-                stop.clone(),
-                Rc::downgrade(cluster),
-                endpoint.clone(),
-                step * i as u32,
-            ));
+            endpoint.check_for(Rc::downgrade(cluster));
+            if endpoint.watched() {
+                monoio::spawn(watch(
+                    prober.clone(),
+                    stop.clone(),
+                    endpoint.clone(),
+                    step * i as u32,
+                ));
+            }
         }
     }
 }
 
-/// Checks `endpoint` of `cluster`, the first time after `first`, until
-/// `stop` or until the cluster is retired or gone.
-async fn watch<P: Probe>(
-    prober: P,
-    stop: Rc<Latch>,
-    cluster: Weak<Cluster>,
-    endpoint: Rc<Endpoint>,
-    first: Duration,
-) {
-    let Some(retired) = cluster.upgrade().map(|c| c.retired()) else {
-        return;
-    };
+/// Checks `endpoint` for the cluster it is checked for, the first time
+/// after `first`, until `stop` or until no cluster has it.
+async fn watch<P: Probe>(prober: P, stop: Rc<Latch>, endpoint: Rc<Endpoint>, first: Duration) {
     let mut wait = first;
     loop {
         monoio::select! {
             _ = monoio::time::sleep(wait) => {}
             _ = stop.wait() => return,
-            _ = retired.wait() => return,
         }
-        let Some(cluster) = cluster.upgrade() else {
-            return;
-        };
-        let Some(check) = cluster.health_check().cloned() else {
+        let cluster = endpoint.checked_for();
+        let Some((cluster, check)) = cluster.and_then(|c| {
+            let check = c.health_check().cloned()?;
+            Some((c, check))
+        }) else {
+            endpoint.check_for(Weak::new());
+            endpoint.unwatched();
             return;
         };
         let passed = monoio::select! {
             passed = prober.probe(&cluster, &endpoint, &check) => passed,
             _ = stop.wait() => return,
-            _ = retired.wait() => return,
         };
         match endpoint.health_result(passed, &check) {
             Some(true) => {
@@ -290,6 +290,40 @@ mod tests {
                 after <= before + 1,
                 "the old cluster checked {} times more",
                 after - before
+            );
+            stop.set();
+        });
+    }
+
+    #[test]
+    fn a_renewal_keeps_a_check_under_way_and_ends_those_of_endpoints_left_out() {
+        on_runtime(async {
+            let probe = Counting {
+                hang: Some(1),
+                ..Counting::default()
+            };
+            let stop = Rc::new(Latch::default());
+            let old = Cluster::new(&plan(&[1, 2, 3]));
+            watch_new(&probe, &stop, std::slice::from_ref(&old), &[]);
+            until(|| probe.of_port(2) >= 2 && probe.of_port(3) >= 2).await;
+            // DNS drops port 3 and adds port 4.
+            let new = old.renew(&plan(&[1, 2, 4])).expect("renewed");
+            watch_new(
+                &probe,
+                &stop,
+                std::slice::from_ref(&new),
+                std::slice::from_ref(&old),
+            );
+            let dropped = probe.of_port(3);
+            until(|| probe.of_port(4) >= 5).await;
+            assert_eq!(
+                probe.of_port(1),
+                1,
+                "the hanging check goes on, not started again"
+            );
+            assert!(
+                probe.of_port(3) <= dropped + 1,
+                "port 3 is no longer checked"
             );
             stop.set();
         });
