@@ -15,12 +15,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::downstream::snapshot::RouteSlot;
 use crate::grpc::status::{Code, Status};
 use crate::http2::frame::ErrorCode;
 use crate::http2::headers::HeaderList;
+use crate::http2::outbox::COPY_BELOW;
 use crate::relay::wire::{Side, Wire};
 use crate::routing::edits::{Edits, HeaderEdits};
 use crate::upstream::cluster::Cluster;
@@ -303,6 +304,31 @@ impl Calls {
     }
 }
 
+/// Queues `data` behind what waits in `queue`. A piece under
+/// [`COPY_BELOW`] is copied, into the last piece when that is a copy with
+/// room for it: DATA is a slice of the buffer it was read into (up to
+/// 64 KiB), and a few bytes of a frame that came alone must not keep a
+/// whole buffer alive while they wait, nor cost a queue entry each.
+pub fn enqueue(queue: &mut VecDeque<Bytes>, data: Bytes) {
+    if data.len() >= COPY_BELOW {
+        queue.push_back(data);
+        return;
+    }
+    if data.is_empty() {
+        return;
+    }
+    match queue.back_mut() {
+        // Shorter than COPY_BELOW: a copy made here.
+        Some(last) if last.len() + data.len() < COPY_BELOW => {
+            let mut joined = BytesMut::with_capacity(last.len() + data.len());
+            joined.extend_from_slice(last);
+            joined.extend_from_slice(&data);
+            *last = joined.freeze();
+        }
+        _ => queue.push_back(Bytes::copy_from_slice(&data)),
+    }
+}
+
 /// New request DATA for a call with an upstream stream: sent at once when
 /// nothing waits before it and the upstream has the credit (the common
 /// case, which then costs no queue), else queued behind the rest. Returns
@@ -320,9 +346,7 @@ pub fn forward_up(call: &mut Call, data: Bytes, up: &mut Wire) -> u32 {
             return n;
         }
     }
-    if !data.is_empty() {
-        call.to_up.push_back(data);
-    }
+    enqueue(&mut call.to_up, data);
     push_up(call, up)
 }
 
@@ -337,9 +361,7 @@ pub fn forward_down(call: &mut Call, data: Bytes, down: &mut Wire) -> (u32, bool
         let sent = conn.send_data(call.d, data, end, out);
         return (n, end || sent.is_err());
     }
-    if !data.is_empty() {
-        call.to_down.push_back(data);
-    }
+    enqueue(&mut call.to_down, data);
     push_down(call, down)
 }
 
@@ -520,7 +542,42 @@ pub fn status_of_broken_stream(code: ErrorCode) -> Status {
 
 #[cfg(test)]
 mod tests {
-    use super::{Calls, SLOTS_KEPT};
+    use super::{enqueue, Calls, COPY_BELOW, SLOTS_KEPT};
+    use bytes::{Bytes, BytesMut};
+    use std::collections::VecDeque;
+
+    #[test]
+    fn small_pieces_are_queued_as_copies_and_joined() {
+        let mut queue = VecDeque::new();
+        let mut buffers = Vec::new();
+        for i in 0..5000u32 {
+            // Each piece alone in a read buffer of 64 KiB.
+            let mut read = BytesMut::with_capacity(64 << 10);
+            read.extend_from_slice(&i.to_be_bytes());
+            let read = read.freeze();
+            enqueue(&mut queue, read.slice(3..4));
+            buffers.push(read);
+        }
+        assert!(
+            buffers.iter_mut().all(|b| b.is_unique()),
+            "no piece holds its read buffer"
+        );
+        assert_eq!(queue.iter().map(Bytes::len).sum::<usize>(), 5000);
+        assert_eq!(
+            queue.len(),
+            2,
+            "joined into pieces under {COPY_BELOW} bytes"
+        );
+        let large = Bytes::from(vec![7u8; COPY_BELOW]);
+        enqueue(&mut queue, large.clone());
+        assert_eq!(
+            queue.back().map(|b| b.as_ref().as_ptr()),
+            Some(large.as_ref().as_ptr()),
+            "large pieces are not copied"
+        );
+        enqueue(&mut queue, Bytes::from_static(b"x"));
+        assert_eq!(queue.len(), 4, "nothing joins a large piece");
+    }
 
     #[test]
     fn keys_are_reused_and_a_burst_gives_its_slots_back_when_it_ends() {

@@ -31,7 +31,7 @@ use crate::http2::frame::ErrorCode;
 use crate::http2::headers::{pseudo, HeaderList, Kind, Which};
 use crate::http2::outbox::Outbox;
 use crate::relay::calls::{
-    answer, forward_up, head_fields, open_stream, push_down, push_up, release_down, Call,
+    answer, enqueue, forward_up, head_fields, open_stream, push_down, push_up, release_down, Call,
 };
 use crate::relay::keeper::Keep;
 use crate::relay::not_grpc;
@@ -608,9 +608,7 @@ fn request_data(
     }
     let Some((up, _)) = call.up.clone() else {
         // Waits for its stream, holding the client's credit.
-        if !data.is_empty() {
-            call.to_up.push_back(data);
-        }
+        enqueue(&mut call.to_up, data);
         return;
     };
     let sent = forward_up(call, data, &mut up.wire.borrow_mut());
