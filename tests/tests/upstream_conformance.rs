@@ -1285,3 +1285,58 @@ proxy_test! {
         assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
     }
 }
+
+proxy_test! {
+    async fn new_calls_wait_rather_than_pile_heads_on_an_upstream_that_reads_nothing(driver) {
+        // Scenario: the upstream takes the connection, then never reads
+        // its socket again; clients keep sending calls with 32 KiB of
+        // metadata each. Every call's head would go into the connection's
+        // write list, without end (the upstream sets no stream limit). Past the connection's write budget
+        // (256 KiB here), new calls must wait instead, and at the
+        // cluster's pending limit (8) be refused at once, UNAVAILABLE.
+        let listener = small_buffer_listener();
+        let addr = listener.local_addr().expect("addr");
+        let (done, finish) = std::sync::mpsc::channel::<()>();
+        let (first, mut first_seen) = tokio::sync::oneshot::channel::<()>();
+        let upstream = std::thread::spawn(move || -> Verdict {
+            // No stream limit of its own, as grpc-go's default.
+            let mut p = Peer::accept(&listener, &[(setting::MAX_CONCURRENT_STREAMS, 100_000)])?;
+            next_frame(&mut p, |f| f.kind == kind::HEADERS)?;
+            let _ = first.send(());
+            let _ = finish.recv();
+            Ok(())
+        });
+        let proxy = grpc_proxy_tests::proxy(driver, &format!(
+            "[limits]\nbuffer_per_connection = 262144\n\
+             [[clusters]]\nname = \"a\"\nendpoints = [\"{addr}\"]\nmax_pending_calls = 8\n\
+             [[routes]]\ncluster = \"a\"\n"
+        ));
+        let client = grpc_proxy_tests::raw::client(proxy.local_addr(), 65_535).await;
+        let big = "x".repeat(32 << 10);
+        let mut responses = Vec::new();
+        for i in 0..400 {
+            if i == 1 {
+                // The connection is up and took a call: the rest find it ready.
+                (&mut first_seen).await.expect("the first call reached the upstream");
+            }
+            let mut head = grpc_proxy_tests::raw::request(proxy.local_addr(), "Unary");
+            head.headers_mut().insert("x-big", big.parse().expect("value"));
+            let mut ready = client.clone().ready().await.expect("ready");
+            let (response, body) = ready.send_request(head, false).expect("send");
+            responses.push(tokio::spawn(async move {
+                let _body = body;
+                let answer = tokio::time::timeout(Duration::from_secs(2), response).await;
+                matches!(answer, Ok(Ok(r)) if r.headers().get("grpc-status").map(|s| s.as_bytes()) == Some(b"14"))
+            }));
+        }
+        let mut refused = 0;
+        for response in responses {
+            refused += usize::from(response.await.expect("task"));
+        }
+        let _ = done.send(());
+        joined(upstream).await.expect("the upstream");
+        // 12.8 MB of heads: the budget and the kernel's buffers (a few
+        // MB) take some, 8 wait, and the rest are refused.
+        assert!(refused > 150, "{refused} of 400 calls refused at the pending limit");
+    }
+}

@@ -55,6 +55,10 @@ enum Later {
     NotGrpc(u32, bool),
 }
 
+/// The most room a client connection keeps for the heads of the calls
+/// of one read pass.
+const HEADS_KEPT: usize = 16 << 10;
+
 thread_local! {
     /// The lists a read pass fills (steps for after it, calls to open),
     /// one pair per worker thread and lent to each pass in turn: kept by
@@ -278,7 +282,16 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
             }
         }
         SCRATCH.with(|s| *s.borrow_mut() = (later, opens));
-        side.wire.borrow_mut().heads.clear();
+        {
+            // A pass of many calls with large heads (up to the header list
+            // limit each) must not leave its room to the connection.
+            let heads = &mut side.wire.borrow_mut().heads;
+            if heads.capacity() > HEADS_KEPT {
+                *heads = Vec::new();
+            } else {
+                heads.clear();
+            }
+        }
         side.flush();
         let_go(side, &mut buf, &mut want);
         if failed || (relay.draining() && side.wire.borrow().links.is_empty()) {
@@ -473,8 +486,8 @@ fn request(
         hold
     });
     let ready = {
-        let w = up.wire.borrow();
-        w.conn.ready() && w.waiting.is_empty()
+        let mut w = up.wire.borrow_mut();
+        w.conn.ready() && w.waiting.is_empty() && !w.full()
     };
     let (pending_head, head) = if ready {
         (Some((start, heads.len())), None)
@@ -551,13 +564,16 @@ fn open_now(relay: &Rc<Relay>, side: &Rc<Side>, key: usize) {
         let down = side.wire.borrow();
         let block = &down.heads[start..end];
         let mut w = up.wire.borrow_mut();
-        match open_stream(call, key, &up, &mut w, block) {
-            Ok(sent) => Some(sent),
-            Err(_) => {
-                call.head = Some(block.to_vec());
-                None
-            }
+        // Heads routed in this pass may have filled it.
+        let opened = if w.full() {
+            None
+        } else {
+            open_stream(call, key, &up, &mut w, block).ok()
+        };
+        if opened.is_none() {
+            call.head = Some(block.to_vec());
         }
+        opened
     };
     let d = call.d;
     let silent = call.silent_by.map(|at| (at, call.serial));

@@ -91,6 +91,27 @@ impl Wire {
         capacity.min(left)
     }
 
+    /// Whether what waits to be written is at the write budget: no new
+    /// stream opens on this (upstream) connection then, as no DATA goes
+    /// (see [`room`](Self::room)): a call's head may be as large as the
+    /// header list limit, and calls would pile them on a peer that reads
+    /// nothing, without end. They wait for the writer to drain half of
+    /// it, and a cluster's pending limit refuses more.
+    #[inline]
+    pub fn full(&mut self) -> bool {
+        let full = self.at_budget();
+        if full {
+            self.held = true;
+        }
+        full
+    }
+
+    /// Whether what waits to be written is at the write budget.
+    #[inline]
+    pub fn at_budget(&self) -> bool {
+        self.out.len() + self.in_flight >= self.write_budget
+    }
+
     /// Frees the room a quiet connection's busiest moment left in its
     /// protocol state, write list, call links and scratch lists, where
     /// nothing is held (see [`Side::ask_let_go`]).

@@ -128,7 +128,9 @@ impl Relay {
     }
 
     /// An upstream connection to `addr` for a new call: the least loaded
-    /// one with room, else a new one (`connect` starts it), else the least
+    /// one with room (below its stream limit, and its write budget: see
+    /// [`Wire::full`](crate::relay::wire::Wire::full)), else a new one
+    /// (`connect` starts it), else the least
     /// loaded full one, where the call waits its turn. A retry avoids the
     /// connection that refused it (`avoid`) unless it is the only one the
     /// limit allows.
@@ -161,7 +163,7 @@ impl Relay {
         let avoided = |s: &Rc<Side>| avoid.is_some_and(|a| Rc::ptr_eq(a, s));
         let best = list
             .iter()
-            .filter(|s| !avoided(s) && load(s) < capacity(s))
+            .filter(|s| !avoided(s) && load(s) < capacity(s) && !s.wire.borrow().at_budget())
             .min_by_key(|s| load(s));
         if let Some(side) = best {
             return side.clone();
@@ -403,11 +405,13 @@ impl Relay {
     pub fn open_waiting(&self, up: &Rc<Side>) {
         loop {
             let room = {
-                let w = up.wire.borrow();
+                let limit = capacity(up);
+                let mut w = up.wire.borrow_mut();
                 !up.closed.is_set()
                     && w.conn.ready()
                     && !w.conn.going_away()
-                    && w.conn.streams().len() < capacity(up)
+                    && w.conn.streams().len() < limit
+                    && !w.full()
             };
             if !room {
                 return;
