@@ -325,6 +325,7 @@ fn pass(
         heads,
         ..
     } = &mut *w;
+    let mut opened_all = false;
     let result = conn.recv(buf, out, |event| match event {
         Event::Headers {
             stream,
@@ -346,7 +347,14 @@ fn pass(
             end_stream,
         } => request_data(relay, links, stream, data, end_stream, later),
         Event::Reset { stream, .. } => later.push(Later::Reset(stream)),
-        Event::WindowOpened { stream } => later.push(Later::Opened(stream)),
+        // Once per pass for the connection's window (a WINDOW_UPDATE on
+        // stream 0, SETTINGS): each walks every call of the connection,
+        // and a read may carry thousands of them.
+        Event::WindowOpened { stream: 0 } if opened_all => {}
+        Event::WindowOpened { stream } => {
+            opened_all |= stream == 0;
+            later.push(Later::Opened(stream));
+        }
         Event::PingAck { data } => side.pong(data),
         Event::GoAway { .. } => {}
     });

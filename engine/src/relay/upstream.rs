@@ -306,6 +306,7 @@ fn pass(
     let mut w = side.wire.borrow_mut();
     let wire = &mut *w;
     let links = &wire.links;
+    let mut opened_all = false;
     let result = wire.conn.recv(buf, &mut wire.out, |event| match event {
         Event::Headers {
             stream,
@@ -417,7 +418,14 @@ fn pass(
             code,
             local,
         } => later.push(Later::Reset(stream, code, local)),
-        Event::WindowOpened { stream } => later.push(Later::Opened(stream)),
+        // Once per pass for the connection's window (a WINDOW_UPDATE on
+        // stream 0, SETTINGS): each walks every call of the connection,
+        // and a read may carry thousands of them.
+        Event::WindowOpened { stream: 0 } if opened_all => {}
+        Event::WindowOpened { stream } => {
+            opened_all |= stream == 0;
+            later.push(Later::Opened(stream));
+        }
         Event::GoAway { last_stream, code } => {
             tracing::debug!(last_stream, %code, "upstream GOAWAY");
             later.push(Later::GoAway(last_stream));
