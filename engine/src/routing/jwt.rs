@@ -146,7 +146,18 @@ struct Cache {
     order: VecDeque<Box<str>>,
     /// The length of the tokens in `tokens`.
     bytes: usize,
+    /// The last [`FORGED`] tokens refused before a signature was found
+    /// good, by a keyed hash of their text, with why: anyone can make
+    /// them, so they are kept apart from `tokens`, where they would push
+    /// good tokens out; but a client that repeats one (an indexed header
+    /// costs it a few bytes a call) pays one check, not one per call.
+    forged: HashMap<u64, Reason>,
+    forged_order: VecDeque<u64>,
+    keyed: std::hash::RandomState,
 }
+
+/// How many refused unsigned (or badly signed) tokens a core remembers.
+const FORGED: usize = 256;
 
 impl JwtRule {
     /// Reads the JWKS file and sets the checks; the error is one line.
@@ -258,6 +269,16 @@ impl JwtRule {
                 cache.forget(token);
             }
         }
+        let forged = {
+            use std::hash::BuildHasher;
+            let cache = cache.borrow();
+            let hash = cache.keyed.hash_one(token);
+            if let Some(&reason) = cache.forged.get(&hash) {
+                TOKENS.with(|t| add(&t.cache_hits, 1));
+                return Err(reason);
+            }
+            hash
+        };
         TOKENS.with(|t| add(&t.checks, 1));
         let (verdict, keep) = match self.verify(token) {
             Ok(claims) => {
@@ -271,6 +292,9 @@ impl JwtRule {
             // signatures are not kept (anyone can make them, and they
             // would push good tokens out), nor tokens not valid yet.
             Err(Refused { reason, signed }) => {
+                if !signed {
+                    cache.borrow_mut().forged(forged, reason);
+                }
                 let keep = signed && reason != Reason::NotYetValid;
                 (Err(reason), keep.then_some(u64::MAX))
             }
@@ -445,6 +469,19 @@ impl Cache {
         }
     }
 
+    /// Remembers a refused token that was not signed (see `forged`).
+    fn forged(&mut self, hash: u64, reason: Reason) {
+        if self.forged.insert(hash, reason).is_some() {
+            return;
+        }
+        self.forged_order.push_back(hash);
+        if self.forged_order.len() > FORGED {
+            if let Some(oldest) = self.forged_order.pop_front() {
+                self.forged.remove(&oldest);
+            }
+        }
+    }
+
     /// Drops a token; whether it was there.
     fn forget(&mut self, token: &str) -> bool {
         let found = self.tokens.remove(token).is_some();
@@ -598,6 +635,34 @@ mod tests {
             .check(&cache, Some(&format!("Bearer {expired}")))
             .is_err());
         assert_eq!(cache.len(), before);
+    }
+
+    #[test]
+    fn a_forged_token_is_checked_once_and_pushes_no_good_token_out() {
+        let (rule, sign, _dir) = rule();
+        let (_other, forge, _other_dir) = super::tests::rule();
+        let cache = TokenCache::bounded(64);
+        let exp = now() + 600;
+        let good = format!("Bearer {}", sign(&json!({ "iss": "iss", "exp": exp })));
+        let checks = || TOKENS.with(|t| t.checks.get());
+        assert!(rule.check(&cache, Some(&good)).is_ok());
+        let forged = format!("Bearer {}", forge(&json!({ "iss": "iss", "exp": exp })));
+        let before = checks();
+        for _ in 0..10 {
+            assert!(rule.check(&cache, Some(&forged)).is_err());
+        }
+        assert_eq!(checks() - before, 1, "one signature check for ten calls");
+        for i in 0..(2 * FORGED) {
+            let other = format!(
+                "Bearer {}",
+                forge(&json!({ "iss": "iss", "exp": exp, "n": i }))
+            );
+            assert!(rule.check(&cache, Some(&other)).is_err());
+        }
+        assert!(cache.cache.borrow().forged.len() <= FORGED);
+        let before = checks();
+        assert!(rule.check(&cache, Some(&good)).is_ok());
+        assert_eq!(checks(), before, "the good token is still kept");
     }
 
     #[test]
