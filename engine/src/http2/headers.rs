@@ -119,6 +119,18 @@ impl HeaderList {
         self.forget_encoded();
     }
 
+    /// The heap room it holds: its fields' bytes and slots, and its
+    /// encoding.
+    pub fn room(&self) -> usize {
+        let encoded = self
+            .encoded
+            .0
+            .borrow()
+            .as_ref()
+            .map_or(0, |e| e.bytes.capacity());
+        self.bytes.capacity() + self.fields.capacity() * std::mem::size_of::<Slot>() + encoded
+    }
+
     /// The kind of block.
     pub fn kind(&self) -> Kind {
         self.kind

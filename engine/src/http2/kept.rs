@@ -73,6 +73,17 @@ impl KeptBlock {
     }
 }
 
+impl KeptBlock {
+    /// Lets go of its list if it holds more than `most` bytes of room: a
+    /// block of a few bytes may decode to a list as large as the header
+    /// list limit, and the connection would keep that room for good.
+    pub fn shrink(&mut self, most: usize) {
+        if self.list.room() + self.raw.capacity() > most {
+            *self = KeptBlock::default();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

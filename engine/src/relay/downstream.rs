@@ -285,12 +285,13 @@ async fn run<R: Source>(relay: &Rc<Relay>, side: &Rc<Side>, reader: &mut R, peer
         {
             // A pass of many calls with large heads (up to the header list
             // limit each) must not leave its room to the connection.
-            let heads = &mut side.wire.borrow_mut().heads;
-            if heads.capacity() > HEADS_KEPT {
-                *heads = Vec::new();
+            let mut w = side.wire.borrow_mut();
+            if w.heads.capacity() > HEADS_KEPT {
+                w.heads = Vec::new();
             } else {
-                heads.clear();
+                w.heads.clear();
             }
+            w.conn.shrink();
         }
         side.flush();
         let_go(side, &mut buf, &mut want);

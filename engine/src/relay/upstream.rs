@@ -281,6 +281,7 @@ async fn serve<R: Source, W: Sink + 'static>(
             act(relay, side, step);
         }
         side.flush();
+        side.wire.borrow_mut().conn.shrink();
         shrink(side, &mut buf, &mut want);
         // An upstream that does not read what it is sent is read no
         // further (see Side::backed_up).

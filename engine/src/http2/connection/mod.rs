@@ -374,6 +374,27 @@ impl Connection {
         self.decoder.release_scratch();
     }
 
+    /// Lets go of what a large header block left: its bytes (once no
+    /// CONTINUATION is awaited), its decoded list and their encodings.
+    /// A block of a few bytes may decode to as much as the header list
+    /// limit (fields the HPACK table holds, named again and again), and a
+    /// connection keeps the room common heads take, not its largest
+    /// one's. Cheap when there is nothing to let go: call it after each
+    /// read pass.
+    pub fn shrink(&mut self) {
+        const KEPT: usize = 16 << 10;
+        if self.pending.is_none() && self.block.capacity() > KEPT {
+            self.block = Vec::new();
+        }
+        if self.encoded.capacity() > KEPT {
+            self.encoded = Vec::new();
+        }
+        self.heads.shrink(KEPT);
+        if let Some(trailers) = &mut self.trailers {
+            trailers.shrink(KEPT);
+        }
+    }
+
     /// The open streams.
     pub fn streams(&self) -> &Streams {
         &self.streams

@@ -925,3 +925,45 @@ mod hostile {
         }
     }
 }
+
+#[test]
+fn a_few_bytes_that_decode_to_a_large_list_leave_no_room_kept() {
+    let limits = Limits {
+        max_header_list_size: 64 << 10,
+        ..Limits::default()
+    };
+    let mut s = Server::new(limits);
+    // A 3,000-byte field added to the HPACK table (literal with
+    // incremental indexing, new name), then named 16 times by its index
+    // (62) in a block of 16 bytes more than a plain request's.
+    let value = vec![b'v'; 3000];
+    let mut first = block(&REQUEST);
+    first.extend_from_slice(&[0x40, 5]);
+    first.extend_from_slice(b"x-big");
+    // 3000 as a 7-bit-prefix integer: 127, then 2873 in base 128.
+    first.extend_from_slice(&[0x7f, 0xb9, 0x16]);
+    first.extend_from_slice(&value);
+    let seen = s.feed(&headers(1, flag::END_HEADERS | flag::END_STREAM, &first));
+    assert_eq!(seen.result, Some(Ok(())), "{:?}", seen.events);
+    let mut repeated = block(&REQUEST);
+    repeated.extend_from_slice(&[0x80 | 62; 16]);
+    for stream in [3, 5] {
+        let seen = s.feed(&headers(
+            stream,
+            flag::END_HEADERS | flag::END_STREAM,
+            &repeated,
+        ));
+        assert_eq!(
+            seen.events,
+            [format!("headers {stream} Request 20 end=true")]
+        );
+    }
+    assert!(
+        s.conn.heads.list.room() > 48_000,
+        "the kept list holds the fields"
+    );
+    s.conn.shrink();
+    assert_eq!(s.conn.heads.list.room(), 0, "and lets them go");
+    let seen = s.feed(&headers(7, flag::END_HEADERS | flag::END_STREAM, &repeated));
+    assert_eq!(seen.events, ["headers 7 Request 20 end=true"]);
+}
