@@ -127,7 +127,8 @@ proxy_test! {
         let mut c = scoped("bob");
         c["exp"] = json!(tokens::now() - 3600);
         let expired = bearer(&c);
-        // A forged one: checked each time (anyone can make them: never kept).
+        // A forged one: checked once, then remembered apart from the
+        // good ones (anyone can make them: they must push none out).
         let forged = format!("Bearer {}", k.stranger.sign(&scoped("mallory")));
         // A good token whose claims do not allow the call: checked once.
         let mut c = scoped("carol");
@@ -149,8 +150,8 @@ proxy_test! {
         let (status, text) = admin(admin_addr, "GET", "/metrics");
         assert_eq!(status, 200);
         let value = |series: &str| must_sample(&text, series);
-        assert_eq!(value("grpc_proxy_jwt_checks_total{core=\"0\"}"), 5.0);
-        assert_eq!(value("grpc_proxy_jwt_cache_hits_total{core=\"0\"}"), 3.0);
+        assert_eq!(value("grpc_proxy_jwt_checks_total{core=\"0\"}"), 4.0);
+        assert_eq!(value("grpc_proxy_jwt_cache_hits_total{core=\"0\"}"), 4.0);
         assert_eq!(value("grpc_proxy_jwt_refusals_total{reason=\"expired\"}"), 2.0);
         assert_eq!(value("grpc_proxy_jwt_refusals_total{reason=\"bad_signature\"}"), 2.0);
         assert_eq!(value("grpc_proxy_jwt_refusals_total{reason=\"claims\"}"), 1.0);

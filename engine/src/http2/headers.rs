@@ -262,6 +262,12 @@ impl HeaderList {
             .map(|&slot| (self.name_of(slot), self.value_of(slot), slot.sensitive))
     }
 
+    /// The `i`-th regular field, as [`fields`](Self::fields) gives it.
+    pub fn field(&self, i: usize) -> Option<(&[u8], &[u8], bool)> {
+        let slot = *self.fields.get(i)?;
+        Some((self.name_of(slot), self.value_of(slot), slot.sensitive))
+    }
+
     /// The pseudo-headers in the order a peer expects them, then the
     /// regular fields: name, value, never-indexed.
     pub fn all(&self) -> impl Iterator<Item = (&[u8], &[u8], bool)> {

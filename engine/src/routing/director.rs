@@ -58,6 +58,29 @@ enum Metadata<'a> {
     List(&'a HeaderList, OnceCell<HeaderMap>),
 }
 
+/// The values of one metadata key (see [`Call::values`]).
+pub(crate) enum Values<'a, 'b> {
+    Map(http::header::ValueIter<'a, HeaderValue>),
+    List(&'a HeaderList, usize, &'b [u8]),
+}
+
+impl<'a> Iterator for Values<'a, '_> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match self {
+            Values::Map(values) => values.next().map(HeaderValue::as_bytes),
+            Values::List(list, at, name) => loop {
+                let (n, value, _) = list.field(*at)?;
+                *at += 1;
+                if n.eq_ignore_ascii_case(name) {
+                    return Some(value);
+                }
+            },
+        }
+    }
+}
+
 /// What the director sees of a call.
 #[derive(Debug)]
 pub struct Call<'a> {
@@ -183,6 +206,17 @@ impl<'a> Call<'a> {
                     None
                 }
             }
+        }
+    }
+
+    /// The values of metadata key `name` (lower case), as sent: read off
+    /// the decoded list where there is one, without building the map
+    /// [`headers`](Self::headers) gives (a call may carry thousands of
+    /// fields in a few bytes of HPACK).
+    pub(crate) fn values<'b>(&'b self, name: &'b str) -> Values<'a, 'b> {
+        match &self.headers {
+            Metadata::Map(map) => Values::Map(map.get_all(name).iter()),
+            Metadata::List(list, _) => Values::List(list, 0, name.as_bytes()),
         }
     }
 
@@ -409,6 +443,13 @@ mod tests {
             "not text, as HeaderValue::to_str"
         );
         assert_eq!(call.header("missing"), None);
+        let multi: Vec<&[u8]> = call.values("x-multi").collect();
+        assert_eq!(multi, [b"a", b"b"]);
+        assert_eq!(call.values("missing").count(), 0);
+        assert!(
+            matches!(&call.headers, Metadata::List(_, map) if map.get().is_none()),
+            "values are read off the list: no map is built"
+        );
         let map = call.headers();
         assert_eq!(map.get_all("x-multi").iter().count(), 2);
         assert!(map.get(":path").is_none(), "no pseudo-headers");

@@ -175,10 +175,10 @@ impl Compiled {
             }
         }
         self.headers.iter().all(|h| {
-            let mut values = call.headers().get_all(&h.name).iter().peekable();
+            let mut values = call.values(h.name.as_str());
             match &h.rule {
-                HeaderRule::Present(want) => values.peek().is_some() == *want,
-                HeaderRule::OneOf(allowed) => values.any(|v| allowed.contains(v)),
+                HeaderRule::Present(want) => values.next().is_some() == *want,
+                HeaderRule::OneOf(allowed) => values.any(|v| allowed.iter().any(|a| a == v)),
             }
         })
     }
