@@ -10,11 +10,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::{HealthCheck, Outlier};
-use crate::upstream::cluster::Cluster;
 use crate::upstream::error::UpstreamError;
 
 /// One upstream address, its connections and its state.
@@ -38,10 +37,6 @@ pub struct Endpoint {
     ejected_until: Cell<Option<Instant>>,
     /// Connections of this endpoint that received a GOAWAY.
     pub(super) goaways: Cell<u64>,
-    /// The cluster its health checks are made for (see
-    /// [`health`](crate::upstream::health)), and whether a task checks it.
-    checked_for: RefCell<Weak<Cluster>>,
-    watched: Cell<bool>,
 }
 
 impl Endpoint {
@@ -59,8 +54,6 @@ impl Endpoint {
             ejections: Cell::new(0),
             ejected_until: Cell::new(None),
             goaways: Cell::new(0),
-            checked_for: RefCell::new(Weak::new()),
-            watched: Cell::new(false),
         }
     }
 
@@ -107,28 +100,6 @@ impl Endpoint {
             }
             Some(_) => false,
         }
-    }
-
-    /// Its health checks are made for `cluster` from now on (none, for
-    /// a dangling one: its task ends).
-    pub(super) fn check_for(&self, cluster: Weak<Cluster>) {
-        *self.checked_for.borrow_mut() = cluster;
-    }
-
-    /// A task is to check it: true if none does yet, and the caller
-    /// starts one.
-    pub(super) fn watched(&self) -> bool {
-        !self.watched.replace(true)
-    }
-
-    /// The cluster its health checks are made for, if any.
-    pub(super) fn checked_for(&self) -> Option<Rc<Cluster>> {
-        self.checked_for.borrow().upgrade()
-    }
-
-    /// Its checking task ended.
-    pub(super) fn unwatched(&self) {
-        self.watched.set(false);
     }
 
     /// Records a health-check result; says when the state changed.

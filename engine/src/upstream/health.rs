@@ -14,6 +14,8 @@
 //! until a reload or a DNS change leaves the endpoint out, or the worker
 //! stops; a cluster renewed with the endpoint keeps its task.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
@@ -55,50 +57,76 @@ pub fn watch_new<P: Probe>(
         .flat_map(|c| c.endpoints())
         .map(Rc::as_ptr)
         .collect();
-    for endpoint in previous.iter().flat_map(|c| c.endpoints()) {
-        if !kept.contains(&Rc::as_ptr(endpoint)) {
-            endpoint.check_for(Weak::new());
+    WATCHED.with(|watched| {
+        let mut watched = watched.borrow_mut();
+        for endpoint in previous.iter().flat_map(|c| c.endpoints()) {
+            let at = Rc::as_ptr(endpoint);
+            if let (false, Some(checker)) = (kept.contains(&at), watched.get(&at)) {
+                *checker.borrow_mut() = Weak::new();
+            }
         }
-    }
-    for cluster in next {
-        let Some(check) = cluster.health_check() else {
-            continue;
-        };
-        // Each endpoint on its own schedule, so that one whose checks
-        // hang until their timeout delays no other's; the first checks
-        // spread over an interval, so that they do not all connect at once.
-        let endpoints = cluster.endpoints();
-        let step = check.interval / endpoints.len().max(1) as u32;
-        for (i, endpoint) in endpoints.iter().enumerate() {
-            endpoint.check_for(Rc::downgrade(cluster));
-            if endpoint.watched() {
+        for cluster in next {
+            let Some(check) = cluster.health_check() else {
+                continue;
+            };
+            // Each endpoint on its own schedule, so that one whose checks
+            // hang until their timeout delays no other's; the first checks
+            // spread over an interval, so that they do not all connect at
+            // once.
+            let endpoints = cluster.endpoints();
+            let step = check.interval / endpoints.len().max(1) as u32;
+            for (i, endpoint) in endpoints.iter().enumerate() {
+                let at = Rc::as_ptr(endpoint);
+                if let Some(checker) = watched.get(&at) {
+                    *checker.borrow_mut() = Rc::downgrade(cluster);
+                    continue;
+                }
+                let checker = Rc::new(RefCell::new(Rc::downgrade(cluster)));
+                watched.insert(at, checker.clone());
                 monoio::spawn(watch(
                     prober.clone(),
                     stop.clone(),
                     endpoint.clone(),
+                    checker,
                     step * i as u32,
                 ));
             }
         }
-    }
+    });
 }
 
-/// Checks `endpoint` for the cluster it is checked for, the first time
+/// The cluster an endpoint's checks are made for, which a renewal
+/// changes (none, once no cluster has it).
+type Checker = Rc<RefCell<Weak<Cluster>>>;
+
+thread_local! {
+    /// The endpoints a task checks on this worker's thread, with their
+    /// [`Checker`]. A task holds its endpoint, so that no other takes its
+    /// address while it is here.
+    static WATCHED: RefCell<HashMap<*const Endpoint, Checker>> = RefCell::new(HashMap::new());
+}
+
+/// Checks `endpoint` for the cluster `checker` names, the first time
 /// after `first`, until `stop` or until no cluster has it.
-async fn watch<P: Probe>(prober: P, stop: Rc<Latch>, endpoint: Rc<Endpoint>, first: Duration) {
+async fn watch<P: Probe>(
+    prober: P,
+    stop: Rc<Latch>,
+    endpoint: Rc<Endpoint>,
+    checker: Checker,
+    first: Duration,
+) {
     let mut wait = first;
     loop {
         monoio::select! {
             _ = monoio::time::sleep(wait) => {}
             _ = stop.wait() => return,
         }
-        let cluster = endpoint.checked_for();
+        let cluster = checker.borrow().upgrade();
         let Some((cluster, check)) = cluster.and_then(|c| {
             let check = c.health_check().cloned()?;
             Some((c, check))
         }) else {
-            endpoint.check_for(Weak::new());
-            endpoint.unwatched();
+            WATCHED.with(|w| w.borrow_mut().remove(&Rc::as_ptr(&endpoint)));
             return;
         };
         let passed = monoio::select! {
