@@ -305,10 +305,12 @@ impl Calls {
 }
 
 /// Queues `data` behind what waits in `queue`. A piece under
-/// [`COPY_BELOW`] is copied, into the last piece when that is a copy with
-/// room for it: DATA is a slice of the buffer it was read into (up to
-/// 64 KiB), and a few bytes of a frame that came alone must not keep a
-/// whole buffer alive while they wait, nor cost a queue entry each.
+/// [`COPY_BELOW`] is copied, into the last piece when that is such a copy
+/// with room for it: DATA is a slice of the buffer it was read into (up
+/// to 64 KiB), and a few bytes of a frame that came alone must not keep a
+/// whole buffer alive while they wait, nor cost a queue entry each. The
+/// copies are made with room for COPY_BELOW bytes and filled in place, so
+/// that each byte is copied once.
 pub fn enqueue(queue: &mut VecDeque<Bytes>, data: Bytes) {
     if data.len() >= COPY_BELOW {
         queue.push_back(data);
@@ -317,16 +319,24 @@ pub fn enqueue(queue: &mut VecDeque<Bytes>, data: Bytes) {
     if data.is_empty() {
         return;
     }
-    match queue.back_mut() {
-        // Shorter than COPY_BELOW: a copy made here.
-        Some(last) if last.len() + data.len() < COPY_BELOW => {
-            let mut joined = BytesMut::with_capacity(last.len() + data.len());
-            joined.extend_from_slice(last);
-            joined.extend_from_slice(&data);
-            *last = joined.freeze();
+    if let Some(last) = queue.back_mut() {
+        // Shorter than COPY_BELOW: a copy made here, which nothing else
+        // holds unless a write took part of it.
+        if last.len() + data.len() <= COPY_BELOW {
+            match std::mem::take(last).try_into_mut() {
+                Ok(mut copy) if copy.capacity() - copy.len() >= data.len() => {
+                    copy.extend_from_slice(&data);
+                    *last = copy.freeze();
+                    return;
+                }
+                Ok(copy) => *last = copy.freeze(),
+                Err(shared) => *last = shared,
+            }
         }
-        _ => queue.push_back(Bytes::copy_from_slice(&data)),
     }
+    let mut copy = BytesMut::with_capacity(COPY_BELOW);
+    copy.extend_from_slice(&data);
+    queue.push_back(copy.freeze());
 }
 
 /// New request DATA for a call with an upstream stream: sent at once when
@@ -563,10 +573,14 @@ mod tests {
             "no piece holds its read buffer"
         );
         assert_eq!(queue.iter().map(Bytes::len).sum::<usize>(), 5000);
+        assert_eq!(queue.len(), 2, "joined into pieces of {COPY_BELOW} bytes");
+        let last = queue.back().map(|b| b.as_ref().as_ptr());
+        enqueue(&mut queue, Bytes::from_static(b"y"));
+        assert_eq!(queue.len(), 2, "filled in place: no new piece");
         assert_eq!(
-            queue.len(),
-            2,
-            "joined into pieces under {COPY_BELOW} bytes"
+            queue.back().map(|b| b.as_ref().as_ptr()),
+            last,
+            "nor a new copy"
         );
         let large = Bytes::from(vec![7u8; COPY_BELOW]);
         enqueue(&mut queue, large.clone());

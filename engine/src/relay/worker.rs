@@ -65,8 +65,6 @@ pub struct Relay {
     pub upstream_limits: Limits,
     /// Client connections, to tell them when the worker drains.
     downstreams: RefCell<Vec<Weak<Side>>>,
-    /// How many of them were open at the last look (at least 64).
-    downstreams_kept: Cell<usize>,
     draining: Cell<bool>,
     /// Calls to look at when their deadline (or silence) is due: (serial,
     /// key).
@@ -118,7 +116,6 @@ impl Relay {
             downstream_limits,
             upstream_limits,
             downstreams: RefCell::new(Vec::new()),
-            downstreams_kept: Cell::new(64),
             draining: Cell::new(false),
             deadlines: Timers::default(),
             serial: Cell::new(0),
@@ -303,13 +300,12 @@ impl Relay {
     /// Notes a new client connection.
     pub fn serving(&self, side: &Rc<Side>) {
         {
-            // Closed ones are dropped when the list has doubled since the
-            // last look: a look at every accept would cost each new
-            // connection a pass over all the open ones.
+            // Closed ones are dropped once they may be as many as the
+            // open ones (and 64): a look at every accept would cost each
+            // new connection a pass over all the open ones.
             let mut list = self.downstreams.borrow_mut();
-            if list.len() >= self.downstreams_kept.get() * 2 {
+            if list.len() >= 2 * self.server.connections() + 64 {
                 list.retain(|s| s.strong_count() > 0);
-                self.downstreams_kept.set(list.len().max(64));
             }
             list.push(Rc::downgrade(side));
         }
