@@ -1340,3 +1340,85 @@ proxy_test! {
         assert!(refused > 150, "{refused} of 400 calls refused at the pending limit");
     }
 }
+
+proxy_test! {
+    async fn calls_that_waited_for_a_connection_at_its_budget_go_once_it_drains(driver) {
+        // Scenario: one connection per endpoint. The upstream stops
+        // reading its socket while 200 calls with 32 KiB of metadata each
+        // come: past the connection's write budget (256 KiB) and what the
+        // kernel takes, calls wait for it. Then the upstream reads again
+        // and takes every request before it answers any: every call must
+        // go through, the waiting ones once the writer has drained.
+        let listener = small_buffer_listener();
+        let addr = listener.local_addr().expect("addr");
+        let (resume, resumed) = std::sync::mpsc::channel::<()>();
+        let (first, mut first_seen) = tokio::sync::oneshot::channel::<()>();
+        let upstream = std::thread::spawn(move || -> Verdict {
+            let mut p = Peer::accept(&listener, &[(setting::MAX_CONCURRENT_STREAMS, 100_000)])?;
+            let opened = next_frame(&mut p, |f| f.kind == kind::HEADERS)?;
+            let _ = first.send(());
+            // Replies of 300 bytes: h2 clients refuse to buffer many
+            // small DATA frames at once (under 256 bytes).
+            let answer = |p: &mut Peer, stream: u32| {
+                let mut all = head(stream);
+                all.extend(frame(kind::DATA, 0, stream, &message(&[7u8; 300])));
+                all.extend(trailers(stream));
+                p.send(&all);
+            };
+            let _ = resumed.recv();
+            // Every head before any answer: no call ends to make room,
+            // only the writer's drain lets the waiting ones go.
+            let mut streams = vec![opened.stream];
+            while streams.len() < 200 {
+                let next = next_frame(&mut p, |f| f.kind == kind::HEADERS)?;
+                streams.push(next.stream);
+            }
+            for stream in streams {
+                answer(&mut p, stream);
+            }
+            let _ = p.expect_alive();
+            Ok(())
+        });
+        let proxy = grpc_proxy_tests::proxy(driver, &format!(
+            "max_connections_per_endpoint = 1\n\
+             [limits]\nbuffer_per_connection = 262144\n\
+             [[clusters]]\nname = \"a\"\nendpoints = [\"{addr}\"]\nmax_pending_calls = 1000\n\
+             [[routes]]\ncluster = \"a\"\n"
+        ));
+        let client = grpc_proxy_tests::raw::client(proxy.local_addr(), 65_535).await;
+        let big = "x".repeat(32 << 10);
+        let mut responses = Vec::new();
+        for i in 0..200 {
+            if i == 1 {
+                (&mut first_seen).await.expect("the first call reached the upstream");
+            }
+            let mut head = grpc_proxy_tests::raw::request(proxy.local_addr(), "Unary");
+            head.headers_mut().insert("x-big", big.parse().expect("value"));
+            let mut ready = client.clone().ready().await.expect("ready");
+            let (response, mut body) = ready.send_request(head, false).expect("send");
+            let _ = body.send_data(grpc_proxy_tests::raw::frame(b"m"), true);
+            responses.push(tokio::spawn(async move {
+                let response = tokio::time::timeout(Duration::from_secs(30), response)
+                    .await
+                    .map_err(|_| "not answered".to_string())?
+                    .map_err(|e| e.to_string())?;
+                let mut body = response.into_body();
+                let _ = grpc_proxy_tests::raw::read_body(&mut body).await;
+                let trailers = body.trailers().await.map_err(|e| e.to_string())?;
+                let status = trailers.and_then(|t| t.get("grpc-status").cloned());
+                Ok::<_, String>(status.map(|s| s.as_bytes().to_vec()))
+            }));
+        }
+        let waiting = "grpc_proxy_upstream_pending_calls{cluster=\"a\"}";
+        grpc_proxy_tests::admin::wait_until(&proxy, "calls wait for the connection", |m| {
+            grpc_proxy_tests::admin::sample(m, waiting).is_some_and(|n| n > 0.0)
+        })
+        .await;
+        let _ = resume.send(());
+        for (i, response) in responses.into_iter().enumerate() {
+            let status = response.await.expect("task");
+            assert_eq!(status, Ok(Some(b"0".to_vec())), "call {i}");
+        }
+        joined(upstream).await.expect("the upstream");
+    }
+}

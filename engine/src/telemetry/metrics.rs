@@ -246,6 +246,8 @@ pub struct ClusterReport {
     pub connections: u64,
     /// Upstream streams open.
     pub streams: u64,
+    /// Calls waiting for an upstream stream.
+    pub pending: u64,
     /// Connect (TCP, TLS, HTTP/2) failures.
     pub connect_failures: u64,
     /// Streams the upstream reset.
@@ -265,6 +267,7 @@ impl ClusterReport {
         self.calls.merge(&o.calls);
         self.connections += o.connections;
         self.streams += o.streams;
+        self.pending += o.pending;
         self.connect_failures += o.connect_failures;
         self.resets += o.resets;
         self.goaways += o.goaways;
@@ -635,6 +638,12 @@ impl Merged {
             "upstream_streams_active",
             "Upstream streams open, by cluster.",
             self.clusters.iter().map(|(n, c)| (cluster(n), c.streams)),
+        )?;
+        gauge(
+            e,
+            "upstream_pending_calls",
+            "Calls waiting for an upstream stream (a connection being made, at its stream limit or its write budget), by cluster.",
+            self.clusters.iter().map(|(n, c)| (cluster(n), c.pending)),
         )?;
         counter(
             e,

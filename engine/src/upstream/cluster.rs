@@ -258,6 +258,7 @@ impl Cluster {
         r.connect_failures = self.connect_failures.get();
         r.resets = self.resets.get();
         r.overloaded = self.overloaded.get();
+        r.pending = self.pending.get() as u64;
         r.endpoints = self.endpoints.len() as u64;
         for e in &self.endpoints {
             r.connections += e.connections() as u64;
