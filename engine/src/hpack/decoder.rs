@@ -103,6 +103,14 @@ impl Decoder {
         self.scratch = Vec::new();
     }
 
+    /// Frees the scratch buffer if it holds more than `most` bytes of
+    /// room (a long Huffman string grew it).
+    pub fn shrink_scratch(&mut self, most: usize) {
+        if self.scratch.capacity() > most {
+            self.release_scratch();
+        }
+    }
+
     /// The dynamic table (for tests and metrics).
     pub fn table(&self) -> &DynamicTable {
         &self.table

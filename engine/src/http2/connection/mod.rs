@@ -375,7 +375,8 @@ impl Connection {
     }
 
     /// Lets go of what a large header block left: its bytes (once no
-    /// CONTINUATION is awaited), its decoded list and their encodings.
+    /// CONTINUATION is awaited), the decoder's scratch, its decoded list
+    /// and their encodings.
     /// A block of a few bytes may decode to as much as the header list
     /// limit (fields the HPACK table holds, named again and again), and a
     /// connection keeps the room common heads take, not its largest
@@ -389,6 +390,7 @@ impl Connection {
         if self.encoded.capacity() > KEPT {
             self.encoded = Vec::new();
         }
+        self.decoder.shrink_scratch(KEPT);
         self.heads.shrink(KEPT);
         if let Some(trailers) = &mut self.trailers {
             trailers.shrink(KEPT);
