@@ -105,6 +105,7 @@ impl Decoder {
 
     /// Frees the scratch buffer if it holds more than `most` bytes of
     /// room (a long Huffman string grew it).
+    #[inline]
     pub fn shrink_scratch(&mut self, most: usize) {
         if self.scratch.capacity() > most {
             self.release_scratch();

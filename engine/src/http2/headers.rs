@@ -119,16 +119,11 @@ impl HeaderList {
         self.forget_encoded();
     }
 
-    /// The heap room it holds: its fields' bytes and slots, and its
-    /// encoding.
+    /// The heap room its fields' bytes and slots hold (its encoding, when
+    /// made, is about as large as the bytes).
+    #[inline]
     pub fn room(&self) -> usize {
-        let encoded = self
-            .encoded
-            .0
-            .borrow()
-            .as_ref()
-            .map_or(0, |e| e.bytes.capacity());
-        self.bytes.capacity() + self.fields.capacity() * std::mem::size_of::<Slot>() + encoded
+        self.bytes.capacity() + self.fields.capacity() * std::mem::size_of::<Slot>()
     }
 
     /// The kind of block.

@@ -74,11 +74,19 @@ impl KeptBlock {
 }
 
 impl KeptBlock {
-    /// Lets go of its list if it holds more than `most` bytes of room: a
-    /// block of a few bytes may decode to a list as large as the header
-    /// list limit, and the connection would keep that room for good.
+    /// The room its list's fields and its bytes hold (its list's encoding
+    /// grows with them).
+    #[inline]
+    pub fn room(&self) -> usize {
+        self.list.room() + self.raw.capacity()
+    }
+
+    /// Lets go of its list, and the list's encoding, if it holds more
+    /// than `most` bytes of room: a block of a few bytes may decode to a
+    /// list as large as the header list limit, and the connection would
+    /// keep that room for good.
     pub fn shrink(&mut self, most: usize) {
-        if self.list.room() + self.raw.capacity() > most {
+        if self.room() > most {
             *self = KeptBlock::default();
         }
     }

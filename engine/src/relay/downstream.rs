@@ -581,6 +581,10 @@ fn open_now(relay: &Rc<Relay>, side: &Rc<Side>, key: usize) {
         };
         if opened.is_none() {
             call.head = Some(block.to_vec());
+            // It waits: what it holds of the read buffer goes as copies.
+            for piece in std::mem::take(&mut call.to_up) {
+                enqueue(&mut call.to_up, piece);
+            }
         }
         opened
     };
@@ -632,8 +636,16 @@ fn request_data(
         }
     }
     let Some((up, _)) = call.up.clone() else {
-        // Waits for its stream, holding the client's credit.
-        enqueue(&mut call.to_up, data);
+        // Waits for its stream, holding the client's credit: as it is
+        // when the stream opens after this pass (see `open_now`), as a
+        // copy when small if it waits longer (see `enqueue`).
+        if call.pending_head.is_some() {
+            if !data.is_empty() {
+                call.to_up.push_back(data);
+            }
+        } else {
+            enqueue(&mut call.to_up, data);
+        }
         return;
     };
     let sent = forward_up(call, data, &mut up.wire.borrow_mut());

@@ -382,19 +382,26 @@ impl Connection {
     /// connection keeps the room common heads take, not its largest
     /// one's. Cheap when there is nothing to let go: call it after each
     /// read pass.
+    #[inline]
     pub fn shrink(&mut self) {
         const KEPT: usize = 16 << 10;
-        if self.pending.is_none() && self.block.capacity() > KEPT {
-            self.block = Vec::new();
-        }
-        if self.encoded.capacity() > KEPT {
-            self.encoded = Vec::new();
+        let large = self.block.capacity() > KEPT
+            || self.encoded.capacity() > KEPT
+            || self.heads.room() > KEPT
+            || self.trailers.as_ref().is_some_and(|t| t.room() > KEPT);
+        if large {
+            if self.pending.is_none() && self.block.capacity() > KEPT {
+                self.block = Vec::new();
+            }
+            if self.encoded.capacity() > KEPT {
+                self.encoded = Vec::new();
+            }
+            self.heads.shrink(KEPT);
+            if let Some(trailers) = &mut self.trailers {
+                trailers.shrink(KEPT);
+            }
         }
         self.decoder.shrink_scratch(KEPT);
-        self.heads.shrink(KEPT);
-        if let Some(trailers) = &mut self.trailers {
-            trailers.shrink(KEPT);
-        }
     }
 
     /// The open streams.
