@@ -1286,6 +1286,47 @@ proxy_test! {
     }
 }
 
+/// The upstream end of the proxy's first connection to `listener`, with
+/// no stream limit of its own (as grpc-go's default), and the stream of
+/// the first request's HEADERS, which `first` is told of.
+fn accept_unlimited(
+    listener: &TcpListener,
+    first: tokio::sync::oneshot::Sender<()>,
+) -> Result<(Peer, u32), String> {
+    let mut p = Peer::accept(listener, &[(setting::MAX_CONCURRENT_STREAMS, 100_000)])?;
+    let opened = next_frame(&mut p, |f| f.kind == kind::HEADERS)?;
+    let _ = first.send(());
+    Ok((p, opened.stream))
+}
+
+/// Sends `n` calls with 32 KiB of metadata each to `addr` (the second
+/// once `first_seen` says the first reached the upstream), each handed to
+/// `each` with its request body.
+async fn big_calls<T: Send + 'static>(
+    addr: std::net::SocketAddr,
+    n: usize,
+    first_seen: tokio::sync::oneshot::Receiver<()>,
+    each: impl Fn(h2::client::ResponseFuture, h2::SendStream<Bytes>) -> tokio::task::JoinHandle<T>,
+) -> Vec<tokio::task::JoinHandle<T>> {
+    let client = grpc_proxy_tests::raw::client(addr, 65_535).await;
+    let big = "x".repeat(32 << 10);
+    let mut first_seen = Some(first_seen);
+    let mut calls = Vec::new();
+    for i in 0..n {
+        if let (1, Some(seen)) = (i, first_seen.take()) {
+            // The connection is up and took a call: the rest find it ready.
+            seen.await.expect("the first call reached the upstream");
+        }
+        let mut head = grpc_proxy_tests::raw::request(addr, "Unary");
+        head.headers_mut()
+            .insert("x-big", big.parse().expect("value"));
+        let mut ready = client.clone().ready().await.expect("ready");
+        let (response, body) = ready.send_request(head, false).expect("send");
+        calls.push(each(response, body));
+    }
+    calls
+}
+
 proxy_test! {
     async fn new_calls_wait_rather_than_pile_heads_on_an_upstream_that_reads_nothing(driver) {
         // Scenario: the upstream takes the connection, then never reads
@@ -1297,12 +1338,9 @@ proxy_test! {
         let listener = small_buffer_listener();
         let addr = listener.local_addr().expect("addr");
         let (done, finish) = std::sync::mpsc::channel::<()>();
-        let (first, mut first_seen) = tokio::sync::oneshot::channel::<()>();
+        let (first, first_seen) = tokio::sync::oneshot::channel::<()>();
         let upstream = std::thread::spawn(move || -> Verdict {
-            // No stream limit of its own, as grpc-go's default.
-            let mut p = Peer::accept(&listener, &[(setting::MAX_CONCURRENT_STREAMS, 100_000)])?;
-            next_frame(&mut p, |f| f.kind == kind::HEADERS)?;
-            let _ = first.send(());
+            let _held = accept_unlimited(&listener, first)?;
             let _ = finish.recv();
             Ok(())
         });
@@ -1311,24 +1349,14 @@ proxy_test! {
              [[clusters]]\nname = \"a\"\nendpoints = [\"{addr}\"]\nmax_pending_calls = 8\n\
              [[routes]]\ncluster = \"a\"\n"
         ));
-        let client = grpc_proxy_tests::raw::client(proxy.local_addr(), 65_535).await;
-        let big = "x".repeat(32 << 10);
-        let mut responses = Vec::new();
-        for i in 0..400 {
-            if i == 1 {
-                // The connection is up and took a call: the rest find it ready.
-                (&mut first_seen).await.expect("the first call reached the upstream");
-            }
-            let mut head = grpc_proxy_tests::raw::request(proxy.local_addr(), "Unary");
-            head.headers_mut().insert("x-big", big.parse().expect("value"));
-            let mut ready = client.clone().ready().await.expect("ready");
-            let (response, body) = ready.send_request(head, false).expect("send");
-            responses.push(tokio::spawn(async move {
+        let responses = big_calls(proxy.local_addr(), 400, first_seen, |response, body| {
+            tokio::spawn(async move {
                 let _body = body;
                 let answer = tokio::time::timeout(Duration::from_secs(2), response).await;
                 matches!(answer, Ok(Ok(r)) if r.headers().get("grpc-status").map(|s| s.as_bytes()) == Some(b"14"))
-            }));
-        }
+            })
+        })
+        .await;
         let mut refused = 0;
         for response in responses {
             refused += usize::from(response.await.expect("task"));
@@ -1352,11 +1380,9 @@ proxy_test! {
         let listener = small_buffer_listener();
         let addr = listener.local_addr().expect("addr");
         let (resume, resumed) = std::sync::mpsc::channel::<()>();
-        let (first, mut first_seen) = tokio::sync::oneshot::channel::<()>();
+        let (first, first_seen) = tokio::sync::oneshot::channel::<()>();
         let upstream = std::thread::spawn(move || -> Verdict {
-            let mut p = Peer::accept(&listener, &[(setting::MAX_CONCURRENT_STREAMS, 100_000)])?;
-            let opened = next_frame(&mut p, |f| f.kind == kind::HEADERS)?;
-            let _ = first.send(());
+            let (mut p, opened) = accept_unlimited(&listener, first)?;
             // Replies of 300 bytes: h2 clients refuse to buffer many
             // small DATA frames at once (under 256 bytes).
             let answer = |p: &mut Peer, stream: u32| {
@@ -1368,7 +1394,7 @@ proxy_test! {
             let _ = resumed.recv();
             // Every head before any answer: no call ends to make room,
             // only the writer's drain lets the waiting ones go.
-            let mut streams = vec![opened.stream];
+            let mut streams = vec![opened];
             while streams.len() < 200 {
                 let next = next_frame(&mut p, |f| f.kind == kind::HEADERS)?;
                 streams.push(next.stream);
@@ -1385,19 +1411,9 @@ proxy_test! {
              [[clusters]]\nname = \"a\"\nendpoints = [\"{addr}\"]\nmax_pending_calls = 1000\n\
              [[routes]]\ncluster = \"a\"\n"
         ));
-        let client = grpc_proxy_tests::raw::client(proxy.local_addr(), 65_535).await;
-        let big = "x".repeat(32 << 10);
-        let mut responses = Vec::new();
-        for i in 0..200 {
-            if i == 1 {
-                (&mut first_seen).await.expect("the first call reached the upstream");
-            }
-            let mut head = grpc_proxy_tests::raw::request(proxy.local_addr(), "Unary");
-            head.headers_mut().insert("x-big", big.parse().expect("value"));
-            let mut ready = client.clone().ready().await.expect("ready");
-            let (response, mut body) = ready.send_request(head, false).expect("send");
+        let responses = big_calls(proxy.local_addr(), 200, first_seen, |response, mut body| {
             let _ = body.send_data(grpc_proxy_tests::raw::frame(b"m"), true);
-            responses.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 let response = tokio::time::timeout(Duration::from_secs(30), response)
                     .await
                     .map_err(|_| "not answered".to_string())?
@@ -1407,8 +1423,9 @@ proxy_test! {
                 let trailers = body.trailers().await.map_err(|e| e.to_string())?;
                 let status = trailers.and_then(|t| t.get("grpc-status").cloned());
                 Ok::<_, String>(status.map(|s| s.as_bytes().to_vec()))
-            }));
-        }
+            })
+        })
+        .await;
         let waiting = "grpc_proxy_upstream_pending_calls{cluster=\"a\"}";
         grpc_proxy_tests::admin::wait_until(&proxy, "calls wait for the connection", |m| {
             grpc_proxy_tests::admin::sample(m, waiting).is_some_and(|n| n > 0.0)
