@@ -39,6 +39,15 @@ async fn answered_by(
     client.upstream_of("Unary", metadata).await
 }
 
+/// How many of `n` unary calls failed.
+async fn failures(client: &mut Client, n: usize) -> usize {
+    let mut failed = 0;
+    for _ in 0..n {
+        failed += usize::from(answered_by(client, &[]).await.is_err());
+    }
+    failed
+}
+
 proxy_test! {
     async fn live_fails_once_a_worker_has_panicked(driver) {
         // Scenario: a director written in Rust panics on one call, which
@@ -289,12 +298,7 @@ proxy_test! {
         ));
         let proxy = start(driver, &cfg);
         let mut client = Client::connect(proxy.local_addr()).await;
-        let mut failed = 0;
-        for _ in 0..4 {
-            if answered_by(&mut client, &[]).await.is_err() {
-                failed += 1;
-            }
-        }
+        let failed = failures(&mut client, 4).await;
         assert_eq!(failed, 2, "round robin sent two calls to the bad endpoint before it was ejected");
         for _ in 0..20 {
             assert_eq!(answered_by(&mut client, &[]).await.expect("only the good one now"), "good");
@@ -325,12 +329,7 @@ proxy_test! {
         let cfg = Config::parse(&text, "test.toml").expect("valid test config");
         let proxy = start(driver, &cfg);
         let mut client = Client::connect(proxy.local_addr()).await;
-        let mut failed = 0;
-        for _ in 0..2 {
-            if answered_by(&mut client, &[]).await.is_err() {
-                failed += 1;
-            }
-        }
+        let failed = failures(&mut client, 2).await;
         assert_eq!(failed, 1, "round robin sent one of the first two calls to the refusing endpoint");
         for i in 0..20 {
             let answer = answered_by(&mut client, &[]).await;
