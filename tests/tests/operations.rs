@@ -250,6 +250,43 @@ proxy_test! {
         assert!(matches!(read, Ok(0)), "the longest-open idle connection was closed: {read:?}");
     }
 
+    async fn probes_answer_while_a_reload_waits(driver) {
+        // Scenario: a reload takes long (a slow resolver, a busy worker:
+        // here it waits until the test lets it go). Meanwhile the
+        // liveness and readiness probes and a scrape must answer: an
+        // orchestrator whose probes time out restarts a working proxy.
+        let up = Upstream::start("a");
+        let mut proxy = start(driver, &config(&format!("{}[[routes]]\ncluster = \"a\"\n", cluster("a", up.addr()))));
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = std::sync::Mutex::new(released);
+        let reload: grpc_proxy::telemetry::admin::ReloadFn = std::sync::Arc::new(move || {
+            let _ = released.lock().expect("lock").recv();
+            Ok(2)
+        });
+        let admin_addr = proxy
+            .serve_admin("127.0.0.1:0".parse().expect("addr"), Some(reload))
+            .expect("admin serves");
+        let reloading = tokio::task::spawn_blocking(move || admin(admin_addr, "POST", "/reload"));
+        // The reload is under way once the next requests are queued
+        // behind it on a server that answers one at a time.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for path in ["/live", "/ready", "/metrics"] {
+            let answered = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::task::spawn_blocking(move || admin(admin_addr, "GET", path)),
+            )
+            .await;
+            let (status, _) = answered
+                .unwrap_or_else(|_| panic!("{path} waited for the reload"))
+                .expect("request");
+            assert_eq!(status, 200, "{path}");
+        }
+        assert!(!reloading.is_finished(), "the reload still waits");
+        let _ = release.send(());
+        let (status, text) = reloading.await.expect("reload");
+        assert_eq!((status, text.trim_end()), (200, "reloaded: version 2"));
+    }
+
     async fn an_endpoint_failing_health_checks_gets_no_calls_until_healthy(driver) {
         let (a, b) = (Upstream::start("a"), Upstream::start("b"));
         b.set_serving(false).await;

@@ -21,8 +21,11 @@
 //! log.
 //!
 //! It runs on its own thread: hyper's HTTP/1.1 on a current-thread tokio
-//! runtime, answering one request at a time, so it never takes CPU from
-//! the workers' cores beyond a scrape's mailbox round trip. What a client
+//! runtime, so it never takes CPU from the workers' cores beyond a
+//! scrape's mailbox round trip. Scrapes and reloads, which may wait (for a
+//! stuck worker, a slow resolver, the workers' confirmations), run on up
+//! to four threads beside it, so that `/live` and `/ready` answer at once
+//! whatever else is asked. What a client
 //! can hold is bounded: [`MAX_CONNECTIONS`] connections at once (at the
 //! limit the one open longest is closed, so idle or stalled clients cannot
 //! lock scrapers out), a request head must arrive within
@@ -115,6 +118,7 @@ impl AdminServer {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
+            .max_blocking_threads(4)
             .build()
             .map_err(cannot)?;
         let listener = {
@@ -184,8 +188,13 @@ async fn serve(
         let handler = handler.clone();
         tokio::task::spawn_local(async move {
             let service = hyper::service::service_fn(move |request| {
-                let reply = handler.respond(request.method(), request.uri().path());
-                async move { Ok::<_, Infallible>(reply) }
+                let handler = handler.clone();
+                async move {
+                    let reply = handler
+                        .respond(request.method(), request.uri().path())
+                        .await;
+                    Ok::<_, Infallible>(reply)
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -219,15 +228,30 @@ struct Handler {
     reload: Option<ReloadFn>,
 }
 
+/// Runs `work` on a thread of its own: a scrape waits up to a second for
+/// a stuck worker, and a reload reads files, resolves names and waits for
+/// the workers; meanwhile `/live` and `/ready` must answer at once.
+async fn off_thread(work: impl FnOnce() -> Reply + Send + 'static) -> Reply {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|_| text(500, "the request's work panicked\n", "text/plain"))
+}
+
 impl Handler {
-    fn respond(&self, method: &Method, path: &str) -> Reply {
+    async fn respond(&self, method: &Method, path: &str) -> Reply {
         let control = &*self.control;
         match (method, path) {
-            (&Method::GET, "/metrics") => text(
-                200,
-                control.metrics().render(),
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ),
+            (&Method::GET, "/metrics") => {
+                let control = self.control.clone();
+                off_thread(move || {
+                    text(
+                        200,
+                        control.metrics().render(),
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                })
+                .await
+            }
             (&Method::GET, "/live" | "/ready") if control.workers_lost() > 0 => text(
                 503,
                 format!(
@@ -251,18 +275,21 @@ impl Handler {
                 });
                 text(200, format!("{body}\n"), "application/json")
             }
-            (&Method::POST, "/reload") => match &self.reload {
-                None => text(404, "no config file to reload\n", "text/plain"),
-                Some(reload) => match reload() {
-                    Ok(version) => {
-                        text(200, format!("reloaded: version {version}\n"), "text/plain")
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "reload refused; the running config stays");
-                        text(400, format!("reload refused: {e}\n"), "text/plain")
-                    }
-                },
-            },
+            (&Method::POST, "/reload") => {
+                match self.reload.clone() {
+                    None => text(404, "no config file to reload\n", "text/plain"),
+                    Some(reload) => off_thread(move || match reload() {
+                        Ok(version) => {
+                            text(200, format!("reloaded: version {version}\n"), "text/plain")
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "reload refused; the running config stays");
+                            text(400, format!("reload refused: {e}\n"), "text/plain")
+                        }
+                    })
+                    .await,
+                }
+            }
             (_, "/metrics" | "/live" | "/ready" | "/config" | "/reload") => {
                 text(405, "method not allowed\n", "text/plain")
             }
