@@ -253,6 +253,15 @@ fn sighup_reloads_a_valid_config_and_refuses_an_invalid_one() {
     signal(&child, "HUP");
     assert!(next_line_with("config reloaded").contains("version=3"));
 
+    // A setting only a restart changes is named in a warning; the rest
+    // of the file applies.
+    let moved = config("[[routes]]\ncluster = \"a\"\n").replace("127.0.0.1:0", "127.0.0.1:1");
+    std::fs::write(&file, moved).expect("write");
+    signal(&child, "HUP");
+    let warned = next_line_with("only after a restart");
+    assert!(warned.contains("listen"), "{warned}");
+    assert!(next_line_with("config reloaded").contains("version=4"));
+
     signal(&child, "TERM");
     wait_exit(&mut child, 0);
     let _ = std::fs::remove_dir_all(&dir);

@@ -144,19 +144,20 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     grpc_proxy::runtime::heap::keep_freed_memory();
-    let config = match load(&cli) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("grpc-proxy: {message}");
-            return ExitCode::from(2);
-        }
-    };
     // Handlers first: a SIGTERM that arrives as soon as the proxy serves
-    // must drain it, not kill it.
+    // must drain it, not kill it, and a SIGHUP while the config loads
+    // (names resolve) must not end it either.
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("grpc-proxy: cannot install signal handlers: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match load(&cli) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("grpc-proxy: {message}");
             return ExitCode::from(2);
         }
     };
@@ -191,16 +192,38 @@ fn main() -> ExitCode {
         (Some(n), Some(every)) => Some(Watchdog::start(n.clone(), proxy.controller(), every)),
         _ => None,
     };
-    // What SIGHUP and the admin endpoint's POST /reload both do.
+    // What SIGHUP and the admin endpoint's POST /reload both do, one at a
+    // time: two that overlap would each read the file, and the one that
+    // read it first could apply its older version last.
     let reload: grpc_proxy::telemetry::admin::ReloadFn = {
         let (control, cli) = (proxy.controller(), cli.clone());
         let (notifier, serving) = (notifier.clone(), serving.clone());
+        let started = restart_only(&config);
+        // The control side only: never on a worker.
+        #[allow(clippy::disallowed_types)]
+        let one_at_a_time = std::sync::Mutex::new(());
         std::sync::Arc::new(move || {
+            let _turn = one_at_a_time
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(n) = &notifier {
                 n.reloading();
             }
-            let result =
-                load(&cli).and_then(|next| control.reload(&next).map_err(|e| e.to_string()));
+            let result = load(&cli).and_then(|next| {
+                let changed: Vec<&str> = restart_only(&next)
+                    .iter()
+                    .zip(&started)
+                    .filter(|(now, then)| now != then)
+                    .map(|((name, _), _)| *name)
+                    .collect();
+                if !changed.is_empty() {
+                    tracing::warn!(
+                        changed = changed.join(", "),
+                        "these settings take effect only after a restart"
+                    );
+                }
+                control.reload(&next).map_err(|e| e.to_string())
+            });
             if let Some(n) = &notifier {
                 match &result {
                     Ok(_) => n.ready(&serving),
@@ -305,6 +328,17 @@ fn check_log_file(log: &Path) -> Result<(), String> {
             .map_err(|e| format!("access_log: {}: {e}", log.display()))?;
     }
     Ok(())
+}
+
+/// The settings a reload cannot change, by name, as text to compare.
+fn restart_only(config: &grpc_proxy::Config) -> [(&'static str, String); 5] {
+    [
+        ("listen", format!("{:?}", config.listen)),
+        ("cores", format!("{:?}", config.cores)),
+        ("driver", format!("{:?}", config.driver)),
+        ("admin", format!("{:?}", config.admin)),
+        ("access_log", format!("{:?}", config.access_log)),
+    ]
 }
 
 fn init_logging(filter: Option<&str>) -> Result<(), String> {

@@ -221,7 +221,7 @@ impl Controller {
     ///
     /// Everything is checked first; on error nothing changes. The listener,
     /// cores, driver, limits, admin endpoint and access log need a restart:
-    /// changes to them are logged and ignored. A proxy started with a
+    /// changes to them are ignored (the binary names them in a warning). A proxy started with a
     /// director written in Rust keeps it, and its clusters must keep their
     /// names and order.
     pub fn reload(&self, config: &Config) -> Result<u64, ReloadError> {
