@@ -198,10 +198,13 @@ impl Connection {
     }
 
     /// Starts a graceful shutdown: GOAWAY with the last stream the peer
-    /// opened; streams it opens later are ignored.
+    /// opened; streams it opens later are ignored. A second GOAWAY (a
+    /// drain after an age limit's) names the same stream: the id never
+    /// grows (RFC 9113 6.8), though ignored streams moved `last_remote`,
+    /// and grpc-go and Netty drop a connection whose GOAWAY id grew.
     pub fn go_away(&mut self, code: ErrorCode, out: &mut Outbox) {
-        self.going_away = Some(self.last_remote);
-        out.put(|b| frame::write_goaway(b, self.last_remote, code, b""));
+        let last = *self.going_away.get_or_insert(self.last_remote);
+        out.put(|b| frame::write_goaway(b, last, code, b""));
     }
 }
 

@@ -967,3 +967,26 @@ fn a_few_bytes_that_decode_to_a_large_list_leave_no_room_kept() {
     let seen = s.feed(&headers(7, flag::END_HEADERS | flag::END_STREAM, &repeated));
     assert_eq!(seen.events, ["headers 7 Request 20 end=true"]);
 }
+
+#[test]
+fn a_second_goaway_never_names_a_later_stream() {
+    let mut s = Server::new(Limits::default());
+    assert_eq!(s.feed(&request(1, false)).result, Some(Ok(())));
+    s.conn.go_away(ErrorCode::NO_ERROR, &mut s.out);
+    let first = frames_of(&s.out.take_all());
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, kind::GOAWAY);
+    assert_eq!(
+        first[0].3[..4],
+        1u32.to_be_bytes(),
+        "the last stream opened"
+    );
+    // A stream that crossed the GOAWAY is ignored.
+    let seen = s.feed(&request(3, false));
+    assert_eq!(seen.result, Some(Ok(())));
+    assert!(seen.events.is_empty(), "{:?}", seen.events);
+    // A drain after an age limit's GOAWAY: the id must not grow.
+    s.conn.go_away(ErrorCode::NO_ERROR, &mut s.out);
+    let second = frames_of(&s.out.take_all());
+    assert_eq!(second[0].3[..4], 1u32.to_be_bytes(), "not stream 3");
+}
