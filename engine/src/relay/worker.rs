@@ -480,8 +480,17 @@ impl Relay {
             let wire = &mut *w;
             wire.links.remove(&call.d);
             wire.release(call.d, unsent(&call.to_up).saturating_sub(call.replayed));
-            if wire.conn.streams().get(call.d).is_some() {
-                wire.conn.reset(call.d, ErrorCode::NO_ERROR, &mut wire.out);
+            // The response is whole: a client still sending is told to
+            // stop (NO_ERROR, RFC 9113 8.1). It is not (the call was cut:
+            // its client connection ends, the worker's drain timed out):
+            // CANCEL, as gRPC reads NO_ERROR before the end as INTERNAL.
+            if let Some(stream) = wire.conn.streams().get(call.d) {
+                let code = if stream.send_open {
+                    ErrorCode::CANCEL
+                } else {
+                    ErrorCode::NO_ERROR
+                };
+                wire.conn.reset(call.d, code, &mut wire.out);
             }
             wire.links.is_empty()
         };
