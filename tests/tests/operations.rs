@@ -528,6 +528,34 @@ proxy_test! {
         assert!(client.unary("Echo", Request::new(Bytes::from("small"))).await.is_ok());
     }
 
+    async fn a_refused_call_the_proxy_cannot_retry_is_refused_to_the_client(driver) {
+        // The upstream refuses a call (REFUSED_STREAM: it did nothing)
+        // that is too big to hold for a retry. Nothing of the response
+        // has gone, so the client is told the same, RST_STREAM
+        // REFUSED_STREAM, which gRPC clients retry on their own; not a
+        // status, which they may not.
+        let upstream = Silent::with(Options {
+            refuse_first: 1,
+            refuse_after_body: true,
+            ..Options::default()
+        })
+        .await;
+        let cfg = config_of(
+            "",
+            "retry_buffer = \"1KiB\"",
+            &format!("{}[[routes]]\ncluster = \"a\"\n", cluster("a", upstream.addr())),
+        );
+        let proxy = start(driver, &cfg);
+        let addr = proxy.local_addr();
+        let client = grpc_proxy_tests::raw::client(addr, 65_535).await;
+        let mut ready = client.ready().await.expect("ready");
+        let (response, mut body) =
+            ready.send_request(grpc_proxy_tests::raw::request(addr, "Echo"), false).expect("send");
+        body.send_data(grpc_proxy_tests::raw::frame(&[7u8; 4000]), true).expect("data");
+        let refused = response.await.expect_err("refused");
+        assert_eq!(refused.reason(), Some(h2::Reason::REFUSED_STREAM), "{refused:?}");
+    }
+
     async fn the_access_log_has_a_line_per_call(driver) {
         let a = Upstream::start("a");
         let dir = tempfile::tempdir().expect("temp dir");

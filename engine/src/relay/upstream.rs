@@ -493,7 +493,10 @@ fn act(relay: &Rc<Relay>, side: &Rc<Side>, step: Later) {
                     relay.fail(key, &status_of_broken_stream(code), true, None);
                     return;
                 }
-                if code == ErrorCode::REFUSED_STREAM && retry(relay, side, key) {
+                if code == ErrorCode::REFUSED_STREAM {
+                    if !retry(relay, side, key) {
+                        relay.refuse(key, &status_of_reset(code), true);
+                    }
                     return;
                 }
                 let expired = relay
@@ -554,7 +557,7 @@ fn act(relay: &Rc<Relay>, side: &Rc<Side>, step: Later) {
             let status = Status::new(Code::Unavailable, "the upstream is going away");
             for key in cut {
                 if !retry(relay, side, key) {
-                    relay.fail(key, &status, false, None);
+                    relay.refuse(key, &status, false);
                 }
             }
         }

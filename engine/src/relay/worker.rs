@@ -675,6 +675,25 @@ impl Relay {
         }
     }
 
+    /// Fails call `key`, which its upstream never processed (it refused
+    /// the stream, or the stream was above its GOAWAY's last stream id),
+    /// when the proxy cannot send it again itself. A client that has had
+    /// nothing of the response yet gets RST_STREAM(REFUSED_STREAM), which
+    /// says the call did nothing and may safely go again (RFC 9113 8.7;
+    /// gRPC clients retry such calls on their own, gRFC A6); one that
+    /// has gets `status`. `reset`: the upstream reset the stream (as
+    /// [`fail`](Self::fail) has it).
+    pub fn refuse(&self, key: usize, status: &Status, reset: bool) {
+        if let Some(call) = self.calls.borrow().get(key).filter(|c| !c.responded) {
+            let mut w = call.down.wire.borrow_mut();
+            let w = &mut *w;
+            if w.conn.streams().get(call.d).is_some() {
+                w.conn.reset(call.d, ErrorCode::REFUSED_STREAM, &mut w.out);
+            }
+        }
+        self.fail(key, status, reset, None);
+    }
+
     /// A call that ends without an upstream (the director refused it):
     /// its statistics and access log line.
     pub fn unrouted(
