@@ -556,6 +556,47 @@ proxy_test! {
         assert_eq!(refused.reason(), Some(h2::Reason::REFUSED_STREAM), "{refused:?}");
     }
 
+    async fn a_moved_access_log_is_opened_again(driver) {
+        // Scenario: logrotate's default. The log file is renamed and the
+        // proxy is not told. Its next lines must go to a new file at the
+        // configured path, not on into the renamed one (which would be
+        // deleted in time, the lines with it).
+        let a = Upstream::start("a");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("access.log");
+        let cfg = config_of(
+            &format!("access_log = {path:?}"),
+            "",
+            &format!("{}[[routes]]\ncluster = \"a\"\n", cluster("a", a.addr())),
+        );
+        let proxy = start(driver, &cfg);
+        let mut client = Client::connect(proxy.local_addr()).await;
+        answered_by(&mut client, &[]).await.expect("call");
+        let rotated = dir.path().join("access.log.1");
+        let until = tokio::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::read_to_string(&path).unwrap_or_default().is_empty() {
+            assert!(tokio::time::Instant::now() < until, "the first line was never written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::fs::rename(&path, &rotated).expect("rotate");
+        // Calls go on until a line shows at the path again (the writer
+        // looks once a second).
+        loop {
+            answered_by(&mut client, &[]).await.expect("call");
+            if std::fs::read_to_string(&path).is_ok_and(|t| !t.is_empty()) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < until, "no new file at the log's path");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(client);
+        proxy.shutdown();
+        for file in [&path, &rotated] {
+            let text = std::fs::read_to_string(file).expect("read");
+            assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{text}");
+        }
+    }
+
     async fn the_access_log_has_a_line_per_call(driver) {
         let a = Upstream::start("a");
         let dir = tempfile::tempdir().expect("temp dir");

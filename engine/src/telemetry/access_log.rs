@@ -72,21 +72,7 @@ impl Writer {
     /// Opens the output (a file is created or appended to) and starts the
     /// writer thread.
     pub fn start(target: &AccessLogTarget) -> std::io::Result<Writer> {
-        let out: Box<dyn Write + Send> = match target {
-            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
-            AccessLogTarget::File(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| {
-                        std::io::Error::new(
-                            e.kind(),
-                            format!("cannot open access log {}: {e}", path.display()),
-                        )
-                    })?,
-            ),
-        };
+        let out = Output::open(target)?;
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let thread = std::thread::Builder::new()
             .name("grpc-proxy-log".into())
@@ -110,10 +96,122 @@ impl Writer {
     }
 }
 
-fn write_all(mut out: Box<dyn Write + Send>, rx: Receiver<Vec<u8>>) {
+/// How often the writer looks whether its file was moved away.
+const ROTATION_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Where the lines go: standard output, or a file that is opened again
+/// when it was moved away or removed (logrotate's default: rename, then
+/// the program's next file), so that lines never go to a file nobody
+/// reads, or to a removed one whose space is never freed.
+enum Output {
+    Stdout(std::io::Stdout),
+    File {
+        path: std::path::PathBuf,
+        file: std::fs::File,
+        looked: std::time::Instant,
+    },
+}
+
+impl Output {
+    fn open(target: &AccessLogTarget) -> std::io::Result<Output> {
+        Ok(match target {
+            AccessLogTarget::Stdout => Output::Stdout(std::io::stdout()),
+            AccessLogTarget::File(path) => Output::File {
+                file: open_file(path)?,
+                path: path.clone(),
+                looked: std::time::Instant::now(),
+            },
+        })
+    }
+
+    /// The file to write to now: the same one, unless its path names
+    /// another file or none (then a new one), looked at once a second.
+    fn current(&mut self) -> &mut dyn Write {
+        match self {
+            Output::Stdout(out) => out,
+            Output::File { path, file, looked } => {
+                if looked.elapsed() >= ROTATION_LOOK {
+                    *looked = std::time::Instant::now();
+                    if moved(path, file) {
+                        match open_file(path) {
+                            Ok(new) => {
+                                tracing::info!(path = %path.display(), "access log opened again after it was moved");
+                                *file = new;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot open the access log again; writing on to the old file")
+                            }
+                        }
+                    }
+                }
+                file
+            }
+        }
+    }
+}
+
+fn open_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot open access log {}: {e}", path.display()),
+            )
+        })
+}
+
+/// Whether `path` no longer names `file` (renamed or removed).
+fn moved(path: &std::path::Path, file: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(named), Ok(open)) => named.ino() != open.ino() || named.dev() != open.dev(),
+        (Err(_), _) => true,
+        (Ok(_), Err(_)) => false,
+    }
+}
+
+/// Writes the batches as they come. A failed write (a full disk, a
+/// closed pipe) is logged once, and its recovery once, not per batch; a
+/// line it cut short is ended before the next batch, so that each line
+/// stays one JSON value.
+fn write_all(mut out: Output, rx: Receiver<Vec<u8>>) {
+    let mut failing = false;
+    let mut cut = false;
     for batch in rx {
-        if let Err(e) = out.write_all(&batch).and_then(|()| out.flush()) {
-            tracing::error!(error = %e, "access log write failed");
+        let out = out.current();
+        if cut && out.write_all(b"\n").is_ok() {
+            cut = false;
+        }
+        let mut at = 0;
+        let result = loop {
+            match out.write(&batch[at..]) {
+                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    at += n;
+                    if at == batch.len() {
+                        break out.flush();
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        match result {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("access log writes work again");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                cut |= at > 0 && at < batch.len();
+                if !failing {
+                    failing = true;
+                    tracing::error!(error = %e, "access log write failed; lines are lost until writes work again");
+                }
+            }
         }
     }
 }
