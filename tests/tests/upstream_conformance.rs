@@ -1439,3 +1439,49 @@ proxy_test! {
         joined(upstream).await.expect("the upstream");
     }
 }
+
+proxy_test! {
+    async fn calls_waiting_for_a_stream_go_elsewhere_when_the_connection_ends(driver) {
+        // Scenario: the upstream allows one stream per connection; call A
+        // has it and call B waits. The upstream then closes the connection
+        // (a restart): A is lost with it, but B was never sent, and must
+        // go on a new connection rather than fail.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (a_seen, a_arrived) = tokio::sync::oneshot::channel::<()>();
+        let (close, closing) = std::sync::mpsc::channel::<()>();
+        let upstream = std::thread::spawn(move || -> Verdict {
+            let mut first = Peer::accept(&listener, &[(setting::MAX_CONCURRENT_STREAMS, 1)])?;
+            next_frame(&mut first, |f| f.kind == kind::HEADERS)?;
+            let _ = a_seen.send(());
+            let _ = closing.recv();
+            drop(first);
+            let mut second = Peer::accept(&listener, &[])?;
+            let stream = request(&mut second)?;
+            respond(&mut second, stream);
+            let _ = second.expect_alive();
+            Ok(())
+        });
+        let proxy = grpc_proxy_tests::proxy(driver, &format!(
+            "max_connections_per_endpoint = 1\n{}[[routes]]\ncluster = \"a\"\n",
+            grpc_proxy_tests::cluster("a", addr)
+        ));
+        let client = Client::connect(proxy.local_addr()).await;
+        let mut a_client = client.clone();
+        let a = tokio::spawn(async move { unary(&mut a_client).await });
+        a_arrived.await.expect("call A reached the upstream");
+        let mut b_client = client.clone();
+        let b = tokio::spawn(async move { unary(&mut b_client).await });
+        let waiting = "grpc_proxy_upstream_pending_calls{cluster=\"a\"}";
+        grpc_proxy_tests::admin::wait_until(&proxy, "call B waits for a stream", |m| {
+            grpc_proxy_tests::admin::sample(m, waiting) == Some(1.0)
+        })
+        .await;
+        let _ = close.send(());
+        let b = b.await.expect("task");
+        assert!(b.as_ref().is_ok_and(|r| r.as_ref() == REPLY), "{b:?}");
+        let a = a.await.expect("task");
+        assert_eq!(a.map_err(|s| s.code()), Err(Code::Unavailable), "A was lost with its connection");
+        joined(upstream).await.expect("the upstream");
+    }
+}

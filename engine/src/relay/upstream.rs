@@ -115,9 +115,18 @@ pub fn connect(relay: Rc<Relay>, side: Rc<Side>, endpoint: Rc<Endpoint>, dial: D
             }
             Ok(()) => ("upstream unavailable: the connection ended", None),
         };
+        let established = detail.is_none() && !relay.server.stop.is_set();
         side.closed.set();
         side.wake.notify_all();
         relay.forget(&side);
+        // Calls that waited for a stream here were never sent: they go to
+        // another connection (a new one, if need be) rather than fail
+        // with this one. Not after a failed connect (the endpoint now
+        // backs off, and they would only fail again), nor when the
+        // worker stops.
+        if established {
+            spill(&relay, &side);
+        }
         fail_all(&relay, &side, why, detail.as_deref());
     });
 }
