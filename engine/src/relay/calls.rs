@@ -112,6 +112,9 @@ pub struct Call {
     /// It was retried once (it is not retried again); the replay's charge
     /// stays until the call ends.
     pub retried: Option<Charge>,
+    /// It waited for a stream on a connection that ended, and went to
+    /// another (once: see `upstream::connect`).
+    pub moved: bool,
     /// The route's edits; those of the response head wait here for it.
     pub edits: Option<Arc<Edits>>,
 }

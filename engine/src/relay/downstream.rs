@@ -539,6 +539,7 @@ fn request(
         hold,
         replayed: 0,
         retried: None,
+        moved: false,
         edits,
     });
     links.insert(d, key);

@@ -115,17 +115,18 @@ pub fn connect(relay: Rc<Relay>, side: Rc<Side>, endpoint: Rc<Endpoint>, dial: D
             }
             Ok(()) => ("upstream unavailable: the connection ended", None),
         };
-        let established = detail.is_none() && !relay.server.stop.is_set();
+        let established =
+            detail.is_none() && side.wire.borrow().conn.ready() && !relay.server.stop.is_set();
         side.closed.set();
         side.wake.notify_all();
         relay.forget(&side);
         // Calls that waited for a stream here were never sent: they go to
         // another connection (a new one, if need be) rather than fail
-        // with this one. Not after a failed connect (the endpoint now
-        // backs off, and they would only fail again), nor when the
-        // worker stops.
+        // with this one, once. Not when the connection failed before its
+        // SETTINGS (the endpoint is not serving; a connect that fails
+        // backs off), nor when the worker stops.
         if established {
-            spill(&relay, &side);
+            move_waiting(&relay, &side);
         }
         fail_all(&relay, &side, why, detail.as_deref());
     });
@@ -651,6 +652,26 @@ fn spill(relay: &Rc<Relay>, side: &Rc<Side>) {
     let left: Vec<usize> = side.wire.borrow_mut().waiting.drain(..).collect();
     for key in left {
         requeue(relay, key, side);
+    }
+}
+
+/// The calls waiting for a stream on `ended`, an established connection
+/// that ended, go to another connection, each once: an upstream that
+/// closes every connection while calls wait must not keep them moving
+/// from one to the next. Those moved before stay, and fail with it.
+fn move_waiting(relay: &Rc<Relay>, ended: &Rc<Side>) {
+    let left: Vec<usize> = ended.wire.borrow_mut().waiting.drain(..).collect();
+    for key in left {
+        let first = relay
+            .calls
+            .borrow_mut()
+            .get_mut(key)
+            .is_some_and(|call| !std::mem::replace(&mut call.moved, true));
+        if first {
+            requeue(relay, key, ended);
+        } else {
+            ended.wire.borrow_mut().waiting.push_back(key);
+        }
     }
 }
 
