@@ -109,6 +109,8 @@ enum Output {
         path: std::path::PathBuf,
         file: std::fs::File,
         looked: std::time::Instant,
+        /// Opening it again failed (said once, until it works).
+        stuck: bool,
     },
 }
 
@@ -120,31 +122,43 @@ impl Output {
                 file: open_file(path)?,
                 path: path.clone(),
                 looked: std::time::Instant::now(),
+                stuck: false,
             },
         })
     }
 
-    /// The file to write to now: the same one, unless its path names
-    /// another file or none (then a new one), looked at once a second.
-    fn current(&mut self) -> &mut dyn Write {
+    /// The file to write to now, and whether it is another than the last
+    /// time: the same one, unless its path names another file or none
+    /// (then a new one), looked at once a second.
+    fn current(&mut self) -> (&mut dyn Write, bool) {
         match self {
-            Output::Stdout(out) => out,
-            Output::File { path, file, looked } => {
+            Output::Stdout(out) => (out, false),
+            Output::File {
+                path,
+                file,
+                looked,
+                stuck,
+            } => {
+                let mut new = false;
                 if looked.elapsed() >= ROTATION_LOOK {
                     *looked = std::time::Instant::now();
                     if moved(path, file) {
                         match open_file(path) {
-                            Ok(new) => {
+                            Ok(opened) => {
                                 tracing::info!(path = %path.display(), "access log opened again after it was moved");
-                                *file = new;
+                                *file = opened;
+                                *stuck = false;
+                                new = true;
                             }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot open the access log again; writing on to the old file")
+                            Err(e) if !*stuck => {
+                                *stuck = true;
+                                tracing::warn!(error = %e, "cannot open the access log again; writing on to the old file");
                             }
+                            Err(_) => {}
                         }
                     }
                 }
-                file
+                (file, new)
             }
         }
     }
@@ -181,7 +195,10 @@ fn write_all(mut out: Output, rx: Receiver<Vec<u8>>) {
     let mut failing = false;
     let mut cut = false;
     for batch in rx {
-        let out = out.current();
+        let (out, new) = out.current();
+        // A line cut short in the old file stays so; the new one starts
+        // clean.
+        cut &= !new;
         if cut && out.write_all(b"\n").is_ok() {
             cut = false;
         }

@@ -26,7 +26,10 @@ impl Connection {
         }
         let result = self.recv_frames(buf, out, &mut on);
         if let Err(error) = result {
-            out.put(|b| frame::write_goaway(b, self.last_remote, error.code, error.why.as_bytes()));
+            // Never above a graceful GOAWAY's id (RFC 9113 6.8): streams
+            // ignored since moved `last_remote` on.
+            let last = self.going_away.unwrap_or(self.last_remote);
+            out.put(|b| frame::write_goaway(b, last, error.code, error.why.as_bytes()));
             self.failed = Some(error);
         }
         result

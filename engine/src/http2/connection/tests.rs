@@ -989,4 +989,13 @@ fn a_second_goaway_never_names_a_later_stream() {
     s.conn.go_away(ErrorCode::NO_ERROR, &mut s.out);
     let second = frames_of(&s.out.take_all());
     assert_eq!(second[0].3[..4], 1u32.to_be_bytes(), "not stream 3");
+    // Nor a connection error's GOAWAY after it.
+    let seen = s.feed(&data(0, 0, b"x"));
+    assert!(matches!(seen.result, Some(Err(_))), "DATA on stream 0");
+    let error = seen
+        .frames
+        .iter()
+        .find(|f| f.0 == kind::GOAWAY)
+        .expect("GOAWAY");
+    assert_eq!(error.3[..4], 1u32.to_be_bytes(), "not stream 3");
 }
