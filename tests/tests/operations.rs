@@ -258,8 +258,10 @@ proxy_test! {
         let up = Upstream::start("a");
         let mut proxy = start(driver, &config(&format!("{}[[routes]]\ncluster = \"a\"\n", cluster("a", up.addr()))));
         let (release, released) = std::sync::mpsc::channel::<()>();
+        let (started, has_started) = std::sync::mpsc::channel::<()>();
         let released = std::sync::Mutex::new(released);
         let reload: grpc_proxy::telemetry::admin::ReloadFn = std::sync::Arc::new(move || {
+            let _ = started.send(());
             let _ = released.lock().expect("lock").recv();
             Ok(2)
         });
@@ -267,9 +269,10 @@ proxy_test! {
             .serve_admin("127.0.0.1:0".parse().expect("addr"), Some(reload))
             .expect("admin serves");
         let reloading = tokio::task::spawn_blocking(move || admin(admin_addr, "POST", "/reload"));
-        // The reload is under way once the next requests are queued
-        // behind it on a server that answers one at a time.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::task::spawn_blocking(move || has_started.recv())
+            .await
+            .expect("join")
+            .expect("the reload started");
         for path in ["/live", "/ready", "/metrics"] {
             let answered = tokio::time::timeout(
                 Duration::from_secs(10),
@@ -282,6 +285,11 @@ proxy_test! {
             assert_eq!(status, 200, "{path}");
         }
         assert!(!reloading.is_finished(), "the reload still waits");
+        // Another reload meanwhile is refused, not queued behind it.
+        let (status, _) = tokio::task::spawn_blocking(move || admin(admin_addr, "POST", "/reload"))
+            .await
+            .expect("request");
+        assert_eq!(status, 409);
         let _ = release.send(());
         let (status, text) = reloading.await.expect("reload");
         assert_eq!((status, text.trim_end()), (200, "reloaded: version 2"));

@@ -23,9 +23,10 @@
 //! It runs on its own thread: hyper's HTTP/1.1 on a current-thread tokio
 //! runtime, so it never takes CPU from the workers' cores beyond a
 //! scrape's mailbox round trip. Scrapes and reloads, which may wait (for a
-//! stuck worker, a slow resolver, the workers' confirmations), run on up
-//! to four threads beside it, so that `/live` and `/ready` answer at once
-//! whatever else is asked. What a client
+//! stuck worker, a slow resolver, the workers' confirmations), run on
+//! threads beside it, so that `/live` and `/ready` answer at once whatever
+//! else is asked: three scrapes at most (another is answered 503) and one
+//! reload (another meanwhile, 409). What a client
 //! can hold is bounded: [`MAX_CONNECTIONS`] connections at once (at the
 //! limit the one open longest is closed, so idle or stalled clients cannot
 //! lock scrapers out), a request head must arrive within
@@ -43,7 +44,7 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::runtime::room::Room;
 use crate::telemetry::metrics::Merged;
@@ -118,7 +119,7 @@ impl AdminServer {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
-            .max_blocking_threads(4)
+            .max_blocking_threads(SCRAPES + 1)
             .build()
             .map_err(cannot)?;
         let listener = {
@@ -126,12 +127,19 @@ impl AdminServer {
             tokio::net::TcpListener::from_std(listener).map_err(cannot)?
         };
         let (stop, stopped) = oneshot::channel();
-        let handler = Handler { control, reload };
+        let handler = Handler {
+            control,
+            reload,
+            scrapes: Arc::new(Semaphore::new(SCRAPES)),
+            reloading: Arc::new(Semaphore::new(1)),
+        };
         let thread = std::thread::Builder::new()
             .name("grpc-proxy-admin".into())
             .spawn(move || {
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, serve(listener, Rc::new(handler), stopped));
+                // A reload stuck on a name lookup must not hold the exit.
+                runtime.shutdown_timeout(Duration::from_secs(1));
             })?;
         tracing::info!(admin = %bound, "admin endpoint serving");
         if !bound.ip().is_loopback() {
@@ -222,10 +230,20 @@ fn text(status: u16, body: impl Into<String>, content_type: &'static str) -> Rep
     response
 }
 
+/// Scrapes that run at once, beside the admin thread; more are answered
+/// 503 rather than queued behind them.
+const SCRAPES: usize = 3;
+
 /// What the endpoints answer from.
 struct Handler {
     control: Arc<dyn Control>,
     reload: Option<ReloadFn>,
+    /// Room for scrapes under way ([`SCRAPES`]).
+    scrapes: Arc<Semaphore>,
+    /// Room for a reload under way: one; another meanwhile is answered
+    /// 409 (a client that posts and leaves, again and again, must not
+    /// queue reloads without end).
+    reloading: Arc<Semaphore>,
 }
 
 /// Runs `work` on a thread of its own: a scrape waits up to a second for
@@ -242,8 +260,12 @@ impl Handler {
         let control = &*self.control;
         match (method, path) {
             (&Method::GET, "/metrics") => {
+                let Ok(room) = self.scrapes.clone().try_acquire_owned() else {
+                    return text(503, "busy: other scrapes are under way\n", "text/plain");
+                };
                 let control = self.control.clone();
                 off_thread(move || {
+                    let _room = room;
                     text(
                         200,
                         control.metrics().render(),
@@ -276,9 +298,15 @@ impl Handler {
                 text(200, format!("{body}\n"), "application/json")
             }
             (&Method::POST, "/reload") => {
-                match self.reload.clone() {
-                    None => text(404, "no config file to reload\n", "text/plain"),
-                    Some(reload) => off_thread(move || match reload() {
+                let Some(reload) = self.reload.clone() else {
+                    return text(404, "no config file to reload\n", "text/plain");
+                };
+                let Ok(room) = self.reloading.clone().try_acquire_owned() else {
+                    return text(409, "a reload is under way\n", "text/plain");
+                };
+                off_thread(move || {
+                    let _room = room;
+                    match reload() {
                         Ok(version) => {
                             text(200, format!("reloaded: version {version}\n"), "text/plain")
                         }
@@ -286,9 +314,9 @@ impl Handler {
                             tracing::error!(error = %e, "reload refused; the running config stays");
                             text(400, format!("reload refused: {e}\n"), "text/plain")
                         }
-                    })
-                    .await,
-                }
+                    }
+                })
+                .await
             }
             (_, "/metrics" | "/live" | "/ready" | "/config" | "/reload") => {
                 text(405, "method not allowed\n", "text/plain")
