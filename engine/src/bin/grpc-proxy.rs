@@ -161,6 +161,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Asked to stop while the config loaded: nothing serves yet. (A
+    // SIGHUP then is moot: the file was just read.)
+    if signals.pending().any(|s| s != SIGHUP) {
+        eprintln!("grpc-proxy: stopped before serving");
+        return ExitCode::SUCCESS;
+    }
     // One descriptor per client connection: take what the hard limit
     // allows, as nginx and HAProxy do; the workers' connection limits are
     // derived from it.
@@ -246,9 +252,15 @@ fn main() -> ExitCode {
     // one stops at once.
     for signal in signals.forever() {
         if signal == SIGHUP {
-            if let Err(e) = reload() {
-                tracing::error!(error = %e, "reload refused; the running config stays");
-            }
+            // On a thread of its own: a reload may wait (name lookups,
+            // another reload, the workers), and a SIGTERM meanwhile must
+            // start the drain at once.
+            let reload = reload.clone();
+            std::thread::spawn(move || {
+                if let Err(e) = reload() {
+                    tracing::error!(error = %e, "reload refused; the running config stays");
+                }
+            });
             continue;
         }
         tracing::info!(signal, drain_timeout = ?config.settings.drain_timeout, "draining");
