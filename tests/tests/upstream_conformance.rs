@@ -1485,3 +1485,41 @@ proxy_test! {
         joined(upstream).await.expect("the upstream");
     }
 }
+
+proxy_test! {
+    async fn a_whole_response_waiting_for_the_client_survives_the_upstreams_no_error_reset(driver) {
+        // Scenario (RFC 9113 8.1, as grpc-go does it): the upstream sends
+        // its whole response, 60 KiB and trailers, while the client has
+        // not ended its request, then RST_STREAM(NO_ERROR): it wants no
+        // more of the request. The client's window (1,000 bytes) holds
+        // most of the response in the proxy at that moment: it must still
+        // reach the client whole, with its status, not INTERNAL.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let upstream = std::thread::spawn(move || -> Verdict {
+            let mut p = Peer::accept(&listener, &[])?;
+            let stream = next_frame(&mut p, |f| f.kind == kind::HEADERS)?.stream;
+            let mut all = head(stream);
+            let body = message(&[7u8; 60 << 10]);
+            for chunk in body.chunks(16 << 10) {
+                all.extend(frame(kind::DATA, 0, stream, chunk));
+            }
+            all.extend(trailers(stream));
+            all.extend(rst_stream(stream, code::NO_ERROR));
+            p.send(&all);
+            p.expect_alive()
+        });
+        let proxy = proxy_to(driver, addr);
+        let client = grpc_proxy_tests::raw::client(proxy.local_addr(), 1_000).await;
+        let mut ready = client.ready().await.expect("ready");
+        let request = grpc_proxy_tests::raw::request(proxy.local_addr(), "Bidi");
+        let (response, _still_sending) = ready.send_request(request, false).expect("send");
+        let verdict = joined(upstream).await;
+        verdict.expect("the upstream");
+        let mut body = response.await.expect("response").into_body();
+        let got = grpc_proxy_tests::raw::read_body(&mut body).await;
+        assert_eq!(got.len(), 5 + (60 << 10), "the whole message");
+        let trailers = body.trailers().await.expect("trailers").expect("some");
+        assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+    }
+}

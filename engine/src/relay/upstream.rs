@@ -503,6 +503,9 @@ fn act(relay: &Rc<Relay>, side: &Rc<Side>, step: Later) {
                     relay.fail(key, &status_of_broken_stream(code), true, None);
                     return;
                 }
+                if code == ErrorCode::NO_ERROR && relay.upstream_done(key) {
+                    return;
+                }
                 if code == ErrorCode::REFUSED_STREAM {
                     if !retry(relay, side, key) {
                         relay.refuse(key, &status_of_reset(code), true);

@@ -694,6 +694,31 @@ impl Relay {
         self.fail(key, status, reset, None);
     }
 
+    /// The upstream reset call `key`'s stream with NO_ERROR after its
+    /// whole response (RFC 9113 8.1: it wants no more of the request),
+    /// while the end of that response still waits in the call for the
+    /// client's credit: the call lets go of the upstream stream, and the
+    /// response goes on to the client. False if the response was not
+    /// whole: the reset ends it early, and the call fails.
+    pub fn upstream_done(&self, key: usize) -> bool {
+        let up = {
+            let mut calls = self.calls.borrow_mut();
+            let Some(call) = calls.get_mut(key) else {
+                return false;
+            };
+            if !(call.down_end || call.down_trailers.is_some()) {
+                return false;
+            }
+            let Some((up, u)) = call.up.take() else {
+                return false;
+            };
+            up.wire.borrow_mut().links.remove(&u);
+            up
+        };
+        self.stream_freed(&up);
+        true
+    }
+
     /// A call that ends without an upstream (the director refused it):
     /// its statistics and access log line.
     pub fn unrouted(
