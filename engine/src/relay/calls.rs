@@ -115,6 +115,10 @@ pub struct Call {
     /// It waited for a stream on a connection that ended, and went to
     /// another (once: see `upstream::connect`).
     pub moved: bool,
+    /// The upstream reset its stream with NO_ERROR after its whole
+    /// response (see `Relay::upstream_done`): request DATA is dropped,
+    /// its credit returned.
+    pub upstream_done: bool,
     /// The route's edits; those of the response head wait here for it.
     pub edits: Option<Arc<Edits>>,
 }

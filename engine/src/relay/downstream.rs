@@ -540,6 +540,7 @@ fn request(
         replayed: 0,
         retried: None,
         moved: false,
+        upstream_done: false,
         edits,
     });
     links.insert(d, key);
@@ -626,9 +627,14 @@ fn request_data(
         later.push(Later::Release(d, n));
         return;
     };
-    call.up_end |= end;
     call.silent_by = None;
     call.bytes_in += u64::from(n);
+    if call.upstream_done {
+        // The upstream has answered and wants no more.
+        later.push(Later::Release(d, n));
+        return;
+    }
+    call.up_end |= end;
     if let Some(hold) = &mut call.hold {
         if hold.keep(&data, relay.server.settings.retry_buffer) {
             hold.ended |= end;

@@ -701,6 +701,9 @@ impl Relay {
     /// response goes on to the client. False if the response was not
     /// whole: the reset ends it early, and the call fails.
     pub fn upstream_done(&self, key: usize) -> bool {
+        let unsent = |q: &std::collections::VecDeque<bytes::Bytes>| {
+            q.iter().map(|b| b.len() as u32).sum::<u32>()
+        };
         let up = {
             let mut calls = self.calls.borrow_mut();
             let Some(call) = calls.get_mut(key) else {
@@ -712,7 +715,28 @@ impl Relay {
             let Some((up, u)) = call.up.take() else {
                 return false;
             };
-            up.wire.borrow_mut().links.remove(&u);
+            call.upstream_done = true;
+            {
+                // What waits for the client is credited to the upstream
+                // connection now: with no upstream stream left, nothing
+                // credits it as it goes (every byte once, see
+                // `Connection::release`).
+                let mut w = up.wire.borrow_mut();
+                w.links.remove(&u);
+                w.release(u, unsent(&call.to_down));
+            }
+            up.flush();
+            // The rest of the request is wanted by nobody: it is dropped,
+            // and the client has its credit back, for what waits and (see
+            // `request_data`) what still comes.
+            let dropped = unsent(&call.to_up).saturating_sub(call.replayed);
+            call.to_up.clear();
+            call.replayed = 0;
+            call.up_trailers = None;
+            call.up_end = false;
+            call.down.wire.borrow_mut().release(call.d, dropped);
+            call.down.flush();
+            self.give_back_growth(call);
             up
         };
         self.stream_freed(&up);
