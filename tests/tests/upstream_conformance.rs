@@ -1523,3 +1523,47 @@ proxy_test! {
         assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
     }
 }
+
+proxy_test! {
+    async fn an_upstream_that_turns_every_connection_away_does_not_keep_a_call_moving(driver) {
+        // Scenario: the upstream answers each new connection with its
+        // SETTINGS and a GOAWAY in one write. A call waiting for the
+        // connection goes to another once; there it is turned away again
+        // and must be refused (it was never sent), not moved from one new
+        // connection to the next until its deadline.
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let (s, a) = (stop.clone(), accepted.clone());
+        let upstream = std::thread::spawn(move || {
+            let mut open = Vec::new();
+            while !s.load(Ordering::SeqCst) {
+                let Ok((mut tcp, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let _ = tcp.set_nonblocking(false);
+                let mut preface = [0u8; 24];
+                if tcp.read_exact(&mut preface).is_ok() {
+                    let mut hello = settings_frame(&[]);
+                    hello.extend(frame(kind::GOAWAY, 0, 0, &[0; 8]));
+                    let _ = tcp.write_all(&hello);
+                }
+                open.push(tcp);
+            }
+        });
+        let proxy = proxy_to(driver, addr);
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let status = unary(&mut client).await.expect_err("turned away");
+        stop.store(true, Ordering::SeqCst);
+        let _ = tokio::task::spawn_blocking(move || upstream.join()).await;
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let n = accepted.load(Ordering::SeqCst);
+        assert!(n <= 3, "{n} connections for one call");
+    }
+}

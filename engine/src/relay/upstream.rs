@@ -275,15 +275,20 @@ async fn serve<R: Source, W: Sink + 'static>(
             side.flush();
             return Ok(());
         }
-        if !was_going && side.wire.borrow().conn.going_away() {
+        let went_away = !was_going && side.wire.borrow().conn.going_away();
+        if went_away {
             endpoint.went_away();
             // Calls waiting for a stream here were never sent: they go
             // to another connection rather than wait for this one to end.
-            spill(relay, side);
+            move_waiting(relay, side);
         }
         if !was_ready && side.wire.borrow().conn.ready() {
             settled = true;
-            endpoint.reachable();
+            // A connection that went away as it began proves nothing of
+            // the endpoint: its back-off stays.
+            if !went_away {
+                endpoint.reachable();
+            }
             relay.open_waiting(side);
             spill(relay, side);
         }
@@ -658,12 +663,17 @@ fn spill(relay: &Rc<Relay>, side: &Rc<Side>) {
     }
 }
 
-/// The calls waiting for a stream on `ended`, an established connection
-/// that ended, go to another connection, each once: an upstream that
-/// closes every connection while calls wait must not keep them moving
-/// from one to the next. Those moved before stay, and fail with it.
-fn move_waiting(relay: &Rc<Relay>, ended: &Rc<Side>) {
-    let left: Vec<usize> = ended.wire.borrow_mut().waiting.drain(..).collect();
+/// The calls waiting for a stream on `gone`, an established connection
+/// that ended or got GOAWAY, go to another connection, each once: an
+/// upstream that ends or turns away every connection while calls wait
+/// must not keep them moving from one to the next. Those moved before
+/// are refused (they were never sent: see [`Relay::refuse`]).
+fn move_waiting(relay: &Rc<Relay>, gone: &Rc<Side>) {
+    let left: Vec<usize> = gone.wire.borrow_mut().waiting.drain(..).collect();
+    let status = Status::new(
+        Code::Unavailable,
+        "upstream unavailable: it turned the call away",
+    );
     for key in left {
         let first = relay
             .calls
@@ -671,9 +681,9 @@ fn move_waiting(relay: &Rc<Relay>, ended: &Rc<Side>) {
             .get_mut(key)
             .is_some_and(|call| !std::mem::replace(&mut call.moved, true));
         if first {
-            requeue(relay, key, ended);
+            requeue(relay, key, gone);
         } else {
-            ended.wire.borrow_mut().waiting.push_back(key);
+            relay.refuse(key, &status, false);
         }
     }
 }
