@@ -161,12 +161,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Asked to stop while the config loaded: nothing serves yet. (A
-    // SIGHUP then is moot: the file was just read.)
-    if signals.pending().any(|s| s != SIGHUP) {
+    // Asked to stop while the config loaded: nothing serves yet. A SIGHUP
+    // then may name an edit made after the file was read: it reloads
+    // once the proxy serves.
+    let pending: Vec<i32> = signals.pending().collect();
+    if pending.iter().any(|&s| s != SIGHUP) {
         eprintln!("grpc-proxy: stopped before serving");
         return ExitCode::SUCCESS;
     }
+    let hup_pending = pending.contains(&SIGHUP);
     // One descriptor per client connection: take what the hard limit
     // allows, as nginx and HAProxy do; the workers' connection limits are
     // derived from it.
@@ -250,7 +253,8 @@ fn main() -> ExitCode {
     }
     // Reload on SIGHUP; drain on the first SIGTERM or SIGINT, and a second
     // one stops at once.
-    for signal in signals.forever() {
+    let hups = std::iter::once(SIGHUP).filter(|_| hup_pending);
+    for signal in hups.chain(signals.forever()) {
         if signal == SIGHUP {
             // On a thread of its own: a reload may wait (name lookups,
             // another reload, the workers), and a SIGTERM meanwhile must
