@@ -39,6 +39,27 @@ async fn answered_by(
     client.upstream_of("Unary", metadata).await
 }
 
+/// A proxy with a 1 KiB retry buffer in front of an upstream that
+/// refuses its first call (REFUSED_STREAM) once it has read all of it.
+async fn refusing_after_the_body(driver: Driver) -> (Silent, ProxyHandle) {
+    let upstream = Silent::with(Options {
+        refuse_first: 1,
+        refuse_after_body: true,
+        ..Options::default()
+    })
+    .await;
+    let cfg = config_of(
+        "",
+        "retry_buffer = \"1KiB\"",
+        &format!(
+            "{}[[routes]]\ncluster = \"a\"\n",
+            cluster("a", upstream.addr())
+        ),
+    );
+    let proxy = start(driver, &cfg);
+    (upstream, proxy)
+}
+
 /// How many of `n` unary calls failed.
 async fn failures(client: &mut Client, n: usize) -> usize {
     let mut failed = 0;
@@ -514,18 +535,7 @@ proxy_test! {
     async fn a_request_larger_than_the_retry_buffer_is_not_retried(driver) {
         // Refused once all of it has reached the upstream: a refusal that
         // came before the DATA left the proxy would rightly be retried.
-        let upstream = Silent::with(Options {
-            refuse_first: 1,
-            refuse_after_body: true,
-            ..Options::default()
-        })
-        .await;
-        let cfg = config_of(
-            "",
-            "retry_buffer = \"1KiB\"",
-            &format!("{}[[routes]]\ncluster = \"a\"\n", cluster("a", upstream.addr())),
-        );
-        let proxy = start(driver, &cfg);
+        let (_upstream, proxy) = refusing_after_the_body(driver).await;
         let mut client = Client::connect(proxy.local_addr()).await;
         let status = client
             .unary("Echo", Request::new(Bytes::from(vec![7u8; 4000])))
@@ -542,18 +552,7 @@ proxy_test! {
         // has gone, so the client is told the same, RST_STREAM
         // REFUSED_STREAM, which gRPC clients retry on their own; not a
         // status, which they may not.
-        let upstream = Silent::with(Options {
-            refuse_first: 1,
-            refuse_after_body: true,
-            ..Options::default()
-        })
-        .await;
-        let cfg = config_of(
-            "",
-            "retry_buffer = \"1KiB\"",
-            &format!("{}[[routes]]\ncluster = \"a\"\n", cluster("a", upstream.addr())),
-        );
-        let proxy = start(driver, &cfg);
+        let (_upstream, proxy) = refusing_after_the_body(driver).await;
         let addr = proxy.local_addr();
         let client = grpc_proxy_tests::raw::client(addr, 65_535).await;
         let mut ready = client.ready().await.expect("ready");
