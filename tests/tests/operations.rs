@@ -645,6 +645,68 @@ proxy_test! {
         assert!(lines[1]["upstream"].is_null());
     }
 
+    async fn a_scrape_a_stuck_worker_misses_keeps_its_counts(driver) {
+        // Scenario: a director blocks its worker (as a stuck worker
+        // would) while a scrape asks every worker for its counts. The
+        // worker cannot answer; its calls so far must still be counted,
+        // as of its last answer: a total that drops is a counter reset
+        // to Prometheus, which then counts everything again.
+        use std::sync::{Arc, Condvar, Mutex};
+        let up = Upstream::start("a");
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let held = gate.clone();
+        let entered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let inside = entered.clone();
+        let mut builder = ProxyBuilder::new("127.0.0.1:0".parse().expect("addr"))
+            .cores(grpc_proxy::CoreSelection::Count(1))
+            .driver(driver);
+        let a = builder.cluster("a", [up.addr()]);
+        let proxy = builder
+            .start(move |_core| {
+                let held = held.clone();
+                let inside = inside.clone();
+                move |call: &grpc_proxy::Call<'_>| {
+                    if call.header("x-block").is_some() {
+                        inside.store(true, std::sync::atomic::Ordering::SeqCst);
+                        let (open, changed) = &*held;
+                        let mut open = open.lock().expect("lock");
+                        while !*open {
+                            open = changed.wait(open).expect("wait");
+                        }
+                    }
+                    grpc_proxy::Route::to(a)
+                }
+            })
+            .expect("starts");
+        let mut client = Client::connect(proxy.local_addr()).await;
+        for _ in 0..3 {
+            answered_by(&mut client, &[]).await.expect("call");
+        }
+        let series = "grpc_proxy_cluster_calls_started_total{cluster=\"a\"}";
+        let text = proxy.metrics().render();
+        assert_eq!(sample(&text, series), Some(3.0), "{text}");
+        let mut blocked = client.clone();
+        let stuck = tokio::spawn(async move { answered_by(&mut blocked, &[("x-block", "1")]).await });
+        while !entered.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The worker is stuck: the scrape goes unanswered by it.
+        let text = tokio::task::spawn_blocking(move || {
+            let text = proxy.metrics().render();
+            (proxy, text)
+        });
+        let (proxy, text) = text.await.expect("scrape");
+        // Let the worker go before judging, so that a failure ends.
+        {
+            let (open, changed) = &*gate;
+            *open.lock().expect("lock") = true;
+            changed.notify_all();
+        }
+        stuck.await.expect("task").expect("the blocked call goes on");
+        drop(proxy);
+        assert_eq!(sample(&text, series), Some(3.0), "counted as of its last answer: {text}");
+    }
+
     async fn the_watchdog_stops_pinging_while_a_worker_is_stuck(driver) {
         // Scenario: a director that blocks its worker's thread (as a stuck
         // worker would) on calls with `x-block`, until the test lets it go.

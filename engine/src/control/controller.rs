@@ -23,7 +23,7 @@ use crate::control::worker::Command;
 use crate::downstream::snapshot::Plan;
 use crate::runtime::mailbox::Postbox;
 use crate::telemetry::admin::{self, ConfigInfo};
-use crate::telemetry::metrics::{DnsReport, Merged};
+use crate::telemetry::metrics::{CoreReport, DnsReport, Merged};
 
 /// Why a reload was refused; the running config stays.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,9 @@ pub struct Controller {
     /// by a reload and a refresh from start to end, so they never cross.
     #[allow(clippy::disallowed_types)]
     running: std::sync::Mutex<Running>,
+    /// Each worker's last report, for a scrape it does not answer in time.
+    #[allow(clippy::disallowed_types)]
+    reports: std::sync::Mutex<Vec<Option<CoreReport>>>,
     dns_failures: AtomicU64,
     dns_failing: AtomicU64,
     dns_updates: AtomicU64,
@@ -108,6 +111,7 @@ impl Controller {
             draining: AtomicBool::new(false),
             info: info_lock(info),
             running: running_lock(running),
+            reports: reports_lock(),
             dns_failures: AtomicU64::new(0),
             dns_failing: AtomicU64::new(0),
             dns_updates: AtomicU64::new(0),
@@ -186,8 +190,10 @@ impl Controller {
         (0..self.postboxes.len()).all(|_| rx.recv_deadline(deadline).is_ok())
     }
 
-    /// Every worker's counters, merged; a worker that does not answer
-    /// within a second (stuck or gone) is left out.
+    /// Every worker's counters, merged. A worker that does not answer
+    /// within a second (stuck or gone) is counted as of its last answer:
+    /// left out, its counts would drop from the merged series without a
+    /// `core` label, which Prometheus takes for a reset and counts again.
     pub fn metrics(&self) -> Merged {
         let (tx, rx) = crossbeam_channel::unbounded();
         for p in &self.postboxes {
@@ -195,13 +201,25 @@ impl Controller {
         }
         drop(tx);
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        let mut reports = Vec::with_capacity(self.postboxes.len());
-        while reports.len() < self.postboxes.len() {
+        let mut last = self
+            .reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.resize(self.postboxes.len(), None);
+        let mut answered = 0;
+        while answered < self.postboxes.len() {
             match rx.recv_deadline(deadline) {
-                Ok(report) => reports.push(report),
+                Ok(report) => {
+                    answered += 1;
+                    if let Some(slot) = last.get_mut(report.core) {
+                        *slot = Some(report);
+                    }
+                }
                 Err(_) => break,
             }
         }
+        let reports = last.iter().flatten().cloned().collect();
+        drop(last);
         let mut merged = Merged::new(reports);
         merged.dns = DnsReport {
             failures: self.dns_failures.load(Ordering::Relaxed),
@@ -441,6 +459,13 @@ impl discovery::Names for Controller {
 #[allow(clippy::disallowed_types)]
 fn running_lock(running: Running) -> std::sync::Mutex<Running> {
     std::sync::Mutex::new(running)
+}
+
+/// The lock around the workers' last reports: the control side only
+/// (scrapes), never a worker.
+#[allow(clippy::disallowed_types)]
+fn reports_lock() -> std::sync::Mutex<Vec<Option<CoreReport>>> {
+    std::sync::Mutex::new(Vec::new())
 }
 
 /// The lock around the running config's description: the control side
