@@ -60,6 +60,64 @@ async fn refusing_after_the_body(driver: Driver) -> (Silent, ProxyHandle) {
     (upstream, proxy)
 }
 
+/// A proxy of one worker in front of `up`, whose director blocks the
+/// worker's thread (as a stuck worker would) on calls with `x-block`
+/// until the [`Stuck`] lets it go.
+fn blocking_director(driver: Driver, up: &Upstream) -> (ProxyHandle, Stuck) {
+    use std::sync::{Arc, Condvar, Mutex};
+    let stuck = Stuck {
+        gate: Arc::new((Mutex::new(false), Condvar::new())),
+        entered: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let inner = stuck.clone();
+    let mut builder = ProxyBuilder::new("127.0.0.1:0".parse().expect("addr"))
+        .cores(grpc_proxy::CoreSelection::Count(1))
+        .driver(driver);
+    let a = builder.cluster("a", [up.addr()]);
+    let proxy = builder
+        .start(move |_core| {
+            let inner = inner.clone();
+            move |call: &grpc_proxy::Call<'_>| {
+                if call.header("x-block").is_some() {
+                    inner
+                        .entered
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    let (open, changed) = &*inner.gate;
+                    let mut open = open.lock().expect("lock");
+                    while !*open {
+                        open = changed.wait(open).expect("wait");
+                    }
+                }
+                grpc_proxy::Route::to(a)
+            }
+        })
+        .expect("starts");
+    (proxy, stuck)
+}
+
+/// The gate of [`blocking_director`].
+#[derive(Clone)]
+struct Stuck {
+    gate: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    entered: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Stuck {
+    /// Waits until a call has blocked the worker.
+    async fn entered(&self) {
+        while !self.entered.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Lets the worker go.
+    fn release(&self) {
+        let (open, changed) = &*self.gate;
+        *open.lock().expect("lock") = true;
+        changed.notify_all();
+    }
+}
+
 /// How many of `n` unary calls failed.
 async fn failures(client: &mut Client, n: usize) -> usize {
     let mut failed = 0;
@@ -651,33 +709,8 @@ proxy_test! {
         // worker cannot answer; its calls so far must still be counted,
         // as of its last answer: a total that drops is a counter reset
         // to Prometheus, which then counts everything again.
-        use std::sync::{Arc, Condvar, Mutex};
         let up = Upstream::start("a");
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let held = gate.clone();
-        let entered = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let inside = entered.clone();
-        let mut builder = ProxyBuilder::new("127.0.0.1:0".parse().expect("addr"))
-            .cores(grpc_proxy::CoreSelection::Count(1))
-            .driver(driver);
-        let a = builder.cluster("a", [up.addr()]);
-        let proxy = builder
-            .start(move |_core| {
-                let held = held.clone();
-                let inside = inside.clone();
-                move |call: &grpc_proxy::Call<'_>| {
-                    if call.header("x-block").is_some() {
-                        inside.store(true, std::sync::atomic::Ordering::SeqCst);
-                        let (open, changed) = &*held;
-                        let mut open = open.lock().expect("lock");
-                        while !*open {
-                            open = changed.wait(open).expect("wait");
-                        }
-                    }
-                    grpc_proxy::Route::to(a)
-                }
-            })
-            .expect("starts");
+        let (proxy, stuck) = blocking_director(driver, &up);
         let mut client = Client::connect(proxy.local_addr()).await;
         for _ in 0..3 {
             answered_by(&mut client, &[]).await.expect("call");
@@ -686,10 +719,8 @@ proxy_test! {
         let text = proxy.metrics().render();
         assert_eq!(sample(&text, series), Some(3.0), "{text}");
         let mut blocked = client.clone();
-        let stuck = tokio::spawn(async move { answered_by(&mut blocked, &[("x-block", "1")]).await });
-        while !entered.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let call = tokio::spawn(async move { answered_by(&mut blocked, &[("x-block", "1")]).await });
+        stuck.entered().await;
         // The worker is stuck: the scrape goes unanswered by it.
         let text = tokio::task::spawn_blocking(move || {
             let text = proxy.metrics().render();
@@ -697,12 +728,8 @@ proxy_test! {
         });
         let (proxy, text) = text.await.expect("scrape");
         // Let the worker go before judging, so that a failure ends.
-        {
-            let (open, changed) = &*gate;
-            *open.lock().expect("lock") = true;
-            changed.notify_all();
-        }
-        stuck.await.expect("task").expect("the blocked call goes on");
+        stuck.release();
+        call.await.expect("task").expect("the blocked call goes on");
         drop(proxy);
         assert_eq!(sample(&text, series), Some(3.0), "counted as of its last answer: {text}");
     }
@@ -714,29 +741,9 @@ proxy_test! {
         // mailbox, withholds the pings while it is stuck, and resumes.
         use grpc_proxy::control::systemd::{Notifier, Watchdog};
         use std::os::unix::net::UnixDatagram;
-        use std::sync::{Arc, Condvar, Mutex};
+        use std::sync::Arc;
         let up = Upstream::start("a");
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let held = gate.clone();
-        let mut builder = ProxyBuilder::new("127.0.0.1:0".parse().expect("addr"))
-            .cores(grpc_proxy::CoreSelection::Count(1))
-            .driver(driver);
-        let a = builder.cluster("a", [up.addr()]);
-        let proxy = builder
-            .start(move |_core| {
-                let held = held.clone();
-                move |call: &grpc_proxy::Call<'_>| {
-                    if call.header("x-block").is_some() {
-                        let (open, changed) = &*held;
-                        let mut open = open.lock().expect("lock");
-                        while !*open {
-                            open = changed.wait(open).expect("wait");
-                        }
-                    }
-                    grpc_proxy::Route::to(a)
-                }
-            })
-            .expect("starts");
+        let (proxy, stuck) = blocking_director(driver, &up);
         let dir = tempfile::tempdir().expect("dir");
         let socket = dir.path().join("notify.sock");
         let manager = UnixDatagram::bind(&socket).expect("bind");
@@ -763,11 +770,7 @@ proxy_test! {
         let quiet = (0..20).any(|_| ping(&manager, &mut buf).is_err());
         assert!(quiet, "pings went on while the worker was stuck");
         // Let it go: pings resume and the call completes.
-        {
-            let (open, changed) = &*gate;
-            *open.lock().expect("lock") = true;
-            changed.notify_all();
-        }
+        stuck.release();
         manager.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         assert_eq!(ping(&manager, &mut buf).expect("pings resume"), b"WATCHDOG=1");
         let reply = call.await.expect("join").expect("the call completes");
