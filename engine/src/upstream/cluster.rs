@@ -92,6 +92,9 @@ pub struct Cluster {
     pub(crate) stats: Rc<CallStats>,
     pub(super) connect_failures: Cell<u64>,
     resets: Cell<u64>,
+    /// GOAWAYs of endpoints a renewal left out: the counter never goes
+    /// down.
+    goaways_gone: Cell<u64>,
 }
 
 impl Cluster {
@@ -124,6 +127,7 @@ impl Cluster {
             stats: Rc::default(),
             connect_failures: Cell::new(0),
             resets: Cell::new(0),
+            goaways_gone: Cell::new(0),
         })
     }
 
@@ -163,6 +167,13 @@ impl Cluster {
         renewed.overloaded.set(self.overloaded.get());
         renewed.connect_failures.set(self.connect_failures.get());
         renewed.resets.set(self.resets.get());
+        let gone: u64 = self
+            .endpoints
+            .iter()
+            .filter(|e| !renewed.endpoints.iter().any(|kept| Rc::ptr_eq(e, kept)))
+            .map(|e| e.goaways.get())
+            .sum();
+        renewed.goaways_gone.set(self.goaways_gone.get() + gone);
         Some(Rc::new(renewed))
     }
 
@@ -260,6 +271,7 @@ impl Cluster {
         r.overloaded = self.overloaded.get();
         r.pending = self.pending.get() as u64;
         r.endpoints = self.endpoints.len() as u64;
+        r.goaways = self.goaways_gone.get();
         for e in &self.endpoints {
             r.connections += e.connections() as u64;
             r.streams += e.active.get() as u64;
@@ -356,6 +368,20 @@ mod tests {
         );
         plan.balance = balance;
         Cluster::new(&plan)
+    }
+
+    #[test]
+    fn goaways_of_endpoints_a_renewal_leaves_out_stay_counted() {
+        let c = cluster(Balance::RoundRobin);
+        c.endpoints[0].went_away();
+        c.endpoints[2].went_away();
+        c.endpoints[2].went_away();
+        assert_eq!(c.report().goaways, 3);
+        let mut plan = ClusterPlan::new("c", vec!["127.0.0.1:2".parse().expect("addr")], None);
+        plan.balance = Balance::RoundRobin;
+        let renewed = c.renew(&plan).expect("renewed");
+        renewed.endpoints[0].went_away();
+        assert_eq!(renewed.report().goaways, 4, "the counter never goes down");
     }
 
     #[test]
