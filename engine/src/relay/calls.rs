@@ -311,6 +311,11 @@ impl Calls {
     }
 }
 
+/// The bytes waiting in `queue`.
+pub fn unsent(queue: &VecDeque<Bytes>) -> u32 {
+    queue.iter().map(|b| b.len() as u32).sum()
+}
+
 /// Queues `data` behind what waits in `queue`. A piece under
 /// [`COPY_BELOW`] is copied, into the last piece when that is such a copy
 /// with room for it: DATA is a slice of the buffer it was read into (up

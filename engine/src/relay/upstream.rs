@@ -20,7 +20,7 @@ use crate::http2::connection::Event;
 use crate::http2::frame::ErrorCode;
 use crate::http2::headers::{Kind, Which};
 use crate::relay::calls::{
-    forward_down, push_up, release_down, status_of_broken_stream, status_of_reset, Hold,
+    forward_down, push_up, release_down, status_of_broken_stream, status_of_reset, unsent, Hold,
 };
 use crate::relay::wire::{shrink, write_loop, Side, Sink, Source, READ_SMALL};
 use crate::relay::worker::Relay;
@@ -623,8 +623,7 @@ fn retry(relay: &Rc<Relay>, old: &Rc<Side>, key: usize) -> bool {
         call.endpoint.stream(false);
         call.cluster.pending(true);
         let data = &bytes[head..];
-        let unsent: usize = call.to_up.iter().map(bytes::Bytes::len).sum();
-        let sent = data.len().saturating_sub(unsent);
+        let sent = data.len().saturating_sub(unsent(&call.to_up) as usize);
         if sent > 0 {
             call.to_up
                 .push_front(bytes::Bytes::copy_from_slice(&data[..sent]));

@@ -19,7 +19,7 @@ use crate::grpc::status::{Code, Status};
 use crate::http2::connection::{Connection, Limits, Role};
 use crate::http2::frame::ErrorCode;
 use crate::http2::outbox::Outbox;
-use crate::relay::calls::{answer, open_stream, Call, Calls, Hold};
+use crate::relay::calls::{answer, open_stream, unsent, Call, Calls, Hold};
 use crate::relay::keeper::Keepers;
 use crate::relay::wire::Side;
 use crate::runtime::timers::Timers;
@@ -472,9 +472,6 @@ impl Relay {
         }
         // Bytes still waiting are dropped: their credit goes back, but
         // for a retry's replay at the front, credited when first sent.
-        let unsent = |q: &std::collections::VecDeque<bytes::Bytes>| {
-            q.iter().map(|b| b.len() as u32).sum::<u32>()
-        };
         let idle = {
             let mut w = call.down.wire.borrow_mut();
             let wire = &mut *w;
@@ -654,7 +651,8 @@ impl Relay {
             let up = call.up.take().map(|(up, u)| {
                 let mut w = up.wire.borrow_mut();
                 w.links.remove(&u);
-                let n = call.to_down.drain(..).map(|b| b.len() as u32).sum();
+                let n = unsent(&call.to_down);
+                call.to_down.clear();
                 w.release(u, n);
                 drop(w);
                 up.flush();
@@ -701,9 +699,6 @@ impl Relay {
     /// response goes on to the client. False if the response was not
     /// whole: the reset ends it early, and the call fails.
     pub fn upstream_done(&self, key: usize) -> bool {
-        let unsent = |q: &std::collections::VecDeque<bytes::Bytes>| {
-            q.iter().map(|b| b.len() as u32).sum::<u32>()
-        };
         let up = {
             let mut calls = self.calls.borrow_mut();
             let Some(call) = calls.get_mut(key) else {
