@@ -368,3 +368,131 @@ proxy_test! {
             .expect("join");
     }
 }
+
+/// A client connection with a small receive buffer that asks for a
+/// server stream of `count` messages of 16 KiB, reads nothing until the
+/// proxy has the whole response, then sends a connection error (DATA on
+/// stream 0) with 65 KiB after it that the proxy, closing, never reads.
+fn unread_bytes_at_a_connection_error(
+    addr: std::net::SocketAddr,
+    count: &'static str,
+    finished: impl Fn() -> bool,
+) -> std::net::TcpStream {
+    use grpc_proxy_tests::peer::{
+        block, flag, frame, kind, message, setting, settings_frame, window_update, PREFACE,
+    };
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&addr.into()).expect("connect");
+    let mut tcp: std::net::TcpStream = socket.into();
+    tcp.set_nodelay(true).expect("nodelay");
+    let mut fields = grpc_proxy_tests::peer::grpc_fields();
+    fields[2] = (":path", "/test.Echo/ServerStream");
+    fields.push(("x-count", count));
+    let mut hello = PREFACE.to_vec();
+    hello.extend(settings_frame(&[(
+        setting::INITIAL_WINDOW_SIZE,
+        0x7fff_ffff,
+    )]));
+    hello.extend(window_update(0, 0x7fff_0000));
+    // The proxy's SETTINGS went out at accept; they are acknowledged unread.
+    hello.extend(frame(kind::SETTINGS, flag::ACK, 0, &[]));
+    hello.extend(frame(kind::HEADERS, flag::END_HEADERS, 1, &block(&fields)));
+    let payload = [7u8; (16 << 10) - 5];
+    hello.extend(frame(kind::DATA, flag::END_STREAM, 1, &message(&payload)));
+    tcp.write_all(&hello).expect("the call");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never finished in the proxy"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut error = frame(kind::DATA, 0, 0, b"on stream 0");
+    error.extend(frame(0xfe, 0, 0, &vec![0u8; 65 << 10]));
+    tcp.write_all(&error).expect("the connection error");
+    tcp
+}
+
+/// Reads everything at 4 KiB per millisecond: the frame types in order,
+/// and how the connection ended.
+fn read_slowly(mut tcp: std::net::TcpStream) -> (Vec<u8>, Result<(), std::io::Error>) {
+    let (mut wire, mut chunk) = (Vec::new(), [0u8; 4096]);
+    let end = loop {
+        match tcp.read(&mut chunk) {
+            Ok(0) => break Ok(()),
+            Ok(n) => wire.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let mut kinds = Vec::new();
+    let mut at = 0;
+    while wire.len() >= at + 9 {
+        let len = u32::from_be_bytes([0, wire[at], wire[at + 1], wire[at + 2]]) as usize;
+        kinds.push(wire[at + 3]);
+        at += 9 + len;
+    }
+    (kinds, end)
+}
+
+/// Whether `proxy` counts one call finished OK.
+fn one_call_finished(proxy: &grpc_proxy::ProxyHandle) -> bool {
+    proxy.metrics().render().lines().any(|l| {
+        l.starts_with("grpc_proxy_route_calls_finished_total")
+            && l.contains("\"OK\"")
+            && l.ends_with(" 1")
+    })
+}
+
+proxy_test! {
+    async fn a_client_reading_slowly_gets_the_last_frames_of_a_connection_closed_with_its_bytes_unread(driver) {
+        let up = Upstream::start("a");
+        let proxy = std::sync::Arc::new(proxy_to(driver, up.addr()));
+        let addr = proxy.local_addr();
+        let (kinds, end) = tokio::task::spawn_blocking(move || {
+            read_slowly(unread_bytes_at_a_connection_error(addr, "32", || one_call_finished(&proxy)))
+        })
+        .await
+        .expect("the client");
+        use grpc_proxy_tests::peer::kind;
+        let data = kinds.iter().filter(|&&k| k == kind::DATA).count();
+        // Every message, the trailers, then GOAWAY, and the end of the stream
+        // rather than a reset that threw away what the kernel still held.
+        assert!(end.is_ok(), "the connection was reset after {data} DATA frames and {kinds:?}: {end:?}");
+        assert!(data >= 32, "{data} DATA frames");
+        assert_eq!(kinds.last(), Some(&kind::GOAWAY), "{kinds:?}");
+    }
+
+    async fn a_client_that_reads_nothing_is_let_go_after_the_linger(driver) {
+        let up = Upstream::start("a");
+        let toml = format!("[timeouts]\nlinger = \"300ms\"\n{}\n[[routes]]\ncluster = \"a\"\n", grpc_proxy_tests::cluster("a", up.addr()));
+        let proxy = std::sync::Arc::new(grpc_proxy_tests::proxy(driver, &toml));
+        let addr = proxy.local_addr();
+        let reset = tokio::task::spawn_blocking(move || {
+            // 64 KiB of response: more than the client's receive buffer,
+            // less than the proxy's send buffer, so its writer finishes.
+            let mut tcp = unread_bytes_at_a_connection_error(addr, "4", || one_call_finished(&proxy));
+            // While the proxy lingers it reads what comes and throws it
+            // away; once it has closed, what comes makes the kernel reset
+            // the connection.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let _ = tcp.write_all(&grpc_proxy_tests::peer::frame(grpc_proxy_tests::peer::kind::PING, 0, 0, &[0; 8]));
+                match socket2::SockRef::from(&tcp).take_error().expect("SO_ERROR") {
+                    Some(e) => return e,
+                    None if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    None => panic!("the proxy still holds a connection whose client reads nothing"),
+                }
+            }
+        })
+        .await
+        .expect("the client");
+        assert_eq!(reset.kind(), std::io::ErrorKind::ConnectionReset, "{reset}");
+    }
+}

@@ -131,6 +131,7 @@ struct TimeoutsFile {
     handshake: Option<String>,
     idle: Option<String>,
     idle_buffer: Option<String>,
+    linger: Option<String>,
     max_connection_age: Option<String>,
     connect: Option<String>,
     drain: Option<String>,
@@ -463,6 +464,9 @@ impl TimeoutsFile {
         }
         if let Some(d) = duration("timeouts.idle_buffer", self.idle_buffer.as_deref())? {
             s.idle_buffer = off_at_zero(d);
+        }
+        if let Some(d) = duration("timeouts.linger", self.linger.as_deref())? {
+            s.linger = off_at_zero(d);
         }
         if let Some(d) = duration(
             "timeouts.max_connection_age",

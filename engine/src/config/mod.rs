@@ -107,6 +107,12 @@ pub struct Settings {
     /// call holds none either way). On the epoll driver only: on io_uring
     /// a read given up could lose what the kernel already read into it.
     pub idle_buffer: Option<Duration>,
+    /// A client connection the proxy closes keeps reading (and throwing
+    /// away) what the client still sends for up to this long, until the
+    /// client has acknowledged every byte written to it or ends its side:
+    /// closing a socket with unread bytes resets the connection and throws
+    /// away what the kernel has not sent yet. `None`: close at once.
+    pub linger: Option<Duration>,
     /// A downstream connection this old gets a graceful GOAWAY, so that
     /// long-lived clients reconnect and spread over the cores; `None`: no
     /// limit.
@@ -171,6 +177,7 @@ impl Default for Settings {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(3600)),
             idle_buffer: Some(Duration::from_secs(10)),
+            linger: Some(Duration::from_secs(5)),
             max_connection_age: None,
             connect_timeout: Duration::from_secs(5),
             reconnect_backoff_min: Duration::from_millis(100),
@@ -556,6 +563,9 @@ mod tests {
         assert_eq!(cfg.clusters.len(), 2);
         assert_eq!(cfg.routes.len(), 4);
         assert_eq!(cfg.settings.buffer_per_connection, 4 << 20);
+        assert_eq!(cfg.settings.linger, Some(Duration::from_secs(5)));
+        let off = parse("[timeouts]\nlinger = \"0s\"").expect("valid");
+        assert_eq!(off.settings.linger, None, "0 closes at once");
     }
 
     #[test]

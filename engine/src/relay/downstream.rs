@@ -174,6 +174,12 @@ async fn serve_on<R: Source, W: Sink + 'static>(
     // io_uring a write completes after it was submitted, and a worker that
     // drained must not end before the client has its trailers.
     writing.await;
+    // And until the client has them: what it sent that was not read would
+    // make the close a reset that throws away what the kernel still holds.
+    if let Some(linger) = settings.linger {
+        let until = monoio::time::Instant::now() + linger;
+        crate::transport::linger::linger(reader.tcp(), until, &stop).await;
+    }
 }
 
 /// The TLS handshake of a client connection, within the worker's limit of

@@ -801,6 +801,10 @@ pub trait Source {
     /// Waits until bytes may be read, holding no buffer meanwhile: the
     /// wait of an idle client connection (see [`let_go`]).
     fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>>;
+
+    /// The TCP connection under it (under TLS too), for reads that
+    /// throw the bytes away (see [`linger`](crate::transport::linger)).
+    fn tcp(&mut self) -> &mut TcpOwnedReadHalf;
 }
 
 impl Source for TcpOwnedReadHalf {
@@ -814,6 +818,10 @@ impl Source for TcpOwnedReadHalf {
 
     async fn ready(&mut self) -> std::io::Result<()> {
         crate::transport::socket::readable(self).await
+    }
+
+    fn tcp(&mut self) -> &mut TcpOwnedReadHalf {
+        self
     }
 }
 
@@ -833,6 +841,10 @@ impl Source for TlsReader {
 
     async fn ready(&mut self) -> std::io::Result<()> {
         self.ready().await
+    }
+
+    fn tcp(&mut self) -> &mut TcpOwnedReadHalf {
+        TlsReader::tcp(self)
     }
 }
 

@@ -219,6 +219,12 @@ impl TlsReader {
         crate::transport::socket::readable(&self.io).await
     }
 
+    /// The TCP connection under it, for reads that skip TLS (see
+    /// [`linger`](crate::transport::linger)).
+    pub fn tcp(&mut self) -> &mut TcpOwnedReadHalf {
+        &mut self.io
+    }
+
     /// Plaintext rustls holds, if any: `Some(0)` once the peer closed the
     /// TLS session.
     fn plaintext(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<Option<usize>> {

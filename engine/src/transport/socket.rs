@@ -87,6 +87,14 @@ pub fn sent(fd: RawFd) -> Option<Sent> {
     })
 }
 
+/// The socket under a read half: it stays open while `half` lives.
+#[allow(unsafe_code)]
+pub fn read_fd(half: &monoio::net::tcp::TcpOwnedReadHalf) -> RawFd {
+    // SAFETY: as in `readable`: the halves share the stream through this
+    // cell; only its descriptor's number is read.
+    unsafe { &*half.0.get() }.as_raw_fd()
+}
+
 /// The socket under a write half: it stays open while `half` lives.
 #[allow(unsafe_code)]
 pub fn write_fd(half: &monoio::net::tcp::TcpOwnedWriteHalf) -> RawFd {
