@@ -21,8 +21,9 @@
 //!    evicts its longest stay, the worker mailbox.
 //! 5. [`config`]: the file's schema, parsing, units and validation.
 //! 6. [`transport`]: TLS with rustls on monoio's owned buffers,
-//!    certificates and identities, socket options.
-//! 7. [`telemetry`]: per-core metrics, the admin endpoint, the access log.
+//!    certificates and identities, socket options, lingering close.
+//! 7. [`telemetry`]: per-core metrics, the admin endpoint, the access log,
+//!    warnings a peer can set off kept to one a second.
 //! 8. [`routing`]: the [`Director`] trait, the declarative routes, verified
 //!    bearer tokens (JWT) and header edits.
 //! 9. [`upstream`]: endpoints, clusters and balancing, ejection, health

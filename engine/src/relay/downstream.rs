@@ -367,7 +367,9 @@ fn pass(
     });
     result.map_err(|e| {
         if e.why == TOO_MANY_RESETS {
-            tracing::warn!(%peer, "downstream connection resets too many streams: closing it (GOAWAY ENHANCE_YOUR_CALM)");
+            if let Some(held) = relay.reset_flood_warnings.pass(relay.second()) {
+                tracing::warn!(%peer, more_since_last = held, "downstream connection resets too many streams: closing it (GOAWAY ENHANCE_YOUR_CALM)");
+            }
             add(&relay.server.calls.counters.reset_floods, 1);
         } else {
             tracing::debug!(%peer, error = %e, "downstream connection error");

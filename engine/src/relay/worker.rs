@@ -25,6 +25,7 @@ use crate::relay::wire::Side;
 use crate::runtime::timers::Timers;
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::add;
+use crate::telemetry::warnings::OncePerSecond;
 use crate::transport::tls::PeerIdentity;
 use crate::upstream::endpoint::Endpoint;
 use crate::upstream::retry_budget::Charge;
@@ -81,6 +82,9 @@ pub struct Relay {
     live: Rc<Cell<usize>>,
     /// Seconds the worker has counted (see [`run_clock`](Self::run_clock)).
     second: Cell<u64>,
+    /// Client connections closed for resetting too many streams: one log
+    /// line a second.
+    pub reset_flood_warnings: OncePerSecond,
 }
 
 impl Relay {
@@ -124,6 +128,7 @@ impl Relay {
             keepers: Keepers::default(),
             live: Rc::default(),
             second: Cell::new(0),
+            reset_flood_warnings: OncePerSecond::default(),
         })
     }
 
