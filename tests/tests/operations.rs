@@ -168,6 +168,59 @@ proxy_test! {
         assert_eq!(admin(admin_addr, "GET", "/ready").0, 503);
     }
 
+    async fn a_proxy_whose_worker_panicked_still_shuts_down_with_its_access_log(driver) {
+        // The access log's writer ends once every worker's logger is gone:
+        // a worker that unwound must not keep one alive for good.
+        let up = Upstream::start("a");
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("access.log");
+        let mut builder = ProxyBuilder::new("127.0.0.1:0".parse().expect("addr"))
+            .cores(grpc_proxy::CoreSelection::Count(2))
+            .access_log(grpc_proxy::config::AccessLogTarget::File(path.clone()))
+            .driver(driver);
+        let a = builder.cluster("a", [up.addr()]);
+        let proxy = builder
+            .start(move |_core| {
+                move |call: &grpc_proxy::Call<'_>| {
+                    assert!(call.header("x-panic").is_none(), "a director's bug");
+                    grpc_proxy::Route::to(a)
+                }
+            })
+            .expect("starts");
+        // Calls until one lands on each worker: one panics, one is logged.
+        let mut panicked = false;
+        for _ in 0..50 {
+            let mut client = Client::connect(proxy.local_addr()).await;
+            let mut request = Request::new(Bytes::from_static(b"x"));
+            request.metadata_mut().insert("x-panic", MetadataValue::from_static("1"));
+            request.set_timeout(Duration::from_secs(5));
+            if client.unary("Unary", request).await.is_err() {
+                panicked = true;
+                break;
+            }
+        }
+        assert!(panicked, "no call reached the director");
+        let mut logged = false;
+        for _ in 0..50 {
+            let mut client = Client::connect(proxy.local_addr()).await;
+            if client.echo("x").await.is_ok() {
+                logged = true;
+                break;
+            }
+        }
+        assert!(logged, "the other worker serves");
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            proxy.shutdown();
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the proxy shuts down after a worker panicked");
+        let log = std::fs::read_to_string(&path).expect("the access log");
+        assert!(log.lines().count() >= 1, "{log:?}");
+    }
+
     async fn reload_changes_a_route_while_a_bidi_stream_stays_open(driver) {
         let (a, b) = (Upstream::start("a"), Upstream::start("b"));
         let clusters = format!("{}{}", cluster("a", a.addr()), cluster("b", b.addr()));

@@ -89,8 +89,14 @@ impl Writer {
         }
     }
 
-    /// Waits until every logger is gone and everything is written.
+    /// Writes everything sent so far, then ends the writer: to be called
+    /// once no worker runs. Not when the last logger is gone: a worker
+    /// whose thread unwound from a panic may leave its logger behind
+    /// (held by tasks it never dropped), and the writer would wait for
+    /// good.
     pub fn finish(self) {
+        // The end: a batch is never empty (see `Logger::flush`).
+        let _ = self.tx.send(Vec::new());
         drop(self.tx);
         let _ = self.thread.join();
     }
@@ -195,6 +201,9 @@ fn write_all(mut out: Output, rx: Receiver<Vec<u8>>) {
     let mut failing = false;
     let mut cut = false;
     for batch in rx {
+        if batch.is_empty() {
+            return;
+        }
         let (out, new) = out.current();
         // A line cut short in the old file stays so; the new one starts
         // clean.
