@@ -129,6 +129,7 @@ fn check_passes_a_good_file_and_names_what_is_wrong_with_a_bad_one() {
         ("pending0.toml", format!("{listen}{cluster}max_pending_calls = 0\n{route}"), "max_pending_calls: must be at least 1"),
         ("keepalive.toml", format!("{listen}[timeouts]\ntcp_keepalive = \"500ms\"\n{cluster}{route}"), "timeouts.tcp_keepalive: must be 0 (off) or from 1s to 32767s"),
         ("route0.toml", format!("{listen}{cluster}{route}timeout = \"0s\"\n"), "routes[0].timeout: must be more than 0"),
+        ("noroutes.toml", format!("{listen}{cluster}"), "no [[routes]]: every call would be refused"),
     ];
     for (name, text, want) in cases {
         let out = check(dir.path(), name, &text);
@@ -247,6 +248,13 @@ fn sighup_reloads_a_valid_config_and_refuses_an_invalid_one() {
     signal(&child, "HUP");
     let refused = next_line_with("reload refused");
     assert!(refused.contains("no cluster named \"nope\""), "{refused}");
+
+    // A file cut short before its routes (read half written) is refused
+    // too, rather than refusing every call.
+    std::fs::write(&file, config("")).expect("write");
+    signal(&child, "HUP");
+    let refused = next_line_with("reload refused");
+    assert!(refused.contains("no [[routes]]"), "{refused}");
 
     // Still serving: a valid file is taken again, as version 3.
     std::fs::write(&file, config("[[routes]]\ncluster = \"a\"\n")).expect("write");

@@ -294,7 +294,7 @@ fn main() -> ExitCode {
 /// The checks of a start, without serving: the summary of a good file,
 /// or what is wrong with it.
 fn check(path: &Path) -> Result<String, String> {
-    let config = Config::from_file(path).map_err(|e| e.to_string())?;
+    let config = routed(Config::from_file(path).map_err(|e| e.to_string())?, path)?;
     let Some(listen) = config.listen else {
         return Err(format!(
             "{}: no listen address: set `listen` in the file",
@@ -372,11 +372,25 @@ fn init_logging(filter: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
+/// A config file with routes: one without would have every call refused,
+/// which is a file cut short (a reload read it half written, say) far
+/// more often than what its author meant; refusing every call is a
+/// route too (`reject`).
+fn routed(config: Config, path: &Path) -> Result<Config, String> {
+    if config.routes.is_empty() {
+        return Err(format!(
+            "{}: no [[routes]]: every call would be refused (a `reject` route says so on purpose)",
+            path.display()
+        ));
+    }
+    Ok(config)
+}
+
 /// The config to run: the file's, or one built from flags, with flag
 /// overrides applied.
 fn load(cli: &Cli) -> Result<Config, String> {
     let mut config = match &cli.config {
-        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        Some(path) => routed(Config::from_file(path).map_err(|e| e.to_string())?, path)?,
         None => from_flags(&cli.upstream)?,
     };
     if let Some(listen) = cli.listen {
