@@ -204,9 +204,13 @@ fn main() -> ExitCode {
     // What SIGHUP and the admin endpoint's POST /reload both do, one at a
     // time: two that overlap would each read the file, and the one that
     // read it first could apply its older version last.
+    // Once draining, a reload that ends no longer tells systemd READY=1
+    // after its STOPPING=1.
+    let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reload: grpc_proxy::telemetry::admin::ReloadFn = {
         let (control, cli) = (proxy.controller(), cli.clone());
         let (notifier, serving) = (notifier.clone(), serving.clone());
+        let stopping = stopping.clone();
         let started = restart_only(&config);
         // The control side only: never on a worker.
         #[allow(clippy::disallowed_types)]
@@ -233,11 +237,12 @@ fn main() -> ExitCode {
                 }
                 control.reload(&next).map_err(|e| e.to_string())
             });
-            if let Some(n) = &notifier {
-                match &result {
+            match &notifier {
+                Some(n) if !stopping.load(std::sync::atomic::Ordering::SeqCst) => match &result {
                     Ok(_) => n.ready(&serving),
                     Err(e) => n.ready(&format!("{serving}; reload refused: {e}")),
-                }
+                },
+                _ => {}
             }
             result
         })
@@ -252,24 +257,31 @@ fn main() -> ExitCode {
         n.ready(&serving);
     }
     // Reload on SIGHUP; drain on the first SIGTERM or SIGINT, and a second
-    // one stops at once.
+    // one stops at once. Reloads run on a thread of their own: one may
+    // wait (name lookups, a reload from the admin endpoint, the workers),
+    // and a SIGTERM meanwhile must start the drain at once. SIGHUPs that
+    // come while one runs make one more, which reads the file as it is
+    // then: a burst of them costs two reloads, not a thread each.
+    let (hup, hups_rx) = crossbeam_channel::bounded::<()>(1);
+    let reloader = reload.clone();
+    std::thread::spawn(move || {
+        for () in hups_rx {
+            if let Err(e) = reloader() {
+                tracing::error!(error = %e, "reload refused; the running config stays");
+            }
+        }
+    });
     let hups = std::iter::once(SIGHUP).filter(|_| hup_pending);
     for signal in hups.chain(signals.forever()) {
         if signal == SIGHUP {
-            // On a thread of its own: a reload may wait (name lookups,
-            // another reload, the workers), and a SIGTERM meanwhile must
-            // start the drain at once.
-            let reload = reload.clone();
-            std::thread::spawn(move || {
-                if let Err(e) = reload() {
-                    tracing::error!(error = %e, "reload refused; the running config stays");
-                }
-            });
+            let _ = hup.try_send(());
             continue;
         }
         tracing::info!(signal, drain_timeout = ?config.settings.drain_timeout, "draining");
         break;
     }
+    drop(hup);
+    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(n) = &notifier {
         n.stopping();
     }
