@@ -1567,3 +1567,83 @@ proxy_test! {
         assert!(n <= 3, "{n} connections for one call");
     }
 }
+
+/// How an upstream ends after it answered a call whole.
+#[derive(Clone, Copy, Debug)]
+enum Then {
+    /// Closes the connection.
+    Closes,
+    /// GOAWAY naming no stream as processed (wrongly: it answered one),
+    /// the connection kept open.
+    GoesAwayAtZero,
+}
+
+/// A unary call whose client takes 16 bytes of response at a time: the
+/// upstream answers it whole (1,000 bytes, then trailers) and then does
+/// `then`; once the proxy has seen that, the client reads. Returns the
+/// body and trailers the client got.
+async fn whole_answer_then(
+    driver: grpc_proxy::Driver,
+    then: Then,
+) -> Result<(Vec<u8>, Option<http::HeaderMap>), String> {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let proxy = proxy_to(driver, listener.local_addr().expect("addr"));
+    let (done, hold) = std::sync::mpsc::channel::<()>();
+    let upstream = std::thread::spawn(move || -> Verdict {
+        let mut p = Peer::accept(&listener, &[])?;
+        let s = request(&mut p)?;
+        let mut all = head(s);
+        all.extend(frame(kind::DATA, 0, s, &message(&pattern(995))));
+        all.extend(trailers(s));
+        p.send(&all);
+        match then {
+            Then::Closes => {}
+            Then::GoesAwayAtZero => {
+                p.send(&frame(kind::GOAWAY, 0, 0, &[0; 8]));
+                let _ = hold.recv_timeout(Duration::from_secs(20));
+            }
+        }
+        Ok(())
+    });
+    let addr = proxy.local_addr();
+    let send = grpc_proxy_tests::raw::client(addr, 16).await;
+    let (response, mut body) = send
+        .ready()
+        .await
+        .map_err(|e| e.to_string())?
+        .send_request(grpc_proxy_tests::raw::request(addr, "Unary"), false)
+        .map_err(|e| e.to_string())?;
+    body.send_data(grpc_proxy_tests::raw::frame(b"hi"), true)
+        .map_err(|e| e.to_string())?;
+    let mut response = response.await.map_err(|e| e.to_string())?.into_body();
+    let seen = |m: &str| match then {
+        Then::Closes => {
+            grpc_proxy_tests::admin::sample(m, "grpc_proxy_upstream_connections{cluster=\"a\"}")
+                == Some(0.0)
+        }
+        Then::GoesAwayAtZero => {
+            grpc_proxy_tests::admin::sample(m, "grpc_proxy_upstream_goaways_total{cluster=\"a\"}")
+                == Some(1.0)
+        }
+    };
+    grpc_proxy_tests::admin::wait_until(&proxy, "the proxy sees the upstream's end", seen).await;
+    let got = grpc_proxy_tests::raw::read_body(&mut response).await;
+    let trailers = response.trailers().await.map_err(|e| e.to_string())?;
+    let _ = done.send(());
+    tokio::task::spawn_blocking(move || upstream.join())
+        .await
+        .expect("join")
+        .expect("the upstream thread")?;
+    Ok((got, trailers))
+}
+
+proxy_test! {
+    async fn a_whole_answer_waiting_for_a_slow_client_outlives_its_upstream_connection(driver) {
+        for then in [Then::Closes, Then::GoesAwayAtZero] {
+            let (got, trailers) = whole_answer_then(driver, then).await.expect("the call");
+            assert!(got == message(&pattern(995)), "{then:?}: {} of 1,000 bytes", got.len());
+            let status = trailers.as_ref().and_then(|t| t.get("grpc-status"));
+            assert_eq!(status.map(|v| v.as_bytes()), Some(&b"0"[..]), "{then:?}: {trailers:?}");
+        }
+    }
+}

@@ -508,7 +508,9 @@ fn act(relay: &Rc<Relay>, side: &Rc<Side>, step: Later) {
                     relay.fail(key, &status_of_broken_stream(code), true, None);
                     return;
                 }
-                if code == ErrorCode::NO_ERROR && relay.upstream_done(key) {
+                // After a whole response, any code: it ends nothing the
+                // client has not been answered.
+                if relay.upstream_done(key) {
                     return;
                 }
                 if code == ErrorCode::REFUSED_STREAM {
@@ -574,6 +576,11 @@ fn act(relay: &Rc<Relay>, side: &Rc<Side>, step: Later) {
                 .collect();
             let status = Status::new(Code::Unavailable, "the upstream is going away");
             for key in cut {
+                // One it answered whole (a GOAWAY that names too low an
+                // id): the answer stands.
+                if relay.upstream_done(key) {
+                    continue;
+                }
                 if !retry(relay, side, key) {
                     relay.refuse(key, &status, false);
                 }
@@ -735,7 +742,15 @@ fn fail_all(relay: &Relay, side: &Rc<Side>, why: &'static str, detail: Option<&s
         (linked, waiting)
     };
     let status = Status::new(Code::Unavailable, why);
-    for key in linked.into_iter().chain(waiting) {
+    for key in linked {
+        // Answered whole, the end still waiting for the client's credit:
+        // the answer stands (an upstream that stops gracefully closes
+        // once its streams are done, whatever its clients still read).
+        if !relay.upstream_done(key) {
+            relay.fail(key, &status, false, detail);
+        }
+    }
+    for key in waiting {
         relay.fail(key, &status, false, detail);
     }
 }
