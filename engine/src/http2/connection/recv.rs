@@ -254,8 +254,13 @@ impl Connection {
     /// on a stream it had opened: either way a stream begun and ended
     /// for nothing, and past the tick's budget the pattern of rapid reset
     /// (CVE-2023-44487) or of the resets a peer provokes ("MadeYouReset",
-    /// CVE-2025-8671).
+    /// CVE-2025-8671). Only a client can do that: a server's streams are
+    /// ours, each a call of ours ending (grpc-go resets a bidi call it
+    /// finished first with NO_ERROR), at whatever rate calls end.
     fn count_reset(&mut self) -> Result<(), ConnectionError> {
+        if self.role == Role::Client {
+            return Ok(());
+        }
         self.budget.resets += 1;
         if self.budget.resets > self.limits.max_resets_per_tick {
             return Err(error(ErrorCode::ENHANCE_YOUR_CALM, TOO_MANY_RESETS));

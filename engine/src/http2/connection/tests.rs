@@ -999,3 +999,40 @@ fn a_second_goaway_never_names_a_later_stream() {
         .expect("GOAWAY");
     assert_eq!(error.3[..4], 1u32.to_be_bytes(), "not stream 3");
 }
+
+#[test]
+fn resets_from_a_server_are_no_flood() {
+    // A server resets only streams we opened (grpc-go ends a bidi call it
+    // finished first with RST_STREAM(NO_ERROR)): at any rate they are our
+    // own calls ending, never a stream begun for nothing by the peer.
+    let limits = Limits {
+        max_resets_per_tick: 10,
+        ..Limits::default()
+    };
+    let mut out = Outbox::new();
+    let mut c = Connection::new(Role::Client, limits, &mut out);
+    let mut hello = Vec::new();
+    frame::write_settings(&mut hello, []);
+    assert_eq!(
+        c.recv(&mut BytesMut::from(&hello[..]), &mut out, |_| {}),
+        Ok(())
+    );
+    let fields = || {
+        REQUEST
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes(), false))
+    };
+    let mut resets = Vec::new();
+    for _ in 0..30 {
+        let id = c.open(fields(), true, &mut out).expect("room");
+        frame::write_rst_stream(&mut resets, id, ErrorCode::NO_ERROR);
+    }
+    let mut ended = 0;
+    let result = c.recv(&mut BytesMut::from(&resets[..]), &mut out, |e| {
+        if matches!(e, Event::Reset { .. }) {
+            ended += 1;
+        }
+    });
+    assert_eq!(result, Ok(()));
+    assert_eq!(ended, 30);
+}
