@@ -1647,3 +1647,26 @@ proxy_test! {
         }
     }
 }
+
+proxy_test! {
+    async fn a_connection_the_upstream_sent_goaway_on_is_closed_once_its_calls_end(driver) {
+        // An upstream that says GOAWAY and then keeps the connection open
+        // (answering PINGs): the pool takes no new calls to it, so the
+        // proxy must close it once its calls are done, or every such
+        // connection would stay open for good.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let proxy = proxy_to(driver, listener.local_addr().expect("addr"));
+        let upstream = std::thread::spawn(move || -> Verdict {
+            let mut p = Peer::accept(&listener, &[])?;
+            let s = request(&mut p)?;
+            let mut last = s.to_be_bytes().to_vec();
+            last.extend([0, 0, 0, 0]);
+            p.send(&frame(kind::GOAWAY, 0, 0, &last));
+            respond(&mut p, s);
+            p.expect_closed()
+        });
+        let mut client = Client::connect(proxy.local_addr()).await;
+        assert_eq!(unary(&mut client).await.expect("answered"), REPLY);
+        joined(upstream).await.expect("the proxy closes the connection");
+    }
+}

@@ -281,6 +281,9 @@ async fn serve<R: Source, W: Sink + 'static>(
             // Calls waiting for a stream here were never sent: they go
             // to another connection rather than wait for this one to end.
             move_waiting(relay, side);
+            // It takes no new calls: it closes once those it carries end,
+            // whether or not the upstream closes it.
+            side.retiring.set(true);
         }
         if !was_ready && side.wire.borrow().conn.ready() {
             settled = true;
@@ -295,6 +298,8 @@ async fn serve<R: Source, W: Sink + 'static>(
         for step in later.drain(..) {
             act(relay, side, step);
         }
+        // Retiring (see above): its last call may have ended in this pass.
+        side.close_if_retired();
         side.flush();
         side.wire.borrow_mut().conn.shrink();
         shrink(side, &mut buf, &mut want);
