@@ -242,6 +242,11 @@ pub struct Connection {
     /// to come.
     preface: bool,
     settings_seen: bool,
+    /// The peer's SETTINGS named a header table size: our next header
+    /// block starts with a dynamic table size update (to 0: our encoder
+    /// uses no dynamic table). RFC 7541 6.3 wants one after a smaller
+    /// size, and nghttp2 refuses a block without it.
+    size_update_owed: bool,
     streams: Streams,
     /// The highest stream id the peer has opened.
     last_remote: u32,
@@ -303,6 +308,7 @@ impl Connection {
             remote: Settings::default(),
             preface: role == Role::Server,
             settings_seen: false,
+            size_update_owed: false,
             streams: Streams::new(),
             last_remote: 0,
             next_local: 1,

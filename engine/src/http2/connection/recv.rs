@@ -675,6 +675,8 @@ impl Connection {
     fn apply_settings(&mut self, params: &[u8]) -> Result<(), ConnectionError> {
         let before = self.remote.initial_window_size;
         self.remote.apply(params).map_err(from_frame)?;
+        self.size_update_owed |=
+            frame::params(params).any(|(id, _)| id == frame::setting::HEADER_TABLE_SIZE);
         let delta = i64::from(self.remote.initial_window_size) - i64::from(before);
         if delta != 0 {
             for stream in self.streams.iter_mut() {

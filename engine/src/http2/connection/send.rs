@@ -33,13 +33,7 @@ impl Connection {
         out: &mut Outbox,
     ) -> Result<u32, SendError> {
         let id = self.new_local_stream(end_stream)?;
-        write_encoded(
-            out,
-            self.remote.max_frame_size as usize,
-            id,
-            block,
-            end_stream,
-        );
+        self.write_encoded(out, id, block, end_stream);
         Ok(id)
     }
 
@@ -88,8 +82,7 @@ impl Connection {
         if !stream.send_open {
             return Err(SendError::Closed);
         }
-        let max = self.remote.max_frame_size as usize;
-        write_encoded(out, max, id, block, end_stream);
+        self.write_encoded(out, id, block, end_stream);
         if end_stream {
             self.close_send(id);
         }
@@ -113,14 +106,21 @@ impl Connection {
         out: &mut Outbox,
     ) {
         let block = self.encode(fields);
-        write_encoded(
-            out,
-            self.remote.max_frame_size as usize,
-            id,
-            &block,
-            end_stream,
-        );
+        self.write_encoded(out, id, &block, end_stream);
         self.encoded = block;
+    }
+
+    /// Writes an encoded header block as HEADERS and as many CONTINUATIONs
+    /// as the peer's frame size needs, after a table size update if one
+    /// is owed (see `size_update_owed`).
+    fn write_encoded(&mut self, out: &mut Outbox, id: u32, block: &[u8], end_stream: bool) {
+        let max = self.remote.max_frame_size as usize;
+        let update: &[u8] = if std::mem::take(&mut self.size_update_owed) {
+            &[0x20]
+        } else {
+            &[]
+        };
+        write_encoded(out, max, id, update, block, end_stream);
     }
 
     /// `fields`, HPACK-encoded into the connection's scratch buffer, which
@@ -208,24 +208,30 @@ impl Connection {
     }
 }
 
-/// Writes an encoded header block as HEADERS and as many CONTINUATIONs
-/// as frames of `max` bytes need.
-fn write_encoded(out: &mut Outbox, max: usize, id: u32, block: &[u8], end_stream: bool) {
+/// Writes `prefix` then an encoded header block as HEADERS and as many
+/// CONTINUATIONs as frames of `max` bytes need.
+fn write_encoded(
+    out: &mut Outbox,
+    max: usize,
+    id: u32,
+    prefix: &[u8],
+    block: &[u8],
+    end_stream: bool,
+) {
     out.put(|b| {
-        let mut chunks = block.chunks(max);
-        let first = chunks.next().unwrap_or(&[]);
-        let more = block.len() > max;
+        let total = prefix.len() + block.len();
+        let first_len = total.min(max);
+        let (first, rest) = block.split_at(first_len - prefix.len());
         let mut flags = if end_stream { flag::END_STREAM } else { 0 };
-        if !more {
+        if rest.is_empty() {
             flags |= flag::END_HEADERS;
         }
-        frame::write_head(b, first.len(), kind::HEADERS, flags, id);
+        frame::write_head(b, first_len, kind::HEADERS, flags, id);
+        b.extend_from_slice(prefix);
         b.extend_from_slice(first);
-        let rest = block.len().saturating_sub(max);
-        let mut written = 0;
-        for chunk in chunks {
-            written += chunk.len();
-            let last = if written == rest {
+        let mut chunks = rest.chunks(max).peekable();
+        while let Some(chunk) = chunks.next() {
+            let last = if chunks.peek().is_none() {
                 flag::END_HEADERS
             } else {
                 0

@@ -1036,3 +1036,84 @@ fn resets_from_a_server_are_no_flood() {
     assert_eq!(result, Ok(()));
     assert_eq!(ended, 30);
 }
+
+#[test]
+fn a_header_table_size_from_the_peer_is_answered_by_a_size_update() {
+    // RFC 7541 6.3: after a smaller SETTINGS_HEADER_TABLE_SIZE the next
+    // header block starts with a table size update (nghttp2 refuses one
+    // without); ours says 0, as its encoder uses no dynamic table.
+    let mut out = Outbox::new();
+    let mut c = Connection::new(Role::Client, Limits::default(), &mut out);
+    let fields = || {
+        REQUEST
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes(), false))
+    };
+    let mut settings = Vec::new();
+    frame::write_settings(&mut settings, [(frame::setting::HEADER_TABLE_SIZE, 0)]);
+    assert_eq!(
+        c.recv(&mut BytesMut::from(&settings[..]), &mut out, |_| {}),
+        Ok(())
+    );
+    out.take_all();
+    let blocks = |out: &mut Outbox| -> Vec<Vec<u8>> {
+        frames_of(&out.take_all())
+            .into_iter()
+            .filter(|f| f.0 == kind::HEADERS)
+            .map(|f| f.3)
+            .collect()
+    };
+    c.open(fields(), true, &mut out).expect("room");
+    c.open(fields(), true, &mut out).expect("room");
+    let written = blocks(&mut out);
+    assert_eq!(written.len(), 2);
+    assert_eq!(
+        written[0][0], 0x20,
+        "the first block after it: {:?}",
+        written[0]
+    );
+    assert_eq!(
+        &written[0][1..],
+        &written[1][..],
+        "once, then the same block"
+    );
+    // And a block split over CONTINUATIONs carries it once, in front.
+    let mut small = Vec::new();
+    frame::write_settings(
+        &mut small,
+        [
+            (frame::setting::HEADER_TABLE_SIZE, 100),
+            (frame::setting::MAX_FRAME_SIZE, 16_384),
+        ],
+    );
+    assert_eq!(
+        c.recv(&mut BytesMut::from(&small[..]), &mut out, |_| {}),
+        Ok(())
+    );
+    out.take_all();
+    let long = "v".repeat(40_000);
+    let mut big: Vec<(&str, &str)> = REQUEST.to_vec();
+    big.push(("x-long", &long));
+    c.open(
+        big.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes(), false)),
+        true,
+        &mut out,
+    )
+    .expect("room");
+    let frames = frames_of(&out.take_all());
+    let kinds: Vec<u8> = frames.iter().map(|f| f.0).collect();
+    assert_eq!(
+        kinds,
+        [kind::HEADERS, kind::CONTINUATION, kind::CONTINUATION]
+    );
+    assert!(frames.iter().all(|f| f.3.len() <= 16_384));
+    assert_eq!(frames[0].3[0], 0x20);
+    assert_eq!(frames[2].1 & flag::END_HEADERS, flag::END_HEADERS);
+    let block: Vec<u8> = frames.iter().flat_map(|f| f.3.clone()).collect();
+    let mut decoder = crate::hpack::Decoder::new(4096);
+    let mut names = Vec::new();
+    decoder
+        .decode(&block, 1 << 20, |f| names.push(f.name.to_vec()))
+        .expect("decodes");
+    assert_eq!(names.last().map(Vec::as_slice), Some(&b"x-long"[..]));
+}
