@@ -273,6 +273,8 @@ pub struct Connection {
     going_away: Option<u32>,
     /// The peer sent GOAWAY: we open nothing more.
     peer_going_away: bool,
+    /// The lowest last stream id the peer's GOAWAYs named.
+    peer_last: u32,
     /// The last few streams that closed normally, after the peer's
     /// END_STREAM: DATA or HEADERS on one of them is the peer's mistake,
     /// not a frame in flight past our reset (RFC 9113 5.1).
@@ -325,6 +327,7 @@ impl Connection {
             budget: Budget::default(),
             going_away: None,
             peer_going_away: false,
+            peer_last: frame::MAX_ID,
             ended: [0; 4],
             failed: None,
         }

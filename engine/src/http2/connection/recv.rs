@@ -220,8 +220,15 @@ impl Connection {
             Frame::GoAway {
                 last_stream, code, ..
             } => {
-                self.peer_going_away = true;
-                on(Event::GoAway { last_stream, code });
+                self.control()?;
+                // Only one that names a lower id says anything new (the
+                // id never grows, RFC 9113 6.8): each one heard walks the
+                // connection's calls.
+                if !self.peer_going_away || last_stream < self.peer_last {
+                    self.peer_going_away = true;
+                    self.peer_last = last_stream;
+                    on(Event::GoAway { last_stream, code });
+                }
             }
             Frame::WindowUpdate { stream, increment } => {
                 // A peer that reads what we send answers with credit: its

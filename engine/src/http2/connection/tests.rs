@@ -1117,3 +1117,37 @@ fn a_header_table_size_from_the_peer_is_answered_by_a_size_update() {
         .expect("decodes");
     assert_eq!(names.last().map(Vec::as_slice), Some(&b"x-long"[..]));
 }
+
+#[test]
+fn only_a_goaway_that_lowers_the_last_id_is_heard_and_a_flood_ends() {
+    let limits = Limits {
+        max_control_frames_per_tick: 10,
+        ..Limits::default()
+    };
+    let mut out = Outbox::new();
+    let mut c = Connection::new(Role::Client, limits, &mut out);
+    let mut bytes = Vec::new();
+    frame::write_settings(&mut bytes, []);
+    for last in [7, 7, 9, 3, 5, 3] {
+        frame::write_goaway(&mut bytes, last, ErrorCode::NO_ERROR, b"");
+    }
+    let mut heard = Vec::new();
+    let result = c.recv(&mut BytesMut::from(&bytes[..]), &mut out, |e| {
+        if let Event::GoAway { last_stream, .. } = e {
+            heard.push(last_stream);
+        }
+    });
+    assert_eq!(result, Ok(()));
+    assert_eq!(heard, [7, 3]);
+    assert!(c.going_away());
+    // Past the tick's budget of control frames, a flood.
+    let mut flood = Vec::new();
+    for _ in 0..10 {
+        frame::write_goaway(&mut flood, 3, ErrorCode::NO_ERROR, b"");
+    }
+    let result = c.recv(&mut BytesMut::from(&flood[..]), &mut out, |_| {});
+    assert_eq!(
+        result.map_err(|e| e.code),
+        Err(ErrorCode::ENHANCE_YOUR_CALM)
+    );
+}
