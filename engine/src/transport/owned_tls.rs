@@ -252,6 +252,15 @@ impl TlsReader {
     }
 }
 
+/// The most plaintext one write encrypts: what rustls holds as records
+/// for one socket write (its own limit is off) stays bounded, however
+/// much waits in the connection's write list.
+const PLAINTEXT_PER_WRITE: usize = 256 << 10;
+
+/// The room for records kept between writes: one write of a few full
+/// records and a connection's owed records fit.
+const OUT_KEPT: usize = 64 << 10;
+
 /// The writing half: plaintext segments in, one socket write per batch.
 pub struct TlsWriter {
     io: TcpOwnedWriteHalf,
@@ -265,18 +274,28 @@ impl TlsWriter {
         crate::transport::socket::write_fd(&self.io)
     }
 
-    /// Encrypts `segments` and writes them with what else the connection
-    /// owes; returns the plaintext bytes taken (all of them, or an error).
+    /// Encrypts up to [`PLAINTEXT_PER_WRITE`] bytes of `segments`, in as
+    /// few records as they fill (not one or more per segment: a DATA
+    /// frame is a header segment and a payload segment), and writes them
+    /// with what else the connection owes; returns the plaintext bytes
+    /// taken.
     pub async fn write(&mut self, segments: &[Bytes]) -> io::Result<usize> {
-        let mut n = 0;
-        {
-            let mut conn = self.shared.conn.borrow_mut();
-            let mut writer = conn.writer();
-            for segment in segments {
-                writer.write_all(segment)?;
-                n += segment.len();
+        let n = {
+            let mut left = PLAINTEXT_PER_WRITE;
+            let mut slices = Vec::with_capacity(segments.len());
+            for s in segments {
+                if left == 0 {
+                    break;
+                }
+                let take = s.len().min(left);
+                left -= take;
+                if take > 0 {
+                    slices.push(io::IoSlice::new(&s[..take]));
+                }
             }
-        }
+            let mut conn = self.shared.conn.borrow_mut();
+            conn.writer().write_vectored(&slices)?
+        };
         self.flush_owed().await?;
         Ok(n)
     }
@@ -294,6 +313,11 @@ impl TlsWriter {
             let out = {
                 let mut conn = self.shared.conn.borrow_mut();
                 if !conn.wants_write() {
+                    // A large write's room is not kept for the
+                    // connection's life.
+                    if self.out.capacity() > OUT_KEPT {
+                        self.out = Vec::new();
+                    }
                     return Ok(());
                 }
                 let mut out = std::mem::take(&mut self.out);
