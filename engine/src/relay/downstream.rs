@@ -176,9 +176,13 @@ async fn serve_on<R: Source, W: Sink + 'static>(
     writing.await;
     // And until the client has them: what it sent that was not read would
     // make the close a reset that throws away what the kernel still holds.
+    // Only the socket stays for that: the connection's state (and TLS's)
+    // goes first.
     if let Some(linger) = settings.linger {
+        let mut tcp = reader.into_tcp();
+        drop(side);
         let until = monoio::time::Instant::now() + linger;
-        crate::transport::linger::linger(reader.tcp(), until, &stop).await;
+        crate::transport::linger::linger(&mut tcp, until, &stop).await;
     }
 }
 

@@ -802,9 +802,10 @@ pub trait Source {
     /// wait of an idle client connection (see [`let_go`]).
     fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>>;
 
-    /// The TCP connection under it (under TLS too), for reads that
-    /// throw the bytes away (see [`linger`](crate::transport::linger)).
-    fn tcp(&mut self) -> &mut TcpOwnedReadHalf;
+    /// The TCP connection under it (under TLS too, whose state goes),
+    /// for reads that throw the bytes away (see
+    /// [`linger`](crate::transport::linger)).
+    fn into_tcp(self) -> TcpOwnedReadHalf;
 }
 
 impl Source for TcpOwnedReadHalf {
@@ -820,7 +821,7 @@ impl Source for TcpOwnedReadHalf {
         crate::transport::socket::readable(self).await
     }
 
-    fn tcp(&mut self) -> &mut TcpOwnedReadHalf {
+    fn into_tcp(self) -> TcpOwnedReadHalf {
         self
     }
 }
@@ -843,8 +844,8 @@ impl Source for TlsReader {
         self.ready().await
     }
 
-    fn tcp(&mut self) -> &mut TcpOwnedReadHalf {
-        TlsReader::tcp(self)
+    fn into_tcp(self) -> TcpOwnedReadHalf {
+        TlsReader::into_tcp(self)
     }
 }
 

@@ -42,6 +42,11 @@ pub async fn linger(tcp: &mut TcpOwnedReadHalf, until: Instant, stop: &Latch) {
     loop {
         // Without the count (kernels before 4.1), nothing to wait for.
         if socket::sent(fd).is_none_or(|sent| sent.queued == 0) {
+            // The client has every byte; what it sent since the last read
+            // goes too, or the close would still be a reset, and a client
+            // on some systems drops what it has not read yet when one
+            // comes.
+            socket::discard_unread(fd);
             return;
         }
         let now = Instant::now();

@@ -220,9 +220,9 @@ impl TlsReader {
     }
 
     /// The TCP connection under it, for reads that skip TLS (see
-    /// [`linger`](crate::transport::linger)).
-    pub fn tcp(&mut self) -> &mut TcpOwnedReadHalf {
-        &mut self.io
+    /// [`linger`](crate::transport::linger)); the session goes.
+    pub fn into_tcp(self) -> TcpOwnedReadHalf {
+        self.io
     }
 
     /// Plaintext rustls holds, if any: `Some(0)` once the peer closed the

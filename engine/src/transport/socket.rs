@@ -87,6 +87,29 @@ pub fn sent(fd: RawFd) -> Option<Sent> {
     })
 }
 
+/// Reads and throws away what the socket `fd` holds unread, without
+/// waiting (at most 64 KiB): a socket closed with unread bytes is reset.
+#[allow(unsafe_code)]
+pub fn discard_unread(fd: RawFd) {
+    let mut scrap = [0u8; 4096];
+    for _ in 0..16 {
+        // SAFETY: `scrap` is a live stack buffer of the length given; the
+        // kernel writes at most that many bytes into it. A descriptor that
+        // is not a socket makes the call fail, nothing else.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                scrap.as_mut_ptr().cast(),
+                scrap.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            return;
+        }
+    }
+}
+
 /// The socket under a read half: it stays open while `half` lives.
 #[allow(unsafe_code)]
 pub fn read_fd(half: &monoio::net::tcp::TcpOwnedReadHalf) -> RawFd {
