@@ -438,6 +438,11 @@ impl Connection {
             self.fail_stream(id, ErrorCode::PROTOCOL_ERROR, known, out, on)?;
             return Ok(());
         }
+        if informational {
+            // Any number may come before the response, each a whole
+            // decode for nothing the call carries on: a control frame.
+            self.control()?;
+        }
         if kind != Kind::Trailers {
             stream.content_length = self.list(kind).content_length();
             stream.head_received = !informational;

@@ -1151,3 +1151,43 @@ fn only_a_goaway_that_lowers_the_last_id_is_heard_and_a_flood_ends() {
         Err(ErrorCode::ENHANCE_YOUR_CALM)
     );
 }
+
+#[test]
+fn informational_heads_count_as_control_frames() {
+    let limits = Limits {
+        max_control_frames_per_tick: 10,
+        ..Limits::default()
+    };
+    let mut out = Outbox::new();
+    let mut c = Connection::new(Role::Client, limits, &mut out);
+    let fields = || {
+        REQUEST
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes(), false))
+    };
+    let id = c.open(fields(), true, &mut out).expect("room");
+    let mut bytes = Vec::new();
+    frame::write_settings(&mut bytes, []);
+    for _ in 0..5 {
+        bytes.extend(headers(
+            id,
+            flag::END_HEADERS,
+            &block(&[(":status", "103")]),
+        ));
+    }
+    let result = c.recv(&mut BytesMut::from(&bytes[..]), &mut out, |_| {});
+    assert_eq!(result, Ok(()), "a few are fine");
+    let mut flood = Vec::new();
+    for _ in 0..10 {
+        flood.extend(headers(
+            id,
+            flag::END_HEADERS,
+            &block(&[(":status", "103")]),
+        ));
+    }
+    let result = c.recv(&mut BytesMut::from(&flood[..]), &mut out, |_| {});
+    assert_eq!(
+        result.map_err(|e| e.code),
+        Err(ErrorCode::ENHANCE_YOUR_CALM)
+    );
+}
