@@ -376,7 +376,8 @@ proxy_test! {
 fn unread_bytes_at_a_connection_error(
     addr: std::net::SocketAddr,
     count: &'static str,
-    finished: impl Fn() -> bool,
+    window: u32,
+    ready: impl Fn(&std::net::TcpStream) -> bool,
 ) -> std::net::TcpStream {
     use grpc_proxy_tests::peer::{
         block, flag, frame, kind, message, setting, settings_frame, window_update, PREFACE,
@@ -391,10 +392,7 @@ fn unread_bytes_at_a_connection_error(
     fields[2] = (":path", "/test.Echo/ServerStream");
     fields.push(("x-count", count));
     let mut hello = PREFACE.to_vec();
-    hello.extend(settings_frame(&[(
-        setting::INITIAL_WINDOW_SIZE,
-        0x7fff_ffff,
-    )]));
+    hello.extend(settings_frame(&[(setting::INITIAL_WINDOW_SIZE, window)]));
     hello.extend(window_update(0, 0x7fff_0000));
     // The proxy's SETTINGS went out at accept; they are acknowledged unread.
     hello.extend(frame(kind::SETTINGS, flag::ACK, 0, &[]));
@@ -403,10 +401,10 @@ fn unread_bytes_at_a_connection_error(
     hello.extend(frame(kind::DATA, flag::END_STREAM, 1, &message(&payload)));
     tcp.write_all(&hello).expect("the call");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !finished() {
+    while !ready(&tcp) {
         assert!(
             std::time::Instant::now() < deadline,
-            "the call never finished in the proxy"
+            "the response never came"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -454,7 +452,9 @@ proxy_test! {
         let proxy = std::sync::Arc::new(proxy_to(driver, up.addr()));
         let addr = proxy.local_addr();
         let (kinds, end) = tokio::task::spawn_blocking(move || {
-            read_slowly(unread_bytes_at_a_connection_error(addr, "32", || one_call_finished(&proxy)))
+            read_slowly(unread_bytes_at_a_connection_error(addr, "32", 0x7fff_ffff, |_| {
+                one_call_finished(&proxy)
+            }))
         })
         .await
         .expect("the client");
@@ -473,9 +473,16 @@ proxy_test! {
         let proxy = std::sync::Arc::new(grpc_proxy_tests::proxy(driver, &toml));
         let addr = proxy.local_addr();
         let reset = tokio::task::spawn_blocking(move || {
-            // 64 KiB of response: more than the client's receive buffer,
-            // less than the proxy's send buffer, so its writer finishes.
-            let mut tcp = unread_bytes_at_a_connection_error(addr, "4", || one_call_finished(&proxy));
+            // 12 KiB of response (the stream window the client gives):
+            // more than the client's receive buffer takes, far less than
+            // the proxy's send buffer holds, so its writer finishes. The
+            // error goes once the first bytes have come.
+            let mut tcp = unread_bytes_at_a_connection_error(addr, "4", 12 << 10, |tcp| {
+                tcp.set_nonblocking(true).expect("nonblocking");
+                let seen = tcp.peek(&mut [0u8; 16 << 10]).unwrap_or(0);
+                tcp.set_nonblocking(false).expect("blocking");
+                seen >= 2048
+            });
             // While the proxy lingers it reads what comes and throws it
             // away; once it has closed, what comes makes the kernel reset
             // the connection.
