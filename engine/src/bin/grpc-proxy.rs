@@ -204,9 +204,12 @@ fn main() -> ExitCode {
     // What SIGHUP and the admin endpoint's POST /reload both do, one at a
     // time: two that overlap would each read the file, and the one that
     // read it first could apply its older version last.
-    // Once draining, a reload that ends no longer tells systemd READY=1
-    // after its STOPPING=1.
-    let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Set once the drain begins: no reload starts after it, and one under
+    // way says nothing to systemd after its STOPPING=1. Held only around
+    // those words (never through a reload, which may wait), by the
+    // control side only, never on a worker.
+    #[allow(clippy::disallowed_types)]
+    let stopping = std::sync::Arc::new(std::sync::Mutex::new(false));
     let reload: grpc_proxy::telemetry::admin::ReloadFn = {
         let (control, cli) = (proxy.controller(), cli.clone());
         let (notifier, serving) = (notifier.clone(), serving.clone());
@@ -219,8 +222,16 @@ fn main() -> ExitCode {
             let _turn = one_at_a_time
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(n) = &notifier {
-                n.reloading();
+            {
+                let stopping = stopping
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *stopping {
+                    return Err("the proxy is draining".into());
+                }
+                if let Some(n) = &notifier {
+                    n.reloading();
+                }
             }
             let result = load(&cli).and_then(|next| {
                 let changed: Vec<&str> = restart_only(&next)
@@ -237,8 +248,11 @@ fn main() -> ExitCode {
                 }
                 control.reload(&next).map_err(|e| e.to_string())
             });
+            let stopping = stopping
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match &notifier {
-                Some(n) if !stopping.load(std::sync::atomic::Ordering::SeqCst) => match &result {
+                Some(n) if !*stopping => match &result {
                     Ok(_) => n.ready(&serving),
                     Err(e) => n.ready(&format!("{serving}; reload refused: {e}")),
                 },
@@ -266,8 +280,14 @@ fn main() -> ExitCode {
     let reloader = reload.clone();
     std::thread::spawn(move || {
         for () in hups_rx {
-            if let Err(e) = reloader() {
-                tracing::error!(error = %e, "reload refused; the running config stays");
+            // A reload that panics (a bug) must not leave later SIGHUPs
+            // unheard.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reloader())) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reload refused; the running config stays")
+                }
+                Err(_) => tracing::error!("reload failed (a panic); the running config stays"),
             }
         }
     });
@@ -281,9 +301,14 @@ fn main() -> ExitCode {
         break;
     }
     drop(hup);
-    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-    if let Some(n) = &notifier {
-        n.stopping();
+    {
+        let mut stopping = stopping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *stopping = true;
+        if let Some(n) = &notifier {
+            n.stopping();
+        }
     }
     proxy.drain();
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
