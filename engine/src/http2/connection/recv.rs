@@ -191,6 +191,10 @@ impl Connection {
                         code,
                         local: false,
                     });
+                } else if self.role == Role::Client {
+                    // A server's reset of a stream already ended ends
+                    // nothing of ours: past the budget, a flood.
+                    self.control()?;
                 }
             }
             Frame::Settings { ack, params } => {

@@ -1007,6 +1007,7 @@ fn resets_from_a_server_are_no_flood() {
     // own calls ending, never a stream begun for nothing by the peer.
     let limits = Limits {
         max_resets_per_tick: 10,
+        max_control_frames_per_tick: 10,
         ..Limits::default()
     };
     let mut out = Outbox::new();
@@ -1035,6 +1036,13 @@ fn resets_from_a_server_are_no_flood() {
     });
     assert_eq!(result, Ok(()));
     assert_eq!(ended, 30);
+    // Resets of streams already ended end nothing: past the budget of
+    // control frames, a flood.
+    let result = c.recv(&mut BytesMut::from(&resets[..]), &mut out, |_| {});
+    assert_eq!(
+        result.map_err(|e| e.code),
+        Err(ErrorCode::ENHANCE_YOUR_CALM)
+    );
 }
 
 #[test]
