@@ -38,22 +38,29 @@ const LAST_LOOK: Duration = Duration::from_millis(250);
 pub async fn linger(tcp: &mut TcpOwnedReadHalf, until: Instant, stop: &Latch) {
     let fd = socket::read_fd(tcp);
     let mut look = FIRST_LOOK;
+    // When to look at what the client has not acknowledged: at once, then
+    // as the looks space out, and after a read that found the socket
+    // drained (not after each of a flood's full reads).
+    let mut next = Instant::now();
     let mut spare = Vec::new();
     loop {
-        // Without the count (kernels before 4.1), nothing to wait for.
-        if socket::sent(fd).is_none_or(|sent| sent.queued == 0) {
-            // The client has every byte; what it sent since the last read
-            // goes too, or the close would still be a reset, and a client
-            // on some systems drops what it has not read yet when one
-            // comes.
-            socket::discard_unread(fd);
-            return;
-        }
         let now = Instant::now();
+        if now >= next {
+            // Without the count (kernels before 4.1), nothing to wait for.
+            if socket::sent(fd).is_none_or(|sent| sent.queued == 0) {
+                // The client has every byte; what it sent since the last
+                // read goes too, or the close would still be a reset, and
+                // a client on some systems drops what it has not read yet
+                // when one comes.
+                socket::discard_unread(fd);
+                return;
+            }
+            next = (now + look).min(until);
+            look = (look * 2).min(LAST_LOOK);
+        }
         if now >= until || stop.is_set() {
             return;
         }
-        let next = (now + look).min(until);
         if spare.capacity() == 0 {
             // New, or gone with a read the timer cut short.
             spare = Vec::with_capacity(READ);
@@ -65,11 +72,14 @@ pub async fn linger(tcp: &mut TcpOwnedReadHalf, until: Instant, stop: &Latch) {
             read = tcp.read(std::mem::take(&mut spare)) => Some(read),
         };
         match read {
-            None => look = (look * 2).min(LAST_LOOK),
+            None => {}
             Some((Ok(0) | Err(_), _)) => return,
-            Some((Ok(_), buf)) => {
+            Some((Ok(n), buf)) => {
                 spare = buf;
                 spare.clear();
+                if n < READ {
+                    next = Instant::now();
+                }
             }
         }
     }
