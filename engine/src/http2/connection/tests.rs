@@ -598,6 +598,13 @@ fn floods_end_with_enhance_your_calm() {
     connection_error(&s.feed(&bytes), ErrorCode::ENHANCE_YOUR_CALM);
 }
 
+/// REQUEST's fields, as `open` takes them.
+fn request_fields() -> impl Iterator<Item = (&'static [u8], &'static [u8], bool)> {
+    REQUEST
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes(), false))
+}
+
 /// A WINDOW_UPDATE with an increment of 0, which our writer never makes.
 fn zero_window_update(stream: u32) -> Vec<u8> {
     let mut b = Vec::new();
@@ -710,15 +717,13 @@ fn a_client_counts_the_stream_ids_it_has_left() {
     );
     c.next_local = MAX_ID - 2;
     assert_eq!(c.streams_left(), 2);
-    let fields = || {
-        REQUEST
-            .iter()
-            .map(|(n, v)| (n.as_bytes(), v.as_bytes(), false))
-    };
-    assert_eq!(c.open(fields(), true, &mut out), Ok(MAX_ID - 2));
-    assert_eq!(c.open(fields(), true, &mut out), Ok(MAX_ID));
+    assert_eq!(c.open(request_fields(), true, &mut out), Ok(MAX_ID - 2));
+    assert_eq!(c.open(request_fields(), true, &mut out), Ok(MAX_ID));
     assert_eq!(c.streams_left(), 0);
-    assert_eq!(c.open(fields(), true, &mut out), Err(SendError::Refused));
+    assert_eq!(
+        c.open(request_fields(), true, &mut out),
+        Err(SendError::Refused)
+    );
 }
 
 #[test]
@@ -1018,14 +1023,9 @@ fn resets_from_a_server_are_no_flood() {
         c.recv(&mut BytesMut::from(&hello[..]), &mut out, |_| {}),
         Ok(())
     );
-    let fields = || {
-        REQUEST
-            .iter()
-            .map(|(n, v)| (n.as_bytes(), v.as_bytes(), false))
-    };
     let mut resets = Vec::new();
     for _ in 0..30 {
-        let id = c.open(fields(), true, &mut out).expect("room");
+        let id = c.open(request_fields(), true, &mut out).expect("room");
         frame::write_rst_stream(&mut resets, id, ErrorCode::NO_ERROR);
     }
     let mut ended = 0;
@@ -1052,11 +1052,6 @@ fn a_header_table_size_from_the_peer_is_answered_by_a_size_update() {
     // without); ours says 0, as its encoder uses no dynamic table.
     let mut out = Outbox::new();
     let mut c = Connection::new(Role::Client, Limits::default(), &mut out);
-    let fields = || {
-        REQUEST
-            .iter()
-            .map(|(n, v)| (n.as_bytes(), v.as_bytes(), false))
-    };
     let mut settings = Vec::new();
     frame::write_settings(&mut settings, [(frame::setting::HEADER_TABLE_SIZE, 0)]);
     assert_eq!(
@@ -1071,8 +1066,8 @@ fn a_header_table_size_from_the_peer_is_answered_by_a_size_update() {
             .map(|f| f.3)
             .collect()
     };
-    c.open(fields(), true, &mut out).expect("room");
-    c.open(fields(), true, &mut out).expect("room");
+    c.open(request_fields(), true, &mut out).expect("room");
+    c.open(request_fields(), true, &mut out).expect("room");
     let written = blocks(&mut out);
     assert_eq!(written.len(), 2);
     assert_eq!(
@@ -1168,12 +1163,7 @@ fn informational_heads_count_as_control_frames() {
     };
     let mut out = Outbox::new();
     let mut c = Connection::new(Role::Client, limits, &mut out);
-    let fields = || {
-        REQUEST
-            .iter()
-            .map(|(n, v)| (n.as_bytes(), v.as_bytes(), false))
-    };
-    let id = c.open(fields(), true, &mut out).expect("room");
+    let id = c.open(request_fields(), true, &mut out).expect("room");
     let mut bytes = Vec::new();
     frame::write_settings(&mut bytes, []);
     for _ in 0..5 {
