@@ -271,9 +271,11 @@ impl Service<http::Request<Body>> for Echo {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let echo = self.clone();
         let authority = request.uri().authority().map(|a| a.to_string());
-        let head = authority
-            .map(|a| (":authority".to_owned(), a))
+        let scheme = request.uri().scheme_str().map(str::to_owned);
+        let head = scheme
+            .map(|s| (":scheme".to_owned(), s))
             .into_iter()
+            .chain(authority.map(|a| (":authority".to_owned(), a)))
             .chain(
                 request
                     .headers()

@@ -236,6 +236,9 @@ proxy_test! {
             .await
             .expect("TLS client connects");
         assert_eq!(client.echo("hello").await.expect("unary"), Bytes::from("hello"));
+        // The client said https; the upstream speaks cleartext, and is told
+        // its own scheme (grpc-dotnet refuses another).
+        assert_eq!(up.events().last_values(":scheme"), ["http"]);
 
         let mut request = Request::new(Bytes::from("tick"));
         request.metadata_mut().insert("x-count", MetadataValue::from_static("20"));
@@ -493,6 +496,7 @@ proxy_test! {
         ));
         let mut client = Client::connect(proxy.local_addr()).await;
         assert_eq!(answered_by(&mut client).await.expect("over upstream TLS"), "secure");
+        assert_eq!(up.events().last_values(":scheme"), ["https"], "the upstream leg's scheme");
         let stream = client
             .server_stream(Request::new(Bytes::from("s")))
             .await

@@ -187,17 +187,22 @@ pub fn edited<'a>(
         .chain(edits.into_iter().flat_map(HeaderEdits::added))
 }
 
-/// The head a call sends upstream: the client's fields, with
-/// `grpc-timeout` replaced by `timeout` when there is one, and the route's
-/// edits made.
+/// The head a call sends upstream: the client's fields, with `:scheme`
+/// set to `scheme` (the upstream's transport), `grpc-timeout` replaced by
+/// `timeout` when there is one, and the route's edits made.
 pub fn head_fields<'a>(
     list: &'a HeaderList,
+    scheme: &'a [u8],
     timeout: Option<&'a str>,
     edits: Option<&'a HeaderEdits>,
 ) -> impl Iterator<Item = (&'a [u8], &'a [u8], bool)> + 'a {
     let fields = list
         .all()
         .filter(move |(name, _, _)| timeout.is_none() || *name != b"grpc-timeout")
+        .map(move |(name, value, sensitive)| {
+            let value = if name == b":scheme" { scheme } else { value };
+            (name, value, sensitive)
+        })
         .chain(timeout.map(|t| (&b"grpc-timeout"[..], t.as_bytes(), false)));
     edited(fields, edits)
 }

@@ -493,11 +493,13 @@ fn request(
     // (rapid reset) costs the upstream nothing.
     let start = heads.len();
     let request_edits = edits.as_deref().map(|e| &e.request);
-    if timeout_header.is_none() && request_edits.is_none() {
+    let scheme = dial.scheme();
+    let same_scheme = list.pseudo(pseudo::SCHEME) == Some(scheme);
+    if timeout_header.is_none() && request_edits.is_none() && same_scheme {
         // The client's head as it is: encoded once while its block repeats.
         heads.extend_from_slice(&list.encoded(Which::All));
     } else {
-        let fields = head_fields(list, timeout_header.as_deref(), request_edits);
+        let fields = head_fields(list, scheme, timeout_header.as_deref(), request_edits);
         for (name, value, sensitive) in fields {
             encode_field(name, value, sensitive, heads);
         }

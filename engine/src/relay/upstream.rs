@@ -63,6 +63,17 @@ pub struct Dial {
 }
 
 impl Dial {
+    /// The `:scheme` a request has on these connections: the upstream's
+    /// transport, not the client's (grpc-dotnet's Kestrel refuses a
+    /// scheme that does not match its own).
+    pub fn scheme(&self) -> &'static [u8] {
+        if self.tls.is_some() {
+            b"https"
+        } else {
+            b"http"
+        }
+    }
+
     /// How `cluster` reaches its endpoints.
     pub fn of(cluster: &Cluster) -> Dial {
         let (tls, tag) = cluster.tls();
