@@ -93,6 +93,24 @@ proxy_test! {
         assert_eq!(status.metadata().get("x-error-meta").expect("error metadata"), "yes");
     }
 
+    async fn values_with_space_at_either_end_pass_both_ways(driver) {
+        // gRPC leaves spaces in grpc-message unencoded, and grpc-go, grpc-java
+        // and tonic send them raw: "no such user: " is a valid status. RFC
+        // 9113 8.2.1 calls white space at either end malformed; the proxy
+        // takes it as these implementations do, on both legs.
+        let up = Upstream::start("a");
+        let proxy = proxy_to(driver, up.addr());
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let mut request = Request::new(Bytes::from("m"));
+        request.metadata_mut().insert("x-fail-code", MetadataValue::from_static("5"));
+        request.metadata_mut().insert("x-fail-message", MetadataValue::from_static("no such user: "));
+        request.metadata_mut().insert("x-note", MetadataValue::from_static(" padded\t"));
+        let status = client.unary("Unary", request).await.expect_err("the upstream fails it");
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        assert_eq!(status.message(), "no such user: ");
+        assert_eq!(up.events().last_values("x-note"), [" padded\t"]);
+    }
+
     async fn trailers_only_error_on_a_stream(driver) {
         let up = Upstream::start("a");
         let proxy = proxy_to(driver, up.addr());
