@@ -2,7 +2,9 @@
 //!
 //! The value is at most 8 ASCII digits followed by a unit: `H` hours, `M`
 //! minutes, `S` seconds, `m` milliseconds, `u` microseconds, `n` nanoseconds.
-//! A malformed value is ignored (as grpc-go does), never an error for the call.
+//! A malformed value sets no deadline here and goes on as sent, unless a
+//! route timeout replaces it: the upstream answers it as it would directly
+//! (grpc-go's server with INTERNAL).
 
 use std::time::Duration;
 
