@@ -338,6 +338,57 @@ proxy_test! {
         assert_eq!(up.events().calls(), 3);
     }
 
+    async fn records_that_carry_almost_nothing_end_only_their_own_connection(driver) {
+        // A client that streams a request's DATA a byte per record, a
+        // KeyUpdate before each (rustls lets 32 in a row through, and any
+        // byte of data starts the count again): each record a decryption
+        // and each KeyUpdate a key derivation, for bytes HTTP/2 takes as a
+        // slow, lawful stream. The proxy closes it; a client beside it
+        // goes on.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pki = Pki::new();
+        let up = Upstream::start("a");
+        let proxy = proxy(driver, &format!(
+            "{}{}[[routes]]\ncluster = \"a\"\n",
+            listener_tls(&pki, "off"),
+            cluster("a", up.addr())
+        ));
+        let addr = proxy.local_addr();
+        let mut bystander = Client::connect_tls(addr, &pki.ca.cert_pem, None).await.expect("connects");
+        let mut tls = raw_tls(addr, &pki).await;
+        use grpc_proxy_tests::peer::{block, flag, frame, grpc_fields, kind, settings_frame, PREFACE};
+        let mut fields = grpc_fields();
+        fields[2] = (":path", "/test.Echo/ClientStream");
+        let mut hello = PREFACE.to_vec();
+        hello.extend(settings_frame(&[]));
+        hello.extend(frame(kind::HEADERS, flag::END_HEADERS, 1, &block(&fields)));
+        tls.write_all(&hello).await.expect("preface and call");
+        // Messages of 16 KiB - 5 in DATA frames of 16 KiB: 4 of them.
+        let mut body = Vec::new();
+        for _ in 0..4 {
+            let mut message = vec![0u8];
+            message.extend_from_slice(&((16u32 << 10) - 5).to_be_bytes());
+            message.resize(16 << 10, 7);
+            body.extend(frame(kind::DATA, 0, 1, &message));
+        }
+        let mut closed = false;
+        for byte in &body {
+            tls.get_mut().1.refresh_traffic_keys().expect("key update");
+            if tls.write_all(&[*byte]).await.is_err() || tls.flush().await.is_err() {
+                closed = true;
+                break;
+            }
+        }
+        if !closed {
+            // Everything was written: the close comes as the end of reads.
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut rest)).await;
+            closed = read.is_ok();
+        }
+        assert!(closed, "the proxy closes a connection whose records carry almost nothing");
+        assert_eq!(answered_by(&mut bystander).await.expect("the bystander goes on"), "a");
+    }
+
     async fn plaintext_held_past_a_read_is_served_without_new_bytes(driver) {
         // One TLS record carries the preface and SETTINGS, an extension
         // frame (which HTTP/2 ignores) that brings them to exactly one

@@ -75,7 +75,7 @@ async fn handshake(tcp: &mut TcpStream, mut conn: Connection) -> io::Result<(Con
         if !cipher.refill(tcp).await? {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        if let Err(e) = cipher.feed(&mut conn) {
+        if let Err(e) = cipher.feed(&mut conn).map(drop) {
             let _ = write_owed(tcp, &mut conn, out).await;
             return Err(e);
         }
@@ -114,14 +114,16 @@ impl Cipher {
         Ok(read? > 0)
     }
 
-    /// Hands rustls what it takes of the ciphertext, and has it processed.
-    fn feed(&mut self, conn: &mut Connection) -> io::Result<()> {
+    /// Hands rustls what it takes of the ciphertext, and has it processed;
+    /// returns how many bytes it took.
+    fn feed(&mut self, conn: &mut Connection) -> io::Result<usize> {
         let mut rest = &self.buf[self.start..];
         let fed = conn.read_tls(&mut rest);
-        self.start = self.buf.len() - rest.len();
+        let taken = self.buf.len() - rest.len() - self.start;
+        self.start += taken;
         fed?;
         conn.process_new_packets()
-            .map(drop)
+            .map(|_| taken)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
@@ -164,6 +166,7 @@ pub fn split(tcp: TcpStream, conn: Connection, cipher: Vec<u8>) -> (TlsReader, T
             io: read,
             shared: shared.clone(),
             cipher: Cipher::new(buf),
+            spend: Spend::new(),
         },
         TlsWriter {
             io: write,
@@ -173,11 +176,59 @@ pub fn split(tcp: TcpStream, conn: Connection, cipher: Vec<u8>) -> (TlsReader, T
     )
 }
 
+/// What a peer's ciphertext bought, per second: a peer may send records
+/// that carry almost nothing (a byte each, or none, KeyUpdates between
+/// them), each costing a decryption (and a KeyUpdate a key derivation)
+/// that HTTP/2's budgets never see. Past an allowance, ciphertext more
+/// than 16 times the plaintext it carried ends the connection: records
+/// that each carry a whole frame, however small, stay under 4 times.
+struct Spend {
+    since: monoio::time::Instant,
+    cipher: usize,
+    plain: usize,
+}
+
+/// Ciphertext a second may spend on anything.
+const SPEND_ALLOWANCE: usize = 64 << 10;
+/// Ciphertext bytes per byte of plaintext past the allowance.
+const SPEND_RATIO: usize = 16;
+
+impl Spend {
+    fn new() -> Spend {
+        Spend {
+            since: monoio::time::Instant::now(),
+            cipher: 0,
+            plain: 0,
+        }
+    }
+
+    /// Counts `cipher` bytes taken; whether the second's spending is now
+    /// out of proportion to what it carried.
+    fn out_of_proportion(&mut self, cipher: usize) -> bool {
+        self.cipher += cipher;
+        if self.cipher <= SPEND_ALLOWANCE + SPEND_RATIO * self.plain {
+            return false;
+        }
+        // Looked at only past the allowance: a new second starts afresh.
+        let now = monoio::time::Instant::now();
+        if now.duration_since(self.since) >= std::time::Duration::from_secs(1) {
+            *self = Spend {
+                since: now,
+                cipher,
+                plain: 0,
+            };
+            return false;
+        }
+        true
+    }
+}
+
 /// The reading half: ciphertext in, plaintext onto the relay's buffer.
 pub struct TlsReader {
     io: TcpOwnedReadHalf,
     shared: Rc<Shared>,
     cipher: Cipher,
+    spend: Spend,
 }
 
 impl TlsReader {
@@ -187,6 +238,7 @@ impl TlsReader {
     pub async fn read_into(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
         loop {
             if let Some(n) = self.plaintext(buf, want)? {
+                self.spend.plain += n;
                 return Ok(n);
             }
             if !self.cipher.refill(&mut self.io).await? {
@@ -197,7 +249,12 @@ impl TlsReader {
             if conn.wants_write() {
                 self.shared.owed.notify_all();
             }
-            fed?;
+            if self.spend.out_of_proportion(fed?) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS records out of proportion to what they carry",
+                ));
+            }
         }
     }
 
