@@ -109,6 +109,12 @@ proxy_test! {
         assert_eq!(status.code(), Code::NotFound, "{status:?}");
         assert_eq!(status.message(), "no such user: ");
         assert_eq!(up.events().last_values("x-note"), [" padded\t"]);
+        // And back (tonic percent-encodes the spaces of its grpc-message,
+        // so the response leg is shown by a header the upstream echoes).
+        let mut request = Request::new(Bytes::from("m"));
+        request.metadata_mut().insert("x-echo-note", MetadataValue::from_static(" padded\t"));
+        let response = client.unary("Unary", request).await.expect("answered");
+        assert_eq!(response.metadata().get("x-echo-note").expect("echoed"), " padded\t");
     }
 
     async fn trailers_only_error_on_a_stream(driver) {

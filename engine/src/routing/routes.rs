@@ -178,7 +178,12 @@ impl Compiled {
             let mut values = call.values(h.name.as_str());
             match &h.rule {
                 HeaderRule::Present(want) => values.next().is_some() == *want,
-                HeaderRule::OneOf(allowed) => values.any(|v| allowed.iter().any(|a| a == v)),
+                // White space at either end is not part of a value (RFC
+                // 9110 5.5): "admin " is "admin", to a route as upstream.
+                HeaderRule::OneOf(allowed) => values.any(|v| {
+                    let v = v.trim_ascii();
+                    allowed.iter().any(|a| a.as_bytes() == v)
+                }),
             }
         })
     }
@@ -423,6 +428,12 @@ mod tests {
         assert_eq!(
             route(&t, "/p.S/M", None, &[("authorization", "Bearer bad")]),
             Route::Reject(Status::new(Code::PermissionDenied, "bad token"))
+        );
+        // White space at either end is not part of the value: "blue " is
+        // "blue", as an upstream takes it.
+        assert_eq!(
+            route(&t, "/p.S/M", None, &[("x-tenant", " blue\t")]),
+            Route::to(ClusterId(1))
         );
     }
 
