@@ -496,10 +496,15 @@ fn request(
     let start = heads.len();
     let request_edits = edits.as_deref().map(|e| &e.request);
     let scheme = dial.scheme();
-    let same_scheme = list.pseudo(pseudo::SCHEME) == Some(scheme);
-    if timeout_header.is_none() && request_edits.is_none() && same_scheme {
-        // The client's head as it is: encoded once while its block repeats.
-        heads.extend_from_slice(&list.encoded(Which::All));
+    if timeout_header.is_none() && request_edits.is_none() {
+        // The client's head as it is (but for the scheme, see `Dial`):
+        // encoded once while its block repeats.
+        let which = if list.pseudo(pseudo::SCHEME) == Some(scheme) {
+            Which::All
+        } else {
+            Which::WithScheme(scheme)
+        };
+        heads.extend_from_slice(&list.encoded(which));
     } else {
         let fields = head_fields(list, scheme, timeout_header.as_deref(), request_edits);
         for (name, value, sensitive) in fields {
