@@ -139,6 +139,24 @@ async fn served_certificate(addr: std::net::SocketAddr, pki: &Pki) -> Vec<u8> {
     session.peer_certificates().expect("a certificate")[0].to_vec()
 }
 
+/// A proxy whose listener speaks TLS with `pki`'s server certificate (no
+/// client certificates), forwarding every call to `upstream` as cluster
+/// "a".
+fn tls_proxy_to(
+    driver: grpc_proxy::Driver,
+    pki: &Pki,
+    upstream: std::net::SocketAddr,
+) -> grpc_proxy::ProxyHandle {
+    proxy(
+        driver,
+        &format!(
+            "{}{}[[routes]]\ncluster = \"a\"\n",
+            listener_tls(pki, "off"),
+            cluster("a", upstream)
+        ),
+    )
+}
+
 proxy_test! {
     async fn a_tls_handshake_under_way_when_the_drain_starts_still_gets_goaway(driver) {
         // Scenario: a client has connected and not yet sent its TLS hello
@@ -149,11 +167,7 @@ proxy_test! {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let pki = Pki::new();
         let up = Upstream::start("a");
-        let proxy = proxy(driver, &format!(
-            "{}{}[[routes]]\ncluster = \"a\"\n",
-            listener_tls(&pki, "off"),
-            cluster("a", up.addr())
-        ));
+        let proxy = tls_proxy_to(driver, &pki, up.addr());
         let addr = proxy.local_addr();
         let mut other = Client::connect_tls(addr, &pki.ca.cert_pem, None).await.expect("TLS");
         let (tx, mut replies) = other.open_bidi(1).await;
@@ -227,11 +241,7 @@ proxy_test! {
     async fn tls_carries_all_four_rpc_kinds(driver) {
         let pki = Pki::new();
         let up = Upstream::start("a");
-        let proxy = proxy(driver, &format!(
-            "{}{}[[routes]]\ncluster = \"a\"\n",
-            listener_tls(&pki, "off"),
-            cluster("a", up.addr())
-        ));
+        let proxy = tls_proxy_to(driver, &pki, up.addr());
         let mut client = Client::connect_tls(proxy.local_addr(), &pki.ca.cert_pem, None)
             .await
             .expect("TLS client connects");
@@ -308,11 +318,7 @@ proxy_test! {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let pki = Pki::new();
         let up = Upstream::start("a");
-        let proxy = proxy(driver, &format!(
-            "{}{}[[routes]]\ncluster = \"a\"\n",
-            listener_tls(&pki, "off"),
-            cluster("a", up.addr())
-        ));
+        let proxy = tls_proxy_to(driver, &pki, up.addr());
         let addr = proxy.local_addr();
         let mut bystander = Client::connect_tls(addr, &pki.ca.cert_pem, None).await.expect("connects");
         assert_eq!(answered_by(&mut bystander).await.expect("served"), "a");
@@ -348,11 +354,7 @@ proxy_test! {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let pki = Pki::new();
         let up = Upstream::start("a");
-        let proxy = proxy(driver, &format!(
-            "{}{}[[routes]]\ncluster = \"a\"\n",
-            listener_tls(&pki, "off"),
-            cluster("a", up.addr())
-        ));
+        let proxy = tls_proxy_to(driver, &pki, up.addr());
         let addr = proxy.local_addr();
         let mut bystander = Client::connect_tls(addr, &pki.ca.cert_pem, None).await.expect("connects");
         let mut tls = raw_tls(addr, &pki).await;
