@@ -764,3 +764,61 @@ fn opened(relay: &Relay, side: &Rc<Side>, key: usize) {
         relay.finish(key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::downstream::context::CallContext;
+    use crate::downstream::server::Server;
+    use crate::downstream::snapshot::{RouteSlot, Snapshot};
+    use crate::grpc::status::{Code, Status};
+    use crate::routing::director::Call as DirectorCall;
+
+    /// The most a cleartext client connection's task may take, in bytes:
+    /// every idle connection holds one (with its state, about 3.4 KiB in
+    /// all; see the README's "Memory per idle client connection"). A
+    /// future laid out in it for a rare moment (a timer, a read) makes
+    /// every connection pay for it: box it instead.
+    const TASK_MOST: usize = 960;
+
+    #[test]
+    fn a_client_connections_task_stays_small() {
+        let settings = Rc::new(crate::config::Settings::default());
+        let other = RouteSlot {
+            name: Rc::from("other"),
+            stats: Rc::default(),
+        };
+        let snapshot = Rc::new(Snapshot {
+            director: Rc::new(|_: &DirectorCall<'_>| {
+                Route::Reject(Status::new(Code::Unimplemented, "none"))
+            }),
+            clusters: Vec::new(),
+            tls: None,
+            routes: Vec::new(),
+            other,
+        });
+        let context = Rc::new(CallContext::new(
+            Rc::default(),
+            None,
+            &settings,
+            std::sync::Arc::default(),
+        ));
+        let server = Rc::new(Server::new(snapshot, settings, Rc::default(), context));
+        let relay = Relay::new(server);
+        let size = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime")
+            .block_on(async move {
+                let listener = monoio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                let tcp = TcpStream::connect(addr).await.expect("connect");
+                let task = serve(relay, tcp, addr);
+                std::mem::size_of_val(&task)
+            });
+        assert!(
+            size <= TASK_MOST,
+            "a client connection's task takes {size} bytes"
+        );
+    }
+}
