@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use crate::downstream::snapshot::RouteSlot;
 use crate::grpc::status::{Code, Status};
 use crate::http2::frame::ErrorCode;
-use crate::http2::headers::HeaderList;
+use crate::http2::headers::{HeaderList, Which};
 use crate::http2::outbox::COPY_BELOW;
 use crate::relay::wire::{Side, Wire};
 use crate::routing::edits::{Edits, HeaderEdits};
@@ -115,9 +115,9 @@ pub struct Call {
     /// It waited for a stream on a connection that ended, and went to
     /// another (once: see `upstream::connect`).
     pub moved: bool,
-    /// The upstream reset its stream with NO_ERROR after its whole
-    /// response (see `Relay::upstream_done`): request DATA is dropped,
-    /// its credit returned.
+    /// The upstream stream ended after the whole response (see
+    /// `Relay::upstream_done`): request DATA is dropped, its credit
+    /// returned.
     pub upstream_done: bool,
     /// The route's edits; those of the response head wait here for it.
     pub edits: Option<Arc<Edits>>,
@@ -192,17 +192,13 @@ pub fn edited<'a>(
 /// `timeout` when there is one, and the route's edits made.
 pub fn head_fields<'a>(
     list: &'a HeaderList,
-    scheme: &'a [u8],
+    scheme: &'static [u8],
     timeout: Option<&'a str>,
     edits: Option<&'a HeaderEdits>,
 ) -> impl Iterator<Item = (&'a [u8], &'a [u8], bool)> + 'a {
     let fields = list
-        .all()
+        .picked(Which::WithScheme(scheme))
         .filter(move |(name, _, _)| timeout.is_none() || *name != b"grpc-timeout")
-        .map(move |(name, value, sensitive)| {
-            let value = if name == b":scheme" { scheme } else { value };
-            (name, value, sensitive)
-        })
         .chain(timeout.map(|t| (&b"grpc-timeout"[..], t.as_bytes(), false)));
     edited(fields, edits)
 }

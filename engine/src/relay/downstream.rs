@@ -499,12 +499,7 @@ fn request(
     if timeout_header.is_none() && request_edits.is_none() {
         // The client's head as it is (but for the scheme, see `Dial`):
         // encoded once while its block repeats.
-        let which = if list.pseudo(pseudo::SCHEME) == Some(scheme) {
-            Which::All
-        } else {
-            Which::WithScheme(scheme)
-        };
-        heads.extend_from_slice(&list.encoded(which));
+        heads.extend_from_slice(&list.encoded(Which::WithScheme(scheme)));
     } else {
         let fields = head_fields(list, scheme, timeout_header.as_deref(), request_edits);
         for (name, value, sensitive) in fields {

@@ -697,12 +697,13 @@ impl Relay {
         self.fail(key, status, reset, None);
     }
 
-    /// The upstream reset call `key`'s stream with NO_ERROR after its
-    /// whole response (RFC 9113 8.1: it wants no more of the request),
+    /// Call `key`'s upstream stream ends (the upstream reset it, with
+    /// NO_ERROR as RFC 9113 8.1 has it or any other code, named it above
+    /// a GOAWAY's id, or its connection ended) after the whole response,
     /// while the end of that response still waits in the call for the
     /// client's credit: the call lets go of the upstream stream, and the
     /// response goes on to the client. False if the response was not
-    /// whole: the reset ends it early, and the call fails.
+    /// whole: the end cuts it short, and the caller fails the call.
     pub fn upstream_done(&self, key: usize) -> bool {
         let up = {
             let mut calls = self.calls.borrow_mut();

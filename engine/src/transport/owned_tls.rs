@@ -209,13 +209,8 @@ impl Spend {
     /// out of proportion to what it carried. Each second starts afresh:
     /// cheap plaintext sent earlier buys nothing later.
     fn out_of_proportion(&mut self, cipher: usize) -> bool {
-        let now = monoio::time::Instant::now();
-        if now.duration_since(self.since) >= std::time::Duration::from_secs(1) {
-            *self = Spend {
-                since: now,
-                cipher: 0,
-                plain: 0,
-            };
+        if self.since.elapsed() >= std::time::Duration::from_secs(1) {
+            *self = Spend::new();
         }
         self.cipher += cipher;
         self.cipher > SPEND_ALLOWANCE + SPEND_RATIO * self.plain

@@ -271,10 +271,9 @@ pub struct Connection {
     budget: Budget,
     /// We sent GOAWAY: new streams above this id are ignored.
     going_away: Option<u32>,
-    /// The peer sent GOAWAY: we open nothing more.
-    peer_going_away: bool,
-    /// The lowest last stream id the peer's GOAWAYs named.
-    peer_last: u32,
+    /// The peer sent GOAWAY (we open nothing more), naming at least this
+    /// last stream id: the lowest its GOAWAYs named.
+    peer_going_away: Option<u32>,
     /// The last few streams that closed normally, after the peer's
     /// END_STREAM: DATA or HEADERS on one of them is the peer's mistake,
     /// not a frame in flight past our reset (RFC 9113 5.1).
@@ -326,8 +325,7 @@ impl Connection {
             encoded: Vec::new(),
             budget: Budget::default(),
             going_away: None,
-            peer_going_away: false,
-            peer_last: frame::MAX_ID,
+            peer_going_away: None,
             ended: [0; 4],
             failed: None,
         }
@@ -346,7 +344,7 @@ impl Connection {
 
     /// The peer sent GOAWAY: no new streams.
     pub fn going_away(&self) -> bool {
-        self.peer_going_away
+        self.peer_going_away.is_some()
     }
 
     /// How many more streams we may open: stream ids end at 2^31 - 1, and

@@ -228,9 +228,8 @@ impl Connection {
                 // Only one that names a lower id says anything new (the
                 // id never grows, RFC 9113 6.8): each one heard walks the
                 // connection's calls.
-                if !self.peer_going_away || last_stream < self.peer_last {
-                    self.peer_going_away = true;
-                    self.peer_last = last_stream;
+                if self.peer_going_away.is_none_or(|last| last_stream < last) {
+                    self.peer_going_away = Some(last_stream);
                     on(Event::GoAway { last_stream, code });
                 }
             }

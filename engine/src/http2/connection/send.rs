@@ -39,7 +39,9 @@ impl Connection {
 
     fn new_local_stream(&mut self, end_stream: bool) -> Result<u32, SendError> {
         let limit = self.remote.max_concurrent_streams.unwrap_or(u32::MAX);
-        if self.peer_going_away || self.streams.len() >= limit as usize || self.next_local > MAX_ID
+        if self.peer_going_away.is_some()
+            || self.streams.len() >= limit as usize
+            || self.next_local > MAX_ID
         {
             return Err(SendError::Refused);
         }
